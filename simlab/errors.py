@@ -1,0 +1,65 @@
+"""Error types shared by every stage.
+
+``InputError`` is what bad user input raises: it names the file, the row/line and
+the field, and the CLIs turn it into a one-line message and exit status 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SimlabError(Exception):
+    """Base class of every error simlab raises on purpose."""
+
+
+class InputError(SimlabError):
+    """Bad user input (config, personas, human data): names file, row and field."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | Path | None = None,
+        row: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.message = message
+        self.file = str(file) if file is not None else None
+        self.row = row
+        self.field = field
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file:
+            where = self.file
+            if self.row is not None:
+                where += f":{self.row}"
+            where += ": "
+        elif self.row is not None:
+            where = f"row {self.row}: "
+        fld = f"field '{self.field}': " if self.field else ""
+        return f"{where}{fld}{self.message}"
+
+
+class ConfigError(InputError):
+    """An invalid configuration file or value."""
+
+
+class LLMError(SimlabError):
+    """A model call that still failed after its retries (or its deadline)."""
+
+    def __init__(self, message: str, *, attempts: int = 0, status: int | None = None) -> None:
+        self.attempts = attempts
+        self.status = status
+        super().__init__(message)
+
+
+class StructuredOutputError(LLMError):
+    """A reply that kept breaking its schema; carries the last raw text and the reason."""
+
+    def __init__(self, message: str, *, raw_text: str, reason: str, attempts: int = 0) -> None:
+        self.raw_text = raw_text
+        self.reason = reason
+        super().__init__(f"{message}: {reason}", attempts=attempts)

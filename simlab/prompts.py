@@ -1,0 +1,68 @@
+"""Prompt templates: every prompt simlab sends lives in ``prompts/`` as a Jinja2 file.
+
+Templates render with ``StrictUndefined`` (a missing variable is an error, not an
+empty string) and each carries a short hash of its source text, recorded with every
+call that used it so a run can say exactly which prompt wording produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+
+
+def prompts_dir() -> Path:
+    """Where templates live: ``$SIMLAB_PROMPTS_DIR`` or the repository's ``prompts/``."""
+    env = os.environ.get("SIMLAB_PROMPTS_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "prompts"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A rendered prompt: its text, the template's name and the template's hash."""
+
+    name: str
+    text: str
+    hash: str
+
+
+@lru_cache(maxsize=None)
+def _env(root: str) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(root),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # prompts are plain text; HTML escaping happens in the report
+        keep_trailing_newline=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def template_hash(name: str) -> str:
+    """sha256 (first 12 hex digits) of a template's source text."""
+    path = prompts_dir() / name
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def render(name: str, **variables: object) -> Prompt:
+    """Render ``prompts/<name>`` with ``variables``; raises on any undefined variable."""
+    env = _env(str(prompts_dir()))
+    text = env.get_template(name).render(**variables).strip()
+    return Prompt(name=name, text=text, hash=template_hash(name))
+
+
+def all_hashes() -> dict[str, str]:
+    """Hash of every template, for the run's metadata."""
+    root = prompts_dir()
+    return {
+        str(p.relative_to(root)): template_hash(str(p.relative_to(root)))
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix in {".j2", ".md", ".txt"}
+    }

@@ -1,0 +1,80 @@
+"""``Tables``: the record schema as pandas DataFrames, whatever they came from.
+
+A run store (``simlab.load_run``), human data on disk (``simlab.fidelity.load_human``)
+and the importers all produce a ``Tables``; the fidelity analyses and the report
+consume one. Several sources can live in one ``Tables`` (column ``source``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+TABLE_NAMES = ("participants", "conversations", "turns", "judgements", "bdm", "autograde", "llm_calls")
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The PROTOCOL §6 tables. Only ``judgements`` is required."""
+
+    judgements: pd.DataFrame
+    conversations: pd.DataFrame | None = None
+    turns: pd.DataFrame | None = None
+    participants: pd.DataFrame | None = None
+    bdm: pd.DataFrame | None = None
+    autograde: pd.DataFrame | None = None
+    llm_calls: pd.DataFrame | None = None
+
+    def items(self) -> list[tuple[str, pd.DataFrame]]:
+        """(name, frame) for every table that is present."""
+        return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
+
+    @property
+    def sources(self) -> list[str]:
+        for frame in (self.conversations, self.judgements):
+            if frame is not None and "source" in frame.columns:
+                return sorted(frame["source"].dropna().unique().tolist())
+        return []
+
+    def for_source(self, source: str) -> Tables:
+        """The rows of one source (tables without a ``source`` column are joined via conversation_id)."""
+        conv_ids = None
+        if self.conversations is not None and "source" in self.conversations.columns:
+            conv_ids = set(self.conversations.loc[self.conversations["source"] == source, "conversation_id"])
+        out = {}
+        for name, frame in self.items():
+            if "source" in frame.columns:
+                out[name] = frame[frame["source"] == source].reset_index(drop=True)
+            elif conv_ids is not None and "conversation_id" in frame.columns:
+                out[name] = frame[frame["conversation_id"].isin(conv_ids)].reset_index(drop=True)
+            else:
+                out[name] = frame
+        return replace(self, **out)
+
+    def write(self, out_dir: str | Path, fmt: Literal["csv", "jsonl", "parquet"] = "csv") -> Path:
+        """Write one file per table (``judgements.csv`` …): the on-disk form ``load_human`` reads."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, frame in self.items():
+            path = out / f"{name}.{fmt}"
+            if fmt == "csv":
+                frame.to_csv(path, index=False)
+            elif fmt == "jsonl":
+                frame.to_json(path, orient="records", lines=True)
+            else:
+                frame.to_parquet(path, index=False)
+        return out
+
+
+def concat(*parts: Tables) -> Tables:
+    """Stack several ``Tables`` (e.g. a simulated run and human data) into one."""
+    out: dict[str, pd.DataFrame | None] = {}
+    for f in fields(Tables):
+        frames = [getattr(p, f.name) for p in parts if getattr(p, f.name) is not None]
+        out[f.name] = pd.concat(frames, ignore_index=True) if frames else None
+    if out["judgements"] is None:
+        raise ValueError("concat needs at least one Tables with judgements")
+    return Tables(**out)  # type: ignore[arg-type]
