@@ -189,7 +189,10 @@ class Persona(BaseModel):
     system_string: str
     conversations: list[PriorConversation] = []
 
-    _to_str = field_validator("age", mode="before")(_number_to_str)
+    @field_validator("age", mode="before")
+    @classmethod
+    def _age_as_text(cls, value: Any) -> Any:
+        return _number_to_str(value)
 
     @field_validator("religion", "ethnicity", mode="before")
     @classmethod
@@ -294,7 +297,10 @@ class _PrismSurvey(BaseModel):
     self_description: str
     system_string: str
 
-    _to_str = field_validator("age", mode="before")(_number_to_str)
+    @field_validator("age", mode="before")
+    @classmethod
+    def _age_as_text(cls, value: Any) -> Any:
+        return _number_to_str(value)
 
 
 class _PrismUtterance(BaseModel):
