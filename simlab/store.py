@@ -1,0 +1,626 @@
+"""The run store: one SQLite file per run (``runs/<run_id>/store.sqlite``), nothing lost.
+
+A completed session is written in ONE transaction (all its rows or none), so a run
+that is killed at any moment resumes with only whole sessions on disk and redoes the
+missing ones. The run's resolved config, prompt hashes, model ids and seed live in
+the ``meta`` table; resuming with a different config is refused with a message that
+names every differing field. Readers get pandas frames (``load_run``) or files
+(``export``).
+
+Writing the same completed session twice is a no-op when the record is identical
+(a resumed run may repeat a write) and raises ``DuplicateSessionError`` when it
+differs (two different results for one session is a bug, never silently kept).
+
+Concurrency: one process, writes from the event-loop thread (each write is a short
+synchronous transaction, so coroutines cannot interleave inside one). Other
+processes may read while a run writes (WAL). Shards write separate stores.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import shlex
+import sqlite3
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from simlab.errors import InputError, SimlabError
+from simlab.records import AutogradeRecord, LLMCallRecord, SessionFailure, SessionRecord
+from simlab.tables import Tables
+
+STORE_FILE = "store.sqlite"
+STORE_SCHEMA_VERSION = 1
+# meta keys that must agree between a run and its resume (when present in either)
+MATCHED_META = ("config", "prompt_hashes", "models", "seed")
+_SECRET_KEY = re.compile(r"(api_?key|secret|password|passwd|authorization|access_token|bearer)", re.I)
+REDACTED = "<redacted>"
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_key TEXT PRIMARY KEY, participant_id TEXT NOT NULL, source TEXT NOT NULL,
+    domain TEXT NOT NULL, record_sha256 TEXT NOT NULL, completed_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS participants (
+    participant_id TEXT NOT NULL, source TEXT NOT NULL, persona_id TEXT, rendering TEXT,
+    simulator_model TEXT, PRIMARY KEY (participant_id, source));
+CREATE TABLE IF NOT EXISTS conversations (
+    conversation_id TEXT PRIMARY KEY REFERENCES sessions(session_key),
+    participant_id TEXT NOT NULL, source TEXT NOT NULL, domain TEXT NOT NULL,
+    in_domain INTEGER NOT NULL, arm_letters TEXT NOT NULL, n_turns INTEGER NOT NULL,
+    gen_error INTEGER NOT NULL, max_turns_reached INTEGER NOT NULL, stop_reason TEXT, seed INTEGER,
+    FOREIGN KEY (participant_id, source) REFERENCES participants(participant_id, source));
+CREATE TABLE IF NOT EXISTS turns (
+    conversation_id TEXT NOT NULL REFERENCES conversations(conversation_id),
+    turn INTEGER NOT NULL CHECK (turn >= 0), role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+    arm TEXT, letter TEXT, text TEXT NOT NULL,
+    turn_rating REAL CHECK (turn_rating BETWEEN 0 AND 100), n_tokens INTEGER, gen_error INTEGER NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS turns_key ON turns (conversation_id, turn, role, ifnull(arm, ''));
+CREATE TABLE IF NOT EXISTS judgements (
+    conversation_id TEXT NOT NULL REFERENCES conversations(conversation_id), arm TEXT NOT NULL,
+    letter TEXT NOT NULL, position INTEGER NOT NULL CHECK (position >= 1),
+    opening_choice INTEGER, provenance_guess INTEGER,
+    rank INTEGER CHECK (rank >= 1), provenance_rank INTEGER CHECK (provenance_rank >= 1),
+    rating_preference REAL CHECK (rating_preference BETWEEN 0 AND 100),
+    rating_engagingness REAL CHECK (rating_engagingness BETWEEN 0 AND 100),
+    rating_provenance REAL CHECK (rating_provenance BETWEEN 0 AND 100),
+    wtp_bid REAL CHECK (wtp_bid BETWEEN 0 AND 10),
+    PRIMARY KEY (conversation_id, arm));
+CREATE TABLE IF NOT EXISTS bdm (
+    conversation_id TEXT NOT NULL REFERENCES conversations(conversation_id), arm TEXT NOT NULL,
+    letter TEXT NOT NULL, price REAL NOT NULL CHECK (price BETWEEN 0 AND 10),
+    bid REAL NOT NULL CHECK (bid BETWEEN 0 AND 10), won INTEGER NOT NULL, paid REAL NOT NULL,
+    PRIMARY KEY (conversation_id, arm));
+CREATE TABLE IF NOT EXISTS llm_calls (
+    call_id INTEGER PRIMARY KEY, session_key TEXT, conversation_id TEXT, role TEXT NOT NULL,
+    arm TEXT, instrument TEXT, model TEXT NOT NULL, endpoint TEXT NOT NULL, prompt_name TEXT,
+    prompt_hash TEXT, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+    latency_s REAL NOT NULL, attempts INTEGER NOT NULL, status TEXT NOT NULL, error TEXT);
+CREATE INDEX IF NOT EXISTS llm_calls_session ON llm_calls (session_key);
+CREATE TABLE IF NOT EXISTS instruments (
+    conversation_id TEXT NOT NULL REFERENCES conversations(conversation_id), instrument TEXT NOT NULL,
+    attempts INTEGER NOT NULL, repairs INTEGER NOT NULL, status TEXT NOT NULL, error TEXT, raw_text TEXT);
+CREATE TABLE IF NOT EXISTS autograde (
+    unit_id TEXT NOT NULL, unit_kind TEXT NOT NULL, conversation_id TEXT, arm TEXT, turn INTEGER,
+    mode TEXT NOT NULL, dimension TEXT NOT NULL, score REAL, rater_run INTEGER NOT NULL,
+    rationale TEXT, status TEXT NOT NULL, source TEXT,
+    UNIQUE (unit_id, mode, dimension, rater_run));
+CREATE TABLE IF NOT EXISTS failures (
+    failure_id INTEGER PRIMARY KEY, session_key TEXT NOT NULL, participant_id TEXT NOT NULL,
+    domain TEXT NOT NULL, error_type TEXT NOT NULL, reason TEXT NOT NULL, raw_text TEXT,
+    failed_at TEXT NOT NULL);
+"""
+
+# Column order of each stored table (the record fields, minus nested lists).
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "participants": ("participant_id", "source", "persona_id", "rendering", "simulator_model"),
+    "conversations": (
+        "conversation_id", "participant_id", "source", "domain", "in_domain", "arm_letters",
+        "n_turns", "gen_error", "max_turns_reached", "stop_reason", "seed",
+    ),
+    "turns": ("conversation_id", "turn", "role", "arm", "letter", "text", "turn_rating", "n_tokens", "gen_error"),
+    "judgements": (
+        "conversation_id", "arm", "letter", "position", "opening_choice", "provenance_guess", "rank",
+        "provenance_rank", "rating_preference", "rating_engagingness", "rating_provenance", "wtp_bid",
+    ),
+    "bdm": ("conversation_id", "arm", "letter", "price", "bid", "won", "paid"),
+    "llm_calls": (
+        "session_key", "conversation_id", "role", "arm", "instrument", "model", "endpoint", "prompt_name",
+        "prompt_hash", "prompt_tokens", "completion_tokens", "latency_s", "attempts", "status", "error",
+    ),
+    "instruments": ("conversation_id", "instrument", "attempts", "repairs", "status", "error", "raw_text"),
+    "autograde": (
+        "unit_id", "unit_kind", "conversation_id", "arm", "turn", "mode", "dimension", "score",
+        "rater_run", "rationale", "status", "source",
+    ),
+    "failures": ("session_key", "participant_id", "domain", "error_type", "reason", "raw_text", "failed_at"),
+    "sessions": ("session_key", "participant_id", "source", "domain", "record_sha256", "completed_at"),
+}
+STORED_TABLES = (*COLUMNS, "meta")
+
+# pandas dtypes for load_run; unlisted columns stay object (str) or float64.
+_BOOL = {"in_domain", "gen_error", "max_turns_reached", "opening_choice", "provenance_guess", "won"}
+_INT = {
+    "n_turns", "seed", "turn", "n_tokens", "position", "rank", "provenance_rank", "prompt_tokens",
+    "completion_tokens", "attempts", "repairs", "rater_run",
+}
+_FLOAT = {
+    "turn_rating", "rating_preference", "rating_engagingness", "rating_provenance", "wtp_bid", "price",
+    "bid", "paid", "latency_s", "score",
+}
+
+
+class StoreError(SimlabError):
+    """A run store used against its rules (e.g. two different results for one session)."""
+
+
+class DuplicateSessionError(StoreError):
+    """A session already complete in the store was written again with different content."""
+
+
+class ConfigMismatchError(InputError):
+    """Resuming a run with a config that differs from the one it was created with."""
+
+    def __init__(self, store_path: str | Path, differences: list[str]) -> None:
+        self.differences = differences
+        listing = "; ".join(differences)
+        super().__init__(
+            f"the run was created with a different config ({len(differences)} difference(s), "
+            f"stored != new): {listing}. Resume with the original config or start a new run id.",
+            file=store_path,
+        )
+
+
+class CallCount(BaseModel):
+    """Model calls and tokens of one (role, arm) pair."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: str
+    arm: str | None
+    calls: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class StoreCounts(BaseModel):
+    """What a run store holds: the end-of-run summary's numbers."""
+
+    model_config = ConfigDict(extra="forbid")
+    sessions_completed: int
+    sessions_failed: int
+    llm_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    by_role_arm: list[CallCount]
+    rows: dict[str, int]
+
+
+# ---------------------------------------------------------------- config comparison
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _diff(old: Any, new: Any, path: str, out: list[str]) -> None:
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for key in sorted(set(old) | set(new), key=str):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in old:
+                out.append(f"{sub}: <absent> != {_short(new[key])}")
+            elif key not in new:
+                out.append(f"{sub}: {_short(old[key])} != <absent>")
+            else:
+                _diff(old[key], new[key], sub, out)
+    elif isinstance(old, list) and isinstance(new, list):
+        for i in range(max(len(old), len(new))):
+            sub = f"{path}[{i}]"
+            if i >= len(old):
+                out.append(f"{sub}: <absent> != {_short(new[i])}")
+            elif i >= len(new):
+                out.append(f"{sub}: {_short(old[i])} != <absent>")
+            else:
+                _diff(old[i], new[i], sub, out)
+    # bool is an int in Python (True == 1); a flag turned into a number is still a change
+    elif old != new or isinstance(old, bool) != isinstance(new, bool):
+        out.append(f"{path or '<root>'}: {_short(old)} != {_short(new)}")
+
+
+def diff_config(old: Any, new: Any, ignore: Iterable[str] = ()) -> list[str]:
+    """Every field path where two JSON-like configs differ, as ``path: old != new``.
+
+    ``ignore`` names top-level keys that may differ (e.g. concurrency on resume).
+
+    >>> diff_config({"arms": [{"model": "a"}], "seed": 1}, {"arms": [{"model": "b"}], "seed": 1})
+    ["arms[0].model: 'a' != 'b'"]
+    """
+    skip = set(ignore)
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        old = {k: v for k, v in old.items() if k not in skip}
+        new = {k: v for k, v in new.items() if k not in skip}
+    out: list[str] = []
+    _diff(old, new, "", out)
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON round trip (models dumped, tuples → lists) with secret-looking keys redacted."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    plain = json.loads(json.dumps(value, default=str))
+    return _redact(plain)
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: (REDACTED if _SECRET_KEY.search(str(k)) and v not in (None, "") else _redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- the store
+
+
+def _store_path(path: str | Path) -> Path:
+    p = Path(path)
+    return p / STORE_FILE if p.is_dir() or p.suffix != ".sqlite" else p
+
+
+def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None)  # explicit BEGIN/COMMIT below
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed session survives power loss too; one fsync per session is cheap
+        conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+def _row(record: BaseModel, columns: tuple[str, ...], **extra: Any) -> tuple[Any, ...]:
+    data = {**record.model_dump(), **extra}
+    return tuple(json.dumps(data[c], sort_keys=True) if isinstance(data[c], dict) else data[c] for c in columns)
+
+
+class RunStore:
+    """A run's SQLite store. Create with ``create``/``open_or_create``, reopen with ``open``."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+
+    # -- lifecycle
+
+    @classmethod
+    def create(cls, run_dir: str | Path, meta: Mapping[str, Any]) -> RunStore:
+        """Make ``run_dir`` and a new store in it holding ``meta`` (secrets redacted)."""
+        path = Path(run_dir) / STORE_FILE
+        if path.exists():
+            raise InputError("a run store already exists here; resume it or choose a new run id", file=path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = _connect(path)
+        full = {
+            "simlab_version": _version(),
+            "created_at": _now(),
+            "command": shlex.join(sys.argv),
+            **{k: _jsonable(v) for k, v in meta.items()},
+            "store_schema": STORE_SCHEMA_VERSION,
+        }
+        conn.execute("BEGIN IMMEDIATE")
+        try:  # schema and meta together: a store either has both or does not exist
+            for statement in filter(str.strip, _DDL.split(";")):
+                conn.execute(statement)
+            conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in full.items()])
+        except BaseException:
+            conn.execute("ROLLBACK")
+            conn.close()
+            raise
+        conn.execute("COMMIT")
+        return cls(path, conn)
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> RunStore:
+        """Open an existing store (``run_dir`` or the .sqlite file) for reading and writing."""
+        path = _store_path(run_dir)
+        if not path.exists():
+            raise InputError("no run store here", file=path)
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = _connect(path)
+            version = conn.execute("SELECT value FROM meta WHERE key = 'store_schema'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if conn is not None:
+                conn.close()
+            raise InputError(f"not a simlab run store: {exc}", file=path) from exc
+        if version is None or json.loads(version[0]) != STORE_SCHEMA_VERSION:
+            conn.close()
+            raise InputError(f"store schema {version and version[0]} is not {STORE_SCHEMA_VERSION}", file=path)
+        return cls(path, conn)
+
+    @classmethod
+    def open_or_create(cls, run_dir: str | Path, meta: Mapping[str, Any], ignore: Iterable[str] = ()) -> RunStore:
+        """Resume the run in ``run_dir`` if its config matches ``meta``, else create it.
+
+        ``ignore``: top-level config keys allowed to change on resume (e.g. concurrency, limit).
+        Raises ``ConfigMismatchError`` naming every other differing field.
+        """
+        if not (Path(run_dir) / STORE_FILE).exists():
+            return cls.create(run_dir, meta)
+        store = cls.open(run_dir)
+        stored = store.meta()
+        new = {k: _jsonable(v) for k, v in meta.items()}
+        ignore = set(ignore)
+        differences: list[str] = []
+        allowed: list[str] = []
+        for key in MATCHED_META:
+            if key not in stored and key not in new:
+                continue
+            old_v, new_v = stored.get(key), new.get(key)
+            if key == "config" and isinstance(old_v, dict) and isinstance(new_v, dict):
+                differences += diff_config(old_v, new_v, ignore)
+                allowed += diff_config({k: old_v.get(k) for k in ignore}, {k: new_v.get(k) for k in ignore})
+            else:
+                differences += diff_config({key: old_v}, {key: new_v})
+        if differences:
+            store.close()
+            raise ConfigMismatchError(store.path, differences)
+        resumes = stored.get("resumes", []) + [{"at": _now(), "command": shlex.join(sys.argv), "changed": allowed}]
+        store._conn.execute("INSERT OR REPLACE INTO meta VALUES ('resumes', ?)", (json.dumps(resumes),))
+        return store
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # -- writes
+
+    def write_session(self, record: SessionRecord) -> bool:
+        """Commit one completed session atomically. True if written, False if already stored identically.
+
+        Raises ``DuplicateSessionError`` if the session is stored with different content.
+        """
+        key = record.session_key
+        digest = hashlib.sha256(record.model_dump_json().encode()).hexdigest()
+        conv = record.conversation
+        with self._transaction() as db:
+            existing = db.execute("SELECT record_sha256 FROM sessions WHERE session_key = ?", (key,)).fetchone()
+            if existing is not None:
+                if existing[0] == digest:
+                    return False
+                raise DuplicateSessionError(f"session {key!r} is already complete in {self.path} with different content")
+            db.execute(
+                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
+                (key, conv.participant_id, conv.source, conv.domain, digest, _now()),
+            )
+            self._upsert_participant(db, record)
+            _insert(db, "conversations", [_row(conv, COLUMNS["conversations"])])
+            _insert(db, "turns", [_row(t, COLUMNS["turns"]) for t in record.turns])
+            _insert(db, "judgements", [_row(j, COLUMNS["judgements"]) for j in record.judgements])
+            _insert(db, "bdm", [_row(b, COLUMNS["bdm"]) for b in record.bdm])
+            _insert(db, "instruments", [_row(i, COLUMNS["instruments"]) for i in record.instruments])
+            _insert(db, "llm_calls", [_row(c, COLUMNS["llm_calls"], session_key=key) for c in record.llm_calls])
+        return True
+
+    def _upsert_participant(self, db: sqlite3.Connection, record: SessionRecord) -> None:
+        # one participant has a session per domain: the first writes the row, the rest must agree
+        row = _row(record.participant, COLUMNS["participants"])
+        stored = db.execute(
+            "SELECT * FROM participants WHERE participant_id = ? AND source = ?", row[:2]
+        ).fetchone()
+        if stored is None:
+            _insert(db, "participants", [row])
+        elif tuple(stored) != row:
+            raise StoreError(f"participant {row[0]!r} ({row[1]}) is stored as {tuple(stored)}, this session says {row}")
+
+    def write_failure(self, failure: SessionFailure) -> None:
+        """Record a session that failed as a whole (kept across resumes; a later success supersedes it)."""
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM sessions WHERE session_key = ?", (failure.session_key,)).fetchone():
+                raise StoreError(f"session {failure.session_key!r} is already complete; not recording a failure")
+            _insert(db, "failures", [_row(failure, COLUMNS["failures"], failed_at=_now())])
+            _insert(
+                db, "llm_calls", [_row(c, COLUMNS["llm_calls"], session_key=failure.session_key) for c in failure.llm_calls]
+            )
+
+    def write_calls(self, calls: Iterable[LLMCallRecord]) -> None:
+        """Record model calls that belong to no session (e.g. persona summaries)."""
+        with self._transaction() as db:
+            _insert(db, "llm_calls", [_row(c, COLUMNS["llm_calls"], session_key=None) for c in calls])
+
+    def write_autograde(self, rows: Iterable[AutogradeRecord]) -> int:
+        """Add autograder scores in one transaction; returns how many were new.
+
+        A (unit_id, mode, dimension, rater_run) already stored is kept as is, so a
+        resumed autograde pass never duplicates; repeat scoring uses a new rater_run.
+        """
+        with self._transaction() as db:
+            before = db.total_changes
+            db.executemany(
+                f"INSERT INTO autograde ({', '.join(COLUMNS['autograde'])}) VALUES ({', '.join('?' * len(COLUMNS['autograde']))})"
+                " ON CONFLICT (unit_id, mode, dimension, rater_run) DO NOTHING",
+                [_row(r, COLUMNS["autograde"]) for r in rows],
+            )
+            return db.total_changes - before
+
+    # -- reads
+
+    def meta(self) -> dict[str, Any]:
+        """The run's metadata (config, prompt hashes, models, seed, version, created_at, command, …)."""
+        return {k: json.loads(v) for k, v in self._conn.execute("SELECT key, value FROM meta")}
+
+    def completed_sessions(self) -> set[str]:
+        """Keys of every session stored whole."""
+        return {r[0] for r in self._conn.execute("SELECT session_key FROM sessions")}
+
+    def failed_sessions(self) -> set[str]:
+        """Keys of sessions that failed and have not completed since."""
+        return {
+            r[0]
+            for r in self._conn.execute(
+                "SELECT DISTINCT session_key FROM failures WHERE session_key NOT IN (SELECT session_key FROM sessions)"
+            )
+        }
+
+    def autograded(self) -> set[tuple[str, str, str, int]]:
+        """(unit_id, mode, dimension, rater_run) of every stored autograde score."""
+        return {tuple(r) for r in self._conn.execute("SELECT unit_id, mode, dimension, rater_run FROM autograde")}  # type: ignore[misc]
+
+    def counts(self) -> StoreCounts:
+        """Sessions completed/failed, model calls and tokens per (role, arm), rows per table."""
+        by = [
+            CallCount(role=r[0], arm=r[1], calls=r[2], errors=r[3], prompt_tokens=r[4], completion_tokens=r[5])
+            for r in self._conn.execute(
+                "SELECT role, arm, count(*), sum(status != 'ok'), sum(prompt_tokens), sum(completion_tokens)"
+                " FROM llm_calls GROUP BY role, arm ORDER BY role, arm"
+            )
+        ]
+        rows = {t: self._conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COLUMNS}
+        return StoreCounts(
+            sessions_completed=rows["sessions"],
+            sessions_failed=len(self.failed_sessions()),
+            llm_calls=sum(c.calls for c in by),
+            prompt_tokens=sum(c.prompt_tokens for c in by),
+            completion_tokens=sum(c.completion_tokens for c in by),
+            by_role_arm=by,
+            rows=rows,
+        )
+
+
+def _insert(db: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
+    if rows:
+        cols = COLUMNS[table]
+        db.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", rows)
+
+
+def _version() -> str:
+    from simlab import __version__
+
+    return __version__
+
+
+# ---------------------------------------------------------------- readers
+
+
+def _open_readonly(path: str | Path) -> sqlite3.Connection:
+    p = _store_path(path)
+    if not p.exists():
+        raise InputError("no run store here", file=p)
+    return _connect(p, readonly=True)
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    for col in frame.columns:
+        if col in _BOOL:
+            frame[col] = frame[col].astype("Int64").astype("boolean")
+        elif col in _INT:
+            frame[col] = frame[col].astype("Int64")
+        elif col in _FLOAT:
+            frame[col] = frame[col].astype("float64")
+        else:
+            frame[col] = frame[col].astype(object)
+    return frame
+
+
+_ORDER = {
+    "participants": "participant_id, source",
+    "conversations": "conversation_id",
+    "turns": "conversation_id, turn, role DESC, letter",
+    "bdm": "conversation_id",
+    "llm_calls": "call_id",
+    "instruments": "rowid",
+    "autograde": "unit_id, mode, dimension, rater_run",
+    "failures": "failure_id",
+    "sessions": "completed_at, session_key",
+}
+
+
+def read_table(path: str | Path, table: str) -> pd.DataFrame:
+    """One stored table as a typed DataFrame (also ``sessions``, ``instruments``, ``failures``)."""
+    if table not in COLUMNS:
+        raise InputError(f"unknown table {table!r}; stored tables: {', '.join(COLUMNS)}", field="table")
+    with _closing(_open_readonly(path)) as conn:
+        cols = ", ".join(COLUMNS[table])
+        return _typed(pd.read_sql_query(f"SELECT {cols} FROM {table} ORDER BY {_ORDER.get(table, 'rowid')}", conn))
+
+
+JUDGEMENT_COLUMNS = (
+    "conversation_id", "participant_id", "source", "domain", "arm", "letter", "position", "opening_choice",
+    "provenance_guess", "rank", "provenance_rank", "rating_preference", "rating_engagingness",
+    "rating_provenance", "wtp_bid",
+)
+
+
+def load_run(path: str | Path) -> Tables:
+    """A run's records as ``Tables`` (``path``: the run directory or its store.sqlite).
+
+    Judgements carry participant_id, source and domain from their conversation;
+    ``arm_letters`` is a JSON string; booleans are pandas ``boolean``, counts ``Int64``.
+    """
+    with _closing(_open_readonly(path)) as conn:
+        cols = ", ".join(f"c.{c}" if c in ("participant_id", "source", "domain") else f"j.{c}" for c in JUDGEMENT_COLUMNS)
+        judgements = _typed(
+            pd.read_sql_query(
+                f"SELECT {cols} FROM judgements j JOIN conversations c USING (conversation_id)"
+                " ORDER BY j.conversation_id, j.position",
+                conn,
+            )
+        )
+    frames = {name: read_table(path, name) for name in ("participants", "conversations", "turns", "bdm", "autograde", "llm_calls")}
+    return Tables(judgements=judgements, **frames)
+
+
+def run_meta(path: str | Path) -> dict[str, Any]:
+    """The run's metadata: resolved config, prompt hashes, models, seed, version, created_at, command."""
+    with _closing(_open_readonly(path)) as conn:
+        return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+
+
+def export(path: str | Path, out_dir: str | Path, fmt: Literal["csv", "parquet", "jsonl"] = "csv") -> Path:
+    """Write a run's tables to ``out_dir`` (one file per table, plus instruments, failures and meta.json)."""
+    if fmt not in ("csv", "parquet", "jsonl"):
+        raise InputError(f"unknown export format {fmt!r}; use csv, parquet or jsonl", field="fmt")
+    out = load_run(path).write(out_dir, fmt)
+    for name in ("instruments", "failures"):
+        frame, target = read_table(path, name), out / f"{name}.{fmt}"
+        if fmt == "csv":
+            frame.to_csv(target, index=False)
+        elif fmt == "jsonl":
+            frame.to_json(target, orient="records", lines=True)
+        else:
+            frame.to_parquet(target, index=False)
+    (out / "meta.json").write_text(json.dumps(run_meta(path), indent=2, sort_keys=True))
+    return out
+
+
+@contextmanager
+def _closing(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+__all__ = [
+    "ConfigMismatchError",
+    "DuplicateSessionError",
+    "RunStore",
+    "StoreCounts",
+    "StoreError",
+    "diff_config",
+    "export",
+    "load_run",
+    "read_table",
+    "run_meta",
+]

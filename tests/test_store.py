@@ -1,0 +1,479 @@
+"""Tests of the session records and the SQLite run store, on real SQLite files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from simlab.errors import InputError
+from simlab.records import (
+    AutogradeRecord,
+    BDMRecord,
+    ConversationRecord,
+    InstrumentRecord,
+    JudgementRecord,
+    LLMCallRecord,
+    ParticipantRecord,
+    SessionFailure,
+    SessionRecord,
+    TurnRecord,
+)
+from simlab.schema import IN_DOMAIN, LETTERS, TABLES
+from simlab.store import (
+    COLUMNS,
+    JUDGEMENT_COLUMNS,
+    ConfigMismatchError,
+    DuplicateSessionError,
+    RunStore,
+    StoreError,
+    diff_config,
+    export,
+    load_run,
+    read_table,
+    run_meta,
+)
+
+ARMS = ("gen", "prompt", "dpft", "ppft")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_session(
+    participant_id: str, domain: str = "unguided", *, n_user_turns: int = 2, seed: int = 0, source: str = "sim_dynamic"
+) -> SessionRecord:
+    """A complete, valid session with random letters, ranks, ratings and a BDM draw."""
+    rng = random.Random(f"{participant_id}/{domain}/{seed}")
+    cid = f"{participant_id}:{domain}"
+    letters = list(LETTERS[: len(ARMS)])
+    rng.shuffle(letters)
+    arm_letters = dict(zip(ARMS, letters))
+    turns, calls = [], []
+    for t in range(n_user_turns):
+        turns.append(TurnRecord(conversation_id=cid, turn=t, role="user", text=f"user message {t}"))
+        calls.append(LLMCallRecord(conversation_id=cid, role="simulator", model="sim", endpoint="http://127.0.0.1:1/v1",
+                                   prompt_name="user_turn", prompt_hash="abc123", prompt_tokens=100, completion_tokens=20))
+        for arm in ARMS:
+            turns.append(TurnRecord(conversation_id=cid, turn=t, role="assistant", arm=arm, letter=arm_letters[arm],
+                                    text=f"{arm} reply {t}", turn_rating=rng.uniform(0, 100), n_tokens=30))
+            calls.append(LLMCallRecord(conversation_id=cid, role="arm", arm=arm, model=f"m-{arm}", endpoint="http://127.0.0.1:1/v1",
+                                       prompt_tokens=50, completion_tokens=30, latency_s=0.5))
+    ranks = list(range(1, len(ARMS) + 1))
+    rng.shuffle(ranks)
+    prov = list(range(1, len(ARMS) + 1))
+    rng.shuffle(prov)
+    opening, guess = rng.choice(ARMS), rng.choice(ARMS)
+    judgements = [
+        JudgementRecord(conversation_id=cid, arm=arm, letter=arm_letters[arm], position=LETTERS.index(arm_letters[arm]) + 1,
+                        opening_choice=arm == opening, provenance_guess=arm == guess, rank=ranks[i], provenance_rank=prov[i],
+                        rating_preference=rng.uniform(0, 100), rating_engagingness=rng.uniform(0, 100),
+                        rating_provenance=rng.uniform(0, 100), wtp_bid=round(rng.uniform(0, 10), 2))
+        for i, arm in enumerate(ARMS)
+    ]
+    drawn = rng.choice(judgements)
+    price = round(rng.uniform(0, 10), 2)
+    won = drawn.wtp_bid >= price
+    bdm = [BDMRecord(conversation_id=cid, arm=drawn.arm, letter=drawn.letter, price=price, bid=drawn.wtp_bid,
+                     won=won, paid=price if won else 0.0)]
+    instruments = [InstrumentRecord(conversation_id=cid, instrument=name, repairs=int(name == "ranking"))
+                   for name in ("opening_choice", *["turn_rating"] * n_user_turns, "ranking")]
+    return SessionRecord(
+        participant=ParticipantRecord(participant_id=participant_id, source=source, persona_id=f"persona-{participant_id}",
+                                      rendering="summary", simulator_model="sim"),
+        conversation=ConversationRecord(conversation_id=cid, participant_id=participant_id, source=source, domain=domain,
+                                        in_domain=domain in IN_DOMAIN, arm_letters=arm_letters, n_turns=n_user_turns,
+                                        stop_reason="user_ended", seed=seed),
+        turns=turns, judgements=judgements, bdm=bdm, llm_calls=calls, instruments=instruments,
+    )
+
+
+def expected_rows(*records: SessionRecord) -> dict[str, int]:
+    return {
+        "sessions": len(records),
+        "participants": len({(r.participant.participant_id, r.participant.source) for r in records}),
+        "conversations": len(records),
+        **{t: sum(len(getattr(r, t)) for r in records) for t in ("turns", "judgements", "bdm", "llm_calls", "instruments")},
+        "autograde": 0,
+        "failures": 0,
+    }
+
+
+META = {"config": {"arms": [{"name": "gen", "model": "a"}, {"name": "prompt", "model": "a"}], "seed": 7,
+                   "concurrency": 4, "limit": None, "endpoint": {"api_key": "sk-secret-123", "url": "http://x"}},
+        "prompt_hashes": {"user_turn": "abc123"}, "seed": 7}
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with RunStore.create(tmp_path / "run", META) as s:
+        yield s
+
+
+# ---------------------------------------------------------------- round trip
+
+
+def test_round_trip_two_sessions_exact_rows(store: RunStore, tmp_path: Path) -> None:
+    a, b = make_session("p1", "unguided"), make_session("p1", "emotional_wellbeing", n_user_turns=3)
+    assert store.write_session(a) and store.write_session(b)
+    counts = store.counts()
+    assert counts.rows == {**expected_rows(a, b)}
+    assert counts.rows["turns"] == 2 * 5 + 3 * 5 and counts.rows["llm_calls"] == 25 and counts.rows["participants"] == 1
+    assert counts.sessions_completed == 2 and counts.sessions_failed == 0
+    assert counts.llm_calls == 25 and counts.prompt_tokens == 5 * 100 + 20 * 50
+    gen = next(c for c in counts.by_role_arm if c.arm == "gen")
+    assert (gen.role, gen.calls, gen.completion_tokens) == ("arm", 5, 150)
+    assert store.completed_sessions() == {"p1:unguided", "p1:emotional_wellbeing"}
+
+    tables = load_run(tmp_path / "run")
+    assert len(tables.judgements) == 8 and len(tables.turns) == 25 and len(tables.conversations) == 2
+    assert len(tables.bdm) == 2 and len(tables.llm_calls) == 25 and len(tables.participants) == 1
+    conv = tables.conversations.set_index("conversation_id")
+    assert json.loads(conv.loc["p1:unguided", "arm_letters"]) == a.conversation.arm_letters
+    assert not conv.loc["p1:emotional_wellbeing", "in_domain"]
+    j = tables.judgements[tables.judgements.conversation_id == "p1:unguided"].set_index("arm")
+    for rec in a.judgements:
+        row = j.loc[rec.arm]
+        assert (row["letter"], row["position"], row["rank"], bool(row["opening_choice"])) == (
+            rec.letter, rec.position, rec.rank, rec.opening_choice)
+        assert row["rating_preference"] == pytest.approx(rec.rating_preference)
+        assert (row["participant_id"], row["source"], row["domain"]) == ("p1", "sim_dynamic", "unguided")
+    assert read_table(tmp_path / "run", "instruments")["repairs"].sum() == 2
+
+
+def test_load_run_columns_and_dtypes(store: RunStore) -> None:
+    store.write_session(make_session("p1"))
+    t = load_run(store.path)  # the .sqlite file works as well as the directory
+    assert tuple(t.judgements.columns) == JUDGEMENT_COLUMNS
+    for name, (required, optional) in TABLES.items():
+        assert set(required) | set(optional) <= set(getattr(t, name).columns), name
+    jd = t.judgements.dtypes
+    assert jd["rank"] == "Int64" and jd["position"] == "Int64" and jd["provenance_rank"] == "Int64"
+    assert jd["opening_choice"] == "boolean" and jd["provenance_guess"] == "boolean"
+    assert jd["rating_preference"] == "float64" and jd["wtp_bid"] == "float64"
+    cd = t.conversations.dtypes
+    assert cd["in_domain"] == "boolean" and cd["gen_error"] == "boolean" and cd["n_turns"] == "Int64"
+    assert isinstance(t.conversations["arm_letters"].iloc[0], str)
+    assert t.turns["turn_rating"].dtype == "float64" and t.turns["turn"].dtype == "Int64"
+    assert t.turns.loc[t.turns.role == "user", "arm"].isna().all()
+    assert t.bdm["won"].dtype == "boolean"
+    assert (t.judgements["rank"] == 1).sum() == 1  # ranked_best is derivable
+
+
+def test_load_run_of_empty_store_has_columns(store: RunStore) -> None:
+    t = load_run(store.path)
+    assert len(t.judgements) == 0 and tuple(t.judgements.columns) == JUDGEMENT_COLUMNS
+    assert t.judgements["rank"].dtype == "Int64"
+
+
+# ---------------------------------------------------------------- atomicity and resume
+
+
+def _all_rows(path: Path) -> dict[str, int]:
+    with sqlite3.connect(path) as db:
+        return {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COLUMNS}
+
+
+def test_a_session_failing_mid_insert_leaves_nothing(store: RunStore) -> None:
+    good = make_session("p1")
+    store.write_session(good)
+    before = _all_rows(store.path)
+    bad = make_session("p2")
+    # bypass pydantic so the database's own CHECK fails on the LAST judgement, after turns etc. went in
+    broken = bad.judgements[-1].model_construct(**{**bad.judgements[-1].model_dump(), "rating_preference": 150.0})
+    bad = SessionRecord.model_construct(**{**dict(bad), "judgements": [*bad.judgements[:-1], broken]})
+    with pytest.raises(sqlite3.IntegrityError):
+        store.write_session(bad)
+    assert _all_rows(store.path) == before
+    assert store.completed_sessions() == {"p1:unguided"}
+    # the store is still usable and the fixed session goes in whole
+    assert store.write_session(make_session("p2"))
+    assert store.counts().rows == expected_rows(good, make_session("p2"))
+
+
+def test_participant_conflict_rolls_back(store: RunStore) -> None:
+    store.write_session(make_session("p1", "unguided"))
+    other = make_session("p1", "values")
+    other = other.model_copy(update={"participant": other.participant.model_copy(update={"rendering": "profile"})})
+    before = _all_rows(store.path)
+    with pytest.raises(StoreError, match="participant 'p1'"):
+        store.write_session(other)
+    assert _all_rows(store.path) == before
+
+
+def test_duplicate_write_is_noop_when_identical_and_refused_when_different(store: RunStore) -> None:
+    rec = make_session("p1")
+    assert store.write_session(rec) is True
+    assert store.write_session(make_session("p1")) is False  # identical rebuild: no-op
+    assert store.counts().rows == expected_rows(rec)
+    with pytest.raises(DuplicateSessionError, match="p1:unguided"):
+        store.write_session(make_session("p1", seed=1))
+    assert store.counts().rows == expected_rows(rec)
+
+
+def test_failures_and_resume(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with RunStore.create(run, META) as s:
+        s.write_session(make_session("p1"))
+        call = LLMCallRecord(conversation_id="p2:unguided", role="judge", instrument="ranking", model="sim",
+                             endpoint="e", attempts=3, status="schema_error", error="not a permutation")
+        s.write_failure(SessionFailure(session_key="p2:unguided", participant_id="p2", domain="unguided",
+                                       error_type="StructuredOutputError", reason="ranking kept failing",
+                                       raw_text='{"ranking": "A A B"}', llm_calls=[call]))
+        assert s.failed_sessions() == {"p2:unguided"}
+        c = s.counts()
+        assert (c.sessions_completed, c.sessions_failed, c.rows["failures"]) == (1, 1, 1)
+        judge = next(x for x in c.by_role_arm if x.role == "judge")
+        assert (judge.calls, judge.errors) == (1, 1)
+    # resume: same command, same config; only the missing/failed session is redone
+    with RunStore.open_or_create(run, META) as s:
+        assert s.completed_sessions() == {"p1:unguided"}
+        assert s.write_session(make_session("p2"))
+        assert s.failed_sessions() == set()
+        assert s.counts().rows["failures"] == 1  # the history of the failed attempt is kept
+        with pytest.raises(StoreError, match="already complete"):
+            s.write_failure(SessionFailure(session_key="p2:unguided", participant_id="p2", domain="unguided",
+                                           error_type="X", reason="y"))
+    assert len(run_meta(run)["resumes"]) == 1
+
+
+async def test_concurrent_sessions_from_the_event_loop(store: RunStore) -> None:
+    async def session(i: int) -> bool:
+        await asyncio.sleep(random.random() / 100)
+        return store.write_session(make_session(f"p{i}", n_user_turns=1 + i % 3))
+
+    assert all(await asyncio.gather(*(session(i) for i in range(40))))
+    assert store.completed_sessions() == {f"p{i}:unguided" for i in range(40)}
+    assert store.counts().rows == expected_rows(*(make_session(f"p{i}", n_user_turns=1 + i % 3) for i in range(40)))
+
+
+# ---------------------------------------------------------------- SIGKILL
+
+WRITER = textwrap.dedent(
+    """
+    import importlib.util, sys, time
+    from simlab.store import RunStore
+    spec = importlib.util.spec_from_file_location("t", sys.argv[1])
+    t = importlib.util.module_from_spec(spec); spec.loader.exec_module(t)
+    store = RunStore.open(sys.argv[2])
+    mode, n = sys.argv[3], int(sys.argv[4])
+    if mode == "mid_transaction":
+        for i in range(n):
+            store.write_session(t.make_session(f"p{i}", n_user_turns=3))
+        def stall(sql):  # stop inside the next session's transaction, after its turns went in
+            if sql.startswith("INSERT INTO judgements"):
+                print("MID", flush=True); time.sleep(120)
+        store._conn.set_trace_callback(stall)
+        store.write_session(t.make_session("victim", n_user_turns=3))
+    else:
+        i = 0
+        while True:
+            store.write_session(t.make_session(f"p{i}", n_user_turns=1 + i % 4))
+            print(i, flush=True); i += 1
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["mid_transaction", "anywhere"])
+def test_sigkill_of_a_writer_leaves_only_whole_sessions(tmp_path: Path, mode: str) -> None:
+    run = tmp_path / "run"
+    RunStore.create(run, META).close()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, __file__, str(run), mode, "5"],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if line.strip() == "MID" or (mode == "anywhere" and int(line) >= 25):
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    with RunStore.open(run) as s:
+        assert s._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert s._conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        done = s.completed_sessions()
+        records = [make_session(k.split(":")[0], n_user_turns=3 if mode == "mid_transaction" else 1 + int(k[1:].split(":")[0]) % 4)
+                   for k in done]
+        assert s.counts().rows == expected_rows(*records)  # every stored session whole, nothing else
+        if mode == "mid_transaction":
+            assert done == {f"p{i}:unguided" for i in range(5)}
+        else:
+            assert len(done) >= 26
+        # a resumed run writes the missing session normally
+        assert s.write_session(make_session("victim"))
+
+
+# ---------------------------------------------------------------- config and meta
+
+
+def test_resume_with_a_different_config_names_every_field(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    RunStore.create(run, META).close()
+    changed = json.loads(json.dumps(META))
+    changed["config"]["arms"][1]["model"] = "b"
+    changed["config"]["seed"] = 8
+    changed["config"]["concurrency"] = 64  # may differ on resume
+    changed["config"]["new_option"] = True
+    changed["prompt_hashes"]["user_turn"] = "def456"
+    before = (run / "store.sqlite").read_bytes()
+    with pytest.raises(ConfigMismatchError) as err:
+        RunStore.open_or_create(run, changed, ignore={"concurrency", "limit"})
+    assert isinstance(err.value, InputError)
+    msg = str(err.value)
+    for part in ("arms[1].model: 'a' != 'b'", "seed: 7 != 8", "new_option: <absent> != True",
+                 "prompt_hashes.user_turn: 'abc123' != 'def456'", "store.sqlite"):
+        assert part in msg
+    assert "concurrency" not in msg
+    assert len(err.value.differences) == 4
+    assert (run / "store.sqlite").read_bytes() == before  # refused resume leaves the run untouched
+    # the allowed change alone resumes, and is recorded
+    ok = json.loads(json.dumps(META))
+    ok["config"]["concurrency"] = 64
+    RunStore.open_or_create(run, ok, ignore={"concurrency"}).close()
+    assert run_meta(run)["resumes"][0]["changed"] == ["concurrency: 4 != 64"]
+
+
+def test_meta_is_stored_without_secrets(store: RunStore) -> None:
+    meta = run_meta(store.path)
+    assert meta["config"]["endpoint"] == {"api_key": "<redacted>", "url": "http://x"}
+    assert meta["prompt_hashes"] == {"user_turn": "abc123"} and meta["seed"] == 7
+    assert {"simlab_version", "created_at", "command", "store_schema"} <= set(meta)
+    store.close()
+    raw = b"".join(p.read_bytes() for p in store.path.parent.iterdir())
+    assert b"sk-secret-123" not in raw
+
+
+def test_diff_config() -> None:
+    old = {"arms": [{"model": "a"}, {"model": "x", "temp": 0.7}], "flag": True, "n": 1, "limit": 5}
+    assert diff_config(old, json.loads(json.dumps(old))) == []
+    assert diff_config(old, {**old, "n": 1.0}) == []  # the same number
+    assert diff_config(old, {**old, "flag": 1}) == ["flag: True != 1"]
+    new = {"arms": [{"model": "a"}, {"model": "y"}, {"model": "z"}], "flag": True, "n": 1, "limit": 9}
+    assert diff_config(old, new, ignore={"limit"}) == [
+        "arms[1].model: 'x' != 'y'",
+        "arms[1].temp: 0.7 != <absent>",
+        "arms[2]: <absent> != {'model': 'z'}",
+    ]
+    assert diff_config(1, 2) == ["<root>: 1 != 2"]
+
+
+def test_create_and_open_errors(tmp_path: Path, store: RunStore) -> None:
+    with pytest.raises(InputError, match="already exists"):
+        RunStore.create(store.path.parent, META)
+    with pytest.raises(InputError, match="no run store"):
+        RunStore.open(tmp_path / "nowhere")
+    with pytest.raises(InputError, match="no run store"):
+        load_run(tmp_path / "nowhere")
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "store.sqlite").write_text("not a database " * 100)
+    with pytest.raises(InputError, match="not a simlab run store"):
+        RunStore.open(junk)
+
+
+# ---------------------------------------------------------------- autograde and export
+
+
+def test_autograde_is_written_once(store: RunStore) -> None:
+    store.write_session(make_session("p1"))
+    rows = [AutogradeRecord(unit_id=f"p1:unguided/{arm}/0", unit_kind="reply", conversation_id="p1:unguided", arm=arm,
+                            turn=0, mode="first_turn", dimension="sycophancy", score=float(i), rater_run=0,
+                            source="sim_dynamic") for i, arm in enumerate(ARMS)]
+    assert store.write_autograde(rows) == 4
+    assert store.write_autograde(rows) == 0
+    assert store.write_autograde([rows[0].model_copy(update={"rater_run": 1})]) == 1
+    assert len(store.autograded()) == 5
+    ag = load_run(store.path).autograde
+    assert len(ag) == 5 and ag["score"].dtype == "float64" and ag["rater_run"].dtype == "Int64"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_export(store: RunStore, tmp_path: Path, fmt: str) -> None:
+    store.write_session(make_session("p1"))
+    store.write_session(make_session("p2", "values"))
+    out = export(store.path.parent, tmp_path / "out", fmt)  # type: ignore[arg-type]
+    names = {p.name for p in out.iterdir()}
+    for table in ("judgements", "conversations", "turns", "participants", "bdm", "llm_calls", "instruments", "failures"):
+        assert f"{table}.{fmt}" in names
+    assert json.loads((out / "meta.json").read_text())["seed"] == 7
+    reader = {"csv": pd.read_csv, "jsonl": lambda p: pd.read_json(p, lines=True), "parquet": pd.read_parquet}[fmt]
+    j = reader(out / f"judgements.{fmt}")
+    assert len(j) == 8 and list(j.columns) == list(JUDGEMENT_COLUMNS)
+    with pytest.raises(InputError, match="format"):
+        export(store.path, tmp_path / "x", "xlsx")  # type: ignore[arg-type]
+
+
+def test_simlab_load_run_is_exported(store: RunStore) -> None:
+    import simlab
+
+    store.write_session(make_session("p1"))
+    assert len(simlab.load_run(store.path.parent).judgements) == 4
+
+
+# ---------------------------------------------------------------- record validation
+
+
+def test_records_reject_what_can_be_checked_locally() -> None:
+    good = make_session("p1")
+    conv = good.conversation.model_dump()
+    with pytest.raises(ValidationError, match="permutation|A, B"):
+        ConversationRecord(**{**conv, "arm_letters": {"gen": "A", "prompt": "A", "dpft": "C", "ppft": "D"}})
+    with pytest.raises(ValidationError, match="A, B"):
+        ConversationRecord(**{**conv, "arm_letters": {"gen": "A", "prompt": "B", "dpft": "C", "ppft": "E"}})
+    with pytest.raises(ValidationError, match="in_domain"):
+        ConversationRecord(**{**conv, "domain": "emotional_wellbeing", "in_domain": True})
+    with pytest.raises(ValidationError, match="extra"):
+        ConversationRecord(**{**conv, "colour": "red"})
+    j = good.judgements[0].model_dump()
+    for field, value in (("rating_preference", 100.5), ("rating_provenance", -1), ("wtp_bid", 10.01), ("rank", 0)):
+        with pytest.raises(ValidationError):
+            JudgementRecord(**{**j, field: value})
+    with pytest.raises(ValidationError, match="position"):
+        JudgementRecord(**{**j, "position": j["position"] % 4 + 1})
+    with pytest.raises(ValidationError):
+        TurnRecord(conversation_id="c", turn=0, role="user", arm="gen", letter="A", text="hi")
+    with pytest.raises(ValidationError):
+        TurnRecord(conversation_id="c", turn=1, role="assistant", text="hi")
+    b = good.bdm[0].model_dump()
+    with pytest.raises(ValidationError, match="won"):
+        BDMRecord(**{**b, "won": not b["won"]})
+    with pytest.raises(ValidationError, match="pays"):
+        BDMRecord(**{**b, "paid": b["bid"] + 0.01 if b["won"] else 1.0})
+    with pytest.raises(ValidationError):
+        LLMCallRecord(role="user", model="m", endpoint="e")
+
+
+def test_session_record_cross_checks() -> None:
+    good = make_session("p1")
+    parts = dict(good)
+    ranks_bad = [j.model_copy(update={"rank": 1}) for j in good.judgements]
+    with pytest.raises(ValidationError, match="rank must be a permutation"):
+        SessionRecord(**{**parts, "judgements": ranks_bad})
+    two_choices = [j.model_copy(update={"opening_choice": True}) for j in good.judgements]
+    with pytest.raises(ValidationError, match="opening_choice"):
+        SessionRecord(**{**parts, "judgements": two_choices})
+    with pytest.raises(ValidationError, match="each arm once"):
+        SessionRecord(**{**parts, "judgements": good.judgements[:3]})
+    wrong_letter = good.turns[1].model_copy(update={"letter": "Z"})
+    with pytest.raises(ValidationError, match="map says"):
+        SessionRecord(**{**parts, "turns": [good.turns[0], wrong_letter, *good.turns[2:]]})
+    stray = good.bdm[0].model_copy(update={"conversation_id": "other"})
+    with pytest.raises(ValidationError, match="conversation_id"):
+        SessionRecord(**{**parts, "bdm": [stray]})
+    with pytest.raises(ValidationError, match="n_turns"):
+        SessionRecord(**{**parts, "conversation": good.conversation.model_copy(update={"n_turns": 5})})
+    # a session whose ranking instrument failed: all ranks null is allowed
+    SessionRecord(**{**parts, "judgements": [j.model_copy(update={"rank": None}) for j in good.judgements]})
+    assert good.session_key == "p1:unguided"
