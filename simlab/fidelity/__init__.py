@@ -1,0 +1,86 @@
+"""Fidelity: how far simulated users are from real people, on the same tables.
+
+Data in (``load_human``, the importers), one call to compare a simulated run with
+human data (``compare``), and the analyses behind it (``simlab.fidelity.analyses``).
+
+>>> import simlab
+>>> from simlab.fidelity import compare, load_human
+>>> result = compare(simlab.load_run("runs/demo"), load_human("data/human"))  # doctest: +SKIP
+>>> print(result.model_dump_json(indent=2))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, Literal
+
+from simlab.errors import InputError
+from simlab.fidelity.importers import import_dialogue_eval, import_prism
+from simlab.fidelity.io import load_human, load_tables, normalise, write_tables
+from simlab.tables import Tables, concat
+
+if TYPE_CHECKING:
+    from simlab.fidelity.result import FidelityResult
+
+__all__ = [
+    "FidelityResult",
+    "analyze",
+    "analyze_all",
+    "compare",
+    "import_dialogue_eval",
+    "import_prism",
+    "load_human",
+    "load_tables",
+    "normalise",
+    "write_tables",
+]
+
+# The analyses are imported on first use (they pull in statsmodels and scikit-learn).
+_LAZY = {"FidelityResult": "simlab.fidelity.result", "analyze_all": "simlab.fidelity.analyses"}
+
+Topics = Literal["tfidf", "embeddings"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'simlab.fidelity' has no attribute {name!r}")
+
+
+def compare(*tables: Tables, n_boot: int = 200, seed: int = 0, topics: str = "tfidf") -> FidelityResult:
+    """Fit every analysis per source and compare each simulated source with ``human``.
+
+    ``tables`` are e.g. ``simlab.load_run(run_dir)`` and ``load_human(path)``; each
+    must say its ``source``, at least one must hold human data, and conversation ids
+    must not repeat across them.
+    """
+    if not tables:
+        raise TypeError("compare needs at least one Tables")
+    parts = [normalise(t, origin=f"tables #{i + 1}", default_source=None) for i, t in enumerate(tables)]
+    seen: dict[str, int] = {}
+    for i, part in enumerate(parts, start=1):
+        for cid in part.conversations["conversation_id"]:
+            if cid in seen and seen[cid] != i:
+                raise InputError(
+                    f"conversation {cid!r} appears in tables #{seen[cid]} and #{i}: ids must be unique across sources",
+                    field="conversation_id",
+                )
+            seen[cid] = i
+    merged = concat(*parts)
+    if "human" not in merged.sources:
+        raise InputError(f"no human data to compare with (sources: {', '.join(merged.sources) or 'none'})",
+                         field="source")
+    return _analyze_all(merged, n_boot=n_boot, seed=seed, topics=topics)
+
+
+def analyze(tables: Tables, *, n_boot: int = 200, seed: int = 0, topics: str = "tfidf") -> FidelityResult:
+    """Fit every analysis on the data of one source (no comparison)."""
+    part = normalise(tables, origin="tables", default_source=None)
+    if len(part.sources) != 1:
+        raise InputError(f"analyze takes one source, got {part.sources}; use compare for several", field="source")
+    return _analyze_all(part, n_boot=n_boot, seed=seed, topics=topics)
+
+
+def _analyze_all(tables: Tables, *, n_boot: int, seed: int, topics: str) -> FidelityResult:
+    analyze_all = import_module("simlab.fidelity.analyses").analyze_all
+    return analyze_all(tables, n_boot=n_boot, seed=seed, topics=topics)
