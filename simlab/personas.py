@@ -41,6 +41,7 @@ __all__ = [
     "StatedPrefs",
     "SummaryArtefact",
     "input_hash",
+    "load_holdout",
     "load_personas",
     "load_prism",
     "render_persona",
@@ -274,6 +275,22 @@ def load_personas(path: str | Path, *, holdout: Collection[str] = ()) -> list[Pe
     if not personas:
         raise InputError("no personas in file", file=file)
     return personas
+
+
+def load_holdout(path: str | Path) -> frozenset[str]:
+    """Hold-out conversation ids from a text file: one id per line; blank lines and ``#`` comments ignored."""
+    file = Path(path)
+    if not file.is_file():
+        raise InputError("file not found", file=file)
+    ids: set[str] = set()
+    for number, raw in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        text = raw.split("#", 1)[0].strip()
+        if not text:
+            continue
+        if any(ch.isspace() for ch in text):
+            raise InputError(f"one conversation id per line, got {text!r}", file=file, row=number, field="conversation_id")
+        ids.add(text)
+    return frozenset(ids)
 
 
 class _PrismSurvey(BaseModel):

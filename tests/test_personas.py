@@ -15,6 +15,7 @@ from simlab.personas import (
     Persona,
     SummaryArtefact,
     input_hash,
+    load_holdout,
     load_personas,
     load_prism,
     render_persona,
@@ -160,6 +161,16 @@ def test_load_personas_round_trip_and_holdout(tmp_path: Path) -> None:
     assert personas[0].conversations[0].domain == "unguided"
     held = load_personas(path, holdout={"a-c1"})
     assert held[0].conversations == [] and len(held[1].conversations) == 1
+
+
+def test_load_holdout_reads_one_id_per_line(tmp_path: Path) -> None:
+    path = tmp_path / "holdout.txt"
+    path.write_text("# evaluation targets\nc1\n\n  c3  # second\n")
+    assert load_holdout(path) == {"c1", "c3"}
+    path.write_text("c1\nc2 c3\n")
+    with pytest.raises(InputError) as info:
+        load_holdout(path)
+    assert (info.value.file, info.value.row, info.value.field) == (str(path), 2, "conversation_id")
 
 
 def _bad(field_path: str, value: Any) -> dict[str, Any]:
