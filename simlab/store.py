@@ -25,6 +25,7 @@ import re
 import shlex
 import sqlite3
 import sys
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -249,6 +250,24 @@ def _redact(value: Any) -> Any:
     return value
 
 
+def _meta_differences(stored: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(differences that forbid a resume, differences in ``ignore``d config keys)."""
+    new = {k: _jsonable(v) for k, v in new.items()}
+    ignore = set(ignore)
+    differences: list[str] = []
+    allowed: list[str] = []
+    for key in MATCHED_META:
+        if key not in stored and key not in new:
+            continue
+        old_v, new_v = stored.get(key), new.get(key)
+        if key == "config" and isinstance(old_v, dict) and isinstance(new_v, dict):
+            differences += diff_config(old_v, new_v, ignore)
+            allowed += diff_config({k: old_v.get(k) for k in ignore}, {k: new_v.get(k) for k in ignore})
+        else:
+            differences += diff_config({key: old_v}, {key: new_v})
+    return differences, allowed
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -302,6 +321,7 @@ class RunStore:
             "command": shlex.join(sys.argv),
             **{k: _jsonable(v) for k, v in meta.items()},
             "store_schema": STORE_SCHEMA_VERSION,
+            "store_id": uuid.uuid4().hex,  # lets a merge recognise a shard it already took in
         }
         conn.execute("BEGIN IMMEDIATE")
         try:  # schema and meta together: a store either has both or does not exist
@@ -345,19 +365,7 @@ class RunStore:
             return cls.create(run_dir, meta)
         store = cls.open(run_dir)
         stored = store.meta()
-        new = {k: _jsonable(v) for k, v in meta.items()}
-        ignore = set(ignore)
-        differences: list[str] = []
-        allowed: list[str] = []
-        for key in MATCHED_META:
-            if key not in stored and key not in new:
-                continue
-            old_v, new_v = stored.get(key), new.get(key)
-            if key == "config" and isinstance(old_v, dict) and isinstance(new_v, dict):
-                differences += diff_config(old_v, new_v, ignore)
-                allowed += diff_config({k: old_v.get(k) for k in ignore}, {k: new_v.get(k) for k in ignore})
-            else:
-                differences += diff_config({key: old_v}, {key: new_v})
+        differences, allowed = _meta_differences(stored, meta, ignore)
         if differences:
             store.close()
             raise ConfigMismatchError(store.path, differences)
@@ -498,6 +506,92 @@ class RunStore:
         )
 
 
+    def merge_from(self, shard: str | Path) -> int:
+        """Take in another store's sessions, failures, calls and scores; returns the new sessions.
+
+        One transaction per shard; a shard already merged is skipped; a session stored in
+        both with different content raises ``DuplicateSessionError`` and merges nothing.
+        """
+        path = _store_path(shard)
+        shard_meta = run_meta(path)
+        merged = self.meta().get("merged", [])
+        if shard_meta.get("store_id") in {m["store_id"] for m in merged}:
+            return 0
+        db = self._conn
+        db.execute("ATTACH DATABASE ? AS shard", (str(path),))  # not allowed inside a transaction
+        try:
+            with self._transaction():
+                clash = db.execute(
+                    "SELECT s.session_key FROM shard.sessions s JOIN main.sessions m USING (session_key)"
+                    " WHERE s.record_sha256 != m.record_sha256"
+                ).fetchall()
+                if clash:
+                    raise DuplicateSessionError(f"{path} and {self.path} hold different results for {[c[0] for c in clash]}")
+                clash = db.execute(
+                    "SELECT s.participant_id FROM shard.participants s JOIN main.participants m USING (participant_id, source)"
+                    " WHERE s.persona_id IS NOT m.persona_id OR s.rendering IS NOT m.rendering"
+                    " OR s.simulator_model IS NOT m.simulator_model"
+                ).fetchall()
+                if clash:
+                    raise StoreError(f"{path} and {self.path} describe participants differently: {[c[0] for c in clash]}")
+                db.execute("CREATE TEMP TABLE IF NOT EXISTS new_keys (k TEXT PRIMARY KEY)")
+                db.execute("DELETE FROM temp.new_keys")
+                db.execute(
+                    "INSERT INTO temp.new_keys SELECT session_key FROM shard.sessions"
+                    " WHERE session_key NOT IN (SELECT session_key FROM main.sessions)"
+                )
+                n_new = db.execute("SELECT count(*) FROM temp.new_keys").fetchone()[0]
+                db.execute(
+                    "INSERT INTO main.participants SELECT * FROM shard.participants s WHERE NOT EXISTS (SELECT 1 FROM"
+                    " main.participants m WHERE m.participant_id = s.participant_id AND m.source = s.source)"
+                )
+                for table in ("sessions", "conversations", "turns", "judgements", "bdm", "instruments"):
+                    cols = ", ".join(COLUMNS[table])
+                    key = "session_key" if table == "sessions" else "conversation_id"
+                    db.execute(
+                        f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM shard.{table}"
+                        f" WHERE {key} IN (SELECT k FROM temp.new_keys)"
+                    )
+                cols = ", ".join(COLUMNS["llm_calls"])
+                db.execute(
+                    f"INSERT INTO main.llm_calls ({cols}) SELECT {cols} FROM shard.llm_calls WHERE session_key IS NULL"
+                    " OR session_key IN (SELECT k FROM temp.new_keys)"
+                    " OR session_key IN (SELECT session_key FROM shard.failures) ORDER BY call_id"
+                )
+                for table in ("failures", "autograde"):
+                    cols = ", ".join(COLUMNS[table])
+                    db.execute(
+                        f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM shard.{table} WHERE true"
+                        " ON CONFLICT DO NOTHING"
+                    )
+                merged.append({"store_id": shard_meta.get("store_id"), "path": str(path), "sessions": n_new, "at": _now()})
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('merged', ?)", (json.dumps(merged),))
+        finally:
+            db.execute("DETACH DATABASE shard")
+        return n_new
+
+
+def merge(out_dir: str | Path, shards: Iterable[str | Path], ignore: Iterable[str] = ()) -> RunStore:
+    """Merge the stores of disjoint shards of one run (e.g. ``--shard i/n``) into ``out_dir``.
+
+    Every shard must have the same config as the merged store, except the top-level
+    keys in ``ignore`` (e.g. the shard spec); otherwise ``ConfigMismatchError``.
+    """
+    paths = [_store_path(p) for p in shards]
+    if not paths:
+        raise InputError("merge needs at least one shard store", field="shards")
+    metas = [run_meta(p) for p in paths]
+    base = {k: v for k, v in metas[0].items() if k in MATCHED_META}
+    for path, meta in zip(paths, metas):
+        differences, _ = _meta_differences(base, {k: v for k, v in meta.items() if k in MATCHED_META}, ignore)
+        if differences:
+            raise ConfigMismatchError(path, differences)
+    target = RunStore.open_or_create(out_dir, base, ignore)
+    for path in paths:
+        target.merge_from(path)
+    return target
+
+
 def _insert(db: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
     if rows:
         cols = COLUMNS[table]
@@ -620,6 +714,7 @@ __all__ = [
     "StoreError",
     "diff_config",
     "export",
+    "merge",
     "load_run",
     "read_table",
     "run_meta",

@@ -41,6 +41,7 @@ from simlab.store import (
     diff_config,
     export,
     load_run,
+    merge,
     read_table,
     run_meta,
 )
@@ -477,3 +478,51 @@ def test_session_record_cross_checks() -> None:
     # a session whose ranking instrument failed: all ranks null is allowed
     SessionRecord(**{**parts, "judgements": [j.model_copy(update={"rank": None}) for j in good.judgements]})
     assert good.session_key == "p1:unguided"
+
+
+# ---------------------------------------------------------------- shards
+
+
+def _shard(path: Path, participants: list[str], shard: str) -> list[SessionRecord]:
+    meta = json.loads(json.dumps(META))
+    meta["config"]["shard"] = shard
+    records = [make_session(p, d) for p in participants for d in ("unguided", "values")]
+    with RunStore.create(path, meta) as s:
+        for r in records:
+            s.write_session(r)
+        s.write_failure(SessionFailure(session_key=f"{participants[0]}:controversy", participant_id=participants[0],
+                                       domain="controversy", error_type="LLMError", reason="timeout"))
+        s.write_calls([LLMCallRecord(role="summary", model="sim", endpoint="e", prompt_tokens=7)])
+        s.write_autograde([AutogradeRecord(unit_id=f"{participants[0]}:unguided/gen/0", unit_kind="reply",
+                                           mode="first_turn", dimension="refusal", score=1.0)])
+    return records
+
+
+def test_merge_shards(tmp_path: Path) -> None:
+    a = _shard(tmp_path / "s1", ["p1", "p2"], "1/2")
+    b = _shard(tmp_path / "s2", ["p3"], "2/2")
+    with merge(tmp_path / "all", [tmp_path / "s1", tmp_path / "s2"], ignore={"shard"}) as m:
+        rows = m.counts().rows
+        assert rows == {**expected_rows(*a, *b), "failures": 2, "autograde": 2, "llm_calls": sum(len(r.llm_calls) for r in a + b) + 2}
+        assert m.failed_sessions() == {"p1:controversy", "p3:controversy"}
+        assert m.merge_from(tmp_path / "s1") == 0  # a shard is taken in once
+        assert m.counts().rows == rows
+    assert len(load_run(tmp_path / "all").judgements) == 4 * 6
+    # a shard run with another config is refused, naming the field
+    other = json.loads(json.dumps(META))
+    other["config"]["arms"][0]["model"] = "zzz"
+    RunStore.create(tmp_path / "s3", other).close()
+    with pytest.raises(ConfigMismatchError, match=r"arms\[0\].model: 'a' != 'zzz'"):
+        merge(tmp_path / "all", [tmp_path / "s3"], ignore={"shard"})
+
+
+def test_merge_refuses_a_conflicting_session_and_takes_nothing(tmp_path: Path) -> None:
+    _shard(tmp_path / "s1", ["p1"], "1/2")
+    with RunStore.create(tmp_path / "s2", {**META, "config": {**META["config"], "shard": "2/2"}}) as s:
+        s.write_session(make_session("p9"))
+        s.write_session(make_session("p1", seed=5))  # same key as in s1, different result
+    with merge(tmp_path / "all", [tmp_path / "s1"], ignore={"shard"}) as m:
+        before = m.counts().rows
+        with pytest.raises(DuplicateSessionError, match="p1:unguided"):
+            m.merge_from(tmp_path / "s2")
+        assert m.counts().rows == before
