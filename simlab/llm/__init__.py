@@ -1,0 +1,12 @@
+"""The LLM client layer (async, litellm over the OpenAI-compatible HTTP API)."""
+
+from simlab.llm.client import (
+    CallRecord,
+    ChatResult,
+    LLMClient,
+    StructuredResult,
+    parse_structured,
+    response_format,
+)
+
+__all__ = ["CallRecord", "ChatResult", "LLMClient", "StructuredResult", "parse_structured", "response_format"]

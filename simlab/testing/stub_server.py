@@ -1,0 +1,280 @@
+"""A scripted OpenAI-compatible chat-completions server for tests, on 127.0.0.1.
+
+It speaks the same HTTP as vLLM or llama.cpp's server, so tests exercise the real
+client path (litellm → openai → HTTP). Replies are scripted per model alias; a
+structured-output request (``response_format`` with a schema, in either dialect) is
+answered with JSON generated from the schema. Fault knobs: status codes (429 with
+Retry-After, 500, 503), delays, malformed JSON and schema-violating JSON.
+
+Examples:
+    >>> with StubServer() as server:           # doctest: +SKIP
+    ...     server.add_fault(Fault(status=429, retry_after=0.2))
+    ...     print(server.base_url)             # http://127.0.0.1:PORT/v1
+
+    $ python -m simlab.testing --port 8811 --delay 0.2
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import web
+
+Script = Callable[[dict[str, Any]], str | None]
+
+
+@dataclass
+class Fault:
+    """One injected fault, consumed by the next matching request.
+
+    kind: ``status`` answers ``status`` (with ``Retry-After`` when ``retry_after`` is set);
+    ``malformed_json`` returns content that is not JSON; ``schema_violation`` returns JSON
+    that breaks the requested schema; ``delay`` sleeps ``delay`` seconds then answers normally.
+    ``model`` restricts the fault to one alias (None: any).
+    """
+
+    kind: Literal["status", "malformed_json", "schema_violation", "delay"] = "status"
+    status: int = 500
+    retry_after: float | None = None
+    delay: float = 0.0
+    model: str | None = None
+
+
+@dataclass
+class RequestLog:
+    """What the server saw: the body, when it started and finished, and what it answered."""
+
+    body: dict[str, Any]
+    model: str
+    started: float
+    finished: float = 0.0
+    status: int = 200
+    in_flight_at_start: int = 0
+
+
+def _schema_of(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema a request asks for, in either dialect (json_schema or json_object+schema)."""
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        return (fmt.get("json_schema") or {}).get("schema")
+    if fmt.get("type") == "json_object":
+        return fmt.get("schema") or {}
+    return None
+
+
+def generate_from_schema(schema: dict[str, Any], rng: random.Random, root: dict | None = None) -> Any:
+    """A value that satisfies ``schema`` (the subset pydantic emits: objects, enums, ranges, refs)."""
+    root = root or schema
+    if "$ref" in schema:
+        name = schema["$ref"].split("/")[-1]
+        return generate_from_schema(root.get("$defs", {})[name], rng, root)
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return rng.choice(schema["enum"])
+    for key in ("anyOf", "oneOf", "allOf"):
+        if key in schema:
+            options = [s for s in schema[key] if s.get("type") != "null"] or schema[key]
+            return generate_from_schema(options[0], rng, root)
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "string")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {k: generate_from_schema(v, rng, root) for k, v in props.items()}
+    if kind == "array":
+        n = max(schema.get("minItems", 1), min(schema.get("maxItems", 2), 2))
+        return [generate_from_schema(schema.get("items", {}), rng, root) for _ in range(n)]
+    if kind in ("integer", "number"):
+        lo = schema.get("minimum", schema.get("exclusiveMinimum", 0))
+        hi = schema.get("maximum", schema.get("exclusiveMaximum", lo + 100))
+        if kind == "integer":
+            return rng.randint(int(lo), int(hi))
+        return round(rng.uniform(float(lo), float(hi)), 2)
+    if kind == "boolean":
+        return rng.random() < 0.5
+    n_min = schema.get("minLength", 0)
+    text = "A stub message about the topic at hand."
+    return text if len(text) >= n_min else text + "." * (n_min - len(text))
+
+
+def _violating(schema: dict[str, Any]) -> Any:
+    """JSON that parses but breaks ``schema`` (wrong type for every declared property)."""
+    props = schema.get("properties") or {}
+    if props:
+        return {k: {"unexpected": True} for k in props}
+    return ["not", "the", "schema"]
+
+
+class StubServer:
+    """A real aiohttp server on 127.0.0.1 in a background thread (usable from sync or async tests)."""
+
+    def __init__(
+        self,
+        *,
+        script: Script | None = None,
+        replies: dict[str, list[str]] | None = None,
+        delay: float = 0.0,
+        seed: int = 0,
+        port: int = 0,
+        api_key: str | None = None,
+    ) -> None:
+        self.script = script
+        self.replies = {k: deque(v) for k, v in (replies or {}).items()}
+        self.delay = delay
+        self.api_key = api_key
+        self.port = port
+        self.faults: deque[Fault] = deque()
+        self.requests: list[RequestLog] = []
+        self.max_in_flight = 0
+        self._in_flight = 0
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._ready = threading.Event()
+
+    # -- knobs -------------------------------------------------------------------------
+    def add_fault(self, *faults: Fault) -> None:
+        with self._lock:
+            self.faults.extend(faults)
+
+    def _take_fault(self, model: str) -> Fault | None:
+        with self._lock:
+            for i, fault in enumerate(self.faults):
+                if fault.model is None or fault.model == model:
+                    del self.faults[i]
+                    return fault
+        return None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # -- HTTP --------------------------------------------------------------------------
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024**2)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        return app
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _models(self, request: web.Request) -> web.Response:
+        names = sorted(self.replies) or ["stub"]
+        return web.json_response({"object": "list", "data": [{"id": n, "object": "model"} for n in names]})
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": {"message": "bad api key"}}, status=401)
+        body = await request.json()
+        model = str(body.get("model", ""))
+        with self._lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+            log = RequestLog(body=body, model=model, started=time.time(), in_flight_at_start=self._in_flight)
+            self.requests.append(log)
+        try:
+            response = await self._answer(body, model, log)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+            log.finished = time.time()
+        log.status = response.status
+        return response
+
+    async def _answer(self, body: dict[str, Any], model: str, log: RequestLog) -> web.Response:
+        fault = self._take_fault(model)
+        delay = self.delay + (fault.delay if fault else 0.0)
+        if delay:
+            await asyncio.sleep(delay)
+        if fault and fault.kind == "status":
+            headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+            err = {"error": {"message": f"injected {fault.status}", "type": "stub_fault", "code": fault.status}}
+            return web.json_response(err, status=fault.status, headers=headers)
+        schema = _schema_of(body)
+        if fault and fault.kind == "malformed_json":
+            content = '{"this is": not json'
+        elif fault and fault.kind == "schema_violation":
+            content = json.dumps(_violating(schema or {}))
+        else:
+            content = self._content(body, model, schema)
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+        completion_tokens = max(1, len(content.split()))
+        return web.json_response(
+            {
+                "id": f"chatcmpl-stub-{len(self.requests)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )
+
+    def _content(self, body: dict[str, Any], model: str, schema: dict[str, Any] | None) -> str:
+        if self.script is not None:
+            scripted = self.script(body)
+            if scripted is not None:
+                return scripted
+        with self._lock:
+            queue = self.replies.get(model)
+            if queue:
+                reply = queue.popleft()
+                queue.append(reply)  # cycle, so a script never runs dry
+                return reply
+            if schema is not None:
+                return json.dumps(generate_from_schema(schema, self._rng))
+            n = len(self.requests)
+        return f"Reply {n} from {model}: here is a considered answer to your message."
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> StubServer:
+        self._thread = threading.Thread(target=self._serve, name="simlab-stub-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("stub server did not start within 10 s")
+        return self
+
+    def _serve(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        self._runner = web.AppRunner(self._app(), access_log=None)
+        loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=1024)
+        loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._ready.set()
+        loop.run_forever()
+        loop.run_until_complete(self._runner.cleanup())
+        loop.close()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop = None
+
+    def __enter__(self) -> StubServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,220 @@
+"""The client layer against a real HTTP server on 127.0.0.1 (the scripted stub)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Literal
+
+import pytest
+from pydantic import BaseModel, Field
+
+from simlab.config import EndpointConfig, ModelSpec, SamplingConfig
+from simlab.errors import LLMError, StructuredOutputError
+from simlab.llm import LLMClient, response_format
+from simlab.testing import Fault, StubServer
+
+MSGS = [{"role": "user", "content": "hello there"}]
+
+
+class Verdict(BaseModel):
+    label: Literal["yes", "no"]
+    score: int = Field(ge=0, le=10)
+
+
+@pytest.fixture
+def server():
+    with StubServer() as s:
+        yield s
+
+
+def client_for(server: StubServer, **ep) -> LLMClient:
+    ep.setdefault("timeout_s", 5)
+    return LLMClient({"stub": EndpointConfig(base_url=server.base_url, **ep)})
+
+
+SPEC = ModelSpec(endpoint="stub", model="m1", sampling=SamplingConfig(max_tokens=20))
+
+
+async def test_chat_returns_text_and_usage(server):
+    calls = []
+    client = LLMClient({"stub": EndpointConfig(base_url=server.base_url)}, on_call=calls.append)
+    res = await client.chat(SPEC, MSGS, prompt_name="p.j2", prompt_hash="abc")
+    assert "m1" in res.text
+    assert res.call.attempts == 1 and res.call.status == "ok"
+    assert res.call.prompt_tokens == 2 and res.call.completion_tokens > 0
+    assert calls == [res.call]
+    body = server.requests[0].body
+    assert body["model"] == "m1" and body["max_tokens"] == 20 and body["messages"] == MSGS
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+async def test_transient_status_is_retried(server, status):
+    server.add_fault(Fault(status=status), Fault(status=status))
+    client = client_for(server)
+    res = await client.chat(SPEC, MSGS)
+    assert res.call.attempts == 3
+    assert [r.status for r in server.requests] == [status, status, 200]
+
+
+async def test_retry_after_is_honoured(server):
+    server.add_fault(Fault(status=429, retry_after=0.8))
+    client = client_for(server)
+    res = await client.chat(SPEC, MSGS)
+    assert res.call.attempts == 2
+    gap = server.requests[1].started - server.requests[0].finished
+    assert gap >= 0.75, f"second attempt came {gap:.3f} s after a Retry-After of 0.8 s"
+
+
+async def test_timeout_is_retried(server):
+    server.add_fault(Fault(kind="delay", delay=2.0))
+    client = client_for(server, timeout_s=0.4)
+    res = await client.chat(SPEC, MSGS)
+    assert res.call.attempts == 2
+    assert res.text
+
+
+async def test_client_error_is_not_retried(server):
+    server.add_fault(Fault(status=400))
+    client = client_for(server)
+    with pytest.raises(LLMError) as info:
+        await client.chat(SPEC, MSGS)
+    assert info.value.attempts == 1
+    assert len(server.requests) == 1
+
+
+async def test_gives_up_after_max_attempts_with_typed_error(server):
+    server.add_fault(*[Fault(status=503)] * 10)
+    client = client_for(server, max_attempts=3)
+    with pytest.raises(LLMError) as info:
+        await client.chat(SPEC, MSGS)
+    assert info.value.attempts == 3 and info.value.status == 503
+    assert len(server.requests) == 3
+    assert info.value.call.status == "error"  # the failed call is still accounted for
+
+
+async def test_total_deadline_bounds_a_call(server):
+    server.add_fault(*[Fault(status=500)] * 1000)
+    client = client_for(server, max_attempts=50, deadline_s=1.5)
+    t0 = time.monotonic()
+    with pytest.raises(LLMError):
+        await client.chat(SPEC, MSGS)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 4.0, f"deadline 1.5 s but the call took {elapsed:.1f} s"
+    assert 2 <= len(server.requests) < 50
+
+
+async def test_connection_refused_is_retried_then_typed_error():
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = LLMClient({"x": EndpointConfig(base_url=f"http://127.0.0.1:{port}/v1", max_attempts=2, timeout_s=2)})
+    with pytest.raises(LLMError) as info:
+        await client.chat(ModelSpec(endpoint="x", model="m"), MSGS)
+    assert info.value.attempts == 2
+
+
+async def test_structured_valid_reply_parses(server):
+    server.replies["m1"] = __import__("collections").deque(['{"label": "yes", "score": 7}'])
+    client = client_for(server)
+    res = await client.structured(SPEC, MSGS, Verdict)
+    assert res.value == Verdict(label="yes", score=7)
+    assert res.call.attempts == 1
+
+
+async def test_structured_schema_violation_retried_then_ok(server):
+    server.add_fault(Fault(kind="schema_violation"), Fault(kind="malformed_json"))
+    client = client_for(server)
+    res = await client.structured(SPEC, MSGS, Verdict)
+    assert isinstance(res.value, Verdict)
+    assert res.call.attempts == 3 and len(server.requests) == 3
+
+
+async def test_structured_keeps_failing_raises_with_raw_text(server):
+    server.add_fault(*[Fault(kind="schema_violation")] * 3)
+    client = client_for(server, schema_attempts=3)
+    with pytest.raises(StructuredOutputError) as info:
+        await client.structured(SPEC, MSGS, Verdict)
+    err = info.value
+    assert '"unexpected": true' in err.raw_text
+    assert "label" in err.reason or "score" in err.reason
+    assert err.call.status == "schema_error" and err.call.attempts == 3
+
+
+async def test_structured_out_of_range_value_is_a_schema_failure(server):
+    from collections import deque
+
+    server.replies["m1"] = deque(['{"label": "yes", "score": 99}'])
+    client = client_for(server, schema_attempts=2)
+    with pytest.raises(StructuredOutputError) as info:
+        await client.structured(SPEC, MSGS, Verdict)
+    assert "score" in info.value.reason and info.value.raw_text == '{"label": "yes", "score": 99}'
+
+
+@pytest.mark.parametrize("kind,expected_type", [("vllm", "json_schema"), ("local", "json_object")])
+async def test_dialect_request_bodies(server, kind, expected_type):
+    client = LLMClient({"stub": EndpointConfig(kind=kind, base_url=server.base_url)})
+    res = await client.structured(SPEC, MSGS, Verdict)
+    assert isinstance(res.value, Verdict)  # generated from the schema the body carried
+    fmt = server.requests[0].body["response_format"]
+    assert fmt["type"] == expected_type
+    schema = fmt["json_schema"]["schema"] if expected_type == "json_schema" else fmt["schema"]
+    assert set(schema["properties"]) == {"label", "score"}
+    assert schema["properties"]["score"]["maximum"] == 10
+
+
+def test_response_format_inlines_refs():
+    class Inner(BaseModel):
+        a: int
+
+    class Outer(BaseModel):
+        x: Inner
+        y: Inner
+
+    fmt = response_format(Outer, "json_object_schema")
+    assert "$defs" not in fmt["schema"]
+    assert fmt["schema"]["properties"]["x"]["properties"]["a"]["type"] == "integer"
+
+
+async def test_in_flight_bound_is_never_exceeded():
+    with StubServer(delay=0.1) as server:
+        client = LLMClient({"stub": EndpointConfig(base_url=server.base_url, max_in_flight=3)})
+        await asyncio.gather(*(client.chat(SPEC, MSGS) for _ in range(24)))
+    assert len(server.requests) == 24
+    assert server.max_in_flight == 3  # saturated, never above the bound
+
+
+async def test_rate_limit_spaces_request_starts():
+    with StubServer() as server:
+        client = LLMClient({"stub": EndpointConfig(base_url=server.base_url, rate_limit=10)})
+        await client.chat(SPEC, MSGS)  # first call pays litellm's one-off setup; keep it out of the window
+        await asyncio.sleep(1.1)
+        server.requests.clear()
+        await asyncio.gather(*(client.chat(SPEC, MSGS) for _ in range(25)))
+    starts = sorted(r.started for r in server.requests)
+    # no window of 0.9 s holds more than the limit (0.1 s slack: the throttle spaces sends,
+    # the server sees arrivals, which jitter by a few milliseconds)
+    worst = max(sum(1 for t in starts if s <= t < s + 0.9) for s in starts)
+    assert worst <= 10, f"{worst} requests started within one second at a limit of 10/s"
+    assert starts[-1] - starts[0] >= 1.9  # 25 requests at 10/s need at least two full periods
+
+
+async def test_api_key_from_environment_reaches_server_only(monkeypatch):
+    monkeypatch.setenv("SIMLAB_TEST_KEY", "sk-secret-123")
+    with StubServer(api_key="sk-secret-123") as server:
+        client = LLMClient({"stub": EndpointConfig(base_url=server.base_url, api_key_env="SIMLAB_TEST_KEY")})
+        res = await client.chat(SPEC, MSGS)
+    assert res.text
+    assert "sk-secret-123" not in repr(res.call)
+
+
+async def test_wrong_api_key_is_a_final_error(monkeypatch):
+    monkeypatch.setenv("SIMLAB_TEST_KEY", "sk-wrong")
+    with StubServer(api_key="sk-right") as server:
+        client = LLMClient({"stub": EndpointConfig(base_url=server.base_url, api_key_env="SIMLAB_TEST_KEY")})
+        with pytest.raises(LLMError) as info:
+            await client.chat(SPEC, MSGS)
+    assert info.value.attempts == 1
+    assert "sk-wrong" not in str(info.value)
