@@ -273,6 +273,11 @@ def _normalise(tables: Tables, wheres: Mapping[str, _Where], *, default_source: 
             if name != "judgements" or conversations is None:
                 frame.insert(len(frame.columns), "source", default_source)
 
+    for name in ("judgements", "conversations", "participants"):
+        frame = out[name]
+        if frame is not None and "source" in frame.columns:
+            _check_in(frame, "source", SOURCES, wheres[name])
+
     if conversations is not None:
         _check_unique(conversations, ["conversation_id"], wheres["conversations"])
         judgements = _join_conversations(judgements, conversations, jw, wheres["conversations"])
@@ -286,10 +291,6 @@ def _normalise(tables: Tables, wheres: Mapping[str, _Where], *, default_source: 
         conversations = _conversations_from(judgements, jw)
 
     _check_not_null(judgements, ["conversation_id", "arm", "participant_id", "source"], jw)
-    for name in ("judgements", "conversations", "participants"):
-        frame = judgements if name == "judgements" else (conversations if name == "conversations" else out[name])
-        if frame is not None and "source" in frame.columns:
-            _check_in(frame, "source", SOURCES, wheres.get(name, jw))
     _check_unique(judgements, ["conversation_id", "arm"], jw)
     for col in ("rank", "provenance_rank"):
         if col in judgements.columns:
@@ -493,18 +494,15 @@ def _check_permutation(frame: pd.DataFrame, col: str, where: _Where) -> None:
     if partial.any():
         pos = int(np.flatnonzero(partial)[0])
         raise where.fail(f"missing while other arms of conversation {group.iloc[pos]!r} have one", pos, col)
-    ranked = frame.loc[values.notna(), ["conversation_id", col]].copy()
-    ranked["_pos"] = np.flatnonzero(values.notna().to_numpy())
-    ranked = ranked.sort_values(["conversation_id", col, "_pos"], kind="stable")
-    expected = ranked.groupby("conversation_id", sort=False).cumcount() + 1
-    bad = ranked[col].to_numpy(dtype=float) != expected.to_numpy()
+    # k ranks, each within 1..k and none repeated, are a permutation of 1..k
+    out_of_range = (values.notna() & (values > n_arms)).to_numpy()
+    repeated = (values.notna() & frame.duplicated(["conversation_id", col])).to_numpy()
+    bad = out_of_range if out_of_range.any() else repeated
     if bad.any():
-        first = ranked.iloc[int(np.flatnonzero(bad)[0])]
-        cid = first["conversation_id"]
+        pos = int(np.flatnonzero(bad)[0])
+        cid = group.iloc[pos]
         got = sorted(int(v) for v in values[group == cid].dropna())
-        raise where.fail(
-            f"{col}s of conversation {cid!r} are {got}, not a permutation of 1..{len(got)}", int(first["_pos"]), col
-        )
+        raise where.fail(f"{col}s of conversation {cid!r} are {got}, not a permutation of 1..{len(got)}", pos, col)
 
 
 def _join_conversations(
