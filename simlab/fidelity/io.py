@@ -300,7 +300,7 @@ def _normalise(tables: Tables, wheres: Mapping[str, _Where], *, default_source: 
         if col not in judgements.columns:
             judgements[col] = _empty_column(col, len(judgements))
     # joins may have produced another string dtype; one dtype for text everywhere
-    for col in ("conversation_id", "participant_id", "source", "domain"):
+    for col in ("conversation_id", "participant_id", "source", "domain", "arm", "letter"):
         judgements[col] = _as_text(judgements[col])
         if col in conversations.columns:
             conversations[col] = _as_text(conversations[col])
@@ -321,6 +321,8 @@ def _normalise(tables: Tables, wheres: Mapping[str, _Where], *, default_source: 
         for col in TURN_COLUMNS:
             if col not in turns.columns:
                 turns[col] = _empty_column(col, len(turns))
+        for col in ("arm", "letter"):
+            turns[col] = _as_text(turns[col])
         out["turns"] = turns[[*TURN_COLUMNS, *[c for c in turns.columns if c not in TURN_COLUMNS]]]
     return replace(tables, **out)
 
