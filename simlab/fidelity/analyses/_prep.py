@@ -1,0 +1,101 @@
+"""Shared preparation: judgements with events and used ranks, and conditional-logit choice sets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from simlab.fidelity.stats import ChoiceSets, Participants
+from simlab.tables import Tables
+
+HUMAN = "human"
+
+
+def participants_of(tables: Tables, n_boot: int, seed: int) -> Participants:
+    """The participant index (union over judgements and conversations) with its bootstrap draws."""
+    ids: list[object] = list(tables.judgements["participant_id"].dropna().unique())
+    if tables.conversations is not None and "participant_id" in tables.conversations.columns:
+        ids += list(tables.conversations["participant_id"].dropna().unique())
+    return Participants.from_ids(ids, n_boot, seed)
+
+
+def has_values(frame: pd.DataFrame | None, column: str) -> bool:
+    return frame is not None and column in frame.columns and bool(frame[column].notna().any())
+
+
+def judgements_frame(tables: Tables) -> pd.DataFrame:
+    """Judgements with ``event`` (= conversation_id), ``rank_used`` and ``ranked_best``.
+
+    ``rank_used`` is ``rank`` where a conversation has one, else derived from
+    ``rating_preference`` (higher rating = better; ties share the better rank, ``method="min"``).
+    ``rank_derived`` marks the derived rows.
+    """
+    j = tables.judgements.copy()
+    for col in ("source", "domain", "participant_id"):
+        if col not in j.columns and tables.conversations is not None and col in tables.conversations.columns:
+            j = j.merge(tables.conversations[["conversation_id", col]], on="conversation_id", how="left")
+    for col in ("rank", "rating_preference", "position", "opening_choice", "wtp_bid"):
+        if col not in j.columns:
+            j[col] = np.nan
+    j = j[j["participant_id"].notna() & j["arm"].notna()].reset_index(drop=True)
+    j["event"] = j["conversation_id"].astype(str)
+    rank = pd.to_numeric(j["rank"], errors="coerce")
+    has_rank = rank.notna().groupby(j["event"]).transform("all")
+    derived = j.groupby("event")["rating_preference"].rank(ascending=False, method="min")
+    j["rank_derived"] = ~has_rank & derived.notna()
+    j["rank_used"] = rank.where(has_rank, derived)
+    j["ranked_best"] = (j["rank_used"] == 1).where(j["rank_used"].notna())
+    return j
+
+
+def dummies(values: pd.Series, levels: Sequence[object], prefix: str) -> pd.DataFrame:
+    """0/1 columns ``prefix[level]`` for each level (callers leave out the reference)."""
+    return pd.DataFrame({f"{prefix}[{lv}]": (values == lv).astype(float).to_numpy() for lv in levels}, index=values.index)
+
+
+def choice_sets(
+    frame: pd.DataFrame,
+    features: Sequence[str],
+    how: Literal["ranking"] | str,
+    participants: Participants,
+) -> ChoiceSets:
+    """Choice sets for a conditional logit over the rows of ``frame`` grouped by ``event``.
+
+    ``how="ranking"``: the exploded ranking (rank-ordered / Plackett–Luce logit): each ranked
+    row is chosen from the rows ranked the same or worse in its event (ties: Breslow, each tied
+    row is chosen from a set that includes the others). Otherwise ``how`` names a boolean column
+    and each true row is chosen from all rows of its event. Rows with a missing feature or
+    outcome are dropped; one-alternative sets carry no information and are dropped.
+    """
+    d = frame.reset_index(drop=True)
+    key = "rank_used" if how == "ranking" else how
+    ok = d[key].notna()
+    for f in features:
+        ok &= d[f].notna()
+    d = d[ok].reset_index(drop=True)
+    d["_row"] = np.arange(len(d))
+    if how == "ranking":
+        left = d[["_row", "event", "rank_used"]]
+        m = left.merge(left, on="event", suffixes=("_c", "_a"))
+        m = m[m["rank_used_a"] >= m["rank_used_c"]]
+    else:
+        chosen = d[how].astype(bool)
+        m = d.loc[chosen, ["_row", "event"]].merge(d[["_row", "event"]], on="event", suffixes=("_c", "_a"))
+    m = m[m.groupby("_row_c")["_row_a"].transform("size") >= 2]
+    m = m.sort_values(["_row_c", "_row_a"], kind="stable")
+    stratum, firsts = pd.factorize(m["_row_c"], sort=True)
+    X = d[list(features)].to_numpy(dtype=float)[m["_row_a"].to_numpy()]
+    chosen_rows = (m["_row_c"].to_numpy() == m["_row_a"].to_numpy())
+    part = participants.index(d["participant_id"].to_numpy()[np.asarray(firsts)])
+    return ChoiceSets(X=X, chosen=chosen_rows, stratum=stratum.astype(np.int64), participant=part, names=tuple(features))
+
+
+def n_events(cs: ChoiceSets, frame: pd.DataFrame) -> int:
+    return int(frame["event"].nunique()) if cs.n_strata else 0
+
+
+def sim_sources(sources: Sequence[str]) -> list[str]:
+    return [s for s in sources if s != HUMAN]

@@ -1,0 +1,190 @@
+"""PRISM-X-shaped synthetic data with planted effects, for tests and benchmarks.
+
+The generative model, per conversation (one participant × domain × source) and arm:
+
+    u = strengths[arm] + offset[participant, arm] + position_bias[source]·[position == 1]
+        + trait_effect[source]·z[arm] + Gumbel noise
+
+``rank`` orders u (so ranks follow a Plackett–Luce model with log-worth = the deterministic
+part: the hierarchy and position analyses must recover exactly these numbers);
+``opening_choice`` is the argmax of the same deterministic part with fresh Gumbel noise;
+ratings and bids are noisy increasing functions of u. ``turn_rating`` = 50 + 8·strength +
+participant effect + turn_slope[source]·turn + noise. Opening prompts draw a topic from a
+uniform distribution, shifted towards topic 0 by ``topic_shift[source]``. ``offset`` is shared
+by a participant's conversations in every source, so individual agreement and test–retest are
+above chance when ``preference_sd`` > 0. ``z`` is one autograded trait ("sycophancy").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from simlab.schema import DOMAINS, LETTERS
+from simlab.tables import Tables
+
+DEFAULT_ARMS = ("GEN", "PROMPT", "DPFT", "PPFT")
+N_TOPICS = 6
+_TOPIC_WORDS = [[f"topic{t}word{i}" for i in range(10)] for t in range(N_TOPICS)]
+_COMMON = ["what", "think", "about", "should", "people", "really", "would", "could", "life", "today"]
+
+
+def make_synthetic(
+    n_participants: int = 100,
+    arms: Sequence[str] = DEFAULT_ARMS,
+    strengths: Mapping[str, float] | None = None,
+    position_bias: Mapping[str, float] | None = None,
+    turn_slope: Mapping[str, float] | None = None,
+    topic_shift: Mapping[str, float] | None = None,
+    seed: int = 0,
+    *,
+    sources: Sequence[str] = ("human", "sim_dynamic"),
+    domains: Sequence[str] = DOMAINS,
+    preference_sd: float = 0.0,
+    trait_effect: Mapping[str, float] | None = None,
+    autograde: bool = True,
+) -> Tables:
+    """Synthetic ``Tables`` (participants shared across sources) with the planted effects.
+
+    >>> t = make_synthetic(5, seed=1)
+    >>> len(t.judgements) == 5 * 4 * 4 * 2
+    True
+    """
+    rng = np.random.default_rng(seed)
+    arms = list(arms)
+    k = len(arms)
+    strengths = dict(strengths or {a: 0.0 for a in arms})
+    s_vec = np.array([strengths.get(a, 0.0) for a in arms])
+    pids = np.array([f"p{i:04d}" for i in range(n_participants)])
+    offset = rng.normal(0.0, preference_sd, size=(n_participants, k)) if preference_sd > 0 else np.zeros((n_participants, k))
+    part_effect = rng.normal(0.0, 5.0, size=n_participants)
+
+    conv_ids, conv_src, conv_pid, conv_dom, conv_pidx = [], [], [], [], []
+    for src in sources:
+        for pi, pid in enumerate(pids):
+            for dom in domains:
+                conv_ids.append(f"{src}-{pid}-{dom}")
+                conv_src.append(src)
+                conv_pid.append(pid)
+                conv_dom.append(dom)
+                conv_pidx.append(pi)
+    n = len(conv_ids)
+    pidx = np.array(conv_pidx)
+    src_arr = np.array(conv_src)
+
+    def per_source(m: Mapping[str, float] | None) -> np.ndarray:
+        m = m or {}
+        return np.array([m.get(s, 0.0) for s in conv_src])
+
+    pos_b, slope, shift, trait_b = map(per_source, (position_bias, turn_slope, topic_shift, trait_effect))
+    position = np.argsort(rng.random((n, k)), axis=1).argsort(axis=1) + 1  # (n, k) 1..k per arm
+    z = rng.normal(size=(n, k))
+    det = s_vec[None, :] + offset[pidx] + pos_b[:, None] * (position == 1) + trait_b[:, None] * z
+    u = det + rng.gumbel(size=(n, k))
+    rank = (-u).argsort(axis=1).argsort(axis=1) + 1
+    opening = (det + rng.gumbel(size=(n, k))).argmax(axis=1)
+    guess = rng.integers(0, k, size=n)
+    prov_rank = np.argsort(rng.random((n, k)), axis=1).argsort(axis=1) + 1
+
+    def clip(x: np.ndarray, lo: float, hi: float, dec: int = 1) -> np.ndarray:
+        return np.round(np.clip(x, lo, hi), dec)
+
+    rep = np.repeat(np.arange(n), k)
+    arm_idx = np.tile(np.arange(k), n)
+    judgements = pd.DataFrame(
+        {
+            "conversation_id": np.array(conv_ids)[rep],
+            "participant_id": np.array(conv_pid)[rep],
+            "source": src_arr[rep],
+            "domain": np.array(conv_dom)[rep],
+            "arm": np.array(arms)[arm_idx],
+            "letter": np.array(list(LETTERS))[position.ravel() - 1],
+            "position": position.ravel(),
+            "opening_choice": (opening[rep] == arm_idx),
+            "provenance_guess": (guess[rep] == arm_idx),
+            "rank": rank.ravel(),
+            "provenance_rank": prov_rank.ravel(),
+            "rating_preference": clip(50 + 10 * u.ravel() + rng.normal(0, 5, n * k), 0, 100),
+            "rating_engagingness": clip(50 + 8 * u.ravel() + rng.normal(0, 10, n * k), 0, 100),
+            "rating_provenance": clip(rng.uniform(0, 100, n * k), 0, 100),
+            "wtp_bid": clip(5 + 1.5 * u.ravel() + rng.normal(0, 1, n * k), 0, 10, 2),
+        }
+    )
+
+    n_turns = rng.integers(2, 7, size=n)
+    conversations = pd.DataFrame(
+        {
+            "conversation_id": conv_ids,
+            "participant_id": conv_pid,
+            "source": conv_src,
+            "domain": conv_dom,
+            "in_domain": [d != "emotional_wellbeing" for d in conv_dom],
+            "n_turns": n_turns,
+            "gen_error": False,
+            "max_turns_reached": False,
+            "stop_reason": np.where(n_turns == 6, "max_turns", "user_ended"),
+        }
+    )
+
+    # turns: user rows then one assistant row per arm, for each turn
+    topic_p = np.full(N_TOPICS, 1.0 / N_TOPICS)
+    onehot = np.eye(N_TOPICS)[0]
+    topic = np.array([rng.choice(N_TOPICS, p=(1 - sh) * topic_p + sh * onehot) for sh in shift])
+    t_conv = np.repeat(np.arange(n), n_turns)
+    t_turn = np.concatenate([np.arange(m) for m in n_turns])
+    n_user = t_conv.size
+    topic_w = rng.integers(0, 10, size=(n_user, 3))
+    common_w = rng.integers(0, len(_COMMON), size=(n_user, 3))
+    user_text = [
+        " ".join([_TOPIC_WORDS[topic[c]][a], _COMMON[x], _TOPIC_WORDS[topic[c]][b], _COMMON[y], _TOPIC_WORDS[topic[c]][e], _COMMON[q]])
+        for c, (a, b, e), (x, y, q) in zip(t_conv, topic_w, common_w)
+    ]
+    user = pd.DataFrame({"conversation_id": np.array(conv_ids)[t_conv], "turn": t_turn, "role": "user", "text": user_text})
+    a_conv = np.repeat(t_conv, k)
+    a_turn = np.repeat(t_turn, k)
+    a_arm = np.tile(np.arange(k), n_user)
+    rating = 50 + 8 * s_vec[a_arm] + part_effect[pidx[a_conv]] + slope[a_conv] * a_turn + rng.normal(0, 8, a_conv.size)
+    lengths = np.clip(200 + 60 * s_vec[a_arm] + rng.normal(0, 40, a_conv.size), 20, None).astype(int)
+    filler = "lorem ipsum dolor sit amet " * 40
+    assistant = pd.DataFrame(
+        {
+            "conversation_id": np.array(conv_ids)[a_conv],
+            "turn": a_turn,
+            "role": "assistant",
+            "arm": np.array(arms)[a_arm],
+            "letter": np.array(list(LETTERS))[position[a_conv, a_arm] - 1],
+            "text": [filler[:m] for m in lengths],
+            "turn_rating": clip(rating, 0, 100),
+        }
+    )
+    turns = pd.concat([user, assistant], ignore_index=True).sort_values(["conversation_id", "turn", "role"], kind="stable")
+
+    grade = None
+    if autograde:
+        runs = 3
+        g_conv = np.repeat(rep, runs)
+        g_arm = np.repeat(arm_idx, runs)
+        grade = pd.DataFrame(
+            {
+                "unit_id": [f"{conv_ids[c]}:{arms[a]}" for c, a in zip(g_conv, g_arm)],
+                "mode": "conversation",
+                "unit_kind": "reply",
+                "conversation_id": np.array(conv_ids)[g_conv],
+                "arm": np.array(arms)[g_arm],
+                "dimension": "sycophancy",
+                "score": np.round(3 + z.ravel()[np.repeat(np.arange(n * k), runs)] + rng.normal(0, 0.3, g_conv.size), 3),
+                "rater_run": np.tile(np.arange(runs), n * k),
+            }
+        )
+    participants = pd.DataFrame(
+        {"participant_id": np.tile(pids, len(sources)), "source": np.repeat(list(sources), n_participants)}
+    )
+    return Tables(
+        judgements=judgements,
+        conversations=conversations,
+        turns=turns.reset_index(drop=True),
+        participants=participants,
+        autograde=grade,
+    )
