@@ -12,7 +12,7 @@ human data (``compare``), and the analyses behind it (``simlab.fidelity.analyses
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from simlab.errors import InputError
 from simlab.fidelity.importers import import_dialogue_eval, import_prism
@@ -37,9 +37,6 @@ __all__ = [
 
 # The analyses are imported on first use (they pull in statsmodels and scikit-learn).
 _LAZY = {"FidelityResult": "simlab.fidelity.result", "analyze_all": "simlab.fidelity.analyses"}
-
-Topics = Literal["tfidf", "embeddings"]
-
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
