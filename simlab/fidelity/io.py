@@ -307,12 +307,12 @@ def _normalise(tables: Tables, wheres: Mapping[str, _Where], *, default_source: 
     out["judgements"] = judgements[[*JUDGEMENT_COLUMNS, *[c for c in judgements.columns if c not in JUDGEMENT_COLUMNS]]]
     out["conversations"] = conversations
 
+    # the same participant_id may appear once per source (a persona simulating a human participant)
     if out["participants"] is None:
-        out["participants"] = conversations[["participant_id", "source"]].drop_duplicates("participant_id").reset_index(
-            drop=True
-        )
+        out["participants"] = conversations[["participant_id", "source"]].drop_duplicates().reset_index(drop=True)
     else:
-        _check_unique(out["participants"], ["participant_id"], wheres["participants"])
+        key = ["participant_id", "source"] if "source" in out["participants"].columns else ["participant_id"]
+        _check_unique(out["participants"], key, wheres["participants"])
 
     turns = out["turns"]
     if turns is not None:

@@ -283,3 +283,84 @@ def test_write_tables_refuses_non_empty_and_writes_all_or_nothing(tmp_path: Path
     assert sorted(p.suffix for p in out.iterdir()) == [".csv"] * 4
     # leftovers of the temporary directory never remain next to the output
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+# ------------------------------------------------------------------ compare: a real run store + human data
+
+
+def _store_from(sim: Tables, run_dir: Path) -> None:
+    """Write the rows of one simulated source through the real run store (as a run would)."""
+    from simlab.records import ConversationRecord, JudgementRecord, ParticipantRecord, SessionRecord, TurnRecord
+    from simlab.schema import IN_DOMAIN
+    from simlab.store import RunStore
+
+    j_cols = ["arm", "letter", "position", "opening_choice", "provenance_guess", "rank", "provenance_rank",
+              "rating_preference", "rating_engagingness", "rating_provenance", "wtp_bid"]
+    turns_by = dict(tuple(sim.turns.groupby("conversation_id")))
+    with RunStore.create(run_dir, {"config": {"seed": 0}, "seed": 0}) as store:
+        for conv in sim.conversations.itertuples():
+            j = sim.judgements[sim.judgements["conversation_id"] == conv.conversation_id]
+            rows = [{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in j[j_cols].to_dict("records")]
+            t = turns_by[conv.conversation_id]
+            store.write_session(SessionRecord(
+                participant=ParticipantRecord(participant_id=conv.participant_id, source=conv.source),
+                conversation=ConversationRecord(
+                    conversation_id=conv.conversation_id, participant_id=conv.participant_id, source=conv.source,
+                    domain=conv.domain, in_domain=conv.domain in IN_DOMAIN, arm_letters=dict(zip(j["arm"], j["letter"], strict=True)),
+                    n_turns=int((t["role"] == "user").sum())),
+                judgements=[JudgementRecord(conversation_id=conv.conversation_id, **r) for r in rows],
+                turns=[TurnRecord(conversation_id=conv.conversation_id,
+                                  **{k: (None if pd.isna(v) else v) for k, v in r.items() if k != "conversation_id"})
+                       for r in t[["conversation_id", "turn", "role", "arm", "letter", "text", "turn_rating"]]
+                       .to_dict("records")],
+            ))
+
+
+def test_load_run_output_normalises(tmp_path: Path) -> None:
+    from simlab.fidelity.synthetic import make_synthetic
+    from simlab.store import load_run
+
+    synthetic = make_synthetic(n_participants=6, seed=2)
+    sim = synthetic.for_source("sim_dynamic")
+    _store_from(sim, tmp_path / "run")
+    run = normalise(load_run(tmp_path / "run"), origin=str(tmp_path / "run"), default_source=None)
+    assert run.sources == ["sim_dynamic"]
+    assert list(run.judgements.columns[: len(JUDGEMENT_COLUMNS)]) == list(JUDGEMENT_COLUMNS)
+    assert len(run.judgements) == len(sim.judgements)
+    expected = normalise(sim, origin="sim").judgements.sort_values(["conversation_id", "arm"]).reset_index(drop=True)
+    got = run.judgements.sort_values(["conversation_id", "arm"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got[list(JUDGEMENT_COLUMNS)], expected[list(JUDGEMENT_COLUMNS)], check_exact=False)
+
+
+def test_compare_checks_its_inputs() -> None:
+    from simlab.fidelity import compare
+
+    human = normalise(small_tables(), origin="human")
+    sim = Tables(judgements=human.judgements.assign(source="sim_dynamic"))
+    with pytest.raises(InputError, match="appears in tables #1 and #2") as err:
+        compare(human, sim)
+    assert err.value.field == "conversation_id"
+    with pytest.raises(InputError, match="no human data"):
+        compare(Tables(judgements=flat_judgements().assign(source="sim_dynamic")))
+    with pytest.raises(InputError, match="one source"):
+        from simlab.fidelity import analyze
+
+        analyze(Tables(judgements=pd.concat([flat_judgements().assign(source="human"), flat_judgements().assign(
+            source="sim_dynamic", conversation_id=lambda f: "s" + f["conversation_id"])])))
+
+
+def test_compare_run_with_human(tmp_path: Path) -> None:
+    pytest.importorskip("simlab.fidelity.analyses")
+    from simlab.fidelity import analyses, compare
+    from simlab.fidelity.synthetic import make_synthetic
+    from simlab.store import load_run
+
+    if not hasattr(analyses, "analyze_all"):
+        pytest.skip("simlab.fidelity.analyses.analyze_all not built yet")
+    synthetic = make_synthetic(n_participants=20, seed=4)
+    _store_from(synthetic.for_source("sim_dynamic"), tmp_path / "run")
+    write_tables(synthetic.for_source("human"), tmp_path / "human", "csv")
+    result = compare(load_run(tmp_path / "run"), load_human(tmp_path / "human"), n_boot=20, seed=1)
+    assert sorted(result.sources) == ["human", "sim_dynamic"]
+    assert result.n_boot == 20
+    assert "hierarchy" in result.analyses
