@@ -71,6 +71,7 @@ _BOOL_COLUMNS = (
     "gen_error",
     "max_turns_reached",
     "won",
+    "rank_derived",
 )
 # column -> (low, high) inclusive bounds of a float column
 _FLOAT_BOUNDS: dict[str, tuple[float, float]] = {

@@ -348,3 +348,10 @@ def test_importer_warnings_are_not_errors(dialogue_eval_dir: Path) -> None:
         warnings.simplefilter("always")
         import_dialogue_eval(dialogue_eval_dir / "FreeTopicRound1.csv")
     assert any("skipped 1 row(s)" in str(w.message) for w in caught)
+
+
+def test_derived_ranks_are_marked(dialogue_eval_tables: Tables, tmp_path: Path) -> None:
+    assert dialogue_eval_tables.judgements["rank_derived"].all()
+    assert str(dialogue_eval_tables.judgements["rank_derived"].dtype) == "boolean"
+    tables = import_prism(_jsonl(tmp_path / "conversations.jsonl", prism_conversations()))
+    assert tables.judgements["rank_derived"].all()

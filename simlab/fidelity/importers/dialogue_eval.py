@@ -10,7 +10,8 @@ docs/fidelity.md):
   (``FreeTopicRound1.csv`` -> ``free_topic_round1``), not a PRISM domain.
 - rating_preference = mean of the seven sliders with robotic and repetitive
   reversed (100 - x); the raw sliders are kept as ``score_<name>``.
-- rank from rating_preference within the HIT, 1 = best, ties to the earlier position.
+- rank from rating_preference within the HIT, 1 = best, ties to the earlier position;
+  ``rank_derived`` = true says so (rank is not a separate instrument here).
 - turns: each ``dialogue{i}`` is a separate chat with one bot, so user rows carry
   that bot's arm and letter too (turn k = the k-th user message, 0-based).
 - Skipped with a warning: rows whose answer holds no chats (the worker sent only
@@ -148,6 +149,8 @@ def _import_file(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         ranks[order] = np.arange(1, n_bots + 1)
         for k in range(n_bots):
             judgements[-n_bots + k]["rank"] = int(ranks[k])
+            # not a separate instrument: agreement analyses must not count rank vs rating as consistency
+            judgements[-n_bots + k]["rank_derived"] = True
     for reason, skipped_rows in skipped.items():
         if skipped_rows:
             warnings.warn(f"{path}: skipped {len(skipped_rows)} row(s) {reason}: {skipped_rows}", stacklevel=3)

@@ -7,7 +7,7 @@ Mapping (documented in docs/fidelity.md):
 - judgements: one row per model of the opening turn (turn 0); arm = ``model_name``;
   rating_preference = the 1-100 slider rescaled to 0-100 as (score - 1) / 99 * 100;
   opening_choice = ``if_chosen``; rank from score (1 = best; ties: the chosen
-  response first, then ``within_turn_id``). ``within_turn_id`` is not the display
+  response first, then ``within_turn_id``; ``rank_derived`` = true). ``within_turn_id`` is not the display
   order, so position and letter stay null.
 - turns: every user and model message; model rows carry arm and turn_rating (the
   rescaled score, also at turn 0), plus ``within_turn_id`` and ``chosen``.
@@ -155,6 +155,7 @@ def _history(rec: dict, conv: dict, path: Path, row: int) -> tuple[list[dict], l
                                                       not opening[i]["opening_choice"], opening[i]["_wid"]))
     for rank, i in enumerate(order, start=1):
         opening[i]["rank"] = rank
+        opening[i]["rank_derived"] = True  # from the score, not a separate ranking instrument
     for j in opening:
         del j["_wid"]
     return turns, opening
