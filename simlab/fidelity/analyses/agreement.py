@@ -167,6 +167,10 @@ def _ceiling(h: pd.DataFrame, participants: Participants, seed: int) -> CeilingR
         if sub.empty:
             continue
         top = _top_overlap(sub, "event", flags[a], flags[b])
+        if {a, b} == {"ranked_best", "rating_preference"} and bool((top == 1).all()):
+            # identical in every event: the ranks were derived from the ratings (e.g. Dialogue-Eval)
+            out.reason = "ranked_best~rating_preference skipped: ranks agree with the ratings in every event (derived)"
+            continue
         out.cross_instrument[f"{a}~{b}"] = _mean_est(top.to_numpy(float), participants.index(ev_part[top.index].to_numpy()), participants)
     if out.cross_instrument:
         out.ceiling = float(np.mean([e.value for e in out.cross_instrument.values()]))
