@@ -462,6 +462,14 @@ class RunStore:
             )
             return db.total_changes - before
 
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store (or replace) a derived result under ``key`` in the run's meta, e.g. the
+        autograder's reliability. The keys a resume is checked against cannot be changed."""
+        if key in MATCHED_META or key in ("store_schema", "store_id"):
+            raise StoreError(f"meta key {key!r} is fixed when the run is created")
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(_jsonable(value))))
+
     # -- reads
 
     def meta(self) -> dict[str, Any]:
