@@ -1,0 +1,281 @@
+"""Sim-Judgement (PROTOCOL §4): the simulator, as participant p, judges p's actual conversations.
+
+It reads the human's transcript (the same replies under the same letters the human saw) and
+gives the full assessment of PROTOCOL §2: opening choice and provenance guess from the opening
+turn only, then ranking, provenance ranking, ratings and bids on the whole transcript (the
+Sim-Dynamic ``assess``), and a seeded BDM draw. Stored with ``source = "sim_judgement"``,
+``participant_id`` = the human's, ``conversation_id`` = ``"<human conversation_id>#sj"``.
+The human's turns are not copied (they are the human's text, not the simulator's).
+
+``run_sim_judgement`` writes sessions to a run store like ``run_experiment`` (one transaction
+per session, resumable). Every human conversation is validated before anything is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from simlab.config import Config
+from simlab.errors import InputError, LLMError, StructuredOutputError
+from simlab.llm import LLMClient
+from simlab.personas import Persona, render_persona
+from simlab.prompts import all_hashes, render
+from simlab.protocol import (
+    SessionFailed,
+    Simulator,
+    TranscriptTurn,
+    assess,
+    bdm_draw,
+    derive_seed,
+    judgement_rows,
+    opening_schema,
+    transcript_text,
+)
+from simlab.records import ConversationRecord, ParticipantRecord, SessionFailure, SessionRecord
+from simlab.schema import DOMAINS, IN_DOMAIN, LETTERS
+from simlab.tables import Tables
+
+SUFFIX = "#sj"
+
+
+@dataclass(frozen=True)
+class HumanConversation:
+    """A human's conversation as the simulator will read it."""
+
+    conversation_id: str
+    participant_id: str
+    domain: str
+    arm_letters: dict[str, str]
+    turns: tuple[TranscriptTurn, ...]
+    gen_error: bool = False
+
+
+def _arm_letters(cid: str, conv_row: pd.Series | None, judgements: pd.DataFrame | None,
+                 replies: pd.DataFrame) -> dict[str, str] | None:
+    raw = conv_row.get("arm_letters") if conv_row is not None else None
+    if isinstance(raw, str) and raw.strip():
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            raise InputError(f"conversation {cid!r}: arm_letters is not a JSON object: {raw[:60]!r}",
+                             field="arm_letters") from None
+    if isinstance(raw, Mapping) and raw:
+        return {str(a): str(x) for a, x in raw.items()}
+    for frame in (judgements, replies):
+        if frame is not None and {"arm", "letter"} <= set(frame.columns):
+            pairs = frame[frame["conversation_id"] == cid][["arm", "letter"]].dropna().drop_duplicates()
+            if len(pairs):
+                return {str(a): str(x) for a, x in zip(pairs["arm"], pairs["letter"])}
+    return None
+
+
+def human_conversations(tables: Tables) -> list[HumanConversation]:
+    """The human conversations of ``tables`` (source 'human'), checked for what the assessment needs.
+
+    Raises ``InputError`` naming the conversation and what it lacks: a domain, letters
+    (arm_letters, or letters on judgements/turns), a user opening, or every arm's reply
+    at every user turn.
+    """
+    human = tables.for_source("human") if tables.sources else tables
+    conv, turns = human.conversations, human.turns
+    if conv is None or conv.empty:
+        raise InputError("no human conversations (a conversations table with source 'human' is needed)",
+                         field="conversations")
+    if turns is None or turns.empty:
+        raise InputError("no turns: Sim-Judgement reads the human transcripts (turns table)", field="turns")
+    out: list[HumanConversation] = []
+    for _, row in conv.sort_values("conversation_id").iterrows():
+        cid = str(row["conversation_id"])
+        t = turns[turns["conversation_id"] == cid]
+        replies = t[t["role"] == "assistant"]
+        domain = row.get("domain")
+        if pd.isna(domain) or str(domain) not in DOMAINS:
+            raise InputError(f"conversation {cid!r}: domain {domain!r} is not one of {', '.join(DOMAINS)}",
+                             field="domain")
+        letters_map = _arm_letters(cid, row, human.judgements, replies)
+        if not letters_map:
+            raise InputError(f"conversation {cid!r} lacks letters: give arm_letters in conversations or a "
+                             "letter per arm in judgements/turns", field="letter")
+        letters = sorted(letters_map.values())
+        if letters != list(LETTERS[: len(letters)]) or len(letters) < 2:
+            raise InputError(f"conversation {cid!r}: letters {letters_map} are not A, B, … once each",
+                             field="arm_letters")
+        users = t[t["role"] == "user"].sort_values("turn")
+        if users.empty or int(users["turn"].iloc[0]) != 0:
+            raise InputError(f"conversation {cid!r} lacks a user opening (no user turn 0)", field="turns")
+        transcript: list[TranscriptTurn] = []
+        for turn, text in zip(users["turn"], users["text"]):
+            at = replies[replies["turn"] == turn]
+            got = {str(x): str(y) for x, y in zip(at["letter"], at["text"]) if not pd.isna(x) and not pd.isna(y)}
+            missing = [x for x in letters if x not in got]
+            if missing:
+                raise InputError(f"conversation {cid!r} lacks assistant replies at turn {int(turn)} for letter(s) "
+                                 f"{', '.join(missing)}", field="turns")
+            if pd.isna(text) or not str(text).strip():
+                raise InputError(f"conversation {cid!r}: user turn {int(turn)} has no text", field="text")
+            transcript.append(TranscriptTurn(user=str(text), replies=got))
+        gen_error = bool(row.get("gen_error")) if not pd.isna(row.get("gen_error", None)) else False
+        out.append(HumanConversation(cid, str(row["participant_id"]), str(domain), letters_map, tuple(transcript),
+                                     gen_error))
+    return out
+
+
+def check_personas(conversations: Sequence[HumanConversation], personas: Mapping[str, Persona]) -> None:
+    """Every conversation's participant must have a persona (persona_id == participant_id)."""
+    for hc in conversations:
+        if hc.participant_id not in personas:
+            raise InputError(f"conversation {hc.conversation_id!r}: participant {hc.participant_id!r} has no "
+                             "persona (persona_id must equal participant_id)", field="participant_id")
+
+
+async def simulate_judgement(persona: Persona, human_conversation: HumanConversation, config: Config,
+                             client: LLMClient, *, summary: str | None = None) -> SessionRecord:
+    """The simulator's full assessment of one human conversation, as that human.
+
+    Raises ``SessionFailed`` when the simulator's output still breaks its schema after retries.
+    """
+    hc = human_conversation
+    conv_id = hc.conversation_id + SUFFIX
+    unit_seed = derive_seed(config.seed, "sim_judgement", hc.conversation_id)
+    letters = sorted(hc.arm_letters.values())
+    joined = ", ".join(letters)
+    sim = Simulator(
+        client=client, spec=config.simulator,
+        persona_text=render_persona(persona, config.simulator.rendering, summary=summary).text,
+        domain_instruction=render(f"domains/{hc.domain}.j2").text, conversation_id=conv_id, seed=unit_seed,
+        wtp_max=config.protocol.wtp_max,
+    )
+    try:
+        opening = transcript_text(hc.turns[:1])  # the choice the human made before turn 1 existed
+        pick = await sim.ask("opening_choice", render("simulator/opening_choice.j2", transcript=opening,
+                                                      n_arms=len(letters), letters=joined), opening_schema(letters))
+        assessment = await assess(sim, hc.turns, letters)
+    except (StructuredOutputError, LLMError) as exc:
+        raise SessionFailed(SessionFailure(
+            session_key=conv_id, participant_id=hc.participant_id, domain=hc.domain,  # type: ignore[arg-type]
+            error_type=type(exc).__name__, reason=getattr(exc, "reason", None) or str(exc),
+            raw_text=getattr(exc, "raw_text", None), llm_calls=sim.calls,
+        )) from exc
+    judgements = judgement_rows(conv_id, hc.arm_letters, assessment, opening_pick=pick.preferred,  # type: ignore[attr-defined]
+                                provenance_pick=pick.personalised)  # type: ignore[attr-defined]
+    bdm = bdm_draw(hc.arm_letters, assessment.wtp, derive_seed(unit_seed, "bdm"), config.protocol.wtp_max, conv_id)
+    return SessionRecord(
+        participant=ParticipantRecord(participant_id=hc.participant_id, source="sim_judgement",
+                                      persona_id=persona.persona_id, rendering=config.simulator.rendering,
+                                      simulator_model=config.simulator.model),
+        conversation=ConversationRecord(
+            conversation_id=conv_id, participant_id=hc.participant_id, source="sim_judgement",
+            domain=hc.domain,  # type: ignore[arg-type]
+            in_domain=hc.domain in IN_DOMAIN, arm_letters=dict(hc.arm_letters), n_turns=len(hc.turns),
+            gen_error=hc.gen_error, seed=unit_seed,
+        ),
+        judgements=judgements,
+        bdm=[bdm],
+        llm_calls=sim.calls,
+        instruments=sim.instruments,
+    )
+
+
+@dataclass
+class SimJudgementSummary:
+    run_dir: Path
+    planned: int
+    done_before: int
+    completed: int
+    failed: int
+    wall_time_s: float
+
+    def text(self) -> str:
+        return (f"run directory: {self.run_dir}\nsim-judgement sessions: {self.completed} completed, {self.failed} "
+                f"failed, of {self.planned} planned ({self.done_before} were already done); "
+                f"wall time {self.wall_time_s:.1f} s")
+
+
+async def run_sim_judgement(
+    config: Config,
+    human_tables: Tables,
+    personas: Sequence[Persona],
+    run_dir: str | Path,
+    *,
+    base_urls: dict[str, str] | None = None,
+    retry_failed: bool = False,
+    progress: bool = False,
+) -> SimJudgementSummary:
+    """Judge every human conversation as its participant; write sessions to the store in ``run_dir``.
+
+    Validates all conversations and persona matches first (``InputError``, nothing written).
+    Resumes: sessions already stored (and, unless ``retry_failed``, failed ones) are skipped.
+    """
+    from tqdm import tqdm
+
+    from simlab.local import EmbeddedBackends
+    from simlab.run import RESUMABLE_KEYS, _Null, _summaries
+    from simlab.store import RunStore
+
+    t0 = time.monotonic()
+    conversations = human_conversations(human_tables)
+    by_id = {p.persona_id: p for p in personas}
+    check_personas(conversations, by_id)
+    for hc in conversations:  # surface template errors before any write
+        render(f"domains/{hc.domain}.j2")
+        if config.simulator.rendering != "summary":
+            render_persona(by_id[hc.participant_id], config.simulator.rendering)
+    run_dir = Path(run_dir)
+    models = {a.id: f"{a.endpoint}/{a.model}" for a in config.arms}
+    models.update(simulator=f"{config.simulator.endpoint}/{config.simulator.model}",
+                  judge=f"{config.judge.endpoint}/{config.judge.model}")
+    meta = {"config": config.public_dict(), "prompt_hashes": all_hashes(), "models": models, "seed": config.seed}
+    store = RunStore.open_or_create(run_dir, meta, ignore=RESUMABLE_KEYS)
+    done_before = store.completed_sessions()
+    skip = done_before if retry_failed else done_before | store.failed_sessions()
+    todo = [hc for hc in conversations if hc.conversation_id + SUFFIX not in skip]
+    failed = 0
+    try:
+        backends = EmbeddedBackends(config, log_dir=run_dir) if todo and not base_urls else None
+        with backends or _Null():
+            urls = dict(base_urls or {})
+            if backends:
+                urls.update(backends.base_urls)
+            client = LLMClient(config.endpoints, base_urls=urls)
+            needed = [by_id[pid] for pid in sorted({hc.participant_id for hc in todo})]
+            summaries = (await _summaries(config, client, needed, store)
+                         if todo and config.simulator.rendering == "summary" else {})
+            gate = asyncio.Semaphore(config.concurrency)
+            bar = tqdm(total=len(todo), desc="sim-judgement", unit="session", disable=not progress or not todo,
+                       file=sys.stderr, dynamic_ncols=True)
+
+            async def one(hc: HumanConversation) -> None:
+                nonlocal failed
+                async with gate:
+                    try:
+                        record = await simulate_judgement(by_id[hc.participant_id], hc, config, client,
+                                                          summary=summaries.get(hc.participant_id))
+                    except SessionFailed as exc:
+                        store.write_failure(exc.failure)
+                        failed += 1
+                    else:
+                        store.write_session(record)  # one transaction: whole or absent
+                bar.update(1)
+
+            try:
+                await asyncio.gather(*(one(hc) for hc in todo))
+            finally:
+                bar.close()
+    finally:
+        completed = store.completed_sessions()
+        store.close()
+    keys = {hc.conversation_id + SUFFIX for hc in conversations}
+    return SimJudgementSummary(run_dir=run_dir, planned=len(keys), done_before=len(keys & done_before),
+                               completed=len(keys & completed), failed=failed, wall_time_s=time.monotonic() - t0)
+
+
+__all__ = ["HumanConversation", "SimJudgementSummary", "human_conversations", "run_sim_judgement",
+           "simulate_judgement"]
