@@ -103,9 +103,6 @@ class _Where:
         row = int(self.rows[pos]) if pos is not None and len(self.rows) > pos else None
         return InputError(message, file=self.file, row=row, field=field)
 
-    def take(self, positions: np.ndarray) -> _Where:
-        return _Where(self.file, self.rows[positions])
-
 
 def _where_for(file: str, n: int, first_row: int) -> _Where:
     return _Where(file, np.arange(first_row, first_row + n))
@@ -318,7 +315,7 @@ def _normalise(tables: Tables, wheres: Mapping[str, _Where], *, default_source: 
     turns = out["turns"]
     if turns is not None:
         _check_in(turns, "role", _ROLES, wheres["turns"])
-        _check_known_conversations(turns, conversations, wheres["turns"], "turns")
+        _check_known_conversations(turns, conversations, wheres["turns"])
         for col in TURN_COLUMNS:
             if col not in turns.columns:
                 turns[col] = _empty_column(col, len(turns))
@@ -511,7 +508,7 @@ def _check_permutation(frame: pd.DataFrame, col: str, where: _Where) -> None:
 def _join_conversations(
     judgements: pd.DataFrame, conversations: pd.DataFrame, jw: _Where, cw: _Where
 ) -> pd.DataFrame:
-    _check_known_conversations(judgements, conversations, jw, "conversations")
+    _check_known_conversations(judgements, conversations, jw)
     keys = conversations.set_index("conversation_id")
     for col in ("participant_id", "source", "domain"):
         if col not in keys.columns:
@@ -532,7 +529,7 @@ def _join_conversations(
     return judgements
 
 
-def _check_known_conversations(frame: pd.DataFrame, conversations: pd.DataFrame, where: _Where, other: str) -> None:
+def _check_known_conversations(frame: pd.DataFrame, conversations: pd.DataFrame, where: _Where) -> None:
     unknown = (~frame["conversation_id"].isin(conversations["conversation_id"])).to_numpy()
     if unknown.any():
         pos = int(np.flatnonzero(unknown)[0])

@@ -103,14 +103,14 @@ def test_analyze_human_and_sim(tmp_path: Path) -> None:
     from simlab.fidelity import write_tables
     from simlab.fidelity.synthetic import make_synthetic
 
-    tables = make_synthetic(n_participants=30, seed=3)
+    tables = make_synthetic(n_participants=10, seed=3)
     write_tables(tables.for_source("human"), tmp_path / "human", "csv")
     sim = tables.for_source(next(s for s in tables.sources if s != "human"))
     write_tables(sim, tmp_path / "sim", "jsonl")
     result = tmp_path / "out" / "result.json"
-    out = run_cli("analyze", "--human", tmp_path / "human", "--sim", tmp_path / "sim", "--n-boot", 20, "--out", result)
+    out = run_cli("analyze", "--human", tmp_path / "human", "--sim", tmp_path / "sim", "--n-boot", 5, "--out", result)
     assert out.returncode == 0, out.stderr
     data = json.loads(result.read_text())
     assert set(data["sources"]) == {"human", *sim.sources}
-    assert data["n_boot"] == 20 and "hierarchy" in data["analyses"]
+    assert data["n_boot"] == 5 and "hierarchy" in data["analyses"]
     assert [p.name for p in result.parent.iterdir()] == ["result.json"]

@@ -32,7 +32,8 @@ def small_tables(n_participants: int = 3, seed: int = 1) -> Tables:
                     "conversation_id": cid, "arm": arm, "letter": "ABCD"[k], "position": k + 1,
                     "opening_choice": bool(ranks[k] == 1), "provenance_guess": k == 0, "rank": int(ranks[k]),
                     "provenance_rank": k + 1, "rating_preference": float(rng.integers(0, 101)),
-                    "rating_engagingness": 50.5, "rating_provenance": 10.0, "wtp_bid": round(float(rng.uniform(0, 10)), 2),
+                    "rating_engagingness": 50.5, "rating_provenance": 10.0,
+                    "wtp_bid": round(float(rng.uniform(0, 10)), 2),
                 })
             for t in range(2):
                 turns.append({"conversation_id": cid, "turn": t, "role": "user", "text": f"hello, {t}"})
@@ -306,7 +307,8 @@ def _store_from(sim: Tables, run_dir: Path) -> None:
                 participant=ParticipantRecord(participant_id=conv.participant_id, source=conv.source),
                 conversation=ConversationRecord(
                     conversation_id=conv.conversation_id, participant_id=conv.participant_id, source=conv.source,
-                    domain=conv.domain, in_domain=conv.domain in IN_DOMAIN, arm_letters=dict(zip(j["arm"], j["letter"], strict=True)),
+                    domain=conv.domain, in_domain=conv.domain in IN_DOMAIN,
+                    arm_letters=dict(zip(j["arm"], j["letter"], strict=True)),
                     n_turns=int((t["role"] == "user").sum())),
                 judgements=[JudgementRecord(conversation_id=conv.conversation_id, **r) for r in rows],
                 turns=[TurnRecord(conversation_id=conv.conversation_id,
@@ -357,10 +359,10 @@ def test_compare_run_with_human(tmp_path: Path) -> None:
 
     if not hasattr(analyses, "analyze_all"):
         pytest.skip("simlab.fidelity.analyses.analyze_all not built yet")
-    synthetic = make_synthetic(n_participants=20, seed=4)
+    synthetic = make_synthetic(n_participants=10, seed=4)
     _store_from(synthetic.for_source("sim_dynamic"), tmp_path / "run")
     write_tables(synthetic.for_source("human"), tmp_path / "human", "csv")
-    result = compare(load_run(tmp_path / "run"), load_human(tmp_path / "human"), n_boot=20, seed=1)
+    result = compare(load_run(tmp_path / "run"), load_human(tmp_path / "human"), n_boot=5, seed=1)
     assert sorted(result.sources) == ["human", "sim_dynamic"]
-    assert result.n_boot == 20
+    assert result.n_boot == 5
     assert "hierarchy" in result.analyses
