@@ -87,8 +87,10 @@ class LocalServer:
         port: int | None = None,
         startup_timeout_s: float = 120.0,
         log_path: str | Path | None = None,
+        prompt_cache: bool = True,
     ) -> None:
         self.alias = alias
+        self.prompt_cache = prompt_cache
         self.model_path = Path(model_path) if model_path else None
         self.n_ctx = n_ctx
         self.n_threads = n_threads or os.cpu_count() or 1
@@ -117,6 +119,12 @@ class LocalServer:
                     "n_threads": self.n_threads,
                     "n_threads_batch": self.n_threads,
                     "verbose": False,
+                    # Requests from concurrent sessions interleave; a RAM prompt cache lets each
+                    # one reuse its own evaluated prefix (persona + transcript) instead of
+                    # re-reading it, which dominates the cost on a CPU.
+                    "cache": self.prompt_cache,
+                    "cache_type": "ram",
+                    "cache_size": 1 << 30,
                 }
             ],
         }

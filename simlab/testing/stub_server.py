@@ -38,7 +38,8 @@ class Fault:
     kind: ``status`` answers ``status`` (with ``Retry-After`` when ``retry_after`` is set);
     ``malformed_json`` returns content that is not JSON; ``schema_violation`` returns JSON
     that breaks the requested schema; ``delay`` sleeps ``delay`` seconds then answers normally.
-    ``model`` restricts the fault to one alias (None: any).
+    ``model`` restricts the fault to one alias (None: any); ``match`` to requests whose JSON
+    body contains that substring (e.g. one arm's system prompt).
     """
 
     kind: Literal["status", "malformed_json", "schema_violation", "delay"] = "status"
@@ -46,6 +47,7 @@ class Fault:
     retry_after: float | None = None
     delay: float = 0.0
     model: str | None = None
+    match: str | None = None
 
 
 @dataclass
@@ -148,10 +150,11 @@ class StubServer:
         with self._lock:
             self.faults.extend(faults)
 
-    def _take_fault(self, model: str) -> Fault | None:
+    def _take_fault(self, model: str, body: dict[str, Any]) -> Fault | None:
+        text = json.dumps(body) if any(f.match for f in self.faults) else ""
         with self._lock:
             for i, fault in enumerate(self.faults):
-                if fault.model is None or fault.model == model:
+                if (fault.model is None or fault.model == model) and (fault.match is None or fault.match in text):
                     del self.faults[i]
                     return fault
         return None
@@ -195,7 +198,7 @@ class StubServer:
         return response
 
     async def _answer(self, body: dict[str, Any], model: str, log: RequestLog) -> web.Response:
-        fault = self._take_fault(model)
+        fault = self._take_fault(model, body)
         delay = self.delay + (fault.delay if fault else 0.0)
         if delay:
             await asyncio.sleep(delay)

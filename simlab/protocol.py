@@ -1,0 +1,449 @@
+"""One simulated participant's session (PROTOCOL §2, Sim-Dynamic) and the shared assessment.
+
+A session = one persona × one domain: a blinded conversation with every arm at once.
+The arms are shown as letters A, B, … drawn per conversation from a seed derived from
+(run seed, participant, domain). Each user message goes to every arm, each arm keeps
+its own history, and the simulated user reads the replies under their letters only.
+Every judgement is schema-validated structured output; rankings are elicited as
+successive best-of-the-remaining choices whose enum holds only the letters still
+unranked, so a ranking is always a permutation by construction.
+
+Where a ranking comes from: ``assess`` → ``Simulator.rank`` → one ``rank_next`` prompt per
+place, each answered with a letter from the remaining ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from simlab.config import ArmConfig, Config, ModelSpec
+from simlab.errors import LLMError, SimlabError, StructuredOutputError
+from simlab.llm import CallRecord, LLMClient
+from simlab.personas import Persona, render_persona
+from simlab.prompts import Prompt, render
+from simlab.records import (
+    BDMRecord,
+    ConversationRecord,
+    InstrumentRecord,
+    JudgementRecord,
+    LLMCallRecord,
+    ParticipantRecord,
+    SessionFailure,
+    SessionRecord,
+    TurnRecord,
+)
+from simlab.schema import IN_DOMAIN, LETTERS
+
+GEN_ERROR_TEXT = "[This assistant could not produce a response because of a technical error.]"
+Source = Literal["sim_dynamic", "sim_judgement"]
+
+
+class SessionFailed(SimlabError):
+    """A session that could not complete; carries the ``SessionFailure`` to record."""
+
+    def __init__(self, failure: SessionFailure) -> None:
+        self.failure = failure
+        super().__init__(f"{failure.session_key}: {failure.error_type}: {failure.reason}")
+
+
+def derive_seed(run_seed: int, *parts: object) -> int:
+    """A 63-bit seed from the run seed and a unit's ids (stable across processes and runs)."""
+    text = "|".join([str(run_seed), *map(str, parts)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
+
+
+def blind(arms: Sequence[str], seed: int) -> dict[str, str]:
+    """The arm→letter map of one conversation: a seeded random permutation."""
+    order = np.random.default_rng(seed).permutation(len(arms))
+    return {arms[int(i)]: LETTERS[pos] for pos, i in enumerate(order)}
+
+
+def conversation_id(participant_id: str, domain: str) -> str:
+    return f"{participant_id}:{domain}"
+
+
+def arm_system_prompt(arm: ArmConfig, persona: Persona, *, summary: str | None) -> Prompt | None:
+    """The arm's system prompt, with the persona rendered if the arm is personalised."""
+    if arm.system_prompt is None:
+        return None
+    variables: dict[str, Any] = {}
+    if arm.personalisation != "none":
+        variables["persona"] = render_persona(persona, arm.personalisation, summary=summary).text
+    return render(arm.system_prompt, **variables)
+
+
+# ----------------------------------------------------------------------------- schemas
+
+
+def _letters(k: int) -> tuple[str, ...]:
+    return tuple(LETTERS[:k])
+
+
+def _closed(name: str, **fields: Any) -> type[BaseModel]:
+    return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def opening_schema(letters: Sequence[str]) -> type[BaseModel]:
+    L = Literal[tuple(letters)]  # type: ignore[valid-type]
+    return _closed("OpeningChoice", preferred=(L, ...), personalised=(L, ...))
+
+
+def scores_schema(name: str, letters: Sequence[str], lo: float, hi: float, *, integer: bool = True,
+                  may_stop: bool = False) -> type[BaseModel]:
+    kind = int if integer else float
+    fields: dict[str, Any] = {letter: (kind, Field(ge=lo, le=hi)) for letter in letters}
+    if may_stop:
+        fields["continue"] = (bool, ...)
+    return _closed(name, **fields)
+
+
+def pick_schema(remaining: Sequence[str]) -> type[BaseModel]:
+    L = Literal[tuple(remaining)]  # type: ignore[valid-type]
+    return _closed("Pick", letter=(L, ...))
+
+
+def ratings_schema(letters: Sequence[str]) -> type[BaseModel]:
+    per = scores_schema("Scores", letters, 0, 100)
+    return _closed("Ratings", preference=(per, ...), engagingness=(per, ...), provenance=(per, ...))
+
+
+# ----------------------------------------------------------------------------- transcript
+
+
+@dataclass
+class TranscriptTurn:
+    """One user message and the replies to it, by letter (what the user saw)."""
+
+    user: str
+    replies: dict[str, str]
+
+
+def transcript_text(turns: Sequence[TranscriptTurn]) -> str:
+    return render(
+        "simulator/transcript.j2",
+        turns=[{"user": t.user, "replies": sorted(t.replies.items())} for t in turns],
+    ).text
+
+
+@dataclass
+class Assessment:
+    """The end-of-conversation judgements, by letter."""
+
+    ranking: list[str]
+    provenance_ranking: list[str]
+    ratings: dict[str, dict[str, float]]
+    wtp: dict[str, float]
+
+
+# ----------------------------------------------------------------------------- the simulated user
+
+
+@dataclass
+class Simulator:
+    """The simulated participant: its persona prompt, model and the calls it made."""
+
+    client: LLMClient
+    spec: ModelSpec
+    persona_text: str
+    domain_instruction: str
+    conversation_id: str
+    seed: int
+    wtp_max: float = 10.0
+    calls: list[LLMCallRecord] = field(default_factory=list)
+    instruments: list[InstrumentRecord] = field(default_factory=list)
+    _n: int = 0
+
+    def _system(self) -> Prompt:
+        return render("simulator/system.j2", persona=self.persona_text, domain_instruction=self.domain_instruction)
+
+    def _log(self, call: CallRecord | None, instrument: str, *, role: str = "simulator", arm: str | None = None) -> None:
+        if call is None:
+            return
+        self.calls.append(
+            LLMCallRecord(
+                conversation_id=self.conversation_id,
+                role=role,  # type: ignore[arg-type]
+                arm=arm,
+                instrument=instrument,
+                model=call.model,
+                endpoint=call.endpoint,
+                prompt_name=call.prompt_name,
+                prompt_hash=call.prompt_hash,
+                prompt_tokens=call.prompt_tokens,
+                completion_tokens=call.completion_tokens,
+                latency_s=round(call.latency_s, 4),
+                attempts=max(1, call.attempts),
+                status=call.status,
+                error=call.error,
+            )
+        )
+
+    def _messages(self, task: Prompt) -> list[dict[str, str]]:
+        return [{"role": "system", "content": self._system().text}, {"role": "user", "content": task.text}]
+
+    def _next_seed(self) -> int:
+        self._n += 1
+        return derive_seed(self.seed, "sim", self._n) % (2**31)
+
+    async def write(self, instrument: str, task: Prompt) -> tuple[str, int]:
+        """A free-text message (opening or next); an empty reply counts as a failed attempt."""
+        attempts = 3
+        for attempt in range(1, attempts + 1):
+            try:
+                res = await self.client.chat(self.spec, self._messages(task), prompt_name=task.name,
+                                             prompt_hash=task.hash, seed=self._next_seed())
+            except LLMError as exc:
+                self._log(getattr(exc, "call", None), instrument)
+                self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id, instrument=instrument,
+                                                         attempts=attempt, status="error", error=str(exc)))
+                raise
+            self._log(res.call, instrument)
+            text = _clean_message(res.text)
+            if text:
+                self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id,
+                                                         instrument=instrument, attempts=attempt))
+                return text, res.call.completion_tokens
+        self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id, instrument=instrument,
+                                                 attempts=attempts, status="schema_error",
+                                                 error="empty message", raw_text=res.text))
+        raise StructuredOutputError(f"{instrument}: the simulator wrote an empty message",
+                                    raw_text=res.text, reason="empty message", attempts=attempts)
+
+    async def ask(self, instrument: str, task: Prompt, schema: type[BaseModel]) -> BaseModel:
+        """A schema-validated judgement; failures are logged with the raw text and re-raised."""
+        try:
+            res = await self.client.structured(self.spec, self._messages(task), schema, prompt_name=task.name,
+                                               prompt_hash=task.hash, seed=self._next_seed())
+        except StructuredOutputError as exc:
+            self._log(getattr(exc, "call", None), instrument)
+            self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id, instrument=instrument,
+                                                     attempts=max(1, exc.attempts), status="schema_error",
+                                                     error=exc.reason, raw_text=exc.raw_text))
+            raise
+        except LLMError as exc:
+            self._log(getattr(exc, "call", None), instrument)
+            self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id, instrument=instrument,
+                                                     attempts=max(1, exc.attempts), status="error", error=str(exc)))
+            raise
+        self._log(res.call, instrument)
+        self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id, instrument=instrument,
+                                                 attempts=max(1, res.call.attempts)))
+        return res.value
+
+    async def rank(self, instrument: str, turns: Sequence[TranscriptTurn], letters: Sequence[str],
+                   question: str) -> list[str]:
+        """A full ranking by successive best-of-the-remaining choices (a permutation by construction)."""
+        text = transcript_text(turns)
+        ranked: list[str] = []
+        remaining = list(letters)
+        while len(remaining) > 1:
+            task = render("simulator/rank_next.j2", transcript=text, question=question,
+                          ranked=", ".join(ranked), remaining=", ".join(remaining))
+            pick = await self.ask(f"{instrument}_{len(ranked) + 1}", task, pick_schema(remaining))
+            ranked.append(pick.letter)  # type: ignore[attr-defined]
+            remaining.remove(pick.letter)  # type: ignore[attr-defined]
+        return ranked + remaining
+
+
+def _clean_message(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    return text
+
+
+async def assess(sim: Simulator, turns: Sequence[TranscriptTurn], letters: Sequence[str]) -> Assessment:
+    """The end-of-conversation assessment (PROTOCOL §2) of a transcript, by letter.
+
+    Used by both modes: Sim-Dynamic on its own conversation, Sim-Judgement on a human's.
+    """
+    ranking = await sim.rank("ranking", turns, letters, "Which remaining response do you prefer most overall?")
+    provenance = await sim.rank(
+        "provenance_ranking", turns, letters,
+        "Which remaining response is most likely to have been personalised to you?",
+    )
+    text = transcript_text(turns)
+    joined = ", ".join(letters)
+    ratings = await sim.ask("ratings", render("simulator/ratings.j2", transcript=text, letters=joined),
+                            ratings_schema(letters))
+    bids = await sim.ask("wtp", render("simulator/wtp.j2", transcript=text, letters=joined, wtp_max=f"{sim.wtp_max:g}"),
+                         scores_schema("Bids", letters, 0, sim.wtp_max, integer=False))
+    return Assessment(
+        ranking=ranking,
+        provenance_ranking=provenance,
+        ratings={scale: getattr(ratings, scale).model_dump() for scale in ("preference", "engagingness", "provenance")},
+        wtp={letter: float(getattr(bids, letter)) for letter in letters},
+    )
+
+
+def bdm_draw(arm_letters: dict[str, str], wtp: dict[str, float], seed: int, wtp_max: float,
+             conversation_id: str) -> BDMRecord:
+    """Becker–DeGroot–Marschak: draw one arm and a price; the user buys at the price if bid ≥ price."""
+    rng = np.random.default_rng(seed)
+    arms = sorted(arm_letters)
+    arm = arms[int(rng.integers(len(arms)))]
+    price = round(float(rng.uniform(0, wtp_max)), 2)
+    bid = wtp[arm_letters[arm]]
+    won = bid >= price
+    return BDMRecord(conversation_id=conversation_id, arm=arm, letter=arm_letters[arm], price=price, bid=bid,
+                     won=won, paid=price if won else 0.0)
+
+
+def judgement_rows(conv_id: str, arm_letters: dict[str, str], a: Assessment, *,
+                   opening_pick: str | None, provenance_pick: str | None) -> list[JudgementRecord]:
+    rows = []
+    for arm, letter in sorted(arm_letters.items(), key=lambda kv: kv[1]):
+        rows.append(JudgementRecord(
+            conversation_id=conv_id, arm=arm, letter=letter, position=LETTERS.index(letter) + 1,
+            opening_choice=None if opening_pick is None else letter == opening_pick,
+            provenance_guess=None if provenance_pick is None else letter == provenance_pick,
+            rank=a.ranking.index(letter) + 1,
+            provenance_rank=a.provenance_ranking.index(letter) + 1,
+            rating_preference=float(a.ratings["preference"][letter]),
+            rating_engagingness=float(a.ratings["engagingness"][letter]),
+            rating_provenance=float(a.ratings["provenance"][letter]),
+            wtp_bid=float(a.wtp[letter]),
+        ))
+    return rows
+
+
+# ----------------------------------------------------------------------------- Sim-Dynamic
+
+
+@dataclass
+class _ArmState:
+    arm: ArmConfig
+    letter: str
+    messages: list[dict[str, str]]
+    context_tokens: int = 0
+
+
+async def simulate_session(
+    persona: Persona,
+    domain: str,
+    config: Config,
+    client: LLMClient,
+    *,
+    summary: str | None = None,
+) -> SessionRecord:
+    """Run one Sim-Dynamic session end to end and return its records.
+
+    Raises ``SessionFailed`` (carrying a ``SessionFailure`` with the reason, the raw reply
+    and the calls spent) when the simulator's output still breaks its schema after retries.
+    """
+    pid = persona.persona_id
+    conv_id = conversation_id(pid, domain)
+    unit_seed = derive_seed(config.seed, pid, domain)
+    arm_ids = [a.id for a in config.arms]
+    arm_letters = blind(arm_ids, unit_seed)
+    letters = _letters(len(arm_ids))
+    p = config.protocol
+    persona_text = render_persona(persona, config.simulator.rendering, summary=summary).text
+    sim = Simulator(
+        client=client, spec=config.simulator, persona_text=persona_text,
+        domain_instruction=render(f"domains/{domain}.j2").text, conversation_id=conv_id,
+        seed=unit_seed, wtp_max=p.wtp_max,
+    )
+    states = []
+    for arm in config.arms:
+        system = arm_system_prompt(arm, persona, summary=summary)
+        msgs = [{"role": "system", "content": system.text}] if system else []
+        states.append(_ArmState(arm=arm, letter=arm_letters[arm.id], messages=msgs))
+
+    turn_rows: list[TurnRecord] = []
+    transcript: list[TranscriptTurn] = []
+    gen_error = False
+    max_turns_reached = False
+    stop_reason = "max_turns"
+    opening_pick = provenance_pick = None
+
+    async def reply(state: _ArmState, turn: int) -> tuple[str, int | None, bool]:
+        try:
+            res = await client.chat(state.arm, state.messages, seed=derive_seed(unit_seed, state.arm.id, turn) % 2**31,
+                                    prompt_name=state.arm.system_prompt, tag={"arm": state.arm.id})
+        except LLMError as exc:
+            sim._log(getattr(exc, "call", None), "reply", role="arm", arm=state.arm.id)
+            return GEN_ERROR_TEXT, None, True
+        sim._log(res.call, "reply", role="arm", arm=state.arm.id)
+        state.context_tokens = res.call.prompt_tokens + res.call.completion_tokens
+        text = res.text.strip()
+        if not text:  # an empty completion is a failed generation, not a reply
+            return GEN_ERROR_TEXT, res.call.completion_tokens, True
+        return text, res.call.completion_tokens, False
+
+    try:
+        message, n_tok = await sim.write("opening", render("simulator/opening.j2"))
+        turn = 0
+        while True:
+            turn_rows.append(TurnRecord(conversation_id=conv_id, turn=turn, role="user", text=message, n_tokens=n_tok))
+            for s in states:
+                s.messages.append({"role": "user", "content": message})
+            answers = await asyncio.gather(*(reply(s, turn) for s in states))
+            replies: dict[str, str] = {}
+            for s, (text, tokens, failed) in zip(states, answers):
+                # the arm's own history keeps what the user saw, error notice included
+                s.messages.append({"role": "assistant", "content": text})
+                replies[s.letter] = text
+                gen_error |= failed
+            transcript.append(TranscriptTurn(user=message, replies=replies))
+            ttext = transcript_text(transcript)
+            joined = ", ".join(letters)
+            if turn == 0:
+                pick = await sim.ask("opening_choice", render("simulator/opening_choice.j2", transcript=ttext,
+                                                              n_arms=len(letters), letters=joined),
+                                     opening_schema(letters))
+                opening_pick, provenance_pick = pick.preferred, pick.personalised  # type: ignore[attr-defined]
+            n_done = turn + 1
+            may_stop = p.min_turns <= n_done < p.max_turns
+            rated = await sim.ask("turn_rating", render("simulator/turn_rating.j2", transcript=ttext, may_stop=may_stop),
+                                  scores_schema("TurnRating", letters, 0, 100, may_stop=may_stop))
+            for s, (text, tokens, failed) in zip(states, answers):
+                turn_rows.append(TurnRecord(conversation_id=conv_id, turn=turn, role="assistant", arm=s.arm.id,
+                                            letter=s.letter, text=text, n_tokens=tokens, gen_error=failed,
+                                            turn_rating=float(getattr(rated, s.letter))))
+            if n_done >= p.max_turns:
+                stop_reason = "max_turns"
+                break
+            if may_stop and not getattr(rated, "continue"):
+                stop_reason = "user_ended"
+                break
+            # the context budget: the fullest arm history plus a reply must still fit
+            biggest = max(s.context_tokens for s in states)
+            if biggest + max(s.arm.sampling.max_tokens for s in states) + 200 > p.context_budget_tokens:
+                stop_reason, max_turns_reached = "context_limit", True
+                break
+            message, n_tok = await sim.write("next_message", render(
+                "simulator/next_message.j2", transcript=ttext, n_arms=len(letters), letters=joined))
+            turn += 1
+        assessment = await assess(sim, transcript, letters)
+    except (StructuredOutputError, LLMError) as exc:
+        raise SessionFailed(SessionFailure(
+            session_key=conv_id, participant_id=pid, domain=domain,  # type: ignore[arg-type]
+            error_type=type(exc).__name__, reason=getattr(exc, "reason", None) or str(exc),
+            raw_text=getattr(exc, "raw_text", None), llm_calls=sim.calls,
+        )) from exc
+
+    judgements = judgement_rows(conv_id, arm_letters, assessment, opening_pick=opening_pick,
+                                provenance_pick=provenance_pick)
+    bdm = bdm_draw(arm_letters, assessment.wtp, derive_seed(unit_seed, "bdm"), p.wtp_max, conv_id)
+    return SessionRecord(
+        participant=ParticipantRecord(participant_id=pid, source="sim_dynamic", persona_id=pid,
+                                      rendering=config.simulator.rendering, simulator_model=config.simulator.model),
+        conversation=ConversationRecord(
+            conversation_id=conv_id, participant_id=pid, source="sim_dynamic", domain=domain,  # type: ignore[arg-type]
+            in_domain=domain in IN_DOMAIN, arm_letters=arm_letters, n_turns=len(transcript), gen_error=gen_error,
+            max_turns_reached=max_turns_reached, stop_reason=stop_reason, seed=unit_seed,  # type: ignore[arg-type]
+        ),
+        turns=turn_rows,
+        judgements=judgements,
+        bdm=[bdm],
+        llm_calls=sim.calls,
+        instruments=sim.instruments,
+    )

@@ -1,0 +1,421 @@
+"""Batch runs: ``python -m simlab.run`` and ``await simlab.run_experiment(config)``.
+
+One asyncio process drives every (participant, domain) session concurrently; model
+calls are bounded per endpoint by the client layer. Each session is committed to the
+run store in one transaction when it completes, so a killed run resumes with the same
+command (the run directory is named from the config's hash) and redoes only what is
+missing. Everything is validated before the run directory is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simlab.config import Config, load_config
+from simlab.errors import ConfigError, InputError, SimlabError
+from simlab.personas import Persona, load_personas, load_prism, render_persona, summarize
+from simlab.prompts import all_hashes, render
+from simlab.schema import DOMAINS
+
+# Config keys that may change when a run is resumed (they do not change any result).
+RESUMABLE_KEYS = ("concurrency", "limit", "out_dir", "human")
+
+
+@dataclass
+class RunSummary:
+    """What a run did: the end-of-run summary's numbers."""
+
+    run_dir: Path
+    sessions_planned: int
+    sessions_done_before: int
+    sessions_completed: int
+    sessions_failed: int
+    wall_time_s: float
+    tokens_by_arm: dict[str, int] = field(default_factory=dict)
+    tokens_by_role: dict[str, int] = field(default_factory=dict)
+    report: Path | None = None
+    interrupted: bool = False
+
+    def text(self) -> str:
+        lines = [
+            f"run directory: {self.run_dir}",
+            f"sessions: {self.sessions_completed} completed, {self.sessions_failed} failed, "
+            f"of {self.sessions_planned} planned ({self.sessions_done_before} were already done)",
+            f"wall time: {self.wall_time_s:.1f} s",
+            "tokens per arm: " + (", ".join(f"{a}={n}" for a, n in sorted(self.tokens_by_arm.items())) or "none"),
+            "tokens per role: " + (", ".join(f"{r}={n}" for r, n in sorted(self.tokens_by_role.items())) or "none"),
+        ]
+        if self.report:
+            lines.append(f"report: {self.report}")
+        if self.interrupted:
+            lines.append("interrupted: completed sessions are kept; run the same command to resume")
+        return "\n".join(lines)
+
+
+def load_persona_set(path: str | Path) -> list[Persona]:
+    """simlab JSONL, or a PRISM ``survey.jsonl`` (its ``conversations.jsonl`` beside it)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "survey.jsonl"
+    if p.name == "survey.jsonl":
+        return load_prism(p, p.with_name("conversations.jsonl"))
+    return load_personas(p)
+
+
+def select(personas: list[Persona], *, limit: int | None, shard: tuple[int, int]) -> list[Persona]:
+    """First ``limit`` personas, then this shard's share (every n-th, offset i)."""
+    chosen = personas[:limit] if limit else personas
+    i, n = shard
+    return [p for k, p in enumerate(chosen) if k % n == i]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must look like i/n (e.g. 0/4), got {text!r}", field="shard") from None
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"--shard {text}: need 0 <= i < n", field="shard")
+    return i, n
+
+
+def _config_hash(config: Config, personas_path: str, shard: tuple[int, int]) -> str:
+    data = {k: v for k, v in config.public_dict().items() if k not in RESUMABLE_KEYS}
+    data["_personas"] = personas_path
+    data["_shard"] = list(shard)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def run_dir_for(config: Config, shard: tuple[int, int] = (0, 1)) -> Path:
+    """The run directory a config maps to (the same command always finds the same run)."""
+    suffix = f"-shard{shard[0]}of{shard[1]}" if shard[1] > 1 else ""
+    return Path(config.out_dir) / f"{config.name}-{_config_hash(config, config.personas, shard)}{suffix}"
+
+
+def _needs_summary(config: Config) -> bool:
+    return config.simulator.rendering == "summary" or any(a.personalisation == "summary" for a in config.arms)
+
+
+def validate_plan(config: Config, personas: Sequence[Persona]) -> None:
+    """Render every template a run will use with every persona, so errors surface before any write."""
+    if not personas:
+        raise InputError("no personas selected (check --limit/--shard and the persona file)", file=config.personas)
+    for domain in config.protocol.domains:
+        render(f"domains/{domain}.j2")
+    for persona in personas:
+        for rendering in {config.simulator.rendering, *(a.personalisation for a in config.arms)} - {"none", "summary"}:
+            render_persona(persona, rendering)  # type: ignore[arg-type]
+
+
+def plan_text(config: Config, personas: Sequence[Persona], run_dir: Path) -> str:
+    n_sessions = len(personas) * len(config.protocol.domains)
+    k = len(config.arms)
+    p = config.protocol
+    # per user turn: k arm replies + 1 turn rating + 1 next message; opening adds the choice;
+    # assessment: 2 rankings of k-1 picks, ratings, bids.
+    per_turn = k + 2
+    fixed = 1 + 1 + 2 * (k - 1) + 2
+    lo = fixed + p.min_turns * per_turn - 1
+    hi = fixed + p.max_turns * per_turn - 1
+    summaries = len(personas) if _needs_summary(config) else 0
+    lines = [
+        f"run directory: {run_dir}",
+        f"participants: {len(personas)} × domains: {len(p.domains)} ({', '.join(p.domains)}) × arms: {k} "
+        f"({', '.join(a.id for a in config.arms)})",
+        f"sessions: {n_sessions}; user turns per session: {p.min_turns}–{p.max_turns}",
+        f"expected model calls: {n_sessions * lo}–{n_sessions * hi} (+{summaries} persona summaries, "
+        f"+ schema retries)",
+        "endpoints: " + ", ".join(
+            f"{name}={ep.base_url or 'embedded llama.cpp'} (in flight ≤ {ep.in_flight})"
+            for name, ep in config.endpoints.items()
+        ),
+    ]
+    return "\n".join(lines)
+
+
+async def run_experiment(
+    config: Config,
+    *,
+    personas: Sequence[Persona] | None = None,
+    run_dir: str | Path | None = None,
+    shard: tuple[int, int] = (0, 1),
+    base_urls: dict[str, str] | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+    report: bool = True,
+) -> RunSummary:
+    """Run (or resume) the experiment of ``config``; returns the end-of-run summary.
+
+    ``base_urls`` overrides endpoint URLs (e.g. a server the caller started). Embedded
+    local endpoints without a URL are started here and stopped at the end.
+    """
+    from simlab.local import EmbeddedBackends
+    from simlab.llm import LLMClient
+    from simlab.protocol import SessionFailed, conversation_id, simulate_session
+    from simlab.store import RunStore
+
+    t0 = time.monotonic()
+    if personas is None:
+        personas = select(load_persona_set(config.personas), limit=config.limit, shard=shard)
+    personas = list(personas)
+    validate_plan(config, personas)
+    run_dir = Path(run_dir) if run_dir else run_dir_for(config, shard)
+    models = {a.id: f"{a.endpoint}/{a.model}" for a in config.arms}
+    models.update(simulator=f"{config.simulator.endpoint}/{config.simulator.model}",
+                  judge=f"{config.judge.endpoint}/{config.judge.model}")
+    meta = {"config": config.public_dict(), "prompt_hashes": all_hashes(), "models": models, "seed": config.seed,
+            "personas": [p.persona_id for p in personas], "shard": list(shard)}
+    store = RunStore.open_or_create(run_dir, meta, ignore=RESUMABLE_KEYS)
+    done_before = store.completed_sessions()
+    skip = done_before if retry_failed else done_before | store.failed_sessions()
+    todo = [(p, d) for p in personas for d in config.protocol.domains if conversation_id(p.persona_id, d) not in skip]
+    n_planned = len(personas) * len(config.protocol.domains)
+    interrupted = False
+    needs_backend = bool(todo)
+    try:
+        backends = EmbeddedBackends(config, log_dir=run_dir) if needs_backend and not base_urls else None
+        with backends or _Null():
+            urls = dict(base_urls or {})
+            if backends:
+                urls.update(backends.base_urls)
+            client = LLMClient(config.endpoints, base_urls=urls)
+            summaries = await _summaries(config, client, personas, store) if todo and _needs_summary(config) else {}
+            interrupted = await _run_sessions(config, client, store, todo, summaries, progress)
+    finally:
+        counts = store.counts()
+        store.close()
+    summary = RunSummary(
+        run_dir=run_dir,
+        sessions_planned=n_planned,
+        sessions_done_before=len(done_before),
+        sessions_completed=counts.sessions_completed,
+        sessions_failed=counts.sessions_failed,
+        wall_time_s=time.monotonic() - t0,
+        interrupted=interrupted,
+    )
+    for c in counts.by_role_arm:
+        tokens = c.prompt_tokens + c.completion_tokens
+        summary.tokens_by_role[c.role] = summary.tokens_by_role.get(c.role, 0) + tokens
+        if c.role == "arm" and c.arm:
+            summary.tokens_by_arm[c.arm] = summary.tokens_by_arm.get(c.arm, 0) + tokens
+    if report and not interrupted:
+        summary.report = _write_report(run_dir, config)
+    return summary
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+async def _summaries(config: Config, client, personas, store) -> dict[str, str]:
+    from simlab.protocol import Simulator
+
+    out: dict[str, str] = {}
+    for persona in personas:
+        sink = Simulator(client=client, spec=config.summary, persona_text="", domain_instruction="",
+                         conversation_id="", seed=config.seed)
+
+        async def generate(messages, _sink=sink):
+            try:
+                res = await client.chat(config.summary, messages, prompt_name="persona/summary_request.j2",
+                                        seed=config.seed)
+            except SimlabError as exc:
+                _sink._log(getattr(exc, "call", None), "summary", role="summary")
+                raise
+            _sink._log(res.call, "summary", role="summary")
+            return res.text
+
+        artefact = await summarize(persona, generate, model=config.summary.model, cache_dir=config.summary.cache_dir)
+        out[persona.persona_id] = artefact.text
+        store.write_calls([c.model_copy(update={"conversation_id": None}) for c in sink.calls])
+    return out
+
+
+async def _run_sessions(config, client, store, todo, summaries, progress: bool) -> bool:
+    """Run the sessions; returns True if interrupted (Ctrl-C / SIGTERM)."""
+    from tqdm import tqdm
+
+    from simlab.protocol import SessionFailed, simulate_session
+
+    gate = asyncio.Semaphore(config.concurrency)
+    bar = tqdm(total=len(todo), desc="sessions", unit="session", disable=not progress or not todo,
+               dynamic_ncols=True, file=sys.stderr)
+    failed = 0
+
+    async def one(persona: Persona, domain: str) -> None:
+        nonlocal failed
+        async with gate:
+            try:
+                record = await simulate_session(persona, domain, config, client,
+                                                summary=summaries.get(persona.persona_id))
+            except SessionFailed as exc:
+                store.write_failure(exc.failure)
+                failed += 1
+                bar.set_postfix(failed=failed)
+            else:
+                store.write_session(record)  # one transaction: the session is whole or absent
+            bar.update(1)
+
+    tasks = [asyncio.ensure_future(one(p, d)) for p, d in todo]
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread: Ctrl-C handled by asyncio.run
+            pass
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        pending = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(pending | {waiter}, return_when=asyncio.FIRST_COMPLETED)
+            pending.discard(waiter)
+            for t in done:
+                if t is not waiter and t.exception() is not None:
+                    raise t.exception()  # a bug, not a model failure: stop loudly
+            if stop.is_set():
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                return True
+        return False
+    finally:
+        waiter.cancel()
+        for t in tasks:
+            t.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.remove_signal_handler(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+        bar.close()
+
+
+def _write_report(run_dir: Path, config: Config) -> Path | None:
+    """The run's HTML report (with the human comparison when ``human`` is configured)."""
+    try:
+        from simlab.report import write_run_report
+    except ImportError:
+        return None
+    return write_run_report(run_dir, human=config.human)
+
+
+def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
+    data = config.public_dict()
+    if args.personas:
+        data["personas"] = args.personas
+    if args.limit is not None:
+        data["limit"] = args.limit
+    if args.domains:
+        data["protocol"]["domains"] = [d.strip() for d in args.domains.split(",") if d.strip()]
+    if args.concurrency is not None:
+        data["concurrency"] = args.concurrency
+    if args.seed is not None:
+        data["seed"] = args.seed
+    if args.out:
+        data["out_dir"] = args.out
+    if args.human:
+        data["human"] = args.human
+    from simlab.config import parse_config
+
+    return parse_config(data, file=args.config or "configs/local.toml (with command-line overrides)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m simlab.run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Run the PRISM-X experiment with simulated users.
+
+With no arguments: the quickstart on the embedded local model (SmolLM2-135M via
+llama.cpp, started on 127.0.0.1 for the run): 3 sample personas × 2 domains × 4 demo
+arms, about 3 minutes on 2 CPU cores. Output goes to runs/<name>-<config hash>/
+(store.sqlite, report.html). Running the same command again resumes that run and
+does only the sessions that are missing.""",
+        epilog="""\
+examples:
+  python -m simlab.run                                   # quickstart, embedded model
+  python -m simlab.run --config configs/vllm.toml        # four arms on a vLLM server
+  python -m simlab.run --config my.toml --dry-run        # validate and print the plan
+  python -m simlab.run --config my.toml --shard 0/4      # one of four disjoint shards
+  python -m simlab.run --resume runs/quickstart-1a2b3c4d5e
+
+exit status: 0 done, 1 sessions failed or a model error, 2 bad input (config,
+personas, arguments), 130 interrupted (completed sessions kept).""",
+    )
+    parser.add_argument("--config", help="TOML config (default: configs/local.toml, the embedded quickstart)")
+    parser.add_argument("--personas", help="persona JSONL, or a PRISM survey.jsonl (conversations.jsonl beside it)")
+    parser.add_argument("--limit", type=int, help="use only the first N personas")
+    parser.add_argument("--domains", help=f"comma-separated subset of: {', '.join(DOMAINS)}")
+    parser.add_argument("--concurrency", type=int, help="sessions in flight at once")
+    parser.add_argument("--seed", type=int, help="run seed (letters, BDM draws, sampling seeds derive from it)")
+    parser.add_argument("--out", help="directory that holds run directories (default: runs)")
+    parser.add_argument("--human", help="human data directory to compare with in the report")
+    parser.add_argument("--shard", default="0/1", help="run shard i of n (disjoint participants), e.g. 0/4")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="resume this run directory with its stored config")
+    parser.add_argument("--retry-failed", action="store_true", help="also redo sessions that failed before")
+    parser.add_argument("--dry-run", action="store_true", help="validate config and personas, print the plan, exit 0")
+    parser.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        shard = parse_shard(args.shard)
+        run_dir = None
+        if args.resume:
+            from simlab.config import parse_config
+            from simlab.store import run_meta
+
+            run_dir = Path(args.resume)
+            stored = parse_config(run_meta(run_dir)["config"], file=run_dir / "store.sqlite")
+            config = load_config(args.config) if args.config else stored
+            config = _apply_overrides(config, args)
+            stored_shard = run_meta(run_dir).get("shard")
+            if stored_shard and args.shard == "0/1":
+                shard = (int(stored_shard[0]), int(stored_shard[1]))
+        else:
+            config = _apply_overrides(load_config(args.config), args)
+        personas = select(load_persona_set(config.personas), limit=config.limit, shard=shard)
+        validate_plan(config, personas)
+        target = run_dir or run_dir_for(config, shard)
+        if args.dry_run:
+            print(plan_text(config, personas, target))
+            return 0
+        summary = asyncio.run(run_experiment(config, personas=personas, run_dir=target, shard=shard,
+                                             retry_failed=args.retry_failed, progress=not args.quiet,
+                                             report=not args.no_report))
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: completed sessions are kept; run the same command to resume", file=sys.stderr)
+        return 130
+    except SimlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(summary.text())
+    if summary.interrupted:
+        return 130
+    return 1 if summary.sessions_failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Shared fixtures: a scripted stub server and configs pointing at it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from simlab.config import Config, default_config, parse_config
+from simlab.testing import StubServer
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_data() -> Path:
+    return Path(os.environ.get("SIMLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def stub():
+    with StubServer() as server:
+        yield server
+
+
+def stub_config(server: StubServer, tmp_path: Path, **overrides) -> Config:
+    """The quickstart config, its endpoint replaced by the stub (vLLM dialect)."""
+    data = default_config().public_dict()
+    data["endpoints"] = {"local": {"kind": "vllm", "base_url": server.base_url, "max_attempts": 2,
+                                   "timeout_s": 10}}
+    data["out_dir"] = str(tmp_path / "runs")
+    data["summary"]["cache_dir"] = str(tmp_path / "summaries")
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key].update(value)
+        else:
+            data[key] = value
+    return parse_config(data)
+
+
+def write_toml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+PYTHON = sys.executable

@@ -1,0 +1,191 @@
+"""The PRISM-X session protocol end to end against a real HTTP stub server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import pytest
+
+from simlab.errors import LLMError
+from simlab.personas import load_personas
+from simlab.protocol import SessionFailed, blind, derive_seed, simulate_session
+from simlab.run import run_experiment
+from simlab.store import RunStore, load_run, read_table
+from simlab.testing import Fault, StubServer
+from tests.conftest import REPO, stub_config
+
+ARMS = ["GEN", "PROMPT", "SUMMARY", "STYLE"]
+
+
+def run(cfg, **kw):
+    return asyncio.run(run_experiment(cfg, progress=False, report=False, **kw))
+
+
+def test_three_personas_two_domains_exact_rows(stub, tmp_path):
+    cfg = stub_config(stub, tmp_path, limit=3)
+    summary = run(cfg)
+    assert (summary.sessions_completed, summary.sessions_failed) == (6, 0)
+    t = load_run(summary.run_dir)
+    assert len(t.participants) == 3
+    assert len(t.conversations) == 6
+    assert set(t.conversations["domain"]) == {"unguided", "emotional_wellbeing"}
+    # max_turns = min_turns = 2: two user turns, each answered by four arms
+    assert (t.conversations["n_turns"] == 2).all()
+    assert len(t.turns) == 6 * (2 + 2 * 4)
+    assert len(t.judgements) == 6 * 4
+    assert len(t.bdm) == 6
+    # per session: opening, 2×4 replies, opening choice, 2 turn ratings, next message,
+    # 2 rankings of 3 picks, ratings, bids = 21 calls
+    assert len(t.llm_calls) == 6 * 21
+    assert (t.llm_calls["status"] == "ok").all()
+    for _, conv in t.conversations.iterrows():
+        letters = json.loads(conv["arm_letters"])
+        assert sorted(letters) == sorted(ARMS)
+        assert sorted(letters.values()) == ["A", "B", "C", "D"]
+        j = t.judgements[t.judgements["conversation_id"] == conv["conversation_id"]]
+        assert sorted(j["rank"]) == [1, 2, 3, 4]
+        assert sorted(j["provenance_rank"]) == [1, 2, 3, 4]
+        assert j["opening_choice"].sum() == 1 and j["provenance_guess"].sum() == 1
+        assert all(letters[a] == l for a, l in zip(j["arm"], j["letter"]))
+        assert all(p == "ABCD".index(l) + 1 for p, l in zip(j["position"], j["letter"]))
+    assistant = t.turns[t.turns["role"] == "assistant"]
+    assert assistant["turn_rating"].between(0, 100).all()
+    assert t.judgements["wtp_bid"].between(0, 10).all()
+    instruments = read_table(summary.run_dir, "instruments")
+    assert set(instruments["instrument"]) >= {"opening", "opening_choice", "turn_rating", "next_message",
+                                              "ranking_1", "provenance_ranking_3", "ratings", "wtp"}
+
+
+def test_seeds_reproduce_letters_and_draws(tmp_path):
+    def maps(seed: int, sub: str):
+        with StubServer(seed=seed) as server:
+            cfg = stub_config(server, tmp_path / sub, limit=2, seed=seed)
+            t = load_run(run(cfg).run_dir)
+        letters = dict(zip(t.conversations["conversation_id"], t.conversations["arm_letters"]))
+        draws = t.bdm.sort_values("conversation_id")[["conversation_id", "arm", "price"]].values.tolist()
+        return letters, draws
+
+    a = maps(7, "a")
+    b = maps(7, "b")
+    c = maps(8, "c")
+    assert a == b
+    assert a[0] != c[0]
+    assert blind(ARMS, derive_seed(7, "sample01", "unguided")) == json.loads(a[0]["sample01:unguided"])
+
+
+def test_blinding_is_balanced_over_many_units():
+    counts = {arm: [0] * 4 for arm in ARMS}
+    for i in range(4000):
+        for arm, letter in blind(ARMS, derive_seed(0, f"p{i}", "values")).items():
+            counts[arm]["ABCD".index(letter)] += 1
+    for arm in ARMS:  # each arm in each position ~1000 times (binomial sd ≈ 27)
+        assert all(880 < n < 1120 for n in counts[arm]), counts
+
+
+def test_arms_see_only_their_own_history_and_user_never_sees_arm_names(stub, tmp_path):
+    cfg = stub_config(stub, tmp_path, limit=1, protocol={"domains": ["values"]})
+    run(cfg)
+    sim_requests = [r.body for r in stub.requests if r.body["messages"][0]["content"].startswith("You are taking part")]
+    arm_requests = [r.body for r in stub.requests if not r.body["messages"][0]["content"].startswith("You are taking part")]
+    assert len(arm_requests) == 8 and len(sim_requests) == 13
+    for body in sim_requests:
+        text = json.dumps(body["messages"])
+        for arm in ARMS:
+            assert not re.search(rf"\b{arm}\b", text), f"arm name {arm} leaked to the simulated user"
+    # second-turn arm requests: system, user, that arm's own reply, user
+    second = [b for b in arm_requests if len(b["messages"]) == 4]
+    assert len(second) == 4
+    first_replies = {b["messages"][0]["content"]: b["messages"][2]["content"] for b in second}
+    assert len(set(first_replies.values())) == 4  # each arm got back its own, distinct reply
+
+
+def test_user_may_stop_after_minimum(tmp_path):
+    def script(body):
+        fmt = body.get("response_format")
+        if fmt and "continue" in json.dumps(fmt):
+            return json.dumps({"A": 50, "B": 60, "C": 70, "D": 80, "continue": False})
+        return None
+
+    with StubServer(script=script) as server:
+        cfg = stub_config(server, tmp_path, limit=1, protocol={"domains": ["values"], "min_turns": 1, "max_turns": 4})
+        t = load_run(run(cfg).run_dir)
+    conv = t.conversations.iloc[0]
+    assert conv["n_turns"] == 1 and conv["stop_reason"] == "user_ended"
+    assert sorted(t.turns.loc[t.turns["role"] == "assistant", "turn_rating"]) == [50, 60, 70, 80]
+
+
+def test_generation_failure_is_shown_and_flagged(stub, tmp_path):
+    # the concise arm's first request fails twice (its endpoint allows 2 attempts)
+    stub.add_fault(Fault(status=500, match="Keep every answer short"), Fault(status=500, match="Keep every answer short"))
+    cfg = stub_config(stub, tmp_path, limit=1, protocol={"domains": ["values"]})
+    t = load_run(run(cfg).run_dir)
+    assert bool(t.conversations.iloc[0]["gen_error"]) is True
+    failed = t.turns[t.turns["gen_error"].astype(bool)]
+    assert list(failed["arm"]) == ["STYLE"] and list(failed["turn"]) == [0]
+    assert "technical error" in failed.iloc[0]["text"]
+    calls = t.llm_calls
+    assert ((calls["arm"] == "STYLE") & (calls["status"] == "error")).sum() == 1
+
+
+def test_context_budget_ends_conversation(stub, tmp_path):
+    cfg = stub_config(stub, tmp_path, limit=1,
+                      protocol={"domains": ["values"], "max_turns": 6, "context_budget_tokens": 300})
+    t = load_run(run(cfg).run_dir)
+    conv = t.conversations.iloc[0]
+    assert conv["stop_reason"] == "context_limit" and bool(conv["max_turns_reached"])
+    assert conv["n_turns"] == 1
+    assert len(t.judgements) == 4  # the assessment still happens
+
+
+def test_schema_failures_are_recorded_not_guessed(stub, tmp_path):
+    stub.add_fault(*[Fault(kind="schema_violation", match="Which response do you prefer")] * 3)
+    cfg = stub_config(stub, tmp_path, limit=1, protocol={"domains": ["values"]})
+    summary = run(cfg)
+    assert (summary.sessions_completed, summary.sessions_failed) == (0, 1)
+    failures = read_table(summary.run_dir, "failures")
+    assert len(failures) == 1
+    row = failures.iloc[0]
+    assert row["error_type"] == "StructuredOutputError"
+    assert "preferred" in row["reason"] or "personalised" in row["reason"]
+    assert '"unexpected": true' in row["raw_text"]
+    t = load_run(summary.run_dir)
+    assert len(t.judgements) == 0 and len(t.conversations) == 0
+    # a resume does not redo a recorded failure unless asked to
+    again = run(cfg)
+    assert again.sessions_failed == 1 and again.sessions_completed == 0
+    retried = run(cfg, retry_failed=True)
+    assert retried.sessions_completed == 1 and retried.sessions_failed == 0
+
+
+async def test_simulate_session_python_api(stub, tmp_path):
+    from simlab.llm import LLMClient
+
+    cfg = stub_config(stub, tmp_path)
+    persona = load_personas(REPO / "personas" / "sample.jsonl")[0]
+    client = LLMClient(cfg.endpoints)
+    record = await simulate_session(persona, "controversy", cfg, client)
+    assert record.conversation.domain == "controversy" and record.conversation.in_domain
+    assert record.participant.source == "sim_dynamic"
+    assert len(record.judgements) == 4
+
+
+async def test_simulate_session_raises_session_failed_on_dead_endpoint(tmp_path):
+    import socket
+
+    from simlab.llm import LLMClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    class Dead:
+        base_url = f"http://127.0.0.1:{port}/v1"
+
+    cfg = stub_config(Dead, tmp_path)
+    persona = load_personas(REPO / "personas" / "sample.jsonl")[0]
+    with pytest.raises(SessionFailed) as info:
+        await simulate_session(persona, "values", cfg, LLMClient(cfg.endpoints))
+    assert info.value.failure.error_type == "LLMError"
+    assert info.value.failure.llm_calls[0].status == "error"

@@ -1,0 +1,221 @@
+"""``python -m simlab.run`` as a user runs it: real subprocesses, a real stub server process."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from simlab.config import CONFIGS_DIR
+from tests.conftest import REPO
+
+SAMPLE = (REPO / "personas" / "sample.jsonl").read_text().splitlines()
+
+
+def cli(*args: str, cwd: Path = REPO, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "simlab.run", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture
+def stub_process():
+    """The stub server as its own process (so a killed CLI cannot take it down)."""
+    proc = subprocess.Popen([sys.executable, "-m", "simlab.testing", "--delay", "0.02"], stdout=subprocess.PIPE,
+                            text=True)
+    url = proc.stdout.readline().strip()
+    assert url.startswith("http://127.0.0.1:")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def stub_toml(tmp_path: Path, url: str, **extra: str) -> Path:
+    text = (CONFIGS_DIR / "local.toml").read_text()
+    text = text.replace('kind = "local"          # no base_url: simlab starts the embedded server for the run',
+                        f'kind = "vllm"\nbase_url = "{url}"')
+    text = text.replace("max_in_flight = 1       # llama.cpp's server runs one request at a time", "max_in_flight = 8")
+    text = text.replace('personas = "personas/sample.jsonl"', f'personas = "{REPO / "personas" / "sample.jsonl"}"')
+    text = f'out_dir = "{tmp_path / "runs"}"\n' + text
+    for key, value in extra.items():
+        text = text.replace(f"{key} = ", f"{key} = {value}  # was ", 1)
+    path = tmp_path / "stub.toml"
+    path.write_text(text)
+    return path
+
+
+def test_help_reads_like_docs():
+    out = cli("--help")
+    assert out.returncode == 0
+    for word in ("--config", "--personas", "--limit", "--domains", "--concurrency", "--seed", "--out", "--shard",
+                 "--resume", "--dry-run", "exit status", "embedded"):
+        assert word in out.stdout
+
+
+def test_dry_run_prints_plan_and_writes_nothing(tmp_path, stub_process):
+    cfg = stub_toml(tmp_path, stub_process)
+    out = cli("--config", str(cfg), "--dry-run", "--limit", "2")
+    assert out.returncode == 0, out.stderr
+    assert "participants: 2 × domains: 2" in out.stdout and "expected model calls" in out.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_run_writes_store_and_summary(tmp_path, stub_process):
+    cfg = stub_toml(tmp_path, stub_process)
+    out = cli("--config", str(cfg), "--limit", "2", "--domains", "values", "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert "sessions: 2 completed, 0 failed, of 2 planned" in out.stdout
+    assert "tokens per arm: GEN=" in out.stdout
+    run_dirs = list((tmp_path / "runs").iterdir())
+    assert len(run_dirs) == 1 and (run_dirs[0] / "store.sqlite").exists()
+    again = cli("--config", str(cfg), "--limit", "2", "--domains", "values", "--quiet")
+    assert "(2 were already done)" in again.stdout  # same command: same run, nothing redone
+
+
+def _completed(store: Path) -> list[str]:
+    if not store.exists():
+        return []
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5) as db:
+        try:
+            return [r[0] for r in db.execute("SELECT session_key FROM sessions")]
+        except sqlite3.OperationalError:
+            return []
+
+
+def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, stub_process):
+    cfg = stub_toml(tmp_path, stub_process)
+    args = [sys.executable, "-m", "simlab.run", "--config", str(cfg), "--limit", "6", "--concurrency", "2",
+            "--quiet", "--no-report"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    store = None
+    while time.monotonic() < deadline:
+        dirs = list((tmp_path / "runs").glob("*/store.sqlite")) if (tmp_path / "runs").exists() else []
+        if dirs and len(_completed(dirs[0])) >= 3:
+            store = dirs[0]
+            break
+        time.sleep(0.05)
+    assert store is not None, "the run never completed 3 sessions"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    before = _completed(store)
+    assert 3 <= len(before) < 12, f"killed too late to test a resume ({len(before)} sessions done)"
+    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    after = _completed(store)
+    assert len(after) == len(set(after)) == 12
+    assert set(before) <= set(after)
+    with sqlite3.connect(store) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        per_conv = db.execute("SELECT conversation_id, count(*) FROM judgements GROUP BY conversation_id").fetchall()
+        assert len(per_conv) == 12 and {n for _, n in per_conv} == {4}
+        assert db.execute("SELECT count(*) FROM conversations").fetchone()[0] == 12
+
+
+def _bad_persona_file(tmp_path: Path, mutate) -> Path:
+    rows = [json.loads(line) for line in SAMPLE[:3]]
+    lines = mutate(rows)
+    path = tmp_path / "bad_personas.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _dump(rows):
+    return [json.dumps(r) for r in rows]
+
+
+def _set(i, key, value):
+    def f(rows):
+        rows[i][key] = value
+        return _dump(rows)
+    return f
+
+
+def _drop(i, key):
+    def f(rows):
+        del rows[i][key]
+        return _dump(rows)
+    return f
+
+
+def _pref(i, value):
+    def f(rows):
+        rows[i]["stated_prefs"]["safety"] = value
+        return _dump(rows)
+    return f
+
+
+PERSONA_CASES = [
+    ("malformed json line", lambda rows: _dump(rows)[:1] + ['{"persona_id": "x", '] + _dump(rows)[2:], "2", None),
+    ("missing field", _drop(1, "self_description"), "2", "self_description"),
+    ("pref out of range", _pref(2, 150), "3", "stated_prefs.safety"),
+    ("duplicate persona id", _set(2, "persona_id", SAMPLE and json.loads(SAMPLE[0])["persona_id"]), "3", "persona_id"),
+    ("wrong type", _set(0, "stated_prefs", "high"), "1", "stated_prefs"),
+    ("unknown field", _set(1, "favourite_colour", "blue"), "2", "favourite_colour"),
+]
+
+
+@pytest.mark.parametrize("case,mutate,line,field", PERSONA_CASES, ids=[c[0] for c in PERSONA_CASES])
+def test_bad_personas_exit_2_naming_file_line_field(tmp_path, case, mutate, line, field):
+    path = _bad_persona_file(tmp_path, mutate)
+    out = cli("--personas", str(path), "--out", str(tmp_path / "runs"))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"{path}:{line}" in out.stderr
+    if field:
+        assert field in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+CONFIG_CASES = [
+    ("unknown key", lambda t: "colour = 1\n" + t, "colour"),
+    ("bad value", lambda t: t.replace("concurrency = 4", "concurrency = -1"), "concurrency"),
+    ("bad domain", lambda t: t.replace('domains = ["unguided", "emotional_wellbeing"]', 'domains = ["sport"]'),
+     "protocol.domains[0]"),
+    ("unknown endpoint", lambda t: t.replace('[judge]\nendpoint = "local"', '[judge]\nendpoint = "gpu"'), "gpu"),
+]
+
+
+@pytest.mark.parametrize("case,mutate,needle", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
+def test_bad_config_exit_2(tmp_path, case, mutate, needle):
+    path = tmp_path / "bad.toml"
+    path.write_text(mutate((CONFIGS_DIR / "local.toml").read_text()))
+    out = cli("--config", str(path), "--out", str(tmp_path / "runs"))
+    assert out.returncode == 2, out.stderr
+    assert str(path) in out.stderr and needle in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--shard", "3/2"], "--shard"),
+    (["--domains", "sport"], "protocol.domains[0]"),
+    (["--personas", "/nonexistent/p.jsonl"], "/nonexistent/p.jsonl"),
+    (["--limit", "0"], "limit"),
+])
+def test_bad_arguments_exit_2(tmp_path, args, needle):
+    out = cli(*args, "--out", str(tmp_path / "runs"))
+    assert out.returncode == 2, out.stderr
+    assert needle in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_with_different_config_is_refused_and_run_untouched(tmp_path, stub_process):
+    cfg = stub_toml(tmp_path, stub_process)
+    first = cli("--config", str(cfg), "--limit", "1", "--domains", "values", "--quiet", "--no-report")
+    assert first.returncode == 0, first.stderr
+    run_dir = next((tmp_path / "runs").iterdir())
+    digest = hashlib.sha256((run_dir / "store.sqlite").read_bytes()).hexdigest()
+    other = tmp_path / "other.toml"
+    other.write_text(cfg.read_text().replace("seed = 0", "seed = 5"))
+    out = cli("--resume", str(run_dir), "--config", str(other), "--quiet")
+    assert out.returncode == 2
+    assert "seed" in out.stderr and "different config" in out.stderr
+    assert hashlib.sha256((run_dir / "store.sqlite").read_bytes()).hexdigest() == digest
