@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 from scipy import stats as sps
 
 from simlab.fidelity.result import Estimate
@@ -109,7 +111,7 @@ def bootstrap(
 # conditional logit
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ChoiceSets:
     """Rows = alternatives; ``stratum`` sorted 0..S-1; exactly one ``chosen`` row per stratum."""
 
@@ -123,9 +125,17 @@ class ChoiceSets:
     def n_strata(self) -> int:
         return int(self.participant.shape[0])
 
-    @property
+    @cached_property
     def starts(self) -> np.ndarray:
         return np.flatnonzero(np.r_[True, np.diff(self.stratum) != 0])
+
+    @cached_property
+    def chosen_idx(self) -> np.ndarray:
+        return np.flatnonzero(self.chosen)
+
+    @cached_property
+    def x_chosen(self) -> np.ndarray:
+        return self.X[self.chosen_idx]
 
     def check(self) -> None:
         s = self.stratum
@@ -162,8 +172,8 @@ def _clogit_pieces(
     den = np.add.reduceat(e, starts)
     p = e / den[cs.stratum]
     xbar = np.add.reduceat(p[:, None] * cs.X, starts)
-    xc = cs.X[cs.chosen]
-    ll = float(np.sum(w * (eta[cs.chosen] - m - np.log(den))))
+    xc = cs.x_chosen
+    ll = float(np.sum(w * (eta[cs.chosen_idx] - m - np.log(den))))
     grad = (w[:, None] * (xc - xbar)).sum(axis=0)
     hess = None
     if need_hess:
@@ -221,6 +231,55 @@ def fit_clogit(
     if np.linalg.cond(-hess) > 1e12:  # type: ignore[operator]
         raise FitError("information matrix is (near) singular: a feature does not vary within strata")
     return ClogitFit(beta, cov, ll, it)
+
+
+def compress(cs: ChoiceSets) -> tuple[ChoiceSets, sparse.csr_matrix]:
+    """Identical choice sets (same rows, same chosen) merged into one pattern.
+
+    Returns the pattern choice sets and the (n_patterns × n_participants) count matrix M, so a
+    bootstrap replicate's pattern weights are ``M @ counts``. Designs of dummies only (arms,
+    positions) shrink from thousands of strata to a few hundred patterns.
+    """
+    S, p = cs.n_strata, cs.X.shape[1]
+    sizes = np.bincount(cs.stratum, minlength=S)
+    pos = np.arange(cs.stratum.size) - cs.starts[cs.stratum]
+    wide = np.full((S, int(sizes.max()), p + 1), -1e300)
+    wide[cs.stratum, pos, :p] = cs.X
+    wide[cs.stratum, pos, p] = cs.chosen
+    uniq, inv = np.unique(wide.reshape(S, -1), axis=0, return_inverse=True)
+    inv = np.asarray(inv).ravel()
+    u = uniq.reshape(len(uniq), -1, p + 1)
+    present = u[:, :, p] > -1e299
+    stratum, _ = np.nonzero(present)
+    small = ChoiceSets(
+        X=u[present][:, :p], chosen=u[present][:, p] == 1, stratum=stratum.astype(np.int64),
+        participant=np.zeros(len(uniq), dtype=np.int64), names=cs.names,
+    )
+    n_part = int(cs.participant.max()) + 1 if S else 0
+    m = sparse.csr_matrix((np.ones(S), (inv, cs.participant)), shape=(len(uniq), n_part))
+    return small, m
+
+
+def clogit_draws(cs: ChoiceSets, start: np.ndarray, counts: np.ndarray, select: slice | list[int] = slice(None)) -> np.ndarray:
+    """Bootstrap draws (n_boot, k) of the selected conditional-logit coefficients.
+
+    Each replicate refits from ``start`` (warm start) with participant-count weights, on the
+    compressed patterns when that shrinks the problem. A failed replicate is a NaN row.
+    """
+    small, m = compress(cs)
+    use_small = small.n_strata < 0.5 * cs.n_strata
+    counts = counts[:, : m.shape[1]] if use_small else counts
+    weights = np.asarray((m @ counts.T).T) if use_small else counts[:, cs.participant]
+    target = small if use_small else cs
+    k = len(np.arange(cs.X.shape[1])[select])
+    out = np.full((counts.shape[0], k), np.nan)
+    for b in range(counts.shape[0]):
+        try:
+            with np.errstate(all="ignore"):
+                out[b] = fit_clogit(target, weights[b], start).params[select]
+        except (FitError, np.linalg.LinAlgError, FloatingPointError):
+            pass
+    return out
 
 
 def lr_test(full: ClogitFit, restricted: ClogitFit, df: int) -> float:

@@ -15,6 +15,7 @@ from simlab.fidelity.analyses._prep import (
 )
 from simlab.fidelity.result import Estimate, HierarchyComparison, HierarchyResult, HierarchySource
 from simlab.fidelity.stats import (
+    clogit_draws,
     FitError,
     Participants,
     bootstrap,
@@ -43,7 +44,7 @@ def _fit_source(
         fit = fit_clogit(cs)
     except FitError as exc:
         return HierarchySource(status="failed", reason=str(exc)), None, None
-    draws = bootstrap(lambda w: fit_clogit(cs, w, fit.params).params, cs.participant, participants.counts)
+    draws = clogit_draws(cs, fit.params, participants.counts)
     full = np.full(len(arms), np.nan)
     full_draws = np.full((draws.shape[0], len(arms)), np.nan)
     n_part = int(np.unique(cs.participant).size)

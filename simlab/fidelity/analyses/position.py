@@ -22,7 +22,7 @@ from simlab.fidelity.analyses._prep import (
     sim_sources,
 )
 from simlab.fidelity.result import Estimate, PositionFit, PositionOutcome, PositionResult
-from simlab.fidelity.stats import FitError, Participants, bootstrap, estimate, fit_clogit, lr_test
+from simlab.fidelity.stats import clogit_draws, FitError, Participants, bootstrap, estimate, fit_clogit, lr_test
 from simlab.tables import Tables
 
 OUTCOMES = ("ranked_best", "opening_choice", "ranking")
@@ -44,7 +44,7 @@ def _fit_one(d: pd.DataFrame, feats: list[str], how: str, participants: Particip
     if cs.n_strata == 0:
         raise FitError("no choice events with two or more alternatives")
     fit = fit_clogit(cs)
-    draws = bootstrap(lambda w: fit_clogit(cs, w, fit.params).params, cs.participant, participants.counts)
+    draws = clogit_draws(cs, fit.params, participants.counts)
     n_part = int(np.unique(cs.participant).size)
     est = {nm: estimate(fit.params[feats.index(nm)], draws[:, feats.index(nm)], n_part, float(fit.pvalues[feats.index(nm)])) for nm in names}
     return est
@@ -95,7 +95,7 @@ def _outcome(j: pd.DataFrame, how: str, participants: Participants) -> PositionO
             restricted_cs = choice_sets(d, ["first_shown", *arm_cols], how, participants)
             restricted = fit_clogit(restricted_cs)
             out.interaction_p = lr_test(full, restricted, len(inter))
-            draws = bootstrap(lambda w: fit_clogit(cs, w, full.params).params[1 : 1 + len(inter)], cs.participant, participants.counts)
+            draws = clogit_draws(cs, full.params, participants.counts, slice(1, 1 + len(inter)))
             n_part = int(np.unique(cs.participant).size)
             for k, s in enumerate(sims):
                 out.interaction[s] = estimate(full.params[1 + k], draws[:, k], n_part, float(full.pvalues[1 + k]))

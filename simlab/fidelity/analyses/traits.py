@@ -21,7 +21,7 @@ from simlab.fidelity.analyses._prep import (
 )
 from simlab.fidelity.analyses.position import _design
 from simlab.fidelity.result import TraitsResult, TraitsSource
-from simlab.fidelity.stats import FitError, Participants, bootstrap, estimate, fit_clogit, lr_test
+from simlab.fidelity.stats import clogit_draws, FitError, Participants, bootstrap, estimate, fit_clogit, lr_test
 from simlab.tables import Tables
 
 
@@ -79,7 +79,7 @@ def traits(
             if cs.n_strata == 0:
                 raise FitError("no choice events with two or more alternatives")
             fit = fit_clogit(cs)
-            draws = bootstrap(lambda w: fit_clogit(cs, w, fit.params).params[: len(names)], cs.participant, participants.counts)
+            draws = clogit_draws(cs, fit.params, participants.counts, slice(0, len(names)))
             n_part = int(np.unique(cs.participant).size)
             out.per_source[s] = TraitsSource(
                 coefficients={n: estimate(fit.params[i], draws[:, i], n_part, float(fit.pvalues[i])) for i, n in enumerate(names)},
@@ -103,7 +103,7 @@ def traits(
             restricted = fit_clogit(choice_sets(d, [*names, *arm_cols], "ranked_best", participants))
             out.interaction_p = lr_test(full, restricted, len(inter))
             k0 = len(names)
-            draws = bootstrap(lambda w: fit_clogit(cs, w, full.params).params[k0 : k0 + len(inter)], cs.participant, participants.counts)
+            draws = clogit_draws(cs, full.params, participants.counts, slice(k0, k0 + len(inter)))
             n_part = int(np.unique(cs.participant).size)
             for i, nm in enumerate(inter):
                 n, s = nm.rsplit(":", 1)
