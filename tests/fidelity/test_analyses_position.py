@@ -34,7 +34,7 @@ def test_not_available_without_positions() -> None:
 
 def test_dialogue_eval_first_shown_is_penalised(dialogue_eval_tables: Tables) -> None:
     # ranks there are derived from the ratings, so the full ranking is the informative outcome
-    r = position(dialogue_eval_tables, n_boot=100, seed=0)
+    r = position(dialogue_eval_tables, n_boot=50, seed=0)
     first = r.outcomes["ranking"].per_source["human"].first_shown
     assert first is not None and first.value < 0 and first.ci_high < 0, first
     assert r.outcomes["opening_choice"].status == "not_available"

@@ -98,3 +98,16 @@ def test_clogit_reports_a_constant_feature_as_fit_error() -> None:
     bad = ChoiceSets(np.c_[cs.X, np.ones(len(cs.X))], cs.chosen, cs.stratum, cs.participant, (*cs.names, "const"))
     with pytest.raises(FitError):
         fit_clogit(bad)
+
+
+def test_two_step_bootstrap_matches_full_refits() -> None:
+    from simlab.fidelity.stats import clogit_draws
+
+    cs = _hierarchy_sets(100, seed=8)
+    rng = np.random.default_rng(2)
+    cont = ChoiceSets(np.c_[cs.X, rng.normal(size=len(cs.X))], cs.chosen, cs.stratum, cs.participant, (*cs.names, "z"))
+    full = fit_clogit(cont)
+    counts = bootstrap_counts(100, 20, seed=1)
+    fast = clogit_draws(cont, full.params, counts)
+    exact = np.vstack([fit_clogit(cont, counts[b][cont.participant]).params for b in range(20)])
+    np.testing.assert_allclose(fast, exact, atol=1e-4)
