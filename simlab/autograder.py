@@ -32,7 +32,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -47,10 +47,13 @@ from simlab.records import AutogradeRecord, LLMCallRecord
 from simlab.schema import GradeMode
 from simlab.tables import Tables
 
+if TYPE_CHECKING:
+    from simlab.store import RunStore
+
 UnitKind = Literal["reply", "user"]
 MODES: tuple[GradeMode, ...] = ("first_turn", "conversation")
 META_KEY = "autograde_reliability"
-RATIONALE_MAX = 400
+RATIONALE_MAX = 300  # characters: a short rationale keeps judge calls cheap
 
 
 @dataclass(frozen=True)
@@ -283,7 +286,7 @@ async def autograde(
     tables: Tables,
     config: Config,
     client: LLMClient,
-    store: Any,
+    store: RunStore,
     *,
     personas: Mapping[str, str] | None = None,
     options: AutogradeOptions = AutogradeOptions(),

@@ -227,22 +227,30 @@ def test_user_traits_recover_planted_difference_and_find_none_when_absent():
 @pytest.mark.slow
 async def test_one_dimension_on_the_real_tiny_model(stub_run, tmp_path):
     import shutil
+    import sqlite3
 
     from simlab.local import LocalServer
 
     _, cfg, run_dir = stub_run
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
+    db = sqlite3.connect(copy / "store.sqlite")  # drop the grades of the stub tests, if they ran first
+    db.execute("DELETE FROM autograde")
+    db.commit()
+    db.close()
     data = cfg.public_dict()
     with LocalServer(n_ctx=4096) as server:
         data["endpoints"]["local"] = {"kind": "local", "base_url": server.base_url, "max_in_flight": 1}
-        data["judge"] = {"endpoint": "local", "model": server.alias}
+        data["judge"] = {"endpoint": "local", "model": server.alias,
+                         "sampling": {"temperature": 0.7, "max_tokens": 120}}
         local_cfg = parse_config(data)
-        opts = AutogradeOptions(dimensions=("specificity",), modes=("first_turn",), sample=3, n_boot=50)
+        # one user-trait dimension, opening only: 2 units, both re-graded twice (6 calls)
+        opts = AutogradeOptions(dimensions=("self_disclosure",), modes=("first_turn",), sample=2, n_boot=50)
         report = await grade_run(copy, config=local_cfg, options=opts, base_urls={"local": server.base_url})
     rows = read_table(copy, "autograde")
-    new = rows[(rows["dimension"] == "specificity") & (rows["mode"] == "first_turn")]
-    assert report.run.graded > 0 and len(new) == report.run.planned
+    new = rows[(rows["dimension"] == "self_disclosure") & (rows["mode"] == "first_turn")]
+    assert report.run.graded == report.run.planned == len(new) == 6
+    assert [r.dimension for r in report.reliability] == ["self_disclosure"]
     ok = new[new["status"] == "ok"]
     assert len(ok) >= 1 and ok["score"].between(0, 10).all()
     assert new.loc[new["status"] != "ok", "score"].isna().all()
