@@ -383,4 +383,9 @@ def build_sections(result: FidelityResult, turns: pd.DataFrame | None = None) ->
         if s.status == "ok" and not s.verdicts:
             s.verdicts.append("No estimates to report.")
         out.append(s)
+    for key, r in result.analyses.items():  # analyses added after this report was written: status only
+        if key not in TITLES:
+            s = Section(key=key, title=key.replace("_", " ").capitalize(), question="", status=r.status)
+            s.verdicts.append("Computed; see the result JSON." if r.status == "ok" else unavailable(r.status, r.reason))
+            out.append(s)
     return out
