@@ -463,6 +463,16 @@ def reliable_dimensions(run_dir: str | Path, mode: GradeMode | None = None) -> s
     return {d for d, flags in by_dim.items() if all(flags)}
 
 
+def unreliable_dimensions(meta: dict[str, Any]) -> set[str]:
+    """Dimensions the run's stored reliability results flag (empty when the run was not graded).
+
+    ``meta`` is ``simlab.store.run_meta(run_dir)``; a dimension is excluded downstream when any
+    mode it was assessed in fell below the threshold.
+    """
+    stored = meta.get(META_KEY) or []
+    return {r.dimension for r in (ReliabilityResult.model_validate(x) for x in stored) if not r.reliable}
+
+
 def reliability_table(results: Iterable[ReliabilityResult]) -> str:
     """A plain-text table of the reliability results (what the CLI prints)."""
     lines = [f"{'dimension':<26} {'mode':<12} {'ICC(2,1)':>8} {'95% CI':>17} {'n':>4}  verdict"]

@@ -127,6 +127,8 @@ class SimulatorConfig(ModelSpec):
 
     rendering: Rendering = "profile"
     """How the persona is rendered into the simulator's prompt."""
+    judgement_max_tokens: int = Field(384, ge=16, le=8192)
+    """Token bound for structured judgements (ratings of every arm need more room than a message)."""
     sampling: SamplingConfig = SamplingConfig(temperature=0.8, max_tokens=160)
 
 
@@ -195,6 +197,9 @@ class Config(_Strict):
     """Session protocol."""
     personas: str = "personas/sample.jsonl"
     """Persona set: simlab JSONL, or a PRISM ``survey.jsonl`` beside its ``conversations.jsonl``."""
+    holdout: str | None = None
+    """File of conversation ids (one per line) held out as evaluation targets: excluded from the
+    personas built for their participants (PROTOCOL §3)."""
     limit: int | None = Field(None, ge=1)
     """Use only the first N personas."""
     concurrency: int = Field(8, ge=1, le=100_000)

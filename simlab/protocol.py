@@ -220,7 +220,8 @@ class Simulator:
         """A schema-validated judgement; failures are logged with the raw text and re-raised."""
         try:
             res = await self.client.structured(self.spec, self._messages(task), schema, prompt_name=task.name,
-                                               prompt_hash=task.hash, seed=self._next_seed())
+                                               prompt_hash=task.hash, seed=self._next_seed(),
+                                               max_tokens=getattr(self.spec, "judgement_max_tokens", None))
         except StructuredOutputError as exc:
             self._log(getattr(exc, "call", None), instrument)
             self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id, instrument=instrument,
@@ -233,8 +234,9 @@ class Simulator:
                                                      attempts=max(1, exc.attempts), status="error", error=str(exc)))
             raise
         self._log(res.call, instrument)
+        retried = "; ".join(res.call.schema_failures) or None  # why earlier attempts were rejected
         self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id, instrument=instrument,
-                                                 attempts=max(1, res.call.attempts)))
+                                                 attempts=max(1, res.call.attempts), error=retried))
         return res.value
 
     async def rank(self, instrument: str, turns: Sequence[TranscriptTurn], letters: Sequence[str],
@@ -273,8 +275,9 @@ async def assess(sim: Simulator, turns: Sequence[TranscriptTurn], letters: Seque
     joined = ", ".join(letters)
     ratings = await sim.ask("ratings", render("simulator/ratings.j2", transcript=text, letters=joined),
                             ratings_schema(letters))
+    # whole dollars: a bounded integer is enforceable by every backend's grammar
     bids = await sim.ask("wtp", render("simulator/wtp.j2", transcript=text, letters=joined, wtp_max=f"{sim.wtp_max:g}"),
-                         scores_schema("Bids", letters, 0, sim.wtp_max, integer=False))
+                         scores_schema("Bids", letters, 0, int(sim.wtp_max)))
     return Assessment(
         ranking=ranking,
         provenance_ranking=provenance,

@@ -23,7 +23,7 @@ from typing import Any
 
 from simlab.config import Config, load_config
 from simlab.errors import ConfigError, InputError, SimlabError
-from simlab.personas import Persona, load_personas, load_prism, render_persona, summarize
+from simlab.personas import Persona, load_holdout, load_personas, load_prism, render_persona, summarize
 from simlab.prompts import all_hashes, render
 from simlab.schema import DOMAINS
 
@@ -62,14 +62,16 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def load_persona_set(path: str | Path) -> list[Persona]:
-    """simlab JSONL, or a PRISM ``survey.jsonl`` (its ``conversations.jsonl`` beside it)."""
+def load_persona_set(path: str | Path, holdout: str | Path | None = None) -> list[Persona]:
+    """simlab JSONL, or a PRISM ``survey.jsonl`` (its ``conversations.jsonl`` beside it),
+    without the hold-out conversations listed in ``holdout``."""
+    held = load_holdout(holdout) if holdout else frozenset()
     p = Path(path)
     if p.is_dir():
         p = p / "survey.jsonl"
     if p.name == "survey.jsonl":
-        return load_prism(p, p.with_name("conversations.jsonl"))
-    return load_personas(p)
+        return load_prism(p, p.with_name("conversations.jsonl"), holdout=held)
+    return load_personas(p, holdout=held)
 
 
 def select(personas: list[Persona], *, limit: int | None, shard: tuple[int, int]) -> list[Persona]:
@@ -166,7 +168,7 @@ async def run_experiment(
 
     t0 = time.monotonic()
     if personas is None:
-        personas = select(load_persona_set(config.personas), limit=config.limit, shard=shard)
+        personas = select(load_persona_set(config.personas, config.holdout), limit=config.limit, shard=shard)
     personas = list(personas)
     validate_plan(config, personas)
     run_dir = Path(run_dir) if run_dir else run_dir_for(config, shard)
@@ -225,6 +227,7 @@ async def _summaries(config: Config, client, personas, store) -> dict[str, str]:
     from simlab.protocol import Simulator
 
     out: dict[str, str] = {}
+    artefacts = dict(store.meta().get("persona_summaries") or {})
     for persona in personas:
         sink = Simulator(client=client, spec=config.summary, persona_text="", domain_instruction="",
                          conversation_id="", seed=config.seed)
@@ -241,7 +244,11 @@ async def _summaries(config: Config, client, personas, store) -> dict[str, str]:
 
         artefact = await summarize(persona, generate, model=config.summary.model, cache_dir=config.summary.cache_dir)
         out[persona.persona_id] = artefact.text
+        # the summary is an artefact: record what made it (PROTOCOL §3)
+        artefacts[persona.persona_id] = artefact.model_dump(mode="json", include={
+            "model", "prompt_hash", "input_hash", "created_at"})
         store.write_calls([c.model_copy(update={"conversation_id": None}) for c in sink.calls])
+    store.set_meta("persona_summaries", artefacts)
     return out
 
 
@@ -320,6 +327,8 @@ def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
         data["personas"] = args.personas
     if args.limit is not None:
         data["limit"] = args.limit
+    if args.holdout:
+        data["holdout"] = args.holdout
     if args.domains:
         data["protocol"]["domains"] = [d.strip() for d in args.domains.split(",") if d.strip()]
     if args.concurrency is not None:
@@ -360,6 +369,8 @@ personas, arguments), 130 interrupted (completed sessions kept).""",
     )
     parser.add_argument("--config", help="TOML config (default: configs/local.toml, the embedded quickstart)")
     parser.add_argument("--personas", help="persona JSONL, or a PRISM survey.jsonl (conversations.jsonl beside it)")
+    parser.add_argument("--holdout", metavar="FILE",
+                        help="conversation ids (one per line) to leave out of the personas (evaluation targets)")
     parser.add_argument("--limit", type=int, help="use only the first N personas")
     parser.add_argument("--domains", help=f"comma-separated subset of: {', '.join(DOMAINS)}")
     parser.add_argument("--concurrency", type=int, help="sessions in flight at once")
@@ -393,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                 shard = (int(stored_shard[0]), int(stored_shard[1]))
         else:
             config = _apply_overrides(load_config(args.config), args)
-        personas = select(load_persona_set(config.personas), limit=config.limit, shard=shard)
+        personas = select(load_persona_set(config.personas, config.holdout), limit=config.limit, shard=shard)
         validate_plan(config, personas)
         target = run_dir or run_dir_for(config, shard)
         if args.dry_run:

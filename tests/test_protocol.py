@@ -189,3 +189,36 @@ async def test_simulate_session_raises_session_failed_on_dead_endpoint(tmp_path)
         await simulate_session(persona, "values", cfg, LLMClient(cfg.endpoints))
     assert info.value.failure.error_type == "LLMError"
     assert info.value.failure.llm_calls[0].status == "error"
+
+
+def test_summary_rendering_records_the_artefact_and_reuses_it(stub, tmp_path):
+    from simlab.store import run_meta
+
+    cfg = stub_config(stub, tmp_path, limit=2, protocol={"domains": ["values"]},
+                      simulator={"rendering": "summary"})
+    summary = run(cfg)
+    assert summary.sessions_completed == 2
+    artefacts = run_meta(summary.run_dir)["persona_summaries"]
+    assert set(artefacts) == {"sample01", "sample02"}
+    assert all(a["model"] == "smollm2-135m" and len(a["input_hash"]) == 64 for a in artefacts.values())
+    calls = load_run(summary.run_dir).llm_calls
+    assert (calls["role"] == "summary").sum() == 2
+    # a second run with another seed reuses the cached summaries: no new summary calls
+    cfg2 = stub_config(stub, tmp_path, limit=2, seed=1, protocol={"domains": ["values"]},
+                       simulator={"rendering": "summary"})
+    calls2 = load_run(run(cfg2).run_dir).llm_calls
+    assert (calls2["role"] == "summary").sum() == 0
+
+
+def test_holdout_conversations_are_left_out_of_personas(tmp_path):
+    from simlab.run import load_persona_set
+
+    sample = REPO / "personas" / "sample.jsonl"
+    full = {p.persona_id: p for p in load_persona_set(sample)}
+    target = full["sample01"].conversations[0].conversation_id
+    held = tmp_path / "holdout.txt"
+    held.write_text(f"# evaluation targets\n{target}\n")
+    reduced = {p.persona_id: p for p in load_persona_set(sample, held)}
+    assert target not in [c.conversation_id for c in reduced["sample01"].conversations]
+    assert len(reduced["sample01"].conversations) == len(full["sample01"].conversations) - 1
+    assert reduced["sample02"] == full["sample02"]

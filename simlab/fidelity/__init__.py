@@ -11,6 +11,8 @@ human data (``compare``), and the analyses behind it (``simlab.fidelity.analyses
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
@@ -44,12 +46,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'simlab.fidelity' has no attribute {name!r}")
 
 
-def compare(*tables: Tables, n_boot: int = 200, seed: int = 0, topics: str = "tfidf") -> FidelityResult:
+def compare(*tables: Tables, n_boot: int = 200, seed: int = 0, topics: str = "tfidf",
+            exclude_dimensions: Collection[str] = ()) -> FidelityResult:
     """Fit every analysis per source and compare each simulated source with ``human``.
 
     ``tables`` are e.g. ``simlab.load_run(run_dir)`` and ``load_human(path)``; each
     must say its ``source``, at least one must hold human data, and conversation ids
-    must not repeat across them.
+    must not repeat across them. ``exclude_dimensions``: autograde dimensions below the
+    reliability threshold (``simlab.autograder.unreliable_dimensions``).
     """
     if not tables:
         raise TypeError("compare needs at least one Tables")
@@ -67,17 +71,19 @@ def compare(*tables: Tables, n_boot: int = 200, seed: int = 0, topics: str = "tf
     if "human" not in merged.sources:
         raise InputError(f"no human data to compare with (sources: {', '.join(merged.sources) or 'none'})",
                          field="source")
-    return _analyze_all(merged, n_boot=n_boot, seed=seed, topics=topics)
+    return _analyze_all(merged, n_boot=n_boot, seed=seed, topics=topics, exclude_dimensions=exclude_dimensions)
 
 
-def analyze(tables: Tables, *, n_boot: int = 200, seed: int = 0, topics: str = "tfidf") -> FidelityResult:
+def analyze(tables: Tables, *, n_boot: int = 200, seed: int = 0, topics: str = "tfidf",
+            exclude_dimensions: Collection[str] = ()) -> FidelityResult:
     """Fit every analysis on the data of one source (no comparison)."""
     part = normalise(tables, origin="tables", default_source=None)
     if len(part.sources) != 1:
         raise InputError(f"analyze takes one source, got {part.sources}; use compare for several", field="source")
-    return _analyze_all(part, n_boot=n_boot, seed=seed, topics=topics)
+    return _analyze_all(part, n_boot=n_boot, seed=seed, topics=topics, exclude_dimensions=exclude_dimensions)
 
 
-def _analyze_all(tables: Tables, *, n_boot: int, seed: int, topics: str) -> FidelityResult:
+def _analyze_all(tables: Tables, *, n_boot: int, seed: int, topics: str,
+                 exclude_dimensions: Collection[str] = ()) -> FidelityResult:
     analyze_all = import_module("simlab.fidelity.analyses").analyze_all
-    return analyze_all(tables, n_boot=n_boot, seed=seed, topics=topics)
+    return analyze_all(tables, n_boot=n_boot, seed=seed, topics=topics, exclude_dimensions=exclude_dimensions)

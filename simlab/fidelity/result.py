@@ -59,6 +59,12 @@ class HierarchySource(SourceStatus):
     """Rankings (conversations) used."""
     derived_ranks: bool = False
     """True when ranks were derived from rating_preference because rank was missing."""
+    rating_strengths: dict[str, Estimate] = Field(default_factory=dict)
+    """Per arm: mean within-conversation standardised rating_preference ((x − event mean) / event SD),
+    minus the reference arm's; the ratings analogue of the conditional logit that keeps magnitudes."""
+    ordering_basis: str = "ranking"
+    """What ``ordering`` comes from: 'ranking' (the logit) or 'ratings' (rating_strengths, used when no
+    ranking was collected and ranks were derived from ratings, which discards their magnitudes)."""
 
 
 class HierarchyComparison(_Model):
@@ -282,6 +288,10 @@ class TraitsResult(SourceStatus):
 
     traits: list[str] = Field(default_factory=list)
     """Features used (autograde dimensions and/or 'length')."""
+    excluded: list[str] = Field(default_factory=list)
+    """Autograde dimensions left out because their inter-rater reliability fell below the threshold."""
+    mode: str | None = None
+    """Autograde mode the trait scores come from ('conversation' preferred, else 'first_turn')."""
     per_source: dict[str, TraitsSource] = Field(default_factory=dict)
     """Per source."""
     interaction: dict[str, dict[str, Estimate]] = Field(default_factory=dict)
@@ -290,8 +300,26 @@ class TraitsResult(SourceStatus):
     """Likelihood-ratio test p-value that all source × trait interactions are 0."""
 
 
+class UserTraitsDimension(_Model):
+    """One user trait: mean per source and each simulated source's difference from human."""
+
+    mean: dict[str, Estimate] = Field(default_factory=dict)
+    """Per source: mean score (n = participants)."""
+    difference: dict[str, Estimate] = Field(default_factory=dict)
+    """Per simulated source: mean(source) − mean(human)."""
+
+
+class UserTraitsResult(SourceStatus):
+    """Human-vs-simulated comparison of the autograded user traits."""
+
+    dimensions: dict[str, UserTraitsDimension] = Field(default_factory=dict)
+    excluded: list[str] = Field(default_factory=list)
+    """Dimensions left out as unreliable."""
+
+
 AnalysisResult = (
     HierarchyResult | AgreementResult | TopicsResult | PositionResult | DynamicsResult | TraitsResult
+    | UserTraitsResult
 )
 
 

@@ -76,6 +76,8 @@ class CallRecord:
     status: Status = "ok"
     error: str | None = None
     tag: dict[str, Any] = field(default_factory=dict)
+    schema_failures: list[str] = field(default_factory=list)
+    """Why each structured attempt before the last was rejected (diagnostics for retries)."""
 
 
 @dataclass
@@ -100,7 +102,7 @@ def response_format(schema: type[BaseModel], dialect: Dialect) -> dict[str, Any]
     """
     js = inline_refs(schema.model_json_schema())
     if dialect == "json_object_schema":
-        return {"type": "json_object", "schema": js}
+        return {"type": "json_object", "schema": _bounded_ints_as_enums(js)}
     return {"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": js, "strict": False}}
 
 
@@ -119,6 +121,22 @@ def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
         return node
 
     return walk(schema)
+
+
+def _bounded_ints_as_enums(node: Any) -> Any:
+    """llama.cpp's grammar ignores minimum/maximum (SmolLM wrote 478 on a 0–100 scale);
+    it does enforce enums, so a bounded integer is sent as the list of its values.
+    The reply is still validated against the original pydantic model."""
+    if isinstance(node, list):
+        return [_bounded_ints_as_enums(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _bounded_ints_as_enums(v) for k, v in node.items()}
+    lo, hi = out.get("minimum"), out.get("maximum")
+    if out.get("type") == "integer" and isinstance(lo, int) and isinstance(hi, int) and 0 <= hi - lo <= 1000:
+        out = {k: v for k, v in out.items() if k not in ("type", "minimum", "maximum")}
+        out["enum"] = list(range(lo, hi + 1))
+    return out
 
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
@@ -341,9 +359,12 @@ class LLMClient:
         prompt_hash: str | None = None,
         seed: int | None = None,
         tag: dict[str, Any] | None = None,
+        max_tokens: int | None = None,
     ) -> StructuredResult[T]:
         """A reply validated against ``schema``; schema failures are retried, then raised
-        as ``StructuredOutputError`` with the last raw text and the reason."""
+        as ``StructuredOutputError`` with the last raw text and the reason.
+
+        ``max_tokens`` overrides the spec's bound (a JSON object cut short is worthless)."""
         ep = self._endpoint(spec.endpoint)
         record = CallRecord(ep.name, spec.model, prompt_name, prompt_hash, tag=dict(tag or {}))
         start = time.monotonic()
@@ -353,6 +374,8 @@ class LLMClient:
             for attempt in range(ep.cfg.schema_attempts):
                 kwargs = self._kwargs(spec, messages, None if seed is None else seed + attempt)
                 kwargs["response_format"] = fmt
+                if max_tokens is not None:
+                    kwargs["max_tokens"] = max_tokens
                 resp = await self._complete(ep, kwargs, record)
                 _add_usage(record, resp)
                 raw = resp.choices[0].message.content or ""
@@ -360,6 +383,9 @@ class LLMClient:
                     value = parse_structured(raw, schema)
                 except ValidationError as exc:
                     reason = _validation_reason(exc)
+                    if resp.choices[0].finish_reason == "length":
+                        reason = f"reply cut off at max_tokens={kwargs['max_tokens']} ({reason})"
+                    record.schema_failures.append(f"{reason} in {raw[:200]!r}")
                     continue
                 return StructuredResult(value=value, raw_text=raw, call=record)
             err = StructuredOutputError(

@@ -291,20 +291,25 @@ def write_run_report(run_dir: str | os.PathLike[str], *, human: str | None = Non
     with RunStore.open(run_path if run_path.is_dir() else run_path.parent) as store:
         meta["counts"] = store.counts().model_dump()
     seed = int(meta.get("seed") or 0)
+    from simlab.autograder import unreliable_dimensions
+
+    excluded = unreliable_dimensions(meta)  # below the ICC threshold: kept out of trait analyses
     if human:
         human_tables = load_human(human)
         meta["human"] = str(human)
-        result = compare(run, human_tables, n_boot=n_boot, seed=seed)
+        result = compare(run, human_tables, n_boot=n_boot, seed=seed, exclude_dimensions=excluded)
         tables = concat(normalise(run, origin=str(run_path), default_source=None),
                         normalise(human_tables, origin=str(human)))
     else:
         tables = normalise(run, origin=str(run_path), default_source=None) if len(run.judgements) else run
-        result = _run_only(tables, n_boot=n_boot, seed=seed, meta=meta, analyze=analyze, error=InputError)
+        result = _run_only(tables, n_boot=n_boot, seed=seed, meta=meta, analyze=analyze, error=InputError,
+                           excluded=excluded)
     target = Path(out) if out else (run_path if run_path.is_dir() else run_path.parent) / "report.html"
     return write_html(result, target, meta=meta, tables=tables)
 
 
-def _run_only(tables: Tables, *, n_boot: int, seed: int, meta: dict[str, Any], analyze: Any, error: type) -> FidelityResult:
+def _run_only(tables: Tables, *, n_boot: int, seed: int, meta: dict[str, Any], analyze: Any, error: type,
+              excluded: set[str] = frozenset()) -> FidelityResult:
     """Analyses of a run without human data: one source at a time (the first, with a note) or none."""
     sources = tables.sources
     if not sources:
@@ -315,7 +320,7 @@ def _run_only(tables: Tables, *, n_boot: int, seed: int, meta: dict[str, Any], a
     else:
         meta["note"] = "No human data configured: this report describes the simulated run alone."
     try:
-        return analyze(tables.for_source(sources[0]), n_boot=n_boot, seed=seed)
+        return analyze(tables.for_source(sources[0]), n_boot=n_boot, seed=seed, exclude_dimensions=excluded)
     except error as exc:
         meta["note"] += f" Analyses could not run: {exc}"
         return FidelityResult(sources=sources, n_boot=n_boot, seed=seed, analyses={})

@@ -21,6 +21,7 @@ from simlab.fidelity.result import (
     PositionResult,
     TopicsResult,
     TraitsResult,
+    UserTraitsResult,
 )
 from simlab.report import charts
 from simlab.report.charts import Point
@@ -34,8 +35,11 @@ TITLES = {
     "position": ("4. Position bias", "Is the response shown first chosen more often, and more than by people?"),
     "dynamics": ("5. Feedback dynamics", "How do turn-by-turn ratings move over a conversation?"),
     "traits": ("6. Text-level trait biases", "Which response traits drive the choice of the best response?"),
+    "user_traits": ("7. User traits (autograder)",
+                    "Do simulated users write like people (sycophancy, self-disclosure, naturalness, …)?"),
 }
 ORDER = tuple(TITLES)
+OPTIONAL = frozenset({"user_traits"})
 
 
 @dataclass
@@ -327,6 +331,9 @@ def dynamics(r: DynamicsResult, turns: pd.DataFrame | None = None) -> Section:
 
 def traits(r: TraitsResult) -> Section:
     s = _section("traits", r.status)
+    if r.excluded:
+        s.verdicts.append(f"Excluded as unreliable (inter-rater ICC(2,1) below the threshold): "
+                          f"{', '.join(r.excluded)}.")
     points: list[Point] = []
     for src, t in r.per_source.items():
         if t.status != "ok":
@@ -352,6 +359,33 @@ def traits(r: TraitsResult) -> Section:
     return s
 
 
+# ------------------------------------------------------------------------------ 7. user traits
+
+
+def user_traits(r: UserTraitsResult) -> Section:
+    s = _section("user_traits", r.status)
+    if r.excluded:
+        s.verdicts.append(f"Excluded as unreliable (inter-rater ICC(2,1) below the threshold): "
+                          f"{', '.join(r.excluded)}.")
+    points: list[Point] = []
+    for dim, d in r.dimensions.items():
+        for src, e in d.mean.items():
+            s.rows.append(_row(src, f"{dim} (mean score)", e))
+        for src, e in d.difference.items():
+            s.rows.append(_row(f"{src} − human", f"{dim} (difference)", e))
+            if _sig(e):
+                direction = "more" if e.value > 0 else "less"
+                s.verdicts.append(f"{src} shows {direction} {dim.replace('_', ' ')} than humans "
+                                  f"(difference {fmt(e.value, 2)}, 95% CI {fmt_ci(e)}).")
+        points += _points(d.difference, dim)
+    if r.dimensions and not any(_sig(e) for d in r.dimensions.values() for e in d.difference.values()):
+        s.verdicts.append("No user trait differs significantly between simulated and human users.")
+    if points:
+        s.charts.append(charts.forest(points, title="Simulated − human, per user trait", xlabel="score difference",
+                                      refs={"0": 0.0}))
+    return s
+
+
 # ------------------------------------------------------------------------------ assembly
 
 
@@ -362,6 +396,7 @@ def _section(key: str, status: str) -> Section:
 
 _BUILDERS: dict[str, Callable[..., Section]] = {
     "hierarchy": hierarchy, "agreement": agreement, "topics": topics, "position": position, "traits": traits,
+    "user_traits": user_traits,
 }
 
 
@@ -370,6 +405,8 @@ def build_sections(result: FidelityResult, turns: pd.DataFrame | None = None) ->
     out = []
     for key in ORDER:
         r = result.analyses.get(key)
+        if r is None and key in OPTIONAL:
+            continue  # only there when the run was autograded
         if r is None:
             s = _section(key, "not_available")
             s.verdicts.append(unavailable("not_available", "this analysis was not run"))

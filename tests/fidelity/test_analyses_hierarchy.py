@@ -48,10 +48,9 @@ def test_dialogue_eval_system_ranking_in_both_free_topic_rounds(dialogue_eval_ta
         j = t.judgements[t.judgements["domain"] == rnd]
         r = hierarchy(replace(t, judgements=j), n_boot=50, seed=0).per_source["human"]
         order = r.ordering
-        # best and worst exact; the three strong bots above the three weak ones
-        assert order[0] == "biencoder" and order[-1] == "qc", (rnd, order)
-        assert set(order[:3]) == {"biencoder", "polyencoder", "kvmemnn"}, (rnd, order)
-        if rnd == "free_topic_round1":
-            assert order == EXPECTED
-        # the weak bots are reliably below the strong reference
+        # no ranking was collected: the order comes from within-HIT standardised ratings
+        assert r.derived_ranks and r.ordering_basis == "ratings"
+        assert order == EXPECTED, (rnd, order)
+        # the weak bots are reliably below the strong reference, on both scales
         assert all(r.strengths[a].ci_high < 0 for a in ("seq2seq", "lan_model", "qc"))
+        assert all(r.rating_strengths[a].ci_high < 0 for a in ("seq2seq", "lan_model", "qc"))

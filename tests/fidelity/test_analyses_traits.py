@@ -26,3 +26,45 @@ def test_length_alone_without_autograde() -> None:
     r = traits(replace(t, autograde=None), n_boot=20)
     assert r.status == "ok" and r.traits == ["length"]
     assert traits(replace(t, autograde=None, turns=None), n_boot=5).status == "not_available"
+
+
+def test_unreliable_dimension_is_excluded_and_refusal_binarised() -> None:
+    import pandas as pd
+
+    t = individual()
+    g = t.autograde
+    # a refusal dimension graded 1-3: the analysis must see refused (>= 2) as 1, else 0
+    refusal = g.assign(dimension="refusal", score=[1, 2, 3] * (len(g) // 3) + [1] * (len(g) % 3))
+    t2 = replace(t, autograde=pd.concat([g, refusal], ignore_index=True))
+    from simlab.fidelity.analyses.traits import _features
+
+    feats, names, mode = _features(t2)
+    assert mode == "conversation" and set(feats["refusal"].dropna().unique()) <= {0.0, 1 / 3, 2 / 3, 1.0}
+    r = traits(t2, n_boot=10, exclude={"sycophancy"})
+    assert "sycophancy" not in r.traits and r.excluded == ["sycophancy"]
+
+
+def test_user_traits_run_inside_analyze_all_with_exclusions() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from simlab.fidelity.analyses import analyze_all
+
+    t = individual()
+    conv = t.conversations
+    rng = np.random.default_rng(0)
+    rows = []
+    for cid, src in zip(conv["conversation_id"], conv["source"]):
+        for dim, shift in (("self_disclosure", 2.0), ("naturalness", 0.0)):
+            base = 5 + (shift if src != "human" else 0.0)
+            rows.append({"unit_id": f"{cid}|user", "unit_kind": "user", "conversation_id": cid, "arm": None,
+                         "mode": "conversation", "dimension": dim, "rater_run": 0,
+                         "score": float(np.clip(base + rng.normal(0, 1), 0, 10)), "status": "ok"})
+    t2 = replace(t, autograde=pd.concat([t.autograde, pd.DataFrame(rows)], ignore_index=True))
+    result = analyze_all(t2, n_boot=30, topics=None, exclude_dimensions={"naturalness"})
+    ut = result.analyses["user_traits"]
+    assert ut.status == "ok" and ut.excluded == ["naturalness"]
+    diff = ut.dimensions["self_disclosure"].difference["sim_dynamic"]
+    assert diff.ci_low < 2.0 < diff.ci_high and diff.ci_low > 1.0
+    assert result.analyses["traits"].excluded == ["naturalness"]
+    assert result.model_validate_json(result.model_dump_json()) == result

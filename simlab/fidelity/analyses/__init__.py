@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from simlab.fidelity.analyses._prep import participants_of
@@ -31,12 +31,15 @@ def analyze_all(
     seed: int = 0,
     topics: Embedding | None = "tfidf",  # noqa: F811 - parameter named as in the issue
     clusters_path: str | Path | None = None,
+    exclude_dimensions: Collection[str] = (),
 ) -> FidelityResult:
     """Every analysis per source, each simulated source compared with ``human``.
 
     All analyses share one participant bootstrap (same seed, same draws), so paired sources
     are resampled together. ``topics=None`` skips the topic analysis. An analysis that raises
     unexpectedly is recorded as ``failed`` with the error, never sinking the others.
+    ``exclude_dimensions``: autograde dimensions below the reliability threshold (left out of
+    the trait and user-trait analyses).
     """
     participants = participants_of(tables, n_boot, seed)
     runs: dict[str, Callable[[], AnalysisResult]] = {
@@ -44,15 +47,24 @@ def analyze_all(
         "agreement": lambda: agreement(tables, seed=seed, participants=participants),
         "position": lambda: position(tables, participants=participants),
         "dynamics": lambda: dynamics(tables, participants=participants),
-        "traits": lambda: traits(tables, participants=participants),
+        "traits": lambda: traits(tables, participants=participants, exclude=exclude_dimensions),
     }
+    g = tables.autograde
+    if g is not None and "unit_kind" in g.columns and (g["unit_kind"] == "user").any():
+        from simlab.fidelity.analyses.user_traits import user_traits
+
+        reliable = None
+        if exclude_dimensions:
+            reliable = set(g["dimension"].unique()) - set(exclude_dimensions)
+        runs["user_traits"] = lambda: user_traits(tables, n_boot=n_boot, seed=seed, reliable=reliable)
     if topics is not None:
         runs["topics"] = lambda: _topics(tables, seed=seed, topics=topics, clusters_path=clusters_path, participants=participants)
     results: dict[str, AnalysisResult] = {}
     from simlab.fidelity import result as r
 
     fallback = {"hierarchy": r.HierarchyResult, "agreement": r.AgreementResult, "position": r.PositionResult,
-                "dynamics": r.DynamicsResult, "traits": r.TraitsResult, "topics": r.TopicsResult}
+                "dynamics": r.DynamicsResult, "traits": r.TraitsResult, "topics": r.TopicsResult,
+                "user_traits": r.UserTraitsResult}
     for name, run in runs.items():
         try:
             results[name] = run()

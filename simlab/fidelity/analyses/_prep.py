@@ -45,7 +45,9 @@ def judgements_frame(tables: Tables) -> pd.DataFrame:
     rank = pd.to_numeric(j["rank"], errors="coerce")
     has_rank = rank.notna().groupby(j["event"]).transform("all")
     derived = j.groupby("event")["rating_preference"].rank(ascending=False, method="min")
-    j["rank_derived"] = ~has_rank & derived.notna()
+    # an importer that filled ``rank`` from the ratings says so in ``rank_derived``
+    given = j["rank_derived"].fillna(False).astype(bool) if "rank_derived" in j.columns else False
+    j["rank_derived"] = (~has_rank & derived.notna()) | (has_rank & given)
     j["rank_used"] = rank.where(has_rank, derived)
     j["ranked_best"] = (j["rank_used"] == 1).where(j["rank_used"].notna())
     return j

@@ -60,13 +60,56 @@ def _fit_source(
             full_draws[:, i] = draws[:, k]
             strengths[a] = estimate(fit.params[k], draws[:, k], n_part, float(fit.pvalues[k]))
     ordering = [arms[i] for i in np.argsort(-np.nan_to_num(full, nan=-np.inf), kind="stable") if np.isfinite(full[i])]
+    derived = bool(sub["rank_derived"].any())
+    rating_strengths, rating_full, rating_draws = _rating_strengths(sub, arms, ref, participants)
+    basis = "ranking"
+    if derived and rating_full is not None:
+        # ranks derived from ratings throw away how far apart the ratings were: order by the ratings
+        basis = "ratings"
+        full, full_draws = rating_full, rating_draws
+        ordering = [arms[i] for i in np.argsort(-np.nan_to_num(full, nan=-np.inf), kind="stable") if np.isfinite(full[i])]
     res = HierarchySource(
         strengths=strengths,
         ordering=ordering,
         n_events=int(d.loc[d["rank_used"].notna(), "event"].nunique()),
-        derived_ranks=bool(sub["rank_derived"].any()),
+        derived_ranks=derived,
+        rating_strengths=rating_strengths,
+        ordering_basis=basis,
     )
     return res, full, full_draws
+
+
+def _rating_strengths(
+    sub: pd.DataFrame, arms: list[str], ref: str, participants: Participants
+) -> tuple[dict[str, Estimate], np.ndarray | None, np.ndarray | None]:
+    """Mean within-event standardised rating per arm relative to ``ref``, with participant-bootstrap draws."""
+    r = pd.to_numeric(sub["rating_preference"], errors="coerce")
+    ok = r.notna()
+    if ok.sum() < 2:
+        return {}, None, None
+    d = sub.loc[ok, ["event", "arm", "participant_id"]].assign(r=r[ok].to_numpy())
+    g = d.groupby("event")["r"]
+    sd = g.transform("std")
+    d = d.assign(z=((d["r"] - g.transform("mean")) / sd).where(sd > 0, 0.0))
+    d = d[d.groupby("event")["r"].transform("size") >= 2]
+    if d.empty or ref not in set(d["arm"].astype(str)):
+        return {}, None, None
+    arm_idx = np.array([arms.index(a) for a in d["arm"].astype(str)])
+    pidx = participants.index(d["participant_id"])
+    z = d["z"].to_numpy(dtype=float)
+    onehot = np.zeros((len(z), len(arms)))
+    onehot[np.arange(len(z)), arm_idx] = 1.0
+
+    def stat(w: np.ndarray) -> np.ndarray:
+        tot = (onehot * w[:, None]).sum(axis=0)
+        m = np.where(tot > 0, (onehot * (w * z)[:, None]).sum(axis=0) / np.where(tot > 0, tot, 1), np.nan)
+        return m - m[arms.index(ref)]
+
+    full = stat(np.ones(len(z)))
+    draws = bootstrap(stat, pidx, participants.counts)
+    n_part = int(np.unique(pidx).size)
+    out = {a: estimate(full[i], draws[:, i], n_part) for i, a in enumerate(arms) if np.isfinite(full[i])}
+    return out, full, draws
 
 
 def hierarchy(

@@ -8,6 +8,8 @@ for every simulated source, LR test of all of them. Without autograde, length al
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 import pandas as pd
 
@@ -25,14 +27,22 @@ from simlab.fidelity.stats import clogit_draws, FitError, Participants, bootstra
 from simlab.tables import Tables
 
 
-def _features(tables: Tables) -> tuple[pd.DataFrame | None, list[str]]:
-    """(conversation_id, arm) × feature table and the feature names."""
+def _features(tables: Tables, exclude: Collection[str] = ()) -> tuple[pd.DataFrame | None, list[str], str | None]:
+    """(conversation_id, arm) × feature table, the feature names, and the autograde mode used."""
     parts: list[pd.DataFrame] = []
     g = tables.autograde
+    mode = None
     if g is not None and {"unit_kind", "conversation_id", "arm", "dimension", "score"} <= set(g.columns):
-        g = g[(g["unit_kind"] == "reply") & g["arm"].notna()]
+        g = g[(g["unit_kind"] == "reply") & g["arm"].notna() & ~g["dimension"].isin(list(exclude))]
+        if "mode" in g.columns and g["mode"].notna().any():
+            # one mode, not an average of two different readings of a reply
+            mode = "conversation" if (g["mode"] == "conversation").any() else str(g["mode"].dropna().iloc[0])
+            g = g[g["mode"] == mode]
         if not g.empty:
-            piv = g.assign(score=pd.to_numeric(g["score"], errors="coerce")).pivot_table(
+            score = pd.to_numeric(g["score"], errors="coerce")
+            # refusal is graded 1-3 and analysed binarised: refused when >= 2 (PROTOCOL §5.7)
+            score = score.where(g["dimension"] != "refusal", (score >= 2).astype(float).where(score.notna()))
+            piv = g.assign(score=score).pivot_table(
                 index=["conversation_id", "arm"], columns="dimension", values="score", aggfunc="mean"
             )
             piv.columns = [str(c) for c in piv.columns]
@@ -43,17 +53,25 @@ def _features(tables: Tables) -> tuple[pd.DataFrame | None, list[str]]:
         if not a.empty:
             parts.append(a.assign(length=a["text"].fillna("").astype(str).str.len()).groupby(["conversation_id", "arm"])[["length"]].sum())
     if not parts:
-        return None, []
+        return None, [], mode
     f = pd.concat(parts, axis=1).reset_index()
     names = [c for c in f.columns if c not in ("conversation_id", "arm")]
-    return f, names
+    return f, names, mode
 
 
 def traits(
-    tables: Tables, *, n_boot: int = 200, seed: int = 0, participants: Participants | None = None
+    tables: Tables,
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
+    participants: Participants | None = None,
+    exclude: Collection[str] = (),
 ) -> TraitsResult:
-    """Trait effects on ranked_best per source, and source × trait interactions vs human."""
-    feats, names = _features(tables)
+    """Trait effects on ranked_best per source, and source × trait interactions vs human.
+
+    ``exclude``: autograde dimensions to leave out (those below the reliability threshold).
+    """
+    feats, names, mode = _features(tables, exclude)
     if feats is None:
         return TraitsResult(status="not_available", reason="no autograde reply scores and no assistant texts")
     participants = participants or participants_of(tables, n_boot, seed)
@@ -68,7 +86,7 @@ def traits(
         j[n] = (j[n] - j[n].mean()) / j[n].std()
     j = j[j["ranked_best"].notna()].reset_index(drop=True)
     j["ranked_best"] = j["ranked_best"].astype(bool)
-    out = TraitsResult(traits=names)
+    out = TraitsResult(traits=names, excluded=sorted(exclude), mode=mode)
     sources = sorted(j["source"].unique())
     arms_by_source = {s: sorted(j.loc[j["source"] == s, "arm"].astype(str).unique()) for s in sources}
     for s in sources:

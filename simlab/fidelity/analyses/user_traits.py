@@ -13,34 +13,12 @@ from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
-from simlab.fidelity.result import Estimate
+from simlab.fidelity.result import Estimate, UserTraitsDimension, UserTraitsResult
 from simlab.fidelity.stats import percentile_ci
 from simlab.tables import Tables
 
 HUMAN = "human"
-
-
-class UserTraitsDimension(BaseModel):
-    """One user trait: mean per source and each simulated source's difference from human."""
-
-    model_config = ConfigDict(extra="forbid")
-    mean: dict[str, Estimate] = Field(default_factory=dict)
-    """Per source: mean score (n = participants)."""
-    difference: dict[str, Estimate] = Field(default_factory=dict)
-    """Per simulated source: mean(source) − mean(human)."""
-
-
-class UserTraitsResult(BaseModel):
-    """Human-vs-simulated comparison of the autograded user traits."""
-
-    model_config = ConfigDict(extra="forbid")
-    status: str = "ok"
-    reason: str | None = None
-    dimensions: dict[str, UserTraitsDimension] = Field(default_factory=dict)
-    excluded: list[str] = Field(default_factory=list)
-    """Dimensions left out as unreliable."""
 
 
 def _participant_means(scores: pd.DataFrame) -> pd.Series:
