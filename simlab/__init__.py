@@ -29,6 +29,9 @@ _LAZY = {
     "load_run": "simlab.store",
     "Persona": "simlab.personas",
     "load_personas": "simlab.personas",
+    "grade_run": "simlab.judge",
+    "run_sim_judgement": "simlab.sim_judgement",
+    "simulate_judgement": "simlab.sim_judgement",
 }
 
 __all__ = sorted([*_LAZY, "__version__"])
@@ -37,6 +40,6 @@ __all__ = sorted([*_LAZY, "__version__"])
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
-    if name in {"fidelity", "report", "testing", "llm", "local"}:
+    if name in {"fidelity", "report", "testing", "llm", "local", "autograder"}:
         return import_module(f"simlab.{name}")
     raise AttributeError(f"module 'simlab' has no attribute {name!r}")

@@ -7,6 +7,8 @@ Python API: ``await grade_run(run_dir, human=..., options=AutogradeOptions(sampl
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import argparse
 import asyncio
 import sys
@@ -82,7 +84,7 @@ async def grade_run(
     from simlab.fidelity import load_human
     from simlab.llm import LLMClient
     from simlab.local import EmbeddedBackends
-    from simlab.run import _Null, load_persona_set
+    from simlab.run import load_persona_set
     from simlab.store import RunStore, load_run, read_table, run_meta
 
     run_dir = Path(run_dir)
@@ -112,7 +114,7 @@ async def grade_run(
     try:
         has_turns = run_tables.turns is not None and not run_tables.turns.empty
         backends = EmbeddedBackends(config, log_dir=run_dir) if not base_urls else None
-        with backends or _Null():
+        with backends or nullcontext():
             urls = dict(base_urls or {})
             if backends:
                 urls.update(backends.base_urls)

@@ -9,6 +9,8 @@ missing. Everything is validated before the run directory is touched.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import argparse
 import asyncio
 import hashlib
@@ -186,12 +188,12 @@ async def run_experiment(
     needs_backend = bool(todo)
     try:
         backends = EmbeddedBackends(config, log_dir=run_dir) if needs_backend and not base_urls else None
-        with backends or _Null():
+        with backends or nullcontext():
             urls = dict(base_urls or {})
             if backends:
                 urls.update(backends.base_urls)
             client = LLMClient(config.endpoints, base_urls=urls)
-            summaries = await _summaries(config, client, personas, store) if todo and _needs_summary(config) else {}
+            summaries = await persona_summaries(config, client, personas, store) if todo and _needs_summary(config) else {}
             interrupted = await _run_sessions(config, client, store, todo, summaries, progress)
     finally:
         counts = store.counts()
@@ -215,15 +217,8 @@ async def run_experiment(
     return summary
 
 
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-async def _summaries(config: Config, client, personas, store) -> dict[str, str]:
+async def persona_summaries(config: Config, client, personas, store) -> dict[str, str]:
+    """persona_id → LLM summary text (cached artefacts reused); records the artefacts in run meta."""
     from simlab.protocol import Simulator
 
     out: dict[str, str] = {}

@@ -13,6 +13,8 @@ per session, resumable). Every human conversation is validated before anything i
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import asyncio
 import json
 import sys
@@ -217,7 +219,7 @@ async def run_sim_judgement(
     from tqdm import tqdm
 
     from simlab.local import EmbeddedBackends
-    from simlab.run import RESUMABLE_KEYS, _Null, _summaries
+    from simlab.run import RESUMABLE_KEYS, persona_summaries
     from simlab.store import RunStore
 
     t0 = time.monotonic()
@@ -240,13 +242,13 @@ async def run_sim_judgement(
     failed = 0
     try:
         backends = EmbeddedBackends(config, log_dir=run_dir) if todo and not base_urls else None
-        with backends or _Null():
+        with backends or nullcontext():
             urls = dict(base_urls or {})
             if backends:
                 urls.update(backends.base_urls)
             client = LLMClient(config.endpoints, base_urls=urls)
             needed = [by_id[pid] for pid in sorted({hc.participant_id for hc in todo})]
-            summaries = (await _summaries(config, client, needed, store)
+            summaries = (await persona_summaries(config, client, needed, store)
                          if todo and config.simulator.rendering == "summary" else {})
             gate = asyncio.Semaphore(config.concurrency)
             bar = tqdm(total=len(todo), desc="sim-judgement", unit="session", disable=not progress or not todo,

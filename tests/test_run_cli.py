@@ -219,3 +219,28 @@ def test_resume_with_different_config_is_refused_and_run_untouched(tmp_path, stu
     assert out.returncode == 2
     assert "seed" in out.stderr and "different config" in out.stderr
     assert hashlib.sha256((run_dir / "store.sqlite").read_bytes()).hexdigest() == digest
+
+
+def test_ctrl_c_stops_cleanly_keeping_completed_sessions(tmp_path, stub_process):
+    cfg = stub_toml(tmp_path, stub_process)
+    args = [sys.executable, "-m", "simlab.run", "--config", str(cfg), "--limit", "6", "--concurrency", "1",
+            "--quiet", "--no-report"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    store = None
+    while time.monotonic() < deadline:
+        found = list((tmp_path / "runs").glob("*/store.sqlite")) if (tmp_path / "runs").exists() else []
+        if found and len(_completed(found[0])) >= 2:
+            store = found[0]
+            break
+        time.sleep(0.05)
+    assert store is not None
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in out + err and "Traceback" not in err
+    done = _completed(store)
+    assert 2 <= len(done) < 12 and len(done) == len(set(done))
+    with sqlite3.connect(store) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert db.execute("SELECT count(*) FROM conversations").fetchone()[0] == len(done)
