@@ -13,11 +13,11 @@ produced once per (persona, model, prompt) by ``summarize`` and cached on disk.
 
 from __future__ import annotations
 
+from simlab._files import write_text_atomic
+
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -525,17 +525,6 @@ def summary_cache_path(persona: Persona, *, model: str, cache_dir: str | Path) -
     return Path(cache_dir) / name
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    # Write to a temporary file in the same directory, then rename: readers never see half a file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _cached(path: Path, expected: dict[str, str]) -> SummaryArtefact | None:
@@ -570,5 +559,5 @@ async def summarize(persona: Persona, generate: Generate, *, model: str, cache_d
     if not isinstance(reply, str) or not reply.strip():
         raise LLMError(f"empty summary reply from {model} for persona {persona.persona_id!r}")
     artefact = SummaryArtefact(text=reply.strip(), created_at=datetime.now(timezone.utc), **expected)
-    _write_atomic(path, artefact.model_dump_json(indent=2))
+    write_text_atomic(path, artefact.model_dump_json(indent=2))
     return artefact

@@ -21,7 +21,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from simlab.config import Config, load_config
 from simlab.errors import ConfigError, InputError, SimlabError
@@ -165,7 +164,7 @@ async def run_experiment(
     """
     from simlab.local import EmbeddedBackends
     from simlab.llm import LLMClient
-    from simlab.protocol import SessionFailed, conversation_id, simulate_session
+    from simlab.protocol import conversation_id
     from simlab.store import RunStore
 
     t0 = time.monotonic()

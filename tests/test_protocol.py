@@ -8,11 +8,10 @@ import re
 
 import pytest
 
-from simlab.errors import LLMError
 from simlab.personas import load_personas
 from simlab.protocol import SessionFailed, blind, derive_seed, simulate_session
 from simlab.run import run_experiment
-from simlab.store import RunStore, load_run, read_table
+from simlab.store import load_run, read_table
 from simlab.testing import Fault, StubServer
 from tests.conftest import REPO, stub_config
 

@@ -6,10 +6,10 @@ status 2; nothing is written then (outputs go to a temporary path, renamed at th
 
 from __future__ import annotations
 
+from simlab._files import write_text_atomic
+
 import argparse
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -154,21 +154,11 @@ def _analyze(args: argparse.Namespace) -> int:
         from simlab.fidelity import analyze
 
         result = analyze(human, n_boot=args.n_boot, seed=args.seed, topics=args.topics)
-    _write_atomic(args.out, result.model_dump_json(indent=2))
+    write_text_atomic(args.out, result.model_dump_json(indent=2))
     print(f"wrote {args.out} (sources: {', '.join(result.sources)}; {args.n_boot} bootstrap replicates)")
     return 0
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 if __name__ == "__main__":

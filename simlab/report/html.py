@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -257,18 +256,9 @@ def render_html(result: FidelityResult, *, meta: Mapping[str, Any] | None = None
 def write_html(result: FidelityResult, path: str | os.PathLike[str], *, meta: dict | None = None,
                tables: Tables | None = None) -> Path:
     """Write the report to ``path`` atomically (a reader never sees half a file); returns the path."""
-    html = render_html(result, meta=meta, tables=tables)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(html)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    from simlab._files import write_text_atomic
+
+    return write_text_atomic(path, render_html(result, meta=meta, tables=tables))
 
 
 def write_run_report(run_dir: str | os.PathLike[str], *, human: str | None = None, out: str | None = None,

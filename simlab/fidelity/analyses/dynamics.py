@@ -16,9 +16,9 @@ import pandas as pd
 import statsmodels.formula.api as smf
 from scipy import stats as sps
 
-from simlab.fidelity.analyses._prep import HUMAN, has_values, participants_of, sim_sources
+from simlab.fidelity.analyses._prep import HUMAN, has_values, participants_of
 from simlab.fidelity.result import DynamicsResult, DynamicsSource, Estimate
-from simlab.fidelity.stats import Participants, bootstrap, estimate, weighted_mean
+from simlab.fidelity.stats import Participants, bootstrap, estimate
 from simlab.tables import Tables
 
 CEILING = 95.0
