@@ -727,3 +727,34 @@ __all__ = [
     "read_table",
     "run_meta",
 ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m simlab.store export RUN_DIR OUT_DIR`` / ``merge OUT_DIR SHARD_DIR…``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m simlab.store",
+                                     description="Export a run's tables, or merge the stores of --shard i/n runs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("export", help="write every table of a run as CSV, Parquet or JSONL")
+    ex.add_argument("run_dir")
+    ex.add_argument("out_dir")
+    ex.add_argument("--format", default="csv", choices=["csv", "parquet", "jsonl"])
+    mg = sub.add_parser("merge", help="merge shard run directories into one run directory")
+    mg.add_argument("out_dir")
+    mg.add_argument("shards", nargs="+")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "export":
+            print(export(args.run_dir, args.out_dir, args.format))
+        else:
+            with merge(args.out_dir, args.shards) as store:
+                print(f"{args.out_dir}: {store.counts().sessions_completed} sessions")
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -221,3 +221,23 @@ def test_holdout_conversations_are_left_out_of_personas(tmp_path):
     assert target not in [c.conversation_id for c in reduced["sample01"].conversations]
     assert len(reduced["sample01"].conversations) == len(full["sample01"].conversations) - 1
     assert reduced["sample02"] == full["sample02"]
+
+
+def test_shards_are_disjoint_and_merge_into_the_whole_run(stub, tmp_path):
+    import subprocess
+    import sys
+
+    cfg = stub_config(stub, tmp_path, limit=4, protocol={"domains": ["values"]})
+    dirs = [run(cfg, shard=(i, 2)).run_dir for i in range(2)]
+    keys = [set(load_run(d).conversations["conversation_id"]) for d in dirs]
+    assert len(keys[0]) == len(keys[1]) == 2 and not keys[0] & keys[1]
+    out = tmp_path / "merged"
+    done = subprocess.run([sys.executable, "-m", "simlab.store", "merge", str(out), *map(str, dirs)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    merged = load_run(out)
+    assert set(merged.conversations["conversation_id"]) == keys[0] | keys[1]
+    assert len(merged.judgements) == 16
+    exported = subprocess.run([sys.executable, "-m", "simlab.store", "export", str(out), str(tmp_path / "csv")],
+                              capture_output=True, text=True, cwd=REPO)
+    assert exported.returncode == 0 and (tmp_path / "csv" / "judgements.csv").exists()
