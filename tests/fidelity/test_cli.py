@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 # sibling test modules (pytest puts this directory on sys.path: rootdir-less "prepend" import mode)
 from test_importers import _hit, _jsonl, _write_hits, prism_conversations, prism_survey
@@ -20,17 +19,6 @@ REPO = Path(__file__).resolve().parents[2]
 def run_cli(*args: object, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "simlab.fidelity", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=300)
-
-
-def _analyses_ready() -> bool:
-    try:
-        from simlab.fidelity.analyses import analyze_all  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_analyses = pytest.mark.skipif(not _analyses_ready(), reason="simlab.fidelity.analyses.analyze_all not built yet")
 
 
 def test_help_reads_like_docs() -> None:
@@ -98,7 +86,6 @@ def test_analyze_sim_must_name_its_source(tmp_path: Path) -> None:
     assert not (tmp_path / "r.json").exists()
 
 
-@needs_analyses
 def test_analyze_human_and_sim(tmp_path: Path) -> None:
     from simlab.fidelity import write_tables
     from simlab.fidelity.synthetic import make_synthetic

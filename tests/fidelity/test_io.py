@@ -352,13 +352,10 @@ def test_compare_checks_its_inputs() -> None:
 
 
 def test_compare_run_with_human(tmp_path: Path) -> None:
-    pytest.importorskip("simlab.fidelity.analyses")
-    from simlab.fidelity import analyses, compare
+    from simlab.fidelity import compare
     from simlab.fidelity.synthetic import make_synthetic
     from simlab.store import load_run
 
-    if not hasattr(analyses, "analyze_all"):
-        pytest.skip("simlab.fidelity.analyses.analyze_all not built yet")
     synthetic = make_synthetic(n_participants=10, seed=4)
     _store_from(synthetic.for_source("sim_dynamic"), tmp_path / "run")
     write_tables(synthetic.for_source("human"), tmp_path / "human", "csv")
