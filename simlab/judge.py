@@ -7,7 +7,6 @@ Python API: ``await grade_run(run_dir, human=..., options=AutogradeOptions(sampl
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 
 import argparse
 import asyncio
@@ -83,7 +82,7 @@ async def grade_run(
     """
     from simlab.fidelity import load_human
     from simlab.llm import LLMClient
-    from simlab.local import EmbeddedBackends
+    from simlab.local import serving
     from simlab.run import load_persona_set
     from simlab.store import RunStore, load_run, read_table, run_meta
 
@@ -113,11 +112,7 @@ async def grade_run(
     store = RunStore.open(run_dir)
     try:
         has_turns = run_tables.turns is not None and not run_tables.turns.empty
-        backends = EmbeddedBackends(config, log_dir=run_dir) if not base_urls else None
-        with backends or nullcontext():
-            urls = dict(base_urls or {})
-            if backends:
-                urls.update(backends.base_urls)
+        with serving(config, base_urls=base_urls, log_dir=run_dir) as urls:
             client = LLMClient(config.endpoints, base_urls=urls)
             if has_turns:
                 run_summary = await autograde(run_tables, config, client, store, personas=profiles, options=options,

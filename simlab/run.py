@@ -9,7 +9,6 @@ missing. Everything is validated before the run directory is touched.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 
 import argparse
 import asyncio
@@ -162,7 +161,7 @@ async def run_experiment(
     ``base_urls`` overrides endpoint URLs (e.g. a server the caller started). Embedded
     local endpoints without a URL are started here and stopped at the end.
     """
-    from simlab.local import EmbeddedBackends
+    from simlab.local import serving
     from simlab.llm import LLMClient
     from simlab.protocol import conversation_id
     from simlab.store import RunStore
@@ -186,11 +185,7 @@ async def run_experiment(
     interrupted = False
     needs_backend = bool(todo)
     try:
-        backends = EmbeddedBackends(config, log_dir=run_dir) if needs_backend and not base_urls else None
-        with backends or nullcontext():
-            urls = dict(base_urls or {})
-            if backends:
-                urls.update(backends.base_urls)
+        with serving(config, base_urls=base_urls, log_dir=run_dir, start=needs_backend) as urls:
             client = LLMClient(config.endpoints, base_urls=urls)
             summaries = await persona_summaries(config, client, personas, store) if todo and _needs_summary(config) else {}
             interrupted = await _run_sessions(config, client, store, todo, summaries, progress)

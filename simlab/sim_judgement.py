@@ -13,7 +13,6 @@ per session, resumable). Every human conversation is validated before anything i
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 
 import asyncio
 import json
@@ -218,7 +217,7 @@ async def run_sim_judgement(
     """
     from tqdm import tqdm
 
-    from simlab.local import EmbeddedBackends
+    from simlab.local import serving
     from simlab.run import RESUMABLE_KEYS, persona_summaries
     from simlab.store import RunStore
 
@@ -241,11 +240,7 @@ async def run_sim_judgement(
     todo = [hc for hc in conversations if hc.conversation_id + SUFFIX not in skip]
     failed = 0
     try:
-        backends = EmbeddedBackends(config, log_dir=run_dir) if todo and not base_urls else None
-        with backends or nullcontext():
-            urls = dict(base_urls or {})
-            if backends:
-                urls.update(backends.base_urls)
+        with serving(config, base_urls=base_urls, log_dir=run_dir, start=bool(todo)) as urls:
             client = LLMClient(config.endpoints, base_urls=urls)
             needed = [by_id[pid] for pid in sorted({hc.participant_id for hc in todo})]
             summaries = (await persona_summaries(config, client, needed, store)

@@ -7,6 +7,7 @@ from simlab.local.server import (
     LocalServer,
     find_model,
     local_aliases,
+    serving,
 )
 
-__all__ = ["DEFAULT_ALIAS", "EmbeddedBackends", "LocalBackendError", "LocalServer", "find_model", "local_aliases"]
+__all__ = ["DEFAULT_ALIAS", "EmbeddedBackends", "LocalBackendError", "LocalServer", "find_model", "local_aliases", "serving"]

@@ -15,6 +15,8 @@ Example:
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Iterator
+from contextlib import contextmanager
 import importlib.util
 import json
 import os
@@ -249,3 +251,15 @@ class EmbeddedBackends:
         for server in self.servers.values():
             server.stop()
         self.servers.clear()
+
+
+@contextmanager
+def serving(config, *, base_urls: dict[str, str] | None = None, log_dir: str | Path | None = None,
+            start: bool = True) -> Iterator[dict[str, str]]:
+    """Base URLs for the run's endpoints: ``base_urls`` if given, else embedded servers started for
+    every local endpoint (stopped on exit). ``start=False`` (nothing to do) starts nothing."""
+    if base_urls or not start:
+        yield dict(base_urls or {})
+        return
+    with EmbeddedBackends(config, log_dir=log_dir) as backends:
+        yield dict(backends.base_urls)
