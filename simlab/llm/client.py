@@ -20,7 +20,8 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -243,6 +244,22 @@ class LLMClient:
         if self.on_call is not None:
             self.on_call(record)
 
+    @contextmanager
+    def _accounting(self, record: CallRecord) -> Iterator[None]:
+        """Latency, status and the ``on_call`` report for one logical call, failed or not;
+        a raised ``LLMError`` carries its record as ``.call``."""
+        start = time.monotonic()
+        try:
+            yield
+        except LLMError as exc:
+            if record.status == "ok":
+                record.status, record.error = "error", str(exc)
+            exc.call = record  # type: ignore[attr-defined]
+            raise
+        finally:
+            record.latency_s = time.monotonic() - start
+            self._record(record)
+
     async def _complete_once(self, ep: _Endpoint, kwargs: dict[str, Any], timeout: float) -> Any:
         lib = _lib()
         async with ep.in_flight:
@@ -338,18 +355,10 @@ class LLMClient:
         """One chat completion; raises ``LLMError`` after retries/deadline."""
         ep = self._endpoint(spec.endpoint)
         record = CallRecord(ep.name, spec.model, prompt_name, prompt_hash, tag=dict(tag or {}))
-        start = time.monotonic()
-        try:
+        with self._accounting(record):
             resp = await self._complete(ep, self._kwargs(spec, messages, seed), record)
             _add_usage(record, resp)
             text = resp.choices[0].message.content or ""
-        except LLMError as exc:
-            record.status, record.error = "error", str(exc)
-            exc.call = record  # type: ignore[attr-defined]
-            raise
-        finally:
-            record.latency_s = time.monotonic() - start
-            self._record(record)
         return ChatResult(text=text, call=record)
 
     async def structured(
@@ -370,10 +379,9 @@ class LLMClient:
         ``max_tokens`` overrides the spec's bound (a JSON object cut short is worthless)."""
         ep = self._endpoint(spec.endpoint)
         record = CallRecord(ep.name, spec.model, prompt_name, prompt_hash, tag=dict(tag or {}))
-        start = time.monotonic()
         fmt = response_format(schema, ep.cfg.dialect)
         raw, reason = "", ""
-        try:
+        with self._accounting(record):
             for attempt in range(ep.cfg.schema_attempts):
                 kwargs = self._kwargs(spec, messages, None if seed is None else seed + attempt)
                 kwargs["response_format"] = fmt
@@ -399,16 +407,8 @@ class LLMClient:
                 attempts=record.attempts,
             )
             record.status, record.error = "schema_error", str(err)
-            err.call = record  # type: ignore[attr-defined]
             raise err
-        except LLMError as exc:
-            if record.status == "ok":
-                record.status, record.error = "error", str(exc)
-                exc.call = record  # type: ignore[attr-defined]
-            raise
-        finally:
-            record.latency_s = time.monotonic() - start
-            self._record(record)
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _add_usage(record: CallRecord, resp: Any) -> None:
