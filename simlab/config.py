@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from simlab.errors import ConfigError
-from simlab.schema import DOMAINS, Domain
+from simlab.schema import DOMAINS, WTP_CAP, Domain
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIGS_DIR = REPO_ROOT / "configs"
@@ -75,7 +75,11 @@ class EndpointConfig(_Strict):
     schema_attempts: int = Field(3, ge=1, le=20)
     """Attempts for a structured reply that fails its schema before it is recorded as a failure."""
     n_threads: int | None = Field(None, ge=1)
-    """Embedded server only: llama.cpp threads (default: all cores)."""
+    """Embedded server only: llama.cpp threads per server (default 1: llama.cpp's worker threads
+    spin while they wait, so several threads collapse when another process holds a core)."""
+    replicas: int | None = Field(None, ge=1, le=64)
+    """Embedded server only: how many servers to start (default: one per core, at most 4). Each
+    session's calls stay on one replica, whose prompt cache holds its persona and transcript."""
     n_ctx: int = Field(8192, ge=512)
     """Embedded server only: context window in tokens."""
 
@@ -157,8 +161,8 @@ class ProtocolConfig(_Strict):
     """Hard cap on user turns."""
     context_budget_tokens: int = Field(6000, ge=256)
     """When an arm's history would exceed this, the conversation ends (max_turns_reached)."""
-    wtp_max: float = Field(10.0, gt=0)
-    """Upper end of the willingness-to-pay scale in dollars."""
+    wtp_max: float = Field(10.0, gt=0, le=WTP_CAP)
+    """Upper end of the willingness-to-pay scale in dollars (at most the records' cap, $10)."""
 
     @field_validator("domains")
     @classmethod

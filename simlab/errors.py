@@ -63,3 +63,23 @@ class StructuredOutputError(LLMError):
         self.raw_text = raw_text
         self.reason = reason
         super().__init__(f"{message}: {reason}", attempts=attempts)
+
+
+class BackendUnavailable(SimlabError):
+    """An endpoint that stopped answering (connection refused or reset, timeouts, 502/503/504 after
+    every retry). Not an ``LLMError``: it says nothing about the session that met it, so the run
+    stops instead of recording sessions as failed, and a later run does them.
+
+    ``diagnosis`` is filled in by whoever knows more (the embedded server's exit signal and log).
+    """
+
+    def __init__(self, endpoint: str, urls: list[str], cause: str) -> None:
+        self.endpoint = endpoint
+        self.urls = urls
+        self.cause = cause
+        self.diagnosis: str | None = None
+        super().__init__(endpoint, urls, cause)
+
+    def __str__(self) -> str:
+        text = f"endpoint '{self.endpoint}' ({', '.join(self.urls)}) stopped answering: {self.cause}"
+        return f"{text}\n{self.diagnosis}" if self.diagnosis else text

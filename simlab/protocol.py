@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from simlab.config import ArmConfig, Config, ModelSpec
 from simlab.errors import LLMError, SimlabError, StructuredOutputError
-from simlab.llm import CallRecord, LLMClient
+from simlab.llm import CallRecord, LLMClient, affinity
 from simlab.personas import Persona, render_persona
 from simlab.prompts import Prompt, render
 from simlab.records import (
@@ -339,8 +339,16 @@ async def simulate_session(
     """Run one Sim-Dynamic session end to end and return its records.
 
     Raises ``SessionFailed`` (carrying a ``SessionFailure`` with the reason, the raw reply
-    and the calls spent) when the simulator's output still breaks its schema after retries.
+    and the calls spent) when the simulator's output still breaks its schema after retries,
+    and ``BackendUnavailable`` (nothing to record: the session is still to do) when an
+    endpoint stops answering. The session's calls stay on one replica of each endpoint.
     """
+    with affinity(conversation_id(persona.persona_id, domain)):
+        return await _simulate_session(persona, domain, config, client, summary=summary)
+
+
+async def _simulate_session(persona: Persona, domain: str, config: Config, client: LLMClient, *,
+                            summary: str | None) -> SessionRecord:
     pid = persona.persona_id
     conv_id = conversation_id(pid, domain)
     unit_seed = derive_seed(config.seed, pid, domain)

@@ -18,10 +18,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from simlab.schema import IN_DOMAIN, LETTERS, Domain, GradeMode, Role, Source, StopReason
+from simlab.schema import IN_DOMAIN, LETTERS, WTP_CAP, Domain, GradeMode, Role, Source, StopReason
 
 Rating = Annotated[float, Field(ge=0, le=100)]
-Dollars = Annotated[float, Field(ge=0, le=10)]
+Dollars = Annotated[float, Field(ge=0, le=WTP_CAP)]
 Count = Annotated[int, Field(ge=0)]
 CallRole = Literal["arm", "simulator", "judge", "summary"]
 CallStatus = Literal["ok", "error", "schema_error"]

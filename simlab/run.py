@@ -17,15 +17,17 @@ import json
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from simlab.config import Config, load_config
-from simlab.errors import ConfigError, InputError, SimlabError
+from simlab.errors import BackendUnavailable, ConfigError, InputError, SimlabError
 from simlab.personas import Persona, load_holdout, load_personas, load_prism, render_persona, summarize
 from simlab.prompts import all_hashes, render
 from simlab.schema import DOMAINS
+from simlab.store import FailureGroup
 
 # Config keys that may change when a run is resumed (they do not change any result).
 RESUMABLE_KEYS = ("concurrency", "limit", "out_dir", "human")
@@ -45,6 +47,12 @@ class RunSummary:
     tokens_by_role: dict[str, int] = field(default_factory=dict)
     report: Path | None = None
     interrupted: bool = False
+    failure_groups: list[FailureGroup] = field(default_factory=list)
+    """Failed sessions grouped by cause, with one example each."""
+    stopped: str | None = None
+    """Why the run stopped early (an endpoint stopped answering); those sessions are still to do."""
+    backends: dict[str, dict] = field(default_factory=dict)
+    """What was started for embedded endpoints (mode, fallback, replicas)."""
 
     def text(self) -> str:
         lines = [
@@ -55,11 +63,27 @@ class RunSummary:
             "tokens per arm: " + (", ".join(f"{a}={n}" for a, n in sorted(self.tokens_by_arm.items())) or "none"),
             "tokens per role: " + (", ".join(f"{r}={n}" for r, n in sorted(self.tokens_by_role.items())) or "none"),
         ]
+        for name, info in self.backends.items():
+            lines.append(f"embedded server '{name}': {info['replicas']} × llama.cpp, {info['mode']} mode, "
+                         f"{info['n_threads']} thread(s) each" + (f" ({info['fallback']})" if info.get("fallback") else ""))
+        if self.failure_groups:
+            lines.append("failed sessions by cause:")
+            for g in self.failure_groups:
+                lines.append(f"  {g.count} × {g.error_type}: {_clip(g.reason, 160)} (e.g. {g.example})")
+            lines.append("  these are recorded with their reason and skipped on resume; "
+                         "to redo them: the same command with --retry-failed")
         if self.report:
             lines.append(f"report: {self.report}")
         if self.interrupted:
             lines.append("interrupted: completed sessions are kept; run the same command to resume")
+        if self.stopped:
+            lines.append(f"stopped early: {self.stopped}")
         return "\n".join(lines)
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def load_persona_set(path: str | Path, holdout: str | Path | None = None) -> list[Persona]:
@@ -183,12 +207,18 @@ async def run_experiment(
     todo = [(p, d) for p in personas for d in config.protocol.domains if conversation_id(p.persona_id, d) not in skip]
     n_planned = len(personas) * len(config.protocol.domains)
     interrupted = False
-    needs_backend = bool(todo)
+    stopped: str | None = None
+    backend_info: dict[str, dict] = {}
     try:
-        with serving(config, base_urls=base_urls, log_dir=run_dir, start=needs_backend) as urls:
-            client = LLMClient(config.endpoints, base_urls=urls)
+        with serving(config, base_urls=base_urls, log_dir=run_dir, start=bool(todo)) as backends:
+            backend_info = backends.info()
+            if backend_info:
+                store.set_meta("backends", backend_info)
+            client = LLMClient(config.endpoints, base_urls=backends.base_urls)
             summaries = await persona_summaries(config, client, personas, store) if todo and _needs_summary(config) else {}
             interrupted = await _run_sessions(config, client, store, todo, summaries, progress)
+    except BackendUnavailable as exc:
+        stopped = str(exc)  # the sessions in flight stay to do: nothing about them was recorded
     finally:
         counts = store.counts()
         store.close()
@@ -200,13 +230,16 @@ async def run_experiment(
         sessions_failed=counts.sessions_failed,
         wall_time_s=time.monotonic() - t0,
         interrupted=interrupted,
+        failure_groups=counts.failure_groups,
+        stopped=stopped,
+        backends=backend_info,
     )
     for c in counts.by_role_arm:
         tokens = c.prompt_tokens + c.completion_tokens
         summary.tokens_by_role[c.role] = summary.tokens_by_role.get(c.role, 0) + tokens
         if c.role == "arm" and c.arm:
             summary.tokens_by_arm[c.arm] = summary.tokens_by_arm.get(c.arm, 0) + tokens
-    if report and not interrupted:
+    if report and not interrupted and not stopped:
         summary.report = _write_report(run_dir, config)
     return summary
 
@@ -282,7 +315,12 @@ async def _run_sessions(config, client, store, todo, summaries, progress: bool) 
             pending.discard(waiter)
             for t in done:
                 if t is not waiter and t.exception() is not None:
-                    raise t.exception()  # a bug, not a model failure: stop loudly
+                    # BackendUnavailable: the run stops, the other sessions stay to do;
+                    # anything else is a bug, not a model failure: stop loudly
+                    for other in pending:
+                        other.cancel()
+                    await asyncio.gather(*pending, return_exceptions=True)
+                    raise t.exception()  # type: ignore[misc]
             if stop.is_set():
                 for t in pending:
                     t.cancel()
@@ -377,6 +415,8 @@ personas, arguments), 130 interrupted (completed sessions kept).""",
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # sessions cancelled when a backend dies leave litellm coroutines unawaited: not the user's concern
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
     try:
         shard = parse_shard(args.shard)
         run_dir = None
@@ -414,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     print(summary.text())
     if summary.interrupted:
         return 130
-    return 1 if summary.sessions_failed else 0
+    return 1 if summary.sessions_failed or summary.stopped else 0
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ GradeMode = Literal["first_turn", "conversation"]
 
 LETTERS = "ABCDEFGHIJ"
 
+WTP_CAP = 10.0
+"""Highest willingness-to-pay bid in dollars the records hold (PROTOCOL §2: $0–10). The records,
+the store's CHECKs, the human-data loader and the config's ``protocol.wtp_max`` all use it."""
+
 # table -> (required columns, optional columns). Types in comments.
 TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "participants": (

@@ -1,7 +1,7 @@
 """Run the embedded OpenAI-compatible server, or check it end to end.
 
     python -m simlab.serve            # serve in the foreground; prints base URL and alias
-    python -m simlab.serve --check    # start, one chat + one structured request per arm, exit
+    python -m simlab.serve --check    # start (mode, probes, tok/s), one chat + one structured request per arm, exit
 
 Exit status: 0 on success, 1 if a check failed, 2 on a bad config.
 """
@@ -49,7 +49,9 @@ async def _check(config: Config, base_urls: dict[str, str]) -> int:
         ]
         try:
             chat = await client.chat(arm, messages, seed=config.seed)
-            print(f"[{arm.id}] chat ({chat.call.completion_tokens} tokens, {chat.call.latency_s:.2f} s): {chat.text.strip()!r}")
+            rate = chat.call.completion_tokens / chat.call.latency_s if chat.call.latency_s else 0.0
+            print(f"[{arm.id}] chat ({chat.call.completion_tokens} tokens, {chat.call.latency_s:.2f} s, "
+                  f"{rate:.0f} tok/s): {chat.text.strip()!r}")
             probe = [
                 {"role": "user", "content": "Rate the mood of this sentence: 'I love sunny mornings.' Answer in JSON."}
             ]
@@ -82,8 +84,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             t0 = time.monotonic()
             with EmbeddedBackends(config) as backends:
-                for name, url in backends.base_urls.items():
-                    print(f"embedded server '{name}' at {url} (started in {time.monotonic() - t0:.1f} s)")
+                print(f"started in {time.monotonic() - t0:.1f} s")
+                for name, servers in backends.servers.items():
+                    for i, server in enumerate(servers):
+                        print(f"embedded server '{name}' replica {i} at {server.base_url}: {server.mode} mode, "
+                              f"{server.n_threads} thread(s)")
+                        for probe in server.probes:
+                            print(f"  probe {probe.text()}")
+                    if servers and servers[0].fallback:
+                        print(f"  note: {servers[0].fallback}")
                 return asyncio.run(_check(config, backends.base_urls))
         aliases = local_aliases(config) or {"local": "smollm2-135m"}
         name, alias = next(iter(aliases.items()))
@@ -91,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         server = LocalServer(alias=alias, port=args.port, n_ctx=ep.n_ctx if ep else 4096,
                              n_threads=ep.n_threads if ep else None)
         with server:
-            print(f"serving {alias!r} at {server.base_url}  (model aliases: {alias}); Ctrl-C to stop", flush=True)
+            print(f"serving {alias!r} at {server.base_url}  (model aliases: {alias}; {server.mode} mode); "
+                  "Ctrl-C to stop", flush=True)
             try:
                 threading.Event().wait()
             except KeyboardInterrupt:

@@ -240,8 +240,8 @@ async def run_sim_judgement(
     todo = [hc for hc in conversations if hc.conversation_id + SUFFIX not in skip]
     failed = 0
     try:
-        with serving(config, base_urls=base_urls, log_dir=run_dir, start=bool(todo)) as urls:
-            client = LLMClient(config.endpoints, base_urls=urls)
+        with serving(config, base_urls=base_urls, log_dir=run_dir, start=bool(todo)) as backends:
+            client = LLMClient(config.endpoints, base_urls=backends.base_urls)
             needed = [by_id[pid] for pid in sorted({hc.participant_id for hc in todo})]
             summaries = (await persona_summaries(config, client, needed, store)
                          if todo and config.simulator.rendering == "summary" else {})

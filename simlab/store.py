@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict
 
 from simlab.errors import InputError, SimlabError
 from simlab.records import AutogradeRecord, LLMCallRecord, SessionFailure, SessionRecord
+from simlab.schema import WTP_CAP
 from simlab.tables import Tables
 
 STORE_FILE = "store.sqlite"
@@ -45,7 +46,7 @@ MATCHED_META = ("config", "prompt_hashes", "models", "seed")
 _SECRET_KEY = re.compile(r"(api_?key|secret|password|passwd|authorization|access_token|bearer)", re.I)
 REDACTED = "<redacted>"
 
-_DDL = """
+_DDL = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (
     session_key TEXT PRIMARY KEY, participant_id TEXT NOT NULL, source TEXT NOT NULL,
@@ -73,12 +74,12 @@ CREATE TABLE IF NOT EXISTS judgements (
     rating_preference REAL CHECK (rating_preference BETWEEN 0 AND 100),
     rating_engagingness REAL CHECK (rating_engagingness BETWEEN 0 AND 100),
     rating_provenance REAL CHECK (rating_provenance BETWEEN 0 AND 100),
-    wtp_bid REAL CHECK (wtp_bid BETWEEN 0 AND 10),
+    wtp_bid REAL CHECK (wtp_bid BETWEEN 0 AND {WTP_CAP:g}),
     PRIMARY KEY (conversation_id, arm));
 CREATE TABLE IF NOT EXISTS bdm (
     conversation_id TEXT NOT NULL REFERENCES conversations(conversation_id), arm TEXT NOT NULL,
-    letter TEXT NOT NULL, price REAL NOT NULL CHECK (price BETWEEN 0 AND 10),
-    bid REAL NOT NULL CHECK (bid BETWEEN 0 AND 10), won INTEGER NOT NULL, paid REAL NOT NULL,
+    letter TEXT NOT NULL, price REAL NOT NULL CHECK (price BETWEEN 0 AND {WTP_CAP:g}),
+    bid REAL NOT NULL CHECK (bid BETWEEN 0 AND {WTP_CAP:g}), won INTEGER NOT NULL, paid REAL NOT NULL,
     PRIMARY KEY (conversation_id, arm));
 CREATE TABLE IF NOT EXISTS llm_calls (
     call_id INTEGER PRIMARY KEY, session_key TEXT, conversation_id TEXT, role TEXT NOT NULL,
@@ -172,12 +173,47 @@ class CallCount(BaseModel):
     completion_tokens: int
 
 
+class FailureGroup(BaseModel):
+    """Failed sessions that failed the same way: how many, and one of them as the example."""
+
+    model_config = ConfigDict(extra="forbid")
+    error_type: str
+    reason: str
+    """The example's reason as recorded."""
+    count: int
+    example: str
+    """The example's session key (participant:domain)."""
+
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def group_failures(rows: Iterable[tuple[str, str, str]]) -> list[FailureGroup]:
+    """(session_key, error_type, reason) rows → groups of one cause, largest first.
+
+    Reasons that differ only in quoted text and numbers (the raw reply, a column, a time) are
+    one cause.
+    """
+    groups: dict[tuple[str, str], FailureGroup] = {}
+    for key, error_type, reason in rows:
+        norm = _NUMBER.sub("N", _QUOTED.sub("'…'", reason or ""))[:300]
+        g = groups.get((error_type, norm))
+        if g is None:
+            groups[(error_type, norm)] = FailureGroup(error_type=error_type, reason=reason or "", count=1, example=key)
+        else:
+            g.count += 1
+    return sorted(groups.values(), key=lambda g: (-g.count, g.example))
+
+
 class StoreCounts(BaseModel):
     """What a run store holds: the end-of-run summary's numbers."""
 
     model_config = ConfigDict(extra="forbid")
     sessions_completed: int
     sessions_failed: int
+    failure_groups: list[FailureGroup] = []
+    """Sessions still failed, grouped by cause (their latest failure)."""
     llm_calls: int
     prompt_tokens: int
     completion_tokens: int
@@ -503,9 +539,15 @@ class RunStore:
             )
         ]
         rows = {t: self._conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COLUMNS}
+        latest = self._conn.execute(
+            "SELECT session_key, error_type, reason FROM failures WHERE failure_id IN ("
+            " SELECT max(failure_id) FROM failures WHERE session_key NOT IN (SELECT session_key FROM sessions)"
+            " GROUP BY session_key) ORDER BY session_key"
+        ).fetchall()
         return StoreCounts(
             sessions_completed=rows["sessions"],
-            sessions_failed=len(self.failed_sessions()),
+            sessions_failed=len(latest),
+            failure_groups=group_failures(latest),
             llm_calls=sum(c.calls for c in by),
             prompt_tokens=sum(c.prompt_tokens for c in by),
             completion_tokens=sum(c.completion_tokens for c in by),

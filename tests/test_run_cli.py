@@ -181,6 +181,10 @@ CONFIG_CASES = [
     ("bad domain", lambda t: t.replace('domains = ["unguided", "emotional_wellbeing"]', 'domains = ["sport"]'),
      "protocol.domains[0]"),
     ("unknown endpoint", lambda t: t.replace('[judge]\nendpoint = "local"', '[judge]\nendpoint = "gpu"'), "gpu"),
+    # the records hold bids up to $10: a larger scale is refused before anything runs
+    ("wtp above the records' cap", lambda t: t.replace("context_budget_tokens = 3000",
+                                                        "context_budget_tokens = 3000\nwtp_max = 20"),
+     "protocol.wtp_max"),
 ]
 
 
@@ -244,3 +248,64 @@ def test_ctrl_c_stops_cleanly_keeping_completed_sessions(tmp_path, stub_process)
     with sqlite3.connect(store) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert db.execute("SELECT count(*) FROM conversations").fetchone()[0] == len(done)
+
+
+def _start_stub(*args: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "simlab.testing", "--delay", "0.01", *args],
+                            stdout=subprocess.PIPE, text=True)
+    url = proc.stdout.readline().strip()
+    assert url.startswith("http://127.0.0.1:"), url
+    return proc, url
+
+
+def _failures(store: Path) -> int:
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+        return db.execute("SELECT count(*) FROM failures").fetchone()[0]
+
+
+@pytest.mark.parametrize("how", ["exit", "503", "hang"])
+def test_a_backend_that_breaks_down_stops_the_run_and_loses_nothing(tmp_path, how):
+    # 3 personas x 2 domains; the backend breaks after ~1.5 sessions' worth of calls
+    stub, url = _start_stub("--break-after", "40", "--break-how", how)
+    port = url.split(":")[2].split("/")[0]
+    cfg = stub_toml(tmp_path, url)
+    cfg.write_text(cfg.read_text().replace('base_url = "', 'timeout_s = 2\nmax_attempts = 3\nbase_url = "', 1))
+    args = ("--config", str(cfg), "--concurrency", "2", "--quiet", "--no-report")
+    try:
+        t0 = time.monotonic()
+        out = cli(*args, timeout=120)
+        elapsed = time.monotonic() - t0
+    finally:
+        stub.kill()
+        stub.wait(10)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert elapsed < 60
+    assert "stopped early" in out.stdout and "endpoint 'local'" in out.stdout
+    assert "run the same command again" in out.stdout and "Traceback" not in out.stderr
+    store = next((tmp_path / "runs").glob("*/store.sqlite"))
+    done = _completed(store)
+    assert len(done) < 6 and _failures(store) == 0  # the sessions in flight were not marked failed
+    # the backend is back (same address): the plain same command does the rest
+    stub, _ = _start_stub("--port", port)
+    try:
+        again = cli(*args, timeout=120)
+    finally:
+        stub.terminate()
+        stub.wait(10)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"sessions: 6 completed, 0 failed, of 6 planned ({len(done)} were already done)" in again.stdout
+    assert sorted(_completed(store)) == sorted(set(_completed(store))) and _failures(store) == 0
+
+
+def test_an_endpoint_that_refuses_connections_stops_the_run_at_once(tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    cfg = stub_toml(tmp_path, url)
+    t0 = time.monotonic()
+    out = cli("--config", str(cfg), "--quiet", "--no-report", timeout=120)
+    assert out.returncode == 1 and time.monotonic() - t0 < 45, out.stdout + out.stderr
+    assert f"endpoint 'local' ({url}) stopped answering" in out.stdout
+    assert "sessions: 0 completed, 0 failed, of 6 planned" in out.stdout

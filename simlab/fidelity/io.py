@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from simlab.errors import InputError
-from simlab.schema import LETTERS, SOURCES, TABLES
+from simlab.schema import LETTERS, SOURCES, TABLES, WTP_CAP
 from simlab.tables import TABLE_NAMES, Tables
 
 __all__ = [
@@ -79,10 +79,10 @@ _FLOAT_BOUNDS: dict[str, tuple[float, float]] = {
     "rating_engagingness": (0.0, 100.0),
     "rating_provenance": (0.0, 100.0),
     "turn_rating": (0.0, 100.0),
-    "wtp_bid": (0.0, 10.0),
-    "price": (0.0, 10.0),
-    "bid": (0.0, 10.0),
-    "paid": (0.0, 10.0),
+    "wtp_bid": (0.0, WTP_CAP),
+    "price": (0.0, WTP_CAP),
+    "bid": (0.0, WTP_CAP),
+    "paid": (0.0, WTP_CAP),
     "score": (-np.inf, np.inf),
 }
 _POSITIVE_INTS = ("position", "rank", "provenance_rank")

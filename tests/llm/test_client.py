@@ -10,8 +10,8 @@ import pytest
 from pydantic import BaseModel, Field
 
 from simlab.config import EndpointConfig, ModelSpec, SamplingConfig
-from simlab.errors import LLMError, StructuredOutputError
-from simlab.llm import LLMClient, response_format
+from simlab.errors import BackendUnavailable, LLMError, StructuredOutputError
+from simlab.llm import LLMClient, affinity, response_format
 from simlab.testing import Fault, StubServer
 
 MSGS = [{"role": "user", "content": "hello there"}]
@@ -84,13 +84,24 @@ async def test_client_error_is_not_retried(server):
 
 
 async def test_gives_up_after_max_attempts_with_typed_error(server):
-    server.add_fault(*[Fault(status=503)] * 10)
+    server.add_fault(*[Fault(status=500)] * 10)
     client = client_for(server, max_attempts=3)
     with pytest.raises(LLMError) as info:
         await client.chat(SPEC, MSGS)
-    assert info.value.attempts == 3 and info.value.status == 503
+    assert info.value.attempts == 3 and info.value.status == 500
     assert len(server.requests) == 3
     assert info.value.call.status == "error"  # the failed call is still accounted for
+
+
+async def test_a_server_that_keeps_answering_503_is_unavailable_not_a_failed_call(server):
+    server.add_fault(*[Fault(status=503)] * 10)
+    client = client_for(server, max_attempts=3)
+    with pytest.raises(BackendUnavailable) as info:
+        await client.chat(SPEC, MSGS)
+    assert not isinstance(info.value, LLMError)  # nothing a session could be blamed for
+    assert info.value.endpoint == "stub" and info.value.urls == [server.base_url]
+    assert "HTTP 503, 3 attempts" in str(info.value) and len(server.requests) == 3
+    assert info.value.call.status == "error"  # still accounted for
 
 
 async def test_total_deadline_bounds_a_call(server):
@@ -102,18 +113,6 @@ async def test_total_deadline_bounds_a_call(server):
     elapsed = time.monotonic() - t0
     assert elapsed < 4.0, f"deadline 1.5 s but the call took {elapsed:.1f} s"
     assert 2 <= len(server.requests) < 50
-
-
-async def test_connection_refused_is_retried_then_typed_error():
-    import socket
-
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    client = LLMClient({"x": EndpointConfig(base_url=f"http://127.0.0.1:{port}/v1", max_attempts=2, timeout_s=2)})
-    with pytest.raises(LLMError) as info:
-        await client.chat(ModelSpec(endpoint="x", model="m"), MSGS)
-    assert info.value.attempts == 2
 
 
 async def test_structured_valid_reply_parses(server):
@@ -221,3 +220,56 @@ async def test_wrong_api_key_is_a_final_error(monkeypatch):
             await client.chat(SPEC, MSGS)
     assert info.value.attempts == 1
     assert "sk-wrong" not in str(info.value)
+
+
+def _refused_url() -> str:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+async def test_a_refused_connection_is_backend_unavailable_within_seconds():
+    client = LLMClient({"dead": EndpointConfig(base_url=_refused_url(), max_attempts=4, timeout_s=5)})
+    t0 = time.monotonic()
+    with pytest.raises(BackendUnavailable) as info:
+        await client.chat(ModelSpec(endpoint="dead", model="m"), MSGS)
+    assert time.monotonic() - t0 < 15
+    assert info.value.endpoint == "dead" and "refused or dropped, 4 attempts" in str(info.value)
+
+
+async def test_replicas_keep_each_affinity_key_on_one_server_and_spread_the_keys():
+    with StubServer() as a, StubServer() as b, StubServer() as c:
+        replicas = [a, b, c]
+        client = LLMClient({"stub": EndpointConfig(base_url=a.base_url, max_in_flight=2)},
+                           base_urls={"stub": [r.base_url for r in replicas]})
+
+        async def session(key: str) -> None:
+            with affinity(key):
+                for turn in range(3):
+                    await asyncio.gather(*(client.chat(SPEC, [{"role": "user", "content": f"{key} {turn} {i}"}])
+                                           for i in range(2)))
+
+        await asyncio.gather(*(session(f"s{k}") for k in range(6)))
+        where = {}
+        for i, r in enumerate(replicas):
+            for req in r.requests:
+                where.setdefault(req.body["messages"][0]["content"].split()[0], set()).add(i)
+        assert sorted(where) == [f"s{k}" for k in range(6)]
+        assert all(len(servers) == 1 for servers in where.values())  # each session on one replica
+        assert all(r.requests for r in replicas)  # and the sessions spread over all of them
+        assert max(r.max_in_flight for r in replicas) <= 2  # the bound holds per replica
+
+
+async def test_a_dead_replica_is_left_and_its_sessions_continue_on_the_others():
+    with StubServer() as a, StubServer() as b:
+        dead = _refused_url()
+        client = LLMClient({"stub": EndpointConfig(base_url=a.base_url, max_attempts=3, timeout_s=5)},
+                           base_urls={"stub": [dead, a.base_url, b.base_url]})
+        for k in range(6):
+            with affinity(f"s{k}"):
+                for _ in range(2):
+                    assert (await client.chat(SPEC, MSGS)).text
+        assert len(a.requests) + len(b.requests) == 12

@@ -1,0 +1,67 @@
+"""The embedded server's process: ``llama_cpp.server`` in one of two modes.
+
+    python -m simlab.local.llama_server --config_file server.json --mode fast|safe
+
+``fast`` is llama.cpp as built. ``safe`` turns off llama.cpp's *extra buffer types*
+(weight repacking into CPU-specific layouts, e.g. the AMX kernels of Sapphire Rapids and
+later Xeons), which llama-cpp-python does not expose: on some CPUs and kernels that path
+dies with SIGILL/SIGSEGV at the first multi-token prompt, while the plain CPU kernels work
+and are as fast for a small model. ``LocalServer`` starts ``fast``, probes it with real
+requests and restarts in ``safe`` if the process dies by a signal.
+
+``SIMLAB_LLAMA_CRASH_IN_MODE=fast`` (test knob) makes the process kill itself with SIGILL
+at its first chat completion in that mode, so the fallback is exercised on every CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+MODES = ("fast", "safe")
+CRASH_ENV = "SIMLAB_LLAMA_CRASH_IN_MODE"
+
+
+def _disable_extra_buffer_types() -> None:
+    import llama_cpp.llama_cpp as C
+
+    default = C.llama_model_default_params
+    if not any(name == "use_extra_bufts" for name, *_ in C.llama_model_params._fields_):
+        return  # an older llama.cpp without the option has no repacked path to avoid
+
+    def params():  # llama_cpp.Llama calls this for every model it loads
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    C.llama_model_default_params = params
+
+
+def _crash_at_first_completion() -> None:
+    from llama_cpp import Llama
+
+    def crash(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGILL)
+
+    Llama.create_chat_completion = crash  # type: ignore[method-assign]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m simlab.local.llama_server")
+    parser.add_argument("--config_file", required=True, help="llama_cpp.server JSON config")
+    parser.add_argument("--mode", choices=MODES, default="fast")
+    args = parser.parse_args(argv)
+    if args.mode == "safe":
+        _disable_extra_buffer_types()
+    if os.environ.get(CRASH_ENV) == args.mode:
+        _crash_at_first_completion()
+    from llama_cpp.server.__main__ import main as serve
+
+    sys.argv = ["llama_cpp.server", "--config_file", args.config_file]
+    serve()
+
+
+if __name__ == "__main__":
+    main()
