@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from simlab.config import Config, ModelSpec
 from simlab.errors import InputError, LLMError, StructuredOutputError
-from simlab.llm import CallRecord, LLMClient
+from simlab.llm import CallRecord, LLMClient, affinity
 from simlab.prompts import render
 from simlab.protocol import derive_seed
 from simlab.records import AutogradeRecord, LLMCallRecord
@@ -258,7 +258,7 @@ async def grade_one(client: LLMClient, spec: ModelSpec, unit: Unit, dim: Dimensi
     task = render(
         "judge/grade.j2", trait=dim.name.replace("_", " "), target=target, scale=dim.scale, rubric=rubric.text,
         persona=persona if dim.persona else None, messages=unit.messages(mode),
-        material_label="Opening exchange" if mode == "first_turn" else "Conversation",
+        material_label="opening exchange" if mode == "first_turn" else "whole conversation",
     )
     system = render("judge/system.j2")
     messages = [{"role": "system", "content": system.text}, {"role": "user", "content": task.text}]
@@ -324,6 +324,10 @@ async def autograde(
                     else:
                         jobs.append((unit, dim, mode, r))
 
+    # unit-major order: a unit's grades follow each other, so a server's prompt cache serves the
+    # conversation (the prompt's prefix) to every dimension and rater run after the first
+    order = {u.unit_id: i for i, u in enumerate(units)}
+    jobs.sort(key=lambda j: (order[j[0].unit_id], j[2] != "first_turn", j[3]))
     gate = asyncio.Semaphore(options.concurrency)
     pending_rows: list[AutogradeRecord] = []
     pending_calls: list[LLMCallRecord] = []
@@ -342,8 +346,9 @@ async def autograde(
     async def one(unit: Unit, dim: Dimension, mode: GradeMode, r: int) -> None:
         async with gate:
             seed = derive_seed(config.seed, unit.unit_id, mode, dim.name, r)
-            row, call = await grade_one(client, spec, unit, dim, mode, r, persona=personas.get(unit.participant_id),
-                                        seed=seed)
+            with affinity(unit.unit_id):  # the unit's grades stay on one server replica
+                row, call = await grade_one(client, spec, unit, dim, mode, r,
+                                            persona=personas.get(unit.participant_id), seed=seed)
         pending_rows.append(row)
         if call is not None:
             pending_calls.append(call)

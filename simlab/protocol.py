@@ -377,8 +377,12 @@ async def _simulate_session(persona: Persona, domain: str, config: Config, clien
 
     async def reply(state: _ArmState, turn: int) -> tuple[str, int | None, bool]:
         try:
-            res = await client.chat(state.arm, state.messages, seed=derive_seed(unit_seed, state.arm.id, turn) % 2**31,
-                                    prompt_name=state.arm.system_prompt, tag={"arm": state.arm.id})
+            # each arm's thread is its own stream: the four replies of a turn can go to different
+            # replicas, and each thread's history stays in one replica's prompt cache
+            with affinity(f"{conv_id}|{state.arm.id}"):
+                res = await client.chat(state.arm, state.messages,
+                                        seed=derive_seed(unit_seed, state.arm.id, turn) % 2**31,
+                                        prompt_name=state.arm.system_prompt, tag={"arm": state.arm.id})
         except LLMError as exc:
             sim._log(getattr(exc, "call", None), "reply", role="arm", arm=state.arm.id)
             return GEN_ERROR_TEXT, None, True

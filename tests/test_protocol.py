@@ -170,9 +170,10 @@ async def test_simulate_session_python_api(stub, tmp_path):
     assert len(record.judgements) == 4
 
 
-async def test_simulate_session_raises_session_failed_on_dead_endpoint(tmp_path):
+async def test_a_dead_endpoint_is_backend_unavailable_not_a_session_failure(tmp_path):
     import socket
 
+    from simlab.errors import BackendUnavailable
     from simlab.llm import LLMClient
 
     with socket.socket() as s:
@@ -184,10 +185,50 @@ async def test_simulate_session_raises_session_failed_on_dead_endpoint(tmp_path)
 
     cfg = stub_config(Dead, tmp_path)
     persona = load_personas(REPO / "personas" / "sample.jsonl")[0]
-    with pytest.raises(SessionFailed) as info:
+    with pytest.raises(BackendUnavailable) as info:
         await simulate_session(persona, "values", cfg, LLMClient(cfg.endpoints))
-    assert info.value.failure.error_type == "LLMError"
-    assert info.value.failure.llm_calls[0].status == "error"
+    assert info.value.endpoint == "local" and "refused or dropped" in str(info.value)
+
+
+def test_a_dead_arm_endpoint_stops_the_run_instead_of_rating_error_notices(stub, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    cfg = stub_config(stub, tmp_path, limit=2)
+    data = cfg.public_dict()
+    data["endpoints"]["arms"] = {"kind": "vllm", "base_url": dead, "max_attempts": 2, "timeout_s": 5}
+    for arm in data["arms"]:
+        arm["endpoint"] = "arms"
+    from simlab.config import parse_config
+
+    summary = run(parse_config(data))
+    assert summary.stopped and "endpoint 'arms'" in summary.stopped
+    assert (summary.sessions_completed, summary.sessions_failed) == (0, 0)  # nothing recorded: all still to do
+    assert len(read_table(summary.run_dir, "failures")) == 0
+
+
+def test_failed_sessions_are_grouped_by_cause_with_an_example_each(stub, tmp_path):
+    # one session at a time: the first two fail at the opening choice, the third at the ratings
+    stub.add_fault(*[Fault(kind="schema_violation", match="Which response do you prefer")] * 6)
+    stub.add_fault(*[Fault(kind="schema_violation", match="The conversation is over. Rate each")] * 3)
+    cfg = stub_config(stub, tmp_path, limit=3, concurrency=1, protocol={"domains": ["values"]})
+    summary = run(cfg)
+    assert summary.sessions_failed == 3
+    groups = [(g.count, g.error_type) for g in summary.failure_groups]
+    assert groups == [(2, "StructuredOutputError"), (1, "StructuredOutputError")]
+    keys = {g.example for g in summary.failure_groups}
+    assert len(keys) == 2 and all(k.endswith(":values") for k in keys)
+    text = summary.text()
+    assert "failed sessions by cause:" in text and "2 × StructuredOutputError" in text
+    assert "--retry-failed" in text
+    # the report's header shows the same table
+    from simlab.report import write_run_report
+
+    html = write_run_report(summary.run_dir, n_boot=20).read_text()
+    assert "Failed sessions by cause" in html and "--retry-failed" in html
+    assert all(k in html for k in keys)
 
 
 def test_summary_rendering_records_the_artefact_and_reuses_it(stub, tmp_path):

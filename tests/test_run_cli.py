@@ -177,7 +177,7 @@ def test_bad_personas_exit_2_naming_file_line_field(tmp_path, case, mutate, line
 
 CONFIG_CASES = [
     ("unknown key", lambda t: "colour = 1\n" + t, "colour"),
-    ("bad value", lambda t: t.replace("concurrency = 4", "concurrency = -1"), "concurrency"),
+    ("bad value", lambda t: t.replace("concurrency = 6", "concurrency = -1"), "concurrency"),
     ("bad domain", lambda t: t.replace('domains = ["unguided", "emotional_wellbeing"]', 'domains = ["sport"]'),
      "protocol.domains[0]"),
     ("unknown endpoint", lambda t: t.replace('[judge]\nendpoint = "local"', '[judge]\nendpoint = "gpu"'), "gpu"),

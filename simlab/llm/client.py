@@ -21,7 +21,6 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from collections import OrderedDict
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -217,19 +216,30 @@ def _never_connected(exc: BaseException) -> bool:
     return False
 
 
-# The key of the unit of work a call belongs to (e.g. a conversation id): its calls stay on one
-# replica of an endpoint, whose prompt cache then holds that conversation's prefix.
-_affinity: ContextVar[str | None] = ContextVar("simlab_affinity", default=None)
+# The key of the stream of work a call belongs to (e.g. one arm's thread of a conversation) and
+# the key of the unit that owns it (the conversation): a stream's calls stay on one replica of an
+# endpoint, whose prompt cache then holds the stream's prefix, until its owner's block ends.
+_affinity: ContextVar[tuple[str, str] | None] = ContextVar("simlab_affinity", default=None)
+_releases: dict[str, list[Callable[[], None]]] = {}
 
 
 @contextmanager
 def affinity(key: str | None) -> Iterator[None]:
-    """Send the calls made inside (including tasks started inside) to one replica per endpoint."""
-    token = _affinity.set(key)
+    """Send the calls made inside (including tasks started inside) to one replica per endpoint.
+
+    A new key goes to the replica with the fewest open keys, so streams of work (not single
+    calls) are spread evenly. Nested blocks name streams of the outer block's unit: their
+    places are kept until the outermost block ends, then released.
+    """
+    outer = _affinity.get()
+    token = _affinity.set(None if key is None else (key, outer[1] if outer else key))
     try:
         yield
     finally:
         _affinity.reset(token)
+        if key is not None and outer is None:
+            for release in _releases.pop(key, ()):
+                release()
 
 
 class _Replica:
@@ -237,7 +247,7 @@ class _Replica:
         self.url = url
         self.in_flight = asyncio.Semaphore(in_flight)
         self.load = 0  # calls waiting for or holding a slot
-        self.assigned = 0
+        self.keys = 0  # open affinity keys placed here
         self.down = False
 
 
@@ -247,7 +257,7 @@ class _Endpoint:
         self.cfg = cfg
         self.replicas = [_Replica(url, cfg.in_flight) for url in base_urls]  # in-flight bound per replica
         self.key = api_key(cfg)
-        self.sticky: OrderedDict[str, _Replica] = OrderedDict()
+        self.sticky: dict[str, _Replica] = {}
         self.throttle = Throttler(rate_limit=cfg.rate_limit, period=1.0) if cfg.rate_limit else None
         if cfg.rate_limit and cfg.rate_limit < 1:
             # asyncio-throttle counts whole requests per period: 0.5/s is 1 per 2 s
@@ -258,18 +268,30 @@ class _Endpoint:
         return [r.url for r in self.replicas]
 
     def pick(self) -> _Replica:
-        """The affinity key's replica while it answers; else the least loaded one that answers."""
-        key = _affinity.get()
+        """The affinity key's replica while it answers; else the one that answers with the fewest
+        open keys (then the least loaded)."""
+        if len(self.replicas) == 1:
+            return self.replicas[0]
+        current = _affinity.get()
+        key = current[0] if current else None
         chosen = self.sticky.get(key) if key is not None else None
-        if chosen is None or chosen.down:
-            alive = [r for r in self.replicas if not r.down] or self.replicas  # all down: keep trying
-            chosen = min(alive, key=lambda r: (r.load, r.assigned))
-            chosen.assigned += 1
-            if key is not None:
-                self.sticky[key] = chosen
-                if len(self.sticky) > 100_000:  # bounded memory on very long runs
-                    self.sticky.popitem(last=False)
-        return chosen
+        if chosen is not None and not chosen.down:
+            return chosen
+        alive = [r for r in self.replicas if not r.down] or self.replicas  # all down: keep trying
+        best = min(alive, key=lambda r: (r.keys, r.load))
+        if current is not None:
+            if chosen is not None:
+                chosen.keys -= 1  # moved off a replica that stopped answering
+            else:
+                _releases.setdefault(current[1], []).append(lambda: self._release(current[0]))
+            best.keys += 1
+            self.sticky[current[0]] = best
+        return best
+
+    def _release(self, key: str) -> None:
+        replica = self.sticky.pop(key, None)
+        if replica is not None:
+            replica.keys -= 1
 
 
 class LLMClient:

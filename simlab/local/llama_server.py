@@ -9,8 +9,9 @@ dies with SIGILL/SIGSEGV at the first multi-token prompt, while the plain CPU ke
 and are as fast for a small model. ``LocalServer`` starts ``fast``, probes it with real
 requests and restarts in ``safe`` if the process dies by a signal.
 
-``SIMLAB_LLAMA_CRASH_IN_MODE=fast`` (test knob) makes the process kill itself with SIGILL
-at its first chat completion in that mode, so the fallback is exercised on every CPU.
+``SIMLAB_LLAMA_CRASH_IN_MODE=fast`` (test knob; a comma-separated list of modes) makes the
+process kill itself with SIGILL at its first chat completion in those modes, as the AMX path
+does, so the fallback is exercised on every CPU.
 """
 
 from __future__ import annotations
@@ -39,6 +40,32 @@ def _disable_extra_buffer_types() -> None:
     C.llama_model_default_params = params
 
 
+def _lean_prompt_cache() -> None:
+    """Make the RAM prompt cache's capacity true.
+
+    llama-cpp-python's cached state carries a copy of the logits buffer (n_batch × n_vocab
+    floats: 100 MB for SmolLM2) that its capacity does not count, so a "256 MiB" cache grew
+    past 10 GB. The copy is never read back: a restored state re-decodes at least one token
+    before sampling (``_requires_eval``). Keep its last row only (load_state broadcasts it), and
+    count every array of a state against the capacity.
+    """
+    import llama_cpp.llama as L
+    import llama_cpp.llama_cache as LC
+
+    init = L.LlamaState.__init__
+
+    def lean_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if getattr(self, "scores", None) is not None and len(self.scores) > 1:
+            self.scores = self.scores[-1:].copy()
+
+    def cache_size(self) -> int:
+        return sum(s.llama_state_size + s.scores.nbytes + s.input_ids.nbytes for s in self.cache_state.values())
+
+    L.LlamaState.__init__ = lean_init  # type: ignore[method-assign]
+    LC.LlamaRAMCache.cache_size = property(cache_size)  # type: ignore[assignment]
+
+
 def _crash_at_first_completion() -> None:
     from llama_cpp import Llama
 
@@ -53,9 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config_file", required=True, help="llama_cpp.server JSON config")
     parser.add_argument("--mode", choices=MODES, default="fast")
     args = parser.parse_args(argv)
+    _lean_prompt_cache()
     if args.mode == "safe":
         _disable_extra_buffer_types()
-    if os.environ.get(CRASH_ENV) == args.mode:
+    if args.mode in os.environ.get(CRASH_ENV, "").split(","):
         _crash_at_first_completion()
     from llama_cpp.server.__main__ import main as serve
 

@@ -154,6 +154,8 @@ def build_header(meta: Mapping[str, Any] | None, tables: Tables | None, result: 
         "prompt_hashes": sorted((meta.get("prompt_hashes") or {}).items()),
         "seeds": [(k, v) for k, v in seeds.items() if v is not None],
         "sessions": {k: counts[k] for k in ("sessions_completed", "sessions_failed") if k in counts},
+        "failure_groups": [g for g in counts.get("failure_groups") or [] if isinstance(g, Mapping)],
+        "backends": [(name, info) for name, info in (meta.get("backends") or {}).items() if isinstance(info, Mapping)],
         "counts": _counts(tables, meta),
         "tokens": _tokens(meta, tables),
         "note": str(meta.get("note") or ""),

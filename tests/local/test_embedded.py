@@ -18,6 +18,8 @@ from pydantic import BaseModel, Field
 from simlab.config import EndpointConfig, ModelSpec, SamplingConfig, default_config, parse_config
 from simlab.llm import LLMClient
 from simlab.local import LocalServer, find_model
+from simlab.local.llama_server import CRASH_ENV
+from simlab.local.server import LocalBackendError
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -115,3 +117,75 @@ def test_one_persona_one_domain_two_turns_on_the_real_model(tmp_path):
     assert j["opening_choice"].sum() == 1
     user_turns = t.turns[t.turns["role"] == "user"]
     assert len(user_turns) == 2 and user_turns["text"].str.len().min() > 0
+
+
+def test_a_crash_in_fast_mode_falls_back_to_the_safe_mode_by_itself(monkeypatch, tmp_path):
+    # forced on every CPU: the server kills itself with SIGILL at its first completion in fast mode
+    monkeypatch.setenv(CRASH_ENV, "fast")
+    with LocalServer(n_ctx=2048, log_path=tmp_path / "llama.log") as server:
+        assert server.mode == "safe"
+        assert "killed by SIGILL" in server.fallback and "safe mode" in server.fallback
+        assert [p.name for p in server.probes] == ["chat", "structured"] and all(p.ok for p in server.probes)
+        body = {"model": server.alias, "messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 8}
+        reply, _ = server._post(body, timeout=60)
+        assert reply["choices"][0]["message"]["content"]
+    log = (tmp_path / "llama.log").read_text()
+    assert "fast mode" in log and "safe mode" in log
+
+
+def test_a_server_that_crashes_in_every_mode_says_how_to_rebuild(monkeypatch, tmp_path):
+    monkeypatch.setenv(CRASH_ENV, "fast,safe")
+    with pytest.raises(LocalBackendError) as info:
+        LocalServer(n_ctx=2048, log_path=tmp_path / "llama.log").start()
+    text = str(info.value)
+    assert "crashed in every mode" in text and "SIGILL" in text
+    assert "GGML_NATIVE=OFF" in text and str(tmp_path / "llama.log") in text
+
+
+def test_the_run_records_the_mode_it_used(monkeypatch, tmp_path):
+    from simlab.run import run_experiment
+    from simlab.store import run_meta
+
+    monkeypatch.setenv(CRASH_ENV, "fast")
+    data = default_config().public_dict()
+    data.update(limit=1, out_dir=str(tmp_path / "runs"))
+    data["endpoints"]["local"]["replicas"] = 1
+    data["protocol"].update(domains=["values"], min_turns=1, max_turns=1)
+    summary = asyncio.run(run_experiment(parse_config(data), progress=False, report=False))
+    assert summary.sessions_completed == 1
+    backends = run_meta(summary.run_dir)["backends"]["local"]
+    assert backends["mode"] == "safe" and "SIGILL" in backends["fallback"] and backends["replicas"] == 1
+    assert "safe mode" in summary.text()
+
+
+def test_embedded_servers_killed_mid_run_stop_the_run_with_their_signal(tmp_path):
+    out_dir = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "simlab.run", "--out", str(out_dir), "--quiet", "--no-report"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        servers: list[str] = []
+        while time.monotonic() < deadline and len(servers) < 2:
+            found = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "simlab.local.llama_server"],
+                                   capture_output=True, text=True).stdout.split()
+            logs = list(out_dir.glob("*/llama-local-*.log"))
+            # both replicas up and probed, and the run under way
+            if len(found) == 2 and len(logs) == 2 and all("POST" in p.read_text() for p in logs):
+                servers = found
+            time.sleep(0.5)
+        assert servers, "the run did not start two embedded servers"
+        time.sleep(3)
+        for pid in servers:  # a crash of every replica, as the AMX path would have caused mid-run
+            os.kill(int(pid), signal.SIGSEGV)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out + err
+    assert "stopped early" in out and "killed by SIGSEGV" in out and "llama-local-0.log" in out
+    assert "run the same command again" in out
+    store = next(out_dir.glob("*/store.sqlite"))
+    import sqlite3
+
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT count(*) FROM failures").fetchone()[0] == 0
