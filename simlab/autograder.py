@@ -363,7 +363,9 @@ async def autograde(
         bar.update(1)
 
     try:
-        await asyncio.gather(*(one(*job) for job in jobs))
+        # the units' places on the server replicas are kept for the whole pass (see ``affinity``)
+        with affinity(f"autograde:{id(jobs)}"):
+            await asyncio.gather(*(one(*job) for job in jobs))
     finally:
         flush()
         bar.close()

@@ -77,6 +77,9 @@ class EndpointConfig(_Strict):
     n_threads: int | None = Field(None, ge=1)
     """Embedded server only: llama.cpp threads per server (default 1: llama.cpp's worker threads
     spin while they wait, so several threads collapse when another process holds a core)."""
+    requantize: Literal["q8_0", "none"] = "q8_0"
+    """Embedded server only: serve the shipped GGUF requantized once (cached on disk) to this type.
+    Q8_0 evaluates prompts ~1.8× faster than the shipped Q4_1 on a CPU; "none" serves it as shipped."""
     replicas: int | None = Field(None, ge=1, le=64)
     """Embedded server only: how many servers to start (default: one per core, at most 4). Each
     session's calls stay on one replica, whose prompt cache holds its persona and transcript."""

@@ -379,8 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
 Run the PRISM-X experiment with simulated users.
 
 With no arguments: the quickstart on the embedded local model (SmolLM2-135M via
-llama.cpp, started on 127.0.0.1 for the run): 3 sample personas × 2 domains × 4 demo
-arms, about 3 minutes on 2 CPU cores. Output goes to runs/<name>-<config hash>/
+llama.cpp, one single-thread server per core started on 127.0.0.1 for the run): 3 sample
+personas × 2 domains × 4 demo arms, about 2.5 minutes on 2 CPU cores. Output goes to runs/<name>-<config hash>/
 (store.sqlite, report.html). Running the same command again resumes that run and
 does only the sessions that are missing.""",
         epilog="""\
@@ -391,8 +391,9 @@ examples:
   python -m simlab.run --config my.toml --shard 0/4      # one of four disjoint shards
   python -m simlab.run --resume runs/quickstart-1a2b3c4d5e
 
-exit status: 0 done, 1 sessions failed or a model error, 2 bad input (config,
-personas, arguments), 130 interrupted (completed sessions kept).""",
+exit status: 0 done, 1 sessions failed (recorded; --retry-failed redoes them) or a
+backend stopped answering (nothing lost: run the same command again once it is back),
+2 bad input (config, personas, arguments), 130 interrupted (completed sessions kept).""",
     )
     parser.add_argument("--config", help="TOML config (default: configs/local.toml, the embedded quickstart)")
     parser.add_argument("--personas", help="persona JSONL, or a PRISM survey.jsonl (conversations.jsonl beside it)")

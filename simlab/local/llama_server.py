@@ -9,6 +9,9 @@ dies with SIGILL/SIGSEGV at the first multi-token prompt, while the plain CPU ke
 and are as fast for a small model. ``LocalServer`` starts ``fast``, probes it with real
 requests and restarts in ``safe`` if the process dies by a signal.
 
+``--requantize SOURCE OUT q8_0`` writes the model requantized once for faster CPU kernels
+(in its own process, so a crash there cannot take the caller down).
+
 ``SIMLAB_LLAMA_CRASH_IN_MODE=fast`` (test knob; a comma-separated list of modes) makes the
 process kill itself with SIGILL at its first chat completion in those modes, as the AMX path
 does, so the fallback is exercised on every CPU.
@@ -75,11 +78,42 @@ def _crash_at_first_completion() -> None:
     Llama.create_chat_completion = crash  # type: ignore[method-assign]
 
 
+QUANT_TYPES = {"q8_0": 7}  # llama_ftype LLAMA_FTYPE_MOSTLY_Q8_0
+
+
+def requantize(source: str, out: str, quant: str) -> None:
+    """Write ``source`` requantized to ``quant`` at ``out`` (atomically: a crash leaves no file)."""
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = QUANT_TYPES[quant]
+    params.allow_requantize = True
+    params.nthread = 1
+    tmp = f"{out}.tmp-{os.getpid()}"
+    try:
+        rc = llama_cpp.llama_model_quantize(source.encode(), tmp.encode(), ctypes.byref(params))
+        if rc != 0:
+            raise SystemExit(f"llama_model_quantize returned {rc}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m simlab.local.llama_server")
-    parser.add_argument("--config_file", required=True, help="llama_cpp.server JSON config")
+    parser.add_argument("--config_file", help="llama_cpp.server JSON config")
     parser.add_argument("--mode", choices=MODES, default="fast")
+    parser.add_argument("--requantize", nargs=3, metavar=("SOURCE", "OUT", "TYPE"),
+                        help="write SOURCE requantized to TYPE (q8_0) at OUT, then exit")
     args = parser.parse_args(argv)
+    if args.requantize:
+        requantize(*args.requantize)
+        return
+    if not args.config_file:
+        parser.error("--config_file is required")
     _lean_prompt_cache()
     if args.mode == "safe":
         _disable_extra_buffer_types()

@@ -273,3 +273,17 @@ async def test_a_dead_replica_is_left_and_its_sessions_continue_on_the_others():
                 for _ in range(2):
                     assert (await client.chat(SPEC, MSGS)).text
         assert len(a.requests) + len(b.requests) == 12
+
+
+async def test_nested_streams_keep_their_replica_until_the_outer_block_ends():
+    with StubServer() as a, StubServer() as b:
+        client = LLMClient({"stub": EndpointConfig(base_url=a.base_url)}, base_urls={"stub": [a.base_url, b.base_url]})
+        with affinity("conversation"):
+            for turn in range(3):
+                for arm in ("x", "y"):
+                    with affinity(f"conversation|{arm}"):  # exits after each call; the place stays
+                        await client.chat(SPEC, [{"role": "user", "content": f"{arm} {turn}"}])
+        seen = {i: {r.body["messages"][0]["content"].split()[0] for r in s.requests} for i, s in enumerate((a, b))}
+        assert sorted(map(sorted, seen.values())) == [["x"], ["y"]]  # one stream per replica, all turns
+        ep = client._endpoint("stub")
+        assert not ep.sticky and all(r.keys == 0 for r in ep.replicas)  # released with the conversation

@@ -94,8 +94,11 @@ def test_serve_check_exits_zero():
     out = subprocess.run([sys.executable, "-m", "simlab.serve", "--check"], cwd=REPO, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr
+    assert " mode, 1 thread(s)" in out.stdout  # the mode it runs in, on whatever CPU this is
+    assert "probe chat: ok" in out.stdout and "probe structured: ok" in out.stdout
     for arm in ("GEN", "PROMPT", "SUMMARY", "STYLE"):
         assert f"[{arm}] chat" in out.stdout and f"[{arm}] structured" in out.stdout
+    assert "tok/s" in out.stdout
 
 
 def test_one_persona_one_domain_two_turns_on_the_real_model(tmp_path):
@@ -149,12 +152,13 @@ def test_the_run_records_the_mode_it_used(monkeypatch, tmp_path):
     monkeypatch.setenv(CRASH_ENV, "fast")
     data = default_config().public_dict()
     data.update(limit=1, out_dir=str(tmp_path / "runs"))
-    data["endpoints"]["local"]["replicas"] = 1
+    data["endpoints"]["local"].update(replicas=1, requantize="none")
     data["protocol"].update(domains=["values"], min_turns=1, max_turns=1)
     summary = asyncio.run(run_experiment(parse_config(data), progress=False, report=False))
     assert summary.sessions_completed == 1
     backends = run_meta(summary.run_dir)["backends"]["local"]
     assert backends["mode"] == "safe" and "SIGILL" in backends["fallback"] and backends["replicas"] == 1
+    assert backends["model_file"] == find_model().name  # requantize = "none": served as shipped
     assert "safe mode" in summary.text()
 
 
@@ -189,3 +193,41 @@ def test_embedded_servers_killed_mid_run_stop_the_run_with_their_signal(tmp_path
 
     with sqlite3.connect(store) as db:
         assert db.execute("SELECT count(*) FROM failures").fetchone()[0] == 0
+
+
+def test_the_model_is_requantized_once_and_then_reused(monkeypatch, tmp_path):
+    from simlab.local.server import prepared_model
+
+    monkeypatch.setenv("SIMLAB_CACHE_DIR", str(tmp_path))
+    path, why = prepared_model(find_model(), "q8_0")
+    assert why is None and path.parent == tmp_path / "models" and path.name.endswith(".gguf")
+    assert path.read_bytes()[:4] == b"GGUF" and path.stat().st_size > find_model().stat().st_size
+    first = path.stat().st_mtime_ns
+    again, _ = prepared_model(find_model(), "q8_0")
+    assert again == path and again.stat().st_mtime_ns == first  # made once
+    with LocalServer(n_ctx=2048, model_path=path) as server:  # and it serves
+        assert server.probes and all(p.ok for p in server.probes)
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_the_prompt_cache_stays_within_its_capacity(tmp_path):
+    # 16 distinct ~300-token prompts through a 32 MiB cache: llama-cpp-python's own accounting
+    # missed a logits copy in every cached state and let the server grow without bound
+    words = "river market bread cheese apricot boat rain train hill soup fish museum concert square".split()
+    with LocalServer(n_ctx=2048, cache_bytes=32 << 20) as server:
+        body = {"model": server.alias, "max_tokens": 2, "temperature": 0.0}
+        server._post({**body, "messages": [{"role": "user", "content": "warm up " * 300}]}, timeout=120)
+        base = _rss_mib(server.pid)
+        for i in range(16):
+            text = " ".join(words[(i + k) % len(words)] + str(i) for k in range(150))
+            server._post({**body, "messages": [{"role": "user", "content": text}]}, timeout=120)
+        grown = _rss_mib(server.pid) - base
+    # measured: ~9 MiB with the fix, ~40 MiB without it (and 11 GB in a long judge pass)
+    assert grown < 25, f"server grew {grown:.0f} MiB for a 32 MiB cache"
