@@ -310,8 +310,9 @@ class LocalServer:
                     self.fallback = f"{why} ({crashes[0]}); using the safe mode (extra buffer types off)"
                     _log.warning("embedded server: %s", self.fallback)
                 return self
+            tried = "every mode" if len(modes) > 1 else f"{modes[0]} mode"
             raise LocalBackendError(
-                f"the embedded llama.cpp server crashed in every mode ({'; '.join(crashes)}): {REBUILD_HINT}. "
+                f"the embedded llama.cpp server crashed in {tried} ({'; '.join(crashes)}): {REBUILD_HINT}. "
                 f"Log: {self._log}\n{self.log_tail()}"
             )
         except BaseException:
