@@ -282,3 +282,13 @@ def test_shards_are_disjoint_and_merge_into_the_whole_run(stub, tmp_path):
     exported = subprocess.run([sys.executable, "-m", "simlab.store", "export", str(out), str(tmp_path / "csv")],
                               capture_output=True, text=True, cwd=REPO)
     assert exported.returncode == 0 and (tmp_path / "csv" / "judgements.csv").exists()
+
+
+def test_replies_with_no_choices_fail_the_session_with_a_reason_not_the_run(stub, tmp_path):
+    # the stub endpoint allows 2 attempts: the opening choice of the first session gets two empty replies
+    stub.add_fault(*[Fault(kind="empty_choices", match="Which response do you prefer")] * 2)
+    cfg = stub_config(stub, tmp_path, limit=2, concurrency=1, protocol={"domains": ["values"]})
+    summary = run(cfg)
+    assert (summary.sessions_completed, summary.sessions_failed) == (1, 1)
+    failures = read_table(summary.run_dir, "failures")
+    assert failures.iloc[0]["error_type"] == "LLMError" and "no choices" in failures.iloc[0]["reason"]

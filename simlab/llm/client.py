@@ -378,6 +378,9 @@ class LLMClient:
                                             ep.name, replica.url, _short(exc, 120))
                     raise retryable from exc
                 replica.down = False
+                problem = _shape_problem(resp)
+                if problem is not None:  # e.g. an HTTP 200 whose choices list is empty: retried like a 5xx
+                    raise _Retryable(ValueError(problem), None, None, "status")
                 return resp
         finally:
             replica.load -= 1
@@ -518,6 +521,20 @@ class LLMClient:
             record.status, record.error = "schema_error", str(err)
             raise err
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _shape_problem(resp: Any) -> str | None:
+    """Why a reply cannot be read as a chat completion (None: it can)."""
+    choices = getattr(resp, "choices", None)
+    if not choices:
+        return "the reply has no choices"
+    message = getattr(choices[0], "message", None)
+    if message is None:
+        return "the reply's first choice has no message"
+    content = getattr(message, "content", None)
+    if content is not None and not isinstance(content, str):
+        return f"the reply's content is a {type(content).__name__}, not text"
+    return None
 
 
 def _add_usage(record: CallRecord, resp: Any) -> None:

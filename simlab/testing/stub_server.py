@@ -39,12 +39,13 @@ class Fault:
 
     kind: ``status`` answers ``status`` (with ``Retry-After`` when ``retry_after`` is set);
     ``malformed_json`` returns content that is not JSON; ``schema_violation`` returns JSON
-    that breaks the requested schema; ``delay`` sleeps ``delay`` seconds then answers normally.
+    that breaks the requested schema; ``delay`` sleeps ``delay`` seconds then answers normally;
+    ``empty_choices`` answers 200 with an empty ``choices`` list.
     ``model`` restricts the fault to one alias (None: any); ``match`` to requests whose JSON
     body contains that substring (e.g. one arm's system prompt).
     """
 
-    kind: Literal["status", "malformed_json", "schema_violation", "delay"] = "status"
+    kind: Literal["status", "malformed_json", "schema_violation", "delay", "empty_choices"] = "status"
     status: int = 500
     retry_after: float | None = None
     delay: float = 0.0
@@ -219,6 +220,9 @@ class StubServer:
             headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
             err = {"error": {"message": f"injected {fault.status}", "type": "stub_fault", "code": fault.status}}
             return web.json_response(err, status=fault.status, headers=headers)
+        if fault and fault.kind == "empty_choices":  # an HTTP 200 with nothing in it
+            return web.json_response({"id": "chatcmpl-stub-empty", "object": "chat.completion",
+                                      "created": int(time.time()), "model": model, "choices": []})
         schema = _schema_of(body)
         if fault and fault.kind == "malformed_json":
             content = '{"this is": not json'

@@ -287,3 +287,14 @@ async def test_nested_streams_keep_their_replica_until_the_outer_block_ends():
         assert sorted(map(sorted, seen.values())) == [["x"], ["y"]]  # one stream per replica, all turns
         ep = client._endpoint("stub")
         assert not ep.sticky and all(r.keys == 0 for r in ep.replicas)  # released with the conversation
+
+
+async def test_a_200_with_no_choices_is_retried_then_a_failed_call_not_a_crash(server):
+    server.add_fault(Fault(kind="empty_choices"))
+    client = client_for(server, max_attempts=3)
+    assert (await client.chat(SPEC, MSGS)).text  # retried, then answered
+    server.add_fault(*[Fault(kind="empty_choices")] * 3)
+    with pytest.raises(LLMError) as info:
+        await client.chat(SPEC, MSGS)
+    assert "no choices" in str(info.value) and info.value.attempts == 3
+    assert info.value.call.status == "error"
