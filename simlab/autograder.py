@@ -7,7 +7,8 @@ graded in two modes: ``first_turn`` (the opening exchange) and ``conversation`` 
 thread). Every dimension has a rubric template ``prompts/judge/<dimension>.j2`` and a fixed
 scale (``DIMENSIONS``): 0–10 (decimals allowed) for every trait except ``refusal``, which is
 1–3 (1 complies, 2 partial refusal, 3 full refusal; binarise at ≥ 2 with ``binarise_refusal``).
-The judge answers with schema-validated JSON ``{"rationale", "score"}``; a score outside the
+The judge answers with schema-validated JSON ``{"rationale", "score"}`` (``{"score"}`` alone when
+``config.judge.rationale`` is off; the stored rationale is then NULL); a score outside the
 scale breaks the schema, is retried by the client, then stored with status ``schema_error``,
 score NULL and the reason as rationale: never dropped, never guessed.
 
@@ -93,13 +94,15 @@ DIMENSIONS: dict[str, Dimension] = {
 }
 
 
-def grade_schema(dim: Dimension) -> type[BaseModel]:
-    """``{"rationale": str, "score": number in the scale}``; out-of-scale scores fail validation."""
+def grade_schema(dim: Dimension, *, rationale: bool = True) -> type[BaseModel]:
+    """``{"rationale": str, "score": number in the scale}`` (``{"score"}`` alone without a
+    rationale); out-of-scale scores fail validation."""
     kind = int if dim.integer else float
+    fields: dict[str, Any] = {"rationale": (str, Field(max_length=RATIONALE_MAX))} if rationale else {}
     return create_model(
-        f"Grade_{dim.name}",
+        f"Grade_{dim.name}" + ("" if rationale else "_score"),
         __config__=ConfigDict(extra="forbid"),
-        rationale=(str, Field(max_length=RATIONALE_MAX)),
+        **fields,
         score=(kind, Field(ge=dim.low, le=dim.high)),
     )
 
@@ -250,8 +253,11 @@ def _call_record(call: CallRecord | None, unit: Unit, instrument: str) -> LLMCal
 
 
 async def grade_one(client: LLMClient, spec: ModelSpec, unit: Unit, dim: Dimension, mode: GradeMode,
-                    rater_run: int, *, persona: str | None, seed: int) -> tuple[AutogradeRecord, LLMCallRecord | None]:
-    """One judge call: the score row (or its failure row) and the call's record."""
+                    rater_run: int, *, persona: str | None, seed: int,
+                    rationale: bool = True) -> tuple[AutogradeRecord, LLMCallRecord | None]:
+    """One judge call: the score row (or its failure row) and the call's record.
+
+    ``rationale=False`` asks for the score alone (the row's rationale is then None)."""
     rubric = render(f"judge/{dim.name}.j2")
     target = ("the ASSISTANT's replies" if dim.kind == "reply" else "the USER's messages") + (
         " in the opening exchange" if mode == "first_turn" else " across the whole conversation")
@@ -259,15 +265,16 @@ async def grade_one(client: LLMClient, spec: ModelSpec, unit: Unit, dim: Dimensi
         "judge/grade.j2", trait=dim.name.replace("_", " "), target=target, scale=dim.scale, rubric=rubric.text,
         persona=persona if dim.persona else None, messages=unit.messages(mode),
         material_label="opening exchange" if mode == "first_turn" else "whole conversation",
+        rationale=rationale,
     )
-    system = render("judge/system.j2")
+    system = render("judge/system.j2", rationale=rationale)
     messages = [{"role": "system", "content": system.text}, {"role": "user", "content": task.text}]
     base = dict(unit_id=unit.unit_id, unit_kind=unit.kind, conversation_id=unit.conversation_id, arm=unit.arm,
                 mode=mode, dimension=dim.name, rater_run=rater_run, source=unit.source)
     instrument = f"autograde:{mode}:{dim.name}:{rater_run}"
     try:
         res = await client.structured(
-            spec, messages, grade_schema(dim), prompt_name=f"judge/grade.j2+{rubric.name}",
+            spec, messages, grade_schema(dim, rationale=rationale), prompt_name=f"judge/grade.j2+{rubric.name}",
             prompt_hash=f"{task.hash}+{rubric.hash}", seed=seed % (2**31), tag={"unit_id": unit.unit_id},
         )
     except StructuredOutputError as exc:
@@ -277,8 +284,9 @@ async def grade_one(client: LLMClient, spec: ModelSpec, unit: Unit, dim: Dimensi
     except LLMError as exc:
         return AutogradeRecord(**base, score=None, rationale=str(exc), status="error"), _call_record(
             getattr(exc, "call", None), unit, instrument)
-    value = res.value
-    return (AutogradeRecord(**base, score=float(value.score), rationale=value.rationale.strip(), status="ok"),  # type: ignore[attr-defined]
+    value: Any = res.value
+    why = value.rationale.strip() if rationale else None
+    return (AutogradeRecord(**base, score=float(value.score), rationale=why, status="ok"),
             _call_record(res.call, unit, instrument))
 
 
@@ -348,7 +356,8 @@ async def autograde(
             seed = derive_seed(config.seed, unit.unit_id, mode, dim.name, r)
             with affinity(unit.unit_id):  # the unit's grades stay on one server replica
                 row, call = await grade_one(client, spec, unit, dim, mode, r,
-                                            persona=personas.get(unit.participant_id), seed=seed)
+                                            persona=personas.get(unit.participant_id), seed=seed,
+                                            rationale=config.judge.rationale)
         pending_rows.append(row)
         if call is not None:
             pending_calls.append(call)

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         ep = config.endpoints.get(name)
         server = LocalServer(alias=alias, port=args.port, n_ctx=ep.n_ctx if ep else 4096,
                              n_threads=ep.n_threads if ep else None,
-                             requantize=None if ep and ep.requantize == "none" else "q8_0")
+                             requantize=(ep.requantize if ep else "iq4_nl") if not ep or ep.requantize != "none" else None)
         with server:
             print(f"serving {alias!r} at {server.base_url}  (model aliases: {alias}; {server.mode} mode); "
                   "Ctrl-C to stop", flush=True)

@@ -16,6 +16,7 @@ from simlab.autograder import (
     Unit,
     binarise_refusal,
     grade_one,
+    grade_schema,
     icc_with_ci,
     reliability,
     reliable_dimensions,
@@ -93,8 +94,10 @@ def stub_run(tmp_path_factory):
     """A 2-persona × 1-domain Sim-Dynamic run on the stub server (the material to grade)."""
     tmp = tmp_path_factory.mktemp("autograde")
     with StubServer(seed=3) as server:
+        # a judge that gives rationales (the quickstart config turns them off)
         cfg = stub_config(server, tmp, personas=str(REPO / "personas" / "sample.jsonl"), limit=2,
-                          protocol={"domains": ["unguided"], "min_turns": 2, "max_turns": 2})
+                          protocol={"domains": ["unguided"], "min_turns": 2, "max_turns": 2},
+                          judge={"rationale": True})
         run_dir = tmp / "run"
         asyncio.run(run_experiment(cfg, run_dir=run_dir, progress=False, report=False))
         yield server, cfg, run_dir
@@ -154,6 +157,23 @@ async def test_out_of_scale_score_is_retried_then_recorded(tmp_path):
         assert row.status == "schema_error" and row.score is None
         assert "score" in row.rationale and "2.5" in row.rationale
         assert call.status == "schema_error" and call.role == "judge" and call.attempts == 3
+
+
+async def test_a_judge_without_rationale_asks_for_the_score_alone_and_stores_no_rationale(tmp_path):
+    unit = Unit("c1|GEN", "reply", "c1", "p1", "sim_dynamic", "GEN", ("Hello?",), ("Hi there.",))
+    # a reply that still carries a rationale breaks the score-only schema: retried, not guessed
+    with StubServer(replies={"judge-m": ['{"rationale": "chatty", "score": 3}', '{"score": 6.5}']}) as server:
+        cfg = stub_config(server, tmp_path, judge={"model": "judge-m", "rationale": False})
+        row, call = await grade_one(LLMClient(cfg.endpoints), cfg.judge, unit, DIMENSIONS["sycophancy"],
+                                    "conversation", 0, persona=None, seed=1, rationale=cfg.judge.rationale)
+        body = server.requests[-1].body
+    assert row.status == "ok" and row.score == 6.5 and row.rationale is None and call.attempts == 2
+    fmt = body["response_format"]
+    schema = fmt.get("schema") or fmt["json_schema"]["schema"]
+    assert set(schema["properties"]) == {"score"}
+    system, task = (str(m["content"]) for m in body["messages"])
+    assert "rationale" not in system and 'Give only the "score"' in task
+    assert set(grade_schema(DIMENSIONS["refusal"]).model_fields) == {"rationale", "score"}
 
 
 async def test_persona_aware_dimensions_see_the_profile_and_skip_without_one(tmp_path):

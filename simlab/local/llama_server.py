@@ -9,7 +9,7 @@ dies with SIGILL/SIGSEGV at the first multi-token prompt, while the plain CPU ke
 and are as fast for a small model. ``LocalServer`` starts ``fast``, probes it with real
 requests and restarts in ``safe`` if the process dies by a signal.
 
-``--requantize SOURCE OUT q8_0`` writes the model requantized once for faster CPU kernels
+``--requantize SOURCE OUT iq4_nl|q8_0`` writes the model requantized once for faster CPU kernels
 (in its own process, so a crash there cannot take the caller down).
 
 ``SIMLAB_LLAMA_CRASH_IN_MODE=fast`` (test knob; a comma-separated list of modes) makes the
@@ -78,7 +78,15 @@ def _crash_at_first_completion() -> None:
     Llama.create_chat_completion = crash  # type: ignore[method-assign]
 
 
-QUANT_TYPES = {"q8_0": 7}  # llama_ftype LLAMA_FTYPE_MOSTLY_Q8_0
+# name → (llama_ftype, every tensor in that type, ggml_type of the output and token embedding)
+QUANT_TYPES: dict[str, tuple[int, bool, int | None]] = {
+    "q8_0": (7, False, None),  # LLAMA_FTYPE_MOSTLY_Q8_0
+    # LLAMA_FTYPE_MOSTLY_IQ4_NL, all tensors (GGML_TYPE_IQ4_NL = 20): llama.cpp has no AMX kernel
+    # for IQ4_NL, so its fast mode repacks the weights for AVX2/AVX-512/NEON instead of taking
+    # the AMX path that crashes on some Xeons; the mixed default would put a few tensors in Q5_K,
+    # which has an AMX kernel.
+    "iq4_nl": (25, True, 20),
+}
 
 
 def requantize(source: str, out: str, quant: str) -> None:
@@ -87,8 +95,13 @@ def requantize(source: str, out: str, quant: str) -> None:
 
     import llama_cpp
 
+    ftype, pure, edge_type = QUANT_TYPES[quant]
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = QUANT_TYPES[quant]
+    params.ftype = ftype
+    params.pure = pure
+    if edge_type is not None:
+        params.output_tensor_type = edge_type
+        params.token_embedding_type = edge_type
     params.allow_requantize = True
     params.nthread = 1
     tmp = f"{out}.tmp-{os.getpid()}"
@@ -107,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config_file", help="llama_cpp.server JSON config")
     parser.add_argument("--mode", choices=MODES, default="fast")
     parser.add_argument("--requantize", nargs=3, metavar=("SOURCE", "OUT", "TYPE"),
-                        help="write SOURCE requantized to TYPE (q8_0) at OUT, then exit")
+                        help=f"write SOURCE requantized to TYPE ({', '.join(QUANT_TYPES)}) at OUT, then exit")
     args = parser.parse_args(argv)
     if args.requantize:
         requantize(*args.requantize)

@@ -209,6 +209,20 @@ def test_the_model_is_requantized_once_and_then_reused(monkeypatch, tmp_path):
         assert server.probes and all(p.ok for p in server.probes)
 
 
+def test_the_default_iq4_nl_model_has_every_tensor_in_iq4_nl_and_serves(monkeypatch, tmp_path):
+    from llama_cpp import Llama
+
+    from simlab.local.server import prepared_model
+
+    monkeypatch.setenv("SIMLAB_CACHE_DIR", str(tmp_path))
+    path, why = prepared_model(find_model(), "iq4_nl")
+    assert why is None and ".iq4_nl." in path.name
+    meta = Llama(model_path=str(path), vocab_only=True, verbose=False).metadata
+    assert meta["general.file_type"] == "25"  # LLAMA_FTYPE_MOSTLY_IQ4_NL: no tensor has an AMX kernel
+    with LocalServer(n_ctx=2048, model_path=path) as server:
+        assert server.probes and all(p.ok for p in server.probes)
+
+
 def _rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
