@@ -1,7 +1,7 @@
-"""``python -m simlab`` is ``python -m simlab.run``."""
+"""``python -m simlab`` is the ``simlab`` command (with no command: ``run``)."""
 
 import sys
 
-from simlab.run import main
+from simlab.cli import main
 
 sys.exit(main())

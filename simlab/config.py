@@ -17,13 +17,20 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from simlab._files import data_dir
 from simlab.errors import ConfigError
 from simlab.schema import DOMAINS, WTP_CAP, Domain
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIGS_DIR = REPO_ROOT / "configs"
+CONFIGS_DIR = data_dir("configs")
 
 Dialect = Literal["json_schema", "json_object_schema"]
 Rendering = Literal["demographics", "profile", "summary"]

@@ -6,6 +6,8 @@ the field, and the CLIs turn it into a one-line message and exit status 2.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -83,3 +85,24 @@ class BackendUnavailable(SimlabError):
     def __str__(self) -> str:
         text = f"endpoint '{self.endpoint}' ({', '.join(self.urls)}) stopped answering: {self.cause}"
         return f"{text}\n{self.diagnosis}" if self.diagnosis else text
+
+
+def exit_status(body: Callable[[], int]) -> int:
+    """Run a command's ``body`` and map what it raises to a message on stderr and an exit status.
+
+    ``InputError`` and invalid options (pydantic ``ValidationError``) → 2; any other error simlab
+    raises on purpose → 1; Ctrl-C → 130. Anything else is a bug and keeps its traceback.
+    """
+    from pydantic import ValidationError
+
+    try:
+        return body()
+    except (InputError, ValidationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: completed work is kept; run the same command to resume", file=sys.stderr)
+        return 130
+    except SimlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

@@ -7,7 +7,6 @@ Python API: ``await grade_run(run_dir, human=..., options=AutogradeOptions(sampl
 
 from __future__ import annotations
 
-
 import argparse
 import asyncio
 import sys
@@ -15,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from simlab._files import data_path
 from simlab.autograder import (
     META_KEY,
     MODES,
@@ -26,7 +26,7 @@ from simlab.autograder import (
     reliability_table,
 )
 from simlab.config import Config, load_config, parse_config
-from simlab.errors import InputError, SimlabError
+from simlab.errors import exit_status
 from simlab.personas import Persona, render_persona
 
 
@@ -91,7 +91,7 @@ async def grade_run(
         config = parse_config(run_meta(run_dir)["config"], file=run_dir / "store.sqlite")
     notes: list[str] = []
     if personas is None:
-        if Path(config.personas).exists():
+        if data_path(config.personas).exists():
             personas = load_persona_set(config.personas)
         else:
             personas = []
@@ -256,19 +256,9 @@ def _sim_judgement_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv and argv[0] == "sim-judgement":
-            return _sim_judgement_main(argv[1:])
-        return _grade_main(argv)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # option validation (pydantic)
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except SimlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if argv and argv[0] == "sim-judgement":
+        return exit_status(lambda: _sim_judgement_main(argv[1:]))
+    return exit_status(lambda: _grade_main(argv))
 
 
 if __name__ == "__main__":

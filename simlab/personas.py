@@ -13,8 +13,6 @@ produced once per (persona, model, prompt) by ``summarize`` and cached on disk.
 
 from __future__ import annotations
 
-from simlab._files import write_text_atomic
-
 import hashlib
 import json
 import re
@@ -25,6 +23,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from simlab._files import data_path, write_text_atomic
 from simlab.errors import InputError, LLMError
 from simlab.prompts import Prompt, render, template_hash
 
@@ -257,8 +256,10 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def load_personas(path: str | Path, *, holdout: Collection[str] = ()) -> list[Persona]:
-    """Read simlab's persona JSONL (one ``Persona`` per line); drop ``holdout`` conversation ids."""
-    file = Path(path)
+    """Read simlab's persona JSONL (one ``Persona`` per line); drop ``holdout`` conversation ids.
+
+    ``personas/sample.jsonl`` names simlab's own sample from any directory (``_files.data_path``)."""
+    file = data_path(path)
     personas: list[Persona] = []
     seen: dict[str, int] = {}
     for number, obj in _read_jsonl(file):

@@ -15,13 +15,16 @@ from pathlib import Path
 
 import jinja2
 
+from simlab._files import data_dir
+
 
 def prompts_dir() -> Path:
-    """Where templates live: ``$SIMLAB_PROMPTS_DIR`` or the repository's ``prompts/``."""
+    """Where templates live: ``$SIMLAB_PROMPTS_DIR``, else simlab's own (the repository's
+    ``prompts/``, or the copy inside an installed wheel)."""
     env = os.environ.get("SIMLAB_PROMPTS_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "prompts"
+    return data_dir("prompts")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from simlab.config import ArmConfig, Config, ModelSpec
 from simlab.errors import LLMError, SimlabError, StructuredOutputError
 from simlab.llm import CallRecord, LLMClient, affinity
-from simlab.personas import Persona, render_persona
+from simlab.personas import Persona, render_persona, summarize
 from simlab.prompts import Prompt, render
 from simlab.records import (
     BDMRecord,
@@ -338,13 +338,34 @@ async def simulate_session(
 ) -> SessionRecord:
     """Run one Sim-Dynamic session end to end and return its records.
 
+    A config whose simulator or arms render the persona as a summary needs one: pass it as
+    ``summary``, or the session makes it (or reads it from ``config.summary.cache_dir``) itself.
+
     Raises ``SessionFailed`` (carrying a ``SessionFailure`` with the reason, the raw reply
     and the calls spent) when the simulator's output still breaks its schema after retries,
     and ``BackendUnavailable`` (nothing to record: the session is still to do) when an
     endpoint stops answering. The session's calls stay on one replica of each endpoint.
     """
     with affinity(conversation_id(persona.persona_id, domain)):
+        if summary is None and needs_summary(config):
+            summary = await persona_summary(persona, config, client)
         return await _simulate_session(persona, domain, config, client, summary=summary)
+
+
+def needs_summary(config: Config) -> bool:
+    """Whether the simulator or any arm renders the persona as its LLM summary (PROTOCOL §3)."""
+    return config.simulator.rendering == "summary" or any(a.personalisation == "summary" for a in config.arms)
+
+
+async def persona_summary(persona: Persona, config: Config, client: LLMClient) -> str:
+    """The persona's summary by ``config.summary`` (cached on disk; see ``personas.summarize``)."""
+
+    async def generate(messages: list[dict[str, str]]) -> str:
+        res = await client.chat(config.summary, messages, prompt_name="persona/summary_request.j2", seed=config.seed)
+        return res.text
+
+    artefact = await summarize(persona, generate, model=config.summary.model, cache_dir=config.summary.cache_dir)
+    return artefact.text
 
 
 async def _simulate_session(persona: Persona, domain: str, config: Config, client: LLMClient, *,

@@ -9,7 +9,6 @@ missing. Everything is validated before the run directory is touched.
 
 from __future__ import annotations
 
-
 import argparse
 import asyncio
 import hashlib
@@ -22,9 +21,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from simlab._files import data_path
 from simlab.config import Config, load_config
-from simlab.errors import BackendUnavailable, ConfigError, InputError, SimlabError
-from simlab.personas import Persona, load_holdout, load_personas, load_prism, render_persona, summarize
+from simlab.errors import (
+    BackendUnavailable,
+    ConfigError,
+    InputError,
+    SimlabError,
+    exit_status,
+)
+from simlab.personas import (
+    Persona,
+    load_holdout,
+    load_personas,
+    load_prism,
+    render_persona,
+    summarize,
+)
 from simlab.prompts import all_hashes, render
 from simlab.schema import DOMAINS
 from simlab.store import FailureGroup
@@ -90,7 +103,7 @@ def load_persona_set(path: str | Path, holdout: str | Path | None = None) -> lis
     """simlab JSONL, or a PRISM ``survey.jsonl`` (its ``conversations.jsonl`` beside it),
     without the hold-out conversations listed in ``holdout``."""
     held = load_holdout(holdout) if holdout else frozenset()
-    p = Path(path)
+    p = data_path(path)
     if p.is_dir():
         p = p / "survey.jsonl"
     if p.name == "survey.jsonl":
@@ -129,7 +142,9 @@ def run_dir_for(config: Config, shard: tuple[int, int] = (0, 1)) -> Path:
 
 
 def _needs_summary(config: Config) -> bool:
-    return config.simulator.rendering == "summary" or any(a.personalisation == "summary" for a in config.arms)
+    from simlab.protocol import needs_summary
+
+    return needs_summary(config)
 
 
 def validate_plan(config: Config, personas: Sequence[Persona]) -> None:
@@ -185,8 +200,8 @@ async def run_experiment(
     ``base_urls`` overrides endpoint URLs (e.g. a server the caller started). Embedded
     local endpoints without a URL are started here and stopped at the end.
     """
-    from simlab.local import serving
     from simlab.llm import LLMClient
+    from simlab.local import serving
     from simlab.protocol import conversation_id
     from simlab.store import RunStore
 
@@ -418,40 +433,34 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # sessions cancelled when a backend dies leave litellm coroutines unawaited: not the user's concern
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
-    try:
-        shard = parse_shard(args.shard)
-        run_dir = None
-        if args.resume:
-            from simlab.config import parse_config
-            from simlab.store import run_meta
+    return exit_status(lambda: _main(args))
 
-            run_dir = Path(args.resume)
-            stored = parse_config(run_meta(run_dir)["config"], file=run_dir / "store.sqlite")
-            config = load_config(args.config) if args.config else stored
-            config = _apply_overrides(config, args)
-            stored_shard = run_meta(run_dir).get("shard")
-            if stored_shard and args.shard == "0/1":
-                shard = (int(stored_shard[0]), int(stored_shard[1]))
-        else:
-            config = _apply_overrides(load_config(args.config), args)
-        personas = select(load_persona_set(config.personas, config.holdout), limit=config.limit, shard=shard)
-        validate_plan(config, personas)
-        target = run_dir or run_dir_for(config, shard)
-        if args.dry_run:
-            print(plan_text(config, personas, target))
-            return 0
-        summary = asyncio.run(run_experiment(config, personas=personas, run_dir=target, shard=shard,
-                                             retry_failed=args.retry_failed, progress=not args.quiet,
-                                             report=not args.no_report))
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: completed sessions are kept; run the same command to resume", file=sys.stderr)
-        return 130
-    except SimlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+
+def _main(args: argparse.Namespace) -> int:
+    shard = parse_shard(args.shard)
+    run_dir = None
+    if args.resume:
+        from simlab.config import parse_config
+        from simlab.store import run_meta
+
+        run_dir = Path(args.resume)
+        stored = parse_config(run_meta(run_dir)["config"], file=run_dir / "store.sqlite")
+        config = load_config(args.config) if args.config else stored
+        config = _apply_overrides(config, args)
+        stored_shard = run_meta(run_dir).get("shard")
+        if stored_shard and args.shard == "0/1":
+            shard = (int(stored_shard[0]), int(stored_shard[1]))
+    else:
+        config = _apply_overrides(load_config(args.config), args)
+    personas = select(load_persona_set(config.personas, config.holdout), limit=config.limit, shard=shard)
+    validate_plan(config, personas)
+    target = run_dir or run_dir_for(config, shard)
+    if args.dry_run:
+        print(plan_text(config, personas, target))
+        return 0
+    summary = asyncio.run(run_experiment(config, personas=personas, run_dir=target, shard=shard,
+                                         retry_failed=args.retry_failed, progress=not args.quiet,
+                                         report=not args.no_report))
     print(summary.text())
     if summary.interrupted:
         return 130

@@ -17,8 +17,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from simlab._files import data_path
 from simlab.config import Config, load_config
-from simlab.errors import InputError, SimlabError
+from simlab.errors import SimlabError, exit_status
 
 
 class CheckReply(BaseModel):
@@ -29,10 +30,10 @@ class CheckReply(BaseModel):
 
 
 def _arm_system_prompt(config: Config, arm) -> str | None:
-    from simlab.protocol import arm_system_prompt
     from simlab.personas import load_personas
+    from simlab.protocol import arm_system_prompt
 
-    persona = load_personas(config.personas)[0]
+    persona = load_personas(data_path(config.personas))[0]
     prompt = arm_system_prompt(arm, persona, summary=None)
     return prompt.text if prompt else None
 
@@ -77,43 +78,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="probe every arm once, then exit")
     parser.add_argument("--port", type=int, default=None, help="port for the foreground server (default: a free one)")
     args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config)
-        from simlab.local import EmbeddedBackends, LocalServer, local_aliases
+    return exit_status(lambda: _serve(args))
 
-        if args.check:
-            t0 = time.monotonic()
-            with EmbeddedBackends(config) as backends:
-                print(f"started in {time.monotonic() - t0:.1f} s")
-                for name, servers in backends.servers.items():
-                    for i, server in enumerate(servers):
-                        print(f"embedded server '{name}' replica {i} at {server.base_url}: {server.mode} mode, "
-                              f"{server.n_threads} thread(s)")
-                        for probe in server.probes:
-                            print(f"  probe {probe.text()}")
-                    if servers and servers[0].fallback:
-                        print(f"  note: {servers[0].fallback}")
-                return asyncio.run(_check(config, backends.base_urls))
-        aliases = local_aliases(config) or {"local": "smollm2-135m"}
-        name, alias = next(iter(aliases.items()))
-        ep = config.endpoints.get(name)
-        server = LocalServer(alias=alias, port=args.port, n_ctx=ep.n_ctx if ep else 4096,
-                             n_threads=ep.n_threads if ep else None,
-                             requantize=(ep.requantize if ep else "iq4_nl") if not ep or ep.requantize != "none" else None)
-        with server:
-            print(f"serving {alias!r} at {server.base_url}  (model aliases: {alias}; {server.mode} mode); "
-                  "Ctrl-C to stop", flush=True)
-            try:
-                threading.Event().wait()
-            except KeyboardInterrupt:
-                print("stopping", file=sys.stderr)
-        return 0
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except SimlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+
+def _serve(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    from simlab.local import EmbeddedBackends, LocalServer, local_aliases
+
+    if args.check:
+        t0 = time.monotonic()
+        with EmbeddedBackends(config) as backends:
+            print(f"started in {time.monotonic() - t0:.1f} s")
+            for name, servers in backends.servers.items():
+                for i, server in enumerate(servers):
+                    print(f"embedded server '{name}' replica {i} at {server.base_url}: {server.mode} mode, "
+                          f"{server.n_threads} thread(s)")
+                    for probe in server.probes:
+                        print(f"  probe {probe.text()}")
+                if servers and servers[0].fallback:
+                    print(f"  note: {servers[0].fallback}")
+            return asyncio.run(_check(config, backends.base_urls))
+    aliases = local_aliases(config) or {"local": "smollm2-135m"}
+    name, alias = next(iter(aliases.items()))
+    ep = config.endpoints.get(name)
+    server = LocalServer(alias=alias, port=args.port, n_ctx=ep.n_ctx if ep else 4096,
+                         n_threads=ep.n_threads if ep else None,
+                         requantize=(ep.requantize if ep else "iq4_nl") if not ep or ep.requantize != "none" else None)
+    with server:
+        print(f"serving {alias!r} at {server.base_url}  (model aliases: {alias}; {server.mode} mode); "
+              "Ctrl-C to stop", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            print("stopping", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

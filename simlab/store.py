@@ -34,7 +34,7 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from simlab.errors import InputError, SimlabError
+from simlab.errors import InputError, SimlabError, exit_status
 from simlab.records import AutogradeRecord, LLMCallRecord, SessionFailure, SessionRecord
 from simlab.schema import WTP_CAP
 from simlab.tables import Tables
@@ -786,16 +786,16 @@ def main(argv: list[str] | None = None) -> int:
     mg.add_argument("out_dir")
     mg.add_argument("shards", nargs="+")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         if args.command == "export":
             print(export(args.run_dir, args.out_dir, args.format))
         else:
             with merge(args.out_dir, args.shards) as store:
                 print(f"{args.out_dir}: {store.counts().sessions_completed} sessions")
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return exit_status(body)
 
 
 if __name__ == "__main__":

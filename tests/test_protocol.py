@@ -9,7 +9,7 @@ import re
 import pytest
 
 from simlab.personas import load_personas
-from simlab.protocol import SessionFailed, blind, derive_seed, simulate_session
+from simlab.protocol import blind, derive_seed, simulate_session
 from simlab.run import run_experiment
 from simlab.store import load_run, read_table
 from simlab.testing import Fault, StubServer

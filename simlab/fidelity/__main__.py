@@ -6,14 +6,13 @@ status 2; nothing is written then (outputs go to a temporary path, renamed at th
 
 from __future__ import annotations
 
-from simlab._files import write_text_atomic
-
 import argparse
 import sys
 import warnings
 from pathlib import Path
 
-from simlab.errors import InputError
+from simlab._files import write_text_atomic
+from simlab.errors import InputError, exit_status
 
 EXAMPLES = """\
 examples:
@@ -90,13 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "import":
-            return _import(args)
-        return _analyze(args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return exit_status(lambda: _import(args) if args.command == "import" else _analyze(args))
 
 
 def _import(args: argparse.Namespace) -> int:

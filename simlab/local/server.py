@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 import importlib.util
 import json
 import logging
@@ -30,6 +28,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path

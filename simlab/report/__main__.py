@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from simlab.errors import InputError
+from simlab.errors import exit_status
 
 DESCRIPTION = """\
 Write the self-contained HTML fidelity report of a run.
@@ -37,13 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from simlab.report import write_run_report
 
-    try:
-        path = write_run_report(args.run, human=args.human, out=args.out, n_boot=args.n_boot)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+
+    def body() -> int:
+        print(write_run_report(args.run, human=args.human, out=args.out, n_boot=args.n_boot))
+        return 0
+
+    return exit_status(body)
 
 
 if __name__ == "__main__":

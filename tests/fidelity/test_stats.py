@@ -7,7 +7,12 @@ import pandas as pd
 import pytest
 from statsmodels.discrete.conditional_models import ConditionalLogit
 
-from simlab.fidelity.analyses._prep import choice_sets, dummies, judgements_frame, participants_of
+from simlab.fidelity.analyses._prep import (
+    choice_sets,
+    dummies,
+    judgements_frame,
+    participants_of,
+)
 from simlab.fidelity.stats import (
     ChoiceSets,
     FitError,
@@ -40,7 +45,7 @@ def test_jsd_of_known_distributions() -> None:
     assert jsd([1, 0], [0, 1]) == pytest.approx(1.0)
     assert jsd([0.3, 0.7], [0.3, 0.7]) == pytest.approx(0.0)
     # hand computation: M = (0.75, 0.25); JSD = ½ KL(P‖M) + ½ KL(Q‖M), base 2
-    p, q, m = np.array([1.0, 0.0]), np.array([0.5, 0.5]), np.array([0.75, 0.25])
+    p, q = np.array([1.0, 0.0]), np.array([0.5, 0.5])
     expected = 0.5 * np.log2(1 / 0.75) + 0.5 * (0.5 * np.log2(0.5 / 0.75) + 0.5 * np.log2(0.5 / 0.25))
     assert jsd(p, q) == pytest.approx(expected)
     assert jsd([2, 2], [1, 3]) == pytest.approx(jsd([0.5, 0.5], [0.25, 0.75]))  # counts are normalised

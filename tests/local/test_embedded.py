@@ -15,7 +15,13 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, Field
 
-from simlab.config import EndpointConfig, ModelSpec, SamplingConfig, default_config, parse_config
+from simlab.config import (
+    EndpointConfig,
+    ModelSpec,
+    SamplingConfig,
+    default_config,
+    parse_config,
+)
 from simlab.llm import LLMClient
 from simlab.local import LocalServer, find_model
 from simlab.local.llama_server import CRASH_ENV

@@ -8,7 +8,12 @@ import signal
 import pytest
 
 from simlab.config import default_config
-from simlab.local.server import EmbeddedBackends, default_replicas, describe_exit, prepared_model
+from simlab.local.server import (
+    EmbeddedBackends,
+    default_replicas,
+    describe_exit,
+    prepared_model,
+)
 
 
 @pytest.mark.parametrize("code,text", [
