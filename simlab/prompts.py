@@ -49,9 +49,31 @@ def _env(root: str) -> jinja2.Environment:
 
 
 def template_hash(name: str) -> str:
-    """sha256 (first 12 hex digits) of a template's source text."""
-    path = prompts_dir() / name
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    """sha256 (first 12 hex digits) of a template's source text and of every template it
+    includes, imports or extends, recursively: editing a partial changes the hash of each
+    template that uses it. A template that includes nothing hashes as its bytes alone."""
+    root = prompts_dir()
+    h = hashlib.sha256((root / name).read_bytes())
+    for dep in _included(str(root), name):
+        h.update(b"\0" + dep.encode() + b"\0" + (root / dep).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _included(root: str, name: str) -> list[str]:
+    """Templates that ``name`` pulls in (directly or not), each once, in the order first met."""
+    import jinja2.meta
+
+    env = _env(root)
+    seen: list[str] = []
+    todo = [name]
+    while todo:
+        current = todo.pop(0)
+        source = (Path(root) / current).read_text(encoding="utf-8")
+        for dep in jinja2.meta.find_referenced_templates(env.parse(source)):
+            if dep is not None and dep != name and dep not in seen:  # None: a name known only at render time
+                seen.append(dep)
+                todo.append(dep)
+    return seen
 
 
 def render(name: str, **variables: object) -> Prompt:

@@ -482,3 +482,23 @@ def test_input_hash_is_canonical(sample: list[Persona]) -> None:
     reordered = Persona.model_validate(json.loads(json.dumps(persona.model_dump(mode="json"), sort_keys=True)))
     assert input_hash(reordered) == input_hash(persona)
     assert input_hash(persona.model_copy(update={"age": "35-44 years old"})) != input_hash(persona)
+
+
+def test_a_partial_is_in_the_hash_of_every_template_that_includes_it(tmp_path, monkeypatch):
+    import hashlib
+    import shutil
+
+    from simlab.prompts import prompts_dir
+
+    root = tmp_path / "prompts"
+    shutil.copytree(prompts_dir(), root)
+    monkeypatch.setenv("SIMLAB_PROMPTS_DIR", str(root))
+    users = ("persona/demographics.j2", "persona/profile.j2", "persona/summary_request.j2")
+    before = {name: template_hash(name) for name in users}
+    plain = "simulator/wtp.j2"  # includes nothing: its hash is its bytes' hash, as before partials
+    assert template_hash(plain) == hashlib.sha256((root / plain).read_bytes()).hexdigest()[:12]
+    partial = root / "persona" / "_survey_answers.j2"
+    partial.write_text(partial.read_text() + "- Favourite colour: {{ 'not given' }}\n")
+    after = {name: template_hash(name) for name in users}
+    assert all(before[n] != after[n] for n in users)
+    assert template_hash(plain) == hashlib.sha256((root / plain).read_bytes()).hexdigest()[:12]
