@@ -428,7 +428,7 @@ def reliability(scores: pd.DataFrame, *, threshold: float = 0.75, rater_runs: in
     if scores is None or scores.empty:
         return out
     ok = scores[(scores["status"] == "ok") & scores["score"].notna()]
-    for (dimension, mode), g in scores.groupby(["dimension", "mode"], sort=True):
+    for (dimension, mode), _g in scores.groupby(["dimension", "mode"], sort=True):
         g_ok = ok[(ok["dimension"] == dimension) & (ok["mode"] == mode) & (ok["rater_run"] < rater_runs)]
         wide = g_ok.pivot_table(index="unit_id", columns="rater_run", values="score", aggfunc="first")
         complete = wide.dropna() if wide.shape[1] == rater_runs else wide.iloc[0:0]

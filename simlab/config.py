@@ -169,7 +169,7 @@ class SummaryConfig(ModelSpec):
 class ProtocolConfig(_Strict):
     """The PRISM-X session protocol's knobs (PROTOCOL §2)."""
 
-    domains: list[Domain] = Field(default_factory=lambda: list(DOMAINS))
+    domains: list[Domain] = Field(default_factory=lambda: list(DOMAINS))  # type: ignore[arg-type]
     """Domains each participant talks about (one conversation with all arms per domain)."""
     min_turns: int = Field(2, ge=1)
     """User turns (including the opening) before the user may stop."""

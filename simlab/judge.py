@@ -70,7 +70,7 @@ async def grade_run(
     personas: Sequence[Persona] | None = None,
     config: Config | None = None,
     options: AutogradeOptions = AutogradeOptions(),
-    base_urls: dict[str, str] | None = None,
+    base_urls: dict[str, str | list[str]] | None = None,
     progress: bool = False,
 ) -> GradeReport:
     """Grade a run's conversations (and ``human`` data, stored with source 'human'), then store
@@ -106,7 +106,8 @@ async def grade_run(
     profiles = _profiles(personas, ids)
     human_profiles = {}
     if human_tables is not None:
-        human_ids = {str(p): str(p) for p in human_tables.conversations["participant_id"].unique()}
+        conv = human_tables.conversations
+        human_ids = {str(p): str(p) for p in conv["participant_id"].unique()} if conv is not None else {}
         human_profiles = _profiles(personas, human_ids)
 
     store = RunStore.open(run_dir)
@@ -220,8 +221,8 @@ def _grade_main(argv: list[str]) -> int:
 
     options = AutogradeOptions(
         sample=args.sample, threshold=args.threshold, temperature=None if args.temperature < 0 else args.temperature,
-        modes=tuple(_csv(args.modes) or MODES),  # type: ignore[arg-type]
-        dimensions=tuple(_csv(args.dimensions)) if args.dimensions else None,
+        modes=tuple(_csv(args.modes) or MODES),
+        dimensions=tuple(_csv(args.dimensions) or ()) if args.dimensions else None,
     )
     options.dims()  # unknown names fail before any work
     config = load_config(args.config) if args.config else None

@@ -220,7 +220,7 @@ class Persona(BaseModel):
 _M = TypeVar("_M", bound=BaseModel)
 
 
-def _loc(error: dict[str, Any]) -> str:
+def _loc(error: Any) -> str:
     return ".".join(str(part) for part in error["loc"])
 
 

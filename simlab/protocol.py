@@ -169,7 +169,7 @@ class Simulator:
         self.calls.append(
             LLMCallRecord(
                 conversation_id=self.conversation_id,
-                role=role,  # type: ignore[arg-type]
+                role=role,
                 arm=arm,
                 instrument=instrument,
                 model=call.model,
@@ -423,7 +423,7 @@ async def _simulate_session(persona: Persona, domain: str, config: Config, clien
                 s.messages.append({"role": "user", "content": message})
             answers = await asyncio.gather(*(reply(s, turn) for s in states))
             replies: dict[str, str] = {}
-            for s, (text, tokens, failed) in zip(states, answers):
+            for s, (text, _tokens, failed) in zip(states, answers):
                 # the arm's own history keeps what the user saw, error notice included
                 s.messages.append({"role": "assistant", "content": text})
                 replies[s.letter] = text
@@ -461,7 +461,7 @@ async def _simulate_session(persona: Persona, domain: str, config: Config, clien
         assessment = await assess(sim, transcript, letters)
     except (StructuredOutputError, LLMError) as exc:
         raise SessionFailed(SessionFailure(
-            session_key=conv_id, participant_id=pid, domain=domain,  # type: ignore[arg-type]
+            session_key=conv_id, participant_id=pid, domain=domain,
             error_type=type(exc).__name__, reason=getattr(exc, "reason", None) or str(exc),
             raw_text=getattr(exc, "raw_text", None), llm_calls=sim.calls,
         )) from exc
@@ -473,9 +473,9 @@ async def _simulate_session(persona: Persona, domain: str, config: Config, clien
         participant=ParticipantRecord(participant_id=pid, source="sim_dynamic", persona_id=pid,
                                       rendering=config.simulator.rendering, simulator_model=config.simulator.model),
         conversation=ConversationRecord(
-            conversation_id=conv_id, participant_id=pid, source="sim_dynamic", domain=domain,  # type: ignore[arg-type]
+            conversation_id=conv_id, participant_id=pid, source="sim_dynamic", domain=domain,
             in_domain=domain in IN_DOMAIN, arm_letters=arm_letters, n_turns=len(transcript), gen_error=gen_error,
-            max_turns_reached=max_turns_reached, stop_reason=stop_reason, seed=unit_seed,  # type: ignore[arg-type]
+            max_turns_reached=max_turns_reached, stop_reason=stop_reason, seed=unit_seed,
         ),
         turns=turn_rows,
         judgements=judgements,

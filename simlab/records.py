@@ -14,7 +14,7 @@ True
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -213,7 +213,7 @@ class SessionRecord(_Record):
         conv = self.conversation
         if (conv.participant_id, conv.source) != (self.participant.participant_id, self.participant.source):
             raise ValueError("conversation.participant_id/source differ from the participant's")
-        children = [*self.turns, *self.judgements, *self.bdm, *self.instruments]
+        children: list[Any] = [*self.turns, *self.judgements, *self.bdm, *self.instruments]
         children += [c for c in self.llm_calls if c.conversation_id is not None]
         for child in children:
             if child.conversation_id != conv.conversation_id:
@@ -221,7 +221,8 @@ class SessionRecord(_Record):
                     f"{type(child).__name__} has conversation_id {child.conversation_id!r}, "
                     f"not {conv.conversation_id!r}"
                 )
-        for row in [*self.turns, *self.judgements, *self.bdm]:
+        rows: list[Any] = [*self.turns, *self.judgements, *self.bdm]
+        for row in rows:
             if row.arm is None:
                 continue
             if conv.arm_letters.get(row.arm) != row.letter:

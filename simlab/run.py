@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from simlab._files import data_path
 from simlab.config import Config, load_config
@@ -190,7 +191,7 @@ async def run_experiment(
     personas: Sequence[Persona] | None = None,
     run_dir: str | Path | None = None,
     shard: tuple[int, int] = (0, 1),
-    base_urls: dict[str, str] | None = None,
+    base_urls: dict[str, str | list[str]] | None = None,
     retry_failed: bool = False,
     progress: bool = True,
     report: bool = True,
@@ -324,7 +325,7 @@ async def _run_sessions(config, client, store, todo, summaries, progress: bool) 
             pass
     waiter = asyncio.ensure_future(stop.wait())
     try:
-        pending = set(tasks)
+        pending: set[asyncio.Future[Any]] = set(tasks)
         while pending:
             done, pending = await asyncio.wait(pending | {waiter}, return_when=asyncio.FIRST_COMPLETED)
             pending.discard(waiter)

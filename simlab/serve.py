@@ -38,7 +38,7 @@ def _arm_system_prompt(config: Config, arm) -> str | None:
     return prompt.text if prompt else None
 
 
-async def _check(config: Config, base_urls: dict[str, str]) -> int:
+async def _check(config: Config, base_urls: dict[str, str | list[str]]) -> int:
     from simlab.llm import LLMClient
 
     client = LLMClient(config.endpoints, base_urls=base_urls)

@@ -13,7 +13,6 @@ per session, resumable). Every human conversation is validated before anything i
 
 from __future__ import annotations
 
-
 import asyncio
 import json
 import sys
@@ -161,7 +160,7 @@ async def simulate_judgement(persona: Persona, human_conversation: HumanConversa
         assessment = await assess(sim, hc.turns, letters)
     except (StructuredOutputError, LLMError) as exc:
         raise SessionFailed(SessionFailure(
-            session_key=conv_id, participant_id=hc.participant_id, domain=hc.domain,  # type: ignore[arg-type]
+            session_key=conv_id, participant_id=hc.participant_id, domain=hc.domain,
             error_type=type(exc).__name__, reason=getattr(exc, "reason", None) or str(exc),
             raw_text=getattr(exc, "raw_text", None), llm_calls=sim.calls,
         )) from exc
@@ -174,7 +173,7 @@ async def simulate_judgement(persona: Persona, human_conversation: HumanConversa
                                       simulator_model=config.simulator.model),
         conversation=ConversationRecord(
             conversation_id=conv_id, participant_id=hc.participant_id, source="sim_judgement",
-            domain=hc.domain,  # type: ignore[arg-type]
+            domain=hc.domain,
             in_domain=hc.domain in IN_DOMAIN, arm_letters=dict(hc.arm_letters), n_turns=len(hc.turns),
             gen_error=hc.gen_error, seed=unit_seed,
         ),
@@ -206,7 +205,7 @@ async def run_sim_judgement(
     personas: Sequence[Persona],
     run_dir: str | Path,
     *,
-    base_urls: dict[str, str] | None = None,
+    base_urls: dict[str, str | list[str]] | None = None,
     retry_failed: bool = False,
     progress: bool = False,
 ) -> SimJudgementSummary:

@@ -527,7 +527,7 @@ class RunStore:
 
     def autograded(self) -> set[tuple[str, str, str, int]]:
         """(unit_id, mode, dimension, rater_run) of every stored autograde score."""
-        return {tuple(r) for r in self._conn.execute("SELECT unit_id, mode, dimension, rater_run FROM autograde")}  # type: ignore[misc]
+        return {tuple(r) for r in self._conn.execute("SELECT unit_id, mode, dimension, rater_run FROM autograde")}
 
     def counts(self) -> StoreCounts:
         """Sessions completed/failed, model calls and tokens per (role, arm), rows per table."""

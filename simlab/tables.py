@@ -77,4 +77,4 @@ def concat(*parts: Tables) -> Tables:
         out[f.name] = pd.concat(frames, ignore_index=True) if frames else None
     if out["judgements"] is None:
         raise ValueError("concat needs at least one Tables with judgements")
-    return Tables(**out)  # type: ignore[arg-type]
+    return Tables(**out)

@@ -47,8 +47,8 @@ def test_three_personas_two_domains_exact_rows(stub, tmp_path):
         assert sorted(j["rank"]) == [1, 2, 3, 4]
         assert sorted(j["provenance_rank"]) == [1, 2, 3, 4]
         assert j["opening_choice"].sum() == 1 and j["provenance_guess"].sum() == 1
-        assert all(letters[a] == l for a, l in zip(j["arm"], j["letter"]))
-        assert all(p == "ABCD".index(l) + 1 for p, l in zip(j["position"], j["letter"]))
+        assert all(letters[a] == letter for a, letter in zip(j["arm"], j["letter"]))
+        assert all(p == "ABCD".index(letter) + 1 for p, letter in zip(j["position"], j["letter"]))
     assistant = t.turns[t.turns["role"] == "assistant"]
     assert assistant["turn_rating"].between(0, 100).all()
     assert t.judgements["wtp_bid"].between(0, 10).all()

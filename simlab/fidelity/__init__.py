@@ -12,7 +12,6 @@ human data (``compare``), and the analyses behind it (``simlab.fidelity.analyses
 from __future__ import annotations
 
 from collections.abc import Collection
-
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +59,7 @@ def compare(*tables: Tables, n_boot: int = 200, seed: int = 0, topics: str = "tf
     parts = [normalise(t, origin=f"tables #{i + 1}", default_source=None) for i, t in enumerate(tables)]
     seen: dict[str, int] = {}
     for i, part in enumerate(parts, start=1):
+        assert part.conversations is not None  # normalise() makes one
         for cid in part.conversations["conversation_id"]:
             if cid in seen and seen[cid] != i:
                 raise InputError(

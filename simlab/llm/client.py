@@ -258,10 +258,13 @@ class _Endpoint:
         self.replicas = [_Replica(url, cfg.in_flight) for url in base_urls]  # in-flight bound per replica
         self.key = api_key(cfg)
         self.sticky: dict[str, _Replica] = {}
-        self.throttle = Throttler(rate_limit=cfg.rate_limit, period=1.0) if cfg.rate_limit else None
-        if cfg.rate_limit and cfg.rate_limit < 1:
-            # asyncio-throttle counts whole requests per period: 0.5/s is 1 per 2 s
-            self.throttle = Throttler(rate_limit=1, period=1.0 / cfg.rate_limit)
+        self.throttle: Throttler | None = None
+        if cfg.rate_limit:
+            # asyncio-throttle counts whole requests per period: 200/s is 200 per second, while a
+            # rate that is not a whole number (0.5/s, 2.5/s) is one request per 1/rate seconds
+            whole = float(cfg.rate_limit).is_integer()
+            self.throttle = (Throttler(rate_limit=int(cfg.rate_limit), period=1.0) if whole
+                             else Throttler(rate_limit=1, period=1.0 / cfg.rate_limit))
 
     @property
     def urls(self) -> list[str]:
@@ -345,7 +348,7 @@ class LLMClient:
         except (LLMError, BackendUnavailable) as exc:
             if record.status == "ok":
                 record.status, record.error = "error", str(exc)
-            exc.call = record  # type: ignore[attr-defined]
+            setattr(exc, "call", record)  # noqa: B010 - either error type carries its call record
             raise
         finally:
             record.latency_s = time.monotonic() - start

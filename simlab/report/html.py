@@ -300,8 +300,8 @@ def write_run_report(run_dir: str | os.PathLike[str], *, human: str | None = Non
     return write_html(result, target, meta=meta, tables=tables)
 
 
-def _run_only(tables: Tables, *, n_boot: int, seed: int, meta: dict[str, Any], analyze: Any, error: type,
-              excluded: set[str] = frozenset()) -> FidelityResult:
+def _run_only(tables: Tables, *, n_boot: int, seed: int, meta: dict[str, Any], analyze: Any,
+              error: type[Exception], excluded: frozenset[str] | set[str] = frozenset()) -> FidelityResult:
     """Analyses of a run without human data: one source at a time (the first, with a note) or none."""
     sources = tables.sources
     if not sources:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, TypeGuard
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,7 @@ def participants_of(tables: Tables, n_boot: int, seed: int) -> Participants:
     return Participants.from_ids(ids, n_boot, seed)
 
 
-def has_values(frame: pd.DataFrame | None, column: str) -> bool:
+def has_values(frame: pd.DataFrame | None, column: str) -> TypeGuard[pd.DataFrame]:
     return frame is not None and column in frame.columns and bool(frame[column].notna().any())
 
 

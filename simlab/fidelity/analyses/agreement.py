@@ -92,7 +92,10 @@ def _compare(h: pd.DataFrame, s: pd.DataFrame, participants: Participants) -> Ag
             "pearson": (x[f"{col}_h"].to_numpy(float), x[f"{col}_s"].to_numpy(float)),
             "spearman": (x[f"{col}_h"].rank().to_numpy(), x[f"{col}_s"].rank().to_numpy()),
         }.items():
-            draws = bootstrap(lambda w, a=a, b=b: weighted_corr(a, b, w), part, participants.counts)[:, 0]
+            def stat(w: np.ndarray, a: np.ndarray = a, b: np.ndarray = b) -> float:
+                return weighted_corr(a, b, w)
+
+            draws = bootstrap(stat, part, participants.counts)[:, 0]
             getattr(out, kind)[col] = estimate(weighted_corr(a, b), draws, int(np.unique(part).size))
     return out
 
@@ -191,7 +194,8 @@ def agreement(tables, *, n_boot: int = 200, seed: int = 0, participants: Partici
     out = AgreementResult(human_ceiling=_ceiling(h, participants, seed))
     for s in sim_sources(sources):
         out.vs_human[s] = _compare(h, j[j["source"] == s], participants)
-        c, top = out.human_ceiling.ceiling, out.vs_human[s].top1
+        c = out.human_ceiling.ceiling if out.human_ceiling is not None else None
+        top = out.vs_human[s].top1
         if c is not None and top is not None:
             out.vs_human[s].reaches_ceiling = bool(top.ci_high >= c)
     return out

@@ -15,10 +15,10 @@ from simlab.fidelity.analyses._prep import (
 )
 from simlab.fidelity.result import Estimate, HierarchyComparison, HierarchyResult, HierarchySource
 from simlab.fidelity.stats import (
-    clogit_draws,
     FitError,
     Participants,
     bootstrap,
+    clogit_draws,
     estimate,
     fit_clogit,
     kendall_tau,
@@ -66,7 +66,7 @@ def _fit_source(
     if derived and rating_full is not None:
         # ranks derived from ratings throw away how far apart the ratings were: order by the ratings
         basis = "ratings"
-        full, full_draws = rating_full, rating_draws
+        full, full_draws = rating_full, rating_draws  # type: ignore[assignment]
         ordering = [arms[i] for i in np.argsort(-np.nan_to_num(full, nan=-np.inf), kind="stable") if np.isfinite(full[i])]
     res = HierarchySource(
         strengths=strengths,

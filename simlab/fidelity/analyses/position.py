@@ -22,7 +22,7 @@ from simlab.fidelity.analyses._prep import (
     sim_sources,
 )
 from simlab.fidelity.result import Estimate, PositionFit, PositionOutcome, PositionResult
-from simlab.fidelity.stats import clogit_draws, FitError, Participants, estimate, fit_clogit, lr_test
+from simlab.fidelity.stats import FitError, Participants, clogit_draws, estimate, fit_clogit, lr_test
 from simlab.tables import Tables
 
 OUTCOMES = ("ranked_best", "opening_choice", "ranking")

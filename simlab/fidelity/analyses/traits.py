@@ -23,7 +23,7 @@ from simlab.fidelity.analyses._prep import (
 )
 from simlab.fidelity.analyses.position import _design
 from simlab.fidelity.result import TraitsResult, TraitsSource
-from simlab.fidelity.stats import clogit_draws, FitError, Participants, estimate, fit_clogit, lr_test
+from simlab.fidelity.stats import FitError, Participants, clogit_draws, estimate, fit_clogit, lr_test
 from simlab.tables import Tables
 
 
