@@ -50,7 +50,7 @@ class SamplingConfig(_Strict):
     """Nucleus sampling mass."""
     max_tokens: int = Field(256, ge=1, le=32768)
     """Upper bound on generated tokens per reply."""
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
     """Backend sampling seed; None derives one from the run seed and the unit's ids."""
     stop: list[str] = Field(default_factory=list)
     """Stop sequences."""
@@ -107,6 +107,18 @@ class EndpointConfig(_Strict):
             return self.max_in_flight
         return 1 if self.kind == "local" else 64  # llama.cpp's server runs one request at a time
 
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http(s) URL such as http://127.0.0.1:8000/v1, got {v!r}")
+        return v
+
     @model_validator(mode="after")
     def _url_or_local(self) -> EndpointConfig:
         if self.base_url is None and self.kind != "local":
@@ -131,7 +143,18 @@ class ArmConfig(ModelSpec):
     id: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,32}$")
     """Arm name used in every table (e.g. GEN, PROMPT, DPFT, PPFT). Never shown to the user."""
     system_prompt: str | None = "arms/generic.j2"
-    """Template in ``prompts/`` for the arm's system prompt, or None for no system prompt."""
+    """Template in ``prompts/`` for the arm's system prompt, or None for no system prompt
+    (a relative path inside the prompt folder: no ``..``, not absolute)."""
+
+    @field_validator("system_prompt")
+    @classmethod
+    def _inside_prompts(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = v.replace("\\", "/").split("/")
+        if not v.strip() or v.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+            raise ValueError(f"must name a template inside the prompt folder (e.g. arms/generic.j2), got {v!r}")
+        return v
     personalisation: Personalisation = "none"
     """Persona rendering given to the system prompt template as ``persona`` (none: no persona)."""
     description: str = ""
@@ -199,9 +222,10 @@ class ProtocolConfig(_Strict):
 class Config(_Strict):
     """A whole run: endpoints, the candidate arms, the simulator, the judge, the protocol."""
 
-    name: str = "simlab"
-    """Run name; the run directory is ``<out_dir>/<name>-<hash of config>``."""
-    seed: int = 0
+    name: str = Field("simlab", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+    """Run name; the run directory is ``<out_dir>/<name>-<hash of config>`` (letters, digits,
+    ``_.-``; no path separators)."""
+    seed: int = Field(0, ge=0, le=2**63 - 1)
     """Run seed: arm→letter maps, BDM draws and sampling seeds derive from it and the unit ids."""
     endpoints: dict[str, EndpointConfig] = Field(default_factory=lambda: {"local": EndpointConfig(kind="local")})
     """Servers by name."""

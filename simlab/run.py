@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
 import signal
 import sys
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from simlab._files import data_path
-from simlab.config import Config, load_config
+from simlab.config import CONFIGS_DIR, Config, load_config
 from simlab.errors import (
     BackendUnavailable,
     ConfigError,
@@ -152,8 +153,28 @@ def validate_plan(config: Config, personas: Sequence[Persona]) -> None:
     """Render every template a run will use with every persona, so errors surface before any write."""
     if not personas:
         raise InputError("no personas selected (check --limit/--shard and the persona file)", file=config.personas)
+    if config.human is not None and not Path(config.human).exists():
+        raise InputError("no such file or directory (the human data for the report)", file=config.human,
+                         field="human")
+    for name, ep in config.endpoints.items():
+        if ep.api_key_env and not os.environ.get(ep.api_key_env):
+            raise ConfigError(f"environment variable {ep.api_key_env} is not set (it holds the API key)",
+                              field=f"endpoints.{name}.api_key_env")
     for domain in config.protocol.domains:
         render(f"domains/{domain}.j2")
+    import jinja2
+
+    from simlab.protocol import arm_system_prompt
+
+    for i, arm in enumerate(config.arms):
+        try:
+            arm_system_prompt(arm, personas[0], summary="(the persona summary)")
+        except jinja2.TemplateNotFound:
+            raise ConfigError(f"no template {arm.system_prompt!r} in the prompt folder",
+                              field=f"arms[{i}].system_prompt") from None
+        except jinja2.TemplateError as exc:
+            raise ConfigError(f"template {arm.system_prompt!r} does not render: {exc}",
+                              field=f"arms[{i}].system_prompt") from None
     for persona in personas:
         for rendering in {config.simulator.rendering, *(a.personalisation for a in config.arms)} - {"none", "summary"}:
             render_persona(persona, rendering)  # type: ignore[arg-type]
@@ -372,7 +393,7 @@ def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
         data["limit"] = args.limit
     if args.holdout:
         data["holdout"] = args.holdout
-    if args.domains:
+    if args.domains is not None:  # --domains '' is an error (no domains), not the default
         data["protocol"]["domains"] = [d.strip() for d in args.domains.split(",") if d.strip()]
     if args.concurrency is not None:
         data["concurrency"] = args.concurrency
@@ -454,7 +475,12 @@ def _main(args: argparse.Namespace) -> int:
     else:
         config = _apply_overrides(load_config(args.config), args)
     personas = select(load_persona_set(config.personas, config.holdout), limit=config.limit, shard=shard)
-    validate_plan(config, personas)
+    try:
+        validate_plan(config, personas)
+    except InputError as exc:
+        if exc.file is None:  # a config field: name the file it came from
+            exc.file = str(run_dir / "store.sqlite") if run_dir else (args.config or str(CONFIGS_DIR / "local.toml"))
+        raise
     target = run_dir or run_dir_for(config, shard)
     if args.dry_run:
         print(plan_text(config, personas, target))

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict
 from simlab.errors import InputError, SimlabError, exit_status
 from simlab.records import AutogradeRecord, LLMCallRecord, SessionFailure, SessionRecord
 from simlab.schema import WTP_CAP
-from simlab.tables import Tables
+from simlab.tables import Tables, spreadsheet_safe_frame
 
 STORE_FILE = "store.sqlite"
 STORE_SCHEMA_VERSION = 1
@@ -732,14 +732,17 @@ def run_meta(path: str | Path) -> dict[str, Any]:
 
 
 def export(path: str | Path, out_dir: str | Path, fmt: Literal["csv", "parquet", "jsonl"] = "csv") -> Path:
-    """Write a run's tables to ``out_dir`` (one file per table, plus instruments, failures and meta.json)."""
+    """Write a run's tables to ``out_dir`` (one file per table, plus instruments, failures and meta.json).
+
+    CSV is for spreadsheets: text cells that would run as formulas (``=``, ``+``, ``-``, ``@``…)
+    get a leading apostrophe. Parquet and JSONL keep every value as stored."""
     if fmt not in ("csv", "parquet", "jsonl"):
         raise InputError(f"unknown export format {fmt!r}; use csv, parquet or jsonl", field="fmt")
-    out = load_run(path).write(out_dir, fmt)
+    out = load_run(path).write(out_dir, fmt, spreadsheet_safe=True)
     for name in ("instruments", "failures"):
         frame, target = read_table(path, name), out / f"{name}.{fmt}"
         if fmt == "csv":
-            frame.to_csv(target, index=False)
+            spreadsheet_safe_frame(frame).to_csv(target, index=False)
         elif fmt == "jsonl":
             frame.to_json(target, orient="records", lines=True)
         else:

@@ -54,19 +54,39 @@ class Tables:
                 out[name] = frame
         return replace(self, **out)
 
-    def write(self, out_dir: str | Path, fmt: Literal["csv", "jsonl", "parquet"] = "csv") -> Path:
-        """Write one file per table (``judgements.csv`` …): the on-disk form ``load_human`` reads."""
+    def write(self, out_dir: str | Path, fmt: Literal["csv", "jsonl", "parquet"] = "csv", *,
+              spreadsheet_safe: bool = False) -> Path:
+        """Write one file per table (``judgements.csv`` …): the on-disk form ``load_human`` reads.
+
+        ``spreadsheet_safe`` (CSV only): text cells that a spreadsheet would run as a formula are
+        written with a leading apostrophe (see ``spreadsheet_safe``)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         for name, frame in self.items():
             path = out / f"{name}.{fmt}"
             if fmt == "csv":
-                frame.to_csv(path, index=False)
+                (spreadsheet_safe_frame(frame) if spreadsheet_safe else frame).to_csv(path, index=False)
             elif fmt == "jsonl":
                 frame.to_json(path, orient="records", lines=True)
             else:
                 frame.to_parquet(path, index=False)
         return out
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy whose text cells beginning with ``= + - @``, tab or CR start with an apostrophe.
+
+    Spreadsheets run such cells as formulas (CSV injection); model output and persona text can
+    begin with anything. Numbers are untouched; only CSV exports use this (Parquet keeps text as is).
+    """
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype == object:
+            out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v)
+    return out
 
 
 def concat(*parts: Tables) -> Tables:

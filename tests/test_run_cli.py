@@ -185,6 +185,27 @@ CONFIG_CASES = [
     ("wtp above the records' cap", lambda t: t.replace("context_budget_tokens = 3000",
                                                         "context_budget_tokens = 3000\nwtp_max = 20"),
      "protocol.wtp_max"),
+    # issue 11 item 3: refused up front, file and field named, nothing written
+    ("system prompt escaping the prompt folder", lambda t: t.replace('system_prompt = "arms/generic.j2"',
+                                                                      'system_prompt = "../../etc/passwd"'),
+     "arms[0].system_prompt"),
+    ("system prompt as an absolute path", lambda t: t.replace('system_prompt = "arms/generic.j2"',
+                                                              'system_prompt = "/etc/hostname"'),
+     "arms[0].system_prompt"),
+    ("system prompt that does not exist", lambda t: t.replace('system_prompt = "arms/generic.j2"',
+                                                              'system_prompt = "arms/missing.j2"'),
+     "arms[0].system_prompt"),
+    ("negative seed", lambda t: t.replace("seed = 0", "seed = -7"), "seed"),
+    ("seed above 2^63", lambda t: t.replace("seed = 0", f"seed = {2**64}"), "seed"),
+    ("base_url that is not a URL", lambda t: t.replace(
+        'kind = "local"          # no base_url: simlab starts the embedded server for the run',
+        'kind = "vllm"\nbase_url = "localhost-8000"'), "endpoints.local.base_url"),
+    ("run name with a path", lambda t: t.replace('name = "quickstart"', 'name = "../../escaped"'), "name"),
+    ("empty run name", lambda t: t.replace('name = "quickstart"', 'name = ""'), "name"),
+    ("unset API key variable", lambda t: t.replace(
+        'kind = "local"          # no base_url: simlab starts the embedded server for the run',
+        'kind = "vllm"\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "SIMLAB_TEST_KEY_NOT_SET"'),
+     "endpoints.local.api_key_env"),
 ]
 
 
@@ -203,6 +224,8 @@ def test_bad_config_exit_2(tmp_path, case, mutate, needle):
     (["--domains", "sport"], "protocol.domains[0]"),
     (["--personas", "/nonexistent/p.jsonl"], "/nonexistent/p.jsonl"),
     (["--limit", "0"], "limit"),
+    (["--domains", ""], "at least one domain"),
+    (["--human", "/nonexistent/human"], "/nonexistent/human"),
 ])
 def test_bad_arguments_exit_2(tmp_path, args, needle):
     out = cli(*args, "--out", str(tmp_path / "runs"))

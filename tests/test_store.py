@@ -526,3 +526,19 @@ def test_merge_refuses_a_conflicting_session_and_takes_nothing(tmp_path: Path) -
         with pytest.raises(DuplicateSessionError, match="p1:unguided"):
             m.merge_from(tmp_path / "s2")
         assert m.counts().rows == before
+
+
+def test_csv_export_neutralises_formula_cells_and_parquet_keeps_them(store: RunStore, tmp_path: Path) -> None:
+    session = make_session("p1")
+    payloads = ["=HYPERLINK(\"http://x\")", "+1+2", "-2+3", "@SUM(A1)", "\tTAB", "plain text", "a=b"]
+    turns = [t.model_copy(update={"text": payloads[i % len(payloads)]}) for i, t in enumerate(session.turns)]
+    store.write_session(session.model_copy(update={"turns": turns}))
+    csv_out = export(store.path.parent, tmp_path / "csv", "csv")
+    texts = pd.read_csv(csv_out / "turns.csv", keep_default_na=False)["text"].tolist()
+    for text in texts:
+        assert not text.startswith(("=", "+", "-", "@", "\t")), text
+    assert "'=HYPERLINK(\"http://x\")" in texts and "plain text" in texts and "a=b" in texts
+    ratings = pd.read_csv(csv_out / "turns.csv")["turn_rating"].dropna()
+    assert ratings.dtype == "float64"  # numbers are not touched
+    pq = pd.read_parquet(export(store.path.parent, tmp_path / "pq", "parquet") / "turns.parquet")
+    assert set(payloads[:len(turns)]) <= set(pq["text"])  # parquet keeps the text as stored

@@ -257,6 +257,8 @@ class _Endpoint:
         self.cfg = cfg
         self.replicas = [_Replica(url, cfg.in_flight) for url in base_urls]  # in-flight bound per replica
         self.key = api_key(cfg)
+        if cfg.api_key_env and len(self.key) >= 4:
+            _SECRETS.add(self.key)
         self.sticky: dict[str, _Replica] = {}
         self.throttle: Throttler | None = None
         if cfg.rate_limit:
@@ -555,8 +557,21 @@ def _validation_reason(exc: ValidationError) -> str:
     return f"{loc}: {err['msg']}"
 
 
+# Configured API key values (read from the environment): scrubbed from every error text the
+# client builds, so a server that echoes a key cannot put it in the store, a log or a report.
+_SECRETS: set[str] = set()
+REDACTED = "[redacted]"
+
+
+def scrub(text: str) -> str:
+    """``text`` with every configured API key value replaced by ``[redacted]``."""
+    for secret in _SECRETS:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
 def _short(exc: BaseException, limit: int = 300) -> str:
-    text = str(exc).replace("\n", " ")
+    text = scrub(str(exc)).replace("\n", " ")
     return text if len(text) <= limit else text[:limit] + "…"
 
 

@@ -187,7 +187,9 @@ class StubServer:
 
     async def _chat(self, request: web.Request) -> web.Response:
         if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
-            return web.json_response({"error": {"message": "bad api key"}}, status=401)
+            # like a careless server, the message echoes the credential it was sent
+            got = request.headers.get("Authorization", "(none)")
+            return web.json_response({"error": {"message": f"bad api key: {got}"}}, status=401)
         body = await request.json()
         model = str(body.get("model", ""))
         if self.breakdown is not None and len(self.requests) >= self.breakdown[0]:

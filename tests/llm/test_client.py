@@ -298,3 +298,17 @@ async def test_a_200_with_no_choices_is_retried_then_a_failed_call_not_a_crash(s
         await client.chat(SPEC, MSGS)
     assert "no choices" in str(info.value) and info.value.attempts == 3
     assert info.value.call.status == "error"
+
+
+async def test_an_api_key_echoed_by_the_server_is_scrubbed_from_errors_and_records(monkeypatch):
+    secret = "sk-test-7f3a9c1e5b2d4f60"
+    monkeypatch.setenv("SIMLAB_TEST_SECRET_KEY", secret)
+    with StubServer(api_key="the-right-key") as server:
+        cfg = EndpointConfig(base_url=server.base_url, api_key_env="SIMLAB_TEST_SECRET_KEY", max_attempts=1)
+        client = LLMClient({"stub": cfg})
+        with pytest.raises(LLMError) as info:
+            await client.chat(SPEC, MSGS)
+    text = str(info.value)
+    assert secret not in text and "[redacted]" in text  # the stub echoed "Bearer <key>" in its 401
+    call = info.value.call  # type: ignore[attr-defined]
+    assert secret not in (call.error or "") and "[redacted]" in (call.error or "")
