@@ -245,14 +245,20 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     """(1-based line number, parsed object) for each non-blank line."""
     if not path.is_file():
         raise InputError("file not found", file=path)
-    with path.open(encoding="utf-8") as fh:
-        for number, raw in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for number, data in enumerate(fh, start=1):
+            try:
+                raw = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"not UTF-8 text (byte {exc.start + 1} of the line)", file=path, row=number) from None
             if not raw.strip():
                 continue
             try:
                 yield number, json.loads(raw)
             except json.JSONDecodeError as exc:
                 raise InputError(f"malformed JSON: {exc.msg} at column {exc.colno}", file=path, row=number) from None
+            except RecursionError:
+                raise InputError("JSON nested too deeply", file=path, row=number) from None
 
 
 def load_personas(path: str | Path, *, holdout: Collection[str] = ()) -> list[Persona]:

@@ -180,6 +180,15 @@ def validate_plan(config: Config, personas: Sequence[Persona]) -> None:
             render_persona(persona, rendering)  # type: ignore[arg-type]
 
 
+def _check_writable(directory: Path, field: str) -> None:
+    """Refuse an output place that is a file or cannot be written, before anything is made."""
+    if directory.exists() and not directory.is_dir():
+        raise InputError("is a file, not a directory for run output", file=directory, field=field)
+    existing = next((p for p in [directory, *directory.parents] if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write here ({existing} is not writable)", file=directory, field=field)
+
+
 def plan_text(config: Config, personas: Sequence[Persona], run_dir: Path) -> str:
     n_sessions = len(personas) * len(config.protocol.domains)
     k = len(config.arms)
@@ -482,6 +491,7 @@ def _main(args: argparse.Namespace) -> int:
             exc.file = str(run_dir / "store.sqlite") if run_dir else (args.config or str(CONFIGS_DIR / "local.toml"))
         raise
     target = run_dir or run_dir_for(config, shard)
+    _check_writable(Path(config.out_dir) if run_dir is None else target, "--out" if args.out else "out_dir")
     if args.dry_run:
         print(plan_text(config, personas, target))
         return 0

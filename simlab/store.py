@@ -728,7 +728,16 @@ def load_run(path: str | Path) -> Tables:
 def run_meta(path: str | Path) -> dict[str, Any]:
     """The run's metadata: resolved config, prompt hashes, models, seed, version, created_at, command."""
     with _closing(_open_readonly(path)) as conn:
-        return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+        try:
+            meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+        except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:
+            # a zero-byte, truncated, overwritten or foreign file where a store should be
+            raise InputError(f"not a readable simlab run store ({exc}); nothing was changed",
+                             file=_store_path(path)) from None
+    if "config" not in meta:
+        raise InputError("the run store has no stored config (not made by simlab run?)", file=_store_path(path),
+                         field="meta.config")
+    return meta
 
 
 def export(path: str | Path, out_dir: str | Path, fmt: Literal["csv", "parquet", "jsonl"] = "csv") -> Path:

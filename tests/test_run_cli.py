@@ -332,3 +332,34 @@ def test_an_endpoint_that_refuses_connections_stops_the_run_at_once(tmp_path):
     assert out.returncode == 1 and time.monotonic() - t0 < 45, out.stdout + out.stderr
     assert f"endpoint 'local' ({url}) stopped answering" in out.stdout
     assert "sessions: 0 completed, 0 failed, of 6 planned" in out.stdout
+
+
+def _bad_inputs(tmp: Path) -> list[tuple[str, list[str], str]]:
+    """(case, arguments, text the message must hold) for inputs that once gave tracebacks."""
+    (tmp / "latin1.toml").write_bytes((CONFIGS_DIR / "local.toml").read_bytes().replace(b"quickstart", b"quick\xe9"))
+    (tmp / "latin1.jsonl").write_bytes(b'{"persona_id": "caf\xe9"}\n')
+    (tmp / "deep.jsonl").write_text('{"persona_id": "p", "x": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    (tmp / "a-file").write_text("not a directory")
+    for name, data in (("zero", b""), ("junk", b"SQLite format 3\x00" + b"\x00" * 40), ("text", b"hello")):
+        (tmp / name).mkdir()
+        (tmp / name / "store.sqlite").write_bytes(data)
+    line = (CONFIGS_DIR / "local.toml").read_text().splitlines().index('name = "quickstart"') + 1
+    return [
+        ("non-UTF-8 config", ["--config", str(tmp / "latin1.toml")], f"latin1.toml:{line}: not UTF-8"),
+        ("non-UTF-8 personas", ["--personas", str(tmp / "latin1.jsonl")], "latin1.jsonl:1: not UTF-8"),
+        ("deeply nested persona JSON", ["--personas", str(tmp / "deep.jsonl")], "nested too deeply"),
+        ("--out is a file", ["--out", str(tmp / "a-file")], "field '--out': is a file"),
+        ("--resume on a zero-byte store", ["--resume", str(tmp / "zero")], "not a readable simlab run store"),
+        ("--resume on a damaged store", ["--resume", str(tmp / "junk")], "not a readable simlab run store"),
+        ("--resume on a text file", ["--resume", str(tmp / "text")], "not a readable simlab run store"),
+    ]
+
+
+def test_inputs_that_gave_tracebacks_exit_2_and_change_nothing(tmp_path):
+    for case, args, needle in _bad_inputs(tmp_path):
+        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        out = cli(*args, "--dry-run") if "--out" in args else cli(*args)
+        assert out.returncode == 2, (case, out.stderr)
+        assert needle in out.stderr and "Traceback" not in out.stderr, (case, out.stderr)
+        after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        assert after == before, case  # nothing created or changed
