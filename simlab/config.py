@@ -252,6 +252,9 @@ class Config(_Strict):
     """Where run directories are created."""
     human: str | None = None
     """Human data (directory in the record schema) to compare with in the run's report."""
+    max_gen_error_rate: float = Field(0.1, ge=0, le=1)
+    """Share of an arm's replies that may be error notices (its generation failed and the user
+    saw a notice instead) before the run exits 1 and says so; the PRISM study saw about 6.7%."""
 
     @field_validator("arms")
     @classmethod

@@ -45,7 +45,7 @@ from simlab.schema import DOMAINS
 from simlab.store import FailureGroup
 
 # Config keys that may change when a run is resumed (they do not change any result).
-RESUMABLE_KEYS = ("concurrency", "limit", "out_dir", "human")
+RESUMABLE_KEYS = ("concurrency", "limit", "out_dir", "human", "max_gen_error_rate")
 
 
 @dataclass
@@ -68,6 +68,20 @@ class RunSummary:
     """Why the run stopped early (an endpoint stopped answering); those sessions are still to do."""
     backends: dict[str, dict] = field(default_factory=dict)
     """What was started for embedded endpoints (mode, fallback, replicas)."""
+    gen_errors_by_arm: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """arm → (replies that were error notices, replies), over every stored session."""
+    max_gen_error_rate: float = 1.0
+
+    @property
+    def gen_error_alert(self) -> str | None:
+        """Why the arms' failed generations make the run fail, or None."""
+        over = [f"{arm} {e}/{n} ({e / n:.0%})" for arm, (e, n) in sorted(self.gen_errors_by_arm.items())
+                if n and e / n > self.max_gen_error_rate]
+        if not over:
+            return None
+        return (f"replies that are error notices exceed max_gen_error_rate = {self.max_gen_error_rate:g}: "
+                f"{', '.join(over)}. The arm's endpoint failed these generations (see llm_calls.error); "
+                "its judgements rate the notice, not a model reply")
 
     def text(self) -> str:
         lines = [
@@ -81,6 +95,11 @@ class RunSummary:
         for name, info in self.backends.items():
             lines.append(f"embedded server '{name}': {info['replicas']} × llama.cpp, {info['mode']} mode, "
                          f"{info['n_threads']} thread(s) each" + (f" ({info['fallback']})" if info.get("fallback") else ""))
+        if any(e for e, _ in self.gen_errors_by_arm.values()):
+            lines.append("replies that are error notices per arm: " + ", ".join(
+                f"{a}={e}/{n}" for a, (e, n) in sorted(self.gen_errors_by_arm.items())))
+        if self.gen_error_alert:
+            lines.append(f"FAILED: {self.gen_error_alert}")
         if self.failure_groups:
             lines.append("failed sessions by cause:")
             for g in self.failure_groups:
@@ -279,6 +298,8 @@ async def run_experiment(
         failure_groups=counts.failure_groups,
         stopped=stopped,
         backends=backend_info,
+        gen_errors_by_arm=counts.gen_errors_by_arm,
+        max_gen_error_rate=config.max_gen_error_rate,
     )
     for c in counts.by_role_arm:
         tokens = c.prompt_tokens + c.completion_tokens
@@ -501,7 +522,7 @@ def _main(args: argparse.Namespace) -> int:
     print(summary.text())
     if summary.interrupted:
         return 130
-    return 1 if summary.sessions_failed or summary.stopped else 0
+    return 1 if summary.sessions_failed or summary.stopped or summary.gen_error_alert else 0
 
 
 if __name__ == "__main__":

@@ -219,6 +219,8 @@ class StoreCounts(BaseModel):
     completion_tokens: int
     by_role_arm: list[CallCount]
     rows: dict[str, int]
+    gen_errors_by_arm: dict[str, tuple[int, int]] = {}
+    """arm → (replies that are error notices, replies) over the stored sessions."""
 
 
 # ---------------------------------------------------------------- config comparison
@@ -544,7 +546,10 @@ class RunStore:
             " SELECT max(failure_id) FROM failures WHERE session_key NOT IN (SELECT session_key FROM sessions)"
             " GROUP BY session_key) ORDER BY session_key"
         ).fetchall()
+        gen = {str(r[0]): (int(r[1] or 0), int(r[2])) for r in self._conn.execute(
+            "SELECT arm, sum(gen_error), count(*) FROM turns WHERE role = 'assistant' AND arm IS NOT NULL GROUP BY arm")}
         return StoreCounts(
+            gen_errors_by_arm=gen,
             sessions_completed=rows["sessions"],
             sessions_failed=len(latest),
             failure_groups=group_failures(latest),

@@ -190,6 +190,22 @@ async def test_a_dead_endpoint_is_backend_unavailable_not_a_session_failure(tmp_
     assert info.value.endpoint == "local" and "refused or dropped" in str(info.value)
 
 
+def test_an_arm_whose_replies_are_mostly_error_notices_fails_the_run_and_says_why(stub, tmp_path):
+    # every request of the concise arm fails (500 twice = its 2 attempts): the user sees notices
+    stub.add_fault(*[Fault(status=500, match="Keep every answer short")] * 40)
+    cfg = stub_config(stub, tmp_path, limit=2, protocol={"domains": ["values"], "min_turns": 2, "max_turns": 2})
+    summary = run(cfg)
+    assert summary.sessions_completed == 2 and summary.sessions_failed == 0
+    errors, replies = summary.gen_errors_by_arm["STYLE"]
+    assert errors == replies == 4 and summary.gen_errors_by_arm["GEN"] == (0, 4)
+    alert = summary.gen_error_alert
+    assert alert is not None and "STYLE 4/4 (100%)" in alert and "GEN" not in alert
+    text = summary.text()
+    assert "replies that are error notices per arm: GEN=0/4" in text and "FAILED: " in text
+    lenient = summary.__class__(**{**summary.__dict__, "max_gen_error_rate": 1.0})
+    assert lenient.gen_error_alert is None  # the threshold is the config's
+
+
 def test_a_dead_arm_endpoint_stops_the_run_instead_of_rating_error_notices(stub, tmp_path):
     import socket
 
