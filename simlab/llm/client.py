@@ -198,7 +198,23 @@ def _classify(exc: BaseException) -> _Retryable | None:
         return _Retryable(exc, _retry_after(exc), status, "status")
     if isinstance(exc, (lib.APIConnectionError, ConnectionError)):
         return _Retryable(exc, None, status, "connection")
+    if _error_object_in_200(exc):
+        # a server that answers 200 with {"error": …} is malfunctioning, not refusing the request
+        return _Retryable(exc, None, status, "status")
     return None
+
+
+def _error_object_in_200(exc: BaseException) -> bool:
+    """Whether litellm raised because an HTTP 200 body held an ``error`` object: it converts that
+    body into a bare ``Exception`` carrying ``status_code`` and ``message``, found in the chain."""
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        if type(node) is Exception and hasattr(node, "status_code") and hasattr(node, "message"):
+            return True
+        node = node.__cause__ or node.__context__
+    return False
 
 
 def _never_connected(exc: BaseException) -> bool:
@@ -537,7 +553,9 @@ def _shape_problem(resp: Any) -> str | None:
     if message is None:
         return "the reply's first choice has no message"
     content = getattr(message, "content", None)
-    if content is not None and not isinstance(content, str):
+    if content is None:
+        return "the reply's message has no content"
+    if not isinstance(content, str):
         return f"the reply's content is a {type(content).__name__}, not text"
     return None
 

@@ -40,17 +40,20 @@ class Fault:
     kind: ``status`` answers ``status`` (with ``Retry-After`` when ``retry_after`` is set);
     ``malformed_json`` returns content that is not JSON; ``schema_violation`` returns JSON
     that breaks the requested schema; ``delay`` sleeps ``delay`` seconds then answers normally;
-    ``empty_choices`` answers 200 with an empty ``choices`` list.
+    ``empty_choices`` answers 200 with an empty ``choices`` list; ``raw`` answers 200 with
+    ``body`` as it is (any shape a broken server could send).
     ``model`` restricts the fault to one alias (None: any); ``match`` to requests whose JSON
     body contains that substring (e.g. one arm's system prompt).
     """
 
-    kind: Literal["status", "malformed_json", "schema_violation", "delay", "empty_choices"] = "status"
+    kind: Literal["status", "malformed_json", "schema_violation", "delay", "empty_choices", "raw"] = "status"
     status: int = 500
     retry_after: float | None = None
     delay: float = 0.0
     model: str | None = None
     match: str | None = None
+    body: str = ""
+    """The reply body for ``kind="raw"`` (sent as application/json, verbatim)."""
 
 
 @dataclass
@@ -222,6 +225,8 @@ class StubServer:
             headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
             err = {"error": {"message": f"injected {fault.status}", "type": "stub_fault", "code": fault.status}}
             return web.json_response(err, status=fault.status, headers=headers)
+        if fault and fault.kind == "raw":
+            return web.Response(text=fault.body, status=200, content_type="application/json")
         if fault and fault.kind == "empty_choices":  # an HTTP 200 with nothing in it
             return web.json_response({"id": "chatcmpl-stub-empty", "object": "chat.completion",
                                       "created": int(time.time()), "model": model, "choices": []})

@@ -312,3 +312,41 @@ async def test_an_api_key_echoed_by_the_server_is_scrubbed_from_errors_and_recor
     assert secret not in text and "[redacted]" in text  # the stub echoed "Bearer <key>" in its 401
     call = info.value.call  # type: ignore[attr-defined]
     assert secret not in (call.error or "") and "[redacted]" in (call.error or "")
+
+
+def _completion(**message: object) -> str:
+    import json
+
+    return json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m1",
+                       "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", **message}}]})
+
+
+# every shape of an HTTP 200 that is not a readable chat completion (issue 11 item 1)
+BROKEN_REPLIES = {
+    "empty choices": '{"id": "x", "object": "chat.completion", "created": 0, "model": "m1", "choices": []}',
+    "no choices key": '{"id": "x", "object": "chat.completion", "created": 0, "model": "m1"}',
+    "choices not a list": '{"id": "x", "object": "chat.completion", "created": 0, "model": "m1", "choices": "A"}',
+    "choice without message": '{"id": "x", "object": "chat.completion", "created": 0, "model": "m1", '
+                              '"choices": [{"index": 0, "finish_reason": "stop"}]}',
+    "null content": _completion(content=None),
+    "content of the wrong type": _completion(content=42),
+    "content as a list": _completion(content=[{"type": "text", "text": "hi"}]),
+    "truncated JSON": _completion(content="hello")[:40],
+    "not JSON at all": "<html>502 bad gateway</html>",
+    "an error object with status 200": '{"error": {"message": "model overloaded", "type": "server_error"}}',
+    "JSON null": "null",
+    "a JSON list": "[]",
+}
+
+
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")  # litellm on a non-text content
+@pytest.mark.parametrize("shape", list(BROKEN_REPLIES))
+async def test_every_broken_reply_shape_is_retried_then_a_failed_call_never_a_crash(server, shape):
+    body = BROKEN_REPLIES[shape]
+    client = client_for(server, max_attempts=2)
+    server.add_fault(Fault(kind="raw", body=body))
+    assert (await client.chat(SPEC, MSGS)).text  # one broken reply: retried, then answered
+    server.add_fault(*[Fault(kind="raw", body=body)] * 2)
+    with pytest.raises(LLMError) as info:
+        await client.chat(SPEC, MSGS)
+    assert info.value.attempts == 2 and info.value.call.status == "error", shape
