@@ -167,6 +167,12 @@ class PriorConversation(BaseModel):
         return _DOMAIN_OF_TYPE[self.conversation_type]
 
 
+MAX_TEXT_CHARS = 10_000
+"""Longest ``self_description`` / ``system_string``: a persona's own words go into every prompt."""
+MAX_RECORD_BYTES = 2 << 20
+"""Longest persona record (one JSONL line, prior conversations included)."""
+
+
 class Persona(BaseModel):
     """One participant to simulate: demographics, preferences, free text and prior conversations."""
 
@@ -185,8 +191,8 @@ class Persona(BaseModel):
     lm_familiarity: str | None
     lm_frequency_use: str | None
     stated_prefs: StatedPrefs
-    self_description: str
-    system_string: str
+    self_description: str = Field(max_length=MAX_TEXT_CHARS)
+    system_string: str = Field(max_length=MAX_TEXT_CHARS)
     conversations: list[PriorConversation] = []
 
     @field_validator("age", mode="before")
@@ -247,6 +253,9 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
         raise InputError("file not found", file=path)
     with path.open("rb") as fh:
         for number, data in enumerate(fh, start=1):
+            if len(data) > MAX_RECORD_BYTES:
+                raise InputError(f"record of {len(data) / 2**20:.1f} MiB; the limit is {MAX_RECORD_BYTES >> 20} MiB "
+                                 "(simlab.personas.MAX_RECORD_BYTES)", file=path, row=number)
             try:
                 raw = data.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -254,11 +263,19 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             if not raw.strip():
                 continue
             try:
-                yield number, json.loads(raw)
+                obj = json.loads(raw)
+                # a "\ud800" escape decodes to a lone surrogate: no valid text, and every model call
+                # with it would fail to encode
+                json.dumps(obj, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                bad = exc.object[exc.start:exc.end].encode("utf-8", "backslashreplace").decode()
+                raise InputError(f"text holds a lone surrogate ({bad}): not valid Unicode", file=path,
+                                 row=number) from None
             except json.JSONDecodeError as exc:
                 raise InputError(f"malformed JSON: {exc.msg} at column {exc.colno}", file=path, row=number) from None
             except RecursionError:
                 raise InputError("JSON nested too deeply", file=path, row=number) from None
+            yield number, obj
 
 
 def load_personas(path: str | Path, *, holdout: Collection[str] = ()) -> list[Persona]:

@@ -502,3 +502,28 @@ def test_a_partial_is_in_the_hash_of_every_template_that_includes_it(tmp_path, m
     after = {name: template_hash(name) for name in users}
     assert all(before[n] != after[n] for n in users)
     assert template_hash(plain) == hashlib.sha256((root / plain).read_bytes()).hexdigest()[:12]
+
+
+def test_persona_text_that_no_prompt_should_carry_is_refused_with_its_row(tmp_path):
+    from simlab.personas import MAX_RECORD_BYTES, MAX_TEXT_CHARS, load_personas
+
+    sample = Path("personas/sample.jsonl").read_text().splitlines()
+    first = json.loads(sample[0])
+
+    def write(name: str, obj: dict | str) -> Path:
+        path = tmp_path / name
+        path.write_text(sample[1] + "\n" + (obj if isinstance(obj, str) else json.dumps(obj)) + "\n")
+        return path
+
+    long_words = {**first, "self_description": "x" * (MAX_TEXT_CHARS + 1)}
+    with pytest.raises(InputError, match="self_description") as info:
+        load_personas(write("long.jsonl", long_words))
+    assert info.value.row == 2
+    huge = {**first, "conversations": [], "extra_padding_never_read": "y" * MAX_RECORD_BYTES}
+    with pytest.raises(InputError, match="MiB; the limit is 2 MiB") as info:
+        load_personas(write("huge.jsonl", huge))
+    assert info.value.row == 2
+    surrogate = json.dumps({**first, "system_string": "be kind"}).replace("be kind", "be \\ud800kind")
+    with pytest.raises(InputError, match=r"lone surrogate \(\\ud800\)") as info:
+        load_personas(write("surrogate.jsonl", surrogate))
+    assert info.value.row == 2

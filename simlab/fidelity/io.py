@@ -201,6 +201,8 @@ def load_tables(path: str | Path, *, default_source: str | None = "human") -> Ta
     else:
         frame, rows = read_table(path)
         frames["judgements"], wheres["judgements"] = frame, _Where(str(path), rows)
+    if frames["judgements"].empty:  # a header alone would "analyse" nothing and exit 0
+        raise InputError("no rows (a header alone): nothing to analyse", file=wheres["judgements"].file)
     return _normalise(Tables(**frames), wheres, default_source=default_source)
 
 

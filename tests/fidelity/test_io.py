@@ -363,3 +363,16 @@ def test_compare_run_with_human(tmp_path: Path) -> None:
     assert sorted(result.sources) == ["human", "sim_dynamic"]
     assert result.n_boot == 5
     assert "hierarchy" in result.analyses
+
+
+def test_a_header_only_human_file_is_refused_not_analysed(tmp_path):
+    from simlab.errors import InputError
+    from simlab.fidelity import load_human
+
+    path = tmp_path / "judgements.csv"
+    path.write_text("participant_id,conversation_id,arm,rank\n")
+    with pytest.raises(InputError, match="no rows") as info:
+        load_human(path)
+    assert info.value.file == str(path)
+    with pytest.raises(InputError, match="no rows"):
+        load_human(tmp_path)  # the same file found in a directory
