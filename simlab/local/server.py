@@ -112,6 +112,39 @@ def _walk(node):  # importlib.resources Traversable has no rglob
             yield child
 
 
+TMP_PREFIX = "simlab-llama-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def sweep_orphans(tmp_dir: str | Path | None = None) -> list[Path]:
+    """Remove the temp folders of embedded servers whose simlab process is gone.
+
+    A SIGKILLed run cannot clean up after itself (its server dies with it, by PDEATHSIG); its
+    folder is named after its pid, so the next start removes it. Returns what was removed."""
+    import shutil
+
+    removed = []
+    for path in Path(tmp_dir or tempfile.gettempdir()).glob(f"{TMP_PREFIX}*"):
+        owner = path.name[len(TMP_PREFIX):].split("-", 1)[0]
+        try:
+            if not owner.isdigit() or path.stat().st_uid != os.getuid() or _pid_alive(int(owner)):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -327,7 +360,8 @@ class LocalServer:
     def _launch(self, mode: Mode) -> None:
         self.port = self.port or _free_port()
         if self._tmp is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="simlab-llama-")
+            sweep_orphans()
+            self._tmp = tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}{os.getpid()}-")
         cfg_path = Path(self._tmp.name) / "server.json"
         cfg_path.write_text(json.dumps(self.settings()))
         self._log = self.log_path or Path(self._tmp.name) / "server.log"

@@ -3,7 +3,9 @@ the default replica count. (The real-model behaviour is in test_embedded.py.)"""
 
 from __future__ import annotations
 
+import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +63,25 @@ def test_an_external_endpoint_that_stops_answering_gets_a_hint_not_a_server_stor
     backends = EmbeddedBackends(default_config(), base_urls={"local": "http://127.0.0.1:9/v1"})
     text = backends.explain("local")
     assert "hint:" in text and "run the same command again" in text
+
+
+def test_a_sigkilled_runs_temp_folder_is_removed_at_the_next_start(tmp_path):
+    import subprocess
+    import sys
+
+    from simlab.local.server import TMP_PREFIX, sweep_orphans
+
+    # a process makes its folder as LocalServer does, then dies by SIGKILL: nothing cleans up
+    code = (f"import os, tempfile, time; d = tempfile.mkdtemp(prefix='{TMP_PREFIX}' + str(os.getpid()) + '-'); "
+            "open(os.path.join(d, 'server.json'), 'w').write('{}'); print(d, flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env={"TMPDIR": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    orphan = Path(proc.stdout.readline().strip())
+    live = tmp_path / f"{TMP_PREFIX}{os.getpid()}-abc"  # a running simlab's folder
+    live.mkdir()
+    assert sweep_orphans(tmp_path) == []  # its owner is alive
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert (orphan / "server.json").exists()
+    assert sweep_orphans(tmp_path) == [orphan]
+    assert not orphan.exists() and live.exists()
