@@ -203,6 +203,7 @@ class Simulator:
                 self._log(getattr(exc, "call", None), instrument)
                 self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id, instrument=instrument,
                                                          attempts=attempt, status="error", error=str(exc)))
+                exc.asked = _asked(instrument, task)  # type: ignore[attr-defined]
                 raise
             self._log(res.call, instrument)
             text = _clean_message(res.text)
@@ -213,8 +214,10 @@ class Simulator:
         self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id, instrument=instrument,
                                                  attempts=attempts, status="schema_error",
                                                  error="empty message", raw_text=res.text))
-        raise StructuredOutputError(f"{instrument}: the simulator wrote an empty message",
+        err = StructuredOutputError(f"{instrument}: the simulator wrote an empty message",
                                     raw_text=res.text, reason="empty message", attempts=attempts)
+        err.asked = _asked(instrument, task)  # type: ignore[attr-defined]
+        raise err
 
     async def ask(self, instrument: str, task: Prompt, schema: type[BaseModel]) -> BaseModel:
         """A schema-validated judgement; failures are logged with the raw text and re-raised."""
@@ -227,11 +230,13 @@ class Simulator:
             self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id, instrument=instrument,
                                                      attempts=max(1, exc.attempts), status="schema_error",
                                                      error=exc.reason, raw_text=exc.raw_text))
+            exc.asked = _asked(instrument, task)  # type: ignore[attr-defined]
             raise
         except LLMError as exc:
             self._log(getattr(exc, "call", None), instrument)
             self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id, instrument=instrument,
                                                      attempts=max(1, exc.attempts), status="error", error=str(exc)))
+            exc.asked = _asked(instrument, task)  # type: ignore[attr-defined]
             raise
         self._log(res.call, instrument)
         retried = "; ".join(res.call.schema_failures) or None  # why earlier attempts were rejected
@@ -252,6 +257,17 @@ class Simulator:
             ranked.append(pick.letter)  # type: ignore[attr-defined]
             remaining.remove(pick.letter)  # type: ignore[attr-defined]
         return ranked + remaining
+
+
+def _asked(instrument: str, task: Prompt) -> str:
+    return f"question '{instrument}' ({task.name})"
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A failed session's reason: which question was asked, then what went wrong."""
+    reason = getattr(exc, "reason", None) or str(exc)
+    asked = getattr(exc, "asked", None)
+    return f"{asked}: {reason}" if asked else reason
 
 
 def _clean_message(text: str) -> str:
@@ -462,7 +478,7 @@ async def _simulate_session(persona: Persona, domain: str, config: Config, clien
     except (StructuredOutputError, LLMError) as exc:
         raise SessionFailed(SessionFailure(
             session_key=conv_id, participant_id=pid, domain=domain,
-            error_type=type(exc).__name__, reason=getattr(exc, "reason", None) or str(exc),
+            error_type=type(exc).__name__, reason=failure_reason(exc),
             raw_text=getattr(exc, "raw_text", None), llm_calls=sim.calls,
         )) from exc
 

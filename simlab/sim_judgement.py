@@ -35,6 +35,7 @@ from simlab.protocol import (
     assess,
     bdm_draw,
     derive_seed,
+    failure_reason,
     judgement_rows,
     opening_schema,
     transcript_text,
@@ -161,7 +162,7 @@ async def simulate_judgement(persona: Persona, human_conversation: HumanConversa
     except (StructuredOutputError, LLMError) as exc:
         raise SessionFailed(SessionFailure(
             session_key=conv_id, participant_id=hc.participant_id, domain=hc.domain,
-            error_type=type(exc).__name__, reason=getattr(exc, "reason", None) or str(exc),
+            error_type=type(exc).__name__, reason=failure_reason(exc),
             raw_text=getattr(exc, "raw_text", None), llm_calls=sim.calls,
         )) from exc
     judgements = judgement_rows(conv_id, hc.arm_letters, assessment, opening_pick=pick.preferred,  # type: ignore[attr-defined]

@@ -148,6 +148,8 @@ def test_schema_failures_are_recorded_not_guessed(stub, tmp_path):
     row = failures.iloc[0]
     assert row["error_type"] == "StructuredOutputError"
     assert "preferred" in row["reason"] or "personalised" in row["reason"]
+    # the reason says which question was asked, by instrument and template
+    assert row["reason"].startswith("question 'opening_choice' (simulator/opening_choice.j2): "), row["reason"]
     assert '"unexpected": true' in row["raw_text"]
     t = load_run(summary.run_dir)
     assert len(t.judgements) == 0 and len(t.conversations) == 0
@@ -204,6 +206,13 @@ def test_an_arm_whose_replies_are_mostly_error_notices_fails_the_run_and_says_wh
     assert "replies that are error notices per arm: GEN=0/4" in text and "FAILED: " in text
     lenient = summary.__class__(**{**summary.__dict__, "max_gen_error_rate": 1.0})
     assert lenient.gen_error_alert is None  # the threshold is the config's
+    # the report's header shows the same per-arm shares and which arm is over the limit
+    from simlab.report import write_run_report
+
+    page = write_run_report(summary.run_dir, n_boot=0).read_text()
+    assert "Replies that are error notices, per arm" in page
+    assert "<td>STYLE</td><td class=\"num\">4</td><td class=\"num\">4</td><td class=\"num\">100.0% <strong>over the limit" in page
+    assert "<td>GEN</td><td class=\"num\">0</td><td class=\"num\">4</td><td class=\"num\">0.0%</td>" in page
 
 
 def test_a_dead_arm_endpoint_stops_the_run_instead_of_rating_error_notices(stub, tmp_path):
@@ -308,3 +317,4 @@ def test_replies_with_no_choices_fail_the_session_with_a_reason_not_the_run(stub
     assert (summary.sessions_completed, summary.sessions_failed) == (1, 1)
     failures = read_table(summary.run_dir, "failures")
     assert failures.iloc[0]["error_type"] == "LLMError" and "no choices" in failures.iloc[0]["reason"]
+    assert failures.iloc[0]["reason"].startswith("question '"), failures.iloc[0]["reason"]
