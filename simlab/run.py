@@ -435,7 +435,21 @@ def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
         data["human"] = args.human
     from simlab.config import parse_config
 
-    return parse_config(data, file=args.config or "configs/local.toml (with command-line overrides)")
+    try:
+        return parse_config(data, file=args.config or "configs/local.toml (with command-line overrides)")
+    except InputError as exc:
+        # the config itself was valid: a bad value came from an option, so name the option
+        given = {"personas": args.personas, "limit": args.limit, "holdout": args.holdout,
+                 "protocol.domains": args.domains, "concurrency": args.concurrency, "seed": args.seed,
+                 "out_dir": args.out, "human": args.human}
+        for field, value in given.items():
+            if value is not None and exc.field and (exc.field == field or exc.field.startswith((f"{field}.", f"{field}["))):
+                exc.file, exc.field = None, _OPTION_OF.get(field, f"--{field}")
+                exc.message += f" (given: {value!r})"
+        raise
+
+
+_OPTION_OF = {"protocol.domains": "--domains", "out_dir": "--out"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -496,7 +510,12 @@ def _main(args: argparse.Namespace) -> int:
         from simlab.store import run_meta
 
         run_dir = Path(args.resume)
-        stored = parse_config(run_meta(run_dir)["config"], file=run_dir / "store.sqlite")
+        stored_config = run_meta(run_dir)["config"]
+        try:
+            stored = parse_config(stored_config, file=run_dir / "store.sqlite")
+        except InputError as exc:  # name the stored key, not a field of a file the user has
+            exc.field = "meta.config" + (f".{exc.field}" if exc.field else "")
+            raise
         config = load_config(args.config) if args.config else stored
         config = _apply_overrides(config, args)
         stored_shard = run_meta(run_dir).get("shard")
@@ -504,12 +523,18 @@ def _main(args: argparse.Namespace) -> int:
             shard = (int(stored_shard[0]), int(stored_shard[1]))
     else:
         config = _apply_overrides(load_config(args.config), args)
-    personas = select(load_persona_set(config.personas, config.holdout), limit=config.limit, shard=shard)
+    config_file = str(run_dir / "store.sqlite") if run_dir else (args.config or str(CONFIGS_DIR / "local.toml"))
+    try:
+        personas = select(load_persona_set(config.personas, config.holdout), limit=config.limit, shard=shard)
+    except InputError as exc:
+        if exc.row is None and not args.personas:  # the whole file is wrong: say where its path was set
+            exc.message += f" (set by 'personas' in {config_file})"
+        raise
     try:
         validate_plan(config, personas)
     except InputError as exc:
         if exc.file is None:  # a config field: name the file it came from
-            exc.file = str(run_dir / "store.sqlite") if run_dir else (args.config or str(CONFIGS_DIR / "local.toml"))
+            exc.file = config_file
         raise
     target = run_dir or run_dir_for(config, shard)
     _check_writable(Path(config.out_dir) if run_dir is None else target, "--out" if args.out else "out_dir")

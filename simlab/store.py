@@ -356,7 +356,7 @@ class RunStore:
         full = {
             "simlab_version": _version(),
             "created_at": _now(),
-            "command": shlex.join(sys.argv),
+            "command": command_line(),
             **{k: _jsonable(v) for k, v in meta.items()},
             "store_schema": STORE_SCHEMA_VERSION,
             "store_id": uuid.uuid4().hex,  # lets a merge recognise a shard it already took in
@@ -407,7 +407,7 @@ class RunStore:
         if differences:
             store.close()
             raise ConfigMismatchError(store.path, differences)
-        resumes = stored.get("resumes", []) + [{"at": _now(), "command": shlex.join(sys.argv), "changed": allowed}]
+        resumes = stored.get("resumes", []) + [{"at": _now(), "command": command_line(), "changed": allowed}]
         store._conn.execute("INSERT OR REPLACE INTO meta VALUES ('resumes', ?)", (json.dumps(resumes),))
         return store
 
@@ -730,15 +730,33 @@ def load_run(path: str | Path) -> Tables:
     return Tables(judgements=judgements, **frames)
 
 
+def command_line() -> str:
+    """The command as the user typed it: ``python -m simlab.run --limit 1``, ``simlab run …``,
+    not the path of the module file that ``sys.argv[0]`` holds."""
+    argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+    if len(argv) >= 3 and argv[1] == "-m":  # python -m simlab.run …
+        return shlex.join([Path(argv[0]).name, *argv[1:]])
+    if len(argv) >= 2 and Path(argv[1]).name == "simlab":  # the console script (a shebang runs python on it)
+        return shlex.join(["simlab", *argv[2:]])
+    return shlex.join([Path(argv[0]).name, *argv[1:]])
+
+
 def run_meta(path: str | Path) -> dict[str, Any]:
     """The run's metadata: resolved config, prompt hashes, models, seed, version, created_at, command."""
     with _closing(_open_readonly(path)) as conn:
         try:
-            meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
-        except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:
+            rows = list(conn.execute("SELECT key, value FROM meta"))
+        except sqlite3.DatabaseError as exc:
             # a zero-byte, truncated, overwritten or foreign file where a store should be
             raise InputError(f"not a readable simlab run store ({exc}); nothing was changed",
                              file=_store_path(path)) from None
+    meta: dict[str, Any] = {}
+    for key, value in rows:
+        try:
+            meta[key] = json.loads(value)
+        except (TypeError, json.JSONDecodeError) as exc:
+            raise InputError(f"the stored value is not valid JSON ({exc}); the store is damaged, nothing was changed",
+                             file=_store_path(path), field=f"meta.{key}") from None
     if "config" not in meta:
         raise InputError("the run store has no stored config (not made by simlab run?)", file=_store_path(path),
                          field="meta.config")

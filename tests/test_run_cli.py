@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import os
+import shlex
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -78,6 +81,35 @@ def test_cli_run_writes_store_and_summary(tmp_path, stub_process):
     assert len(run_dirs) == 1 and (run_dirs[0] / "store.sqlite").exists()
     again = cli("--config", str(cfg), "--limit", "2", "--domains", "values", "--quiet")
     assert "(2 were already done)" in again.stdout  # same command: same run, nothing redone
+    # the command is kept as typed, not as the path of run.py
+    typed = shlex.join([Path(sys.executable).name, "-m", "simlab.run", "--config", str(cfg), "--limit", "2",
+                        "--domains", "values", "--quiet"])
+    with sqlite3.connect(run_dirs[0] / "store.sqlite") as db:
+        meta = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
+    assert meta["command"] == typed and meta["resumes"][-1]["command"] == typed
+    assert f"Command: <code>{html.escape(typed)}</code>" in (run_dirs[0] / "report.html").read_text()
+    _damaged_stored_config_is_named_on_resume(tmp_path, run_dirs[0])
+
+
+def _damaged_stored_config_is_named_on_resume(tmp_path: Path, run_dir: Path) -> None:
+    cases = [("{not json", "field 'meta.config': the stored value is not valid JSON"),
+             ("42", "field 'meta.config': "),
+             (None, "field 'meta.config.protocol.max_turns': ")]
+    for i, (value, needle) in enumerate(cases):
+        copy = tmp_path / f"damaged-{i}"
+        copy.mkdir()
+        shutil.copy(run_dir / "store.sqlite", copy / "store.sqlite")
+        with sqlite3.connect(copy / "store.sqlite") as db:
+            if value is None:
+                config = json.loads(db.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()[0])
+                config["protocol"]["max_turns"] = "many"
+                value = json.dumps(config)
+            db.execute("UPDATE meta SET value = ? WHERE key = 'config'", (value,))
+        before = (copy / "store.sqlite").read_bytes()
+        out = cli("--resume", str(copy))
+        assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert str(copy / "store.sqlite") in out.stderr
+        assert (copy / "store.sqlite").read_bytes() == before
 
 
 def _completed(store: Path) -> list[str]:
@@ -221,7 +253,7 @@ def test_bad_config_exit_2(tmp_path, case, mutate, needle):
 
 @pytest.mark.parametrize("args,needle", [
     (["--shard", "3/2"], "--shard"),
-    (["--domains", "sport"], "protocol.domains[0]"),
+    (["--domains", "sport"], "field '--domains': Input should be 'unguided'"),
     (["--personas", "/nonexistent/p.jsonl"], "/nonexistent/p.jsonl"),
     (["--limit", "0"], "limit"),
     (["--domains", ""], "at least one domain"),
