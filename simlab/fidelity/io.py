@@ -115,6 +115,8 @@ def read_table(path: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
     """Read one CSV/JSONL/Parquet file; returns the frame and each record's row number."""
     path = Path(path)
     fmt = _format_of(path)
+    if fmt != "parquet":
+        _check_utf8(path, fmt)
     try:
         if fmt == "csv":
             # Everything as text first so that type errors are ours to report, with a row.
@@ -127,6 +129,20 @@ def read_table(path: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise InputError(f"cannot read {fmt.upper()}: {exc}", file=path) from exc
     return _read_jsonl(path)
+
+
+def _check_utf8(path: Path, fmt: str) -> None:
+    """Refuse a text file that is not UTF-8, naming the line of the first bad byte."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {fmt.upper()}: {exc.strerror}", file=path) from None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(f"not UTF-8 text (byte {exc.start + 1}, {data[exc.start:exc.start + 1]!r}); "
+                         "save the file as UTF-8", file=path, row=line) from None
 
 
 def _read_jsonl(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
@@ -345,7 +361,12 @@ def _coerce(frame: pd.DataFrame, where: _Where) -> pd.DataFrame:
     """Give every known column its type; the first bad value raises with its row."""
     frame = frame.copy()
     for col in frame.columns:
-        if col in _ID_COLUMNS or col in _TEXT_COLUMNS:
+        if col in _ID_COLUMNS:
+            text = _as_text(frame[col])
+            # an empty id is a missing one, in JSONL as in CSV (where "" is read as missing)
+            blank = text.map(lambda v: isinstance(v, str) and not v.strip()).astype(bool)
+            frame[col] = text.where(~blank, None)
+        elif col in _TEXT_COLUMNS:
             frame[col] = _as_text(frame[col])
         elif col in _INT_COLUMNS:
             frame[col] = _as_int(frame[col], where, col)

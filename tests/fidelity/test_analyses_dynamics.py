@@ -25,3 +25,10 @@ def test_without_turns_only_conversation_level_measures() -> None:
     assert r.status == "not_available"
     assert r.per_source["human"].n_turns is not None and r.per_source["human"].slope is None
     assert dynamics(replace(t, conversations=None), n_boot=5).status == "not_available"
+
+
+def test_a_model_that_cannot_be_fitted_says_why_in_words() -> None:
+    t = planted()
+    r = dynamics(replace(t, turns=t.turns.assign(turn=1)), n_boot=5)  # turn does not vary: singular
+    assert r.status == "failed"
+    assert r.reason.startswith("mixed model of turn ratings: the model could not be fitted: a predictor does not vary")

@@ -260,6 +260,20 @@ def test_malformed_jsonl_line(tmp_path: Path) -> None:
     assert "malformed JSON" in err.value.message
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_non_utf8_file_names_the_line(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"judgements.{fmt}"
+    if fmt == "csv":
+        text = "conversation_id,participant_id,arm\nc,p,a\nc,p\xe9,b\n"
+    else:
+        text = '{"conversation_id": "c", "participant_id": "p", "arm": "a"}\n{"conversation_id": "c\xe9"}\n'
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(InputError) as err:
+        load_human(path)
+    assert (err.value.file, err.value.row) == (str(path), 3 if fmt == "csv" else 2)
+    assert "not UTF-8" in err.value.message
+
+
 def test_no_judgements_in_directory(tmp_path: Path) -> None:
     small_tables().conversations.to_csv(tmp_path / "conversations.csv", index=False)
     with pytest.raises(InputError, match="no judgements"):

@@ -116,3 +116,16 @@ def test_two_step_bootstrap_matches_full_refits() -> None:
     fast = clogit_draws(cont, full.params, counts)
     exact = np.vstack([fit_clogit(cont, counts[b][cont.participant]).params for b in range(20)])
     np.testing.assert_allclose(fast, exact, atol=1e-4)
+
+
+def test_reason_for_puts_words_before_the_exception() -> None:
+    import numpy as np
+
+    from simlab.fidelity.stats import FitError, reason_for
+
+    try:
+        np.linalg.inv(np.zeros((2, 2)))
+    except np.linalg.LinAlgError as exc:
+        assert reason_for(exc).startswith("the model could not be fitted") and "(LinAlgError: Singular matrix)" in reason_for(exc)
+    assert reason_for(FitError("no choice sets or no features")) == "no choice sets or no features"
+    assert reason_for(KeyError("arm")).startswith("the analysis stopped on an unexpected error; please report it")

@@ -61,6 +61,7 @@ def analyze_all(
         runs["topics"] = lambda: _topics(tables, seed=seed, topics=topics, clusters_path=clusters_path, participants=participants)
     results: dict[str, AnalysisResult] = {}
     from simlab.fidelity import result as r
+    from simlab.fidelity.stats import reason_for
 
     fallback = {"hierarchy": r.HierarchyResult, "agreement": r.AgreementResult, "position": r.PositionResult,
                 "dynamics": r.DynamicsResult, "traits": r.TraitsResult, "topics": r.TopicsResult,
@@ -69,7 +70,7 @@ def analyze_all(
         try:
             results[name] = run()
         except Exception as exc:  # noqa: BLE001 - one analysis failing must not lose the others
-            results[name] = fallback[name](status="failed", reason=f"{type(exc).__name__}: {exc}")
+            results[name] = fallback[name](status="failed", reason=reason_for(exc))
     return FidelityResult(sources=tables.sources, n_boot=n_boot, seed=seed, analyses=dict(sorted(results.items())))
 
 

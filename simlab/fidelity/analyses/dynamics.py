@@ -18,7 +18,7 @@ from scipy import stats as sps
 
 from simlab.fidelity.analyses._prep import HUMAN, has_values, participants_of
 from simlab.fidelity.result import DynamicsResult, DynamicsSource, Estimate
-from simlab.fidelity.stats import Participants, bootstrap, estimate
+from simlab.fidelity.stats import Participants, bootstrap, estimate, reason_for
 from simlab.tables import Tables
 
 CEILING = 95.0
@@ -98,7 +98,7 @@ def dynamics(
             warnings.simplefilter("ignore")
             fit = smf.mixedlm(formula, d, groups=d["participant_id"]).fit(reml=True, method=["lbfgs"])
     except (np.linalg.LinAlgError, ValueError) as exc:
-        out.status, out.reason = "failed", f"MixedLM failed: {exc}"
+        out.status, out.reason = "failed", f"mixed model of turn ratings: {reason_for(exc)}"
         return out
     params, cov = fit.fe_params, fit.cov_params()
     n_part = {s: int(d.loc[d["source"] == s, "participant_id"].nunique()) for s in use}
