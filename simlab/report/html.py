@@ -127,6 +127,24 @@ def _counts(tables: Tables | None, meta: Mapping[str, Any]) -> list[dict[str, An
     return out
 
 
+def _gen_errors_by_arm(tables: Tables | None, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per source and arm: the share of replies that are error notices, against the run's threshold."""
+    t = tables.turns if tables is not None else None
+    if t is None or "gen_error" not in t or "arm" not in t or not (t["role"] == "assistant").any():
+        return []
+    limit = (meta.get("config") or {}).get("max_gen_error_rate")
+    replies = t[(t["role"] == "assistant") & t["arm"].notna()]
+    if "source" not in replies and tables is not None and tables.conversations is not None:
+        replies = replies.merge(tables.conversations[["conversation_id", "source"]], on="conversation_id", how="left")
+    out = []
+    for (src, arm), g in replies.groupby([replies.get("source", pd.Series("", index=replies.index)), "arm"], sort=True):
+        errors, n = int(g["gen_error"].fillna(False).astype(bool).sum()), len(g)
+        out.append({"source": str(src), "arm": str(arm), "errors": errors, "replies": n,
+                    "share": f"{100 * errors / n:.1f}%",
+                    "over": limit is not None and errors / n > float(limit)})
+    return out if any(r["errors"] for r in out) else []
+
+
 def build_header(meta: Mapping[str, Any] | None, tables: Tables | None, result: FidelityResult) -> dict[str, Any]:
     """Run id, date, models and endpoints per arm, simulator/judge, prompt hashes, seeds, counts, tokens."""
     meta = dict(meta or {})
@@ -157,6 +175,8 @@ def build_header(meta: Mapping[str, Any] | None, tables: Tables | None, result: 
         "failure_groups": [g for g in counts.get("failure_groups") or [] if isinstance(g, Mapping)],
         "backends": [(name, info) for name, info in (meta.get("backends") or {}).items() if isinstance(info, Mapping)],
         "counts": _counts(tables, meta),
+        "gen_errors": _gen_errors_by_arm(tables, meta),
+        "max_gen_error_rate": (meta.get("config") or {}).get("max_gen_error_rate"),
         "tokens": _tokens(meta, tables),
         "note": str(meta.get("note") or ""),
     }
@@ -274,6 +294,8 @@ def write_run_report(run_dir: str | os.PathLike[str], *, human: str | None = Non
     from simlab.store import RunStore, load_run, run_meta
     from simlab.tables import concat
 
+    if n_boot < 0:
+        raise InputError("must be >= 0", field="--n-boot")
     run_path = Path(run_dir)
     if not (run_path / "store.sqlite").is_file() and not run_path.is_file():
         raise InputError(f"no run store found (expected {run_path / 'store.sqlite'})", file=run_path)
