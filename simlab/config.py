@@ -13,7 +13,9 @@ Examples:
 from __future__ import annotations
 
 import os
+import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -37,8 +40,23 @@ Rendering = Literal["demographics", "profile", "summary"]
 Personalisation = Literal["none", "demographics", "profile", "summary"]
 
 
+def _plain_types(annotation: Any) -> set[Any]:
+    args = typing.get_args(annotation)
+    return set().union(*(_plain_types(a) for a in args)) if args else {annotation}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true as 1: `seed = true` would run with seed 1
+        if isinstance(value, bool) and info.field_name:
+            types = _plain_types(cls.model_fields[info.field_name].annotation)
+            if bool not in types and types & {int, float}:
+                raise ValueError("expected a number, not true/false")
+        return value
 
 
 class SamplingConfig(_Strict):
@@ -320,7 +338,9 @@ def load_config(path: str | Path | None = None) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        line = getattr(exc, "lineno", None)
+        # Python < 3.14 keeps the position only in the message: "... (at line 9, column 9)"
+        found = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        line = getattr(exc, "lineno", None) or (int(found.group(1)) if found else None)
         raise ConfigError(f"not valid TOML: {exc}", file=path, row=line) from None
     return parse_config(data, file=path)
 
