@@ -33,6 +33,11 @@ class Estimate(_Model):
     """Model-based p-value of value = 0 (or of the stated null), where one exists."""
     n: int
     """Units behind the estimate (participants, events or rows: see the field)."""
+    n_failed: int = 0
+    """Bootstrap replicates whose refit failed (e.g. a degenerate resample); they are left out of
+    the CI, and above ``MAX_FAILED_SHARE`` of the replicates the CI is withheld (NaN)."""
+    note: str | None = None
+    """Why the CI is withheld, or how the estimate was obtained when that is not the default."""
 
 
 class SourceStatus(_Model):

@@ -95,12 +95,30 @@ def percentile_ci(draws: np.ndarray, level: float = 0.95) -> tuple[float, float]
     return (float(lo), float(hi))
 
 
+MAX_FAILED_SHARE = 0.10
+"""Above this share of failed bootstrap replicates a percentile CI is biased (the failures are not
+random: they are the degenerate resamples), so it is withheld with a reason."""
+
+
 def estimate(
     value: float, draws: np.ndarray | None, n: int, p_value: float | None = None
 ) -> Estimate:
-    """An ``Estimate`` with a percentile CI from bootstrap draws (NaN CI when there are none)."""
-    lo, hi = percentile_ci(draws) if draws is not None else (float("nan"), float("nan"))
-    return Estimate(value=float(value), ci_low=lo, ci_high=hi, p_value=p_value, n=int(n))
+    """An ``Estimate`` with a percentile CI from bootstrap draws (NaN CI when there are none).
+
+    Failed replicates (NaN draws) are counted in ``n_failed``; above ``MAX_FAILED_SHARE`` of them
+    the CI is withheld and ``note`` says why."""
+    if draws is None:
+        return Estimate(value=float(value), ci_low=float("nan"), ci_high=float("nan"), p_value=p_value, n=int(n))
+    d = np.asarray(draws, dtype=float).ravel()
+    failed = int(np.sum(~np.isfinite(d)))
+    note = None
+    if d.size and failed > MAX_FAILED_SHARE * d.size:
+        lo, hi = float("nan"), float("nan")
+        note = (f"CI withheld: {failed} of {d.size} bootstrap replicates failed to fit (more than "
+                f"{MAX_FAILED_SHARE:.0%}), so the rest would be a biased sample")
+    else:
+        lo, hi = percentile_ci(d)
+    return Estimate(value=float(value), ci_low=lo, ci_high=hi, p_value=p_value, n=int(n), n_failed=failed, note=note)
 
 
 def bootstrap(
