@@ -391,6 +391,9 @@ class ReliabilityResult(BaseModel):
 
     dimension: str
     mode: GradeMode
+    source: str | None = None
+    """The source whose units these are (None: the rows carried no source). Sources are never
+    pooled: human and simulated units differ systematically, which inflates a pooled ICC."""
     icc: float | None
     """ICC(2,1): two-way random effects, absolute agreement, single rater (None: not computable)."""
     ci_low: float | None
@@ -423,17 +426,25 @@ def icc_with_ci(matrix: np.ndarray, n_boot: int, seed: int) -> tuple[float, floa
 
 def reliability(scores: pd.DataFrame, *, threshold: float = 0.75, rater_runs: int = 3, n_boot: int = 1000,
                 seed: int = 0) -> list[ReliabilityResult]:
-    """ICC(2,1) per (dimension, mode) from autograde rows (units scored ok in every rater run)."""
+    """ICC(2,1) per (dimension, mode, source) from autograde rows (units scored ok in every rater run).
+
+    Each source is its own population: pooling human and simulated units adds their systematic
+    difference to the between-unit variance and inflates the ICC. A dimension is reliable only
+    where every source's ICC reaches the threshold (``unreliable_dimensions``)."""
     out: list[ReliabilityResult] = []
     if scores is None or scores.empty:
         return out
+    scores = scores.assign(source=scores["source"].astype(object).where(scores["source"].notna(), "")
+                           if "source" in scores else "")
     ok = scores[(scores["status"] == "ok") & scores["score"].notna()]
-    for (dimension, mode), _g in scores.groupby(["dimension", "mode"], sort=True):
-        g_ok = ok[(ok["dimension"] == dimension) & (ok["mode"] == mode) & (ok["rater_run"] < rater_runs)]
+    for (dimension, mode, source), _g in scores.groupby(["dimension", "mode", "source"], sort=True):
+        g_ok = ok[(ok["dimension"] == dimension) & (ok["mode"] == mode) & (ok["source"] == source)
+                  & (ok["rater_run"] < rater_runs)]
         wide = g_ok.pivot_table(index="unit_id", columns="rater_run", values="score", aggfunc="first")
         complete = wide.dropna() if wide.shape[1] == rater_runs else wide.iloc[0:0]
         n = len(complete)
-        base = dict(dimension=str(dimension), mode=mode, n_units=n, n_raters=rater_runs, threshold=threshold)
+        base = dict(dimension=str(dimension), mode=mode, source=str(source) or None, n_units=n, n_raters=rater_runs,
+                    threshold=threshold)
         if n < 3:
             out.append(ReliabilityResult(**base, icc=None, ci_low=None, ci_high=None, reliable=False,
                                          reason=f"only {n} unit(s) scored in all {rater_runs} rater runs (need 3)"))
@@ -443,7 +454,7 @@ def reliability(scores: pd.DataFrame, *, threshold: float = 0.75, rater_runs: in
             out.append(ReliabilityResult(**base, icc=None, ci_low=None, ci_high=None, reliable=False,
                                          reason="every score is the same: agreement cannot be told from chance"))
             continue
-        value, lo, hi = icc_with_ci(y, n_boot, derive_seed(seed, "icc", dimension, mode))
+        value, lo, hi = icc_with_ci(y, n_boot, derive_seed(seed, "icc", dimension, mode, *([source] if source else [])))
         if not np.isfinite(value):
             out.append(ReliabilityResult(**base, icc=None, ci_low=None, ci_high=None, reliable=False,
                                          reason="ICC not computable (no variance between units)"))
@@ -491,12 +502,12 @@ def unreliable_dimensions(meta: dict[str, Any]) -> set[str]:
 
 def reliability_table(results: Iterable[ReliabilityResult]) -> str:
     """A plain-text table of the reliability results (what the CLI prints)."""
-    lines = [f"{'dimension':<26} {'mode':<12} {'ICC(2,1)':>8} {'95% CI':>17} {'n':>4}  verdict"]
+    lines = [f"{'dimension':<26} {'mode':<12} {'source':<14} {'ICC(2,1)':>8} {'95% CI':>17} {'n':>4}  verdict"]
     for r in results:
         icc = f"{r.icc:.3f}" if r.icc is not None else "—"
         ci = f"[{r.ci_low:.2f}, {r.ci_high:.2f}]" if r.ci_low is not None and r.ci_high is not None else "—"
         verdict = "reliable" if r.reliable else f"EXCLUDED: {r.reason}"
-        lines.append(f"{r.dimension:<26} {r.mode:<12} {icc:>8} {ci:>17} {r.n_units:>4}  {verdict}")
+        lines.append(f"{r.dimension:<26} {r.mode:<12} {r.source or '—':<14} {icc:>8} {ci:>17} {r.n_units:>4}  {verdict}")
     return "\n".join(lines)
 
 

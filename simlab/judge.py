@@ -32,7 +32,7 @@ from simlab.personas import Persona, render_persona
 
 @dataclass
 class GradeReport:
-    """What ``grade_run`` did and the reliability of every (dimension, mode)."""
+    """What ``grade_run`` did and the reliability of every (dimension, mode, source)."""
 
     run_dir: Path
     run: GradeSummary
@@ -74,7 +74,7 @@ async def grade_run(
     progress: bool = False,
 ) -> GradeReport:
     """Grade a run's conversations (and ``human`` data, stored with source 'human'), then store
-    the reliability of every (dimension, mode) in the run meta and return it.
+    the reliability of every (dimension, mode, source) in the run meta and return it.
 
     ``config`` defaults to the run's stored config (its judge and endpoints are used);
     ``personas`` to the run config's persona set when that file exists (persona-aware

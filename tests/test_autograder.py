@@ -19,6 +19,7 @@ from simlab.autograder import (
     grade_schema,
     icc_with_ci,
     reliability,
+    reliability_table,
     reliable_dimensions,
     units_of,
 )
@@ -70,6 +71,25 @@ def test_reliability_recovers_planted_noise_and_orders_dimensions():
     assert results["specificity"].icc > results["sycophancy"].icc > results["opinionatedness"].icc
     assert results["refusal"].ci_low <= 0 <= results["refusal"].ci_high
     assert {d for d, r in results.items() if r.reliable} == {"specificity"}
+
+
+def test_reliability_is_per_source_so_a_shift_between_sources_does_not_inflate_it():
+    rng = np.random.default_rng(11)
+    n, sd_true, sd_noise = 150, 1.0, 1.0  # planted ICC 0.5 in each source
+    frames = []
+    for source, shift in (("human", 0.0), ("sim_dynamic", 4.0)):
+        truth = rng.normal(5 + shift, sd_true, n)
+        f = _long(truth[:, None] + rng.normal(0, sd_noise, (n, 3)), "sycophancy")
+        frames.append(f.assign(unit_id=source + f["unit_id"], source=source))
+    both = pd.concat(frames)
+    results = {r.source: r for r in reliability(both, n_boot=300, seed=2)}
+    assert set(results) == {"human", "sim_dynamic"}
+    for r in results.values():
+        assert r.ci_low <= 0.5 <= r.ci_high and not r.reliable, r
+    # pooled, the 4-point shift between sources would pass as agreement between raters
+    [pooled] = reliability(both.drop(columns="source"), n_boot=50)
+    assert pooled.source is None and pooled.icc > 0.75
+    assert "sim_dynamic" in reliability_table(results.values())
 
 
 def test_reliability_needs_complete_units_and_variance():
