@@ -39,8 +39,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from simlab.config import Dialect, EndpointConfig, ModelSpec, SamplingConfig, api_key
 from simlab.errors import BackendUnavailable, LLMError, StructuredOutputError
+from simlab.llm.config import Dialect, EndpointConfig, ModelSpec, SamplingConfig, api_key
 
 T = TypeVar("T", bound=BaseModel)
 Status = Literal["ok", "error", "schema_error"]

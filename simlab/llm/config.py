@@ -1,0 +1,142 @@
+"""The model layer's configuration: one OpenAI-compatible endpoint, one model spec and its sampling.
+
+They live here, not in ``simlab.config``, so that the client depends on nothing above it;
+``simlab.config`` re-exports them as part of the run's one typed configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from simlab.errors import ConfigError
+
+Dialect = Literal["json_schema", "json_object_schema"]
+
+
+def _plain_types(annotation: Any) -> set[Any]:
+    args = typing.get_args(annotation)
+    return set().union(*(_plain_types(a) for a in args)) if args else {annotation}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true as 1: `seed = true` would run with seed 1
+        if isinstance(value, bool) and info.field_name:
+            types = _plain_types(cls.model_fields[info.field_name].annotation)
+            if bool not in types and types & {int, float}:
+                raise ValueError("expected a number, not true/false")
+        return value
+
+
+class SamplingConfig(_Strict):
+    """Decoding parameters sent with every request of one model role."""
+
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    """Sampling temperature."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+    max_tokens: int = Field(256, ge=1, le=32768)
+    """Upper bound on generated tokens per reply."""
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    """Backend sampling seed; None derives one from the run seed and the unit's ids."""
+    stop: list[str] = Field(default_factory=list)
+    """Stop sequences."""
+
+
+class EndpointConfig(_Strict):
+    """One OpenAI-compatible server (vLLM, a hosted API, or the embedded local server)."""
+
+    kind: Literal["local", "vllm", "openai"] = "openai"
+    """Backend kind: decides the structured-output dialect and defaults. ``local`` with no
+    ``base_url`` starts the embedded llama.cpp server for the run."""
+    base_url: str | None = None
+    """Base URL ending in ``/v1``. None only for ``kind = "local"`` (embedded server)."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key (the key itself never goes in config)."""
+    structured_output: Dialect | None = None
+    """Override the dialect: ``json_schema`` (OpenAI, vLLM) or ``json_object_schema``
+    (llama.cpp: ``{"type": "json_object", "schema": …}``). Default follows ``kind``."""
+    max_in_flight: int | None = Field(None, ge=1)
+    """Bound on concurrent requests to this endpoint (default 1 for local, 64 otherwise)."""
+    rate_limit: float | None = Field(None, gt=0)
+    """Requests per second allowed to this endpoint (None: unlimited)."""
+    timeout_s: float = Field(120.0, gt=0)
+    """Per-request timeout."""
+    max_attempts: int = Field(5, ge=1, le=50)
+    """Attempts per request for transient failures (429, 5xx, timeouts, connection errors)."""
+    deadline_s: float = Field(600.0, gt=0)
+    """Total time budget of one call including retries and backoff."""
+    schema_attempts: int = Field(3, ge=1, le=20)
+    """Attempts for a structured reply that fails its schema before it is recorded as a failure."""
+    n_threads: int | None = Field(None, ge=1)
+    """Embedded server only: llama.cpp threads per server (default 1: llama.cpp's worker threads
+    spin while they wait, so several threads collapse when another process holds a core)."""
+    requantize: Literal["iq4_nl", "q8_0", "none"] = "iq4_nl"
+    """Embedded server only: serve the shipped GGUF requantized once (cached on disk) to this type.
+    IQ4_NL (every tensor) runs llama.cpp's repacked CPU kernels and never its AMX path, which
+    crashes on some Xeons: 1.6× the generation speed of Q8_0 in the safe mode there; Q8_0 suits
+    a CPU whose fast mode works; "none" serves the shipped Q4_1 as it is."""
+    replicas: int | None = Field(None, ge=1, le=64)
+    """Embedded server only: how many servers to start (default: one per core, at most 4). Each
+    session's calls stay on one replica, whose prompt cache holds its persona and transcript."""
+    n_ctx: int = Field(8192, ge=512)
+    """Embedded server only: context window in tokens."""
+
+    @property
+    def dialect(self) -> Dialect:
+        if self.structured_output:
+            return self.structured_output
+        return "json_object_schema" if self.kind == "local" else "json_schema"
+
+    @property
+    def in_flight(self) -> int:
+        if self.max_in_flight:
+            return self.max_in_flight
+        return 1 if self.kind == "local" else 64  # llama.cpp's server runs one request at a time
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http(s) URL such as http://127.0.0.1:8000/v1, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _url_or_local(self) -> EndpointConfig:
+        if self.base_url is None and self.kind != "local":
+            raise ValueError("base_url is required unless kind = 'local'")
+        return self
+
+
+class ModelSpec(_Strict):
+    """A client-side configuration of a served model: where, which, how to sample."""
+
+    endpoint: str = "local"
+    """Key into ``endpoints``."""
+    model: str = "smollm2-135m"
+    """Model id as the server names it (a vLLM LoRA adapter name, or the local alias)."""
+    sampling: SamplingConfig = SamplingConfig()
+    """Decoding parameters."""
+
+
+def api_key(endpoint: EndpointConfig) -> str:
+    """The endpoint's API key from the environment (never stored)."""
+    if endpoint.api_key_env:
+        key = os.environ.get(endpoint.api_key_env)
+        if not key:
+            raise ConfigError(f"environment variable {endpoint.api_key_env} is not set", field="api_key_env")
+        return key
+    return "sk-no-key-required"  # local servers ignore it; the openai client wants a value
