@@ -43,9 +43,9 @@ from simlab.config import Config, ModelSpec
 from simlab.errors import InputError, LLMError, StructuredOutputError
 from simlab.llm import CallRecord, LLMClient, affinity
 from simlab.prompts import render
-from simlab.protocol import derive_seed
 from simlab.records import AutogradeRecord, LLMCallRecord
 from simlab.schema import GradeMode
+from simlab.seeds import derive_seed
 from simlab.tables import Tables
 
 if TYPE_CHECKING:
@@ -409,10 +409,27 @@ class ReliabilityResult(BaseModel):
     """Why it is unreliable or not computable."""
 
 
+def icc_2_1(ratings: np.ndarray | pd.DataFrame) -> float:
+    """ICC(2,1) of Shrout & Fleiss (1979): two-way random effects, absolute agreement, one rater.
+
+    ``ratings`` is targets × raters with no missing cells.
+    """
+    y = np.asarray(ratings, dtype=float)
+    if y.ndim != 2 or y.shape[0] < 2 or y.shape[1] < 2 or not np.all(np.isfinite(y)):
+        raise ValueError("icc_2_1 needs a complete targets × raters matrix with at least 2 of each")
+    n, k = y.shape
+    grand = y.mean()
+    ss_rows = k * np.sum((y.mean(axis=1) - grand) ** 2)
+    ss_cols = n * np.sum((y.mean(axis=0) - grand) ** 2)
+    ss_err = np.sum((y - grand) ** 2) - ss_rows - ss_cols
+    bms = ss_rows / (n - 1)
+    jms = ss_cols / (k - 1)
+    ems = ss_err / ((n - 1) * (k - 1))
+    return float((bms - ems) / (bms + (k - 1) * ems + k * (jms - ems) / n))
+
+
 def icc_with_ci(matrix: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
     """ICC(2,1) of a units × raters matrix and its percentile bootstrap CI over units."""
-    from simlab.fidelity.stats import icc_2_1, percentile_ci
-
     with np.errstate(all="ignore"):
         value = icc_2_1(matrix)
         rng = np.random.default_rng(seed)
@@ -420,8 +437,11 @@ def icc_with_ci(matrix: np.ndarray, n_boot: int, seed: int) -> tuple[float, floa
         draws = np.full(n_boot, np.nan)
         for b in range(n_boot):
             draws[b] = icc_2_1(matrix[rng.integers(0, n, size=n)])
-    lo, hi = percentile_ci(draws)
-    return value, lo, hi
+    draws = draws[np.isfinite(draws)]
+    if not draws.size:
+        return value, float("nan"), float("nan")
+    lo, hi = np.quantile(draws, [0.025, 0.975])
+    return value, float(lo), float(hi)
 
 
 def reliability(scores: pd.DataFrame, *, threshold: float = 0.75, rater_runs: int = 3, n_boot: int = 1000,
@@ -530,6 +550,7 @@ __all__ = [
     "binarise_refusal",
     "grade_one",
     "grade_schema",
+    "icc_2_1",
     "icc_with_ci",
     "reliability",
     "reliability_table",

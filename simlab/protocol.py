@@ -15,7 +15,6 @@ place, each answered with a letter from the remaining ones.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -40,6 +39,7 @@ from simlab.records import (
     TurnRecord,
 )
 from simlab.schema import IN_DOMAIN, LETTERS
+from simlab.seeds import derive_seed
 
 GEN_ERROR_TEXT = "[This assistant could not produce a response because of a technical error.]"
 Source = Literal["sim_dynamic", "sim_judgement"]
@@ -51,12 +51,6 @@ class SessionFailed(SimlabError):
     def __init__(self, failure: SessionFailure) -> None:
         self.failure = failure
         super().__init__(f"{failure.session_key}: {failure.error_type}: {failure.reason}")
-
-
-def derive_seed(run_seed: int, *parts: object) -> int:
-    """A 63-bit seed from the run seed and a unit's ids (stable across processes and runs)."""
-    text = "|".join([str(run_seed), *map(str, parts)])
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
 
 
 def blind(arms: Sequence[str], seed: int) -> dict[str, str]:
