@@ -83,7 +83,7 @@ async def grade_run(
     from simlab.fidelity import load_human
     from simlab.llm import LLMClient
     from simlab.local import serving
-    from simlab.run import load_persona_set
+    from simlab.personas import load_persona_set
     from simlab.store import RunStore, load_run, read_table, run_meta
 
     run_dir = Path(run_dir)
@@ -217,7 +217,7 @@ exit status: 0 done, 1 some sessions failed, 2 bad input.""",
 
 def _grade_main(argv: list[str]) -> int:
     args = grade_parser().parse_args(argv)
-    from simlab.run import load_persona_set
+    from simlab.personas import load_persona_set
 
     options = AutogradeOptions(
         sample=args.sample, threshold=args.threshold, temperature=None if args.temperature < 0 else args.temperature,
@@ -237,7 +237,8 @@ def _grade_main(argv: list[str]) -> int:
 def _sim_judgement_main(argv: list[str]) -> int:
     args = sim_judgement_parser().parse_args(argv)
     from simlab.fidelity import load_human
-    from simlab.run import load_persona_set, run_dir_for
+    from simlab.personas import load_persona_set
+    from simlab.runner import run_dir_for
     from simlab.sim_judgement import run_sim_judgement
 
     config = load_config(args.config)
@@ -252,7 +253,9 @@ def _sim_judgement_main(argv: list[str]) -> int:
     summary = asyncio.run(run_sim_judgement(config, human, personas, run_dir, retry_failed=args.retry_failed,
                                             progress=not args.quiet))
     print(summary.text())
-    return 1 if summary.failed else 0
+    if summary.interrupted:
+        return 130
+    return 1 if summary.failed or summary.stopped else 0
 
 
 def main(argv: list[str] | None = None) -> int:

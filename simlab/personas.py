@@ -41,6 +41,7 @@ __all__ = [
     "SummaryArtefact",
     "input_hash",
     "load_holdout",
+    "load_persona_set",
     "load_personas",
     "load_prism",
     "render_persona",
@@ -585,3 +586,15 @@ async def summarize(persona: Persona, generate: Generate, *, model: str, cache_d
     artefact = SummaryArtefact(text=reply.strip(), created_at=datetime.now(timezone.utc), **expected)
     write_text_atomic(path, artefact.model_dump_json(indent=2))
     return artefact
+
+
+def load_persona_set(path: str | Path, holdout: str | Path | None = None) -> list[Persona]:
+    """simlab JSONL, or a PRISM ``survey.jsonl`` (its ``conversations.jsonl`` beside it),
+    without the hold-out conversations listed in ``holdout``."""
+    held = load_holdout(holdout) if holdout else frozenset()
+    p = data_path(path)
+    if p.is_dir():
+        p = p / "survey.jsonl"
+    if p.name == "survey.jsonl":
+        return load_prism(p, p.with_name("conversations.jsonl"), holdout=held)
+    return load_personas(p, holdout=held)

@@ -11,41 +11,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import json
 import os
-import signal
 import sys
 import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from simlab._files import data_path
 from simlab.config import CONFIGS_DIR, Config, load_config
 from simlab.errors import (
     BackendUnavailable,
     ConfigError,
     InputError,
-    SimlabError,
     exit_status,
 )
-from simlab.personas import (
-    Persona,
-    load_holdout,
-    load_personas,
-    load_prism,
-    render_persona,
-    summarize,
-)
-from simlab.prompts import all_hashes, render
+from simlab.personas import Persona, load_persona_set, render_persona
+from simlab.prompts import render
+from simlab.records import SessionRecord
+from simlab.runner import RESUMABLE_KEYS, open_store, persona_summaries, run_dir_for, run_sessions
 from simlab.schema import DOMAINS
 from simlab.store import FailureGroup
 
-# Config keys that may change when a run is resumed (they do not change any result).
-RESUMABLE_KEYS = ("concurrency", "limit", "out_dir", "human", "max_gen_error_rate")
+# load_persona_set, run_dir_for, RESUMABLE_KEYS: kept importable from here for scripts that used them
+__all__ = ["RESUMABLE_KEYS", "RunSummary", "load_persona_set", "main", "run_dir_for", "run_experiment", "select"]
+
 
 
 @dataclass
@@ -120,18 +110,6 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def load_persona_set(path: str | Path, holdout: str | Path | None = None) -> list[Persona]:
-    """simlab JSONL, or a PRISM ``survey.jsonl`` (its ``conversations.jsonl`` beside it),
-    without the hold-out conversations listed in ``holdout``."""
-    held = load_holdout(holdout) if holdout else frozenset()
-    p = data_path(path)
-    if p.is_dir():
-        p = p / "survey.jsonl"
-    if p.name == "survey.jsonl":
-        return load_prism(p, p.with_name("conversations.jsonl"), holdout=held)
-    return load_personas(p, holdout=held)
-
-
 def select(personas: list[Persona], *, limit: int | None, shard: tuple[int, int]) -> list[Persona]:
     """First ``limit`` personas, then this shard's share (every n-th, offset i)."""
     chosen = personas[:limit] if limit else personas
@@ -147,19 +125,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     if n < 1 or not 0 <= i < n:
         raise ConfigError(f"--shard {text}: need 0 <= i < n", field="shard")
     return i, n
-
-
-def _config_hash(config: Config, personas_path: str, shard: tuple[int, int]) -> str:
-    data = {k: v for k, v in config.public_dict().items() if k not in RESUMABLE_KEYS}
-    data["_personas"] = personas_path
-    data["_shard"] = list(shard)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def run_dir_for(config: Config, shard: tuple[int, int] = (0, 1)) -> Path:
-    """The run directory a config maps to (the same command always finds the same run)."""
-    suffix = f"-shard{shard[0]}of{shard[1]}" if shard[1] > 1 else ""
-    return Path(config.out_dir) / f"{config.name}-{_config_hash(config, config.personas, shard)}{suffix}"
 
 
 def _needs_summary(config: Config) -> bool:
@@ -252,8 +217,7 @@ async def run_experiment(
     """
     from simlab.llm import LLMClient
     from simlab.local import serving
-    from simlab.protocol import conversation_id
-    from simlab.store import RunStore
+    from simlab.protocol import conversation_id, simulate_session
 
     t0 = time.monotonic()
     if personas is None:
@@ -261,12 +225,7 @@ async def run_experiment(
     personas = list(personas)
     validate_plan(config, personas)
     run_dir = Path(run_dir) if run_dir else run_dir_for(config, shard)
-    models = {a.id: f"{a.endpoint}/{a.model}" for a in config.arms}
-    models.update(simulator=f"{config.simulator.endpoint}/{config.simulator.model}",
-                  judge=f"{config.judge.endpoint}/{config.judge.model}")
-    meta = {"config": config.public_dict(), "prompt_hashes": all_hashes(), "models": models, "seed": config.seed,
-            "personas": [p.persona_id for p in personas], "shard": list(shard)}
-    store = RunStore.open_or_create(run_dir, meta, ignore=RESUMABLE_KEYS)
+    store = open_store(run_dir, config, personas=[p.persona_id for p in personas], shard=list(shard))
     done_before = store.completed_sessions()
     skip = done_before if retry_failed else done_before | store.failed_sessions()
     todo = [(p, d) for p in personas for d in config.protocol.domains if conversation_id(p.persona_id, d) not in skip]
@@ -281,7 +240,13 @@ async def run_experiment(
                 store.set_meta("backends", backend_info)
             client = LLMClient(config.endpoints, base_urls=backends.base_urls)
             summaries = await persona_summaries(config, client, personas, store) if todo and _needs_summary(config) else {}
-            interrupted = await _run_sessions(config, client, store, todo, summaries, progress)
+
+            async def session(unit: tuple[Persona, str]) -> SessionRecord:
+                persona, domain = unit
+                return await simulate_session(persona, domain, config, client, summary=summaries.get(persona.persona_id))
+
+            outcome = await run_sessions(todo, session, store, concurrency=config.concurrency, progress=progress)
+            interrupted = outcome.interrupted
     except BackendUnavailable as exc:
         stopped = str(exc)  # the sessions in flight stay to do: nothing about them was recorded
     finally:
@@ -309,101 +274,6 @@ async def run_experiment(
     if report and not interrupted and not stopped:
         summary.report = _write_report(run_dir, config)
     return summary
-
-
-async def persona_summaries(config: Config, client, personas, store) -> dict[str, str]:
-    """persona_id → LLM summary text (cached artefacts reused); records the artefacts in run meta."""
-    from simlab.protocol import Simulator
-
-    out: dict[str, str] = {}
-    artefacts = dict(store.meta().get("persona_summaries") or {})
-    for persona in personas:
-        sink = Simulator(client=client, spec=config.summary, persona_text="", domain_instruction="",
-                         conversation_id="", seed=config.seed)
-
-        async def generate(messages, _sink=sink):
-            try:
-                res = await client.chat(config.summary, messages, prompt_name="persona/summary_request.j2",
-                                        seed=config.seed)
-            except SimlabError as exc:
-                _sink._log(getattr(exc, "call", None), "summary", role="summary")
-                raise
-            _sink._log(res.call, "summary", role="summary")
-            return res.text
-
-        artefact = await summarize(persona, generate, model=config.summary.model, cache_dir=config.summary.cache_dir)
-        out[persona.persona_id] = artefact.text
-        # the summary is an artefact: record what made it (PROTOCOL §3)
-        artefacts[persona.persona_id] = artefact.model_dump(mode="json", include={
-            "model", "prompt_hash", "input_hash", "created_at"})
-        store.write_calls([c.model_copy(update={"conversation_id": None}) for c in sink.calls])
-    store.set_meta("persona_summaries", artefacts)
-    return out
-
-
-async def _run_sessions(config, client, store, todo, summaries, progress: bool) -> bool:
-    """Run the sessions; returns True if interrupted (Ctrl-C / SIGTERM)."""
-    from tqdm import tqdm
-
-    from simlab.protocol import SessionFailed, simulate_session
-
-    gate = asyncio.Semaphore(config.concurrency)
-    bar = tqdm(total=len(todo), desc="sessions", unit="session", disable=not progress or not todo,
-               dynamic_ncols=True, file=sys.stderr)
-    failed = 0
-
-    async def one(persona: Persona, domain: str) -> None:
-        nonlocal failed
-        async with gate:
-            try:
-                record = await simulate_session(persona, domain, config, client,
-                                                summary=summaries.get(persona.persona_id))
-            except SessionFailed as exc:
-                store.write_failure(exc.failure)
-                failed += 1
-                bar.set_postfix(failed=failed)
-            else:
-                store.write_session(record)  # one transaction: the session is whole or absent
-            bar.update(1)
-
-    tasks = [asyncio.ensure_future(one(p, d)) for p, d in todo]
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread: Ctrl-C handled by asyncio.run
-            pass
-    waiter = asyncio.ensure_future(stop.wait())
-    try:
-        pending: set[asyncio.Future[Any]] = set(tasks)
-        while pending:
-            done, pending = await asyncio.wait(pending | {waiter}, return_when=asyncio.FIRST_COMPLETED)
-            pending.discard(waiter)
-            for t in done:
-                if t is not waiter and t.exception() is not None:
-                    # BackendUnavailable: the run stops, the other sessions stay to do;
-                    # anything else is a bug, not a model failure: stop loudly
-                    for other in pending:
-                        other.cancel()
-                    await asyncio.gather(*pending, return_exceptions=True)
-                    raise t.exception()  # type: ignore[misc]
-            if stop.is_set():
-                for t in pending:
-                    t.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-                return True
-        return False
-    finally:
-        waiter.cancel()
-        for t in tasks:
-            t.cancel()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.remove_signal_handler(sig)
-            except (NotImplementedError, RuntimeError):
-                pass
-        bar.close()
 
 
 def _write_report(run_dir: Path, config: Config) -> Path | None:

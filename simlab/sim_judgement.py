@@ -13,9 +13,7 @@ per session, resumable). Every human conversation is validated before anything i
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,24 +22,25 @@ from pathlib import Path
 import pandas as pd
 
 from simlab.config import Config
-from simlab.errors import InputError, LLMError, StructuredOutputError
+from simlab.errors import BackendUnavailable, InputError, LLMError, StructuredOutputError
 from simlab.llm import LLMClient
 from simlab.personas import Persona, render_persona
-from simlab.prompts import all_hashes, render
+from simlab.prompts import render
 from simlab.protocol import (
     SessionFailed,
     Simulator,
     TranscriptTurn,
     assess,
     bdm_draw,
-    derive_seed,
     failure_reason,
     judgement_rows,
     opening_schema,
     transcript_text,
 )
 from simlab.records import ConversationRecord, ParticipantRecord, SessionFailure, SessionRecord
+from simlab.runner import Outcome, open_store, persona_summaries, run_sessions
 from simlab.schema import DOMAINS, IN_DOMAIN, LETTERS
+from simlab.seeds import derive_seed
 from simlab.tables import Tables
 
 SUFFIX = "#sj"
@@ -193,11 +192,20 @@ class SimJudgementSummary:
     completed: int
     failed: int
     wall_time_s: float
+    interrupted: bool = False
+    """Ctrl-C or SIGTERM: completed sessions are kept; the same command resumes."""
+    stopped: str | None = None
+    """Why the run stopped early (an endpoint stopped answering); those sessions are still to do."""
 
     def text(self) -> str:
-        return (f"run directory: {self.run_dir}\nsim-judgement sessions: {self.completed} completed, {self.failed} "
-                f"failed, of {self.planned} planned ({self.done_before} were already done); "
-                f"wall time {self.wall_time_s:.1f} s")
+        lines = [f"run directory: {self.run_dir}",
+                 f"sim-judgement sessions: {self.completed} completed, {self.failed} failed, of {self.planned} planned "
+                 f"({self.done_before} were already done); wall time {self.wall_time_s:.1f} s"]
+        if self.interrupted:
+            lines.append("interrupted: completed sessions are kept; run the same command to resume")
+        if self.stopped:
+            lines.append(f"stopped early: {self.stopped}")
+        return "\n".join(lines)
 
 
 async def run_sim_judgement(
@@ -214,12 +222,9 @@ async def run_sim_judgement(
 
     Validates all conversations and persona matches first (``InputError``, nothing written).
     Resumes: sessions already stored (and, unless ``retry_failed``, failed ones) are skipped.
+    Runs on the same session runner as ``run_experiment`` (``simlab.runner``).
     """
-    from tqdm import tqdm
-
     from simlab.local import serving
-    from simlab.run import RESUMABLE_KEYS, persona_summaries
-    from simlab.store import RunStore
 
     t0 = time.monotonic()
     conversations = human_conversations(human_tables)
@@ -230,48 +235,33 @@ async def run_sim_judgement(
         if config.simulator.rendering != "summary":
             render_persona(by_id[hc.participant_id], config.simulator.rendering)
     run_dir = Path(run_dir)
-    models = {a.id: f"{a.endpoint}/{a.model}" for a in config.arms}
-    models.update(simulator=f"{config.simulator.endpoint}/{config.simulator.model}",
-                  judge=f"{config.judge.endpoint}/{config.judge.model}")
-    meta = {"config": config.public_dict(), "prompt_hashes": all_hashes(), "models": models, "seed": config.seed}
-    store = RunStore.open_or_create(run_dir, meta, ignore=RESUMABLE_KEYS)
+    store = open_store(run_dir, config)
     done_before = store.completed_sessions()
     skip = done_before if retry_failed else done_before | store.failed_sessions()
     todo = [hc for hc in conversations if hc.conversation_id + SUFFIX not in skip]
-    failed = 0
+    outcome, stopped = Outcome(), None
     try:
         with serving(config, base_urls=base_urls, log_dir=run_dir, start=bool(todo)) as backends:
             client = LLMClient(config.endpoints, base_urls=backends.base_urls)
             needed = [by_id[pid] for pid in sorted({hc.participant_id for hc in todo})]
             summaries = (await persona_summaries(config, client, needed, store)
                          if todo and config.simulator.rendering == "summary" else {})
-            gate = asyncio.Semaphore(config.concurrency)
-            bar = tqdm(total=len(todo), desc="sim-judgement", unit="session", disable=not progress or not todo,
-                       file=sys.stderr, dynamic_ncols=True)
 
-            async def one(hc: HumanConversation) -> None:
-                nonlocal failed
-                async with gate:
-                    try:
-                        record = await simulate_judgement(by_id[hc.participant_id], hc, config, client,
-                                                          summary=summaries.get(hc.participant_id))
-                    except SessionFailed as exc:
-                        store.write_failure(exc.failure)
-                        failed += 1
-                    else:
-                        store.write_session(record)  # one transaction: whole or absent
-                bar.update(1)
+            async def session(hc: HumanConversation) -> SessionRecord:
+                return await simulate_judgement(by_id[hc.participant_id], hc, config, client,
+                                                summary=summaries.get(hc.participant_id))
 
-            try:
-                await asyncio.gather(*(one(hc) for hc in todo))
-            finally:
-                bar.close()
+            outcome = await run_sessions(todo, session, store, concurrency=config.concurrency, desc="sim-judgement",
+                                         progress=progress)
+    except BackendUnavailable as exc:
+        stopped = str(exc)  # the sessions in flight stay to do: nothing about them was recorded
     finally:
         completed = store.completed_sessions()
         store.close()
     keys = {hc.conversation_id + SUFFIX for hc in conversations}
     return SimJudgementSummary(run_dir=run_dir, planned=len(keys), done_before=len(keys & done_before),
-                               completed=len(keys & completed), failed=failed, wall_time_s=time.monotonic() - t0)
+                               completed=len(keys & completed), failed=outcome.failed,
+                               wall_time_s=time.monotonic() - t0, interrupted=outcome.interrupted, stopped=stopped)
 
 
 __all__ = ["HumanConversation", "SimJudgementSummary", "human_conversations", "run_sim_judgement",

@@ -276,7 +276,7 @@ def test_summary_rendering_records_the_artefact_and_reuses_it(stub, tmp_path):
 
 
 def test_holdout_conversations_are_left_out_of_personas(tmp_path):
-    from simlab.run import load_persona_set
+    from simlab.personas import load_persona_set
 
     sample = REPO / "personas" / "sample.jsonl"
     full = {p.persona_id: p for p in load_persona_set(sample)}

@@ -164,3 +164,24 @@ def _toml(data: dict) -> str:
         else:
             lines.append(f"{k} = {value(v)}")
     return "\n".join(lines) + "\n"
+
+
+async def test_a_dead_endpoint_stops_sim_judgement_and_a_resume_does_the_rest(tmp_path, human_dir):
+    # the same runner as run_experiment: the sessions in flight are not recorded as failed
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    class Dead:
+        base_url = f"http://127.0.0.1:{port}/v1"
+
+    human, personas, run_dir = load_human(human_dir), load_personas(PERSONAS), tmp_path / "run"
+    cfg = stub_config(Dead, tmp_path)
+    stopped = await run_sim_judgement(cfg, human, personas, run_dir)
+    assert (stopped.completed, stopped.failed) == (0, 0) and "stopped answering" in (stopped.stopped or "")
+    assert "stopped early: endpoint 'local'" in stopped.text()
+    with StubServer() as server:  # the backend is back (as an override of the same config)
+        done = await run_sim_judgement(cfg, human, personas, run_dir, base_urls={"local": server.base_url})
+    assert (done.completed, done.failed, done.stopped) == (3, 0, None)
