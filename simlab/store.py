@@ -741,6 +741,12 @@ def command_line() -> str:
     return shlex.join([Path(argv[0]).name, *argv[1:]])
 
 
+def read_counts(path: str | Path) -> StoreCounts:
+    """``RunStore.counts`` of a run, read through a read-only connection (a report changes nothing)."""
+    with _closing(_open_readonly(path)) as conn:
+        return RunStore(_store_path(path), conn).counts()
+
+
 def run_meta(path: str | Path) -> dict[str, Any]:
     """The run's metadata: resolved config, prompt hashes, models, seed, version, created_at, command."""
     with _closing(_open_readonly(path)) as conn:

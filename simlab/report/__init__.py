@@ -11,6 +11,7 @@ Content-Security-Policy forbids any. All data text is escaped.
 
 from __future__ import annotations
 
-from simlab.report.html import render_html, scrub, write_html, write_run_report
+from simlab.report.html import render_html, scrub, write_html
+from simlab.report.of_run import write_run_report
 
 __all__ = ["render_html", "scrub", "write_html", "write_run_report"]

@@ -1,0 +1,69 @@
+"""The report of a run: load its store, run the fidelity analyses (against human data when
+given), and render them with ``simlab.report.html``. This is pipeline work; ``html`` only
+renders the results it is given."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from simlab.errors import InputError
+from simlab.fidelity.result import FidelityResult
+from simlab.report.html import write_html
+from simlab.tables import Tables
+
+
+def write_run_report(run_dir: str | os.PathLike[str], *, human: str | None = None, out: str | None = None,
+                     n_boot: int = 200) -> Path:
+    """Analyse a run (against ``human`` data when given) and write ``run_dir/report.html``.
+
+    Without human data the report covers the run alone (``simlab.fidelity.analyze``).
+    """
+    from simlab.autograder import unreliable_dimensions
+    from simlab.fidelity import analyze, compare, load_human, normalise
+    from simlab.store import load_run, read_counts, run_meta
+    from simlab.tables import concat
+
+    if n_boot < 0:
+        raise InputError("must be >= 0", field="--n-boot")
+    run_path = Path(run_dir)
+    if not (run_path / "store.sqlite").is_file() and not run_path.is_file():
+        raise InputError(f"no run store found (expected {run_path / 'store.sqlite'})", file=run_path)
+    run = load_run(run_path)
+    meta: dict[str, Any] = run_meta(run_path)
+    meta["run_id"] = run_path.name if run_path.is_dir() else run_path.parent.name
+    meta["counts"] = read_counts(run_path).model_dump()
+    seed = int(meta.get("seed") or 0)
+    excluded = unreliable_dimensions(meta)  # below the ICC threshold: kept out of trait analyses
+    if human:
+        human_tables = load_human(human)
+        meta["human"] = str(human)
+        result = compare(run, human_tables, n_boot=n_boot, seed=seed, exclude_dimensions=excluded)
+        tables = concat(normalise(run, origin=str(run_path), default_source=None),
+                        normalise(human_tables, origin=str(human)))
+    else:
+        tables = normalise(run, origin=str(run_path), default_source=None) if len(run.judgements) else run
+        result = _run_only(tables, n_boot=n_boot, seed=seed, meta=meta, analyze=analyze, error=InputError,
+                           excluded=excluded)
+    target = Path(out) if out else (run_path if run_path.is_dir() else run_path.parent) / "report.html"
+    return write_html(result, target, meta=meta, tables=tables)
+
+
+def _run_only(tables: Tables, *, n_boot: int, seed: int, meta: dict[str, Any], analyze: Any,
+              error: type[Exception], excluded: frozenset[str] | set[str] = frozenset()) -> FidelityResult:
+    """Analyses of a run without human data: one source at a time (the first, with a note) or none."""
+    sources = tables.sources
+    if not sources:
+        meta["note"] = "The run has no completed sessions yet: nothing to analyse."
+        return FidelityResult(sources=[], n_boot=n_boot, seed=seed, analyses={})
+    if len(sources) > 1:
+        meta["note"] = f"No human data configured; the analyses cover {sources[0]} only (sources: {', '.join(sources)})."
+    else:
+        meta["note"] = "No human data configured: this report describes the simulated run alone."
+    try:
+        return analyze(tables.for_source(sources[0]), n_boot=n_boot, seed=seed, exclude_dimensions=excluded)
+    except error as exc:
+        meta["note"] += f" Analyses could not run: {exc}"
+        return FidelityResult(sources=sources, n_boot=n_boot, seed=seed, analyses={})
+

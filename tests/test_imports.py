@@ -1,0 +1,127 @@
+"""Imports point one way (issue 10 item 3):
+
+    CLI → pipeline (run, judge, sim-judgement, the report of a run) → protocol → {personas, llm, store}
+
+with the fidelity module reading tables only and the report's renderer rendering the results it
+is given. Every ``import`` in the package counts, including those inside functions (a lazy import
+is still a dependency).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import REPO
+
+PACKAGE = REPO / "simlab"
+
+# module (or package prefix) → layer; the longest matching prefix wins
+LAYER_OF = {
+    "simlab": "base",  # the package root: version and lazy re-exports only
+    "simlab._files": "base",
+    "simlab.errors": "base",
+    "simlab.schema": "base",
+    "simlab.tables": "base",
+    "simlab.records": "base",
+    "simlab.prompts": "base",
+    "simlab.seeds": "base",
+    "simlab.testing": "base",
+    "simlab.llm": "llm",
+    "simlab.personas": "personas",
+    "simlab.store": "store",
+    "simlab.local": "local",
+    "simlab.local.llama_server": "base",  # the server process: imports nothing of simlab
+    "simlab.config": "config",
+    "simlab.protocol": "protocol",
+    "simlab.autograder": "grading",
+    "simlab.fidelity": "fidelity",
+    "simlab.fidelity.result": "base",
+    "simlab.report.html": "render",
+    "simlab.report.sections": "render",
+    "simlab.report.charts": "render",
+    "simlab.report": "pipeline",
+    "simlab.runner": "pipeline",
+    "simlab.run": "pipeline",
+    "simlab.sim_judgement": "pipeline",
+    "simlab.judge": "pipeline",
+    "simlab.serve": "pipeline",
+    "simlab.project": "pipeline",
+    "simlab.cli": "cli",
+    "simlab.__main__": "cli",
+}
+
+BELOW = {
+    "base": {"base"},
+    "llm": {"base", "llm"},
+    "personas": {"base", "personas"},
+    "store": {"base", "store"},
+    "local": {"base", "local"},
+    "config": {"base", "llm", "config"},
+    "protocol": {"base", "llm", "personas", "store", "config", "protocol"},
+    "grading": {"base", "llm", "personas", "store", "config", "grading"},
+    "fidelity": {"base", "fidelity"},
+    "render": {"base", "render"},
+    "pipeline": {"base", "llm", "personas", "store", "local", "config", "protocol", "grading", "fidelity", "render",
+                 "pipeline"},
+    "cli": set(),  # anything
+}
+
+# Within the pipeline layer: the batch CLI module is nobody's library.
+NOT_IMPORTED_BY_PIPELINE = {"simlab.run"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def layer(module: str) -> str:
+    if module.endswith(".__main__"):
+        return "cli"
+    best = max((p for p in LAYER_OF if module == p or module.startswith(p + ".")), key=len)
+    return LAYER_OF[best]
+
+
+def imports(path: Path, modules: set[str]) -> set[str]:
+    """Every simlab module ``path`` imports; ``from pkg import sub`` counts as importing ``pkg.sub``."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.split(".")[0] == "simlab"}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "simlab":
+            subs = {f"{node.module}.{a.name}" for a in node.names} & modules
+            out |= subs or {node.module}
+    return out
+
+
+def edges() -> list[tuple[str, str]]:
+    files = sorted(PACKAGE.rglob("*.py"))
+    modules = {module_name(f) for f in files}
+    return [(module_name(f), dep) for f in files for dep in sorted(imports(f, modules))]
+
+
+def test_every_module_has_a_layer():
+    for src, _ in edges():
+        layer(src)  # raises ValueError (max of nothing) for a module nobody placed
+
+
+def test_imports_point_one_way():
+    wrong = []
+    for src, dep in edges():
+        s, d = layer(src), layer(dep)
+        if s == "cli":
+            continue
+        if d not in BELOW[s]:
+            wrong.append(f"{src} ({s}) imports {dep} ({d})")
+        elif s == "pipeline" and dep in NOT_IMPORTED_BY_PIPELINE and src != dep:
+            wrong.append(f"{src} imports the batch CLI module {dep}: move what it needs to simlab.runner")
+    assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
+
+
+def test_the_check_sees_lazy_imports():
+    # a function-level import is still a dependency: the check must see protocol → config
+    assert ("simlab.protocol", "simlab.config") in edges()
+    assert layer("simlab.fidelity.__main__") == "cli" and layer("simlab.report.sections") == "render"
