@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from simlab.config import Config, ModelSpec
 from simlab.errors import InputError, LLMError, StructuredOutputError
-from simlab.llm import CallRecord, LLMClient, affinity
+from simlab.llm import LLMClient, affinity, call_context, recording
 from simlab.prompts import render
 from simlab.records import AutogradeRecord, LLMCallRecord
 from simlab.schema import GradeMode
@@ -241,17 +241,6 @@ class GradeSummary:
         return line
 
 
-def _call_record(call: CallRecord | None, unit: Unit, instrument: str) -> LLMCallRecord | None:
-    if call is None:
-        return None
-    return LLMCallRecord(
-        conversation_id=unit.conversation_id, role="judge", arm=unit.arm, instrument=instrument, model=call.model,
-        endpoint=call.endpoint, prompt_name=call.prompt_name, prompt_hash=call.prompt_hash,
-        prompt_tokens=call.prompt_tokens, completion_tokens=call.completion_tokens,
-        latency_s=round(call.latency_s, 4), attempts=max(1, call.attempts), status=call.status, error=call.error,
-    )
-
-
 async def grade_one(client: LLMClient, spec: ModelSpec, unit: Unit, dim: Dimension, mode: GradeMode,
                     rater_run: int, *, persona: str | None, seed: int,
                     rationale: bool = True) -> tuple[AutogradeRecord, LLMCallRecord | None]:
@@ -272,22 +261,25 @@ async def grade_one(client: LLMClient, spec: ModelSpec, unit: Unit, dim: Dimensi
     base = dict(unit_id=unit.unit_id, unit_kind=unit.kind, conversation_id=unit.conversation_id, arm=unit.arm,
                 mode=mode, dimension=dim.name, rater_run=rater_run, source=unit.source)
     instrument = f"autograde:{mode}:{dim.name}:{rater_run}"
-    try:
-        res = await client.structured(
-            spec, messages, grade_schema(dim, rationale=rationale), prompt_name=f"judge/grade.j2+{rubric.name}",
-            prompt_hash=f"{task.hash}+{rubric.hash}", seed=seed % (2**31), tag={"unit_id": unit.unit_id},
-        )
-    except StructuredOutputError as exc:
-        reason = f"{exc.reason}; raw reply: {exc.raw_text[:300]}"
-        return AutogradeRecord(**base, score=None, rationale=reason, status="schema_error"), _call_record(
-            getattr(exc, "call", None), unit, instrument)
-    except LLMError as exc:
-        return AutogradeRecord(**base, score=None, rationale=str(exc), status="error"), _call_record(
-            getattr(exc, "call", None), unit, instrument)
-    value: Any = res.value
-    why = value.rationale.strip() if rationale else None
-    return (AutogradeRecord(**base, score=float(value.score), rationale=why, status="ok"),
-            _call_record(res.call, unit, instrument))
+    with recording() as calls, call_context(role="judge", arm=unit.arm, instrument=instrument,
+                                            conversation_id=unit.conversation_id):
+        try:
+            res = await client.structured(
+                spec, messages, grade_schema(dim, rationale=rationale),
+                prompt_name=f"judge/grade.j2+{rubric.name}+{system.name}",
+                prompt_hash=f"{task.hash}+{rubric.hash}+{system.hash}", seed=seed % (2**31),
+                tag={"unit_id": unit.unit_id},
+            )
+        except StructuredOutputError as exc:
+            reason = f"{exc.reason}; raw reply: {exc.raw_text[:300]}"
+            row = AutogradeRecord(**base, score=None, rationale=reason, status="schema_error")
+        except LLMError as exc:
+            row = AutogradeRecord(**base, score=None, rationale=str(exc), status="error")
+        else:
+            value: Any = res.value
+            why = value.rationale.strip() if rationale else None
+            row = AutogradeRecord(**base, score=float(value.score), rationale=why, status="ok")
+    return row, (calls[-1] if calls else None)
 
 
 async def autograde(

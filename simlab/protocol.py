@@ -24,9 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from simlab.config import ArmConfig, Config, ModelSpec
 from simlab.errors import LLMError, SimlabError, StructuredOutputError
-from simlab.llm import CallRecord, LLMClient, affinity
+from simlab.llm import LLMClient, affinity, call_context, recording
 from simlab.personas import Persona, render_persona, summarize
-from simlab.prompts import Prompt, render
+from simlab.prompts import Prompt, render, template_hash
 from simlab.records import (
     BDMRecord,
     ConversationRecord,
@@ -141,7 +141,10 @@ class Assessment:
 
 @dataclass
 class Simulator:
-    """The simulated participant: its persona prompt, model and the calls it made."""
+    """The simulated participant: its persona prompt, model and the calls of its session.
+
+    ``calls`` is the session's ``recording()`` list: the client adds every call's record to it
+    (the simulator's, the arms', a summary made for the session), labelled by ``call_context``."""
 
     client: LLMClient
     spec: ModelSpec
@@ -157,30 +160,13 @@ class Simulator:
     def _system(self) -> Prompt:
         return render("simulator/system.j2", persona=self.persona_text, domain_instruction=self.domain_instruction)
 
-    def _log(self, call: CallRecord | None, instrument: str, *, role: str = "simulator", arm: str | None = None) -> None:
-        if call is None:
-            return
-        self.calls.append(
-            LLMCallRecord(
-                conversation_id=self.conversation_id,
-                role=role,
-                arm=arm,
-                instrument=instrument,
-                model=call.model,
-                endpoint=call.endpoint,
-                prompt_name=call.prompt_name,
-                prompt_hash=call.prompt_hash,
-                prompt_tokens=call.prompt_tokens,
-                completion_tokens=call.completion_tokens,
-                latency_s=round(call.latency_s, 4),
-                attempts=max(1, call.attempts),
-                status=call.status,
-                error=call.error,
-            )
-        )
-
     def _messages(self, task: Prompt) -> list[dict[str, str]]:
         return [{"role": "system", "content": self._system().text}, {"role": "user", "content": task.text}]
+
+    def _prompt(self, task: Prompt) -> tuple[str, str]:
+        # the call is the task and the simulator's system prompt: the record names and hashes both
+        system = self._system()
+        return f"{task.name}+{system.name}", f"{task.hash}+{system.hash}"
 
     def _next_seed(self) -> int:
         self._n += 1
@@ -191,15 +177,15 @@ class Simulator:
         attempts = 3
         for attempt in range(1, attempts + 1):
             try:
-                res = await self.client.chat(self.spec, self._messages(task), prompt_name=task.name,
-                                             prompt_hash=task.hash, seed=self._next_seed())
+                name, digest = self._prompt(task)
+                with call_context(role="simulator", instrument=instrument):
+                    res = await self.client.chat(self.spec, self._messages(task), seed=self._next_seed(),
+                                                 prompt_name=name, prompt_hash=digest)
             except LLMError as exc:
-                self._log(getattr(exc, "call", None), instrument)
                 self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id, instrument=instrument,
                                                          attempts=attempt, status="error", error=str(exc)))
                 exc.asked = _asked(instrument, task)  # type: ignore[attr-defined]
                 raise
-            self._log(res.call, instrument)
             text = _clean_message(res.text)
             if text:
                 self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id,
@@ -216,23 +202,22 @@ class Simulator:
     async def ask(self, instrument: str, task: Prompt, schema: type[BaseModel]) -> BaseModel:
         """A schema-validated judgement; failures are logged with the raw text and re-raised."""
         try:
-            res = await self.client.structured(self.spec, self._messages(task), schema, prompt_name=task.name,
-                                               prompt_hash=task.hash, seed=self._next_seed(),
-                                               max_tokens=getattr(self.spec, "judgement_max_tokens", None))
+            name, digest = self._prompt(task)
+            with call_context(role="simulator", instrument=instrument):
+                res = await self.client.structured(self.spec, self._messages(task), schema, seed=self._next_seed(),
+                                                   max_tokens=getattr(self.spec, "judgement_max_tokens", None),
+                                                   prompt_name=name, prompt_hash=digest)
         except StructuredOutputError as exc:
-            self._log(getattr(exc, "call", None), instrument)
             self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id, instrument=instrument,
                                                      attempts=max(1, exc.attempts), status="schema_error",
                                                      error=exc.reason, raw_text=exc.raw_text))
             exc.asked = _asked(instrument, task)  # type: ignore[attr-defined]
             raise
         except LLMError as exc:
-            self._log(getattr(exc, "call", None), instrument)
             self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id, instrument=instrument,
                                                      attempts=max(1, exc.attempts), status="error", error=str(exc)))
             exc.asked = _asked(instrument, task)  # type: ignore[attr-defined]
             raise
-        self._log(res.call, instrument)
         retried = "; ".join(res.call.schema_failures) or None  # why earlier attempts were rejected
         self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id, instrument=instrument,
                                                  attempts=max(1, res.call.attempts), error=retried))
@@ -335,6 +320,7 @@ class _ArmState:
     arm: ArmConfig
     letter: str
     messages: list[dict[str, str]]
+    system_hash: str | None = None
     context_tokens: int = 0
 
 
@@ -356,10 +342,11 @@ async def simulate_session(
     and ``BackendUnavailable`` (nothing to record: the session is still to do) when an
     endpoint stops answering. The session's calls stay on one replica of each endpoint.
     """
-    with affinity(conversation_id(persona.persona_id, domain)):
+    conv_id = conversation_id(persona.persona_id, domain)
+    with affinity(conv_id), recording() as calls, call_context(conversation_id=conv_id):
         if summary is None and needs_summary(config):
             summary = await persona_summary(persona, config, client)
-        return await _simulate_session(persona, domain, config, client, summary=summary)
+        return await _simulate_session(persona, domain, config, client, summary=summary, calls=calls)
 
 
 def needs_summary(config: Config) -> bool:
@@ -371,7 +358,9 @@ async def persona_summary(persona: Persona, config: Config, client: LLMClient) -
     """The persona's summary by ``config.summary`` (cached on disk; see ``personas.summarize``)."""
 
     async def generate(messages: list[dict[str, str]]) -> str:
-        res = await client.chat(config.summary, messages, prompt_name="persona/summary_request.j2", seed=config.seed)
+        with call_context(role="summary", instrument="summary"):
+            res = await client.chat(config.summary, messages, prompt_name="persona/summary_request.j2",
+                                    prompt_hash=template_hash("persona/summary_request.j2"), seed=config.seed)
         return res.text
 
     artefact = await summarize(persona, generate, model=config.summary.model, cache_dir=config.summary.cache_dir)
@@ -379,7 +368,7 @@ async def persona_summary(persona: Persona, config: Config, client: LLMClient) -
 
 
 async def _simulate_session(persona: Persona, domain: str, config: Config, client: LLMClient, *,
-                            summary: str | None) -> SessionRecord:
+                            summary: str | None, calls: list[LLMCallRecord]) -> SessionRecord:
     pid = persona.persona_id
     conv_id = conversation_id(pid, domain)
     unit_seed = derive_seed(config.seed, pid, domain)
@@ -391,13 +380,14 @@ async def _simulate_session(persona: Persona, domain: str, config: Config, clien
     sim = Simulator(
         client=client, spec=config.simulator, persona_text=persona_text,
         domain_instruction=render(f"domains/{domain}.j2").text, conversation_id=conv_id,
-        seed=unit_seed, wtp_max=p.wtp_max,
+        seed=unit_seed, wtp_max=p.wtp_max, calls=calls,
     )
     states = []
     for arm in config.arms:
         system = arm_system_prompt(arm, persona, summary=summary)
         msgs = [{"role": "system", "content": system.text}] if system else []
-        states.append(_ArmState(arm=arm, letter=arm_letters[arm.id], messages=msgs))
+        states.append(_ArmState(arm=arm, letter=arm_letters[arm.id], messages=msgs,
+                                system_hash=system.hash if system else None))
 
     turn_rows: list[TurnRecord] = []
     transcript: list[TranscriptTurn] = []
@@ -410,14 +400,13 @@ async def _simulate_session(persona: Persona, domain: str, config: Config, clien
         try:
             # each arm's thread is its own stream: the four replies of a turn can go to different
             # replicas, and each thread's history stays in one replica's prompt cache
-            with affinity(f"{conv_id}|{state.arm.id}"):
+            with affinity(f"{conv_id}|{state.arm.id}"), call_context(role="arm", arm=state.arm.id, instrument="reply"):
                 res = await client.chat(state.arm, state.messages,
                                         seed=derive_seed(unit_seed, state.arm.id, turn) % 2**31,
-                                        prompt_name=state.arm.system_prompt, tag={"arm": state.arm.id})
-        except LLMError as exc:
-            sim._log(getattr(exc, "call", None), "reply", role="arm", arm=state.arm.id)
+                                        prompt_name=state.arm.system_prompt, prompt_hash=state.system_hash,
+                                        tag={"arm": state.arm.id})
+        except LLMError:
             return GEN_ERROR_TEXT, None, True
-        sim._log(res.call, "reply", role="arm", arm=state.arm.id)
         state.context_tokens = res.call.prompt_tokens + res.call.completion_tokens
         text = res.text.strip()
         if not text:  # an empty completion is a failed generation, not a reply

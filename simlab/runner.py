@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from simlab.config import Config
-from simlab.errors import SimlabError
-from simlab.llm import LLMClient
+from simlab.llm import LLMClient, call_context, recording
 from simlab.personas import Persona, summarize
-from simlab.prompts import all_hashes
-from simlab.protocol import SessionFailed, Simulator
+from simlab.prompts import all_hashes, template_hash
+from simlab.protocol import SessionFailed
 from simlab.records import SessionRecord
 from simlab.store import RunStore
 
@@ -68,25 +67,22 @@ async def persona_summaries(config: Config, client: LLMClient, personas: Sequenc
     out: dict[str, str] = {}
     artefacts = dict(store.meta().get("persona_summaries") or {})
     for persona in personas:
-        sink = Simulator(client=client, spec=config.summary, persona_text="", domain_instruction="",
-                         conversation_id="", seed=config.seed)
 
-        async def generate(messages: list[dict[str, str]], _sink: Simulator = sink) -> str:
-            try:
-                res = await client.chat(config.summary, messages, prompt_name="persona/summary_request.j2",
-                                        seed=config.seed)
-            except SimlabError as exc:
-                _sink._log(getattr(exc, "call", None), "summary", role="summary")
-                raise
-            _sink._log(res.call, "summary", role="summary")
+        async def generate(messages: list[dict[str, str]]) -> str:
+            res = await client.chat(config.summary, messages, prompt_name="persona/summary_request.j2",
+                                    prompt_hash=template_hash("persona/summary_request.j2"), seed=config.seed)
             return res.text
 
-        artefact = await summarize(persona, generate, model=config.summary.model, cache_dir=config.summary.cache_dir)
+        with recording() as calls, call_context(role="summary", instrument="summary"):
+            try:
+                artefact = await summarize(persona, generate, model=config.summary.model,
+                                           cache_dir=config.summary.cache_dir)
+            finally:  # a failed summary call is recorded too
+                store.write_calls(calls)
         out[persona.persona_id] = artefact.text
         # the summary is an artefact: record what made it (PROTOCOL §3)
         artefacts[persona.persona_id] = artefact.model_dump(mode="json", include={
             "model", "prompt_hash", "input_hash", "created_at"})
-        store.write_calls([c.model_copy(update={"conversation_id": None}) for c in sink.calls])
     store.set_meta("persona_summaries", artefacts)
     return out
 

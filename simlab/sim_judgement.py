@@ -23,7 +23,7 @@ import pandas as pd
 
 from simlab.config import Config
 from simlab.errors import BackendUnavailable, InputError, LLMError, StructuredOutputError
-from simlab.llm import LLMClient
+from simlab.llm import LLMClient, call_context, recording
 from simlab.personas import Persona, render_persona
 from simlab.prompts import render
 from simlab.protocol import (
@@ -37,7 +37,7 @@ from simlab.protocol import (
     opening_schema,
     transcript_text,
 )
-from simlab.records import ConversationRecord, ParticipantRecord, SessionFailure, SessionRecord
+from simlab.records import ConversationRecord, LLMCallRecord, ParticipantRecord, SessionFailure, SessionRecord
 from simlab.runner import Outcome, open_store, persona_summaries, run_sessions
 from simlab.schema import DOMAINS, IN_DOMAIN, LETTERS
 from simlab.seeds import derive_seed
@@ -142,7 +142,13 @@ async def simulate_judgement(persona: Persona, human_conversation: HumanConversa
 
     Raises ``SessionFailed`` when the simulator's output still breaks its schema after retries.
     """
-    hc = human_conversation
+    conv_id = human_conversation.conversation_id + SUFFIX
+    with recording() as calls, call_context(conversation_id=conv_id):
+        return await _simulate_judgement(persona, human_conversation, config, client, summary=summary, calls=calls)
+
+
+async def _simulate_judgement(persona: Persona, hc: HumanConversation, config: Config, client: LLMClient, *,
+                              summary: str | None, calls: list[LLMCallRecord]) -> SessionRecord:
     conv_id = hc.conversation_id + SUFFIX
     unit_seed = derive_seed(config.seed, "sim_judgement", hc.conversation_id)
     letters = sorted(hc.arm_letters.values())
@@ -151,7 +157,7 @@ async def simulate_judgement(persona: Persona, human_conversation: HumanConversa
         client=client, spec=config.simulator,
         persona_text=render_persona(persona, config.simulator.rendering, summary=summary).text,
         domain_instruction=render(f"domains/{hc.domain}.j2").text, conversation_id=conv_id, seed=unit_seed,
-        wtp_max=config.protocol.wtp_max,
+        wtp_max=config.protocol.wtp_max, calls=calls,
     )
     try:
         opening = transcript_text(hc.turns[:1])  # the choice the human made before turn 1 existed

@@ -39,6 +39,18 @@ def test_three_personas_two_domains_exact_rows(stub, tmp_path):
     # 2 rankings of 3 picks, ratings, bids = 21 calls
     assert len(t.llm_calls) == 6 * 21
     assert (t.llm_calls["status"] == "ok").all()
+    # the client records every call itself; each names and hashes every template it used
+    from simlab.prompts import template_hash
+
+    calls = t.llm_calls
+    arm_calls = calls[calls["role"] == "arm"]
+    assert len(arm_calls) == 6 * 8 and arm_calls["instrument"].eq("reply").all()
+    assert {(a, h) for a, h in zip(arm_calls["prompt_name"], arm_calls["prompt_hash"])} == {
+        (arm.system_prompt, template_hash(arm.system_prompt)) for arm in cfg.arms}
+    sim_calls = calls[calls["role"] == "simulator"]
+    assert sim_calls["prompt_name"].str.endswith("+simulator/system.j2").all()
+    assert sim_calls["prompt_hash"].str.fullmatch(r"[0-9a-f]+\+[0-9a-f]+").all()
+    assert set(sim_calls["conversation_id"]) == set(t.conversations["conversation_id"])
     for _, conv in t.conversations.iterrows():
         letters = json.loads(conv["arm_letters"])
         assert sorted(letters) == sorted(ARMS)

@@ -6,8 +6,11 @@ from simlab.llm.client import (
     LLMClient,
     StructuredResult,
     affinity,
+    call_context,
     parse_structured,
+    recording,
     response_format,
 )
 
-__all__ = ["CallRecord", "ChatResult", "LLMClient", "StructuredResult", "affinity", "parse_structured", "response_format"]
+__all__ = ["CallRecord", "ChatResult", "LLMClient", "StructuredResult", "affinity", "call_context", "parse_structured",
+           "recording", "response_format"]

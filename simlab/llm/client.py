@@ -41,6 +41,7 @@ from tenacity import (
 
 from simlab.errors import BackendUnavailable, LLMError, StructuredOutputError
 from simlab.llm.config import Dialect, EndpointConfig, ModelSpec, SamplingConfig, api_key
+from simlab.records import LLMCallRecord
 
 T = TypeVar("T", bound=BaseModel)
 Status = Literal["ok", "error", "schema_error"]
@@ -81,6 +82,47 @@ class CallRecord:
     tag: dict[str, Any] = field(default_factory=dict)
     schema_failures: list[str] = field(default_factory=list)
     """Why each structured attempt before the last was rejected (diagnostics for retries)."""
+
+
+    def to_record(self, fields: Mapping[str, Any]) -> LLMCallRecord:
+        """The call as the run store keeps it: this accounting plus who made it (``call_context``)."""
+        return LLMCallRecord(
+            conversation_id=fields.get("conversation_id"), role=fields.get("role", "simulator"),
+            arm=fields.get("arm"), instrument=fields.get("instrument"), model=self.model, endpoint=self.endpoint,
+            prompt_name=self.prompt_name, prompt_hash=self.prompt_hash, prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens, latency_s=round(self.latency_s, 4),
+            attempts=max(1, self.attempts), status=self.status, error=self.error,
+        )
+
+
+# Who is calling (role, arm, instrument, conversation_id) and where the records go. Context
+# variables, as tasks started inside a block inherit them: the four arms' replies of a turn,
+# made concurrently, land in their session's list like its sequential calls.
+_call_fields: ContextVar[Mapping[str, Any] | None] = ContextVar("simlab_call_fields", default=None)
+_sinks: ContextVar[tuple[list[LLMCallRecord], ...]] = ContextVar("simlab_call_sinks", default=())
+
+
+@contextmanager
+def call_context(**fields: Any) -> Iterator[None]:
+    """Label the calls made inside: ``role`` (arm, simulator, judge, summary; default simulator),
+    ``arm``, ``instrument``, ``conversation_id``. Nested blocks add to or override the outer labels."""
+    token = _call_fields.set({**(_call_fields.get() or {}), **fields})
+    try:
+        yield
+    finally:
+        _call_fields.reset(token)
+
+
+@contextmanager
+def recording() -> Iterator[list[LLMCallRecord]]:
+    """Collect the ``LLMCallRecord`` of every call made inside (failed calls too), in the order
+    they finish. The model layer records its calls itself: callers never copy records by hand."""
+    calls: list[LLMCallRecord] = []
+    token = _sinks.set((*_sinks.get(), calls))
+    try:
+        yield calls
+    finally:
+        _sinks.reset(token)
 
 
 @dataclass
@@ -322,7 +364,7 @@ class LLMClient:
         endpoints: endpoint configs by name.
         base_urls: base URL overrides by endpoint name (e.g. the embedded servers' URLs); a list
             names replicas of one server, among which calls are spread (see ``affinity``).
-        on_call: called with every ``CallRecord`` (usage accounting, run store).
+        on_call: called with the ``LLMCallRecord`` of every call (``recording`` collects them per block).
 
     Example:
         >>> client = LLMClient({"stub": EndpointConfig(base_url=url)})   # doctest: +SKIP
@@ -334,7 +376,7 @@ class LLMClient:
         endpoints: Mapping[str, EndpointConfig],
         *,
         base_urls: Mapping[str, str | Sequence[str]] | None = None,
-        on_call: Callable[[CallRecord], None] | None = None,
+        on_call: Callable[[LLMCallRecord], None] | None = None,
     ) -> None:
         self._configs = dict(endpoints)
         self._base_urls = dict(base_urls or {})
@@ -353,8 +395,14 @@ class LLMClient:
         return ep
 
     def _record(self, record: CallRecord) -> None:
+        sinks = _sinks.get()
+        if not sinks and self.on_call is None:
+            return
+        stored = record.to_record(_call_fields.get() or {})
+        for sink in sinks:
+            sink.append(stored)
         if self.on_call is not None:
-            self.on_call(record)
+            self.on_call(stored)
 
     @contextmanager
     def _accounting(self, record: CallRecord) -> Iterator[None]:

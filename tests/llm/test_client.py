@@ -43,7 +43,9 @@ async def test_chat_returns_text_and_usage(server):
     assert "m1" in res.text
     assert res.call.attempts == 1 and res.call.status == "ok"
     assert res.call.prompt_tokens == 2 and res.call.completion_tokens > 0
-    assert calls == [res.call]
+    [stored] = calls  # on_call gets the one record the run store keeps
+    assert (stored.model, stored.prompt_name, stored.prompt_hash, stored.attempts) == ("m1", "p.j2", "abc", 1)
+    assert stored.completion_tokens == res.call.completion_tokens and stored.role == "simulator"
     body = server.requests[0].body
     assert body["model"] == "m1" and body["max_tokens"] == 20 and body["messages"] == MSGS
 
@@ -350,3 +352,31 @@ async def test_every_broken_reply_shape_is_retried_then_a_failed_call_never_a_cr
     with pytest.raises(LLMError) as info:
         await client.chat(SPEC, MSGS)
     assert info.value.attempts == 2 and info.value.call.status == "error", shape
+
+
+async def test_the_client_records_every_call_with_its_context_even_concurrent_and_failed(server):
+    from simlab.llm import call_context, recording
+
+    server.add_fault(*[Fault(status=500, match="arm B")] * 5)
+    client = client_for(server, max_attempts=2)
+
+    async def arm(name: str) -> None:
+        with call_context(role="arm", arm=name, instrument="reply"):
+            try:
+                await client.chat(SPEC, [{"role": "user", "content": f"arm {name}"}])
+            except LLMError:
+                pass  # a failed generation is still a recorded call
+
+    with recording() as outer, call_context(conversation_id="c1"):
+        with call_context(role="simulator", instrument="opening"):
+            await client.chat(SPEC, MSGS)
+        with recording() as inner:  # tasks started inside a block inherit its sinks and labels
+            await asyncio.gather(arm("A"), arm("B"))
+    assert len(outer) == 3 and len(inner) == 2
+    assert outer[0].role == "simulator" and outer[0].instrument == "opening" and outer[0].conversation_id == "c1"
+    by_arm = {c.arm: c for c in inner}
+    assert by_arm["A"].status == "ok" and by_arm["A"].role == "arm" and by_arm["A"].conversation_id == "c1"
+    assert by_arm["B"].status == "error" and by_arm["B"].attempts == 2 and "gave up" in by_arm["B"].error
+    await client.chat(SPEC, MSGS)  # outside any recording: nothing collects it
+    assert len(outer) == 3
+
