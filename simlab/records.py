@@ -14,6 +14,11 @@ True
 
 from __future__ import annotations
 
+import math
+import types
+import typing
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -255,9 +260,175 @@ class SessionFailure(_Record):
     llm_calls: list[LLMCallRecord] = []
 
 
+class ArmRecord(_Record):
+    """One arm of the run as the config declares it: its id, description and config order."""
+
+    arm: str
+    description: str | None = None
+    config_order: Count
+    """0 = the first arm in the config: the reference arm of the analyses and the report's order."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The tables, derived from the records above: the store's SQL, its column lists and dtypes, and the
+# human-data loader's types and bounds all come from here, so they cannot disagree.
+
+ColumnKind = Literal["text", "int", "float", "bool", "json"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a stored table, as a record field declares it."""
+
+    name: str
+    kind: ColumnKind
+    nullable: bool
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    def sql(self) -> str:
+        kind = {"text": "TEXT", "json": "TEXT", "int": "INTEGER", "bool": "INTEGER", "float": "REAL"}[self.kind]
+        checks = []
+        if self.low is not None and self.high is not None:
+            checks.append(f"{self.name} BETWEEN {self.low:g} AND {self.high:g}")
+        elif self.low is not None:
+            checks.append(f"{self.name} >= {self.low:g}")
+        if self.choices:
+            checks.append(f"{self.name} IN ({', '.join(repr(c) for c in self.choices)})")
+        check = f" CHECK ({' AND '.join(checks)})" if checks else ""
+        return f"{self.name} {kind}{'' if self.nullable else ' NOT NULL'}{check}"
+
+
+def _unpack(annotation: Any) -> tuple[Any, bool, list[Any]]:
+    """(base type, nullable, constraint metadata) through ``X | None`` and ``Annotated[X, Field(...)]``."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        base, _, meta = _unpack(args[0])
+        return base, True, meta
+    if origin is Annotated:
+        base, *extra = typing.get_args(annotation)
+        inner, nullable, meta = _unpack(base)
+        for e in extra:  # a FieldInfo carries its constraints in .metadata
+            meta += list(getattr(e, "metadata", [e]))
+        return inner, nullable, meta
+    return annotation, False, []
+
+
+def columns_of(record: type[BaseModel], *, skip: Collection[str] = ()) -> tuple[Column, ...]:
+    """The columns of a record's table: its scalar fields, in order, with their bounds and choices."""
+    out = []
+    for name, info in record.model_fields.items():
+        if name in skip:
+            continue
+        base, nullable, meta = _unpack(info.annotation)
+        meta += list(info.metadata)
+        choices = None
+        if typing.get_origin(base) is Literal:
+            kind: ColumnKind = "text"
+            choices = tuple(str(a) for a in typing.get_args(base))
+        elif typing.get_origin(base) in (dict, list) or base in (dict, list):
+            kind = "json"
+        else:
+            kind = {str: "text", int: "int", float: "float", bool: "bool"}[base]  # type: ignore[assignment]
+        low = next((float(m.ge) for m in meta if getattr(m, "ge", None) is not None), None)
+        high = next((float(m.le) for m in meta if getattr(m, "le", None) is not None), None)
+        out.append(Column(name, kind, nullable, low, high, choices))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Table:
+    """One stored table: its columns (from a record), keys and references."""
+
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...] = ()
+    unique: tuple[str, ...] = ()
+    references: tuple[tuple[str, str], ...] = ()
+    """(columns, "table(columns)") foreign keys."""
+    rowid: str | None = None
+    """An INTEGER PRIMARY KEY column before the record's columns (call_id, failure_id)."""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The columns a row is written with (without the rowid alias)."""
+        return tuple(c.name for c in self.columns)
+
+    def ddl(self) -> str:
+        parts = ([f"{self.rowid} INTEGER PRIMARY KEY"] if self.rowid else []) + [c.sql() for c in self.columns]
+        if self.primary_key:
+            parts.append(f"PRIMARY KEY ({', '.join(self.primary_key)})")
+        if self.unique:
+            parts.append(f"UNIQUE ({', '.join(self.unique)})")
+        parts += [f"FOREIGN KEY ({cols}) REFERENCES {target}" for cols, target in self.references]
+        return f"CREATE TABLE IF NOT EXISTS {self.name} (\n    " + ",\n    ".join(parts) + ")"
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+
+_TEXT = lambda name, nullable=False: Column(name, "text", nullable)  # noqa: E731 - columns with no record
+
+TABLES: dict[str, Table] = {
+    "sessions": Table("sessions", (
+        _TEXT("session_key"), _TEXT("participant_id"), *columns_of(ConversationRecord)[2:4],
+        _TEXT("record_sha256"), _TEXT("completed_at")), primary_key=("session_key",)),
+    "participants": Table("participants", columns_of(ParticipantRecord), primary_key=("participant_id", "source")),
+    "arms": Table("arms", columns_of(ArmRecord), primary_key=("arm",)),
+    "conversations": Table(
+        "conversations", columns_of(ConversationRecord), primary_key=("conversation_id",),
+        references=(("conversation_id", "sessions(session_key)"),
+                    ("participant_id, source", "participants(participant_id, source)"))),
+    "turns": Table("turns", columns_of(TurnRecord), references=(("conversation_id", "conversations(conversation_id)"),)),
+    "judgements": Table("judgements", columns_of(JudgementRecord), primary_key=("conversation_id", "arm"),
+                        references=(("conversation_id", "conversations(conversation_id)"),)),
+    "bdm": Table("bdm", columns_of(BDMRecord), primary_key=("conversation_id", "arm"),
+                 references=(("conversation_id", "conversations(conversation_id)"),)),
+    "llm_calls": Table("llm_calls", (_TEXT("session_key", True), *columns_of(LLMCallRecord)), rowid="call_id"),
+    "instruments": Table("instruments", columns_of(InstrumentRecord),
+                         references=(("conversation_id", "conversations(conversation_id)"),)),
+    "autograde": Table("autograde", columns_of(AutogradeRecord), unique=("unit_id", "mode", "dimension", "rater_run")),
+    "failures": Table("failures", (*columns_of(SessionFailure, skip={"llm_calls"}), _TEXT("failed_at")),
+                      rowid="failure_id"),
+}
+"""Every stored table but ``meta`` (key, value)."""
+
+# The columns human data must have per table (``simlab.fidelity.load_human``); the rest of each
+# record's columns are optional there (e.g. PRISM gives no display position).
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "participants": ("participant_id", "source"),
+    "conversations": ("conversation_id", "participant_id", "source", "domain"),
+    "turns": ("conversation_id", "turn", "role", "text"),
+    "judgements": ("conversation_id", "arm"),
+    "bdm": ("conversation_id", "arm", "letter", "price", "bid", "won", "paid"),
+    "autograde": ("unit_id", "mode", "dimension", "score", "rater_run"),
+}
+
+
+def columns_of_kind(kind: ColumnKind) -> frozenset[str]:
+    """Every stored column of one kind (for dtypes when tables are read back)."""
+    return frozenset(c.name for t in TABLES.values() for c in t.columns if c.kind == kind)
+
+
+def float_bounds() -> dict[str, tuple[float, float]]:
+    """Bounds of every float column (±inf where a side is open)."""
+    out: dict[str, tuple[float, float]] = {}
+    for t in TABLES.values():
+        for c in t.columns:
+            if c.kind == "float":
+                out[c.name] = (c.low if c.low is not None else -math.inf, c.high if c.high is not None else math.inf)
+    return out
+
+
 __all__ = [
+    "REQUIRED",
+    "TABLES",
+    "ArmRecord",
     "AutogradeRecord",
     "BDMRecord",
+    "Column",
     "ConversationRecord",
     "InstrumentRecord",
     "JudgementRecord",
@@ -265,5 +436,9 @@ __all__ = [
     "ParticipantRecord",
     "SessionFailure",
     "SessionRecord",
+    "Table",
     "TurnRecord",
+    "columns_of",
+    "columns_of_kind",
+    "float_bounds",
 ]

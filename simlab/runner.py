@@ -25,7 +25,7 @@ from simlab.llm import LLMClient, call_context, recording
 from simlab.personas import Persona, summarize
 from simlab.prompts import all_hashes, template_hash
 from simlab.protocol import SessionFailed
-from simlab.records import SessionRecord
+from simlab.records import ArmRecord, SessionRecord
 from simlab.store import RunStore
 
 # Config keys that may change when a run is resumed (they do not change any result).
@@ -58,7 +58,10 @@ def meta_for(config: Config, **extra: Any) -> dict[str, Any]:
 
 
 def open_store(run_dir: Path, config: Config, **extra: Any) -> RunStore:
-    return RunStore.open_or_create(run_dir, meta_for(config, **extra), ignore=RESUMABLE_KEYS)
+    """The run's store (created, or resumed when its config matches), with its arms in config order."""
+    store = RunStore.open_or_create(run_dir, meta_for(config, **extra), ignore=RESUMABLE_KEYS)
+    store.write_arms(ArmRecord(arm=a.id, description=a.description, config_order=i) for i, a in enumerate(config.arms))
+    return store
 
 
 async def persona_summaries(config: Config, client: LLMClient, personas: Sequence[Persona],

@@ -35,8 +35,15 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from simlab.errors import InputError, SimlabError, exit_status
-from simlab.records import AutogradeRecord, LLMCallRecord, SessionFailure, SessionRecord
-from simlab.schema import WTP_CAP
+from simlab.records import (
+    TABLES,
+    ArmRecord,
+    AutogradeRecord,
+    LLMCallRecord,
+    SessionFailure,
+    SessionRecord,
+    columns_of_kind,
+)
 from simlab.tables import Tables, spreadsheet_safe_frame
 
 STORE_FILE = "store.sqlite"
@@ -46,98 +53,22 @@ MATCHED_META = ("config", "prompt_hashes", "models", "seed")
 _SECRET_KEY = re.compile(r"(api_?key|secret|password|passwd|authorization|access_token|bearer)", re.I)
 REDACTED = "<redacted>"
 
-_DDL = f"""
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sessions (
-    session_key TEXT PRIMARY KEY, participant_id TEXT NOT NULL, source TEXT NOT NULL,
-    domain TEXT NOT NULL, record_sha256 TEXT NOT NULL, completed_at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS participants (
-    participant_id TEXT NOT NULL, source TEXT NOT NULL, persona_id TEXT, rendering TEXT,
-    simulator_model TEXT, PRIMARY KEY (participant_id, source));
-CREATE TABLE IF NOT EXISTS conversations (
-    conversation_id TEXT PRIMARY KEY REFERENCES sessions(session_key),
-    participant_id TEXT NOT NULL, source TEXT NOT NULL, domain TEXT NOT NULL,
-    in_domain INTEGER NOT NULL, arm_letters TEXT NOT NULL, n_turns INTEGER NOT NULL,
-    gen_error INTEGER NOT NULL, max_turns_reached INTEGER NOT NULL, stop_reason TEXT, seed INTEGER,
-    FOREIGN KEY (participant_id, source) REFERENCES participants(participant_id, source));
-CREATE TABLE IF NOT EXISTS turns (
-    conversation_id TEXT NOT NULL REFERENCES conversations(conversation_id),
-    turn INTEGER NOT NULL CHECK (turn >= 0), role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
-    arm TEXT, letter TEXT, text TEXT NOT NULL,
-    turn_rating REAL CHECK (turn_rating BETWEEN 0 AND 100), n_tokens INTEGER, gen_error INTEGER NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS turns_key ON turns (conversation_id, turn, role, ifnull(arm, ''));
-CREATE TABLE IF NOT EXISTS judgements (
-    conversation_id TEXT NOT NULL REFERENCES conversations(conversation_id), arm TEXT NOT NULL,
-    letter TEXT NOT NULL, position INTEGER NOT NULL CHECK (position >= 1),
-    opening_choice INTEGER, provenance_guess INTEGER,
-    rank INTEGER CHECK (rank >= 1), provenance_rank INTEGER CHECK (provenance_rank >= 1),
-    rating_preference REAL CHECK (rating_preference BETWEEN 0 AND 100),
-    rating_engagingness REAL CHECK (rating_engagingness BETWEEN 0 AND 100),
-    rating_provenance REAL CHECK (rating_provenance BETWEEN 0 AND 100),
-    wtp_bid REAL CHECK (wtp_bid BETWEEN 0 AND {WTP_CAP:g}),
-    PRIMARY KEY (conversation_id, arm));
-CREATE TABLE IF NOT EXISTS bdm (
-    conversation_id TEXT NOT NULL REFERENCES conversations(conversation_id), arm TEXT NOT NULL,
-    letter TEXT NOT NULL, price REAL NOT NULL CHECK (price BETWEEN 0 AND {WTP_CAP:g}),
-    bid REAL NOT NULL CHECK (bid BETWEEN 0 AND {WTP_CAP:g}), won INTEGER NOT NULL, paid REAL NOT NULL,
-    PRIMARY KEY (conversation_id, arm));
-CREATE TABLE IF NOT EXISTS llm_calls (
-    call_id INTEGER PRIMARY KEY, session_key TEXT, conversation_id TEXT, role TEXT NOT NULL,
-    arm TEXT, instrument TEXT, model TEXT NOT NULL, endpoint TEXT NOT NULL, prompt_name TEXT,
-    prompt_hash TEXT, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
-    latency_s REAL NOT NULL, attempts INTEGER NOT NULL, status TEXT NOT NULL, error TEXT);
-CREATE INDEX IF NOT EXISTS llm_calls_session ON llm_calls (session_key);
-CREATE TABLE IF NOT EXISTS instruments (
-    conversation_id TEXT NOT NULL REFERENCES conversations(conversation_id), instrument TEXT NOT NULL,
-    attempts INTEGER NOT NULL, repairs INTEGER NOT NULL, status TEXT NOT NULL, error TEXT, raw_text TEXT);
-CREATE TABLE IF NOT EXISTS autograde (
-    unit_id TEXT NOT NULL, unit_kind TEXT NOT NULL, conversation_id TEXT, arm TEXT, turn INTEGER,
-    mode TEXT NOT NULL, dimension TEXT NOT NULL, score REAL, rater_run INTEGER NOT NULL,
-    rationale TEXT, status TEXT NOT NULL, source TEXT,
-    UNIQUE (unit_id, mode, dimension, rater_run));
-CREATE TABLE IF NOT EXISTS failures (
-    failure_id INTEGER PRIMARY KEY, session_key TEXT NOT NULL, participant_id TEXT NOT NULL,
-    domain TEXT NOT NULL, error_type TEXT NOT NULL, reason TEXT NOT NULL, raw_text TEXT,
-    failed_at TEXT NOT NULL);
-"""
+# The schema comes from the records (simlab.records.TABLES): SQL, column lists and dtypes.
+_DDL = ";\n".join([
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    *(table.ddl() for table in TABLES.values()),
+    "CREATE UNIQUE INDEX IF NOT EXISTS turns_key ON turns (conversation_id, turn, role, ifnull(arm, ''))",
+    "CREATE INDEX IF NOT EXISTS llm_calls_session ON llm_calls (session_key)",
+])
 
 # Column order of each stored table (the record fields, minus nested lists).
-COLUMNS: dict[str, tuple[str, ...]] = {
-    "participants": ("participant_id", "source", "persona_id", "rendering", "simulator_model"),
-    "conversations": (
-        "conversation_id", "participant_id", "source", "domain", "in_domain", "arm_letters",
-        "n_turns", "gen_error", "max_turns_reached", "stop_reason", "seed",
-    ),
-    "turns": ("conversation_id", "turn", "role", "arm", "letter", "text", "turn_rating", "n_tokens", "gen_error"),
-    "judgements": (
-        "conversation_id", "arm", "letter", "position", "opening_choice", "provenance_guess", "rank",
-        "provenance_rank", "rating_preference", "rating_engagingness", "rating_provenance", "wtp_bid",
-    ),
-    "bdm": ("conversation_id", "arm", "letter", "price", "bid", "won", "paid"),
-    "llm_calls": (
-        "session_key", "conversation_id", "role", "arm", "instrument", "model", "endpoint", "prompt_name",
-        "prompt_hash", "prompt_tokens", "completion_tokens", "latency_s", "attempts", "status", "error",
-    ),
-    "instruments": ("conversation_id", "instrument", "attempts", "repairs", "status", "error", "raw_text"),
-    "autograde": (
-        "unit_id", "unit_kind", "conversation_id", "arm", "turn", "mode", "dimension", "score",
-        "rater_run", "rationale", "status", "source",
-    ),
-    "failures": ("session_key", "participant_id", "domain", "error_type", "reason", "raw_text", "failed_at"),
-    "sessions": ("session_key", "participant_id", "source", "domain", "record_sha256", "completed_at"),
-}
+COLUMNS: dict[str, tuple[str, ...]] = {name: table.names for name, table in TABLES.items()}
 STORED_TABLES = (*COLUMNS, "meta")
 
-# pandas dtypes for load_run; unlisted columns stay object (str) or float64.
-_BOOL = {"in_domain", "gen_error", "max_turns_reached", "opening_choice", "provenance_guess", "won"}
-_INT = {
-    "n_turns", "seed", "turn", "n_tokens", "position", "rank", "provenance_rank", "prompt_tokens",
-    "completion_tokens", "attempts", "repairs", "rater_run",
-}
-_FLOAT = {
-    "turn_rating", "rating_preference", "rating_engagingness", "rating_provenance", "wtp_bid", "price",
-    "bid", "paid", "latency_s", "score",
-}
+# pandas dtypes for load_run; other columns stay object (str).
+_BOOL = columns_of_kind("bool")
+_INT = columns_of_kind("int")
+_FLOAT = columns_of_kind("float")
 
 
 class StoreError(SimlabError):
@@ -480,6 +411,12 @@ class RunStore:
                 db, "llm_calls", [_row(c, COLUMNS["llm_calls"], session_key=failure.session_key) for c in failure.llm_calls]
             )
 
+    def write_arms(self, arms: Iterable[ArmRecord]) -> None:
+        """Record the run's arms in config order (once: a resume has the same arms by its config)."""
+        with self._transaction() as db:
+            db.executemany(f"INSERT OR IGNORE INTO arms ({', '.join(COLUMNS['arms'])}) VALUES (?, ?, ?)",
+                           [_row(a, COLUMNS["arms"]) for a in arms])
+
     def write_calls(self, calls: Iterable[LLMCallRecord]) -> None:
         """Record model calls that belong to no session (e.g. persona summaries)."""
         with self._transaction() as db:
@@ -540,7 +477,8 @@ class RunStore:
                 " FROM llm_calls GROUP BY role, arm ORDER BY role, arm"
             )
         ]
-        rows = {t: self._conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COLUMNS}
+        present = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        rows = {t: self._conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] if t in present else 0 for t in COLUMNS}
         latest = self._conn.execute(
             "SELECT session_key, error_type, reason FROM failures WHERE failure_id IN ("
             " SELECT max(failure_id) FROM failures WHERE session_key NOT IN (SELECT session_key FROM sessions)"
@@ -613,7 +551,7 @@ class RunStore:
                     " OR session_key IN (SELECT k FROM temp.new_keys)"
                     " OR session_key IN (SELECT session_key FROM shard.failures) ORDER BY call_id"
                 )
-                for table in ("failures", "autograde"):
+                for table in ("failures", "autograde", "arms"):
                     cols = ", ".join(COLUMNS[table])
                     db.execute(
                         f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM shard.{table} WHERE true"
@@ -692,6 +630,7 @@ _ORDER = {
     "autograde": "unit_id, mode, dimension, rater_run",
     "failures": "failure_id",
     "sessions": "completed_at, session_key",
+    "arms": "config_order",
 }
 
 
@@ -701,6 +640,8 @@ def read_table(path: str | Path, table: str) -> pd.DataFrame:
         raise InputError(f"unknown table {table!r}; stored tables: {', '.join(COLUMNS)}", field="table")
     with _closing(_open_readonly(path)) as conn:
         cols = ", ".join(COLUMNS[table])
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone():
+            return _typed(pd.DataFrame(columns=list(COLUMNS[table])))  # a store made before the table existed
         return _typed(pd.read_sql_query(f"SELECT {cols} FROM {table} ORDER BY {_ORDER.get(table, 'rowid')}", conn))
 
 
@@ -726,7 +667,8 @@ def load_run(path: str | Path) -> Tables:
                 conn,
             )
         )
-    frames = {name: read_table(path, name) for name in ("participants", "conversations", "turns", "bdm", "autograde", "llm_calls")}
+    frames = {name: read_table(path, name)
+              for name in ("participants", "conversations", "turns", "bdm", "autograde", "llm_calls", "arms")}
     return Tables(judgements=judgements, **frames)
 
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 import pandas as pd
 
-TABLE_NAMES = ("participants", "conversations", "turns", "judgements", "bdm", "autograde", "llm_calls")
+TABLE_NAMES = ("participants", "conversations", "turns", "judgements", "bdm", "autograde", "llm_calls", "arms")
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class Tables:
     bdm: pd.DataFrame | None = None
     autograde: pd.DataFrame | None = None
     llm_calls: pd.DataFrame | None = None
+    arms: pd.DataFrame | None = None
+    """The arms in config order (arm, description, config_order), when the data say it."""
 
     def items(self) -> list[tuple[str, pd.DataFrame]]:
         """(name, frame) for every table that is present."""
@@ -95,6 +97,8 @@ def concat(*parts: Tables) -> Tables:
     for f in fields(Tables):
         frames = [getattr(p, f.name) for p in parts if getattr(p, f.name) is not None]
         out[f.name] = pd.concat(frames, ignore_index=True) if frames else None
+    if out["arms"] is not None:  # one row per arm: the first part's description and order win
+        out["arms"] = out["arms"].drop_duplicates("arm", keep="first").reset_index(drop=True)
     if out["judgements"] is None:
         raise ValueError("concat needs at least one Tables with judgements")
     return Tables(**out)

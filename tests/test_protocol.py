@@ -29,6 +29,8 @@ def test_three_personas_two_domains_exact_rows(stub, tmp_path):
     t = load_run(summary.run_dir)
     assert len(t.participants) == 3
     assert len(t.conversations) == 6
+    assert list(t.arms["arm"]) == [a.id for a in cfg.arms]  # config order, not alphabetical
+    assert list(t.arms["description"]) == [a.description for a in cfg.arms]
     assert set(t.conversations["domain"]) == {"unguided", "emotional_wellbeing"}
     # max_turns = min_turns = 2: two user turns, each answered by four arms
     assert (t.conversations["n_turns"] == 2).all()

@@ -1,6 +1,6 @@
 """Human data in: read the on-disk tables, validate them, normalise them.
 
-The on-disk form is a directory with one file per table of ``simlab.schema.TABLES``
+The on-disk form is a directory with one file per table of ``simlab.records.TABLES``
 (``judgements.csv|jsonl|parquet`` required; ``conversations``, ``turns``,
 ``participants``, ``bdm``, ``autograde`` optional), or a single judgements file.
 Every ``Tables`` this module returns satisfies the invariant the analyses rely on
@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from simlab.errors import InputError
-from simlab.schema import LETTERS, SOURCES, TABLES, WTP_CAP
+from simlab.records import REQUIRED, TABLES
+from simlab.schema import LETTERS, SOURCES
 from simlab.tables import TABLE_NAMES, Tables
 
 __all__ = [
@@ -63,29 +64,18 @@ TURN_COLUMNS: tuple[str, ...] = ("conversation_id", "turn", "role", "arm", "lett
 
 _ID_COLUMNS = ("conversation_id", "participant_id", "arm", "unit_id", "persona_id")
 _TEXT_COLUMNS = ("source", "domain", "letter", "role", "mode", "dimension", "text")
-_INT_COLUMNS = ("position", "rank", "provenance_rank", "turn", "n_turns", "n_tokens", "rater_run", "seed")
-_BOOL_COLUMNS = (
-    "opening_choice",
-    "provenance_guess",
-    "in_domain",
-    "gen_error",
-    "max_turns_reached",
-    "won",
-    "rank_derived",
-)
+# Types and bounds come from the records (simlab.records): the loader checks human data against
+# the same schema the run store enforces.
+_HUMAN_TABLES = [t for name, t in TABLES.items() if name in TABLE_NAMES and name != "llm_calls"]
+_INT_COLUMNS = tuple(sorted({c.name for t in _HUMAN_TABLES for c in t.columns if c.kind == "int"}))
+# rank_derived: an importer's flag (ranks derived from ratings), not a stored column
+_BOOL_COLUMNS = (*sorted({c.name for t in _HUMAN_TABLES for c in t.columns if c.kind == "bool"}), "rank_derived")
 # column -> (low, high) inclusive bounds of a float column
 _FLOAT_BOUNDS: dict[str, tuple[float, float]] = {
-    "rating_preference": (0.0, 100.0),
-    "rating_engagingness": (0.0, 100.0),
-    "rating_provenance": (0.0, 100.0),
-    "turn_rating": (0.0, 100.0),
-    "wtp_bid": (0.0, WTP_CAP),
-    "price": (0.0, WTP_CAP),
-    "bid": (0.0, WTP_CAP),
-    "paid": (0.0, WTP_CAP),
-    "score": (-np.inf, np.inf),
+    c.name: (c.low if c.low is not None else -np.inf, c.high if c.high is not None else np.inf)
+    for t in _HUMAN_TABLES for c in t.columns if c.kind == "float"
 }
-_POSITIVE_INTS = ("position", "rank", "provenance_rank")
+_POSITIVE_INTS = tuple(sorted({c.name for t in _HUMAN_TABLES for c in t.columns if c.kind == "int" and c.low == 1}))
 _ROLES = ("user", "assistant")
 _MISSING = ["", "na", "nan", "n/a", "null", "none", "<na>"]
 _TRUE = {"true", "1", "yes", "y", "t", "1.0"}
@@ -274,8 +264,8 @@ def _normalise(tables: Tables, wheres: Mapping[str, _Where], *, default_source: 
             continue
         frame = frame.reset_index(drop=True)
         where = wheres[f.name]
-        if f.name in TABLES:
-            _require_columns(frame, TABLES[f.name][0], where, f.name, default_source)
+        if f.name in REQUIRED:
+            _require_columns(frame, REQUIRED[f.name], where, f.name, default_source)
         out[f.name] = _coerce(frame, where) if f.name != "llm_calls" else frame
 
     conversations = out["conversations"]
