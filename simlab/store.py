@@ -211,9 +211,14 @@ def _jsonable(value: Any) -> Any:
     return _redact(plain)
 
 
+def _secret(key: Any, value: Any) -> bool:
+    # "api_key_env" holds the *name* of the variable with the key, not the key: a resume needs it
+    return bool(_SECRET_KEY.search(str(key))) and not str(key).endswith("_env") and value not in (None, "")
+
+
 def _redact(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: (REDACTED if _SECRET_KEY.search(str(k)) and v not in (None, "") else _redact(v)) for k, v in value.items()}
+        return {k: (REDACTED if _secret(k, v) else _redact(v)) for k, v in value.items()}
     if isinstance(value, list):
         return [_redact(v) for v in value]
     return value

@@ -359,6 +359,14 @@ def test_meta_is_stored_without_secrets(store: RunStore) -> None:
     assert b"sk-secret-123" not in raw
 
 
+def test_the_name_of_a_key_variable_is_kept_so_a_run_resumes(tmp_path: Path) -> None:
+    # api_key_env names the environment variable (never the key): redacting it broke --resume
+    meta = {"config": {"endpoints": {"vllm": {"api_key_env": "VLLM_API_KEY", "api_key": "sk-leak-9999"}}}}
+    RunStore.create(tmp_path / "run", meta).close()
+    stored = run_meta(tmp_path / "run")["config"]["endpoints"]["vllm"]
+    assert stored == {"api_key_env": "VLLM_API_KEY", "api_key": "<redacted>"}
+
+
 def test_diff_config() -> None:
     old = {"arms": [{"model": "a"}, {"model": "x", "temp": 0.7}], "flag": True, "n": 1, "limit": 5}
     assert diff_config(old, json.loads(json.dumps(old))) == []
