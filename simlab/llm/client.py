@@ -368,7 +368,7 @@ class LLMClient:
 
     Example:
         >>> client = LLMClient({"stub": EndpointConfig(base_url=url)})   # doctest: +SKIP
-        >>> (await client.chat(ModelSpec(endpoint="stub", model="m"), msgs)).text
+        >>> (await client.chat(ModelSpec(endpoint="stub", model="m"), msgs)).text  # doctest: +SKIP
     """
 
     def __init__(
