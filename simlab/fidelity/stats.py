@@ -6,7 +6,9 @@
   (McFadden) likelihood with frequency weights per choice set. It is validated against
   ``statsmodels.discrete.conditional_models.ConditionalLogit`` (tests assert equal params to
   1e-6); it exists because 200 bootstrap refits with statsmodels' per-group Python loop are far
-  too slow at PRISM-X scale.
+  too slow at PRISM-X scale. Its p-values are cluster-robust (``cluster_cov``: sandwich clustered
+  by participant, the meat built from each participant's summed choice-set scores); a fit whose
+  MLE diverges (separation) is refitted with a log-F(1,1) penalty and says so (``penalised``).
 - ``jsd``, ``icc_2_1``, ``percentile_ci``, weighted correlations.
 """
 
@@ -15,11 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
 from scipy import stats as sps
+from scipy.special import expit
 
 from simlab.fidelity.result import Estimate
 
@@ -184,20 +188,46 @@ class ChoiceSets:
             raise ValueError("each stratum needs exactly one chosen alternative")
 
 
+SEPARATION_LIMIT = 15.0
+"""A maximum-likelihood coefficient beyond this (odds ratio > 3·10⁶) means the likelihood has
+no maximum (perfect or quasi-complete separation): the penalised fit is used instead."""
+
+
+class SeparationError(FitError):
+    """The maximum-likelihood estimate diverges (some choices are perfectly predicted)."""
+
+
 @dataclass(frozen=True)
 class ClogitFit:
     params: np.ndarray
     cov: np.ndarray
+    """Model-based covariance: the inverse (penalised) information."""
     loglik: float
+    """Log-likelihood of the data at ``params`` (without the penalty)."""
     n_iter: int
+    cov_robust: np.ndarray | None = None
+    """Sandwich covariance clustered by participant (None: fewer than 2 participants, or not asked)."""
+    n_clusters: int = 0
+    """Participants behind ``cov_robust``."""
+    penalised: bool = False
+    """True when the MLE diverged and this is the log-F(1,1)-penalised fit."""
 
     @property
     def bse(self) -> np.ndarray:
         return np.sqrt(np.clip(np.diag(self.cov), 0, None))
 
     @property
+    def robust_bse(self) -> np.ndarray | None:
+        return None if self.cov_robust is None else np.sqrt(np.clip(np.diag(self.cov_robust), 0, None))
+
+    @property
     def pvalues(self) -> np.ndarray:
+        """Two-sided p-value of each coefficient = 0: cluster-robust (t with G − 1 degrees of
+        freedom, G participants) when the fit has ``cov_robust``, else model-based (normal)."""
         with np.errstate(divide="ignore", invalid="ignore"):
+            if self.cov_robust is not None:
+                return 2 * sps.t.sf(np.abs(self.params / np.sqrt(np.clip(np.diag(self.cov_robust), 0, None))),
+                                    self.n_clusters - 1)
             return 2 * sps.norm.sf(np.abs(self.params / self.bse))
 
 
@@ -220,13 +250,156 @@ def _clogit_pieces(
     return ll, grad, hess
 
 
-def _newton_step(hess: np.ndarray, grad: np.ndarray) -> np.ndarray:
+def _penalty(beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """log-F(1,1) prior per coefficient, log density b/2 − log(1 + e^b): the likelihood of one
+    pseudo-choice for and one against each feature (Greenland & Mansournia 2015). It keeps a
+    separated fit finite and leaves a well-determined one practically unchanged."""
+    sig = expit(beta)
+    value = float(np.sum(beta / 2 - np.logaddexp(0.0, beta)))
+    return value, 0.5 - sig, -np.diag(sig * (1 - sig))
+
+
+def _newton_step(hess: np.ndarray, grad: np.ndarray, beta: np.ndarray | None = None) -> np.ndarray:
     # Whether a rank-deficient matrix is "exactly singular" depends on the BLAS build and the
-    # CPU's kernels, so every solve turns LinAlgError into the reasoned FitError.
+    # CPU's kernels, so every solve turns LinAlgError (or a non-finite step) into a FitError.
     try:
-        return np.linalg.solve(-hess, grad)
+        with np.errstate(all="ignore"):
+            step = np.linalg.solve(-hess, grad)
     except np.linalg.LinAlgError as exc:
-        raise FitError(f"singular information matrix (a feature does not vary within strata): {exc}") from exc
+        detail = str(exc)
+    else:
+        detail = "non-finite Newton step"
+        if np.all(np.isfinite(step)):
+            return step
+    if beta is not None and np.max(np.abs(beta), initial=0.0) > 5:
+        # information vanishes because fitted probabilities reach 0/1: the MLE is running away
+        raise SeparationError(f"coefficients diverge (perfect separation): {detail}")
+    raise FitError(f"singular information matrix (a feature does not vary within strata): {detail}")
+
+
+def _newton(
+    cs: ChoiceSets, w: np.ndarray, beta: np.ndarray, *, penalised: bool, max_iter: int, tol: float, strict: bool
+) -> tuple[np.ndarray, float, np.ndarray, int]:
+    """(params, data log-likelihood, Hessian of the objective, iterations) by Newton–Raphson with step halving."""
+    starts = cs.starts
+
+    def objective(b: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
+        ll, g, h = _clogit_pieces(cs, b, w, starts, True)
+        assert h is not None  # asked for
+        if not penalised:
+            return ll, ll, g, h
+        pv, pg, ph = _penalty(b)
+        return ll + pv, ll, g + pg, h + ph
+
+    with np.errstate(all="ignore"):
+        obj, ll, grad, hess = objective(beta)
+        if not np.isfinite(obj):
+            raise FitError("log-likelihood is not finite at the start values")
+        it = 0
+        step = _newton_step(hess, grad, beta)
+        for it in range(1, max_iter + 1):  # noqa: B007 - the count is read after the loop
+            t = 1.0
+            for _ in range(30):
+                new = beta + t * step
+                o_new, ll_new, g_new, h_new = objective(new)
+                if np.isfinite(o_new) and o_new >= obj - 1e-12 * abs(obj):
+                    break
+                t /= 2
+            else:
+                if np.max(np.abs(beta)) > 5:
+                    raise SeparationError("coefficients diverge (perfect separation): line search failed")
+                raise FitError("line search failed")
+            beta, obj, ll, grad, hess = new, o_new, ll_new, g_new, h_new
+            moved = np.max(np.abs(t * step))
+            step = _newton_step(hess, grad, beta)  # the next step; its size says whether we are done
+            if moved < 1e-9 or float(grad @ step) < tol:
+                break
+            if not penalised and np.max(np.abs(beta)) > 2 * SEPARATION_LIMIT:
+                break  # no need to follow a divergent MLE further
+        else:
+            if strict:
+                if not penalised and np.max(np.abs(beta)) > 5:
+                    raise SeparationError(f"coefficients diverge (perfect separation): no convergence after {max_iter} Newton steps")
+                raise FitError(f"no convergence after {max_iter} Newton steps")
+    if not penalised and np.max(np.abs(beta)) > SEPARATION_LIMIT:
+        raise SeparationError("coefficients diverge (perfect separation)")
+    return beta, ll, hess, it
+
+
+def participant_scores(cs: ChoiceSets, params: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """(n_participants, p): each participant's summed per-choice-set scores w·(x_chosen − E[x]),
+    rows indexed by ``cs.participant`` (the shared participant index)."""
+    w = np.ones(cs.n_strata) if weights is None else np.asarray(weights, dtype=float)
+    with np.errstate(all="ignore"):
+        eta = cs.X @ params
+        m = np.maximum.reduceat(eta, cs.starts)
+        e = np.exp(eta - m[cs.stratum])
+        p = e / np.add.reduceat(e, cs.starts)[cs.stratum]
+        xbar = np.add.reduceat(p[:, None] * cs.X, cs.starts)
+        score = w[:, None] * (cs.x_chosen - xbar)
+    u = np.zeros((int(cs.participant.max()) + 1 if cs.n_strata else 0, cs.X.shape[1]))
+    np.add.at(u, cs.participant, score)
+    return u
+
+
+def _sandwich(bread: np.ndarray, u: np.ndarray, g: int) -> np.ndarray | None:
+    if g < 2:
+        return None
+    with np.errstate(all="ignore"):
+        v = bread @ (u.T @ u * (g / (g - 1))) @ bread
+    return (v + v.T) / 2 if np.all(np.isfinite(v)) else None
+
+
+def cluster_cov(cs: ChoiceSets, params: np.ndarray, cov: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray | None, int]:
+    """Sandwich covariance clustered by participant, and the number of participants G.
+
+    bread = ``cov`` (inverse information); meat = Σ over participants of the outer product of
+    their summed per-choice-set scores (x_chosen − E[x]), times G / (G − 1). None when G < 2.
+    Scores of a penalised fit are the data's alone (uncentred), which errs on the wide side.
+    """
+    w = np.ones(cs.n_strata) if weights is None else np.asarray(weights, dtype=float)
+    g = int(np.unique(cs.participant[w > 0]).size)
+    return _sandwich(cov, participant_scores(cs, params, w), g), g
+
+
+def stack(parts: Sequence[tuple[ChoiceSets, ClogitFit]]) -> ClogitFit:
+    """Several separately fitted conditional logits (e.g. one per source) as one fit.
+
+    Params are concatenated and the model covariance is block-diagonal — the same as a pooled
+    model with every coefficient interacted with the part, since strata never mix parts. The
+    cluster-robust covariance is of all parts together: a participant present in several parts
+    (a human and their simulated copy) makes the parts' estimates correlate, and a difference
+    between sources must carry that covariance.
+    """
+    n = max(int(cs.participant.max()) + 1 for cs, _ in parts)
+    us, ids = [], []
+    for cs, fit in parts:
+        u = participant_scores(cs, fit.params)
+        us.append(np.vstack([u, np.zeros((n - u.shape[0], u.shape[1]))]))
+        ids.append(np.unique(cs.participant))
+    bread = _block_diag([fit.cov for _, fit in parts])
+    g = int(np.unique(np.concatenate(ids)).size)
+    return ClogitFit(
+        params=np.concatenate([fit.params for _, fit in parts]), cov=bread,
+        loglik=float(sum(fit.loglik for _, fit in parts)), n_iter=0,
+        cov_robust=_sandwich(bread, np.hstack(us), g), n_clusters=g,
+        penalised=any(fit.penalised for _, fit in parts),
+    )
+
+
+def _block_diag(blocks: Sequence[np.ndarray]) -> np.ndarray:
+    from scipy.linalg import block_diag
+
+    return np.asarray(block_diag(*blocks))
+
+
+def linear(fit: ClogitFit, c: np.ndarray) -> ClogitFit:
+    """The linear combinations ``c @ params`` (rows of ``c``) as a fit of their own, e.g. the
+    differences between two sources' coefficients, for ``pvalues`` and ``wald_test``."""
+    c = np.atleast_2d(np.asarray(c, dtype=float))
+    rob = None if fit.cov_robust is None else c @ fit.cov_robust @ c.T
+    return ClogitFit(c @ fit.params, c @ fit.cov @ c.T, float("nan"), 0, cov_robust=rob, n_clusters=fit.n_clusters,
+                     penalised=fit.penalised)
 
 
 def fit_clogit(
@@ -237,49 +410,42 @@ def fit_clogit(
     max_iter: int = 100,
     tol: float = 1e-10,
     strict: bool = True,
+    penalty: Literal["auto", "none", "always"] = "auto",
+    robust: bool = True,
 ) -> ClogitFit:
-    """Maximum-likelihood conditional logit by Newton–Raphson with step halving.
+    """Conditional logit by Newton–Raphson with step halving; maximum likelihood unless it diverges.
 
     ``weights`` are frequency weights per stratum (bootstrap counts): a weight of 2 is the same
-    as the stratum appearing twice. Raises ``FitError`` on a singular information matrix
-    (e.g. a dummy that never varies within a stratum) or non-convergence.
+    as the stratum appearing twice. ``penalty``: "auto" fits the MLE and, when it diverges
+    (separation: a coefficient beyond ``SEPARATION_LIMIT`` or running away), refits with a
+    log-F(1,1) penalty on every coefficient (``penalised=True``); "none" raises
+    ``SeparationError`` instead; "always" fits the penalised model directly. ``robust`` adds the
+    participant-clustered sandwich covariance (``cov_robust``). Raises ``FitError`` on a singular
+    information matrix (e.g. a dummy that never varies within a stratum) or non-convergence.
     """
     p = cs.X.shape[1]
-    w = np.ones(cs.n_strata) if weights is None else np.asarray(weights, dtype=float)
-    beta = np.zeros(p) if start is None else np.array(start, dtype=float)
-    starts = cs.starts
     if cs.n_strata == 0 or p == 0:
         raise FitError("no choice sets or no features")
-    ll, grad, hess = _clogit_pieces(cs, beta, w, starts, True)
-    assert hess is not None  # asked for
-    it = 0
-    for it in range(1, max_iter + 1):  # noqa: B007 - the count is read after the loop
-        step = _newton_step(hess, grad)
-        t = 1.0
-        for _ in range(30):
-            new = beta + t * step
-            ll_new, g_new, h_new = _clogit_pieces(cs, new, w, starts, True)
-            assert h_new is not None
-            if np.isfinite(ll_new) and ll_new >= ll - 1e-12 * abs(ll):
-                break
-            t /= 2
-        else:
-            raise FitError("line search failed")
-        beta, ll, grad, hess = new, ll_new, g_new, h_new
-        if np.max(np.abs(t * step)) < 1e-9 or float(grad @ _newton_step(hess, grad)) < tol:
-            break
-    else:
-        if strict:
-            raise FitError(f"no convergence after {max_iter} Newton steps")
-    if np.max(np.abs(beta)) > 25:
-        raise FitError("coefficients diverge (perfect separation)")
+    w = np.ones(cs.n_strata) if weights is None else np.asarray(weights, dtype=float)
+    beta0 = np.zeros(p) if start is None else np.array(start, dtype=float)
+    penalised = penalty == "always"
     try:
-        cov = np.linalg.inv(-hess)
+        beta, ll, hess, it = _newton(cs, w, beta0, penalised=penalised, max_iter=max_iter, tol=tol, strict=strict)
+    except SeparationError:
+        if penalty == "none":
+            raise
+        penalised = True
+        beta, ll, hess, it = _newton(cs, w, np.zeros(p), penalised=True, max_iter=max_iter, tol=tol, strict=strict)
+    try:
+        with np.errstate(all="ignore"):
+            cond = np.linalg.cond(-hess)
+            cov = np.linalg.inv(-hess)
     except np.linalg.LinAlgError as exc:
         raise FitError(f"singular information matrix: {exc}") from exc
-    if np.linalg.cond(-hess) > 1e12:
+    if not np.isfinite(cond) or cond > 1e12 or not np.all(np.isfinite(cov)):
         raise FitError("information matrix is (near) singular: a feature does not vary within strata")
-    return ClogitFit(beta, cov, ll, it)
+    v, g = cluster_cov(cs, beta, cov, w) if robust else (None, 0)
+    return ClogitFit(beta, cov, ll, it, cov_robust=v, n_clusters=g, penalised=penalised)
 
 
 def compress(cs: ChoiceSets) -> tuple[ChoiceSets, sparse.csr_matrix]:
@@ -309,11 +475,21 @@ def compress(cs: ChoiceSets) -> tuple[ChoiceSets, sparse.csr_matrix]:
     return small, m
 
 
-def clogit_draws(cs: ChoiceSets, start: np.ndarray, counts: np.ndarray, select: slice | list[int] = slice(None)) -> np.ndarray:
+def clogit_draws(
+    cs: ChoiceSets,
+    start: np.ndarray,
+    counts: np.ndarray,
+    select: slice | list[int] = slice(None),
+    *,
+    penalised: bool = False,
+) -> np.ndarray:
     """Bootstrap draws (n_boot, k) of the selected conditional-logit coefficients.
 
     Each replicate refits from ``start`` (warm start) with participant-count weights, on the
-    compressed patterns when that shrinks the problem. A failed replicate is a NaN row.
+    compressed patterns when that shrinks the problem. ``penalised``: the full-data fit was
+    penalised, so every replicate is too (same estimator); otherwise a replicate whose MLE
+    diverges gets the penalised fit (a large finite value in the tail where it belongs, not a
+    dropped replicate). A replicate that still fails is a NaN row.
     """
     small, m = compress(cs)
     use_small = small.n_strata < 0.5 * cs.n_strata
@@ -322,10 +498,14 @@ def clogit_draws(cs: ChoiceSets, start: np.ndarray, counts: np.ndarray, select: 
     target = small if use_small else cs
     k = len(np.arange(cs.X.shape[1])[select])
     out = np.full((counts.shape[0], k), np.nan)
+    penalty: Literal["auto", "always"] = "always" if penalised else "auto"
     for b in range(counts.shape[0]):
         try:
             with np.errstate(all="ignore"):
-                fit = fit_clogit(target, weights[b], start) if use_small else fit_clogit(target, weights[b], start, max_iter=2, strict=False)
+                if use_small:
+                    fit = fit_clogit(target, weights[b], start, penalty=penalty, robust=False)
+                else:
+                    fit = fit_clogit(target, weights[b], start, max_iter=2, strict=False, penalty=penalty, robust=False)
                 out[b] = fit.params[select]
         except (FitError, np.linalg.LinAlgError, FloatingPointError):
             pass
@@ -333,18 +513,35 @@ def clogit_draws(cs: ChoiceSets, start: np.ndarray, counts: np.ndarray, select: 
 
 
 def lr_test(full: ClogitFit, restricted: ClogitFit, df: int) -> float:
-    """Likelihood-ratio test p-value of ``df`` restrictions."""
+    """Likelihood-ratio test p-value of ``df`` restrictions. Ignores clustering: for comparisons
+    across sources (one participant in several strata) use the cluster-robust ``wald_test``."""
     stat = max(0.0, 2 * (full.loglik - restricted.loglik))
     return float(sps.chi2.sf(stat, df))
 
 
-def wald_test(fit: ClogitFit, idx: Sequence[int]) -> float:
-    """Wald test p-value that the coefficients ``idx`` are jointly zero."""
+def wald_test(fit: ClogitFit, idx: Sequence[int], *, robust: bool = True) -> float:
+    """Wald test p-value that the coefficients ``idx`` (q of them) are jointly zero.
+
+    ``robust`` (and the fit has ``cov_robust``): cluster-robust, W/q against F(q, G − 1) with G
+    participants, the usual small-sample reference for clustered errors. Else model-based χ²(q).
+    Raises ``FitError`` when the covariance of those coefficients is singular (e.g. more
+    restrictions than participants).
+    """
     idx = list(idx)
     b = fit.params[idx]
-    v = fit.cov[np.ix_(idx, idx)]
-    stat = float(b @ np.linalg.solve(v, b))
-    return float(sps.chi2.sf(stat, len(idx)))
+    use_robust = robust and fit.cov_robust is not None
+    v = (fit.cov_robust if use_robust else fit.cov)[np.ix_(idx, idx)]  # type: ignore[index]
+    with np.errstate(all="ignore"):
+        vals, vecs = np.linalg.eigh(v)
+    if not idx or not np.all(np.isfinite(vals)) or vals.min() <= 1e-12 * max(vals.max(), 1e-300):
+        raise FitError(f"the covariance of the {len(idx)} tested coefficients is singular "
+                       f"(more restrictions than the {fit.n_clusters} participants can identify?)")
+    z = vecs.T @ b
+    stat = float(np.sum(z * z / vals))
+    q = len(idx)
+    if use_robust:
+        return float(sps.f.sf(stat / q, q, fit.n_clusters - 1))
+    return float(sps.chi2.sf(stat, q))
 
 
 # ---------------------------------------------------------------------------------------------

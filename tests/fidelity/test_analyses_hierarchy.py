@@ -54,3 +54,40 @@ def test_dialogue_eval_system_ranking_in_both_free_topic_rounds(dialogue_eval_ta
         # the weak bots are reliably below the strong reference, on both scales
         assert all(r.strengths[a].ci_high < 0 for a in ("seq2seq", "lan_model", "qc"))
         assert all(r.rating_strengths[a].ci_high < 0 for a in ("seq2seq", "lan_model", "qc"))
+
+
+# ---------------------------------------------------------------------------------------------
+# sim − human strength differences, minimum participants, gen_error (issue 12)
+
+
+def _two_sources(seed: int, sim_c: float, n: int = 60) -> Tables:
+    from simlab.fidelity.calibration.hierarchy import choices
+
+    base = (0.0, 0.3, 0.6, 0.9)
+    return choices(seed, n, 4, strength={"human": base, "sim": (0.0, 0.3, sim_c, 0.9)}, preference_sd=0.8)
+
+
+def test_strength_difference_recovered_and_null_not_significant() -> None:
+    effect = hierarchy(_two_sources(1, 1.6), n_boot=100, seed=0).vs_human["sim"]
+    d = effect.strength_diff["C"]
+    # planted +1.0 (attenuated a little by the preference heterogeneity)
+    assert 0.4 < d.ci_low and d.ci_high > 0.8 and d.p_value < 1e-3
+    assert effect.strength_diff_p is not None and effect.strength_diff_p < 1e-3
+    assert covers(effect.strength_diff["B"], 0.0)
+    null = hierarchy(_two_sources(2, 0.6), n_boot=100, seed=0).vs_human["sim"]
+    assert all(covers(e, 0.0) and e.p_value > 0.05 for e in null.strength_diff.values())
+    assert null.strength_diff_p is not None and null.strength_diff_p > 0.05
+
+
+def test_too_few_participants_and_gen_error_events_are_reported() -> None:
+    t = _two_sources(3, 0.6, n=30)
+    few = t.judgements["participant_id"].isin([f"p{i:04d}" for i in range(5)])
+    small = replace(t, judgements=t.judgements[(t.judgements["source"] == "human") | few])
+    r = hierarchy(small, n_boot=10)
+    assert r.per_source["sim"].status == "not_available" and "5 participant" in (r.per_source["sim"].reason or "")
+    assert r.per_source["human"].status == "ok" and "sim" not in r.vs_human
+    flagged = t.conversations["gen_error"]
+    n_flagged = int(flagged[t.conversations["source"] == "human"].sum())
+    assert n_flagged > 0
+    full = hierarchy(t, n_boot=10).per_source["human"]
+    assert full.n_gen_error == n_flagged and full.n_events == 30 * 4 - n_flagged

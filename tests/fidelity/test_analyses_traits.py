@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from simlab.fidelity.analyses import traits
-from tests.fidelity._synth import individual
+from tests.fidelity._synth import covers, individual
 
 
 def test_planted_trait_effect_and_interaction() -> None:
@@ -68,3 +68,63 @@ def test_user_traits_run_inside_analyze_all_with_exclusions() -> None:
     assert diff.ci_low < 2.0 < diff.ci_high and diff.ci_low > 1.0
     assert result.analyses["traits"].excluded == ["naturalness"]
     assert result.model_validate_json(result.model_dump_json()) == result
+
+
+# ---------------------------------------------------------------------------------------------
+# constant traits, errored replies, the paper's specification, gen_error (issue 12)
+
+
+def _graded(seed: int = 5, n: int = 40):
+    from simlab.fidelity.calibration.hierarchy import choices
+
+    s = (0.0, 0.4, 0.8, 1.2)
+    return choices(seed, n, 4, strength={"human": s, "sim": s}, trait={"human": 0.8, "sim": 0.8})
+
+
+def test_a_trait_constant_in_one_source_is_dropped_there_with_a_reason() -> None:
+    import numpy as np
+    import pandas as pd
+
+    t = _graded()
+    g = t.autograde
+    sim_conv = g["conversation_id"].str.startswith("sim")
+    noise = np.random.default_rng(1).normal(5, 1, len(g))
+    flat = g.assign(dimension="warmth", score=np.where(sim_conv, 5.0, noise))  # graded, but constant in sim
+    r = traits(replace(t, autograde=pd.concat([g, flat], ignore_index=True)), n_boot=20)
+    sim, hum = r.per_source["sim"], r.per_source["human"]
+    assert sim.status == "ok" and "warmth" in sim.dropped and "does not vary" in sim.dropped["warmth"]
+    assert set(sim.coefficients) == {"sycophancy"} and set(hum.coefficients) == {"sycophancy", "warmth"}
+    assert set(r.interaction["sim"]) == {"sycophancy"} and r.interaction_p is not None
+    assert covers(r.interaction["sim"]["sycophancy"], 0.0)
+
+
+def test_errored_replies_and_gen_error_events_are_counted_not_lost() -> None:
+    t = _graded()
+    g = t.autograde
+    lost = g["conversation_id"].isin(["human-3", "human-7", "sim-1"]) & (g["arm"] == "B")
+    r = traits(replace(t, autograde=g[~lost]), n_boot=20)
+    conv = t.conversations.set_index("conversation_id")["gen_error"]
+    # an event is counted once: as gen_error when flagged, else as missing a trait score
+    expected = {"human": sum(not conv[c] for c in ("human-3", "human-7")), "sim": int(not conv["sim-1"])}
+    for s in ("human", "sim"):
+        res = r.per_source[s]
+        assert res.n_missing == expected[s], (s, res.n_missing)
+        assert res.n_gen_error == int(t.conversations.query("source == @s")["gen_error"].sum()) > 0
+        assert res.n_events == 40 * 4 - res.n_missing - res.n_gen_error
+
+
+def test_paper_specification_uses_continuous_traits_and_length_without_arms() -> None:
+    import numpy as np
+    import pandas as pd
+
+    t = individual()
+    g = t.autograde
+    refusal = g.assign(dimension="refusal", score=np.random.default_rng(0).integers(1, 4, len(g)))
+    t2 = replace(t, autograde=pd.concat([g, refusal], ignore_index=True))
+    paper = traits(t2, n_boot=20, specification="paper")
+    assert paper.specification == "paper" and paper.traits == ["sycophancy", "length"]
+    adjusted = traits(t2, n_boot=20)
+    assert adjusted.specification == "arm_adjusted" and "refusal" in adjusted.traits
+    # without arm dummies, length picks up the arm hierarchy (longer replies come from stronger arms)
+    assert paper.per_source["human"].coefficients["length"].ci_low > 0
+    assert paper.per_source["human"].coefficients["sycophancy"].ci_low > 0.3

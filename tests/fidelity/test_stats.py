@@ -129,3 +129,109 @@ def test_reason_for_puts_words_before_the_exception() -> None:
         assert reason_for(exc).startswith("the model could not be fitted") and "(LinAlgError: Singular matrix)" in reason_for(exc)
     assert reason_for(FitError("no choice sets or no features")) == "no choice sets or no features"
     assert reason_for(KeyError("arm")).startswith("the analysis stopped on an unexpected error; please report it")
+
+
+# ---------------------------------------------------------------------------------------------
+# cluster-robust inference and separation (issue 12 findings 3, 5)
+
+
+def _clustered_sets(n: int, seed: int, preference_sd: float = 1.5) -> ChoiceSets:
+    """Rankings with strong per-participant arm preferences: strata of one participant correlate."""
+    t = make_synthetic(n, strengths={"GEN": 0, "PROMPT": 0.3, "DPFT": 0.6, "PPFT": 1.0}, preference_sd=preference_sd,
+                       seed=seed, sources=("human",))
+    j = judgements_frame(t)
+    d = pd.concat([j, dummies(j["arm"], ["GEN", "PPFT", "PROMPT"], "arm")], axis=1)
+    return choice_sets(d, ["arm[GEN]", "arm[PPFT]", "arm[PROMPT]"], "ranking", participants_of(t, 1, 0))
+
+
+def test_cluster_sandwich_equals_statsmodels_scores_and_information() -> None:
+    cs = _clustered_sets(40, seed=3)
+    ours = fit_clogit(cs)
+    sm = ConditionalLogit(cs.chosen.astype(float), cs.X, groups=cs.stratum)
+    # independent pieces: statsmodels' per-stratum scores and its Hessian at our estimate
+    scores = np.vstack([sm.score_grp(g, ours.params) for g in range(cs.n_strata)])
+    per_participant = pd.DataFrame(scores).groupby(cs.participant).sum().to_numpy()
+    g = per_participant.shape[0]
+    bread = np.linalg.inv(-sm.hessian(ours.params))
+    expected = bread @ (per_participant.T @ per_participant) @ bread * g / (g - 1)
+    assert ours.n_clusters == g == 40
+    np.testing.assert_allclose(ours.cov_robust, expected, rtol=1e-4)  # statsmodels differentiates numerically
+
+
+def test_cluster_robust_se_matches_participant_bootstrap_and_exceeds_naive() -> None:
+    from simlab.fidelity.stats import clogit_draws
+
+    cs = _clustered_sets(80, seed=4, preference_sd=2.0)
+    fit = fit_clogit(cs)
+    draws = clogit_draws(cs, fit.params, bootstrap_counts(80, 300, seed=2))
+    boot_se = draws.std(axis=0, ddof=1)
+    assert fit.robust_bse is not None
+    # the two clustered answers agree; the model-based SE (independent strata) is too small
+    np.testing.assert_allclose(fit.robust_bse, boot_se, rtol=0.25)
+    assert np.all(fit.robust_bse > 1.15 * fit.bse)
+
+
+def _always_first(n: int, seed: int) -> ChoiceSets:
+    """Every ranked_best is the first-shown arm: the MLE of first_shown is +∞."""
+    t = make_synthetic(n, seed=seed, sources=("human",), strengths={"GEN": 0, "PROMPT": 0.3, "DPFT": 0.6, "PPFT": 1.0})
+    j = judgements_frame(t)
+    j["first"] = (j["position"] == 1).astype(float)
+    j["best"] = j["position"] == 1
+    d = pd.concat([j, dummies(j["arm"], ["GEN", "PPFT", "PROMPT"], "arm")], axis=1)
+    return choice_sets(d, ["first", "arm[GEN]", "arm[PPFT]", "arm[PROMPT]"], "best", participants_of(t, 1, 0))
+
+
+def test_separation_gives_a_penalised_finite_significant_fit() -> None:
+    from simlab.fidelity.stats import SeparationError, clogit_draws
+
+    cs = _always_first(30, seed=1)
+    with pytest.raises(SeparationError):
+        fit_clogit(cs, penalty="none")
+    fit = fit_clogit(cs)
+    assert fit.penalised
+    assert 3 < fit.params[0] < 15 and fit.pvalues[0] < 1e-6  # large, finite, significant
+    assert np.all(np.abs(fit.params[1:]) < 1)  # the arms (no separation) stay near their truth
+    draws = clogit_draws(cs, fit.params, bootstrap_counts(30, 20, seed=1), penalised=True)
+    assert np.all(np.isfinite(draws)) and np.all(draws[:, 0] > 3)
+
+
+def test_penalty_barely_moves_a_well_determined_fit() -> None:
+    cs = _hierarchy_sets(100, seed=9)
+    mle, pen = fit_clogit(cs), fit_clogit(cs, penalty="always")
+    assert not mle.penalised and pen.penalised
+    np.testing.assert_allclose(pen.params, mle.params, atol=0.02)
+
+
+def test_wald_test_is_cluster_robust_and_refuses_a_singular_covariance() -> None:
+    from simlab.fidelity.stats import wald_test
+
+    cs = _clustered_sets(40, seed=5)
+    fit = fit_clogit(cs)
+    assert wald_test(fit, [1]) == pytest.approx(fit.pvalues[1], rel=1e-6)  # F(1, G−1) = t²(G−1)
+    assert wald_test(fit, [0, 1, 2]) > 2 * wald_test(fit, [0, 1, 2], robust=False)  # clustering widens
+    two = ChoiceSets(cs.X, cs.chosen, cs.stratum, np.minimum(cs.participant, 1), cs.names)
+    fit2 = fit_clogit(two)
+    assert fit2.n_clusters == 2
+    with pytest.raises(FitError):
+        wald_test(fit2, [0, 1, 2])  # three restrictions from two participants
+
+
+def test_stacked_fits_equal_one_pooled_fit_with_source_interactions() -> None:
+    from simlab.fidelity.stats import linear, stack
+
+    a, b = _clustered_sets(30, seed=6), _clustered_sets(30, seed=7)  # same participant ids p0000…
+    fa, fb = fit_clogit(a), fit_clogit(b)
+    both = stack([(a, fa), (b, fb)])
+    # the pooled model: block-diagonal features (every coefficient × source), strata concatenated
+    p = a.X.shape[1]
+    X = np.block([[a.X, np.zeros_like(a.X)], [np.zeros_like(b.X), b.X]])
+    pooled = ChoiceSets(X, np.r_[a.chosen, b.chosen], np.r_[a.stratum, b.stratum + a.n_strata],
+                        np.r_[a.participant, b.participant], (*a.names, *(f"{n}:b" for n in b.names)))
+    direct = fit_clogit(pooled)
+    np.testing.assert_allclose(both.params, direct.params, atol=1e-8)
+    np.testing.assert_allclose(both.cov_robust, direct.cov_robust, rtol=1e-6, atol=1e-12)
+    assert both.n_clusters == direct.n_clusters == 30
+    # shared participants correlate the sources: the difference's variance is not the sum
+    diff = linear(both, np.r_[-np.eye(p)[0], np.eye(p)[0]])
+    assert diff.cov_robust is not None and both.cov_robust is not None
+    assert not np.isclose(diff.cov_robust[0, 0], both.cov_robust[0, 0] + both.cov_robust[p, p], rtol=0.02)

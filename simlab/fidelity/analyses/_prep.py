@@ -101,3 +101,31 @@ def n_events(cs: ChoiceSets, frame: pd.DataFrame) -> int:
 
 def sim_sources(sources: Sequence[str]) -> list[str]:
     return [s for s in sources if s != HUMAN]
+
+
+MIN_PARTICIPANTS = 10
+"""A source with fewer participants than this is ``not_available``: a participant bootstrap or a
+clustered standard error over a handful of people is not an interval anyone should quote."""
+
+
+def too_few_participants(frame: pd.DataFrame, minimum: int = MIN_PARTICIPANTS) -> str | None:
+    """The reason a source's rows are too few people to analyse, or None when there are enough."""
+    n = int(frame["participant_id"].nunique())
+    if n < minimum:
+        return f"only {n} participant(s) (at least {minimum} are needed for a participant-clustered interval)"
+    return None
+
+
+def drop_gen_error(j: pd.DataFrame, tables: Tables) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Judgement rows without the events (conversations) flagged ``gen_error``, and per source how
+    many events were dropped: a failed generation was shown as an error notice, so the choice
+    among the arms is not a choice among replies (PROTOCOL §2, errors)."""
+    c = tables.conversations
+    if c is None or "gen_error" not in c.columns:
+        return j, {}
+    bad = set(c.loc[c["gen_error"].fillna(False).astype(bool), "conversation_id"].astype(str))
+    if not bad:
+        return j, {}
+    hit = j["conversation_id"].astype(str).isin(bad)
+    counts = j.loc[hit].groupby("source")["event"].nunique()
+    return j[~hit].reset_index(drop=True), {str(s): int(n) for s, n in counts.items()}

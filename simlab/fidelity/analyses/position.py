@@ -3,26 +3,55 @@
 Coding: ``first_shown`` = 1 when position == 1 (shown first, letter A), reference = every later
 position, so the first-shown effect is one coefficient (log-odds). A second model per source
 has a dummy per position with the LAST position as reference, to show the whole profile.
-The pooled model (all sources; arm dummies per source, since strata never mix sources) adds
-``first_shown × source`` for every simulated source; an LR test asks whether they are all 0.
+
+Log-odds are on the scale of each source's choice noise: a simulator that weighs position
+exactly like people but chooses less noisily has larger log-odds for everything. So each
+source also gets a scale-free measure, ``first_shown_excess``: the share of events whose
+first-shown arm is chosen minus the share its arms alone predict (the fitted model with the
+position term set to 0), in percentage points. Its sim − human difference is the headline.
+
+Comparisons with human: a pooled model with source × position terms is the per-source fits
+stacked (strata never mix sources), with a sandwich covariance clustered by participant (a
+human and their simulated copy are one cluster); Wald tests of the first_shown interaction and
+of every position's interaction. CIs: the shared participant bootstrap (paired across sources).
+Events of conversations with a failed generation (``gen_error``) are dropped and counted; a
+source with fewer than ``MIN_PARTICIPANTS`` participants is not analysed; a source whose choices
+are perfectly predicted by position (separation) gets a penalised fit (``penalised``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
 from simlab.fidelity.analyses._prep import (
     HUMAN,
     choice_sets,
+    drop_gen_error,
     dummies,
     has_values,
     judgements_frame,
     participants_of,
     sim_sources,
+    too_few_participants,
 )
 from simlab.fidelity.result import Estimate, PositionFit, PositionOutcome, PositionResult
-from simlab.fidelity.stats import FitError, Participants, clogit_draws, estimate, fit_clogit, lr_test
+from simlab.fidelity.stats import (
+    ChoiceSets,
+    ClogitFit,
+    FitError,
+    Participants,
+    clogit_draws,
+    estimate,
+    fit_clogit,
+    linear,
+    participant_scores,
+    stack,
+    wald_test,
+)
 from simlab.tables import Tables
 
 OUTCOMES = ("ranked_best", "opening_choice", "ranking")
@@ -39,18 +68,116 @@ def _design(j: pd.DataFrame, arms_by_source: dict[str, list[str]], pooled: bool)
     return pd.concat([j, d], axis=1), list(cols)
 
 
-def _fit_one(d: pd.DataFrame, feats: list[str], how: str, participants: Participants, names: list[str]) -> dict[str, Estimate]:
+@dataclass
+class _Model:
+    """One fitted conditional logit of one source, with its bootstrap draws of every coefficient."""
+
+    cs: ChoiceSets
+    fit: ClogitFit
+    draws: np.ndarray
+    names: list[str]
+
+    def est(self, name: str) -> Estimate:
+        k = self.names.index(name)
+        n = int(np.unique(self.cs.participant).size)
+        return estimate(self.fit.params[k], self.draws[:, k], n, float(self.fit.pvalues[k]))
+
+
+def _fit(d: pd.DataFrame, feats: list[str], how: str, participants: Participants) -> _Model:
     cs = choice_sets(d, feats, how, participants)
     if cs.n_strata == 0:
         raise FitError("no choice events with two or more alternatives")
     fit = fit_clogit(cs)
-    draws = clogit_draws(cs, fit.params, participants.counts)
-    n_part = int(np.unique(cs.participant).size)
-    est = {nm: estimate(fit.params[feats.index(nm)], draws[:, feats.index(nm)], n_part, float(fit.pvalues[feats.index(nm)])) for nm in names}
-    return est
+    return _Model(cs, fit, clogit_draws(cs, fit.params, participants.counts, penalised=fit.penalised), feats)
 
 
-def _outcome(j: pd.DataFrame, how: str, participants: Participants) -> PositionOutcome:
+@dataclass
+class _Excess:
+    """The first-shown excess of one source: value (a share), draws and per-participant influence."""
+
+    value: float
+    draws: np.ndarray
+    influence: np.ndarray  # (n_participants,) over the shared participant index
+    n: int
+
+
+def _excess(d: pd.DataFrame, how: str, arm_cols: list[str], model: _Model, participants: Participants) -> _Excess:
+    """Share of events whose first-shown arm is chosen minus the share the arm mix predicts.
+
+    Prediction of event e: the model's choice probability of its first-shown arm with the
+    position term set to 0 (softmax of the arm coefficients over the event's arms). Ties for
+    the best place split the event's credit. Influence per participant (for a cluster-robust
+    test): their events' residuals plus the delta-method term of the estimated arm coefficients.
+    """
+    chosen_col = "rank_used" if how == "ranking" else how
+    e = d[d[chosen_col].notna() & d[arm_cols].notna().all(axis=1)].sort_values("event", kind="stable").reset_index(drop=True)
+    chosen = (e["rank_used"] == 1) if how == "ranking" else e[how].astype(bool)
+    g = e.groupby("event", sort=False)
+    keep = (g["first_shown"].transform("sum") == 1) & (g["arm"].transform("size") >= 2) & (chosen.groupby(e["event"]).transform("sum") > 0)
+    e, chosen = e[keep].reset_index(drop=True), chosen[keep].reset_index(drop=True)
+    if e.empty:
+        raise FitError("no events with one first-shown arm and a choice")
+    code, _ = pd.factorize(e["event"], sort=False)
+    starts = np.flatnonzero(np.r_[True, np.diff(code) != 0])
+    first = e["first_shown"].to_numpy() == 1
+    credit = chosen.to_numpy(float) / np.add.reduceat(chosen.to_numpy(float), starts)[code]
+    observed = credit[first]  # one per event, in event order
+    a = e[arm_cols].to_numpy(dtype=float) if arm_cols else np.zeros((len(e), 0))
+    arm_k = [model.names.index(c) for c in arm_cols]
+    part = participants.index(e["participant_id"].to_numpy()[first])
+
+    def predicted(beta_arm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        eta = a @ beta_arm
+        m = np.maximum.reduceat(eta, starts)
+        x = np.exp(eta - m[code])
+        prob = x / np.add.reduceat(x, starts)[code]
+        xbar = np.add.reduceat(prob[:, None] * a, starts)
+        p_first = prob[first]
+        return p_first, p_first[:, None] * (a[first] - xbar)  # value and d/d beta_arm
+
+    beta = model.fit.params[arm_k]
+    p_first, grad = predicted(beta)
+    resid = observed - p_first
+    n_ev = resid.size
+    value = float(resid.mean())
+    n_part = len(participants.ids)
+    influence = np.bincount(part, weights=(resid - value) / n_ev, minlength=n_part).astype(float)
+    if arm_k:
+        d_beta = np.zeros(model.fit.params.size)
+        d_beta[arm_k] = grad.mean(axis=0)
+        u = participant_scores(model.cs, model.fit.params)
+        u = np.vstack([u, np.zeros((n_part - u.shape[0], u.shape[1]))])
+        influence -= u @ (model.fit.cov @ d_beta)  # excess falls as the predicted share rises
+    draws = np.full(participants.n_boot, np.nan)
+    with np.errstate(all="ignore"):
+        for b in range(participants.n_boot):
+            bb = model.draws[b, arm_k]
+            if not np.all(np.isfinite(bb)):
+                continue
+            w = participants.counts[b][part]
+            if w.sum() > 0:
+                draws[b] = float(np.sum(w * (observed - predicted(bb)[0])) / w.sum())
+    return _Excess(value, draws, influence, int(np.unique(part).size))
+
+
+def _robust_p(value: float, influence: np.ndarray) -> float:
+    """Two-sided p of value = 0 from per-participant influences (sandwich, t with G − 1 df)."""
+    g = int(np.count_nonzero(influence))
+    if g < 2:
+        return float("nan")
+    se = float(np.sqrt(np.sum(influence**2) * g / (g - 1)))
+    return float(2 * sps.t.sf(abs(value) / se, g - 1)) if se > 0 else float("nan")
+
+
+def _pct(x: _Excess, p: float) -> Estimate:
+    return estimate(100 * x.value, 100 * x.draws, x.n, p)
+
+
+def _outcome(
+    j: pd.DataFrame, how: str, participants: Participants, dropped: dict[str, int], *, profile: bool = True
+) -> PositionOutcome:
+    """One outcome's per-source fits and comparisons (``profile=False`` skips the per-position
+    model, for the calibration of the first_shown measures alone)."""
     col = "rank_used" if how == "ranking" else how
     j = j[j[col].notna() & j["position"].notna()].reset_index(drop=True)
     if j.empty:
@@ -62,61 +189,123 @@ def _outcome(j: pd.DataFrame, how: str, participants: Participants) -> PositionO
     out = PositionOutcome()
     sources = sorted(j["source"].unique())
     arms_by_source = {s: sorted(j.loc[j["source"] == s, "arm"].astype(str).unique()) for s in sources}
+    firsts: dict[str, _Model] = {}
+    profiles: dict[str, tuple[_Model, list[int]]] = {}
+    excess: dict[str, _Excess] = {}
     for s in sources:
         sub = j[j["source"] == s].reset_index(drop=True)
+        few = too_few_participants(sub)
+        if few:
+            out.per_source[s] = PositionFit(status="not_available", reason=few, n_gen_error=dropped.get(s, 0))
+            continue
         d, arm_cols = _design(sub, {s: arms_by_source[s]}, pooled=False)
         positions = sorted(d["position"].unique())
         try:
-            first = _fit_one(d, ["first_shown", *arm_cols], how, participants, ["first_shown"])
+            first = _fit(d, ["first_shown", *arm_cols], how, participants)
             pos_levels = positions[:-1]
-            pd_ = pd.concat([d, dummies(d["position"], pos_levels, "position")], axis=1)
-            pnames = [f"position[{p}]" for p in pos_levels]
-            prof = _fit_one(pd_, [*pnames, *arm_cols], how, participants, pnames)
-            out.per_source[s] = PositionFit(
-                first_shown=first["first_shown"],
-                positions={k.removeprefix("position[").removesuffix("]"): v for k, v in prof.items()},
-                n_events=int(d["event"].nunique()),
-            )
+            prof = None
+            if profile:
+                pd_ = pd.concat([d, dummies(d["position"], pos_levels, "position")], axis=1)
+                pnames = [f"position[{p}]" for p in pos_levels]
+                prof = _fit(pd_, [*pnames, *arm_cols], how, participants)
+            ex = _excess(d, how, arm_cols, first, participants)
         except FitError as exc:
-            out.per_source[s] = PositionFit(status="failed", reason=str(exc))
-    sims = [s for s in sim_sources(sources) if out.per_source[s].status == "ok"]
-    if HUMAN in sources and out.per_source[HUMAN].status == "ok" and sims:
-        use = [HUMAN, *sims]
-        pj = j[j["source"].isin(use)].reset_index(drop=True)
-        d, arm_cols = _design(pj, {s: arms_by_source[s] for s in use}, pooled=True)
-        inter = []
-        for s in sims:
-            d[f"first_shown:{s}"] = d["first_shown"] * (d["source"] == s)
-            inter.append(f"first_shown:{s}")
-        try:
-            full_feats = ["first_shown", *inter, *arm_cols]
-            cs = choice_sets(d, full_feats, how, participants)
-            full = fit_clogit(cs)
-            restricted_cs = choice_sets(d, ["first_shown", *arm_cols], how, participants)
-            restricted = fit_clogit(restricted_cs)
-            out.interaction_p = lr_test(full, restricted, len(inter))
-            draws = clogit_draws(cs, full.params, participants.counts, slice(1, 1 + len(inter)))
-            n_part = int(np.unique(cs.participant).size)
-            for k, s in enumerate(sims):
-                out.interaction[s] = estimate(full.params[1 + k], draws[:, k], n_part, float(full.pvalues[1 + k]))
-        except FitError as exc:
-            out.reason = f"pooled model failed: {exc}"
+            out.per_source[s] = PositionFit(status="failed", reason=str(exc), n_gen_error=dropped.get(s, 0))
+            continue
+        firsts[s], excess[s] = first, ex
+        if prof is not None:
+            profiles[s] = (prof, positions)
+        out.per_source[s] = PositionFit(
+            first_shown=first.est("first_shown"),
+            positions={str(p): prof.est(f"position[{p}]") for p in pos_levels} if prof is not None else {},
+            first_shown_excess=_pct(ex, _robust_p(ex.value, ex.influence)),
+            n_events=int(d["event"].nunique()),
+            penalised=first.fit.penalised or (prof is not None and prof.fit.penalised),
+            n_gen_error=dropped.get(s, 0),
+        )
+    sims = [s for s in sim_sources(sources) if s in firsts]
+    if HUMAN in firsts and sims:
+        _compare(out, firsts, profiles, excess, sims)
     return out
+
+
+def _compare(
+    out: PositionOutcome,
+    firsts: dict[str, _Model],
+    profiles: dict[str, tuple[_Model, list[int]]],
+    excess: dict[str, _Excess],
+    sims: list[str],
+) -> None:
+    """Source × position interactions vs human (cluster-robust Wald) and the excess differences."""
+    use = [HUMAN, *sims]
+    h = excess[HUMAN]
+    for s in sims:
+        x = excess[s]
+        diff = _Excess(x.value - h.value, x.draws - h.draws, x.influence - h.influence, 0)
+        diff.n = int(np.count_nonzero(diff.influence))
+        out.excess_vs_human[s] = _pct(diff, _robust_p(diff.value, diff.influence))
+    reasons: list[str] = []
+    # first_shown: one coefficient per source, the difference is the interaction
+    both = stack([(firsts[s].cs, firsts[s].fit) for s in use])
+    offset = np.cumsum([0] + [len(firsts[s].names) for s in use])
+    c = np.zeros((len(sims), both.params.size))
+    for i, s in enumerate(sims):
+        c[i, offset[use.index(s)]], c[i, 0] = 1.0, -1.0
+    inter = linear(both, c)
+    for i, s in enumerate(sims):
+        d = firsts[s].draws[:, 0] - firsts[HUMAN].draws[:, 0]
+        out.interaction[s] = estimate(inter.params[i], d, inter.n_clusters, float(inter.pvalues[i]))
+    try:
+        out.interaction_p = wald_test(inter, range(len(sims)))
+    except FitError as exc:
+        reasons.append(f"no joint test of first_shown × source: {exc}")
+    if HUMAN not in profiles:
+        if reasons:
+            out.reason = "; ".join(reasons)
+        return
+    # every position: only sources shown the same positions (same reference) are comparable
+    hprof, hpos = profiles[HUMAN]
+    same = [s for s in sims if s in profiles and profiles[s][1] == hpos]
+    reasons += [f"{s} shows other positions than human ({profiles[s][1]} vs {hpos}): no position-by-position comparison"
+                for s in sims if s in profiles and s not in same]
+    if same and len(hpos) > 1:
+        use = [HUMAN, *same]
+        both = stack([(profiles[s][0].cs, profiles[s][0].fit) for s in use])
+        offset = np.cumsum([0] + [len(profiles[s][0].names) for s in use])
+        levels = hpos[:-1]
+        c = np.zeros((len(same) * len(levels), both.params.size))
+        for i, s in enumerate(same):
+            for k in range(len(levels)):
+                c[i * len(levels) + k, offset[use.index(s)] + k], c[i * len(levels) + k, k] = 1.0, -1.0
+        inter = linear(both, c)
+        for i, s in enumerate(same):
+            sprof = profiles[s][0]
+            out.positions_interaction[s] = {
+                str(p): estimate(inter.params[i * len(levels) + k], sprof.draws[:, k] - hprof.draws[:, k],
+                                 inter.n_clusters, float(inter.pvalues[i * len(levels) + k]))
+                for k, p in enumerate(levels)
+            }
+        try:
+            out.positions_interaction_p = wald_test(inter, range(c.shape[0]))
+        except FitError as exc:
+            reasons.append(f"no joint test of position × source: {exc}")
+    if reasons:
+        out.reason = "; ".join(reasons)
 
 
 def position(
     tables: Tables, *, n_boot: int = 200, seed: int = 0, participants: Participants | None = None
 ) -> PositionResult:
-    """Position bias per source and outcome, with the pooled source × first_shown test."""
+    """Position bias per source and outcome, with the source × position comparisons vs human."""
     if not has_values(tables.judgements, "position"):
         return PositionResult(status="not_available", reason="judgements have no display position")
     participants = participants or participants_of(tables, n_boot, seed)
-    j = judgements_frame(tables)
+    j, dropped = drop_gen_error(judgements_frame(tables), tables)
     out = PositionResult()
     for how in OUTCOMES:
         col = "rank_used" if how == "ranking" else how
         if not has_values(j, col):
             out.outcomes[how] = PositionOutcome(status="not_available", reason=f"no {col}")
             continue
-        out.outcomes[how] = _outcome(j, how, participants)
+        out.outcomes[how] = _outcome(j, how, participants, dropped)
     return out
