@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 
+import numpy as np
+import pandas as pd
+import statsmodels.formula.api as smf
+from scipy import stats as sps
+
 from simlab.fidelity.analyses import dynamics
+from simlab.fidelity.analyses.dynamics import MIN_PARTICIPANTS, _Slopes
+from simlab.fidelity.synthetic import make_synthetic
+from simlab.tables import Tables
 from tests.fidelity._synth import covers, planted
 
 
@@ -13,10 +22,82 @@ def test_planted_turn_slope_recovered() -> None:
     assert r.status == "ok", r.reason
     sim, hum = r.per_source["sim_dynamic"], r.per_source["human"]
     assert covers(sim.slope, 2.0) and covers(hum.slope, 0.0)
+    assert covers(sim.slope_window, 2.0) and covers(hum.slope_window, 0.0)
     assert covers(r.slope_diff_vs_human["sim_dynamic"], 2.0) and r.slope_diff_vs_human["sim_dynamic"].p_value < 1e-6
+    assert covers(r.slope_diff_window_vs_human["sim_dynamic"], 2.0)
+    assert r.window == 4 and r.model and "cluster" in r.model
     # descriptives: 2..6 user turns uniformly → mean 4; stops before 6 turns are user_ended (4/5)
     assert covers(hum.n_turns, 4.0) and covers(hum.early_stop_share, 0.8)
+    assert set(hum.n_turns_shares) == {"2", "3", "4", "5", "6"} and abs(sum(hum.n_turns_shares.values()) - 1) < 1e-9
     assert 0 < hum.switch_rate.value < 1 and hum.ceiling_share.value < 0.01
+    assert hum.n_participants == 200 and hum.n_gen_error is None  # make_synthetic's turns carry no gen_error
+
+
+def test_levels_that_grow_with_conversation_length_are_no_slope() -> None:
+    """Survivorship: later turns come only from long conversations. If long conversations are rated
+    higher throughout, a model that compares levels across conversations finds a rise over turns;
+    the within-conversation slope is exactly unchanged."""
+    t = planted()
+    n_turns = t.conversations.set_index("conversation_id")["n_turns"]
+    turns = t.turns.assign(turn_rating=t.turns["turn_rating"] + 5.0 * t.turns["conversation_id"].map(n_turns))
+    shifted = dynamics(replace(t, turns=turns), n_boot=20, seed=0)
+    plain = dynamics(t, n_boot=20, seed=0)
+    for s in ("human", "sim_dynamic"):
+        assert abs(shifted.per_source[s].slope.value - plain.per_source[s].slope.value) < 1e-9
+    assert covers(shifted.per_source["human"].slope, 0.0)  # planted: flat in human, +2 in sim_dynamic
+
+
+def test_gen_error_replies_are_dropped_and_counted() -> None:
+    t = planted()
+    turns = t.turns.copy()
+    # broken replies of the simulator, late in conversations, rated 0: they would steepen its fall
+    flag = (turns["role"] == "assistant") & turns["conversation_id"].str.startswith("sim_dynamic") & (turns["turn"] >= 3)
+    flag &= np.random.default_rng(0).random(len(turns)) < 0.3
+    turns["gen_error"] = flag
+    turns.loc[flag, "turn_rating"] = 0.0
+    r = dynamics(replace(t, turns=turns), n_boot=20, seed=0)
+    clean = dynamics(replace(t, turns=t.turns[~flag].reset_index(drop=True)), n_boot=20, seed=0)
+    assert r.per_source["sim_dynamic"].n_gen_error == int(flag.sum()) > 0
+    assert r.per_source["human"].n_gen_error == 0
+    assert abs(r.slope_diff_vs_human["sim_dynamic"].value - clean.slope_diff_vs_human["sim_dynamic"].value) < 1e-9
+    assert covers(r.slope_diff_vs_human["sim_dynamic"], 2.0)
+
+
+def test_a_source_with_few_participants_is_not_available() -> None:
+    t = make_synthetic(40, seed=5, autograde=False)
+    few = {f"p{i:04d}" for i in range(MIN_PARTICIPANTS - 1)}
+    conv = t.conversations
+    keep = (conv["source"] == "human") | conv["participant_id"].isin(few)
+    ids = set(conv.loc[keep, "conversation_id"])
+    t = replace(t, conversations=conv[keep].reset_index(drop=True), turns=t.turns[t.turns["conversation_id"].isin(ids)])
+    r = dynamics(t, n_boot=20, seed=0)
+    sim = r.per_source["sim_dynamic"]
+    assert sim.status == "not_available" and f"{MIN_PARTICIPANTS - 1} participants" in sim.reason
+    assert sim.slope is None and not r.slope_diff_vs_human
+    assert r.status == "ok" and r.per_source["human"].slope is not None
+
+
+def test_slopes_equal_statsmodels_with_conversation_dummies_and_participant_clusters() -> None:
+    """The demeaned fit is the fit with one dummy per conversation, and its cluster-robust SE is the
+    sandwich of that fit times the CR1 factor G/(G−1)·(N−1)/(N−K), K without the conversation levels
+    (they are nested in the participant clusters)."""
+    t = make_synthetic(12, turn_slope={"sim_dynamic": 1.0}, seed=3, autograde=False)
+    d = t.turns[t.turns["role"] == "assistant"].merge(t.conversations[["conversation_id", "participant_id", "source"]])
+    d = d[["conversation_id", "participant_id", "source", "turn", "arm", "turn_rating"]].reset_index(drop=True)
+    fit = _Slopes(d, ["human", "sim_dynamic"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = smf.ols("turn_rating ~ 0 + turn:C(source) + C(arm):C(source) + C(conversation_id)", d).fit(
+            cov_type="cluster", cov_kwds={"groups": pd.factorize(d["participant_id"])[0], "use_correction": False})
+    c = np.array([-1.0 if n == "turn:C(source)[human]" else 1.0 if n == "turn:C(source)[sim_dynamic]" else 0.0
+                  for n in full.params.index])
+    e = fit.contrast("sim_dynamic", "human")
+    ref = full.t_test(c)
+    assert abs(e.value - float(ref.effect[0])) < 1e-8
+    n, g = len(d), d["participant_id"].nunique()
+    cr1 = np.sqrt(g / (g - 1) * (n - 1) / (n - len(fit.names)))
+    se = (e.ci_high - e.ci_low) / 2 / sps.t.ppf(0.975, g - 1)
+    assert abs(se - float(ref.sd[0, 0]) * cr1) < 1e-8
 
 
 def test_without_turns_only_conversation_level_measures() -> None:
@@ -27,8 +108,25 @@ def test_without_turns_only_conversation_level_measures() -> None:
     assert dynamics(replace(t, conversations=None), n_boot=5).status == "not_available"
 
 
+def test_turn_that_does_not_vary_within_conversations_gives_no_slope_and_says_why() -> None:
+    t = planted()
+    r = dynamics(replace(t, turns=t.turns.assign(turn=1)), n_boot=5)
+    assert r.status == "not_available"
+    assert r.reason.startswith("no conversation has turn ratings at two different turns")
+
+
 def test_a_model_that_cannot_be_fitted_says_why_in_words() -> None:
     t = planted()
-    r = dynamics(replace(t, turns=t.turns.assign(turn=1)), n_boot=5)  # turn does not vary: singular
+    a = t.turns[t.turns["role"] == "assistant"]
+    # each of turns 0–3 rates one arm, the same everywhere: turn and arm are one predictor
+    arms = np.array(["GEN", "PROMPT", "DPFT", "PPFT"])
+    one = a[(a["turn"] < 4) & (a["arm"] == arms[a["turn"].clip(upper=3).to_numpy()])]
+    r = dynamics(replace(t, turns=one), n_boot=5)
     assert r.status == "failed"
-    assert r.reason.startswith("mixed model of turn ratings: the model could not be fitted: a predictor does not vary")
+    assert r.reason.startswith("turn-slope model: the model could not be fitted: a predictor does not vary")
+
+
+def test_real_human_data_without_turn_ratings(dialogue_eval_tables: Tables) -> None:
+    r = dynamics(dialogue_eval_tables, n_boot=5)
+    assert r.status == "not_available" and r.reason == "no turn ratings"
+    assert r.per_source["human"].n_participants > MIN_PARTICIPANTS

@@ -1,10 +1,21 @@
 """Analysis 5: feedback dynamics — turn ratings over turns, preferred-arm switches, ceiling
 ratings, conversation length and early stops, per source.
 
-Model: ``turn_rating ~ turn * C(source) + C(arm) + (1 | participant_id)`` (statsmodels MixedLM,
-REML); arm is a fixed effect because arm differences are not part of the trajectory. Slopes and
-their difference from human come with the model's 95% Wald CIs (refitting MixedLM 200 times is
-too slow); the descriptive shares use the participant bootstrap. A ceiling rating is ≥ 95.
+Turn slope model (issue 12): ``turn_rating ~ turn:source + C(arm):source + C(conversation_id)``,
+least squares on the rows demeaned within each conversation (statsmodels OLS), so every
+conversation has its own level. That level absorbs the participant × source intercept (a
+human and their simulated copy are different units) and the conversation level, and it keeps
+survivorship out of the slope: long conversations may sit higher or lower, only the change
+within a conversation counts. Slopes may differ per participant and a participant's human and
+simulated slopes may be correlated: the 95% CI and p-value are cluster-robust by participant_id
+(CR1 sandwich, t with G − 1 degrees of freedom), so neither is assumed away. (A participant
+percentile bootstrap of the same fit under-covered slightly at 60–120 participants in the
+calibration, 92–95%; the sandwich t held 95–97%.) The same model on a balanced window (the first
+``window`` rated turns of the conversations that reach them) is reported next to it.
+
+Replies flagged ``gen_error`` in the turns table are left out of every turn-rating measure. A
+source with fewer than ``MIN_PARTICIPANTS`` participants is ``not_available``. The descriptive
+shares use the participant bootstrap. A ceiling rating is ≥ 95.
 """
 
 from __future__ import annotations
@@ -13,15 +24,19 @@ import warnings
 
 import numpy as np
 import pandas as pd
-import statsmodels.formula.api as smf
-from scipy import stats as sps
+import statsmodels.api as sm
 
 from simlab.fidelity.analyses._prep import HUMAN, has_values, participants_of
 from simlab.fidelity.result import DynamicsResult, DynamicsSource, Estimate
-from simlab.fidelity.stats import Participants, bootstrap, estimate, reason_for
+from simlab.fidelity.stats import FitError, Participants, bootstrap, estimate, reason_for
 from simlab.tables import Tables
 
 CEILING = 95.0
+MIN_PARTICIPANTS = 10
+"""Fewer participants per source than this: no participant-clustered inference (not_available)."""
+MODEL = ("within-conversation least squares (statsmodels OLS): turn_rating ~ turn:source + C(arm):source + "
+         "C(conversation_id); 95% CI and p-value: cluster-robust by participant_id (CR1, t with G − 1 df)")
+NOTE = "95% CI and p-value: cluster-robust by participant (CR1, t with G − 1 df), not bootstrap"
 
 
 def _ratio(num: np.ndarray, den: np.ndarray, part: np.ndarray, participants: Participants) -> Estimate | None:
@@ -31,9 +46,101 @@ def _ratio(num: np.ndarray, den: np.ndarray, part: np.ndarray, participants: Par
     return estimate(num.sum() / den.sum(), draws, int(np.unique(part).size))
 
 
-def _wald(value: float, se: float, p: float, n: int) -> Estimate:
-    z = sps.norm.ppf(0.975)
-    return Estimate(value=float(value), ci_low=float(value - z * se), ci_high=float(value + z * se), p_value=float(p), n=n)
+def _turn_ratings(tables: Tables, conv: pd.DataFrame) -> tuple[pd.DataFrame | None, dict[str, int] | None]:
+    """Rated assistant replies with participant and source, and the gen_error rows left out per source
+    (None when the turns table has no gen_error column)."""
+    if not has_values(tables.turns, "turn_rating"):
+        return None, None
+    t = tables.turns
+    cols = ["conversation_id", "turn", "arm", "turn_rating"] + (["gen_error"] if "gen_error" in t.columns else [])
+    r = t[(t["role"] == "assistant") & t["turn_rating"].notna()][cols]
+    r = r.merge(conv[["conversation_id", "participant_id", "source"]], on="conversation_id", how="inner")
+    r = r.assign(turn=pd.to_numeric(r["turn"]), turn_rating=pd.to_numeric(r["turn_rating"], errors="coerce"))
+    r = r.dropna(subset=["turn_rating", "participant_id"])
+    dropped = None
+    if "gen_error" in r.columns:
+        # a failed generation is rated as a failure, not as the arm at that turn
+        flag = r["gen_error"]
+        bad = (flag.fillna(False).astype(bool) if flag.dtype == bool or flag.dtype == "boolean"
+               else flag.astype(str).str.strip().str.lower().isin({"true", "1", "1.0", "yes"}))
+        dropped = {str(s): int(n) for s, n in r.loc[bad, "source"].value_counts().items()}
+        r = r[~bad].drop(columns="gen_error")
+    return r.reset_index(drop=True), dropped
+
+
+def _window(d: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Rows of the balanced window: the first k rated turns of the conversations with at least k,
+    k = the smallest per-source median of rated turns per conversation (at least 2)."""
+    turns = d.groupby("conversation_id")["turn"].transform("nunique")
+    per_conv = d.assign(_n=turns).drop_duplicates("conversation_id")
+    k = max(2, int(per_conv.groupby("source")["_n"].median().min()))
+    order = d.groupby("conversation_id")["turn"].rank(method="dense")
+    return d[(turns >= k) & (order <= k)].reset_index(drop=True), k
+
+
+class _Slopes:
+    """The within-conversation fit of one data set: slope per source, clustered by participant."""
+
+    def __init__(self, d: pd.DataFrame, sources: list[str]) -> None:
+        conv = d["conversation_id"].to_numpy()
+        cols: dict[str, np.ndarray] = {}
+        for s in sources:
+            ins = (d["source"] == s).to_numpy(float)
+            cols[f"turn[{s}]"] = ins * d["turn"].to_numpy(float)
+            arms = sorted(d.loc[d["source"] == s, "arm"].dropna().astype(str).unique())
+            for a in arms[1:]:  # arms[0] is the reference
+                cols[f"arm[{s}][{a}]"] = ins * (d["arm"].astype(str) == a).to_numpy(float)
+        X = pd.DataFrame(cols)
+        # conversation fixed effects by demeaning within conversation (Frisch–Waugh)
+        Xw = (X - X.groupby(conv).transform("mean")).to_numpy()
+        yw = (d["turn_rating"] - d.groupby(conv)["turn_rating"].transform("mean")).to_numpy(float)
+        # an arm rated alone in every conversation is absorbed by its level: leave it out
+        keep = [i for i, c in enumerate(X.columns) if c.startswith("turn[") or np.abs(Xw[:, i]).max() > 1e-12]
+        self.names = [str(X.columns[i]) for i in keep]
+        Xw = Xw[:, keep]
+        self.sources = [s for s in sources if np.abs(Xw[:, self.names.index(f"turn[{s}]")]).max() > 1e-12]
+        if not self.sources:
+            raise ValueError("no conversation has turn ratings at two different turns")
+        # a source without within-conversation turn variation has no slope: its column goes
+        drop = {f"turn[{s}]" for s in sources if s not in self.sources}
+        keep = [i for i, n in enumerate(self.names) if n not in drop]
+        self.names = [self.names[i] for i in keep]
+        Xw = Xw[:, keep]
+        if np.linalg.matrix_rank(Xw.T @ Xw, hermitian=True) < Xw.shape[1]:
+            raise np.linalg.LinAlgError("singular matrix: turn repeats an arm within conversations")
+        pid = d["participant_id"].to_numpy()
+        if pd.unique(pid).size < 2:
+            raise FitError("the model could not be fitted: one participant only, no clustered inference")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # CR1 by participant with G − 1 degrees of freedom; the conversation levels are nested
+            # in the clusters, so they do not count in the small-sample factor
+            self.fit = sm.OLS(yw, Xw).fit(method="qr", cov_type="cluster", cov_kwds={"groups": pd.factorize(pid)[0]},
+                                          use_t=True)
+        self.n_part = {s: int(d.loc[d["source"] == s, "participant_id"].nunique()) for s in self.sources}
+        self.pid = {s: set(d.loc[d["source"] == s, "participant_id"]) for s in self.sources}
+
+    def contrast(self, plus: str, minus: str | None = None) -> Estimate:
+        """slope[plus] (− slope[minus]) with its cluster-robust 95% CI and p-value."""
+        c = np.zeros(len(self.names))
+        c[self.names.index(f"turn[{plus}]")] = 1.0
+        n = self.n_part[plus]
+        if minus is not None:
+            c[self.names.index(f"turn[{minus}]")] = -1.0
+            n = len(self.pid[plus] | self.pid[minus])
+        test = self.fit.t_test(c)
+        lo, hi = np.asarray(test.conf_int(alpha=0.05)).ravel()
+        return Estimate(value=float(c @ self.fit.params), ci_low=float(lo), ci_high=float(hi),
+                        p_value=float(np.asarray(test.pvalue).ravel()[0]), n=n, note=NOTE)
+
+
+def _slopes(d: pd.DataFrame, sources: list[str]) -> _Slopes | str:
+    try:
+        return _Slopes(d, sources)
+    except (FitError, np.linalg.LinAlgError, ValueError) as exc:
+        if isinstance(exc, ValueError) and str(exc).startswith("no conversation"):
+            return str(exc)
+        return f"turn-slope model: {reason_for(exc)}"
 
 
 def dynamics(
@@ -44,75 +151,82 @@ def dynamics(
     if conv is None or "participant_id" not in conv.columns:
         return DynamicsResult(status="not_available", reason="no conversations table")
     participants = participants or participants_of(tables, n_boot, seed)
-    out = DynamicsResult()
+    out = DynamicsResult(model=MODEL)
     sources = sorted(conv["source"].dropna().unique())
-    ratings = None
-    if has_values(tables.turns, "turn_rating"):
-        t = tables.turns
-        ratings = t[(t["role"] == "assistant") & t["turn_rating"].notna()][["conversation_id", "turn", "arm", "turn_rating"]]
-        ratings = ratings.merge(conv[["conversation_id", "participant_id", "source"]], on="conversation_id", how="inner")
-        ratings = ratings.assign(turn=pd.to_numeric(ratings["turn"]), turn_rating=pd.to_numeric(ratings["turn_rating"], errors="coerce"))
-        ratings = ratings.dropna(subset=["turn_rating"]).reset_index(drop=True)
+    ratings, dropped = _turn_ratings(tables, conv)
+    usable: list[str] = []
     for s in sources:
         res = DynamicsSource()
         c = conv[conv["source"] == s]
+        out.per_source[s] = res
+        res.n_participants = int(c["participant_id"].nunique())
+        if res.n_participants < MIN_PARTICIPANTS:
+            res.status = "not_available"
+            res.reason = (f"{res.n_participants} participants (at least {MIN_PARTICIPANTS} are needed for an "
+                          "interval clustered by participant)")
+            continue
         cpart = participants.index(c["participant_id"].to_numpy())
         if has_values(c, "n_turns"):
-            nt = pd.to_numeric(c["n_turns"], errors="coerce").to_numpy(float)
-            ok = np.isfinite(nt)
-            res.n_turns = _ratio(nt[ok], np.ones(ok.sum()), cpart[ok], participants)
+            v = pd.to_numeric(c["n_turns"], errors="coerce").to_numpy(float)
+            ok = np.isfinite(v)
+            if ok.any():
+                res.n_turns = _ratio(v[ok], np.ones(ok.sum()), cpart[ok], participants)
+                shares = pd.Series(v[ok].astype(int)).value_counts(normalize=True).sort_index()
+                res.n_turns_shares = {str(k): float(x) for k, x in shares.items()}
         if has_values(c, "stop_reason"):
             ok = c["stop_reason"].notna().to_numpy()
             early = (c["stop_reason"] == "user_ended").to_numpy(float)
             res.early_stop_share = _ratio(early[ok], np.ones(ok.sum()), cpart[ok], participants)
-        if ratings is not None and (ratings["source"] == s).any():
-            r = ratings[ratings["source"] == s]
-            res.n_ratings = len(r)
-            rpart = participants.index(r["participant_id"].to_numpy())
-            res.ceiling_share = _ratio((r["turn_rating"] >= CEILING).to_numpy(float), np.ones(len(r)), rpart, participants)
-            # preferred arm per turn (unique argmax only), then switches between consecutive turns
-            mx = r.groupby(["conversation_id", "turn"])["turn_rating"].transform("max")
-            top = r[r["turn_rating"] == mx]
-            top = top[~top.duplicated(["conversation_id", "turn"], keep=False)]  # ties: no unique preference
-            top = top.sort_values(["conversation_id", "turn"])
-            same_conv = top["conversation_id"].to_numpy()[1:] == top["conversation_id"].to_numpy()[:-1]
-            consecutive = same_conv & (np.diff(top["turn"].to_numpy()) == 1)
-            switched = top["arm"].to_numpy()[1:] != top["arm"].to_numpy()[:-1]
-            if consecutive.any():
-                tp = participants.index(top["participant_id"].to_numpy()[1:][consecutive])
-                res.switch_rate = _ratio(switched[consecutive].astype(float), np.ones(consecutive.sum()), tp, participants)
-        elif ratings is None:
+        if ratings is None:
             res.reason = "no turn_rating"
-        out.per_source[s] = res
+            continue
+        if dropped is not None:
+            res.n_gen_error = dropped.get(str(s), 0)
+        r = ratings[ratings["source"] == s]
+        if r.empty:
+            continue
+        res.n_ratings = len(r)
+        rpart = participants.index(r["participant_id"].to_numpy())
+        res.ceiling_share = _ratio((r["turn_rating"] >= CEILING).to_numpy(float), np.ones(len(r)), rpart, participants)
+        # preferred arm per turn (unique argmax only), then switches between consecutive turns
+        mx = r.groupby(["conversation_id", "turn"])["turn_rating"].transform("max")
+        top = r[r["turn_rating"] == mx]
+        top = top[~top.duplicated(["conversation_id", "turn"], keep=False)]  # ties: no unique preference
+        top = top.sort_values(["conversation_id", "turn"])
+        same_conv = top["conversation_id"].to_numpy()[1:] == top["conversation_id"].to_numpy()[:-1]
+        consecutive = same_conv & (np.diff(top["turn"].to_numpy()) == 1)
+        switched = top["arm"].to_numpy()[1:] != top["arm"].to_numpy()[:-1]
+        if consecutive.any():
+            tp = participants.index(top["participant_id"].to_numpy()[1:][consecutive])
+            res.switch_rate = _ratio(switched[consecutive].astype(float), np.ones(consecutive.sum()), tp, participants)
+        usable.append(s)
     if ratings is None or ratings.empty:
         out.status, out.reason = "not_available", "no turn ratings"
         return out
-    use = [s for s in sources if (ratings["source"] == s).any()]
-    ref = HUMAN if HUMAN in use else use[0]
-    d = ratings[ratings["source"].isin(use)]
-    formula = "turn_rating ~ turn" if len(use) == 1 else f"turn_rating ~ turn * C(source, Treatment('{ref}'))"
-    if d["arm"].nunique() > 1:
-        formula += " + C(arm)"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fit = smf.mixedlm(formula, d, groups=d["participant_id"]).fit(reml=True, method=["lbfgs"])
-    except (np.linalg.LinAlgError, ValueError) as exc:
-        out.status, out.reason = "failed", f"mixed model of turn ratings: {reason_for(exc)}"
+    if not usable:
+        out.status, out.reason = "not_available", f"no source has turn ratings from {MIN_PARTICIPANTS}+ participants"
         return out
-    params, cov = fit.fe_params, fit.cov_params()
-    n_part = {s: int(d.loc[d["source"] == s, "participant_id"].nunique()) for s in use}
-    for s in use:
-        names = ["turn"] + ([] if s == ref else [f"turn:C(source, Treatment('{ref}'))[T.{s}]"])
-        g = np.zeros(len(params))
-        for nm in names:
-            g[list(params.index).index(nm)] = 1
-        v = float(g @ params.to_numpy())
-        se = float(np.sqrt(g @ cov.loc[params.index, params.index].to_numpy() @ g))
-        out.per_source[s].slope = _wald(v, se, 2 * sps.norm.sf(abs(v / se)), n_part[s])
-        if s != ref and ref == HUMAN:
-            nm = names[1]
-            out.slope_diff_vs_human[s] = _wald(params[nm], float(fit.bse_fe[nm]), float(fit.pvalues[nm]), n_part[s] + n_part[ref])
-    if not fit.converged:
-        out.reason = "MixedLM did not fully converge; read the slopes with care"
+    d = ratings[ratings["source"].isin(usable)].reset_index(drop=True)
+    fit = _slopes(d, usable)
+    if isinstance(fit, str):
+        out.status = "failed" if fit.startswith("turn-slope model") else "not_available"
+        out.reason = fit
+        return out
+    w, out.window = _window(d)
+    wfit = _slopes(w, usable)
+    for s in usable:
+        res = out.per_source[s]
+        if s not in fit.sources:
+            res.reason = "no conversation has turn ratings at two different turns: no slope"
+            continue
+        res.slope = fit.contrast(s)
+        if not isinstance(wfit, str) and s in wfit.sources:
+            res.slope_window = wfit.contrast(s)
+    if HUMAN in fit.sources:
+        for s in fit.sources:
+            if s == HUMAN:
+                continue
+            out.slope_diff_vs_human[s] = fit.contrast(s, HUMAN)
+            if not isinstance(wfit, str) and {s, HUMAN} <= set(wfit.sources):
+                out.slope_diff_window_vs_human[s] = wfit.contrast(s, HUMAN)
     return out
