@@ -70,6 +70,11 @@ class HierarchySource(SourceStatus):
     ordering_basis: str = "ranking"
     """What ``ordering`` comes from: 'ranking' (the logit) or 'ratings' (rating_strengths, used when no
     ranking was collected and ranks were derived from ratings, which discards their magnitudes)."""
+    penalised: bool = False
+    """True when the maximum-likelihood fit diverged (an arm always or never ranked above another:
+    separation) and ``strengths`` come from a log-F(1,1)-penalised fit (finite, shrunk towards 0)."""
+    n_gen_error: int = 0
+    """Rankings (conversations) dropped because a generation failed there (``gen_error``)."""
 
 
 class HierarchyComparison(_Model):
@@ -81,6 +86,14 @@ class HierarchyComparison(_Model):
     """Pearson correlation of the arm strengths."""
     same_ordering: bool
     """Whether the point-estimate orderings are identical."""
+    strength_diff: dict[str, Estimate] = Field(default_factory=dict)
+    """Per arm (not the reference): simulated − human log-strength, both vs ``reference_arm``. CI:
+    paired participant bootstrap; p-value: cluster-robust (sandwich clustered by participant, so a
+    human and their simulated copy are one cluster; t with participants − 1 df), null = same strength."""
+    strength_diff_p: float | None = None
+    """Cluster-robust Wald test (F) that every arm's strength is the same in both sources."""
+    note: str | None = None
+    """Why ``strength_diff_p`` is missing, when it is."""
 
 
 class HierarchyResult(SourceStatus):
@@ -98,25 +111,65 @@ class HierarchyResult(SourceStatus):
 # 2. agreement vs the human ceiling
 
 
+class InstrumentAgreement(_Model):
+    """Top-1 agreement of a simulated source with the matched human on one instrument, against the
+    human ceiling of the closest instrument pair on the same events."""
+
+    top1: Estimate
+    """Tie-aware share of matched events where both pick the same top arm: an event where either
+    side's maximum is tied counts |A∩B| / (|A|·|B|), the chance that uniform tie-breaking makes them
+    agree (chance level 1/k). 95% CI: participant bootstrap; n = participants."""
+    n_tied: int = 0
+    """Events where either side's maximum is tied (they count fractionally, see ``top1``)."""
+    ceiling_pair: str | None = None
+    """The human instrument pair used as the ceiling ('a~b', see ``CeilingResult.cross_instrument``)."""
+    ceiling: Estimate | None = None
+    """The human's tie-aware agreement on ``ceiling_pair`` in the matched events."""
+    gap: Estimate | None = None
+    """top1 − ceiling on the events that have both, with the same participant draws for both (so the
+    CI carries the uncertainty of each); p_value: bootstrap test of gap = 0."""
+    reaches_ceiling: bool | None = None
+    """True when the CI of ``gap`` reaches 0 or lies above it (None: no ceiling or no CI)."""
+
+
 class AgreementComparison(SourceStatus):
     """Individual agreement of a simulated source with the matched human judgements."""
 
     n_events: int = 0
     """Matched (participant_id, domain) judgement events."""
     top1: Estimate | None = None
-    """Share of events where both pick the same ranked_best arm."""
+    """Tie-aware share of events where both pick the same ranked_best arm (= ``by_instrument
+    ['ranked_best'].top1``; where the human's ranks were derived from ratings, their tied maxima)."""
     top1_chance: float | None = None
-    """Chance level 1/k (k = arms per event)."""
+    """Chance level: mean over events of 1/k (k = arms per event); tie-aware ``top1`` has this
+    expectation when the two sides are independent."""
+    n_tied: int = 0
+    """Events of ``top1`` where either side's maximum is tied (counted fractionally)."""
+    ceiling_pair: str | None = None
+    """The human instrument pair ``top1`` is compared with (closest usable pair to ranked_best)."""
+    ceiling_gap: Estimate | None = None
+    """top1 − the human ceiling of ``ceiling_pair`` on the same events (same participant draws)."""
+    by_instrument: dict[str, InstrumentAgreement] = Field(default_factory=dict)
+    """Per instrument present in both sources (ranked_best, rating_preference and wtp_bid as their
+    tied maxima, opening_choice): top-1 agreement, its ceiling pair and gap."""
     kendall_tau: Estimate | None = None
     """Mean over events of Kendall τ-b between the two full rankings."""
     kendall_tau_per_participant: Estimate | None = None
     """Mean over participants of their mean per-event τ."""
     pearson: dict[str, Estimate] = Field(default_factory=dict)
-    """Pooled Pearson correlation per rating/bid column (matched rows)."""
+    """Pooled Pearson correlation per rating/bid column (matched rows); mixes between-participant
+    rating levels (style) into agreement: see ``pearson_within``."""
     spearman: dict[str, Estimate] = Field(default_factory=dict)
-    """Pooled Spearman correlation per rating/bid column."""
+    """Pooled Spearman correlation per rating/bid column (same caveat as ``pearson``)."""
+    pearson_within: dict[str, Estimate] = Field(default_factory=dict)
+    """Primary rating agreement: Pearson correlation of ratings centred per conversation (each source's
+    own mean of the event removed), so a participant's rating level is not agreement; shared arm
+    preferences (the hierarchy) still count. p_value: bootstrap test of 0."""
+    pearson_individual: dict[str, Estimate] = Field(default_factory=dict)
+    """Like ``pearson_within`` with each source's arm means also removed (per bootstrap replicate):
+    agreement beyond the population's arm means; 0 when the simulator knows only the hierarchy."""
     reaches_ceiling: bool | None = None
-    """True when the top1 CI reaches the human cross-instrument ceiling (point estimate)."""
+    """True when the CI of ``ceiling_gap`` (top1 − human ceiling) reaches 0 or lies above it."""
 
 
 class RetestResult(SourceStatus):
@@ -125,32 +178,47 @@ class RetestResult(SourceStatus):
     n_pairs: int = 0
     """Repeated (participant, arm) rating pairs."""
     rating_corr: Estimate | None = None
-    """Pearson correlation of the repeated rating_preference values."""
+    """Pooled Pearson correlation of the repeated rating_preference values (includes each
+    participant's rating level: see ``rating_corr_within``)."""
+    rating_corr_within: Estimate | None = None
+    """Primary: Pearson correlation of the repeated ratings centred per conversation (rating level,
+    i.e. style, removed). The permutation p-values below test this one."""
     permutation_baseline: float | None = None
-    """Mean correlation when the second ratings are shuffled across all pairs."""
+    """Mean ``rating_corr_within`` when arms are shuffled within each conversation (keeps the
+    participant pairing: what rating style alone gives)."""
     permutation_p: float | None = None
-    """Share of shuffles with correlation ≥ observed (add-one)."""
+    """Share of those shuffles with correlation ≥ observed (add-one): any arm preference at all."""
     within_arm_baseline: float | None = None
-    """Mean correlation when second ratings are shuffled among pairs of the same arm (stricter)."""
+    """Mean ``rating_corr_within`` when centred ratings are shuffled among rows of the same arm
+    (stricter: keeps the population's arm means)."""
     within_arm_p: float | None = None
-    """Add-one permutation p-value against the within-arm shuffle."""
+    """Add-one permutation p-value against the within-arm shuffle: individual preference beyond the
+    population's arm means."""
     n_order_pairs: int = 0
     """Repeated arm pairs (a, b) both rated by the same participant in two conversations."""
     pairwise_order: Estimate | None = None
-    """Share of repeated arm pairs whose order (untied) is the same both times."""
+    """Share of repeated arm pairs in the same order both times; a tie on either side counts 1/2."""
     pairwise_order_baseline: float | None = None
-    """Mean agreement when the second conversation's orders are shuffled (≈ 0.5)."""
+    """Mean agreement when arms are shuffled within each conversation (≈ 0.5)."""
     pairwise_order_p: float | None = None
-    """Add-one permutation p-value for pairwise order agreement."""
+    """Add-one permutation p-value for pairwise order agreement (same shuffles)."""
 
 
 class CeilingResult(SourceStatus):
     """Human self-consistency ceiling."""
 
     cross_instrument: dict[str, Estimate] = Field(default_factory=dict)
-    """Top-1 agreement between instruments, keyed 'a~b' (ranked_best, rating_preference, wtp_bid, opening_choice)."""
+    """Tie-aware top-1 agreement per instrument pair, keyed 'a~b' (ranked_best, rating_preference,
+    wtp_bid, opening_choice), each with its own participant-bootstrap CI; n = participants."""
+    n_tied: dict[str, int] = Field(default_factory=dict)
+    """Per pair in ``cross_instrument``: events where either instrument's maximum is tied."""
+    excluded: dict[str, str] = Field(default_factory=dict)
+    """Pairs left out, with the reason (one instrument by construction, e.g. ranks derived from the
+    ratings; too few participants)."""
     ceiling: float | None = None
-    """The ceiling used: mean of the cross-instrument top-1 agreements."""
+    """The ceiling of ranked_best: the value of ``ceiling_pair`` (pairs are no longer averaged)."""
+    ceiling_pair: str | None = None
+    """The pair behind ``ceiling``: the closest usable pair to ranked_best."""
     retest: RetestResult | None = None
     """Test–retest of the same arm judged twice."""
 
@@ -162,6 +230,8 @@ class AgreementResult(SourceStatus):
     """Human self-consistency."""
     vs_human: dict[str, AgreementComparison] = Field(default_factory=dict)
     """Per simulated source."""
+    n_gen_error: dict[str, int] = Field(default_factory=dict)
+    """Per source, conversations dropped because they are flagged gen_error."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,10 +247,35 @@ class TopicUnit(SourceStatus):
     """KMeans clusters fitted on the pooled texts."""
     shares: dict[str, list[float]] = Field(default_factory=dict)
     """Per source, share of texts per cluster."""
+    n_participants: dict[str, int] = Field(default_factory=dict)
+    """Participants with texts here, per source."""
     homogeneity: dict[str, Estimate] = Field(default_factory=dict)
     """Per source, mean pairwise cosine similarity of the embeddings."""
     jsd_vs_human: dict[str, Estimate] = Field(default_factory=dict)
-    """Per simulated source, Jensen–Shannon divergence (base 2) of cluster shares vs human."""
+    """Per simulated source, plug-in Jensen–Shannon divergence (base 2) of cluster shares vs human.
+    Biased upward (> 0 for two samples of one distribution), so its CI is withheld (NaN, see
+    ``note``); p_value: participant-level permutation test of equal shares."""
+    jsd_chance_vs_human: dict[str, float] = Field(default_factory=dict)
+    """Per simulated source, mean plug-in JSD under the permutation null (source labels shuffled
+    per participant): the divergence that sampling alone gives."""
+    jsd_corrected_vs_human: dict[str, Estimate] = Field(default_factory=dict)
+    """Per simulated source, bias-corrected JSD = plug-in − chance (0 when both sources share one
+    topic distribution; the value may fall below 0 by chance, the CI is limited to ≥ 0). CI:
+    inversion of participant-bootstrap tests over worlds in which the sources differ by λ × the
+    observed difference (see ``simlab.fidelity.analyses.topics``); p_value: the permutation test;
+    n: participants."""
+    jsd_by_domain: dict[str, dict[str, Estimate]] = Field(default_factory=dict)
+    """Per simulated source, per domain (with ≥ 10 participants in both sources), the bias-corrected
+    JSD within that domain (clusters shared across domains), CI and p-value as above."""
+    jsd_within_domain: dict[str, Estimate] = Field(default_factory=dict)
+    """Per simulated source, weighted mean of ``jsd_by_domain`` (weights ``domain_weights``): topic
+    divergence that a different mix of domains cannot produce. p_value: permutation test of the
+    weighted plug-in JSDs (participants keep their domains)."""
+    domain_weights: dict[str, dict[str, float]] = Field(default_factory=dict)
+    """Per simulated source, the weight of each domain in ``jsd_within_domain`` (its share of the
+    two sources' texts among the domains used)."""
+    unavailable: dict[str, str] = Field(default_factory=dict)
+    """Per simulated source with no divergence or AUC here, why (e.g. fewer than 10 participants)."""
     auc_vs_human: dict[str, Estimate] = Field(default_factory=dict)
     """Per simulated source, held-out (participant-grouped CV) logistic-regression AUC of human vs simulated; CI from a participant bootstrap of the out-of-fold scores."""
 
@@ -194,15 +289,37 @@ class PrismClusters(SourceStatus):
     """PRISM's human cluster sizes, normalised over the non-outlier clusters."""
     shares: dict[str, list[float]] = Field(default_factory=dict)
     """Per source, share of opening prompts assigned to each cluster."""
+    domains: list[str] = Field(default_factory=list)
+    """PRISM conversation types (domains) present in the human openings; ``jsd_vs_prism`` uses
+    only these, each source weighted to the human mix of them."""
     jsd_vs_prism: dict[str, Estimate] = Field(default_factory=dict)
-    """Per source, JSD (base 2) of its shares vs PRISM's."""
+    """Per source, plug-in JSD (base 2) of its shares (in ``domains`` only, standardised to the
+    human domain mix) vs PRISM's cluster sizes. Descriptive: biased upward by the source's sampling
+    noise (percentile participant-bootstrap CI)."""
+    jsd_vs_human: dict[str, Estimate] = Field(default_factory=dict)
+    """Per simulated source, plug-in JSD vs human over PRISM's clusters (CI withheld, as in ``TopicUnit``)."""
+    jsd_chance_vs_human: dict[str, float] = Field(default_factory=dict)
+    """Per simulated source, the permutation chance level of ``jsd_vs_human``."""
+    jsd_corrected_vs_human: dict[str, Estimate] = Field(default_factory=dict)
+    """Per simulated source, bias-corrected JSD vs human over PRISM's clusters (as in ``TopicUnit``)."""
+    jsd_by_domain: dict[str, dict[str, Estimate]] = Field(default_factory=dict)
+    """Per simulated source and domain, bias-corrected JSD vs human over PRISM's clusters."""
+    jsd_within_domain: dict[str, Estimate] = Field(default_factory=dict)
+    """Per simulated source, weighted mean of ``jsd_by_domain`` (weights ``domain_weights``)."""
+    domain_weights: dict[str, dict[str, float]] = Field(default_factory=dict)
+    """Per simulated source, the weight of each domain in ``jsd_within_domain``."""
 
 
 class TopicsResult(SourceStatus):
     """Analysis 3: topic divergence."""
 
-    embedding: str = "tfidf"
-    """tfidf or minilm."""
+    embedding: str | None = None
+    """The embedding actually used: tfidf or minilm (None when none was, e.g. it could not be loaded)."""
+    embedding_model: str | None = None
+    """What computed it (the vectoriser, or the sentence model and the package version that shipped it)."""
+    n_gen_error: dict[str, int] = Field(default_factory=dict)
+    """Per source, conversations flagged ``gen_error``: their opening prompt is kept (written before
+    any reply), their later user turns are left out of ``all_user`` (they may react to the error)."""
     opening: TopicUnit | None = None
     """Opening prompts (turn 0 user texts)."""
     all_user: TopicUnit | None = None
@@ -224,6 +341,16 @@ class PositionFit(SourceStatus):
     """Per-position log-odds vs the last position (model: position dummies + arms)."""
     n_events: int = 0
     """Choice events used."""
+    first_shown_excess: Estimate | None = None
+    """Scale-free position bias, in percentage points: share of events whose first-shown arm is
+    chosen minus the share its arms predict without position (the model above with first_shown
+    set to 0). Unlike the log-odds it does not grow when choices get less noisy. p-value:
+    cluster-robust (participant sandwich incl. the estimated arm strengths), null = 0."""
+    penalised: bool = False
+    """True when a maximum-likelihood fit diverged (choices perfectly predicted by position:
+    separation) and the log-odds come from a log-F(1,1)-penalised fit (finite, shrunk towards 0)."""
+    n_gen_error: int = 0
+    """Events (conversations) dropped because a generation failed there (``gen_error``)."""
 
 
 class PositionOutcome(SourceStatus):
@@ -232,9 +359,21 @@ class PositionOutcome(SourceStatus):
     per_source: dict[str, PositionFit] = Field(default_factory=dict)
     """Per source."""
     interaction: dict[str, Estimate] = Field(default_factory=dict)
-    """Per simulated source, source × first_shown interaction (difference from human) in the pooled model."""
+    """Per simulated source, source × first_shown interaction (sim − human log-odds) in the pooled
+    model; p-value cluster-robust (t, participants − 1 df)."""
     interaction_p: float | None = None
-    """Likelihood-ratio test p-value that all source × first_shown interactions are 0."""
+    """Cluster-robust Wald test (F, sandwich clustered by participant) that all source ×
+    first_shown interactions are 0. (Before issue 12: a likelihood-ratio test, which ignored that a
+    participant makes several choices and over-rejected.)"""
+    excess_vs_human: dict[str, Estimate] = Field(default_factory=dict)
+    """Per simulated source, ``first_shown_excess`` sim − human in percentage points: how much more
+    often the simulator puts the first-shown arm on top than people do, beyond what the arms
+    explain. CI: paired participant bootstrap; p-value: cluster-robust. The headline comparison."""
+    positions_interaction: dict[str, dict[str, Estimate]] = Field(default_factory=dict)
+    """Per simulated source, per position (vs the last position): sim − human log-odds."""
+    positions_interaction_p: float | None = None
+    """Cluster-robust Wald test (F) that every source × position interaction is 0 (all positions,
+    all simulated sources shown the same positions as human)."""
 
 
 class PositionResult(SourceStatus):
@@ -253,26 +392,51 @@ class DynamicsSource(SourceStatus):
     """Turn-by-turn feedback of one source."""
 
     slope: Estimate | None = None
-    """turn_rating change per turn (MixedLM; 95% Wald CI, not bootstrap)."""
+    """turn_rating change per turn within a conversation, all rated turns (points per turn; model in
+    ``DynamicsResult.model``). 95% CI and p-value of 0: cluster-robust by participant (t, G − 1 df);
+    n = participants."""
+    slope_window: Estimate | None = None
+    """The same slope on the balanced window only (the first ``DynamicsResult.window`` rated turns of
+    the conversations that reach them), so every turn comes from the same conversations."""
     switch_rate: Estimate | None = None
     """Share of consecutive turn pairs where the preferred arm (argmax turn_rating) changes."""
     ceiling_share: Estimate | None = None
     """Share of turn ratings ≥ 95 (the top 5% of the 0–100 slider)."""
     n_turns: Estimate | None = None
     """Mean conversation length (user turns incl. the opening)."""
+    n_turns_shares: dict[str, float] = Field(default_factory=dict)
+    """Share of conversations per length, keyed by the number of user turns ('2', '3', …)."""
     early_stop_share: Estimate | None = None
     """Share of conversations ended by the user (stop_reason user_ended), when recorded."""
     n_ratings: int = 0
-    """Turn ratings used."""
+    """Turn ratings used (replies flagged gen_error excluded)."""
+    n_gen_error: int | None = None
+    """Turn ratings left out because their reply is flagged gen_error (None: the turns table has no
+    gen_error column)."""
+    n_participants: int = 0
+    """Participants of this source in the conversations table (fewer than 10: not_available)."""
 
 
 class DynamicsResult(SourceStatus):
-    """Analysis 5: turn_rating ~ turn * source + C(arm) + (1 | participant_id)."""
+    """Analysis 5: turn ratings over turns. Slopes come from a within-conversation model
+    (``model``): each conversation has its own level, which absorbs the participant × source and
+    conversation levels and removes the survivorship of long conversations from the slope;
+    inference is clustered by participant (slopes may vary per participant and correlate between a
+    human and their simulated copy)."""
 
+    model: str | None = None
+    """The slope model and its inference, in words."""
     per_source: dict[str, DynamicsSource] = Field(default_factory=dict)
     """Per source."""
     slope_diff_vs_human: dict[str, Estimate] = Field(default_factory=dict)
-    """Per simulated source, the turn × source interaction (MixedLM; Wald CI)."""
+    """Per simulated source, slope(source) − slope(human) in points per turn, all rated turns. 95% CI
+    and p-value of 0: cluster-robust by participant_id (a human and their simulated copy are one
+    cluster; t, G − 1 df); n = participants in either source."""
+    window: int | None = None
+    """Rated turns in the balanced window: the smallest per-source median of rated turns per
+    conversation (at least 2)."""
+    slope_diff_window_vs_human: dict[str, Estimate] = Field(default_factory=dict)
+    """``slope_diff_vs_human`` on the balanced window only."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,9 +447,18 @@ class TraitsSource(SourceStatus):
     """Conditional logit of ranked_best on standardised traits (+ length, arm dummies)."""
 
     coefficients: dict[str, Estimate] = Field(default_factory=dict)
-    """Log-odds per 1 SD of each trait (and 'length')."""
+    """Log-odds per 1 SD of each trait (and 'length'); p-values cluster-robust by participant."""
     n_events: int = 0
     """Choice events used."""
+    dropped: dict[str, str] = Field(default_factory=dict)
+    """Traits left out for this source only, with the reason (e.g. constant within its events)."""
+    penalised: bool = False
+    """True when the maximum-likelihood fit diverged (separation) and the coefficients come from a
+    log-F(1,1)-penalised fit."""
+    n_missing: int = 0
+    """Choice events dropped because a reply in them has no trait score (errored or ungraded)."""
+    n_gen_error: int = 0
+    """Choice events dropped because a generation failed in that conversation (``gen_error``)."""
 
 
 class TraitsResult(SourceStatus):
@@ -300,9 +473,14 @@ class TraitsResult(SourceStatus):
     per_source: dict[str, TraitsSource] = Field(default_factory=dict)
     """Per source."""
     interaction: dict[str, dict[str, Estimate]] = Field(default_factory=dict)
-    """Per simulated source, per trait: source × trait interaction in the pooled model."""
+    """Per simulated source, per trait fitted in both: source × trait interaction (sim − human
+    log-odds per 1 SD) in the pooled model; CI paired participant bootstrap, p-value cluster-robust."""
     interaction_p: float | None = None
-    """Likelihood-ratio test p-value that all source × trait interactions are 0."""
+    """Cluster-robust Wald test (F, sandwich clustered by participant) that all source × trait
+    interactions are 0. (Before issue 12: a likelihood-ratio test, which ignored clustering.)"""
+    specification: str = "arm_adjusted"
+    """'arm_adjusted': every autograded dimension + length, with arm dummies; 'paper': the
+    continuous traits + length without arm dummies (PROTOCOL §5.6)."""
 
 
 class UserTraitsDimension(_Model):

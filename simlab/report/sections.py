@@ -108,6 +108,11 @@ def _sig(e: Estimate) -> bool:
     return e.p_value < ALPHA if e.p_value is not None else _excludes_zero(e)
 
 
+def _points_pct(e: Estimate) -> Estimate:
+    """A share difference in percentage points (tables show points, not fractions)."""
+    return e.model_copy(update={"value": 100 * e.value, "ci_low": 100 * e.ci_low, "ci_high": 100 * e.ci_high})
+
+
 def unavailable(status: str, reason: str | None) -> str:
     """The sentence for an analysis that did not run."""
     lead = "Not available" if status == "not_available" else "Failed"
@@ -148,6 +153,21 @@ def hierarchy(r: HierarchyResult) -> Section:
             s.verdicts.append(f"The simulator ({src}) does not recover the human arm ordering ({ci}).")
         s.rows.append(_row(f"{src} vs human", "Kendall τ of orderings", t))
         s.rows.append(_row(f"{src} vs human", "correlation of strengths", c.strength_corr))
+        for arm, d in c.strength_diff.items():
+            s.rows.append(_row(f"{src} − human", f"strength {arm} (vs {r.reference_arm})", d))
+        if c.strength_diff:
+            arm, d = max(c.strength_diff.items(), key=lambda kv: abs(kv[1].value))
+            s.verdicts.append(
+                f"The largest difference: {src} rates {arm} {fmt(math.exp(d.value))}× as strong relative to "
+                f"{r.reference_arm} as people do (log-strength difference {fmt(d.value)}, 95% CI {fmt_ci(d)}); "
+                f"test that every arm's strength is the same as people's: {fmt_p(c.strength_diff_p)} "
+                "(clustered by participant).")
+    for src, h in r.per_source.items():
+        if h.penalised:
+            s.verdicts.append(f"{src}: some arm is (almost) always or never chosen, so its strengths come from a "
+                              "penalised fit (finite, shrunk towards 0).")
+        if h.n_gen_error:
+            s.verdicts.append(f"{src}: {h.n_gen_error} rankings of conversations with a failed generation were left out.")
     if points:
         ref = f" (vs {r.reference_arm} = 0)" if r.reference_arm else ""
         s.charts.append(charts.forest(points, title="Arm strength (Plackett–Luce log-worth)",
@@ -169,16 +189,25 @@ def agreement(r: AgreementResult) -> Section:
             s.rows.append(_row("human", f"self-agreement {pair.replace('~', ' vs ')}", e))
             points.append(Point(pair.replace("~", " vs "), "human", e.value, e.ci_low, e.ci_high))
         if ceil_value is not None:
-            s.verdicts.append(f"Humans agree with themselves across instruments in {fmt(100 * ceil_value, 0)}% of "
-                              "choices (the ceiling).")
+            pair = (ceiling.ceiling_pair or "").replace("~", " and ")
+            s.verdicts.append(f"People agree with themselves across {pair or 'instruments'} in {fmt(100 * ceil_value, 0)}% "
+                              "of conversations (the ceiling: ties count as the chance of agreeing).")
+        for pair, why in ceiling.excluded.items():
+            s.verdicts.append(f"Not a ceiling: {pair.replace('~', ' vs ')} ({why}).")
         rt = ceiling.retest
-        if rt is not None and rt.status == "ok" and rt.rating_corr is not None:
-            s.rows.append(_row("human", "test–retest rating correlation", rt.rating_corr))
+        within = rt.rating_corr_within if rt is not None else None
+        retest = (within or rt.rating_corr) if rt is not None else None
+        if rt is not None and rt.status == "ok" and retest is not None:
+            s.rows.append(_row("human", "test–retest rating correlation" + (" (within conversation)" if within else ""),
+                               retest))
+            if rt.rating_corr is not None and within is not None:
+                s.rows.append(_row("human", "test–retest rating correlation (pooled)", rt.rating_corr))
             better = rt.permutation_p is not None and rt.permutation_p < ALPHA
             s.verdicts.append(
-                f"Rating the same arm twice, people correlate r = {fmt(rt.rating_corr.value)} "
-                f"(95% CI {fmt_ci(rt.rating_corr)}), {'well above' if better else 'not clearly above'} "
-                f"the shuffled baseline ({fmt(rt.permutation_baseline)}, {fmt_p(rt.permutation_p)}).")
+                f"Rating the same arm again in another conversation, people correlate r = {fmt(retest.value)} "
+                f"(95% CI {fmt_ci(retest)}{', rating style removed' if within else ''}), "
+                f"{'well above' if better else 'not clearly above'} the shuffled baseline "
+                f"({fmt(rt.permutation_baseline)}, {fmt_p(rt.permutation_p)}).")
     elif ceiling is not None:
         s.verdicts.append(f"Human ceiling: {unavailable(ceiling.status, ceiling.reason)}")
     for src, c in r.vs_human.items():
@@ -191,19 +220,35 @@ def agreement(r: AgreementResult) -> Section:
         vs_chance = ""
         if chance is not None:
             vs_chance = (" — above" if t.ci_low > chance else " — not above") + f" chance ({fmt(100 * chance, 0)}%)"
-        if ceil_value is None:
+        gap = c.ceiling_gap
+        if gap is None:
             tail = "; there is no human ceiling to compare with"
-        elif c.reaches_ceiling:
-            tail = f" and reaches the human self-consistency ceiling of {fmt(100 * ceil_value, 0)}%"
         else:
-            tail = f" but stays below the human self-consistency ceiling of {fmt(100 * ceil_value, 0)}%"
-        s.verdicts.append(f"The simulator ({src}) picks the matched human's ranked-best arm in {share}{vs_chance}{tail}.")
+            where = "above" if gap.value > 0 else "below"
+            verdict = "reaches" if c.reaches_ceiling else "stays below"
+            tail = (f"; on the same conversations it is {fmt(abs(100 * gap.value), 0)} points {where} the human ceiling "
+                    f"({(c.ceiling_pair or '').replace('~', ' vs ')}; 95% CI {fmt(100 * gap.ci_low, 0)} to "
+                    f"{fmt(100 * gap.ci_high, 0)} points), so it {verdict} it")
+        s.verdicts.append(f"The simulator ({src}) picks the matched human's best arm in {share}{vs_chance}{tail}.")
         s.rows.append(_row(src, "top-1 agreement with human", t))
+        if gap is not None:
+            s.rows.append(_row(src, "top-1 agreement − human ceiling", gap))
+        for col, e in c.pearson_within.items():
+            s.rows.append(_row(src, f"Pearson r within conversation, {col}", e))
+        for col, e in c.pearson_individual.items():
+            s.rows.append(_row(src, f"Pearson r beyond the arm means, {col}", e))
+        if c.pearson_within:
+            col, e = next(iter(c.pearson_within.items()))
+            s.verdicts.append(f"Within a conversation, the {col} ratings of {src} correlate r = {fmt(e.value)} with "
+                              f"its human's (95% CI {fmt_ci(e)}; a participant's rating level does not count).")
         points.append(Point(f"{src} vs human", src, t.value, t.ci_low, t.ci_high))
         if c.kendall_tau is not None:
             s.rows.append(_row(src, "Kendall τ of full rankings", c.kendall_tau))
         for col, e in c.pearson.items():
-            s.rows.append(_row(src, f"Pearson r, {col}", e))
+            s.rows.append(_row(src, f"Pearson r pooled, {col}", e))
+    if any(r.n_gen_error.values()):
+        s.verdicts.append("Conversations with a failed generation were left out: " + ", ".join(
+            f"{src} {n}" for src, n in r.n_gen_error.items() if n) + ".")
     if points:
         refs = {"ceiling": ceil_value} if ceil_value is not None else {}
         chances = {c.top1_chance for c in r.vs_human.values() if c.top1_chance is not None}
@@ -269,6 +314,16 @@ def position(r: PositionResult) -> Section:
             e = fit.first_shown
             s.rows.append(_row(src, f"{label}: first shown (log-odds)", e))
             points.append(Point(label, src, e.value, e.ci_low, e.ci_high))
+            if fit.first_shown_excess is not None:
+                s.rows.append(_row(src, f"{label}: first shown, points above the arms' share", _points_pct(fit.first_shown_excess)))
+        for src, e in o.excess_vs_human.items():
+            more = "more" if e.value > 0 else "less"
+            sig = "" if _sig(e) else "; not significantly different from people"
+            s.verdicts.append(
+                f"For {label}, {src} puts the first-shown response on top {fmt(abs(100 * e.value), 0)} points {more} "
+                f"often than people, beyond what the arms explain (95% CI {fmt(100 * e.ci_low, 0)} to "
+                f"{fmt(100 * e.ci_high, 0)} points, {fmt_p(e.p_value)}{sig}).")
+            s.rows.append(_row(f"{src} − human", f"{label}: first shown, points (difference)", _points_pct(e)))
         for src, e in o.interaction.items():
             human = o.per_source.get("human")
             sim = o.per_source.get(src)
@@ -276,9 +331,14 @@ def position(r: PositionResult) -> Section:
             if human and sim and human.first_shown and sim.first_shown:
                 both = (f": first-shown log-odds {fmt(sim.first_shown.value)} vs {fmt(human.first_shown.value)}"
                         " for humans")
-            verb = "differs significantly from" if _sig(e) else "does not differ significantly from"
-            s.verdicts.append(f"For {label}, the position bias of {src} {verb} humans' ({fmt_p(e.p_value)}{both}).")
-            s.rows.append(_row(f"{src} − human", f"{label}: first shown (interaction)", e))
+            if src not in o.excess_vs_human:
+                verb = "differs significantly from" if _sig(e) else "does not differ significantly from"
+                s.verdicts.append(f"For {label}, the position bias of {src} {verb} humans' ({fmt_p(e.p_value)}{both}).")
+            s.rows.append(_row(f"{src} − human", f"{label}: first shown, log-odds (interaction; also grows when "
+                               "choices are less noisy)", e))
+        if o.positions_interaction_p is not None:
+            s.rows.append(Row("sim − human", f"{label}: every position (joint test)", "", "",
+                              fmt_p(o.positions_interaction_p).removeprefix("p = ").replace("p < ", "<")))
         if not o.interaction:
             for src, fit in o.per_source.items():
                 if fit.first_shown is not None:
@@ -310,11 +370,22 @@ def dynamics(r: DynamicsResult, turns: pd.DataFrame | None = None) -> Section:
             trend = "rise" if _sig(d.slope) and d.slope.value > 0 else ("fall" if _sig(d.slope) else "stay flat")
             s.verdicts.append(f"Turn ratings of {src} {trend} over a conversation "
                               f"({fmt(d.slope.value, 2)} points per turn, 95% CI {fmt_ci(d.slope)}).")
+    for src, d in r.per_source.items():
+        if d.slope_window is not None:
+            s.rows.append(_row(src, f"rating change per turn, first {r.window} turns", d.slope_window))
+        if d.n_gen_error:
+            s.verdicts.append(f"{src}: {d.n_gen_error} turn ratings of replies that failed to generate were left out.")
     for src, e in r.slope_diff_vs_human.items():
-        verb = "differs significantly from" if _sig(e) else "does not differ significantly from"
-        s.verdicts.append(f"The rating trend of {src} {verb} humans' (difference {fmt(e.value)} per turn, "
-                          f"{fmt_p(e.p_value)}).")
-        s.rows.append(_row(f"{src} − human", "rating change per turn (interaction)", e))
+        faster = "faster" if e.value > 0 else "slower"
+        sig = "" if _sig(e) else "; not significantly different from people"
+        s.verdicts.append(f"Within a conversation, the turn ratings of {src} move {fmt(abs(e.value))} points per turn "
+                          f"{faster} than people's (difference {fmt(e.value)}, 95% CI {fmt_ci(e)}, {fmt_p(e.p_value)}{sig}).")
+        s.rows.append(_row(f"{src} − human", "rating change per turn (difference)", e))
+        w = r.slope_diff_window_vs_human.get(src)
+        if w is not None:
+            s.verdicts.append(f"Counting only the first {r.window} turns of the conversations that reach them (the same "
+                              f"conversations at every turn), the difference is {fmt(w.value)} (95% CI {fmt_ci(w)}).")
+            s.rows.append(_row(f"{src} − human", f"rating change per turn, first {r.window} turns (difference)", w))
     if turns is not None and "turn_rating" in turns.columns and "source" in turns.columns:
         rated = turns.dropna(subset=["turn_rating"])
         if len(rated):
@@ -335,7 +406,15 @@ def traits(r: TraitsResult) -> Section:
         s.verdicts.append(f"Excluded as unreliable (inter-rater ICC(2,1) below the threshold): "
                           f"{', '.join(r.excluded)}.")
     points: list[Point] = []
+    spec = {"paper": "the paper's specification (continuous traits and length)",
+            "arm_adjusted": "traits and length with arm dummies"}.get(r.specification, r.specification)
+    s.verdicts.append(f"Model: conditional logit of the best response on {spec}.")
     for src, t in r.per_source.items():
+        for trait, why in t.dropped.items():
+            s.verdicts.append(f"{src}: {trait} left out ({why}).")
+        if t.status == "ok" and (t.n_missing or t.n_gen_error):
+            s.verdicts.append(f"{src}: {t.n_missing} choices with an ungraded or errored reply and {t.n_gen_error} with "
+                              "a failed generation were left out.")
         if t.status != "ok":
             s.verdicts.append(f"{src}: {unavailable(t.status, t.reason)}")
             continue
@@ -347,12 +426,15 @@ def traits(r: TraitsResult) -> Section:
         points += _points(t.coefficients, src)
     for src, per_trait in r.interaction.items():
         diff = [k for k, e in per_trait.items() if _sig(e)]
-        if diff:
-            s.verdicts.append(f"{src} weighs {', '.join(diff)} significantly differently from humans.")
+        for k in diff:
+            e = per_trait[k]
+            s.verdicts.append(f"Per SD more {k}, the odds that {src} picks a reply change by {fmt(math.exp(e.value))}× "
+                              f"what people's do (95% CI {fmt(math.exp(e.ci_low))}–{fmt(math.exp(e.ci_high))}).")
         for k, e in per_trait.items():
             s.rows.append(_row(f"{src} − human", f"{k} (interaction)", e))
     if r.interaction_p is not None:
-        s.verdicts.append(f"Joint test that simulated and human trait weights are equal: {fmt_p(r.interaction_p)}.")
+        s.verdicts.append(f"Joint test that simulated and human trait weights are equal: {fmt_p(r.interaction_p)} "
+                          "(clustered by participant).")
     if points:
         s.charts.append(charts.forest(points, title="Trait weights in the choice of the best response",
                                       xlabel="log-odds per SD", refs={"0": 0.0}))

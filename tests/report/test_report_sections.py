@@ -60,16 +60,20 @@ def test_position_verdict_uses_interaction_p():
 
 
 def test_agreement_verdict_against_ceiling():
-    def result(top1: Estimate, reaches: bool) -> AgreementResult:
+    def result(top1: Estimate, gap: Estimate, reaches: bool) -> AgreementResult:
         return AgreementResult(
-            human_ceiling=CeilingResult(cross_instrument={"ranked_best~wtp_bid": est(0.6, 0.5, 0.7)}, ceiling=0.6),
+            human_ceiling=CeilingResult(cross_instrument={"ranked_best~wtp_bid": est(0.6, 0.5, 0.7)}, ceiling=0.6,
+                                        ceiling_pair="ranked_best~wtp_bid"),
             vs_human={"sim_dynamic": AgreementComparison(n_events=80, top1=top1, top1_chance=0.25,
+                                                         ceiling_pair="ranked_best~wtp_bid", ceiling_gap=gap,
                                                          reaches_ceiling=reaches)})
 
-    below = verdicts(agreement=result(est(0.3, 0.2, 0.4), False))["agreement"]
-    assert "30% of 80 events (95% CI 20%–40%) — not above chance (25%) but stays below the human" in below
-    above = verdicts(agreement=result(est(0.58, 0.5, 0.66), True))["agreement"]
-    assert "above chance (25%) and reaches the human self-consistency ceiling of 60%" in above
+    below = verdicts(agreement=result(est(0.3, 0.2, 0.4), est(-0.3, -0.42, -0.18), False))["agreement"]
+    assert "People agree with themselves across ranked_best and wtp_bid in 60% of conversations" in below
+    assert ("30% of 80 events (95% CI 20%–40%) — not above chance (25%); on the same conversations it is 30 points "
+            "below the human ceiling (ranked_best vs wtp_bid; 95% CI −42 to −18 points), so it stays below it") in below
+    above = verdicts(agreement=result(est(0.58, 0.5, 0.66), est(-0.02, -0.1, 0.06), True))["agreement"]
+    assert "above chance (25%); on the same conversations it is 2 points below" in above and "so it reaches it" in above
 
 
 def test_missing_and_not_available_analyses_say_why():
