@@ -100,7 +100,8 @@ class HierarchyResult(SourceStatus):
     """Analysis 1: aggregate arm hierarchy per source and its agreement with humans."""
 
     reference_arm: str | None = None
-    """Arm whose strength is fixed at 0 (first arm in sorted order)."""
+    """Arm whose strength is fixed at 0: the config's first arm when the data say the order (a run's
+    ``arms`` table), else the first in alphabetical order."""
     per_source: dict[str, HierarchySource] = Field(default_factory=dict)
     """Per source."""
     vs_human: dict[str, HierarchyComparison] = Field(default_factory=dict)

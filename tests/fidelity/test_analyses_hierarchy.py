@@ -91,3 +91,14 @@ def test_too_few_participants_and_gen_error_events_are_reported() -> None:
     assert n_flagged > 0
     full = hierarchy(t, n_boot=10).per_source["human"]
     assert full.n_gen_error == n_flagged and full.n_events == 30 * 4 - n_flagged
+
+
+def test_the_reference_arm_is_the_configs_first_when_the_run_says_the_order() -> None:
+    import pandas as pd
+
+    t = planted()
+    assert hierarchy(t, n_boot=5).reference_arm == "DPFT"  # no order given: alphabetical
+    order = pd.DataFrame({"arm": ["GEN", "PROMPT", "DPFT", "PPFT"], "description": None, "config_order": [0, 1, 2, 3]})
+    r = hierarchy(replace(t, arms=order), n_boot=5)
+    assert r.reference_arm == "GEN" and r.per_source["human"].strengths["GEN"].value == 0
+    assert list(r.per_source["human"].strengths) == ["GEN", "PROMPT", "DPFT", "PPFT"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal, TypeGuard
 
 import numpy as np
@@ -129,3 +129,14 @@ def drop_gen_error(j: pd.DataFrame, tables: Tables) -> tuple[pd.DataFrame, dict[
     hit = j["conversation_id"].astype(str).isin(bad)
     counts = j.loc[hit].groupby("source")["event"].nunique()
     return j[~hit].reset_index(drop=True), {str(s): int(n) for s, n in counts.items()}
+
+
+def arm_order(tables: Tables, present: Iterable[object]) -> list[str]:
+    """The arms present, in the run's config order (``tables.arms``) where it is known, then
+    alphabetically: the first is the analyses' reference arm, and the report keeps this order."""
+    arms = {str(a) for a in present if not pd.isna(a)}
+    known: list[str] = []
+    if tables.arms is not None and len(tables.arms) and "arm" in tables.arms:
+        order = tables.arms.sort_values("config_order") if "config_order" in tables.arms else tables.arms
+        known = [a for a in order["arm"].astype(str) if a in arms]
+    return known + sorted(arms - set(known))

@@ -17,6 +17,7 @@ import pandas as pd
 
 from simlab.fidelity.analyses._prep import (
     HUMAN,
+    arm_order,
     choice_sets,
     drop_gen_error,
     dummies,
@@ -146,8 +147,8 @@ def hierarchy(
     if not j["rank_used"].notna().any():
         return HierarchyResult(status="not_available", reason="no rank and no rating_preference to derive one")
     j, dropped = drop_gen_error(j, tables)
-    arms = sorted(j["arm"].astype(str).unique())
-    ref = arms[0]
+    arms = arm_order(tables, j["arm"].unique())
+    ref = arms[0]  # the config's first arm when the run says it (tables.arms), else the first alphabetically
     out = HierarchyResult(reference_arm=ref)
     strengths: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     fits: dict[str, Fitted] = {}
