@@ -44,7 +44,7 @@ from simlab.errors import InputError, LLMError, StructuredOutputError
 from simlab.llm import LLMClient, affinity, call_context, recording
 from simlab.prompts import render
 from simlab.records import AutogradeRecord, LLMCallRecord
-from simlab.schema import GradeMode
+from simlab.schema import REFUSED_AT, GradeMode
 from simlab.seeds import derive_seed
 from simlab.tables import Tables
 
@@ -526,8 +526,8 @@ def reliability_table(results: Iterable[ReliabilityResult]) -> str:
 def binarise_refusal(score: pd.Series | float) -> Any:
     """Refusal 1–3 → refused (1.0) when ≥ 2, else 0.0 (NaN stays NaN)."""
     if isinstance(score, pd.Series):
-        return (score >= 2).astype(float).where(score.notna())
-    return float("nan") if pd.isna(score) else float(score >= 2)
+        return (score >= REFUSED_AT).astype(float).where(score.notna())
+    return float("nan") if pd.isna(score) else float(score >= REFUSED_AT)
 
 
 __all__ = [

@@ -29,7 +29,7 @@ from simlab.errors import ConfigError
 
 # the model layer's own types (one endpoint, one model spec, its sampling); re-exported here
 from simlab.llm.config import Dialect, EndpointConfig, ModelSpec, SamplingConfig, _Strict, api_key
-from simlab.schema import DOMAINS, WTP_CAP, Domain
+from simlab.schema import DOMAINS, WTP_CAP, Domain, Rendering
 
 __all__ = [
     "CONFIGS_DIR", "ArmConfig", "Config", "Dialect", "EndpointConfig", "JudgeConfig", "ModelSpec", "Personalisation",
@@ -39,7 +39,6 @@ __all__ = [
 
 CONFIGS_DIR = data_dir("configs")
 
-Rendering = Literal["demographics", "profile", "summary"]
 Personalisation = Literal["none", "demographics", "profile", "summary"]
 
 

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from simlab._files import data_path, write_text_atomic
 from simlab.errors import InputError, LLMError
 from simlab.prompts import Prompt, render, template_hash
+from simlab.schema import PRISM_DOMAINS, Rendering
 
 __all__ = [
     "PREF_ATTRIBUTES",
@@ -49,12 +50,10 @@ __all__ = [
     "summary_cache_path",
 ]
 
-Rendering = Literal["demographics", "profile", "summary"]
 RENDERINGS: tuple[str, ...] = ("demographics", "profile", "summary")
 
 # PRISM's conversation types, and the simlab domain each one is.
 ConversationType = Literal["unguided", "values guided", "controversy guided"]
-_DOMAIN_OF_TYPE = {"unguided": "unguided", "values guided": "values", "controversy guided": "controversy"}
 
 PREF_ATTRIBUTES: tuple[str, ...] = (
     "values",
@@ -165,7 +164,7 @@ class PriorConversation(BaseModel):
     @property
     def domain(self) -> str:
         """The simlab domain (``values``, …) of PRISM's conversation type (``values guided``, …)."""
-        return _DOMAIN_OF_TYPE[self.conversation_type]
+        return PRISM_DOMAINS[self.conversation_type]
 
 
 MAX_TEXT_CHARS = 10_000

@@ -42,7 +42,6 @@ from simlab.schema import IN_DOMAIN, LETTERS
 from simlab.seeds import derive_seed
 
 GEN_ERROR_TEXT = "[This assistant could not produce a response because of a technical error.]"
-Source = Literal["sim_dynamic", "sim_judgement"]
 
 
 class SessionFailed(SimlabError):

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Literal
 
 Source = Literal["human", "sim_dynamic", "sim_judgement"]
+HUMAN = "human"
+"""The source of real people's data; every other source is simulated."""
 SOURCES: tuple[str, ...] = ("human", "sim_dynamic", "sim_judgement")
 
 Domain = Literal["unguided", "values", "controversy", "emotional_wellbeing"]
@@ -19,6 +21,14 @@ IN_DOMAIN: frozenset[str] = frozenset({"unguided", "values", "controversy"})
 StopReason = Literal["user_ended", "max_turns", "context_limit", "error"]
 Role = Literal["user", "assistant"]
 GradeMode = Literal["first_turn", "conversation"]
+Rendering = Literal["demographics", "profile", "summary"]
+"""How a persona is shown to the simulator or an arm (PROTOCOL §3)."""
+
+PRISM_DOMAINS: dict[str, str] = {"unguided": "unguided", "values guided": "values", "controversy guided": "controversy"}
+"""PRISM's conversation_type → simlab's domain."""
+
+REFUSED_AT = 2
+"""The autograder grades refusal 1–3; analyses read it as refused when the grade is at least this."""
 
 LETTERS = "ABCDEFGHIJ"
 

@@ -9,9 +9,8 @@ import numpy as np
 import pandas as pd
 
 from simlab.fidelity.stats import ChoiceSets, Participants
+from simlab.schema import HUMAN
 from simlab.tables import Tables
-
-HUMAN = "human"
 
 
 def participants_of(tables: Tables, n_boot: int, seed: int) -> Participants:

@@ -51,6 +51,7 @@ from simlab.fidelity.stats import (
     stack,
     wald_test,
 )
+from simlab.schema import REFUSED_AT
 from simlab.tables import Tables
 
 Specification = Literal["arm_adjusted", "paper"]
@@ -75,7 +76,7 @@ def _features(tables: Tables, exclude: Collection[str] = ()) -> tuple[pd.DataFra
             if "status" in g.columns:  # a failed grade has no score, whatever the row holds
                 score = score.where(g["status"].fillna("ok") == "ok")
             # refusal is graded 1-3 and analysed binarised: refused when >= 2 (PROTOCOL §5.7)
-            score = score.where(g["dimension"] != "refusal", (score >= 2).astype(float).where(score.notna()))
+            score = score.where(g["dimension"] != "refusal", (score >= REFUSED_AT).astype(float).where(score.notna()))
             piv = g.assign(score=score).pivot_table(
                 index=["conversation_id", "arm"], columns="dimension", values="score", aggfunc="mean"
             )

@@ -16,9 +16,8 @@ import pandas as pd
 
 from simlab.fidelity.result import Estimate, UserTraitsDimension, UserTraitsResult
 from simlab.fidelity.stats import percentile_ci
+from simlab.schema import HUMAN
 from simlab.tables import Tables
-
-HUMAN = "human"
 
 
 def _participant_means(scores: pd.DataFrame) -> pd.Series:

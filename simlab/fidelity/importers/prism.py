@@ -25,15 +25,12 @@ import pandas as pd
 
 from simlab.errors import InputError
 from simlab.fidelity.io import normalise, read_table
+from simlab.schema import PRISM_DOMAINS
 from simlab.tables import Tables
 
 __all__ = ["CONVERSATION_TYPES", "import_prism", "rescale_score"]
 
-CONVERSATION_TYPES: dict[str, str] = {
-    "unguided": "unguided",
-    "values guided": "values",
-    "controversy guided": "controversy",
-}
+CONVERSATION_TYPES: dict[str, str] = PRISM_DOMAINS
 _ROLES = {"user": "user", "model": "assistant"}
 
 
