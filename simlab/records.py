@@ -59,8 +59,13 @@ class ConversationRecord(_Record):
     n_turns: Count
     """User turns including the opening."""
     gen_error: bool = False
+    """Some arm's generation failed after its retries (its reply is an error notice)."""
     max_turns_reached: bool = False
+    """The context budget ended the conversation (PROTOCOL §2 keeps this name for that flag); then
+    ``stop_reason`` is ``context_limit``. The turn cap is ``stop_reason = "max_turns"``."""
     stop_reason: StopReason | None = None
+    """Why it ended: ``user_ended`` (the simulated user stopped), ``max_turns`` (the turn cap),
+    ``context_limit`` (the context budget), ``error``."""
     seed: int | None = None
 
     @model_validator(mode="after")
@@ -166,7 +171,8 @@ class InstrumentRecord(_Record):
     instrument: str
     attempts: Annotated[int, Field(ge=1)] = 1
     repairs: Count = 0
-    """Permutation repairs applied to the reply (e.g. a missing letter filled in)."""
+    """Always 0 for simlab's own runs: a reply that breaks its schema is retried and then recorded as a
+    failure, never repaired or guessed. The column stays so stored tables keep their shape."""
     status: CallStatus = "ok"
     error: str | None = None
     raw_text: str | None = None
