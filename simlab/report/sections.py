@@ -269,27 +269,55 @@ def topics(r: TopicsResult) -> Section:
         if unit.status != "ok":
             s.verdicts.append(f"Topics of {name}: {unavailable(unit.status, unit.reason)}")
             continue
+        for src, why in unit.unavailable.items():
+            s.verdicts.append(f"Topics of {name}, {src}: not compared: {why}.")
         for src, e in unit.jsd_vs_human.items():
             auc = unit.auc_vs_human.get(src)
-            sentence = (f"The {name} of {src} diverge from humans' with JSD = {fmt(e.value)} "
-                        f"(95% CI {fmt_ci(e)}, 0 = same topic mix, 1 = disjoint)")
+            corrected = unit.jsd_corrected_vs_human.get(src)
+            if corrected is not None:
+                sig = "" if _sig(corrected) else "; not significantly different from people"
+                sentence = (f"The {name} of {src} differ in topic from people's by JSD {fmt(corrected.value, 3)} beyond "
+                            f"what sampling alone gives (95% CI {fmt_ci(corrected, 3)}, permutation "
+                            f"{fmt_p(corrected.p_value)}; 0 = the same topic mix{sig})")
+            else:
+                sentence = (f"The {name} of {src} diverge from humans' with JSD = {fmt(e.value)} "
+                            f"(0 = same topic mix, 1 = disjoint; {fmt_p(e.p_value)})")
             if auc is not None:
                 told = "can" if auc.ci_low > 0.5 else "cannot reliably"
                 sentence += (f"; a classifier {told} tell them from human text "
                              f"(AUC = {fmt(auc.value)}, 95% CI {fmt_ci(auc)})")
             s.verdicts.append(sentence + ".")
-            s.rows.append(_row(src, f"JSD vs human, {name}", e))
+            within = unit.jsd_within_domain.get(src)
+            if within is not None:
+                s.verdicts.append(f"Comparing like with like within each domain, the difference is JSD "
+                                  f"{fmt(within.value, 3)} beyond chance (95% CI {fmt_ci(within, 3)}, {fmt_p(within.p_value)}), "
+                                  "so a different mix of domains is not counted as a topic difference.")
+                s.rows.append(_row(src, f"JSD beyond chance within domains, {name}", within, 3))
+            if corrected is not None:
+                s.rows.append(_row(src, f"JSD beyond chance, {name}", corrected, 3))
+            s.rows.append(_row(src, f"JSD plug-in (biased upward), {name}", e, 3))
+            if src in unit.jsd_chance_vs_human:
+                s.rows.append(Row(src, f"JSD by chance alone, {name}", fmt(unit.jsd_chance_vs_human[src], 3)))
+            for domain, d in unit.jsd_by_domain.get(src, {}).items():
+                s.rows.append(_row(src, f"JSD beyond chance, {name}, {domain}", d, 3))
             if auc is not None:
                 s.rows.append(_row(src, f"classifier AUC, {name}", auc))
         for src, e in unit.homogeneity.items():
             s.rows.append(_row(src, f"homogeneity (mean cosine), {name}", e))
         if name == "opening prompts" and unit.shares:
             cats = [f"cluster {i + 1}" for i in range(unit.n_clusters)]
-            s.charts.append(charts.grouped_bars(cats, unit.shares, title=f"Topic clusters of {name} ({r.embedding})",
+            s.charts.append(charts.grouped_bars(cats, unit.shares, title=f"Topic clusters of {name} ({r.embedding or 'tfidf'})",
                                                 ylabel="share of texts"))
     if r.prism is not None and r.prism.status == "ok":
+        for src, e in r.prism.jsd_corrected_vs_human.items():
+            s.verdicts.append(f"Over PRISM's human topic clusters, the opening topics of {src} differ from people's by "
+                              f"JSD {fmt(e.value, 3)} beyond chance (95% CI {fmt_ci(e, 3)}).")
+            s.rows.append(_row(src, "JSD beyond chance over PRISM's topic clusters", e, 3))
         for src, e in r.prism.jsd_vs_prism.items():
-            s.rows.append(_row(src, "JSD vs PRISM topic clusters", e))
+            s.rows.append(_row(src, "JSD vs PRISM's published cluster sizes (descriptive, includes sampling noise)", e, 3))
+    if any(r.n_gen_error.values()):
+        s.verdicts.append("User turns after a failed generation were left out: " + ", ".join(
+            f"{src} {n}" for src, n in r.n_gen_error.items() if n) + ".")
     return s
 
 
