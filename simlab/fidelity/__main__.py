@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="text representation of the topic analysis (default: tfidf; minilm sentence "
                          "embeddings need the [topics] extra)")
     analyze.add_argument("--out", required=True, type=Path, metavar="FILE", help="where to write the result JSON")
+    shown = analyze.add_mutually_exclusive_group()
+    shown.add_argument("--progress", action="store_true", default=None,
+                       help="progress bars on stderr (which analysis runs, bootstrap draws); the default when "
+                       "stderr is a terminal")
+    shown.add_argument("--quiet", dest="progress", action="store_false", help="no progress bars")
 
     imports = commands.add_parser("import", help="convert a public human dataset to the on-disk form",
                                   description="Convert a public human dataset to the on-disk human-data form "
@@ -141,12 +146,16 @@ def _analyze(args: argparse.Namespace) -> int:
     if set(human.sources) != {"human"}:
         raise InputError(f"--human data has sources {human.sources}; expected only 'human'", file=args.human,
                          field="source")
-    if len(parts) > 1:
-        result = compare(*parts, n_boot=args.n_boot, seed=args.seed, topics=args.topics)
-    else:
-        from simlab.fidelity import analyze
+    from simlab.fidelity.stats import show_progress
 
-        result = analyze(human, n_boot=args.n_boot, seed=args.seed, topics=args.topics)
+    shown = sys.stderr.isatty() if args.progress is None else args.progress
+    with show_progress(shown):
+        if len(parts) > 1:
+            result = compare(*parts, n_boot=args.n_boot, seed=args.seed, topics=args.topics)
+        else:
+            from simlab.fidelity import analyze
+
+            result = analyze(human, n_boot=args.n_boot, seed=args.seed, topics=args.topics)
     write_text_atomic(args.out, result.model_dump_json(indent=2))
     print(f"wrote {args.out} (sources: {', '.join(result.sources)}; {args.n_boot} bootstrap replicates)")
     return 0

@@ -14,10 +14,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -50,6 +53,38 @@ def reason_for(exc: BaseException) -> str:
     else:
         why = "the analysis stopped on an unexpected error; please report it with the command that produced it"
     return f"{why} ({name}: {text})" if text else f"{why} ({name})"
+
+
+# ---------------------------------------------------------------------------------------------
+# progress
+
+_PROGRESS: ContextVar[bool] = ContextVar("simlab_fidelity_progress", default=False)
+T = TypeVar("T")
+
+
+@contextmanager
+def show_progress(enabled: bool = True) -> Iterator[None]:
+    """Within this block, long loops (bootstrap draws) show a progress bar on stderr."""
+    token = _PROGRESS.set(enabled)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def progress_shown() -> bool:
+    """Whether ``show_progress`` is on here."""
+    return _PROGRESS.get()
+
+
+def progress(items: Iterable[T], total: int, desc: str) -> Iterable[T]:
+    """``items`` with a transient tqdm bar on stderr when ``show_progress`` is on, else as is."""
+    if not _PROGRESS.get():
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, total=total, desc=desc, unit="draw", leave=False, file=sys.stderr, dynamic_ncols=True,
+                mininterval=0.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +170,7 @@ def bootstrap(
     """
     out: list[np.ndarray] = []
     shape: tuple[int, ...] | None = None
-    for b in range(counts.shape[0]):
+    for b in progress(range(counts.shape[0]), counts.shape[0], "bootstrap draws"):
         w = counts[b][row_participant]
         try:
             with np.errstate(all="ignore"):
@@ -151,6 +186,31 @@ def bootstrap(
 
 # ---------------------------------------------------------------------------------------------
 # conditional logit
+
+
+SPARSE_MIN_CELLS = 20_000
+SPARSE_MAX_DENSITY = 0.2
+"""A design of at least this many cells with at most this share of non-zeros is handled sparse."""
+
+
+@dataclass(frozen=True, eq=False)
+class _SparseDesign:
+    x: sparse.csr_matrix  # (n_rows, p)
+    x_chosen: sparse.csr_matrix  # (S, p)
+    group: sparse.csr_matrix  # (S, n_rows): row r belongs to stratum s
+    nz_row: np.ndarray  # row of each stored entry of x
+
+    def xbar(self, prob: np.ndarray) -> sparse.csr_matrix:
+        """(S, p) expected features per stratum under the row probabilities ``prob``."""
+        xp = self.x.copy()
+        xp.data = xp.data * prob[self.nz_row]
+        return sparse.csr_matrix(self.group @ xp)
+
+
+def _scale_rows(m: sparse.csr_matrix, w: np.ndarray) -> sparse.csr_matrix:
+    out = m.copy()
+    out.data = out.data * np.repeat(w, np.diff(m.indptr))
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -178,6 +238,18 @@ class ChoiceSets:
     @cached_property
     def x_chosen(self) -> np.ndarray:
         return self.X[self.chosen_idx]
+
+    @cached_property
+    def sparse_design(self) -> _SparseDesign | None:
+        """The design as sparse matrices when it is large and mostly zeros (arm and position
+        dummies over many arms), else None: the likelihood's pieces then cost O(non-zeros)."""
+        n, p = self.X.shape
+        if n * p < SPARSE_MIN_CELLS or np.count_nonzero(self.X) > SPARSE_MAX_DENSITY * n * p:
+            return None
+        x = sparse.csr_matrix(self.X)
+        x.sum_duplicates()
+        g = sparse.csr_matrix((np.ones(n), (self.stratum, np.arange(n))), shape=(self.n_strata, n))
+        return _SparseDesign(x, x[self.chosen_idx], g, np.repeat(np.arange(n), np.diff(x.indptr)))
 
     def check(self) -> None:
         s = self.stratum
@@ -234,11 +306,21 @@ class ClogitFit:
 def _clogit_pieces(
     cs: ChoiceSets, beta: np.ndarray, w: np.ndarray, starts: np.ndarray, need_hess: bool
 ) -> tuple[float, np.ndarray, np.ndarray | None]:
-    eta = cs.X @ beta
+    sd = cs.sparse_design
+    eta = cs.X @ beta if sd is None else sd.x @ beta
     m = np.maximum.reduceat(eta, starts)
     e = np.exp(eta - m[cs.stratum])
     den = np.add.reduceat(e, starts)
     p = e / den[cs.stratum]
+    if sd is not None:
+        ll = float(np.sum(w * (eta[cs.chosen_idx] - m - np.log(den))))
+        xbar_s = sd.xbar(p)
+        grad = sd.x_chosen.T @ w - xbar_s.T @ w
+        hess = None
+        if need_hess:
+            wr = w[cs.stratum] * p
+            hess = -((_scale_rows(sd.x, wr).T @ sd.x).toarray() - (_scale_rows(xbar_s, w).T @ xbar_s).toarray())
+        return ll, np.asarray(grad, dtype=float), hess
     xbar = np.add.reduceat(p[:, None] * cs.X, starts)
     xc = cs.x_chosen
     ll = float(np.sum(w * (eta[cs.chosen_idx] - m - np.log(den))))
@@ -330,14 +412,21 @@ def participant_scores(cs: ChoiceSets, params: np.ndarray, weights: np.ndarray |
     """(n_participants, p): each participant's summed per-choice-set scores w·(x_chosen − E[x]),
     rows indexed by ``cs.participant`` (the shared participant index)."""
     w = np.ones(cs.n_strata) if weights is None else np.asarray(weights, dtype=float)
+    n_part = int(cs.participant.max()) + 1 if cs.n_strata else 0
+    sd = cs.sparse_design
     with np.errstate(all="ignore"):
-        eta = cs.X @ params
+        eta = cs.X @ params if sd is None else sd.x @ params
         m = np.maximum.reduceat(eta, cs.starts)
         e = np.exp(eta - m[cs.stratum])
         p = e / np.add.reduceat(e, cs.starts)[cs.stratum]
+        if sd is not None:
+            score_s = _scale_rows(sparse.csr_matrix(sd.x_chosen - sd.xbar(p)), w)
+            owner = sparse.csr_matrix((np.ones(cs.n_strata), (cs.participant, np.arange(cs.n_strata))),
+                                      shape=(n_part, cs.n_strata))
+            return np.asarray((owner @ score_s).toarray())
         xbar = np.add.reduceat(p[:, None] * cs.X, cs.starts)
         score = w[:, None] * (cs.x_chosen - xbar)
-    u = np.zeros((int(cs.participant.max()) + 1 if cs.n_strata else 0, cs.X.shape[1]))
+    u = np.zeros((n_part, cs.X.shape[1]))
     np.add.at(u, cs.participant, score)
     return u
 
@@ -448,6 +537,22 @@ def fit_clogit(
     return ClogitFit(beta, cov, ll, it, cov_robust=v, n_clusters=g, penalised=penalised)
 
 
+def _unique_rows(a: np.ndarray, chunk: int = 16_384) -> tuple[np.ndarray, np.ndarray]:
+    """(unique rows, index of each row's unique row), like ``np.unique(a, axis=0,
+    return_inverse=True)`` but in hash order and without sorting wide rows: rows are grouped by
+    a random projection (computed row by row, so equal rows get equal keys), and every row is
+    checked equal to its group's first row; a collision falls back to ``np.unique``."""
+    r = np.random.default_rng(20240601).normal(size=a.shape[1])
+    key = np.concatenate([(a[i:i + chunk] * r).sum(axis=1) for i in range(0, a.shape[0], chunk)]) if a.size else np.zeros(0)
+    _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+    inv = np.asarray(inv).ravel()
+    same = all(np.array_equal(a[i:i + chunk], a[first[inv[i:i + chunk]]]) for i in range(0, a.shape[0], chunk))
+    if same:
+        return a[first], inv
+    uniq, inv = np.unique(a, axis=0, return_inverse=True)
+    return uniq, np.asarray(inv).ravel()
+
+
 def compress(cs: ChoiceSets) -> tuple[ChoiceSets, sparse.csr_matrix]:
     """Identical choice sets (same rows, same chosen) merged into one pattern.
 
@@ -458,13 +563,15 @@ def compress(cs: ChoiceSets) -> tuple[ChoiceSets, sparse.csr_matrix]:
     S, p = cs.n_strata, cs.X.shape[1]
     sizes = np.bincount(cs.stratum, minlength=S)
     pos = np.arange(cs.stratum.size) - cs.starts[cs.stratum]
-    wide = np.full((S, int(sizes.max()), p + 1), -1e300)
+    # each stratum as one row: its alternatives' features, chosen flag and a presence flag
+    wide = np.zeros((S, int(sizes.max()), p + 2))
     wide[cs.stratum, pos, :p] = cs.X
     wide[cs.stratum, pos, p] = cs.chosen
-    uniq, inv = np.unique(wide.reshape(S, -1), axis=0, return_inverse=True)
-    inv = np.asarray(inv).ravel()
-    u = uniq.reshape(len(uniq), -1, p + 1)
-    present = u[:, :, p] > -1e299
+    wide[cs.stratum, pos, p + 1] = 1.0
+    flat = wide.reshape(S, -1)
+    uniq, inv = _unique_rows(flat)
+    u = uniq.reshape(len(uniq), -1, p + 2)
+    present = u[:, :, p + 1] == 1.0
     stratum, _ = np.nonzero(present)
     small = ChoiceSets(
         X=u[present][:, :p], chosen=u[present][:, p] == 1, stratum=stratum.astype(np.int64),
@@ -499,7 +606,7 @@ def clogit_draws(
     k = len(np.arange(cs.X.shape[1])[select])
     out = np.full((counts.shape[0], k), np.nan)
     penalty: Literal["auto", "always"] = "always" if penalised else "auto"
-    for b in range(counts.shape[0]):
+    for b in progress(range(counts.shape[0]), counts.shape[0], f"bootstrap draws ({k} coefficients)"):
         try:
             with np.errstate(all="ignore"):
                 if use_small:

@@ -188,3 +188,54 @@ def make_synthetic(
         participants=participants,
         autograde=grade,
     )
+
+
+def make_arena(
+    n_events: int = 100_000,
+    n_arms: int = 50,
+    *,
+    strength_sd: float = 1.0,
+    position_bias: float = 0.0,
+    source: str = "human",
+    seed: int = 0,
+) -> tuple[Tables, dict[str, float]]:
+    """Arena-style pairwise votes with planted Bradley–Terry strengths, and those strengths.
+
+    Each event (conversation) is its own participant and shows two distinct arms drawn uniformly,
+    in random positions 1 and 2. The shown-first arm gets ``position_bias`` on the log-odds
+    scale: P(A beats B) = expit(s_A − s_B + position_bias·[A first]), the Bradley–Terry model the
+    hierarchy (a rank-ordered logit on two alternatives) and position analyses fit. Strengths
+    are N(0, ``strength_sd``), the first arm's shifted to 0 (it is the analyses' reference).
+    No ties: the record schema's ``rank`` is a permutation of 1..k within a conversation.
+
+    >>> t, s = make_arena(200, 5, seed=1)
+    >>> len(t.judgements) == 400 and s["arm00"] == 0.0
+    True
+    """
+    rng = np.random.default_rng(seed)
+    arms = [f"arm{i:02d}" for i in range(n_arms)]
+    s = rng.normal(0.0, strength_sd, size=n_arms)
+    s -= s[0]
+    a = rng.integers(0, n_arms, size=n_events)
+    b = (a + rng.integers(1, n_arms, size=n_events)) % n_arms  # a different arm, uniform
+    a_first = rng.random(n_events) < 0.5
+    logit = s[a] - s[b] + position_bias * np.where(a_first, 1.0, -1.0)
+    a_wins = rng.random(n_events) < 1 / (1 + np.exp(-logit))
+    rank_a = np.where(a_wins, 1, 2)
+    conv = np.array([f"{source}-v{i:07d}" for i in range(n_events)])
+    pid = np.array([f"u{i:07d}" for i in range(n_events)])
+    judgements = pd.DataFrame(
+        {
+            "conversation_id": np.repeat(conv, 2),
+            "participant_id": np.repeat(pid, 2),
+            "source": source,
+            "arm": np.array(arms)[np.column_stack([a, b]).ravel()],
+            "position": np.column_stack([np.where(a_first, 1, 2), np.where(a_first, 2, 1)]).ravel(),
+            "rank": np.column_stack([rank_a, 3 - rank_a]).ravel(),
+        }
+    )
+    judgements["letter"] = np.array(list(LETTERS))[judgements["position"].to_numpy() - 1]
+    conversations = pd.DataFrame({"conversation_id": conv, "participant_id": pid, "source": source})
+    participants = pd.DataFrame({"participant_id": pid, "source": source})
+    return (Tables(judgements=judgements, conversations=conversations, participants=participants),
+            dict(zip(arms, s.tolist())))

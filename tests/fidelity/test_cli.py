@@ -101,3 +101,16 @@ def test_analyze_human_and_sim(tmp_path: Path) -> None:
     assert set(data["sources"]) == {"human", *sim.sources}
     assert data["n_boot"] == 5 and "hierarchy" in data["analyses"]
     assert [p.name for p in result.parent.iterdir()] == ["result.json"]
+    assert "fidelity" not in out.stderr and "draws" not in out.stderr  # stderr is a pipe: no progress unless asked
+
+
+def test_analyze_progress_on_stderr(tmp_path: Path) -> None:
+    from simlab.fidelity import write_tables
+    from simlab.fidelity.synthetic import make_arena
+
+    tables, _ = make_arena(300, 4, seed=2)
+    write_tables(tables, tmp_path / "human", "csv")
+    out = run_cli("analyze", "--human", tmp_path / "human", "--n-boot", 5, "--progress", "--out", tmp_path / "r.json")
+    assert out.returncode == 0, out.stderr
+    assert "fidelity" in out.stderr and "hierarchy" in out.stderr and "bootstrap draws" in out.stderr
+    assert "fidelity" not in out.stdout and "draws" not in out.stdout

@@ -235,3 +235,86 @@ def test_stacked_fits_equal_one_pooled_fit_with_source_interactions() -> None:
     diff = linear(both, np.r_[-np.eye(p)[0], np.eye(p)[0]])
     assert diff.cov_robust is not None and both.cov_robust is not None
     assert not np.isclose(diff.cov_robust[0, 0], both.cov_robust[0, 0] + both.cov_robust[p, p], rtol=0.02)
+
+
+# ---------------------------------------------------------------------------------------------
+# the fast paths for many-arm pairwise data give the numbers of the general (dense) path
+
+
+def _dense(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The code path before the speed-ups: dense design, np.unique pattern compression."""
+    from simlab.fidelity import stats
+
+    def unique_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        uniq, inv = np.unique(a, axis=0, return_inverse=True)
+        return uniq, np.asarray(inv).ravel()
+
+    monkeypatch.setattr(stats, "SPARSE_MIN_CELLS", 10**15)
+    monkeypatch.setattr(stats, "_unique_rows", unique_rows)
+
+
+def _arena_cs(n_events: int = 3000, n_arms: int = 20, seed: int = 4) -> tuple[ChoiceSets, np.ndarray]:
+    from simlab.fidelity.synthetic import make_arena
+
+    tables, _ = make_arena(n_events, n_arms, position_bias=0.3, seed=seed)
+    j = judgements_frame(tables)
+    arms = sorted(j["arm"].unique())
+    d = pd.concat([j, dummies(j["arm"], arms[1:], "arm")], axis=1)
+    d["first"] = (d["position"] == 1).astype(float)
+    parts = participants_of(tables, 30, 0)
+    return choice_sets(d, ["first", *[f"arm[{a}]" for a in arms[1:]]], "ranking", parts), parts.counts
+
+
+def test_sparse_fit_equals_dense_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from simlab.fidelity.stats import clogit_draws
+
+    cs, counts = _arena_cs()
+    assert cs.sparse_design is not None  # 20 arms, 3000 events: the sparse path
+    fast = fit_clogit(cs)
+    fast_draws = clogit_draws(cs, fast.params, counts)
+    _dense(monkeypatch)
+    cs2, _ = _arena_cs()
+    assert cs2.sparse_design is None
+    slow = fit_clogit(cs2)
+    slow_draws = clogit_draws(cs2, slow.params, counts)
+    np.testing.assert_allclose(fast.params, slow.params, atol=1e-9)
+    np.testing.assert_allclose(fast.cov, slow.cov, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(fast.cov_robust, slow.cov_robust, rtol=1e-8, atol=1e-12)
+    assert fast.loglik == pytest.approx(slow.loglik, rel=1e-12)
+    # the same participant draws give the same bootstrap replicates
+    np.testing.assert_allclose(fast_draws, slow_draws, atol=1e-7)
+
+
+def test_unique_rows_groups_equal_rows_only() -> None:
+    from simlab.fidelity.stats import _unique_rows
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 3, size=(5000, 6)).astype(float)
+    uniq, inv = _unique_rows(a)
+    np.testing.assert_array_equal(uniq[inv], a)  # every row is its pattern
+    assert len(uniq) == len(np.unique(a, axis=0))  # and no pattern is split
+
+
+def test_hierarchy_and_position_fast_equal_general_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from simlab.fidelity.analyses import hierarchy, position
+    from simlab.fidelity.synthetic import make_arena
+
+    tables, truth = make_arena(3000, 20, position_bias=0.3, seed=5)
+    parts = participants_of(tables, 30, 0)
+    fast_h, fast_p = hierarchy(tables, participants=parts), position(tables, participants=parts)
+    _dense(monkeypatch)
+    slow_h, slow_p = hierarchy(tables, participants=parts), position(tables, participants=parts)
+    for a, est in fast_h.per_source["human"].strengths.items():
+        ref = slow_h.per_source["human"].strengths[a]
+        assert est.value == pytest.approx(ref.value, abs=1e-6)
+        assert (est.ci_low, est.ci_high) == pytest.approx((ref.ci_low, ref.ci_high), abs=1e-6)
+        assert est.p_value == pytest.approx(ref.p_value, abs=1e-6)
+    for how in ("ranked_best", "ranking"):
+        f, s = fast_p.outcomes[how].per_source["human"], slow_p.outcomes[how].per_source["human"]
+        for x, y in ((f.first_shown, s.first_shown), (f.first_shown_excess, s.first_shown_excess),
+                     (f.positions["1"], s.positions["1"])):
+            assert (x.value, x.ci_low, x.ci_high, x.p_value) == pytest.approx((y.value, y.ci_low, y.ci_high, y.p_value), abs=1e-6)
+    # and the planted Bradley–Terry strengths are recovered
+    h = fast_h.per_source["human"]
+    inside = [h.strengths[a].ci_low <= truth[a] <= h.strengths[a].ci_high for a in truth if a != "arm00"]
+    assert sum(inside) >= len(inside) - 3

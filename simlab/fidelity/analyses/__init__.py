@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+import sys
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 from simlab.fidelity.analyses._prep import participants_of
@@ -32,6 +33,7 @@ def analyze_all(
     topics: Embedding | None = "tfidf",  # noqa: F811 - parameter named as in the issue
     clusters_path: str | Path | None = None,
     exclude_dimensions: Collection[str] = (),
+    progress: bool | None = None,
 ) -> FidelityResult:
     """Every analysis per source, each simulated source compared with ``human``.
 
@@ -39,7 +41,9 @@ def analyze_all(
     are resampled together. ``topics=None`` skips the topic analysis. An analysis that raises
     unexpectedly is recorded as ``failed`` with the error, never sinking the others.
     ``exclude_dimensions``: autograde dimensions below the reliability threshold (left out of
-    the trait and user-trait analyses).
+    the trait and user-trait analyses). ``progress``: say on stderr which analysis runs and how far
+    its bootstrap draws are (tqdm bars); None: as the enclosing ``stats.show_progress`` says (off
+    by default).
     """
     participants = participants_of(tables, n_boot, seed)
     runs: dict[str, Callable[[], AnalysisResult]] = {
@@ -61,17 +65,34 @@ def analyze_all(
         runs["topics"] = lambda: _topics(tables, seed=seed, topics=topics, clusters_path=clusters_path, participants=participants)
     results: dict[str, AnalysisResult] = {}
     from simlab.fidelity import result as r
-    from simlab.fidelity.stats import reason_for
+    from simlab.fidelity.stats import progress_shown, reason_for, show_progress
 
     fallback = {"hierarchy": r.HierarchyResult, "agreement": r.AgreementResult, "position": r.PositionResult,
                 "dynamics": r.DynamicsResult, "traits": r.TraitsResult, "topics": r.TopicsResult,
                 "user_traits": r.UserTraitsResult}
-    for name, run in runs.items():
-        try:
-            results[name] = run()
-        except Exception as exc:  # noqa: BLE001 - one analysis failing must not lose the others
-            results[name] = fallback[name](status="failed", reason=reason_for(exc))
+    show = progress_shown() if progress is None else progress
+    with show_progress(show):
+        steps = _steps(list(runs), show)
+        for name in steps:
+            try:
+                results[name] = runs[name]()
+            except Exception as exc:  # noqa: BLE001 - one analysis failing must not lose the others
+                results[name] = fallback[name](status="failed", reason=reason_for(exc))
     return FidelityResult(sources=tables.sources, n_boot=n_boot, seed=seed, analyses=dict(sorted(results.items())))
+
+
+def _steps(names: list[str], show: bool) -> Iterator[str]:
+    """The analyses' names in turn, with a bar on stderr naming the one that runs when ``show``."""
+    if not show:
+        yield from names
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=len(names), desc="fidelity", unit="analysis", file=sys.stderr, dynamic_ncols=True) as bar:
+        for name in names:
+            bar.set_postfix_str(name, refresh=True)
+            yield name
+            bar.update()
 
 
 _topics = topics

@@ -54,7 +54,11 @@ def judgements_frame(tables: Tables) -> pd.DataFrame:
 
 def dummies(values: pd.Series, levels: Sequence[object], prefix: str) -> pd.DataFrame:
     """0/1 columns ``prefix[level]`` for each level (callers leave out the reference)."""
-    return pd.DataFrame({f"{prefix}[{lv}]": (values == lv).astype(float).to_numpy() for lv in levels}, index=values.index)
+    codes = pd.Index(list(levels)).get_indexer(values)  # -1: not one of the levels
+    onehot = np.zeros((len(values), len(levels)))
+    hit = codes >= 0
+    onehot[np.flatnonzero(hit), codes[hit]] = 1.0
+    return pd.DataFrame(onehot, columns=[f"{prefix}[{lv}]" for lv in levels], index=values.index)
 
 
 def choice_sets(

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 from scipy import stats as sps
 
 from simlab.fidelity.analyses._prep import (
@@ -59,13 +60,13 @@ OUTCOMES = ("ranked_best", "opening_choice", "ranking")
 
 def _design(j: pd.DataFrame, arms_by_source: dict[str, list[str]], pooled: bool) -> tuple[pd.DataFrame, list[str]]:
     """Arm dummies (per source when pooled) with the first arm of each source as reference."""
-    cols: dict[str, np.ndarray] = {}
+    parts: list[pd.DataFrame] = []
+    arm = j["arm"].astype(str)
     for s, arms in arms_by_source.items():
-        for a in arms[1:]:
-            name = f"arm[{a}]" + (f":{s}" if pooled else "")
-            cols[name] = ((j["arm"].astype(str) == a) & (j["source"] == s)).astype(float).to_numpy()
-    d = pd.DataFrame(cols, index=j.index)
-    return pd.concat([j, d], axis=1), list(cols)
+        d = dummies(arm, arms[1:], "arm").mul((j["source"] == s).to_numpy(dtype=float), axis=0)
+        parts.append(d.set_axis([f"arm[{a}]" + (f":{s}" if pooled else "") for a in arms[1:]], axis=1))
+    d = pd.concat(parts, axis=1) if parts else pd.DataFrame(index=j.index)
+    return pd.concat([j, d], axis=1), list(d.columns)
 
 
 @dataclass
@@ -83,12 +84,31 @@ class _Model:
         return estimate(self.fit.params[k], self.draws[:, k], n, float(self.fit.pvalues[k]))
 
 
-def _fit(d: pd.DataFrame, feats: list[str], how: str, participants: Participants) -> _Model:
+Fitted = list[tuple[ChoiceSets, ClogitFit, np.ndarray]]
+"""Models already fitted in this analysis: a model on the same choice sets is not refitted."""
+
+
+def _same(a: ChoiceSets, b: ChoiceSets) -> bool:
+    return all(x.shape == y.shape and np.array_equal(x, y) for x, y in
+               ((a.X, b.X), (a.chosen, b.chosen), (a.stratum, b.stratum), (a.participant, b.participant)))
+
+
+def _fit(d: pd.DataFrame, feats: list[str], how: str, participants: Participants, done: Fitted | None = None) -> _Model:
+    """The conditional logit of ``feats`` with its bootstrap draws. A model whose choice sets equal
+    one in ``done`` (two positions only: the profile model is the first_shown model; two arms
+    without ties: ranked_best is the whole ranking) reuses that fit and its draws: same data,
+    same participant draws, so the same numbers, at no cost."""
     cs = choice_sets(d, feats, how, participants)
     if cs.n_strata == 0:
         raise FitError("no choice events with two or more alternatives")
+    for cs0, fit0, draws0 in done or []:
+        if _same(cs, cs0):
+            return _Model(cs, fit0, draws0, feats)
     fit = fit_clogit(cs)
-    return _Model(cs, fit, clogit_draws(cs, fit.params, participants.counts, penalised=fit.penalised), feats)
+    model = _Model(cs, fit, clogit_draws(cs, fit.params, participants.counts, penalised=fit.penalised), feats)
+    if done is not None:
+        done.append((cs, fit, model.draws))
+    return model
 
 
 @dataclass
@@ -126,17 +146,19 @@ def _excess(d: pd.DataFrame, how: str, arm_cols: list[str], model: _Model, parti
     arm_k = [model.names.index(c) for c in arm_cols]
     part = participants.index(e["participant_id"].to_numpy()[first])
 
-    def predicted(beta_arm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        eta = a @ beta_arm
+    a_sparse = sparse.csr_matrix(a)  # arm dummies: mostly zeros when there are many arms
+
+    def predicted(beta_arm: np.ndarray) -> np.ndarray:
+        eta = a_sparse @ beta_arm
         m = np.maximum.reduceat(eta, starts)
         x = np.exp(eta - m[code])
         prob = x / np.add.reduceat(x, starts)[code]
-        xbar = np.add.reduceat(prob[:, None] * a, starts)
-        p_first = prob[first]
-        return p_first, p_first[:, None] * (a[first] - xbar)  # value and d/d beta_arm
+        return prob
 
     beta = model.fit.params[arm_k]
-    p_first, grad = predicted(beta)
+    prob = predicted(beta)
+    p_first = prob[first]
+    grad = p_first[:, None] * (a[first] - np.add.reduceat(prob[:, None] * a, starts))  # d p_first / d beta_arm
     resid = observed - p_first
     n_ev = resid.size
     value = float(resid.mean())
@@ -156,7 +178,7 @@ def _excess(d: pd.DataFrame, how: str, arm_cols: list[str], model: _Model, parti
                 continue
             w = participants.counts[b][part]
             if w.sum() > 0:
-                draws[b] = float(np.sum(w * (observed - predicted(bb)[0])) / w.sum())
+                draws[b] = float(np.sum(w * (observed - predicted(bb)[first])) / w.sum())
     return _Excess(value, draws, influence, int(np.unique(part).size))
 
 
@@ -174,7 +196,8 @@ def _pct(x: _Excess, p: float) -> Estimate:
 
 
 def _outcome(
-    j: pd.DataFrame, how: str, participants: Participants, dropped: dict[str, int], *, profile: bool = True
+    j: pd.DataFrame, how: str, participants: Participants, dropped: dict[str, int], *, profile: bool = True,
+    done: Fitted | None = None,
 ) -> PositionOutcome:
     """One outcome's per-source fits and comparisons (``profile=False`` skips the per-position
     model, for the calibration of the first_shown measures alone)."""
@@ -201,13 +224,13 @@ def _outcome(
         d, arm_cols = _design(sub, {s: arms_by_source[s]}, pooled=False)
         positions = sorted(d["position"].unique())
         try:
-            first = _fit(d, ["first_shown", *arm_cols], how, participants)
+            first = _fit(d, ["first_shown", *arm_cols], how, participants, done)
             pos_levels = positions[:-1]
             prof = None
             if profile:
                 pd_ = pd.concat([d, dummies(d["position"], pos_levels, "position")], axis=1)
                 pnames = [f"position[{p}]" for p in pos_levels]
-                prof = _fit(pd_, [*pnames, *arm_cols], how, participants)
+                prof = _fit(pd_, [*pnames, *arm_cols], how, participants, done)
             ex = _excess(d, how, arm_cols, first, participants)
         except FitError as exc:
             out.per_source[s] = PositionFit(status="failed", reason=str(exc), n_gen_error=dropped.get(s, 0))
@@ -302,10 +325,11 @@ def position(
     participants = participants or participants_of(tables, n_boot, seed)
     j, dropped = drop_gen_error(judgements_frame(tables), tables)
     out = PositionResult()
+    done: Fitted = []
     for how in OUTCOMES:
         col = "rank_used" if how == "ranking" else how
         if not has_values(j, col):
             out.outcomes[how] = PositionOutcome(status="not_available", reason=f"no {col}")
             continue
-        out.outcomes[how] = _outcome(j, how, participants, dropped)
+        out.outcomes[how] = _outcome(j, how, participants, dropped, done=done)
     return out
