@@ -87,9 +87,10 @@ class HierarchyComparison(_Model):
     same_ordering: bool
     """Whether the point-estimate orderings are identical."""
     strength_diff: dict[str, Estimate] = Field(default_factory=dict)
-    """Per arm (not the reference): simulated − human log-strength, both vs ``reference_arm``. CI:
-    paired participant bootstrap; p-value: cluster-robust (sandwich clustered by participant, so a
-    human and their simulated copy are one cluster; t with participants − 1 df), null = same strength."""
+    """Per arm (not the reference): simulated − human log-strength, both vs ``reference_arm``. CI and
+    p-value: cluster-robust t (sandwich clustered by participant, so a human and their simulated copy
+    are one cluster; participants − 1 df), null = same strength. (The percentile participant
+    bootstrap covered 89–92% here in the calibration; this interval matches its p-value.)"""
     strength_diff_p: float | None = None
     """Cluster-robust Wald test (F) that every arm's strength is the same in both sources."""
     note: str | None = None
@@ -475,7 +476,7 @@ class TraitsResult(SourceStatus):
     """Per source."""
     interaction: dict[str, dict[str, Estimate]] = Field(default_factory=dict)
     """Per simulated source, per trait fitted in both: source × trait interaction (sim − human
-    log-odds per 1 SD) in the pooled model; CI paired participant bootstrap, p-value cluster-robust."""
+    log-odds per 1 SD) in the pooled model; CI and p-value: cluster-robust t by participant."""
     interaction_p: float | None = None
     """Cluster-robust Wald test (F, sandwich clustered by participant) that all source × trait
     interactions are 0. (Before issue 12: a likelihood-ratio test, which ignored clustering.)"""

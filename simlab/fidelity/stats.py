@@ -303,6 +303,21 @@ class ClogitFit:
             return 2 * sps.norm.sf(np.abs(self.params / self.bse))
 
 
+def robust_estimate(fit: ClogitFit, i: int, draws: np.ndarray | None = None, level: float = 0.95) -> Estimate:
+    """Coefficient ``i`` with the cluster-robust t interval (participants − 1 df) that matches its
+    p-value. Used for sim − human comparisons: with 25–40 participants the percentile participant
+    bootstrap covered 89–92% (calibration), this interval 92–98%. ``draws`` only count failures."""
+    if fit.cov_robust is None:
+        raise ValueError("robust_estimate needs a fit with cov_robust")
+    value = float(fit.params[i])
+    se = float(np.sqrt(max(fit.cov_robust[i, i], 0.0)))
+    half = float(sps.t.ppf(0.5 + level / 2, max(fit.n_clusters - 1, 1))) * se
+    failed = int(np.sum(~np.isfinite(draws))) if draws is not None else 0
+    return Estimate(value=value, ci_low=value - half, ci_high=value + half, p_value=float(fit.pvalues[i]),
+                    n=int(fit.n_clusters), n_failed=failed,
+                    note="95% CI: cluster-robust t interval by participant (participants − 1 df)")
+
+
 def _clogit_pieces(
     cs: ChoiceSets, beta: np.ndarray, w: np.ndarray, starts: np.ndarray, need_hess: bool
 ) -> tuple[float, np.ndarray, np.ndarray | None]:

@@ -38,6 +38,7 @@ from simlab.fidelity.stats import (
     fit_clogit,
     kendall_tau,
     linear,
+    robust_estimate,
     stack,
     wald_test,
     weighted_corr,
@@ -205,11 +206,9 @@ def _strength_diff(cmp: HierarchyComparison, human: Fitted, sim: Fitted) -> None
         c[i, harms.index(a)] = -1.0
         c[i, len(harms) + sarms.index(a)] = 1.0
     diff = linear(both, c)
-    n = both.n_clusters
-    p = diff.pvalues
     for i, a in enumerate(common):
         d = sdraws[:, sarms.index(a)] - hdraws[:, harms.index(a)]  # paired: one participant draw
-        cmp.strength_diff[a] = estimate(diff.params[i], d, n, float(p[i]))
+        cmp.strength_diff[a] = robust_estimate(diff, i, d)
     try:
         cmp.strength_diff_p = wald_test(diff, range(len(common)))
     except FitError as exc:

@@ -48,6 +48,7 @@ from simlab.fidelity.stats import (
     estimate,
     fit_clogit,
     linear,
+    robust_estimate,
     stack,
     wald_test,
 )
@@ -216,10 +217,9 @@ def _interactions(out: TraitsResult, fits: dict[str, tuple[ChoiceSets, ClogitFit
         out.reason = "no trait is fitted in both human and a simulated source"
         return
     inter = linear(both, np.vstack(c_rows))
-    p = inter.pvalues
     for i, (s, n) in enumerate(rows):
         d = fits[s][3][:, fits[s][2].index(n)] - hdraws[:, hused.index(n)]
-        out.interaction.setdefault(s, {})[n] = estimate(inter.params[i], d, inter.n_clusters, float(p[i]))
+        out.interaction.setdefault(s, {})[n] = robust_estimate(inter, i, d)
     try:
         out.interaction_p = wald_test(inter, range(len(rows)))
     except FitError as exc:
