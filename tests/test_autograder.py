@@ -17,6 +17,7 @@ from simlab.autograder import (
     binarise_refusal,
     grade_one,
     grade_schema,
+    icc_2_1,
     icc_with_ci,
     reliability,
     reliability_table,
@@ -53,6 +54,14 @@ def test_icc_matches_shrout_fleiss_textbook_value():
     [res] = reliability(_long(SHROUT_FLEISS, "specificity"), rater_runs=4, n_boot=100)
     assert round(res.icc, 3) == 0.290 and res.n_units == 6 and not res.reliable
     assert "below the threshold" in res.reason
+
+
+def test_icc_2_1_perfect_agreement_is_one_and_rejects_missing():
+    y = np.array([[1.0, 1.0], [2.0, 2.0], [5.0, 5.0]])
+    assert icc_2_1(y) == pytest.approx(1.0)
+    assert icc_2_1(SHROUT_FLEISS) == pytest.approx(0.2898, abs=5e-4)
+    with pytest.raises(ValueError):
+        icc_2_1(np.array([[1.0, np.nan], [2.0, 3.0]]))
 
 
 def test_reliability_recovers_planted_noise_and_orders_dimensions():

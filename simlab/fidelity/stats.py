@@ -9,7 +9,7 @@
   too slow at PRISM-X scale. Its p-values are cluster-robust (``cluster_cov``: sandwich clustered
   by participant, the meat built from each participant's summed choice-set scores); a fit whose
   MLE diverges (separation) is refitted with a log-F(1,1) penalty and says so (``penalised``).
-- ``jsd``, ``icc_2_1``, ``percentile_ci``, weighted correlations.
+- ``jsd``, ``percentile_ci``, weighted correlations. (ICC(2,1) lives with the autograder that uses it.)
 """
 
 from __future__ import annotations
@@ -678,25 +678,6 @@ def jsd(p: Sequence[float] | np.ndarray, q: Sequence[float] | np.ndarray, base: 
     if a.shape != b.shape or a.sum() <= 0 or b.sum() <= 0 or np.any(a < 0) or np.any(b < 0):
         raise ValueError("jsd needs two non-negative vectors of the same length with positive sums")
     return float(jensenshannon(a, b, base=base)) ** 2  # scipy gives the distance, its square root
-
-
-def icc_2_1(ratings: np.ndarray | pd.DataFrame) -> float:
-    """ICC(2,1) of Shrout & Fleiss (1979): two-way random effects, absolute agreement, one rater.
-
-    ``ratings`` is targets × raters with no missing cells.
-    """
-    y = np.asarray(ratings, dtype=float)
-    if y.ndim != 2 or y.shape[0] < 2 or y.shape[1] < 2 or not np.all(np.isfinite(y)):
-        raise ValueError("icc_2_1 needs a complete targets × raters matrix with at least 2 of each")
-    n, k = y.shape
-    grand = y.mean()
-    ss_rows = k * np.sum((y.mean(axis=1) - grand) ** 2)
-    ss_cols = n * np.sum((y.mean(axis=0) - grand) ** 2)
-    ss_err = np.sum((y - grand) ** 2) - ss_rows - ss_cols
-    bms = ss_rows / (n - 1)
-    jms = ss_cols / (k - 1)
-    ems = ss_err / ((n - 1) * (k - 1))
-    return float((bms - ems) / (bms + (k - 1) * ems + k * (jms - ems) / n))
 
 
 def weighted_corr(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> float:

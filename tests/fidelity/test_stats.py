@@ -18,7 +18,6 @@ from simlab.fidelity.stats import (
     FitError,
     bootstrap_counts,
     fit_clogit,
-    icc_2_1,
     jsd,
     percentile_ci,
     weighted_corr,
@@ -26,19 +25,6 @@ from simlab.fidelity.stats import (
 from simlab.fidelity.synthetic import make_synthetic
 
 # Shrout & Fleiss (1979), Table 2: 6 targets rated by 4 judges.
-SHROUT_FLEISS = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]])
-
-
-def test_icc_2_1_matches_shrout_fleiss_table() -> None:
-    assert round(icc_2_1(SHROUT_FLEISS), 2) == 0.29
-    assert icc_2_1(SHROUT_FLEISS) == pytest.approx(0.2898, abs=5e-4)
-
-
-def test_icc_2_1_perfect_agreement_is_one_and_rejects_missing() -> None:
-    y = np.array([[1.0, 1.0], [2.0, 2.0], [5.0, 5.0]])
-    assert icc_2_1(y) == pytest.approx(1.0)
-    with pytest.raises(ValueError):
-        icc_2_1(np.array([[1.0, np.nan], [2.0, 3.0]]))
 
 
 def test_jsd_of_known_distributions() -> None:
