@@ -3,6 +3,6 @@
 Use it to test your own pipelines without a GPU or an API key.
 """
 
-from simlab.testing.stub_server import Fault, RequestLog, StubServer, generate_from_schema
+from simlab.testing.stub_server import Fault, Latency, RequestLog, StubServer, generate_from_schema
 
-__all__ = ["Fault", "RequestLog", "StubServer", "generate_from_schema"]
+__all__ = ["Fault", "Latency", "RequestLog", "StubServer", "generate_from_schema"]

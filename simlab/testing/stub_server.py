@@ -17,6 +17,7 @@ Examples:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -31,6 +32,22 @@ from aiohttp import web
 
 Script = Callable[[dict[str, Any]], str | None]
 Breakdown = Literal["exit", "hang", "503"]
+FaultKind = Literal["5xx", "429", "timeout", "malformed"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("5xx", "429", "timeout", "malformed")
+
+
+@dataclass
+class Latency:
+    """A loaded GPU fleet's reply time: ``base_s`` + ``per_token_s`` × completion tokens, times a
+    uniform factor in [1 - jitter, 1 + jitter]."""
+
+    base_s: float = 2.0
+    per_token_s: float = 0.015
+    jitter: float = 0.2
+
+    def seconds(self, completion_tokens: int, rng: random.Random) -> float:
+        factor = 1.0 + rng.uniform(-self.jitter, self.jitter) if self.jitter else 1.0
+        return max(0.0, (self.base_s + self.per_token_s * completion_tokens) * factor)
 
 
 @dataclass
@@ -66,6 +83,15 @@ class RequestLog:
     finished: float = 0.0
     status: int = 200
     in_flight_at_start: int = 0
+
+
+_HANG = Fault(kind="delay")
+_RANDOM_FAULTS: dict[FaultKind, Fault] = {
+    "5xx": Fault(status=500),
+    "429": Fault(status=429, retry_after=1.0),
+    "timeout": _HANG,
+    "malformed": Fault(kind="malformed_json"),
+}
 
 
 def _schema_of(body: dict[str, Any]) -> dict[str, Any] | None:
@@ -135,11 +161,32 @@ class StubServer:
         port: int = 0,
         api_key: str | None = None,
         breakdown: tuple[int, Breakdown] | None = None,
+        latency: Latency | None = None,
+        fault_rates: dict[FaultKind, float] | None = None,
+        keep_log: bool = True,
+        deterministic: bool = False,
+        record: str | None = None,
     ) -> None:
         self.script = script
         self.breakdown = breakdown
         """(n, how): after n chat requests the server breaks down for good: ``exit`` ends the
         process (run the stub as its own process), ``hang`` never answers, ``503`` answers 503."""
+        self.latency = latency
+        """Reply time as a function of the reply's length (added to ``delay``); None: no wait."""
+        self.fault_rates: dict[FaultKind, float] = dict(fault_rates or {})
+        """Share of chat requests that get each random fault: ``5xx`` (HTTP 500), ``429`` (with
+        Retry-After: 1), ``timeout`` (no reply for an hour), ``malformed`` (content that is not JSON)."""
+        if sum(self.fault_rates.values()) > 1 or any(r < 0 for r in self.fault_rates.values()):
+            raise ValueError(f"fault rates must be >= 0 and sum to <= 1, got {self.fault_rates}")
+        self.deterministic = deterministic
+        """Each reply is a function of the request body alone (not of the order requests came in),
+        so a run split over processes (``--shard``) gets the answers one process would."""
+        self.record = open(record, "a", encoding="utf-8") if record else None  # noqa: SIM115 - closed in stop()
+        """Append every chat request's body to this JSONL file (e.g. to replay a run's calls)."""
+        self.keep_log = keep_log
+        """False: count requests without keeping their bodies (long benchmarks)."""
+        self.n_requests = 0
+        self.status_counts: dict[int, int] = {}
         self.replies = {k: deque(v) for k, v in (replies or {}).items()}
         self.delay = delay
         self.api_key = api_key
@@ -161,6 +208,14 @@ class StubServer:
             self.faults.extend(faults)
 
     def _take_fault(self, model: str, body: dict[str, Any]) -> Fault | None:
+        if self.fault_rates:
+            u = self._rng.random()
+            for kind in FAULT_KINDS:
+                u -= self.fault_rates.get(kind, 0.0)
+                if u < 0:
+                    return _RANDOM_FAULTS[kind]
+        if not self.faults:
+            return None
         text = json.dumps(body) if any(f.match for f in self.faults) else ""
         with self._lock:
             for i, fault in enumerate(self.faults):
@@ -179,7 +234,13 @@ class StubServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/stats", self._stats)
         return app
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        """What the server has seen so far (for benchmarks that run it as its own process)."""
+        return web.json_response({"requests": self.n_requests, "max_in_flight": self.max_in_flight,
+                                  "in_flight": self._in_flight, "status": self.status_counts})
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -195,7 +256,7 @@ class StubServer:
             return web.json_response({"error": {"message": f"bad api key: {got}"}}, status=401)
         body = await request.json()
         model = str(body.get("model", ""))
-        if self.breakdown is not None and len(self.requests) >= self.breakdown[0]:
+        if self.breakdown is not None and self.n_requests >= self.breakdown[0]:
             how = self.breakdown[1]
             if how == "exit":
                 os._exit(3)  # a backend process that dies: connections are refused from now on
@@ -205,8 +266,13 @@ class StubServer:
         with self._lock:
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
-            log = RequestLog(body=body, model=model, started=time.time(), in_flight_at_start=self._in_flight)
-            self.requests.append(log)
+            self.n_requests += 1
+            log = RequestLog(body=body if self.keep_log else {}, model=model, started=time.time(),
+                             in_flight_at_start=self._in_flight)
+            if self.keep_log:
+                self.requests.append(log)
+            if self.record is not None:
+                self.record.write(json.dumps(body) + "\n")
         try:
             response = await self._answer(body, model, log)
         finally:
@@ -214,6 +280,8 @@ class StubServer:
                 self._in_flight -= 1
             log.finished = time.time()
         log.status = response.status
+        with self._lock:
+            self.status_counts[response.status] = self.status_counts.get(response.status, 0) + 1
         return response
 
     async def _answer(self, body: dict[str, Any], model: str, log: RequestLog) -> web.Response:
@@ -221,6 +289,8 @@ class StubServer:
         delay = self.delay + (fault.delay if fault else 0.0)
         if delay:
             await asyncio.sleep(delay)
+        if fault is _HANG:
+            await asyncio.sleep(3600)  # the client's timeout ends it
         if fault and fault.kind == "status":
             headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
             err = {"error": {"message": f"injected {fault.status}", "type": "stub_fault", "code": fault.status}}
@@ -239,9 +309,11 @@ class StubServer:
             content = self._content(body, model, schema)
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
         completion_tokens = max(1, len(content.split()))
+        if self.latency is not None:
+            await asyncio.sleep(self.latency.seconds(completion_tokens, self._rng))
         return web.json_response(
             {
-                "id": f"chatcmpl-stub-{len(self.requests)}",
+                "id": f"chatcmpl-stub-{self.n_requests}",
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": model,
@@ -267,9 +339,14 @@ class StubServer:
                 reply = queue.popleft()
                 queue.append(reply)  # cycle, so a script never runs dry
                 return reply
+            if self.deterministic:
+                digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+                if schema is not None:
+                    return json.dumps(generate_from_schema(schema, random.Random(digest)))
+                return f"Reply {digest[:8]} from {model}: here is a considered answer to your message."
             if schema is not None:
                 return json.dumps(generate_from_schema(schema, self._rng))
-            n = len(self.requests)
+            n = self.n_requests
         return f"Reply {n} from {model}: here is a considered answer to your message."
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -299,6 +376,9 @@ class StubServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
             self._loop = None
+        if self.record is not None:
+            self.record.close()
+            self.record = None
 
     def __enter__(self) -> StubServer:
         return self.start()
