@@ -15,6 +15,7 @@ place, each answered with a letter from the remaining ones.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -83,13 +84,27 @@ def _closed(name: str, **fields: Any) -> type[BaseModel]:
     return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
 
 
+# The schemas are built once per shape and reused: building a pydantic model per call was a
+# quarter of the client's CPU at 1,000 sessions in flight (and the client caches its JSON
+# schema per model class).
 def opening_schema(letters: Sequence[str]) -> type[BaseModel]:
-    L = Literal[tuple(letters)]  # type: ignore[valid-type]
+    return _opening_schema(tuple(letters))
+
+
+@functools.cache
+def _opening_schema(letters: tuple[str, ...]) -> type[BaseModel]:
+    L = Literal[letters]  # type: ignore[valid-type]
     return _closed("OpeningChoice", preferred=(L, ...), personalised=(L, ...))
 
 
 def scores_schema(name: str, letters: Sequence[str], lo: float, hi: float, *, integer: bool = True,
                   may_stop: bool = False) -> type[BaseModel]:
+    return _scores_schema(name, tuple(letters), lo, hi, integer, may_stop)
+
+
+@functools.cache
+def _scores_schema(name: str, letters: tuple[str, ...], lo: float, hi: float, integer: bool,
+                   may_stop: bool) -> type[BaseModel]:
     kind = int if integer else float
     fields: dict[str, Any] = {letter: (kind, Field(ge=lo, le=hi)) for letter in letters}
     if may_stop:
@@ -98,11 +113,21 @@ def scores_schema(name: str, letters: Sequence[str], lo: float, hi: float, *, in
 
 
 def pick_schema(remaining: Sequence[str]) -> type[BaseModel]:
-    L = Literal[tuple(remaining)]  # type: ignore[valid-type]
+    return _pick_schema(tuple(remaining))
+
+
+@functools.cache
+def _pick_schema(remaining: tuple[str, ...]) -> type[BaseModel]:
+    L = Literal[remaining]  # type: ignore[valid-type]
     return _closed("Pick", letter=(L, ...))
 
 
 def ratings_schema(letters: Sequence[str]) -> type[BaseModel]:
+    return _ratings_schema(tuple(letters))
+
+
+@functools.cache
+def _ratings_schema(letters: tuple[str, ...]) -> type[BaseModel]:
     per = scores_schema("Scores", letters, 0, 100)
     return _closed("Ratings", preference=(per, ...), engagingness=(per, ...), provenance=(per, ...))
 
@@ -155,9 +180,14 @@ class Simulator:
     calls: list[LLMCallRecord] = field(default_factory=list)
     instruments: list[InstrumentRecord] = field(default_factory=list)
     _n: int = 0
+    _system_prompt: Prompt | None = None
 
     def _system(self) -> Prompt:
-        return render("simulator/system.j2", persona=self.persona_text, domain_instruction=self.domain_instruction)
+        # the same for every call of the session: rendered once
+        if self._system_prompt is None:
+            self._system_prompt = render("simulator/system.j2", persona=self.persona_text,
+                                         domain_instruction=self.domain_instruction)
+        return self._system_prompt
 
     def _messages(self, task: Prompt) -> list[dict[str, str]]:
         return [{"role": "system", "content": self._system().text}, {"role": "user", "content": task.text}]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import sys
 import time
@@ -29,7 +30,7 @@ from simlab.errors import (
 from simlab.personas import Persona, load_persona_set, render_persona
 from simlab.prompts import render
 from simlab.records import SessionRecord
-from simlab.runner import RESUMABLE_KEYS, open_store, persona_summaries, run_dir_for, run_sessions
+from simlab.runner import RESUMABLE_KEYS, Outcome, PersonaSummaries, open_store, run_dir_for, run_sessions
 from simlab.schema import DOMAINS
 from simlab.store import FailureGroup
 
@@ -61,6 +62,10 @@ class RunSummary:
     gen_errors_by_arm: dict[str, tuple[int, int]] = field(default_factory=dict)
     """arm → (replies that were error notices, replies), over every stored session."""
     max_gen_error_rate: float = 1.0
+    session_s: list[float] = field(default_factory=list)
+    """Seconds each session of this call took (from taking its place under ``concurrency``)."""
+    commit_s: list[float] = field(default_factory=list)
+    """Seconds each session's store transaction took."""
 
     @property
     def gen_error_alert(self) -> str | None:
@@ -110,11 +115,17 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def shard_of(participant_id: str, n: int) -> int:
+    """The shard (0..n-1) a participant belongs to: a stable hash of the id, so a participant
+    stays in its shard when the persona file is reordered or grows."""
+    return int.from_bytes(hashlib.sha256(participant_id.encode()).digest()[:8], "big") % n
+
+
 def select(personas: list[Persona], *, limit: int | None, shard: tuple[int, int]) -> list[Persona]:
-    """First ``limit`` personas, then this shard's share (every n-th, offset i)."""
+    """First ``limit`` personas, then this shard's share (``shard_of`` each participant id)."""
     chosen = personas[:limit] if limit else personas
     i, n = shard
-    return [p for k, p in enumerate(chosen) if k % n == i]
+    return [p for p in chosen if n == 1 or shard_of(p.persona_id, n) == i]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -133,10 +144,13 @@ def _needs_summary(config: Config) -> bool:
     return needs_summary(config)
 
 
-def validate_plan(config: Config, personas: Sequence[Persona]) -> None:
-    """Render every template a run will use with every persona, so errors surface before any write."""
-    if not personas:
-        raise InputError("no personas selected (check --limit/--shard and the persona file)", file=config.personas)
+def validate_plan(config: Config, personas: Sequence[Persona], shard: tuple[int, int] = (0, 1)) -> None:
+    """Render every template a run will use with every persona, so errors surface before any write.
+
+    One shard of several may hold no participant (a small persona file split many ways): it
+    runs no session, and its empty store merges like any other."""
+    if not personas and shard[1] == 1:
+        raise InputError("no personas selected (check --limit and the persona file)", file=config.personas)
     if config.human is not None and not Path(config.human).exists():
         raise InputError("no such file or directory (the human data for the report)", file=config.human,
                          field="human")
@@ -150,7 +164,7 @@ def validate_plan(config: Config, personas: Sequence[Persona]) -> None:
 
     from simlab.protocol import arm_system_prompt
 
-    for i, arm in enumerate(config.arms):
+    for i, arm in enumerate(config.arms if personas else ()):
         try:
             arm_system_prompt(arm, personas[0], summary="(the persona summary)")
         except jinja2.TemplateNotFound:
@@ -192,7 +206,9 @@ def plan_text(config: Config, personas: Sequence[Persona], run_dir: Path) -> str
         f"expected model calls: {n_sessions * lo}–{n_sessions * hi} (+{summaries} persona summaries, "
         f"+ schema retries)",
         "endpoints: " + ", ".join(
-            f"{name}={ep.base_url or 'embedded llama.cpp'} (in flight ≤ {ep.in_flight})"
+            f"{name}={ep.base_url or 'embedded llama.cpp'}"
+            + (f" + {len(ep.replica_urls)} replicas" if ep.replica_urls else "") + f" (in flight ≤ {ep.in_flight}"
+            + (" each)" if ep.replica_urls else ")")
             for name, ep in config.endpoints.items()
         ),
     ]
@@ -223,7 +239,7 @@ async def run_experiment(
     if personas is None:
         personas = select(load_persona_set(config.personas, config.holdout), limit=config.limit, shard=shard)
     personas = list(personas)
-    validate_plan(config, personas)
+    validate_plan(config, personas, shard)
     run_dir = Path(run_dir) if run_dir else run_dir_for(config, shard)
     store = open_store(run_dir, config, personas=[p.persona_id for p in personas], shard=list(shard))
     done_before = store.completed_sessions()
@@ -233,19 +249,27 @@ async def run_experiment(
     interrupted = False
     stopped: str | None = None
     backend_info: dict[str, dict] = {}
+    outcome = Outcome()
     try:
         with serving(config, base_urls=base_urls, log_dir=run_dir, start=bool(todo)) as backends:
             backend_info = backends.info()
             if backend_info:
                 store.set_meta("backends", backend_info)
             client = LLMClient(config.endpoints, base_urls=backends.base_urls)
-            summaries = await persona_summaries(config, client, personas, store) if todo and _needs_summary(config) else {}
+            summaries = PersonaSummaries(config, client, store) if _needs_summary(config) else None
 
             async def session(unit: tuple[Persona, str]) -> SessionRecord:
                 persona, domain = unit
-                return await simulate_session(persona, domain, config, client, summary=summaries.get(persona.persona_id))
+                summary = None if summaries is None else await summaries.get(
+                    persona, session_key=conversation_id(persona.persona_id, domain), domain=domain)
+                return await simulate_session(persona, domain, config, client, summary=summary)
 
-            outcome = await run_sessions(todo, session, store, concurrency=config.concurrency, progress=progress)
+            try:
+                outcome = await run_sessions(todo, session, store, concurrency=config.concurrency, progress=progress)
+            finally:
+                if summaries is not None:
+                    summaries.close()
+                await client.aclose()
             interrupted = outcome.interrupted
     except BackendUnavailable as exc:
         stopped = str(exc)  # the sessions in flight stay to do: nothing about them was recorded
@@ -265,6 +289,8 @@ async def run_experiment(
         backends=backend_info,
         gen_errors_by_arm=counts.gen_errors_by_arm,
         max_gen_error_rate=config.max_gen_error_rate,
+        session_s=outcome.session_s,
+        commit_s=outcome.commit_s,
     )
     for c in counts.by_role_arm:
         tokens = c.prompt_tokens + c.completion_tokens
@@ -401,7 +427,7 @@ def _main(args: argparse.Namespace) -> int:
             exc.message += f" (set by 'personas' in {config_file})"
         raise
     try:
-        validate_plan(config, personas)
+        validate_plan(config, personas, shard)
     except InputError as exc:
         if exc.file is None:  # a config field: name the file it came from
             exc.file = config_file

@@ -11,25 +11,25 @@ one session is differs between the two modes: the ``session`` coroutine given to
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from simlab.config import Config
+from simlab.errors import LLMError
 from simlab.llm import LLMClient, call_context, recording
 from simlab.personas import Persona, summarize
 from simlab.prompts import all_hashes, template_hash
-from simlab.protocol import SessionFailed
-from simlab.records import ArmRecord, SessionRecord
-from simlab.store import RunStore
-
-# Config keys that may change when a run is resumed (they do not change any result).
-RESUMABLE_KEYS = ("concurrency", "limit", "out_dir", "human", "max_gen_error_rate")
+from simlab.protocol import SessionFailed, failure_reason
+from simlab.records import ArmRecord, SessionFailure, SessionRecord
+from simlab.store import RESUMABLE_KEYS, RunStore
 
 U = TypeVar("U")
 
@@ -64,12 +64,41 @@ def open_store(run_dir: Path, config: Config, **extra: Any) -> RunStore:
     return store
 
 
-async def persona_summaries(config: Config, client: LLMClient, personas: Sequence[Persona],
-                            store: RunStore) -> dict[str, str]:
-    """persona_id → LLM summary text (cached artefacts reused); records the artefacts in run meta."""
-    out: dict[str, str] = {}
-    artefacts = dict(store.meta().get("persona_summaries") or {})
-    for persona in personas:
+class PersonaSummaries:
+    """Each persona's LLM summary, made once, when the first of its sessions needs it.
+
+    Made inside the sessions, under their concurrency bound, instead of all before them: one
+    at a time up front, 2,000 summaries would leave a GPU fleet idle for an hour. A summary's
+    call is recorded on its own (role ``summary``, no conversation), cached artefacts are
+    reused, and ``save`` records the artefacts in the run's meta. A summary that cannot be
+    made fails the sessions that need it, with the reason.
+    """
+
+    def __init__(self, config: Config, client: LLMClient, store: RunStore) -> None:
+        self.config = config
+        self.client = client
+        self.store = store
+        self._tasks: dict[str, asyncio.Task[str]] = {}
+        self._artefacts: dict[str, Any] = dict(store.meta().get("persona_summaries") or {})
+        self._made = 0
+
+    async def get(self, persona: Persona, *, session_key: str, domain: str) -> str:
+        """The summary text; raises ``SessionFailed`` for ``session_key`` if it cannot be made."""
+        task = self._tasks.get(persona.persona_id)
+        if task is None:
+            # a fresh context: the summary's call is not one of the first session's calls
+            task = asyncio.get_running_loop().create_task(self._make(persona), context=contextvars.Context())
+            self._tasks[persona.persona_id] = task
+        try:
+            return await asyncio.shield(task)  # a cancelled session leaves the summary to the others
+        except LLMError as exc:
+            raise SessionFailed(SessionFailure(
+                session_key=session_key, participant_id=persona.persona_id, domain=domain,
+                error_type=type(exc).__name__, reason=f"persona summary: {failure_reason(exc)}",
+            )) from exc
+
+    async def _make(self, persona: Persona) -> str:
+        config, client = self.config, self.client
 
         async def generate(messages: list[dict[str, str]]) -> str:
             res = await client.chat(config.summary, messages, prompt_name="persona/summary_request.j2",
@@ -81,13 +110,19 @@ async def persona_summaries(config: Config, client: LLMClient, personas: Sequenc
                 artefact = await summarize(persona, generate, model=config.summary.model,
                                            cache_dir=config.summary.cache_dir)
             finally:  # a failed summary call is recorded too
-                store.write_calls(calls)
-        out[persona.persona_id] = artefact.text
+                self.store.write_calls(calls)
         # the summary is an artefact: record what made it (PROTOCOL §3)
-        artefacts[persona.persona_id] = artefact.model_dump(mode="json", include={
+        self._artefacts[persona.persona_id] = artefact.model_dump(mode="json", include={
             "model", "prompt_hash", "input_hash", "created_at"})
-    store.set_meta("persona_summaries", artefacts)
-    return out
+        self._made += 1
+        return artefact.text
+
+    def close(self) -> None:
+        """Stop summaries still being made (the run ended) and record the artefacts made."""
+        for task in self._tasks.values():
+            task.cancel()
+        if self._made:
+            self.store.set_meta("persona_summaries", self._artefacts)
 
 
 @dataclass
@@ -98,6 +133,10 @@ class Outcome:
     """Ctrl-C or SIGTERM: the sessions in flight were cancelled (nothing of them is stored)."""
     failed: int = 0
     """Sessions recorded as failed in this call."""
+    session_s: list[float] = field(default_factory=list)
+    """Seconds each finished session took, from taking its place under the concurrency bound."""
+    commit_s: list[float] = field(default_factory=list)
+    """Seconds each session's (or failure's) store transaction took."""
 
 
 async def run_sessions(
@@ -124,14 +163,19 @@ async def run_sessions(
 
     async def one(unit: U) -> None:
         async with gate:
+            t0 = time.perf_counter()
             try:
                 record = await session(unit)
             except SessionFailed as exc:
+                t1 = time.perf_counter()
                 store.write_failure(exc.failure)
                 outcome.failed += 1
                 bar.set_postfix(failed=outcome.failed)
             else:
+                t1 = time.perf_counter()
                 store.write_session(record)  # one transaction: the session is whole or absent
+            outcome.session_s.append(t1 - t0)
+            outcome.commit_s.append(time.perf_counter() - t1)
             bar.update(1)
 
     tasks = [asyncio.ensure_future(one(u)) for u in units]
@@ -173,5 +217,5 @@ async def run_sessions(
         bar.close()
 
 
-__all__ = ["RESUMABLE_KEYS", "Outcome", "config_hash", "meta_for", "open_store", "persona_summaries", "run_dir_for",
+__all__ = ["RESUMABLE_KEYS", "Outcome", "config_hash", "meta_for", "PersonaSummaries", "open_store", "run_dir_for",
            "run_sessions"]

@@ -38,7 +38,7 @@ from simlab.protocol import (
     transcript_text,
 )
 from simlab.records import ConversationRecord, LLMCallRecord, ParticipantRecord, SessionFailure, SessionRecord
-from simlab.runner import Outcome, open_store, persona_summaries, run_sessions
+from simlab.runner import Outcome, PersonaSummaries, open_store, run_sessions
 from simlab.schema import DOMAINS, IN_DOMAIN, LETTERS
 from simlab.seeds import derive_seed
 from simlab.tables import Tables
@@ -249,16 +249,21 @@ async def run_sim_judgement(
     try:
         with serving(config, base_urls=base_urls, log_dir=run_dir, start=bool(todo)) as backends:
             client = LLMClient(config.endpoints, base_urls=backends.base_urls)
-            needed = [by_id[pid] for pid in sorted({hc.participant_id for hc in todo})]
-            summaries = (await persona_summaries(config, client, needed, store)
-                         if todo and config.simulator.rendering == "summary" else {})
+            summaries = PersonaSummaries(config, client, store) if config.simulator.rendering == "summary" else None
 
             async def session(hc: HumanConversation) -> SessionRecord:
-                return await simulate_judgement(by_id[hc.participant_id], hc, config, client,
-                                                summary=summaries.get(hc.participant_id))
+                persona = by_id[hc.participant_id]
+                summary = None if summaries is None else await summaries.get(
+                    persona, session_key=hc.conversation_id + SUFFIX, domain=hc.domain)
+                return await simulate_judgement(persona, hc, config, client, summary=summary)
 
-            outcome = await run_sessions(todo, session, store, concurrency=config.concurrency, desc="sim-judgement",
-                                         progress=progress)
+            try:
+                outcome = await run_sessions(todo, session, store, concurrency=config.concurrency,
+                                             desc="sim-judgement", progress=progress)
+            finally:
+                if summaries is not None:
+                    summaries.close()
+                await client.aclose()
     except BackendUnavailable as exc:
         stopped = str(exc)  # the sessions in flight stay to do: nothing about them was recorded
     finally:

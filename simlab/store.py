@@ -26,6 +26,7 @@ import shlex
 import sqlite3
 import sys
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +51,9 @@ STORE_FILE = "store.sqlite"
 STORE_SCHEMA_VERSION = 1
 # meta keys that must agree between a run and its resume (when present in either)
 MATCHED_META = ("config", "prompt_hashes", "models", "seed")
+RESUMABLE_KEYS = ("concurrency", "limit", "out_dir", "human", "max_gen_error_rate")
+"""Config keys that may differ between the resumes of a run and between the shards of a merge
+(each shard writes to its own ``out_dir``): none of them changes a result."""
 _SECRET_KEY = re.compile(r"(api_?key|secret|password|passwd|authorization|access_token|bearer)", re.I)
 REDACTED = "<redacted>"
 
@@ -254,7 +258,51 @@ def _store_path(path: str | Path) -> Path:
     return p / STORE_FILE if p.is_dir() or p.suffix != ".sqlite" else p
 
 
+# File systems where SQLite's WAL (shared memory, byte-range locks) is unsafe: a shard's store
+# must sit on local disk and be merged from there (``python -m simlab.store merge``).
+NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "lustre", "cifs", "smb3", "smbfs", "gpfs", "beegfs", "ceph",
+                                 "fuse.sshfs", "fuse.glusterfs", "glusterfs", "afs", "9p", "fuse.s3fs"})
+
+
+class NetworkFilesystemWarning(UserWarning):
+    """A run store on a network file system (SQLite WAL can corrupt or deadlock there)."""
+
+
+MOUNTS = "/proc/mounts"
+
+
+def filesystem_type(path: str | Path, mounts: str | Path | None = None) -> str | None:
+    """The type of the file system holding ``path`` (the longest mount point above it), from
+    ``mounts`` in /proc/mounts format; None where that cannot be read (not Linux)."""
+    try:
+        lines = Path(mounts or MOUNTS).read_text().splitlines()
+    except OSError:
+        return None
+    target = Path(path).resolve()
+    best: tuple[int, str] | None = None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = Path(fields[1].replace("\\040", " "))
+        if (target == point or point in target.parents) and (best is None or len(point.parts) > best[0]):
+            best = (len(point.parts), fields[2])
+    return best[1] if best else None
+
+
+def _warn_if_network(path: Path) -> None:
+    kind = filesystem_type(path.parent)
+    if kind in NETWORK_FILESYSTEMS:
+        warnings.warn(
+            f"{path}: the run store is on a network file system ({kind}); SQLite's write-ahead log is not safe "
+            "there. Write each run or shard to local disk (e.g. $TMPDIR on a compute node) and copy it, or merge "
+            "shards with 'python -m simlab.store merge', afterwards (see examples/README.md)",
+            NetworkFilesystemWarning, stacklevel=3)
+
+
 def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    if not readonly:
+        _warn_if_network(path)
     if readonly:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
     else:
@@ -569,11 +617,11 @@ class RunStore:
         return n_new
 
 
-def merge(out_dir: str | Path, shards: Iterable[str | Path], ignore: Iterable[str] = ()) -> RunStore:
+def merge(out_dir: str | Path, shards: Iterable[str | Path], ignore: Iterable[str] = RESUMABLE_KEYS) -> RunStore:
     """Merge the stores of disjoint shards of one run (e.g. ``--shard i/n``) into ``out_dir``.
 
     Every shard must have the same config as the merged store, except the top-level
-    keys in ``ignore`` (e.g. the shard spec); otherwise ``ConfigMismatchError``.
+    keys in ``ignore`` (default: ``RESUMABLE_KEYS``); otherwise ``ConfigMismatchError``.
     """
     paths = [_store_path(p) for p in shards]
     if not paths:

@@ -289,6 +289,35 @@ def test_summary_rendering_records_the_artefact_and_reuses_it(stub, tmp_path):
     assert (calls2["role"] == "summary").sum() == 0
 
 
+def test_summaries_are_made_inside_the_sessions_concurrently(tmp_path):
+    # made one at a time before the sessions, 2,000 summaries would leave a fleet idle for an hour
+    with StubServer(delay=0.3) as server:
+        cfg = stub_config(server, tmp_path, limit=3, concurrency=6, protocol={"domains": ["values"]},
+                          simulator={"rendering": "summary"})
+        summary = run(cfg)
+        summary_requests = [r for r in server.requests if "helping researchers describe" in json.dumps(r.body)]
+    assert summary.sessions_completed == 3
+    t = load_run(summary.run_dir)
+    made = t.llm_calls[t.llm_calls["role"] == "summary"]
+    assert len(made) == 3 and made["conversation_id"].isna().all()  # recorded on their own, once each
+    assert len(summary_requests) >= 3
+    first = sorted(r.started for r in summary_requests)[:3]
+    assert first[-1] - first[0] < 0.25  # all three asked at once, not 0.3 s apart
+
+
+def test_a_failed_summary_fails_only_its_personas_sessions_with_the_reason(tmp_path):
+    with StubServer() as server:
+        # both attempts at sample02's summary (only its conversations mention Dijkstra) get a 500
+        server.add_fault(*[Fault(status=500, match="Dijkstra") for _ in range(2)])
+        cfg = stub_config(server, tmp_path, limit=3, simulator={"rendering": "summary"})
+        summary = run(cfg)
+    assert (summary.sessions_completed, summary.sessions_failed) == (4, 2)
+    failures = read_table(summary.run_dir, "failures")
+    assert set(failures["participant_id"]) == {"sample02"}
+    assert failures["reason"].str.startswith("persona summary: ").all()
+    assert failures["reason"].str.contains("500").all()
+
+
 def test_holdout_conversations_are_left_out_of_personas(tmp_path):
     from simlab.personas import load_persona_set
 
@@ -332,3 +361,69 @@ def test_replies_with_no_choices_fail_the_session_with_a_reason_not_the_run(stub
     failures = read_table(summary.run_dir, "failures")
     assert failures.iloc[0]["error_type"] == "LLMError" and "no choices" in failures.iloc[0]["reason"]
     assert failures.iloc[0]["reason"].startswith("question '"), failures.iloc[0]["reason"]
+
+
+def test_a_replica_killed_mid_run_loses_no_session_and_streams_stay_on_one_replica(tmp_path):
+    import threading
+    import time
+
+    # deterministic: every opening message differs (it is a digest of its request), so it names its stream
+    servers = [StubServer(seed=i, deterministic=True).start() for i in range(3)]
+    victim = servers[0]
+    killed_at: list[float] = []
+
+    def kill_after(n: int) -> None:  # the replica dies once it has seen n requests
+        while len(victim.requests) < n:
+            time.sleep(0.005)
+        killed_at.append(time.time())
+        victim.stop()
+
+    watcher = threading.Thread(target=kill_after, args=(40,), daemon=True)
+    watcher.start()
+    try:
+        cfg = stub_config(servers[0], tmp_path, limit=6, concurrency=12)
+        data = cfg.public_dict()
+        data["endpoints"]["local"].update(replica_urls=[s.base_url for s in servers[1:]], max_in_flight=4,
+                                          max_attempts=5)
+        from simlab.config import parse_config
+
+        summary = run(parse_config(data))
+    finally:
+        for s in servers:
+            s.stop()
+    watcher.join(5)
+    assert killed_at, "the replica was never killed"
+    # every session is accounted for, once
+    t = load_run(summary.run_dir)
+    failures = read_table(summary.run_dir, "failures")
+    keys = list(t.conversations["conversation_id"]) + list(failures["session_key"])
+    assert len(keys) == len(set(keys)) == 12
+    assert summary.sessions_completed == 12, failures["reason"].tolist()
+    # the killed replica had work before it died; the others took the rest
+    assert len(victim.requests) >= 40 and all(len(s.requests) > 0 for s in servers[1:])
+    assert max(s.max_in_flight for s in servers) <= 4  # the bound holds per replica, all arms together
+
+    # a stream: the simulator of one conversation (its system prompt names persona and domain), or
+    # one arm's thread of one conversation (its model, system prompt and the opening message)
+    def stream(body: dict) -> tuple:
+        msgs = body["messages"]
+        system = msgs[0]["content"] if msgs[0]["role"] == "system" else ""
+        if system.startswith("You are taking part in a study"):
+            return ("sim", system)
+        first_user = next((m["content"] for m in msgs if m["role"] == "user"), "")
+        return ("arm", body["model"], system, first_user)
+
+    where: dict[tuple, list[tuple[float, int]]] = {}
+    for i, s in enumerate(servers):
+        for r in s.requests:
+            where.setdefault(stream(r.body), []).append((r.started, i))
+    moved = 0
+    for key, seen in where.items():
+        order = [i for _, i in sorted(seen)]
+        survivors = [i for i in order if i != 0]
+        # a stream stays on one replica; one that began on the killed replica moves once, after it died
+        assert len(set(survivors)) <= 1, (key[:2], order)
+        if 0 in order and survivors:
+            assert order.index(survivors[0]) > max(k for k, i in enumerate(order) if i == 0), order
+            moved += 1
+    assert moved > 0  # some streams did live through the kill

@@ -395,3 +395,51 @@ def test_inputs_that_gave_tracebacks_exit_2_and_change_nothing(tmp_path):
         assert needle in out.stderr and "Traceback" not in out.stderr, (case, out.stderr)
         after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
         assert after == before, case  # nothing created or changed
+
+
+def test_four_shard_processes_merge_into_exactly_the_single_process_run(tmp_path):
+    from simlab.store import load_run
+    from simlab.testing import StubServer
+
+    def rows(run_dir: Path) -> list[tuple]:
+        j = load_run(run_dir).judgements.sort_values(["conversation_id", "arm"])
+        return [tuple(r) for r in j.astype(str).itertuples(index=False)]
+
+    # a deterministic stub answers each request from its body alone, as one process would see it
+    with StubServer(deterministic=True) as server:
+        cfg = stub_toml(tmp_path, server.base_url, limit="8")
+        common = ["--config", str(cfg), "--domains", "values", "--no-report", "--quiet"]
+        single = cli(*common, "--out", str(tmp_path / "single"))
+        assert single.returncode == 0, single.stderr
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        procs = [subprocess.Popen([sys.executable, "-m", "simlab.run", *common, "--shard", f"{i}/4",
+                                   "--out", str(tmp_path / "shards")], cwd=REPO, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+        for p in procs:
+            out, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err
+    shard_dirs = sorted((tmp_path / "shards").glob("quickstart-*-shard*of4"))
+    assert len(shard_dirs) == 4
+    merged = subprocess.run([sys.executable, "-m", "simlab.store", "merge", str(tmp_path / "merged"),
+                             *map(str, shard_dirs)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert merged.returncode == 0, merged.stderr
+    (single_dir,) = (tmp_path / "single").glob("quickstart-*")
+    expected = rows(single_dir)
+    assert len(expected) == 8 * 4
+    assert rows(tmp_path / "merged") == expected
+    # each participant ran in exactly one shard
+    per_shard = [set(load_run(d).conversations["participant_id"]) for d in shard_dirs]
+    assert sum(len(s) for s in per_shard) == len(set().union(*per_shard)) == 8
+
+
+def test_a_participant_keeps_its_shard_when_the_persona_file_changes():
+    from simlab.personas import load_persona_set
+    from simlab.run import select
+
+    people = load_persona_set(REPO / "personas" / "sample.jsonl")
+    shards = [{p.persona_id for p in select(people, limit=None, shard=(i, 3))} for i in range(3)]
+    assert set().union(*shards) == {p.persona_id for p in people} and sum(map(len, shards)) == len(people)
+    # reordered, and with a participant removed: everyone else stays where they were
+    changed = list(reversed(people))[1:]
+    again = [{p.persona_id for p in select(changed, limit=None, shard=(i, 3))} for i in range(3)]
+    assert all(a <= s for a, s in zip(again, shards))

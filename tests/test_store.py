@@ -553,3 +553,35 @@ def test_csv_export_neutralises_formula_cells_and_parquet_keeps_them(store: RunS
     assert ratings.dtype == "float64"  # numbers are not touched
     pq = pd.read_parquet(export(store.path.parent, tmp_path / "pq", "parquet") / "turns.parquet")
     assert set(payloads[:len(turns)]) <= set(pq["text"])  # parquet keeps the text as stored
+
+
+# ---------------------------------------------------------------- network file systems
+
+
+def test_filesystem_type_is_the_longest_mount_above_the_path(tmp_path: Path) -> None:
+    from simlab.store import filesystem_type
+
+    mounts = tmp_path / "mounts"
+    scratch = str(tmp_path / "shared" / "my") + "\\040scratch"  # /proc/mounts writes a space as \040
+    mounts.write_text("overlay / overlay rw 0 0\n"
+                      f"server:/export {tmp_path / 'shared'} nfs4 rw,relatime 0 0\n"
+                      f"lustre@o2ib:/scratch {scratch} lustre rw 0 0\n")
+    assert filesystem_type(tmp_path / "shared" / "runs" / "x", mounts) == "nfs4"
+    assert filesystem_type(tmp_path / "shared" / "my scratch" / "runs", mounts) == "lustre"
+    assert filesystem_type(tmp_path / "local", mounts) == "overlay"
+    assert filesystem_type(tmp_path, tmp_path / "no-such-file") is None
+
+
+def test_a_store_on_a_network_file_system_warns_and_says_what_to_do(tmp_path: Path, monkeypatch) -> None:
+    import simlab.store as store
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/ / ext4 rw 0 0\nserver:/export {tmp_path / 'nfs'} nfs rw 0 0\n")
+    monkeypatch.setattr(store, "MOUNTS", str(mounts))
+    with pytest.warns(store.NetworkFilesystemWarning, match=r"network file system \(nfs\).*local disk.*merge"):
+        RunStore.create(tmp_path / "nfs" / "run", {"config": {}}).close()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # local disk: no warning
+        RunStore.create(tmp_path / "local" / "run", {"config": {}}).close()

@@ -1,7 +1,11 @@
 """The async client layer: every model call simlab makes goes through ``LLMClient``.
 
-Calls go over the OpenAI-compatible HTTP API through ``litellm`` (``openai`` underneath),
-so the same code reaches a GPU vLLM server, a hosted API or the embedded llama.cpp server.
+Calls go over the OpenAI-compatible HTTP API with the ``openai`` SDK on an aiohttp transport,
+so the same code reaches a GPU vLLM server, a hosted API or the embedded llama.cpp server;
+an endpoint of ``kind = "litellm"`` goes through ``litellm`` instead, to any provider it
+supports (Anthropic, Bedrock, Vertex, …). The direct route costs ~2 ms of CPU per call where
+litellm's costs ~6 (``benchmarks/scale.py``): at 1,000 sessions in flight the client's CPU
+is what limits a run.
 Per endpoint: a rate limit (``asyncio-throttle``) and a bound on requests in flight.
 Transient failures (429 honouring Retry-After, 5xx, timeouts, connection errors) are
 retried by ``tenacity`` with exponential backoff and jitter inside a total deadline.
@@ -15,12 +19,14 @@ The client knows nothing of personas, protocol or statistics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -138,12 +144,14 @@ class StructuredResult(Generic[T]):
     call: CallRecord
 
 
+@functools.lru_cache(maxsize=1024)
 def response_format(schema: type[BaseModel], dialect: Dialect) -> dict[str, Any]:
     """The ``response_format`` body field for a pydantic model in a backend's dialect.
 
     vLLM and OpenAI take ``json_schema``; llama.cpp's server takes ``json_object`` with a
     ``schema`` key (it answers the ``json_schema`` form with a 500, and vLLM ignores a schema
-    inside ``json_object``), hence two dialects.
+    inside ``json_object``), hence two dialects. Cached per model class (building a JSON schema
+    costs more CPU than sending the request); callers must not change the returned dict.
     """
     js = inline_refs(schema.model_json_schema())
     if dialect == "json_object_schema":
@@ -226,20 +234,26 @@ def _retry_after(exc: BaseException) -> float | None:
 
 
 def _classify(exc: BaseException) -> _Retryable | None:
-    """Transient failures become ``_Retryable``; anything else is final."""
-    lib = _lib()
+    """Transient failures become ``_Retryable``; anything else is final. The openai SDK's error
+    types cover both routes: litellm's errors subclass them."""
+    import openai
+
     status = getattr(exc, "status_code", None)
     status = status if isinstance(status, int) else None
-    if isinstance(exc, (lib.Timeout, asyncio.TimeoutError)):
-        return _Retryable(exc, None, None, "timeout")
     if _never_connected(exc):
-        # litellm reports a refused or reset connection as a 500 InternalServerError
+        # litellm reports a refused or reset connection as a 500 InternalServerError, and the
+        # aiohttp transport as a connect timeout: the cause in the chain says what happened
         return _Retryable(exc, None, None, "connection")
-    if isinstance(exc, (lib.RateLimitError, lib.InternalServerError, lib.ServiceUnavailableError)) or (
+    if isinstance(exc, (openai.APITimeoutError, asyncio.TimeoutError)):
+        return _Retryable(exc, None, None, "timeout")
+    if isinstance(exc, (openai.RateLimitError, openai.InternalServerError)) or (
             status is not None and (status == 429 or status >= 500)):
         return _Retryable(exc, _retry_after(exc), status, "status")
-    if isinstance(exc, (lib.APIConnectionError, ConnectionError)):
+    if isinstance(exc, (openai.APIConnectionError, ConnectionError)):
         return _Retryable(exc, None, status, "connection")
+    if isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError)):
+        # an HTTP 200 whose body is not a JSON completion: a malfunctioning server, like a 5xx
+        return _Retryable(exc, None, status, "status")
     if _error_object_in_200(exc):
         # a server that answers 200 with {"error": …} is malfunctioning, not refusing the request
         return _Retryable(exc, None, status, "status")
@@ -262,13 +276,18 @@ def _error_object_in_200(exc: BaseException) -> bool:
 def _never_connected(exc: BaseException) -> bool:
     """Whether the request failed for want of a connection (refused, reset, closed mid-reply),
     found anywhere in the exception's chain of causes."""
+    import aiohttp
     import openai
 
     seen: set[int] = set()
     node: BaseException | None = exc
     while node is not None and id(node) not in seen:
         seen.add(id(node))
-        if isinstance(node, (openai.APIConnectionError, ConnectionError)) and not isinstance(node, openai.APITimeoutError):
+        if isinstance(node, TimeoutError):
+            pass  # a read or connect timeout: the server may be slow, not gone
+        elif isinstance(node, (ConnectionError, aiohttp.ClientConnectionError)):
+            return True  # refused, reset, or closed mid-reply (aiohttp's own errors included)
+        elif isinstance(node, openai.APIConnectionError) and not isinstance(node, openai.APITimeoutError):
             return True
         node = node.__cause__ or node.__context__
     return False
@@ -303,10 +322,36 @@ def affinity(key: str | None) -> Iterator[None]:
 class _Replica:
     def __init__(self, url: str, in_flight: int) -> None:
         self.url = url
+        self.bound = in_flight
         self.in_flight = asyncio.Semaphore(in_flight)
         self.load = 0  # calls waiting for or holding a slot
         self.keys = 0  # open affinity keys placed here
         self.down = False
+        self.sdk: tuple[asyncio.AbstractEventLoop, Any] | None = None  # (its loop, openai.AsyncOpenAI)
+
+
+def _http_client(connections: int) -> Any:
+    """The SDK's HTTP client: aiohttp's transport (``openai[aiohttp]``), which costs less than half
+    the CPU per call of httpx's own, with one connection per request allowed in flight."""
+    import httpx
+    import openai
+
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    try:
+        return openai.DefaultAioHttpClient(limits=limits)
+    except RuntimeError:  # the aiohttp extra is missing: httpx's transport works, at more CPU
+        return openai.DefaultAsyncHttpxClient(limits=limits)
+
+
+async def _close_at_loop_end(clients: list[Any]) -> AsyncIterator[None]:
+    """Closes ``clients`` when the event loop shuts down its async generators (``asyncio.run``
+    does, before closing the loop), so a client nobody closed leaves no open connection behind."""
+    try:
+        yield
+    finally:
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.close()
 
 
 class _Endpoint:
@@ -382,13 +427,50 @@ class LLMClient:
         self._base_urls = dict(base_urls or {})
         self._endpoints: dict[str, _Endpoint] = {}
         self.on_call = on_call
+        self._sdks: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        self._closers: list[AsyncIterator[None]] = []
+
+    async def _sdk(self, ep: _Endpoint, replica: _Replica) -> Any:
+        """The replica's openai client for the running event loop (an HTTP session belongs to one loop)."""
+        loop = asyncio.get_running_loop()
+        if replica.sdk is not None and replica.sdk[0] is loop:
+            return replica.sdk[1]
+        import openai
+
+        sdk = openai.AsyncOpenAI(base_url=replica.url, api_key=ep.key, max_retries=0,
+                                 http_client=_http_client(replica.bound))
+        replica.sdk = (loop, sdk)
+        opened = self._sdks.get(loop)
+        if opened is None:
+            opened = self._sdks[loop] = []
+            closer = _close_at_loop_end(opened)
+            await closer.__anext__()
+            self._closers.append(closer)
+        opened.append(sdk)
+        return sdk
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections this client opened in the running event loop."""
+        for sdk in self._sdks.pop(asyncio.get_running_loop(), []):
+            await sdk.close()
+        for ep in self._endpoints.values():
+            for replica in ep.replicas:
+                replica.sdk = None
+
+    async def __aenter__(self) -> LLMClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def _endpoint(self, name: str) -> _Endpoint:
         ep = self._endpoints.get(name)
         if ep is None:
             cfg = self._configs[name]
-            given = self._base_urls.get(name) or cfg.base_url
+            given = self._base_urls.get(name) or cfg.urls
             urls = [given] if isinstance(given, str) else list(given or [])
+            if not urls and cfg.kind == "litellm":
+                urls = [""]  # a hosted provider: litellm knows where it is
             if not urls:
                 raise LLMError(f"endpoint {name!r} has no base_url (is the embedded server running?)")
             ep = self._endpoints[name] = _Endpoint(name, cfg, [u.rstrip("/") for u in urls])
@@ -420,8 +502,17 @@ class LLMClient:
             record.latency_s = time.monotonic() - start
             self._record(record)
 
+    async def _send(self, ep: _Endpoint, replica: _Replica, kwargs: dict[str, Any], timeout: float) -> Any:
+        if ep.cfg.kind == "litellm":
+            return await _lib().acompletion(
+                api_base=replica.url or None, api_key=ep.key, timeout=timeout, max_retries=0, num_retries=0,
+                # self-served models are not in litellm's price list; a zero custom price skips
+                # its failing lookup, which cost ~2.5 ms of CPU per call
+                input_cost_per_token=0.0, output_cost_per_token=0.0, **kwargs)
+        sdk = await self._sdk(ep, replica)
+        return await sdk.chat.completions.create(timeout=timeout, **kwargs)
+
     async def _complete_once(self, ep: _Endpoint, kwargs: dict[str, Any], timeout: float) -> Any:
-        lib = _lib()
         replica = ep.pick()
         replica.load += 1
         try:
@@ -430,12 +521,7 @@ class LLMClient:
                     async with ep.throttle:
                         pass  # the throttle spaces request starts; hold it only to take a slot
                 try:
-                    resp = await lib.acompletion(
-                        api_base=replica.url, api_key=ep.key, timeout=timeout, max_retries=0, num_retries=0,
-                        # self-served models are not in litellm's price list; a zero custom price skips
-                        # its failing lookup, which cost ~2.5 ms of CPU per call
-                        input_cost_per_token=0.0, output_cost_per_token=0.0, **kwargs
-                    )
+                    resp = await self._send(ep, replica, kwargs, timeout)
                 except Exception as exc:  # noqa: BLE001 - classified below
                     retryable = _classify(exc)
                     if retryable is None:
@@ -510,7 +596,7 @@ class LLMClient:
     def _kwargs(self, spec: ModelSpec, messages: list[dict[str, Any]], seed: int | None) -> dict[str, Any]:
         s: SamplingConfig = spec.sampling
         kwargs: dict[str, Any] = {
-            "model": f"openai/{spec.model}",  # the OpenAI-compatible route for any server
+            "model": spec.model,  # the server's name for it (for kind = "litellm": litellm's model id)
             "messages": messages,
             "temperature": s.temperature,
             "top_p": s.top_p,
@@ -594,6 +680,9 @@ class LLMClient:
 
 def _shape_problem(resp: Any) -> str | None:
     """Why a reply cannot be read as a chat completion (None: it can)."""
+    extra = getattr(resp, "model_extra", None) or {}
+    if extra.get("error") is not None:  # a malfunctioning server: 200 with {"error": …}
+        return f"the server answered HTTP 200 with an error object: {_short(Exception(extra['error']), 200)}"
     choices = getattr(resp, "choices", None)
     if not choices:
         return "the reply has no choices"

@@ -54,11 +54,19 @@ class SamplingConfig(_Strict):
 class EndpointConfig(_Strict):
     """One OpenAI-compatible server (vLLM, a hosted API, or the embedded local server)."""
 
-    kind: Literal["local", "vllm", "openai"] = "openai"
+    kind: Literal["local", "vllm", "openai", "litellm"] = "openai"
     """Backend kind: decides the structured-output dialect and defaults. ``local`` with no
-    ``base_url`` starts the embedded llama.cpp server for the run."""
+    ``base_url`` starts the embedded llama.cpp server for the run. ``litellm`` sends the calls
+    through litellm to any provider it supports (the model ids are litellm's, e.g.
+    ``anthropic/claude-…``; ``base_url`` optional); the others speak the OpenAI API directly."""
     base_url: str | None = None
     """Base URL ending in ``/v1``. None only for ``kind = "local"`` (embedded server)."""
+    replica_urls: list[str] = Field(default_factory=list)
+    """More base URLs serving the same models (e.g. one vLLM server per GPU node). Each stream of
+    work (a conversation's simulator, each arm's thread) stays on one replica, so its prefix stays
+    in that server's cache; new streams go to the replica with the fewest; ``max_in_flight``
+    bounds each replica (every model it serves together); a replica that stops answering is left
+    and its streams continue on the others."""
     api_key_env: str | None = None
     """Name of the environment variable holding the API key (the key itself never goes in config)."""
     structured_output: Dialect | None = None
@@ -105,20 +113,34 @@ class EndpointConfig(_Strict):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        from urllib.parse import urlsplit
+        return v if v is None else _check_url(v)
 
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"must be an http(s) URL such as http://127.0.0.1:8000/v1, got {v!r}")
-        return v
+    @field_validator("replica_urls")
+    @classmethod
+    def _http_urls(cls, v: list[str]) -> list[str]:
+        return [_check_url(u) for u in v]
 
     @model_validator(mode="after")
     def _url_or_local(self) -> EndpointConfig:
-        if self.base_url is None and self.kind != "local":
-            raise ValueError("base_url is required unless kind = 'local'")
+        if self.base_url is None and self.kind not in ("local", "litellm"):
+            raise ValueError("base_url is required unless kind = 'local' (or 'litellm', for a hosted provider)")
+        if self.replica_urls and self.base_url is None:
+            raise ValueError("replica_urls are more servers beside base_url: set base_url too")
         return self
+
+    @property
+    def urls(self) -> list[str]:
+        """Every configured base URL of this endpoint (``base_url``, then ``replica_urls``)."""
+        return ([self.base_url] if self.base_url else []) + list(self.replica_urls)
+
+
+def _check_url(v: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http(s) URL such as http://127.0.0.1:8000/v1, got {v!r}")
+    return v
 
 
 class ModelSpec(_Strict):

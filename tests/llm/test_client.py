@@ -28,9 +28,23 @@ def server():
         yield s
 
 
+_opened: list[LLMClient] = []
+
+
 def client_for(server: StubServer, **ep) -> LLMClient:
     ep.setdefault("timeout_s", 5)
-    return LLMClient({"stub": EndpointConfig(base_url=server.base_url, **ep)})
+    client = LLMClient({"stub": EndpointConfig(base_url=server.base_url, **ep)})
+    _opened.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+async def _close_clients():
+    # pytest-asyncio's loops may end without closing async generators (asyncio.run does, and
+    # that closes a client nobody closed): close each test's clients here
+    yield
+    while _opened:
+        await _opened.pop().aclose()
 
 
 SPEC = ModelSpec(endpoint="stub", model="m1", sampling=SamplingConfig(max_tokens=20))
