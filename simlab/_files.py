@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -28,6 +29,7 @@ DATA_KINDS = ("configs", "personas", "prompts")
 _PACKAGE = Path(__file__).resolve().parent
 
 
+@functools.cache  # an installation does not move while it runs; every prompt render asks
 def data_dir(kind: str) -> Path:
     """Where simlab's own ``kind`` files are: inside an installed wheel, else in the repository."""
     if kind not in DATA_KINDS:

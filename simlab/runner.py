@@ -159,7 +159,7 @@ async def run_sessions(
     outcome = Outcome()
     gate = asyncio.Semaphore(concurrency)
     bar = tqdm(total=len(units), desc=desc, unit="session", disable=not progress or not units,
-               dynamic_ncols=True, file=sys.stderr)
+               dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
 
     async def one(unit: U) -> None:
         async with gate:
@@ -170,7 +170,7 @@ async def run_sessions(
                 t1 = time.perf_counter()
                 store.write_failure(exc.failure)
                 outcome.failed += 1
-                bar.set_postfix(failed=outcome.failed)
+                bar.set_postfix(failed=outcome.failed, refresh=False)  # drawn with the next update
             else:
                 t1 = time.perf_counter()
                 store.write_session(record)  # one transaction: the session is whole or absent

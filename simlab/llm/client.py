@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -330,6 +331,79 @@ class _Replica:
         self.sdk: tuple[asyncio.AbstractEventLoop, Any] | None = None  # (its loop, openai.AsyncOpenAI)
 
 
+class _Pacer:
+    """Admission control on the event loop's lag: the client's own congestion signal.
+
+    With many sessions in flight the client's CPU, not the servers, can limit a run: replies
+    arrive faster than the loop processes them, callbacks queue for seconds, and every call's
+    latency (and timeout) includes that queue. The pacer checks every ``PERIOD`` how late the
+    loop runs a timer and bounds the calls in progress at once (AIMD, as TCP paces a network):
+    the bound shrinks by a quarter while the lag is over ``TARGET`` and grows by a tenth while
+    the lag is low and calls are waiting. Throughput stays what the CPU allows; the queue moves
+    from the loop, where it delays everything, to the pacer, where it costs nothing.
+    """
+
+    PERIOD = 0.05
+    TARGET = 0.05
+    MIN = 8
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, start: int = 64) -> None:
+        self.loop = loop
+        self.limit = float(start)
+        self.active = 0
+        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.ticking = False
+        self.lags: list[float] = []  # recent lags (seconds), for diagnostics
+        self.lowest = self.limit
+
+    def _tick(self, due: float) -> None:
+        lag = self.loop.time() - due
+        self.lags = [*self.lags[-99:], lag]
+        if lag > self.TARGET:
+            self.limit = max(self.MIN, self.limit * 0.75)
+            self.lowest = min(self.lowest, self.limit)
+        elif self.waiters:
+            self.limit = self.limit * 1.1 + 1
+        self._wake()
+        if self.active or self.waiters:
+            nxt = self.loop.time() + self.PERIOD
+            self.loop.call_at(nxt, self._tick, nxt)
+        else:
+            self.ticking = False  # idle: no timer left behind
+
+    async def __aenter__(self) -> None:
+        if not self.ticking:
+            self.ticking = True
+            nxt = self.loop.time() + self.PERIOD
+            self.loop.call_at(nxt, self._tick, nxt)
+        if self.active < self.limit and not self.waiters:
+            self.active += 1
+            return
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self.waiters.append(fut)
+        try:
+            await fut  # the waker counted this call in ``active``
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.active -= 1
+                self._wake()
+            else:
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(fut)
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.active -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self.waiters and self.active < self.limit:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                self.active += 1
+                fut.set_result(None)
+
+
 def _http_client(connections: int) -> Any:
     """The SDK's HTTP client: aiohttp's transport (``openai[aiohttp]``), which costs less than half
     the CPU per call of httpx's own, with one connection per request allowed in flight."""
@@ -429,6 +503,16 @@ class LLMClient:
         self.on_call = on_call
         self._sdks: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         self._closers: list[AsyncIterator[None]] = []
+        self._pacers: dict[asyncio.AbstractEventLoop, _Pacer] = {}
+
+    def _pacer(self) -> _Pacer:
+        loop = asyncio.get_running_loop()
+        pacer = self._pacers.get(loop)
+        if pacer is None:
+            for old in [lp for lp in self._pacers if lp.is_closed()]:
+                del self._pacers[old]
+            pacer = self._pacers[loop] = _Pacer(loop)
+        return pacer
 
     async def _sdk(self, ep: _Endpoint, replica: _Replica) -> Any:
         """The replica's openai client for the running event loop (an HTTP session belongs to one loop)."""
@@ -504,13 +588,15 @@ class LLMClient:
 
     async def _send(self, ep: _Endpoint, replica: _Replica, kwargs: dict[str, Any], timeout: float) -> Any:
         if ep.cfg.kind == "litellm":
-            return await _lib().acompletion(
-                api_base=replica.url or None, api_key=ep.key, timeout=timeout, max_retries=0, num_retries=0,
-                # self-served models are not in litellm's price list; a zero custom price skips
-                # its failing lookup, which cost ~2.5 ms of CPU per call
-                input_cost_per_token=0.0, output_cost_per_token=0.0, **kwargs)
+            async with self._pacer():
+                return await _lib().acompletion(
+                    api_base=replica.url or None, api_key=ep.key, timeout=timeout, max_retries=0, num_retries=0,
+                    # self-served models are not in litellm's price list; a zero custom price skips
+                    # its failing lookup, which cost ~2.5 ms of CPU per call
+                    input_cost_per_token=0.0, output_cost_per_token=0.0, **kwargs)
         sdk = await self._sdk(ep, replica)
-        return await sdk.chat.completions.create(timeout=timeout, **kwargs)
+        async with self._pacer():
+            return await sdk.chat.completions.create(timeout=timeout, **kwargs)
 
     async def _complete_once(self, ep: _Endpoint, kwargs: dict[str, Any], timeout: float) -> Any:
         replica = ep.pick()

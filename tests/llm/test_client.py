@@ -394,3 +394,51 @@ async def test_the_client_records_every_call_with_its_context_even_concurrent_an
     await client.chat(SPEC, MSGS)  # outside any recording: nothing collects it
     assert len(outer) == 3
 
+
+
+async def test_the_pacer_shrinks_its_bound_while_the_loop_lags_and_grows_it_back():
+    from simlab.llm.client import _Pacer
+
+    pacer = _Pacer(asyncio.get_running_loop(), start=64)
+    busy = True
+
+    async def hog() -> None:  # another part of the program keeps the loop busy: 80 ms of every 100
+        while busy:
+            time.sleep(0.08)
+            await asyncio.sleep(0.02)
+
+    async def call() -> None:
+        async with pacer:
+            await asyncio.sleep(0.05)
+
+    hogger = asyncio.ensure_future(hog())
+    await asyncio.gather(*(call() for _ in range(300)))
+    busy = False
+    await hogger
+    assert pacer.lowest <= 16  # lag over the target: the bound came down
+    assert pacer.active == 0 and not pacer.waiters
+    low = pacer.limit
+    await asyncio.gather(*(call() for _ in range(3000)))  # no lag, calls waiting: it grows again
+    assert pacer.limit > 2 * low
+    assert pacer.active == 0 and not pacer.waiters
+
+
+async def test_a_call_cancelled_while_it_waits_for_the_pacer_gives_back_nothing():
+    from simlab.llm.client import _Pacer
+
+    pacer = _Pacer(asyncio.get_running_loop(), start=8)
+    release = asyncio.Event()
+
+    async def call() -> None:
+        async with pacer:
+            await release.wait()
+
+    tasks = [asyncio.ensure_future(call()) for _ in range(20)]
+    await asyncio.sleep(0.01)
+    assert pacer.active == 8 and len(pacer.waiters) == 12
+    for t in tasks[10:]:
+        t.cancel()
+    await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert pacer.active == 0 and not pacer.waiters
