@@ -437,6 +437,7 @@ class _Endpoint:
         if cfg.api_key_env and len(self.key) >= 4:
             _SECRETS.add(self.key)
         self.sticky: dict[str, _Replica] = {}
+        self.last_ok = float("-inf")  # when a reply last came back whole (time.monotonic)
         self.throttle: Throttler | None = None
         if cfg.rate_limit:
             # asyncio-throttle counts whole requests per period: 200/s is 200 per second, while a
@@ -622,6 +623,7 @@ class LLMClient:
                 problem = _shape_problem(resp)
                 if problem is not None:  # e.g. an HTTP 200 whose choices list is empty: retried like a 5xx
                     raise _Retryable(ValueError(problem), None, None, "status")
+                ep.last_ok = time.monotonic()
                 return resp
         finally:
             replica.load -= 1
@@ -647,17 +649,21 @@ class LLMClient:
             retry=retry_if_exception(lambda e: isinstance(e, _Retryable)),
             reraise=True,
         )
+        last_attempt = start
         try:
             async for attempt in retrying:
                 with attempt:
                     record.attempts += 1
-                    remaining = cfg.deadline_s - (time.monotonic() - start)
+                    last_attempt = time.monotonic()
+                    remaining = cfg.deadline_s - (last_attempt - start)
                     if remaining <= 0:
                         raise LLMError("deadline exceeded before the request could be sent")
                     return await self._complete_once(ep, kwargs, min(cfg.timeout_s, remaining))
         except _Retryable as exc:
             cause = exc.cause
-            if exc.unavailable:
+            # the server is gone only if nothing came back whole while the last attempt waited:
+            # under random faults (a lost request, a 503 among successes) it is this call that failed
+            if exc.unavailable and ep.last_ok < last_attempt:
                 what = {"connection": "the connection was refused or dropped",
                         "timeout": f"no reply within {cfg.timeout_s:g} s"}.get(exc.kind, f"HTTP {exc.status}")
                 raise BackendUnavailable(

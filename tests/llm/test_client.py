@@ -442,3 +442,33 @@ async def test_a_call_cancelled_while_it_waits_for_the_pacer_gives_back_nothing(
     release.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     assert pacer.active == 0 and not pacer.waiters
+
+
+async def test_a_call_that_times_out_while_the_server_answers_others_fails_alone(server):
+    # under random faults one request can time out every attempt while the server is fine: that
+    # call fails (its session is recorded with the reason), the run is not stopped
+    server.add_fault(*[Fault(kind="delay", delay=5, match="the slow one")] * 3)
+    client = client_for(server, max_attempts=3, timeout_s=0.4)
+    done = asyncio.Event()
+
+    async def others() -> int:
+        n = 0
+        while not done.is_set():
+            await client.chat(SPEC, MSGS)
+            n += 1
+            await asyncio.sleep(0.02)
+        return n
+
+    async def slow() -> BaseException | None:
+        try:
+            await client.chat(SPEC, [{"role": "user", "content": "the slow one"}])
+        except Exception as exc:  # noqa: BLE001 - the test looks at what was raised
+            return exc
+        finally:
+            done.set()
+        return None
+
+    exc, answered = await asyncio.gather(slow(), others())
+    assert answered > 3
+    assert isinstance(exc, LLMError) and not isinstance(exc, BackendUnavailable), exc
+    assert "gave up after 3 attempts" in str(exc) and "Timeout" in str(exc)
