@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import json
 import os
 import sys
 import time
@@ -20,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from simlab import __version__
+from simlab._files import write_text_atomic
 from simlab.config import CONFIGS_DIR, Config, load_config
 from simlab.errors import (
     BackendUnavailable,
@@ -298,17 +301,39 @@ async def run_experiment(
         if c.role == "arm" and c.arm:
             summary.tokens_by_arm[c.arm] = summary.tokens_by_arm.get(c.arm, 0) + tokens
     if report and not interrupted and not stopped:
-        summary.report = _write_report(run_dir, config)
+        stamp = json.dumps({"completed": counts.sessions_completed, "failed": counts.sessions_failed,
+                            "human": _file_stamp(config.human), "simlab": __version__})
+        summary.report = _write_report(run_dir, config, stamp)
     return summary
 
 
-def _write_report(run_dir: Path, config: Config) -> Path | None:
-    """The run's HTML report (with the human comparison when ``human`` is configured)."""
+def _file_stamp(path: str | None) -> list[object] | None:
+    if path is None:
+        return None
+    p = Path(path)
+    files = sorted(p.rglob("*")) if p.is_dir() else [p]
+    return [path, *[(str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file()]]
+
+
+REPORT_STAMP = ".report-stamp"
+"""What the run's report.html was written from; a rerun that changes none of it keeps the report
+(re-rendering a 10,000-session report costs more than the rest of a resume)."""
+
+
+def _write_report(run_dir: Path, config: Config, stamp: str) -> Path | None:
+    """The run's HTML report (with the human comparison when ``human`` is configured), unless
+    the one there was written from the same sessions, human data and simlab version."""
     try:
         from simlab.report import write_run_report
     except ImportError:
         return None
-    return write_run_report(run_dir, human=config.human)
+    existing, stamp_file = run_dir / "report.html", run_dir / REPORT_STAMP
+    if existing.exists() and stamp_file.exists() and stamp_file.read_text(encoding="utf-8") == stamp:
+        return existing
+    path = write_run_report(run_dir, human=config.human)
+    if path == existing:
+        write_text_atomic(stamp_file, stamp)
+    return path
 
 
 def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:

@@ -427,3 +427,17 @@ def test_a_replica_killed_mid_run_loses_no_session_and_streams_stay_on_one_repli
             assert order.index(survivors[0]) > max(k for k, i in enumerate(order) if i == 0), order
             moved += 1
     assert moved > 0  # some streams did live through the kill
+
+
+def test_a_rerun_with_nothing_new_keeps_the_report_and_new_sessions_rewrite_it(stub, tmp_path):
+    cfg = stub_config(stub, tmp_path, limit=2, protocol={"domains": ["values"]})
+    first = asyncio.run(run_experiment(cfg, progress=False, report=True))
+    assert first.report is not None and first.report.exists()
+    written = first.report.stat().st_mtime_ns
+    again = asyncio.run(run_experiment(cfg, progress=False, report=True))
+    assert again.report == first.report and again.report.stat().st_mtime_ns == written  # kept
+    # one more participant (limit may change on resume): the report is written again
+    more = stub_config(stub, tmp_path, limit=3, protocol={"domains": ["values"]})
+    third = asyncio.run(run_experiment(more, progress=False, report=True))
+    assert third.run_dir == first.run_dir and third.sessions_completed == 3
+    assert third.report == first.report and third.report.stat().st_mtime_ns != written
