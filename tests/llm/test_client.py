@@ -472,3 +472,20 @@ async def test_a_call_that_times_out_while_the_server_answers_others_fails_alone
     assert answered > 3
     assert isinstance(exc, LLMError) and not isinstance(exc, BackendUnavailable), exc
     assert "gave up after 3 attempts" in str(exc) and "Timeout" in str(exc)
+
+
+async def test_a_litellm_endpoint_goes_through_litellm_with_the_same_retries_and_records(server):
+    # kind = "litellm": the model id is litellm's ("openai/<name>" reaches any OpenAI-compatible server)
+    server.add_fault(Fault(status=503, retry_after=0.1))
+    client = LLMClient({"stub": EndpointConfig(kind="litellm", base_url=server.base_url, timeout_s=5)})
+    _opened.append(client)
+    spec = ModelSpec(endpoint="stub", model="openai/m1", sampling=SamplingConfig(max_tokens=20))
+    res = await client.chat(spec, MSGS)
+    assert res.text and res.call.attempts == 2 and res.call.status == "ok"
+    assert server.requests[-1].model == "m1"  # litellm stripped its provider prefix
+
+    class Mood(BaseModel):
+        score: int = Field(ge=0, le=10)
+
+    got = await client.structured(spec, MSGS, Mood)
+    assert 0 <= got.value.score <= 10
