@@ -28,11 +28,11 @@ from simlab._files import data_dir
 from simlab.errors import ConfigError
 
 # the model layer's own types (one endpoint, one model spec, its sampling); re-exported here
-from simlab.llm.config import Dialect, EndpointConfig, ModelSpec, SamplingConfig, _Strict, api_key
+from simlab.llm.config import Dialect, EndpointConfig, LaunchConfig, ModelSpec, SamplingConfig, _Strict, api_key
 from simlab.schema import DOMAINS, WTP_CAP, Domain, Rendering
 
 __all__ = [
-    "CONFIGS_DIR", "ArmConfig", "Config", "Dialect", "EndpointConfig", "JudgeConfig", "ModelSpec", "Personalisation",
+    "CONFIGS_DIR", "ArmConfig", "Config", "Dialect", "EndpointConfig", "JudgeConfig", "LaunchConfig", "ModelSpec", "Personalisation",
     "ProtocolConfig", "Rendering", "SamplingConfig", "SimulatorConfig", "SummaryConfig", "api_key", "default_config",
     "load_config", "parse_config",
 ]
@@ -179,6 +179,10 @@ class Config(_Strict):
             if spec.endpoint not in self.endpoints:
                 known = ", ".join(sorted(self.endpoints)) or "none"
                 raise ValueError(f"{where}.endpoint: unknown endpoint {spec.endpoint!r} (known: {known})")
+            launch = self.endpoints[spec.endpoint].launch
+            if launch is not None and spec.model not in launch.names:
+                raise ValueError(f"{where}.model: {spec.model!r} is not served by the vLLM server that endpoint "
+                                 f"{spec.endpoint!r} launches (it serves: {', '.join(launch.names)})")
         return self
 
     def public_dict(self) -> dict[str, Any]:

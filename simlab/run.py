@@ -91,6 +91,10 @@ class RunSummary:
             "tokens per role: " + (", ".join(f"{r}={n}" for r, n in sorted(self.tokens_by_role.items())) or "none"),
         ]
         for name, info in self.backends.items():
+            if info.get("backend") == "vllm (launched)":
+                lines.append(f"launched vLLM server '{name}': {info['version'] or 'vLLM'} serving "
+                             f"{', '.join(info['served'])}; up in {info['startup_s']} s")
+                continue
             lines.append(f"embedded server '{name}': {info['replicas']} × llama.cpp, {info['mode']} mode, "
                          f"{info['n_threads']} thread(s) each" + (f" ({info['fallback']})" if info.get("fallback") else ""))
         if any(e for e, _ in self.gen_errors_by_arm.values()):
@@ -209,7 +213,7 @@ def plan_text(config: Config, personas: Sequence[Persona], run_dir: Path) -> str
         f"expected model calls: {n_sessions * lo}–{n_sessions * hi} (+{summaries} persona summaries, "
         f"+ schema retries)",
         "endpoints: " + ", ".join(
-            f"{name}={ep.base_url or 'embedded llama.cpp'}"
+            f"{name}={ep.base_url or ('vLLM launched from ' + ep.launch.model if ep.launch else 'embedded llama.cpp')}"
             + (f" + {len(ep.replica_urls)} replicas" if ep.replica_urls else "") + f" (in flight ≤ {ep.in_flight}"
             + (" each)" if ep.replica_urls else ")")
             for name, ep in config.endpoints.items()

