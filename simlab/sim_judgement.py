@@ -247,7 +247,8 @@ async def run_sim_judgement(
     todo = [hc for hc in conversations if hc.conversation_id + SUFFIX not in skip]
     outcome, stopped = Outcome(), None
     try:
-        with serving(config, base_urls=base_urls, log_dir=run_dir, start=bool(todo)) as backends:
+        with serving(config, base_urls=base_urls, log_dir=run_dir, start=bool(todo),
+                     only={config.simulator.endpoint, config.summary.endpoint}) as backends:
             client = LLMClient(config.endpoints, base_urls=backends.base_urls)
             summaries = PersonaSummaries(config, client, store) if config.simulator.rendering == "summary" else None
 

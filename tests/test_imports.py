@@ -27,6 +27,7 @@ LAYER_OF = {
     "simlab.prompts": "base",
     "simlab.seeds": "base",
     "simlab.testing": "base",
+    "simlab.testing.vllm_model": "cli",  # a command of its own: builds the vLLM test model
     "simlab.llm": "llm",
     "simlab.personas": "personas",
     "simlab.store": "store",
@@ -56,7 +57,7 @@ BELOW = {
     "llm": {"base", "llm"},
     "personas": {"base", "personas"},
     "store": {"base", "store"},
-    "local": {"base", "local"},
+    "local": {"base", "llm", "local"},  # the servers it starts are described by the model layer's config
     "config": {"base", "llm", "config"},
     "protocol": {"base", "llm", "personas", "store", "config", "protocol"},
     "grading": {"base", "llm", "personas", "store", "config", "grading"},

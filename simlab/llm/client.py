@@ -599,6 +599,11 @@ class LLMClient:
                     input_cost_per_token=0.0, output_cost_per_token=0.0, **kwargs)
         sdk = await self._sdk(ep, replica)
         async with self._pacer():
+            if "prompt_embeds" in kwargs:  # the completions endpoint: the prompt is embeddings
+                body = dict(kwargs)
+                embeds = body.pop("prompt_embeds")
+                return await sdk.completions.create(timeout=timeout, prompt=None, extra_body={"prompt_embeds": embeds},
+                                                    **body)
             return await sdk.chat.completions.create(timeout=timeout, **kwargs)
 
     async def _complete_once(self, ep: _Endpoint, kwargs: dict[str, Any], timeout: float) -> Any:
@@ -722,6 +727,32 @@ class LLMClient:
             text = resp.choices[0].message.content or ""
         return ChatResult(text=text, call=record)
 
+    async def complete_embeds(
+        self,
+        spec: ModelSpec,
+        prompt_embeds: str,
+        *,
+        prompt_name: str | None = None,
+        prompt_hash: str | None = None,
+        seed: int | None = None,
+        tag: dict[str, Any] | None = None,
+    ) -> ChatResult:
+        """One completion of a prompt given as embeddings (vLLM's ``prompt_embeds``: base64 of a
+        ``torch.save``d [tokens × hidden] tensor; the server needs ``--enable-prompt-embeds``).
+        The chat template is already applied inside the embeddings; retries and accounting as ``chat``."""
+        ep = self._endpoint(spec.endpoint)
+        if ep.cfg.kind == "litellm":
+            raise LLMError(f"{ep.name}: prompt embeddings go to a vLLM server, not through litellm")
+        record = CallRecord(ep.name, spec.model, prompt_name, prompt_hash, tag=dict(tag or {}))
+        with self._accounting(record):
+            kwargs = self._kwargs(spec, [], seed)
+            del kwargs["messages"]
+            kwargs["prompt_embeds"] = prompt_embeds
+            resp = await self._complete(ep, kwargs, record)
+            _add_usage(record, resp)
+            text = resp.choices[0].text or ""
+        return ChatResult(text=text, call=record)
+
     async def structured(
         self,
         spec: ModelSpec,
@@ -780,6 +811,9 @@ def _shape_problem(resp: Any) -> str | None:
     choices = getattr(resp, "choices", None)
     if not choices:
         return "the reply has no choices"
+    if getattr(resp, "object", None) == "text_completion":  # a completion (prompt embeddings), not a chat
+        text = getattr(choices[0], "text", None)
+        return None if isinstance(text, str) else "the completion's first choice has no text"
     message = getattr(choices[0], "message", None)
     if message is None:
         return "the reply's first choice has no message"

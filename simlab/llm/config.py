@@ -86,6 +86,15 @@ class LaunchConfig(_Strict):
                 raise ValueError(f"{flag} is not allowed in launch.args: {why}")
         return v
 
+    @field_validator("env")
+    @classmethod
+    def _no_secrets(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if any(word in name.upper() for word in ("KEY", "TOKEN", "SECRET", "PASSWORD")):
+                raise ValueError(f"{name} looks like a secret, and a config is stored with every run: keep it in "
+                                 "the environment (the endpoint's api_key_env names the API key's variable)")
+        return v
+
     @field_validator("lora_modules")
     @classmethod
     def _adapter_names(cls, v: dict[str, str]) -> dict[str, str]:

@@ -46,8 +46,10 @@ class VllmServer:
     """Start ``launch``'s vLLM server on a free 127.0.0.1 port; ``base_url`` once started."""
 
     def __init__(self, endpoint: str, launch: LaunchConfig, *, api_key: str | None = None,
-                 log_path: str | Path | None = None, port: int | None = None) -> None:
+                 log_path: str | Path | None = None, port: int | None = None, prompt_embeds: bool = False) -> None:
         self.endpoint = endpoint
+        self.prompt_embeds = prompt_embeds
+        """Start with ``--enable-prompt-embeds`` (an arm sends soft tokens as prompt embeddings)."""
         self.launch = launch
         self._api_key = api_key  # goes to the server by its environment, never its command line
         self.port = port
@@ -59,6 +61,7 @@ class VllmServer:
         self.version: str | None = None
         self._log: Path | None = None
         self._log_file: Any = None
+        self._t0 = time.monotonic()
 
     @property
     def base_url(self) -> str:
@@ -78,6 +81,8 @@ class VllmServer:
             cmd += ["--enable-lora", "--max-loras", str(len(launch.lora_modules)),
                     "--max-lora-rank", str(launch.max_lora_rank), "--lora-modules"]
             cmd += [f"{name}={path}" for name, path in launch.lora_modules.items()]
+        if self.prompt_embeds and "--enable-prompt-embeds" not in launch.args:
+            cmd.append("--enable-prompt-embeds")
         return cmd + list(launch.args)
 
     def environment(self) -> dict[str, str]:
@@ -92,7 +97,13 @@ class VllmServer:
         return env
 
     def start(self) -> VllmServer:
-        t0 = time.monotonic()
+        """Start the server and wait until it serves every name (see ``spawn`` and ``wait_ready``)."""
+        self.spawn()
+        return self.wait_ready()
+
+    def spawn(self) -> VllmServer:
+        """Start the process and return at once (several servers load side by side)."""
+        self._t0 = time.monotonic()
         self.port = self.port or _free_port()
         # without a run directory the log goes to a folder of its own in /tmp, kept for the error messages
         self._log = self.log_path or Path(tempfile.mkdtemp(prefix="simlab-vllm-")) / "vllm.log"
@@ -109,13 +120,18 @@ class VllmServer:
             self.stop()
             raise LocalBackendError(f"cannot start the vLLM server of endpoint '{self.endpoint}' "
                                     f"({self.command()[0]}): {exc.strerror}; {INSTALL_HINT}") from None
+        return self
+
+    def wait_ready(self) -> VllmServer:
+        """Wait until ``/v1/models`` lists every name and each answered a structured request."""
+        deadline = self._t0 + self.launch.startup_timeout_s
         try:
-            self._wait_listed(t0 + self.launch.startup_timeout_s)
-            self.probes = [self._probe(name, t0 + self.launch.startup_timeout_s) for name in self.launch.names]
+            self._wait_listed(deadline)
+            self.probes = [self._probe(name, deadline) for name in self.launch.names]
         except BaseException:
             self.stop()
             raise
-        self.startup_s = time.monotonic() - t0
+        self.startup_s = time.monotonic() - self._t0
         return self
 
     def _request(self, path: str, body: dict | None = None, timeout: float = 5.0) -> Any:
@@ -221,6 +237,10 @@ class VllmServer:
                     "(as configs/vllm-cpu.toml does)")
         if "No module named" in text:
             return INSTALL_HINT
+        if "einsum(): subscript b has size" in text and "--enable-prompt-embeds" in self.command():
+            return ("vLLM's CPU build crashes when a prompt-embeddings request shares a batch with others on a "
+                    "server with LoRA enabled: serve the soft-token arm from a server of its own without "
+                    "lora_modules (its adapter merged into the weights; configs/vllm-cpu.toml)")
         if "out of memory" in text.lower() or self.exit_code() == -signal.SIGKILL:
             return ("the server ran out of memory (or was killed): lower --max-model-len / --max-num-seqs in "
                     "launch.args, or the KV cache (VLLM_CPU_KVCACHE_SPACE on the CPU build)")

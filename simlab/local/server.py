@@ -545,8 +545,10 @@ class EmbeddedBackends:
     """
 
     def __init__(self, config, *, log_dir: str | Path | None = None,
-                 base_urls: dict[str, str | list[str]] | None = None) -> None:
+                 base_urls: dict[str, str | list[str]] | None = None, only: set[str] | None = None) -> None:
         self.config = config
+        self.only = only
+        """The endpoints this command calls (e.g. the judge's alone); None: every endpoint a role uses."""
         self.log_dir = Path(log_dir) if log_dir else None
         self.servers: dict[str, list[LocalServer]] = {}
         self.launched: dict[str, VllmServer] = {}
@@ -559,7 +561,7 @@ class EmbeddedBackends:
 
         try:
             for name, alias in local_aliases(self.config).items():
-                if name in self.base_urls:
+                if name in self.base_urls or (self.only is not None and name not in self.only):
                     continue
                 ep = self.config.endpoints[name]
                 n = ep.replicas or default_replicas()
@@ -573,13 +575,19 @@ class EmbeddedBackends:
                     server.start()
                     mode = server.mode or mode  # the first replica found the mode; the rest need no retry
                 self.base_urls[name] = [s.base_url for s in servers]
+            used = self.only if self.only is not None else {
+                spec.endpoint for spec in (*self.config.arms, self.config.simulator, self.config.judge, self.config.summary)}
             for name, ep in self.config.endpoints.items():
-                if ep.launch is None or name in self.base_urls:
+                if ep.launch is None or name in self.base_urls or name not in used:
                     continue
                 log = self.log_dir / f"vllm-{name}.log" if self.log_dir else None
-                vllm = self.launched[name] = VllmServer(name, ep.launch, api_key=api_key(ep), log_path=log)
+                embeds = any(a.soft_tokens is not None and a.endpoint == name for a in self.config.arms)
+                vllm = self.launched[name] = VllmServer(name, ep.launch, api_key=api_key(ep), log_path=log,
+                                                        prompt_embeds=embeds)
                 _log.info("starting the vLLM server of endpoint '%s' (log: %s)", name, log or "a temp folder")
-                vllm.start()
+                vllm.spawn()  # every server loads at once; then each is waited for
+            for name, vllm in self.launched.items():
+                vllm.wait_ready()
                 self.base_urls[name] = vllm.base_url
         except BaseException:
             self.stop()
@@ -639,13 +647,14 @@ class EmbeddedBackends:
 
 @contextmanager
 def serving(config, *, base_urls: dict[str, str | list[str]] | None = None, log_dir: str | Path | None = None,
-            start: bool = True) -> Iterator[EmbeddedBackends]:
-    """The run's backends: embedded servers started for every local endpoint that ``base_urls``
-    does not cover (stopped on exit). ``start=False`` (nothing to do) starts nothing. A
-    ``BackendUnavailable`` raised inside gets its ``diagnosis`` (exit signal, log, hint)."""
+            start: bool = True, only: set[str] | None = None) -> Iterator[EmbeddedBackends]:
+    """The run's backends: embedded servers started for every local endpoint, and vLLM servers for
+    every endpoint with a launch table, that ``base_urls`` does not cover (stopped on exit); ``only``:
+    just these endpoints. ``start=False`` (nothing to do) starts nothing. A ``BackendUnavailable``
+    raised inside gets its ``diagnosis`` (exit signal, log, hint)."""
     from simlab.errors import BackendUnavailable
 
-    backends = EmbeddedBackends(config, log_dir=log_dir, base_urls=base_urls)
+    backends = EmbeddedBackends(config, log_dir=log_dir, base_urls=base_urls, only=only)
     if start:
         backends.start()
     try:

@@ -163,20 +163,24 @@ def test_a_killed_parent_leaves_no_server_behind(fake_vllm, tmp_path):
                 break
         head = "".join(lines)
         assert "vLLM server 'vllm' at http://127.0.0.1:" in head and "serving: base, dpft, ppft" in head, head
+        assert "vLLM server 'vllm-ppft' at http://127.0.0.1:" in head and "serving: ppft;" in head, head
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        assert len(children) == 1
+        assert len(children) == 2  # configs/vllm-cpu.toml launches two servers
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     deadline = time.monotonic() + 20
-    while _group_alive(int(children[0])) and time.monotonic() < deadline:
+    while any(_group_alive(int(c)) for c in children) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _group_alive(int(children[0]))
+    assert not any(_group_alive(int(c)) for c in children)
 
 
 def _launch_toml(fake: Path, env: str = "") -> str:
     """configs/vllm-cpu.toml with its server replaced by the stand-in (``env``: more TOML env entries)."""
     base = (REPO / "configs" / "vllm-cpu.toml").read_text()
+    # the stand-in answers chat requests only: the PPFT arm as a plain adapter arm (soft tokens: test_vllm.py)
+    base = "\n".join(line for line in base.splitlines()
+                     if not line.startswith(("personalisation = \"soft_tokens\"", "soft_tokens = {")))
     more = f", {env}" if env else ""
     return base.replace('env = { VLLM_CPU_KVCACHE_SPACE = "1" }',
                         f'env = {{ PYTHONPATH = "{fake}{os.pathsep}{REPO}"{more} }}')
@@ -222,6 +226,8 @@ def test_launch_config_rules():
         LaunchConfig(model="m", args=["--port", "9000"])
     with pytest.raises(ValueError, match="never a command line"):
         LaunchConfig(model="m", args=["--api-key=sk-x"])
+    with pytest.raises(ValueError, match="looks like a secret"):
+        LaunchConfig(model="m", env={"HF_TOKEN": "hf_x"})
     with pytest.raises(ValueError, match="one word"):
         LaunchConfig(model="m", lora_modules={"a b": "/x"})
     assert LaunchConfig(model="/models/llama").names == ["/models/llama"]
