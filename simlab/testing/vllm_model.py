@@ -61,11 +61,11 @@ def build(out: str | Path, *, force: bool = False) -> Path:
     gguf = find_model()
     t0 = time.monotonic()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+    model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
     # transformers refuses to save a model loaded from GGUF while it says it is quantised
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None  # type: ignore[assignment]
+    model.hf_quantizer = None
     base = out / "base"
     model.save_pretrained(base, safe_serialization=True)
     tokenizer.save_pretrained(base)
@@ -88,8 +88,7 @@ def build(out: str | Path, *, force: bool = False) -> Path:
             tokenizer.save_pretrained(out / f"{name}-merged")
             del merged
         model = peft_model.unload()  # the base weights, without this adapter, for the next one
-    base_model: Any = model
-    write_soft_tokens(out / "soft_tokens.safetensors", base_model.get_input_embeddings().weight.detach())
+    write_soft_tokens(out / "soft_tokens.safetensors", model.get_input_embeddings().weight.detach())
     stamp.write_text(json.dumps({"recipe": recipe, "built_s": round(time.monotonic() - t0, 1)}))
     return out
 
