@@ -29,7 +29,7 @@ from simlab.errors import ConfigError
 
 # the model layer's own types (one endpoint, one model spec, its sampling); re-exported here
 from simlab.llm.config import Dialect, EndpointConfig, LaunchConfig, ModelSpec, SamplingConfig, _Strict, api_key
-from simlab.schema import DOMAINS, WTP_CAP, Domain, Rendering
+from simlab.schema import DOMAINS, WTP_CAP, Domain, LetterMode, Memory, Rendering
 
 __all__ = [
     "CONFIGS_DIR", "ArmConfig", "Config", "Dialect", "EndpointConfig", "JudgeConfig", "LaunchConfig", "ModelSpec",
@@ -92,6 +92,10 @@ class SimulatorConfig(ModelSpec):
 
     rendering: Rendering = "profile"
     """How the persona is rendered into the simulator's prompt."""
+    memory: Memory = "session"
+    """``session``: each question the participant answers shows their own earlier answers in this
+    conversation (opening choice, turn ratings, stop decisions, rankings; by letter, never an arm's
+    name), as a person remembers them. ``none``: every question stands alone."""
     judgement_max_tokens: int = Field(384, ge=16, le=8192)
     """Token bound for structured judgements (ratings of every arm need more room than a message)."""
     sampling: SamplingConfig = SamplingConfig(temperature=0.8, max_tokens=160)
@@ -121,13 +125,19 @@ class ProtocolConfig(_Strict):
     domains: list[Domain] = Field(default_factory=lambda: list(DOMAINS))  # type: ignore[arg-type]
     """Domains each participant talks about (one conversation with all arms per domain)."""
     min_turns: int = Field(2, ge=1)
-    """User turns (including the opening) before the user may stop."""
+    """User turns (including the opening) before the user may stop. From then on, after rating
+    each turn, the participant answers a separate stop question (instrument ``stop``)."""
     max_turns: int = Field(6, ge=1)
     """Hard cap on user turns."""
+    letters: LetterMode = "by_position"
+    """``by_position``: the arm shown first is A, the second B, …; ``independent``: the letters are a
+    second permutation drawn apart from the display order, so a label bias (preferring "A") and an
+    order bias (preferring what is shown first) can be told apart."""
     context_budget_tokens: int = Field(6000, ge=256)
     """When an arm's history would exceed this, the conversation ends (max_turns_reached)."""
     wtp_max: float = Field(10.0, gt=0, le=WTP_CAP)
-    """Upper end of the willingness-to-pay scale in dollars (at most the records' cap, $10)."""
+    """Upper end of the willingness-to-pay scale in dollars (at most the records' cap, $10); bids
+    are in dollars and cents."""
 
     @field_validator("domains")
     @classmethod
@@ -172,6 +182,13 @@ class Config(_Strict):
     personas built for their participants (PROTOCOL §3)."""
     limit: int | None = Field(None, ge=1)
     """Use only the first N personas."""
+    repeats: int = Field(1, ge=1, le=100)
+    """Sessions per participant × domain, each with its own seed (simulator test–retest; repeat 0
+    is the session a run without repeats makes, so raising this on a finished run adds sessions)."""
+    ablate_persona: bool = False
+    """Also run every session with a simulator that gets no persona (source
+    ``sim_dynamic_no_persona``; same seeds, letters and arms), the control that shows what the
+    persona adds to each fidelity comparison."""
     concurrency: int = Field(8, ge=1, le=100_000)
     """Sessions in flight at once (model calls are further bounded per endpoint)."""
     out_dir: str = "runs"

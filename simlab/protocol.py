@@ -1,12 +1,14 @@
 """One simulated participant's session (PROTOCOL §2, Sim-Dynamic) and the shared assessment.
 
-A session = one persona × one domain: a blinded conversation with every arm at once.
-The arms are shown as letters A, B, … drawn per conversation from a seed derived from
-(run seed, participant, domain). Each user message goes to every arm, each arm keeps
-its own history, and the simulated user reads the replies under their letters only.
+A session = one persona × one domain (× one repeat): a blinded conversation with every arm at
+once. The arms' display order and their letters A, B, … are drawn per conversation from a seed
+derived from (run seed, participant, domain, repeat); the letters follow the display order unless
+``protocol.letters = "independent"``. Each user message goes to every arm, each arm keeps its own
+history, and the simulated user reads the replies in display order under their letters only.
 Every judgement is schema-validated structured output; rankings are elicited as
 successive best-of-the-remaining choices whose enum holds only the letters still
-unranked, so a ranking is always a permutation by construction.
+unranked, so a ranking is always a permutation by construction. With ``simulator.memory =
+"session"`` each question also shows the participant's own earlier answers (by letter).
 
 Where a ranking comes from: ``assess`` → ``Simulator.rank`` → one ``rank_next`` prompt per
 place, each answered with a letter from the remaining ones.
@@ -40,7 +42,7 @@ from simlab.records import (
     SessionRecord,
     TurnRecord,
 )
-from simlab.schema import IN_DOMAIN, LETTERS
+from simlab.schema import IN_DOMAIN, LETTERS, NO_PERSONA, LetterMode
 from simlab.seeds import derive_seed
 
 GEN_ERROR_TEXT = "[This assistant could not produce a response because of a technical error.]"
@@ -60,8 +62,28 @@ def blind(arms: Sequence[str], seed: int) -> dict[str, str]:
     return {arms[int(i)]: LETTERS[pos] for pos, i in enumerate(order)}
 
 
-def conversation_id(participant_id: str, domain: str) -> str:
-    return f"{participant_id}:{domain}"
+def blind_display(arms: Sequence[str], seed: int, letters: LetterMode) -> tuple[dict[str, str], dict[str, int] | None]:
+    """(arm→letter, arm→position or None) of one conversation.
+
+    The display order is ``blind``'s permutation either way (so ``by_position`` conversations are
+    the ones earlier versions made); ``independent`` draws the letters from a second seed."""
+    by_position = blind(arms, seed)
+    if letters == "by_position":
+        return by_position, None
+    positions = {arm: LETTERS.index(letter) + 1 for arm, letter in by_position.items()}
+    return blind(arms, derive_seed(seed, "letters")), positions
+
+
+def conversation_id(participant_id: str, domain: str, repeat: int = 0, *, no_persona: bool = False) -> str:
+    """``participant:domain``, with ``:rN`` for repeat N ≥ 1 and ``:no_persona`` for the control."""
+    return f"{participant_id}:{domain}" + (f":r{repeat}" if repeat else "") + (":no_persona" if no_persona else "")
+
+
+def unit_seed(run_seed: int, participant_id: str, domain: str, repeat: int = 0) -> int:
+    """The conversation's seed (letters, order, sampling, BDM); the no-persona control shares it."""
+    if repeat == 0:
+        return derive_seed(run_seed, participant_id, domain)
+    return derive_seed(run_seed, participant_id, domain, "repeat", repeat)
 
 
 def arm_system_prompt(arm: ArmConfig, persona: Persona, *, summary: str | None) -> Prompt | None:
@@ -75,10 +97,6 @@ def arm_system_prompt(arm: ArmConfig, persona: Persona, *, summary: str | None) 
 
 
 # ----------------------------------------------------------------------------- schemas
-
-
-def _letters(k: int) -> tuple[str, ...]:
-    return tuple(LETTERS[:k])
 
 
 def _closed(name: str, **fields: Any) -> type[BaseModel]:
@@ -98,19 +116,22 @@ def _opening_schema(letters: tuple[str, ...]) -> type[BaseModel]:
     return _closed("OpeningChoice", preferred=(L, ...), personalised=(L, ...))
 
 
-def scores_schema(name: str, letters: Sequence[str], lo: float, hi: float, *, integer: bool = True,
-                  may_stop: bool = False) -> type[BaseModel]:
-    return _scores_schema(name, tuple(letters), lo, hi, integer, may_stop)
+def scores_schema(name: str, letters: Sequence[str], lo: float, hi: float, *, integer: bool = True) -> type[BaseModel]:
+    """One bounded score per letter, fields in display order (the order a grammar makes them)."""
+    return _scores_schema(name, tuple(letters), lo, hi, integer)
 
 
 @functools.cache
-def _scores_schema(name: str, letters: tuple[str, ...], lo: float, hi: float, integer: bool,
-                   may_stop: bool) -> type[BaseModel]:
+def _scores_schema(name: str, letters: tuple[str, ...], lo: float, hi: float, integer: bool) -> type[BaseModel]:
     kind = int if integer else float
     fields: dict[str, Any] = {letter: (kind, Field(ge=lo, le=hi)) for letter in letters}
-    if may_stop:
-        fields["continue"] = (bool, ...)
     return _closed(name, **fields)
+
+
+@functools.cache
+def stop_schema() -> type[BaseModel]:
+    """The stop question's answer: continue the conversation or not."""
+    return _closed("StopDecision", **{"continue": (bool, ...)})
 
 
 def pick_schema(remaining: Sequence[str]) -> type[BaseModel]:
@@ -145,9 +166,11 @@ class TranscriptTurn:
 
 
 def transcript_text(turns: Sequence[TranscriptTurn]) -> str:
+    """The conversation as the participant saw it: the replies in display order (``replies``'
+    insertion order), each under its letter."""
     return render(
         "simulator/transcript.j2",
-        turns=[{"user": t.user, "replies": sorted(t.replies.items())} for t in turns],
+        turns=[{"user": t.user, "replies": list(t.replies.items())} for t in turns],
     ).text
 
 
@@ -169,17 +192,24 @@ class Simulator:
     """The simulated participant: its persona prompt, model and the calls of its session.
 
     ``calls`` is the session's ``recording()`` list: the client adds every call's record to it
-    (the simulator's, the arms', a summary made for the session), labelled by ``call_context``."""
+    (the simulator's, the arms', a summary made for the session), labelled by ``call_context``.
+    ``persona_text`` None: the no-persona control. With ``memory``, ``remember`` keeps the
+    participant's answers and every later question (``task``) shows them after the transcript
+    (``simulator/memory.j2``): the system prompt and the transcript before them stay a prefix
+    that a server's prompt cache holds across the session's calls."""
 
     client: LLMClient
     spec: ModelSpec
-    persona_text: str
+    persona_text: str | None
     domain_instruction: str
     conversation_id: str
     seed: int
     wtp_max: float = 10.0
+    memory: bool = False
     calls: list[LLMCallRecord] = field(default_factory=list)
     instruments: list[InstrumentRecord] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """The participant's own earlier answers in this conversation, oldest first."""
     _n: int = 0
     _system_prompt: Prompt | None = None
 
@@ -190,11 +220,20 @@ class Simulator:
                                          domain_instruction=self.domain_instruction)
         return self._system_prompt
 
+    def remember(self, note: str) -> None:
+        """Keep one of the participant's answers for the questions that follow (memory = session)."""
+        if self.memory:
+            self.notes.append(note)
+
+    def task(self, name: str, **variables: Any) -> Prompt:
+        """A question's prompt, with the participant's earlier answers in it (none without memory)."""
+        return render(name, memory=list(self.notes), **variables)
+
     def _messages(self, task: Prompt) -> list[dict[str, str]]:
         return [{"role": "system", "content": self._system().text}, {"role": "user", "content": task.text}]
 
     def _prompt(self, task: Prompt) -> tuple[str, str]:
-        # the call is the task and the simulator's system prompt: the record names and hashes both
+        # the call is the task (its hash covers the memory partial) and the simulator's system prompt
         system = self._system()
         return f"{task.name}+{system.name}", f"{task.hash}+{system.hash}"
 
@@ -260,12 +299,17 @@ class Simulator:
         ranked: list[str] = []
         remaining = list(letters)
         while len(remaining) > 1:
-            task = render("simulator/rank_next.j2", transcript=text, question=question,
+            task = self.task("simulator/rank_next.j2", transcript=text, question=question,
                           ranked=", ".join(ranked), remaining=", ".join(remaining))
             pick = await self.ask(f"{instrument}_{len(ranked) + 1}", task, pick_schema(remaining))
             ranked.append(pick.letter)  # type: ignore[attr-defined]
             remaining.remove(pick.letter)  # type: ignore[attr-defined]
         return ranked + remaining
+
+
+def scores_note(scores: dict[str, float], letters: Sequence[str]) -> str:
+    """``A 70, B 55, …`` in display order (a memory note's compact form)."""
+    return ", ".join(f"{letter} {scores[letter]:g}" for letter in letters)
 
 
 def _asked(instrument: str, task: Prompt) -> str:
@@ -292,22 +336,28 @@ async def assess(sim: Simulator, turns: Sequence[TranscriptTurn], letters: Seque
     Used by both modes: Sim-Dynamic on its own conversation, Sim-Judgement on a human's.
     """
     ranking = await sim.rank("ranking", turns, letters, "Which remaining response do you prefer most overall?")
+    sim.remember(f"Your overall ranking, best first: {', '.join(ranking)}.")
     provenance = await sim.rank(
         "provenance_ranking", turns, letters,
         "Which remaining response is most likely to have been personalised to you?",
     )
+    sim.remember(f"Your ranking by how likely each was personalised to you: {', '.join(provenance)}.")
     text = transcript_text(turns)
     joined = ", ".join(letters)
-    ratings = await sim.ask("ratings", render("simulator/ratings.j2", transcript=text, letters=joined),
+    ratings = await sim.ask("ratings", sim.task("simulator/ratings.j2", transcript=text, letters=joined),
                             ratings_schema(letters))
-    # whole dollars: a bounded integer is enforceable by every backend's grammar
-    bids = await sim.ask("wtp", render("simulator/wtp.j2", transcript=text, letters=joined, wtp_max=f"{sim.wtp_max:g}"),
-                         scores_schema("Bids", letters, 0, int(sim.wtp_max)))
+    scores = {scale: getattr(ratings, scale).model_dump() for scale in ("preference", "engagingness", "provenance")}
+    sim.remember("Your final ratings: " + "; ".join(f"{scale} {scores_note(v, letters)}" for scale, v in scores.items())
+                 + ".")
+    # dollars and cents: the schema bounds the number, the bid keeps cent resolution (the BDM
+    # price is drawn in cents too)
+    bids = await sim.ask("wtp", sim.task("simulator/wtp.j2", transcript=text, letters=joined, wtp_max=f"{sim.wtp_max:.2f}"),
+                         scores_schema("Bids", letters, 0, float(sim.wtp_max), integer=False))
     return Assessment(
         ranking=ranking,
         provenance_ranking=provenance,
-        ratings={scale: getattr(ratings, scale).model_dump() for scale in ("preference", "engagingness", "provenance")},
-        wtp={letter: float(getattr(bids, letter)) for letter in letters},
+        ratings=scores,
+        wtp={letter: round(float(getattr(bids, letter)), 2) for letter in letters},
     )
 
 
@@ -325,11 +375,13 @@ def bdm_draw(arm_letters: dict[str, str], wtp: dict[str, float], seed: int, wtp_
 
 
 def judgement_rows(conv_id: str, arm_letters: dict[str, str], a: Assessment, *,
-                   opening_pick: str | None, provenance_pick: str | None) -> list[JudgementRecord]:
+                   opening_pick: str | None, provenance_pick: str | None,
+                   arm_positions: dict[str, int] | None = None) -> list[JudgementRecord]:
     rows = []
     for arm, letter in sorted(arm_letters.items(), key=lambda kv: kv[1]):
+        position = arm_positions[arm] if arm_positions is not None else LETTERS.index(letter) + 1
         rows.append(JudgementRecord(
-            conversation_id=conv_id, arm=arm, letter=letter, position=LETTERS.index(letter) + 1,
+            conversation_id=conv_id, arm=arm, letter=letter, position=position,
             opening_choice=None if opening_pick is None else letter == opening_pick,
             provenance_guess=None if provenance_pick is None else letter == provenance_pick,
             rank=a.ranking.index(letter) + 1,
@@ -361,8 +413,14 @@ async def simulate_session(
     client: LLMClient,
     *,
     summary: str | None = None,
+    repeat: int = 0,
+    no_persona: bool = False,
 ) -> SessionRecord:
     """Run one Sim-Dynamic session end to end and return its records.
+
+    ``repeat``: which run of this participant × domain (its own seed; 0 is the only one without
+    ``repeats``). ``no_persona``: the control, whose simulator gets no persona (source
+    ``sim_dynamic_no_persona``); it shares the seed, letters and arms of the persona session.
 
     A config whose simulator or arms render the persona as a summary needs one: pass it as
     ``summary``, or the session makes it (or reads it from ``config.summary.cache_dir``) itself.
@@ -372,11 +430,12 @@ async def simulate_session(
     and ``BackendUnavailable`` (nothing to record: the session is still to do) when an
     endpoint stops answering. The session's calls stay on one replica of each endpoint.
     """
-    conv_id = conversation_id(persona.persona_id, domain)
+    conv_id = conversation_id(persona.persona_id, domain, repeat, no_persona=no_persona)
     with affinity(conv_id), recording() as calls, call_context(conversation_id=conv_id):
         if summary is None and needs_summary(config):
             summary = await persona_summary(persona, config, client)
-        return await _simulate_session(persona, domain, config, client, summary=summary, calls=calls)
+        return await _simulate_session(persona, domain, config, client, summary=summary, calls=calls,
+                                       repeat=repeat, no_persona=no_persona)
 
 
 def needs_summary(config: Config) -> bool:
@@ -398,26 +457,30 @@ async def persona_summary(persona: Persona, config: Config, client: LLMClient) -
 
 
 async def _simulate_session(persona: Persona, domain: str, config: Config, client: LLMClient, *,
-                            summary: str | None, calls: list[LLMCallRecord]) -> SessionRecord:
+                            summary: str | None, calls: list[LLMCallRecord], repeat: int,
+                            no_persona: bool) -> SessionRecord:
     pid = persona.persona_id
-    conv_id = conversation_id(pid, domain)
-    unit_seed = derive_seed(config.seed, pid, domain)
+    conv_id = conversation_id(pid, domain, repeat, no_persona=no_persona)
+    source = NO_PERSONA if no_persona else "sim_dynamic"
+    seed = unit_seed(config.seed, pid, domain, repeat)
     arm_ids = [a.id for a in config.arms]
-    arm_letters = blind(arm_ids, unit_seed)
-    letters = _letters(len(arm_ids))
     p = config.protocol
-    persona_text = render_persona(persona, config.simulator.rendering, summary=summary).text
+    arm_letters, arm_positions = blind_display(arm_ids, seed, p.letters)
+    persona_text = None if no_persona else render_persona(persona, config.simulator.rendering, summary=summary).text
     sim = Simulator(
         client=client, spec=config.simulator, persona_text=persona_text,
         domain_instruction=render(f"domains/{domain}.j2").text, conversation_id=conv_id,
-        seed=unit_seed, wtp_max=p.wtp_max, calls=calls,
+        seed=seed, wtp_max=p.wtp_max, memory=config.simulator.memory == "session", calls=calls,
     )
     states = []
     for arm in config.arms:
-        system = arm_system_prompt(arm, persona, summary=summary)
+        system = arm_system_prompt(arm, persona, summary=summary)  # the arms see the participant either way
         msgs = [{"role": "system", "content": system.text}] if system else []
         states.append(_ArmState(arm=arm, letter=arm_letters[arm.id], messages=msgs,
                                 system_hash=system.hash if system else None))
+    # the user reads the replies in display order; their letters in that order
+    shown = sorted(states, key=lambda st: arm_positions[st.arm.id] if arm_positions else st.letter)
+    letters = tuple(st.letter for st in shown)
 
     turn_rows: list[TurnRecord] = []
     transcript: list[TranscriptTurn] = []
@@ -431,17 +494,17 @@ async def _simulate_session(persona: Persona, domain: str, config: Config, clien
             # each arm's thread is its own stream: the four replies of a turn can go to different
             # replicas, and each thread's history stays in one replica's prompt cache
             with affinity(f"{conv_id}|{state.arm.id}"), call_context(role="arm", arm=state.arm.id, instrument="reply"):
-                seed = derive_seed(unit_seed, state.arm.id, turn) % 2**31
+                call_seed = derive_seed(seed, state.arm.id, turn) % 2**31
                 if state.arm.soft_tokens is not None:
                     # the participant's soft tokens before the chat, as prompt embeddings; which soft
                     # tokens (the participant's own or the generic e0) goes in the call's prompt_name
                     bank = load_bank(state.arm.soft_tokens.embeddings, state.arm.soft_tokens.base_model)
                     embeds, generic = bank.prompt_embeds(pid, state.messages)
                     res = await client.complete_embeds(
-                        state.arm, embeds, seed=seed, prompt_hash=state.system_hash, tag={"arm": state.arm.id},
+                        state.arm, embeds, seed=call_seed, prompt_hash=state.system_hash, tag={"arm": state.arm.id},
                         prompt_name=f"{state.arm.system_prompt}+soft_tokens:{'e0' if generic else 'own'}")
                 else:
-                    res = await client.chat(state.arm, state.messages, seed=seed,
+                    res = await client.chat(state.arm, state.messages, seed=call_seed,
                                             prompt_name=state.arm.system_prompt, prompt_hash=state.system_hash,
                                             tag={"arm": state.arm.id})
         except LLMError:
@@ -460,24 +523,26 @@ async def _simulate_session(persona: Persona, domain: str, config: Config, clien
             for s in states:
                 s.messages.append({"role": "user", "content": message})
             answers = await asyncio.gather(*(reply(s, turn) for s in states))
-            replies: dict[str, str] = {}
             for s, (text, _tokens, failed) in zip(states, answers):
                 # the arm's own history keeps what the user saw, error notice included
                 s.messages.append({"role": "assistant", "content": text})
-                replies[s.letter] = text
                 gen_error |= failed
+            replies = {s.letter: s.messages[-1]["content"] for s in shown}  # display order
             transcript.append(TranscriptTurn(user=message, replies=replies))
             ttext = transcript_text(transcript)
             joined = ", ".join(letters)
             if turn == 0:
-                pick = await sim.ask("opening_choice", render("simulator/opening_choice.j2", transcript=ttext,
+                pick = await sim.ask("opening_choice", sim.task("simulator/opening_choice.j2", transcript=ttext,
                                                               n_arms=len(letters), letters=joined),
                                      opening_schema(letters))
                 opening_pick, provenance_pick = pick.preferred, pick.personalised  # type: ignore[attr-defined]
+                sim.remember(f"After the first responses you preferred {opening_pick} and thought {provenance_pick} "
+                             "was the one personalised to you.")
             n_done = turn + 1
-            may_stop = p.min_turns <= n_done < p.max_turns
-            rated = await sim.ask("turn_rating", render("simulator/turn_rating.j2", transcript=ttext, may_stop=may_stop),
-                                  scores_schema("TurnRating", letters, 0, 100, may_stop=may_stop))
+            rated = await sim.ask("turn_rating", sim.task("simulator/turn_rating.j2", transcript=ttext, letters=joined),
+                                  scores_schema("TurnRating", letters, 0, 100))
+            sim.remember(f"Your ratings of the responses to your message {n_done}: "
+                         f"{scores_note(rated.model_dump(), letters)}.")
             for s, (text, tokens, failed) in zip(states, answers):
                 turn_rows.append(TurnRecord(conversation_id=conv_id, turn=turn, role="assistant", arm=s.arm.id,
                                             letter=s.letter, text=text, n_tokens=tokens, gen_error=failed,
@@ -485,15 +550,20 @@ async def _simulate_session(persona: Persona, domain: str, config: Config, clien
             if n_done >= p.max_turns:
                 stop_reason = "max_turns"
                 break
-            if may_stop and not getattr(rated, "continue"):
-                stop_reason = "user_ended"
-                break
+            if n_done >= p.min_turns:
+                # the stop decision is its own question, asked after the rating (as in the study)
+                decision = await sim.ask("stop", sim.task("simulator/stop.j2", transcript=ttext, n_done=n_done,
+                                                        max_turns=p.max_turns), stop_schema())
+                if not getattr(decision, "continue"):
+                    stop_reason = "user_ended"
+                    break
+                sim.remember(f"After your message {n_done} you chose to continue the conversation.")
             # the context budget: the fullest arm history plus a reply must still fit
             biggest = max(s.context_tokens for s in states)
             if biggest + max(s.arm.sampling.max_tokens for s in states) + 200 > p.context_budget_tokens:
                 stop_reason, max_turns_reached = "context_limit", True
                 break
-            message, n_tok = await sim.write("next_message", render(
+            message, n_tok = await sim.write("next_message", sim.task(
                 "simulator/next_message.j2", transcript=ttext, n_arms=len(letters), letters=joined))
             turn += 1
         assessment = await assess(sim, transcript, letters)
@@ -505,15 +575,17 @@ async def _simulate_session(persona: Persona, domain: str, config: Config, clien
         )) from exc
 
     judgements = judgement_rows(conv_id, arm_letters, assessment, opening_pick=opening_pick,
-                                provenance_pick=provenance_pick)
-    bdm = bdm_draw(arm_letters, assessment.wtp, derive_seed(unit_seed, "bdm"), p.wtp_max, conv_id)
+                                provenance_pick=provenance_pick, arm_positions=arm_positions)
+    bdm = bdm_draw(arm_letters, assessment.wtp, derive_seed(seed, "bdm"), p.wtp_max, conv_id)
     return SessionRecord(
-        participant=ParticipantRecord(participant_id=pid, source="sim_dynamic", persona_id=pid,
-                                      rendering=config.simulator.rendering, simulator_model=config.simulator.model),
+        participant=ParticipantRecord(participant_id=pid, source=source, persona_id=pid,
+                                      rendering=None if no_persona else config.simulator.rendering,
+                                      simulator_model=config.simulator.model),
         conversation=ConversationRecord(
-            conversation_id=conv_id, participant_id=pid, source="sim_dynamic", domain=domain,
-            in_domain=domain in IN_DOMAIN, arm_letters=arm_letters, n_turns=len(transcript), gen_error=gen_error,
-            max_turns_reached=max_turns_reached, stop_reason=stop_reason, seed=unit_seed,
+            conversation_id=conv_id, participant_id=pid, source=source, domain=domain,
+            in_domain=domain in IN_DOMAIN, arm_letters=arm_letters, arm_positions=arm_positions, repeat=repeat,
+            n_turns=len(transcript), gen_error=gen_error,
+            max_turns_reached=max_turns_reached, stop_reason=stop_reason, seed=seed,
         ),
         turns=turn_rows,
         judgements=judgements,

@@ -56,6 +56,11 @@ class ConversationRecord(_Record):
     in_domain: bool
     arm_letters: dict[str, str]
     """Blinding map {arm: letter}; the letters are A, B, … with none missing or repeated."""
+    arm_positions: dict[str, int] | None = None
+    """Display order {arm: position} (1 = shown first) when it differs from the letters'
+    order (``protocol.letters = "independent"``); None: the letter A is shown first, B second, …"""
+    repeat: Count = 0
+    """Which run of this participant × domain (``--repeats k``: 0 … k-1, each with its own seed)."""
     n_turns: Count
     """User turns including the opening."""
     gen_error: bool = False
@@ -68,11 +73,22 @@ class ConversationRecord(_Record):
     ``context_limit`` (the context budget), ``error``."""
     seed: int | None = None
 
+    def position_of(self, arm: str) -> int:
+        """Where ``arm`` was shown (1 = first)."""
+        if self.arm_positions is not None:
+            return self.arm_positions[arm]
+        return LETTERS.index(self.arm_letters[arm]) + 1
+
     @model_validator(mode="after")
     def _check(self) -> ConversationRecord:
         letters = sorted(self.arm_letters.values())
         if letters != list(LETTERS[: len(letters)]) or not letters:
             raise ValueError(f"arm_letters must map the arms onto A, B, … exactly once, got {self.arm_letters}")
+        if self.arm_positions is not None and (
+                sorted(self.arm_positions) != sorted(self.arm_letters)
+                or sorted(self.arm_positions.values()) != list(range(1, len(letters) + 1))):
+            raise ValueError(f"arm_positions must map the arms onto 1..{len(letters)} exactly once, "
+                             f"got {self.arm_positions}")
         if self.in_domain != (self.domain in IN_DOMAIN):
             raise ValueError(f"in_domain={self.in_domain} contradicts domain {self.domain!r}")
         return self
@@ -108,7 +124,7 @@ class JudgementRecord(_Record):
     arm: str
     letter: str
     position: Annotated[int, Field(ge=1)]
-    """1 = shown first (A)."""
+    """1 = shown first (letter A, unless the conversation's letters are independent of the order)."""
     opening_choice: bool | None = None
     provenance_guess: bool | None = None
     rank: Annotated[int, Field(ge=1)] | None = None
@@ -117,11 +133,12 @@ class JudgementRecord(_Record):
     rating_engagingness: Rating | None = None
     rating_provenance: Rating | None = None
     wtp_bid: Dollars | None = None
+    """The bid in dollars and cents (0.00 to the protocol's ``wtp_max``)."""
 
     @model_validator(mode="after")
     def _check(self) -> JudgementRecord:
-        if self.letter not in LETTERS or LETTERS.index(self.letter) + 1 != self.position:
-            raise ValueError(f"letter {self.letter!r} is not shown at position {self.position}")
+        if self.letter not in LETTERS:
+            raise ValueError(f"letter {self.letter!r} is not one of {', '.join(LETTERS)}")
         return self
 
 
@@ -238,6 +255,10 @@ class SessionRecord(_Record):
                 continue
             if conv.arm_letters.get(row.arm) != row.letter:
                 raise ValueError(f"{type(row).__name__}: arm {row.arm!r} has letter {row.letter!r}, map says {conv.arm_letters}")
+        for j in self.judgements:
+            if j.arm in conv.arm_letters and j.position != conv.position_of(j.arm):
+                raise ValueError(f"JudgementRecord: arm {j.arm!r} was shown at position {conv.position_of(j.arm)}, "
+                                 f"not {j.position}")
         if self.judgements:
             arms = [j.arm for j in self.judgements]
             if sorted(arms) != sorted(conv.arm_letters):

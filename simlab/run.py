@@ -23,7 +23,7 @@ from pathlib import Path
 
 from simlab import __version__
 from simlab._files import write_text_atomic
-from simlab.config import CONFIGS_DIR, Config, load_config
+from simlab.config import CONFIGS_DIR, Config, ProtocolConfig, load_config
 from simlab.errors import (
     BackendUnavailable,
     ConfigError,
@@ -202,22 +202,37 @@ def _check_writable(directory: Path, field: str) -> None:
         raise InputError(f"cannot write here ({existing} is not writable)", file=directory, field=field)
 
 
+def units(config: Config, personas: Sequence[Persona]) -> list[tuple[Persona, str, int, bool]]:
+    """Every session of the run: (persona, domain, repeat, no_persona), persona sessions first."""
+    conditions = [False, True] if config.ablate_persona else [False]
+    return [(p, d, r, c) for c in conditions for r in range(config.repeats) for p in personas
+            for d in config.protocol.domains]
+
+
+def calls_per_session(k: int, turns: int, protocol: ProtocolConfig) -> int:
+    """Model calls of a session with ``k`` arms that lasts ``turns`` user turns (no retries)."""
+    # opening + k replies and a rating per turn + the opening choice + a stop question after each
+    # turn from min_turns on, except at the cap + next messages; assessment: 2 rankings of k-1
+    # picks, ratings, bids
+    stops = sum(1 for t in range(1, turns + 1) if protocol.min_turns <= t < protocol.max_turns)
+    return 1 + turns * (k + 1) + 1 + stops + (turns - 1) + 2 * (k - 1) + 2
+
+
 def plan_text(config: Config, personas: Sequence[Persona], run_dir: Path) -> str:
-    n_sessions = len(personas) * len(config.protocol.domains)
+    n_sessions = len(units(config, personas))
     k = len(config.arms)
     p = config.protocol
-    # per user turn: k arm replies + 1 turn rating + 1 next message; opening adds the choice;
-    # assessment: 2 rankings of k-1 picks, ratings, bids.
-    per_turn = k + 2
-    fixed = 1 + 1 + 2 * (k - 1) + 2
-    lo = fixed + p.min_turns * per_turn - 1
-    hi = fixed + p.max_turns * per_turn - 1
+    lo, hi = calls_per_session(k, p.min_turns, p), calls_per_session(k, p.max_turns, p)
     summaries = len(personas) if _needs_summary(config) else 0
+    extra = ""
+    if config.repeats > 1 or config.ablate_persona:
+        extra = f" ({config.repeats} repeat(s)" + (" × with and without persona" if config.ablate_persona else "") + ")"
     lines = [
         f"run directory: {run_dir}",
         f"participants: {len(personas)} × domains: {len(p.domains)} ({', '.join(p.domains)}) × arms: {k} "
         f"({', '.join(a.id for a in config.arms)})",
-        f"sessions: {n_sessions}; user turns per session: {p.min_turns}–{p.max_turns}",
+        f"sessions: {n_sessions}{extra}; user turns per session: {p.min_turns}–{p.max_turns}; "
+        f"simulator memory: {config.simulator.memory}; letters: {p.letters}",
         f"expected model calls: {n_sessions * lo}–{n_sessions * hi} (+{summaries} persona summaries, "
         f"+ schema retries)",
         "endpoints: " + ", ".join(
@@ -259,8 +274,9 @@ async def run_experiment(
     store = open_store(run_dir, config, personas=[p.persona_id for p in personas], shard=list(shard))
     done_before = store.completed_sessions()
     skip = done_before if retry_failed else done_before | store.failed_sessions()
-    todo = [(p, d) for p in personas for d in config.protocol.domains if conversation_id(p.persona_id, d) not in skip]
-    n_planned = len(personas) * len(config.protocol.domains)
+    planned = units(config, personas)
+    todo = [u for u in planned if conversation_id(u[0].persona_id, u[1], u[2], no_persona=u[3]) not in skip]
+    n_planned = len(planned)
     interrupted = False
     stopped: str | None = None
     backend_info: dict[str, dict] = {}
@@ -273,11 +289,13 @@ async def run_experiment(
             client = LLMClient(config.endpoints, base_urls=backends.base_urls)
             summaries = PersonaSummaries(config, client, store) if _needs_summary(config) else None
 
-            async def session(unit: tuple[Persona, str]) -> SessionRecord:
-                persona, domain = unit
+            async def session(unit: tuple[Persona, str, int, bool]) -> SessionRecord:
+                persona, domain, repeat, no_persona = unit
                 summary = None if summaries is None else await summaries.get(
-                    persona, session_key=conversation_id(persona.persona_id, domain), domain=domain)
-                return await simulate_session(persona, domain, config, client, summary=summary)
+                    persona, session_key=conversation_id(persona.persona_id, domain, repeat, no_persona=no_persona),
+                    domain=domain)
+                return await simulate_session(persona, domain, config, client, summary=summary, repeat=repeat,
+                                              no_persona=no_persona)
 
             try:
                 outcome = await run_sessions(todo, session, store, concurrency=config.concurrency, progress=progress)
@@ -366,6 +384,10 @@ def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
         data["out_dir"] = args.out
     if args.human:
         data["human"] = args.human
+    if args.repeats is not None:
+        data["repeats"] = args.repeats
+    if args.ablate_persona:
+        data["ablate_persona"] = True
     from simlab.config import parse_config
 
     try:
@@ -374,7 +396,7 @@ def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
         # the config itself was valid: a bad value came from an option, so name the option
         given = {"personas": args.personas, "limit": args.limit, "holdout": args.holdout,
                  "protocol.domains": args.domains, "concurrency": args.concurrency, "seed": args.seed,
-                 "out_dir": args.out, "human": args.human}
+                 "out_dir": args.out, "human": args.human, "repeats": args.repeats}
         for field, value in given.items():
             if value is not None and exc.field and (exc.field == field or exc.field.startswith((f"{field}.", f"{field}["))):
                 exc.file, exc.field = None, _OPTION_OF.get(field, f"--{field}")
@@ -419,6 +441,10 @@ backend stopped answering (nothing lost: run the same command again once it is b
     parser.add_argument("--seed", type=int, help="run seed (letters, BDM draws, sampling seeds derive from it)")
     parser.add_argument("--out", help="directory that holds run directories (default: runs)")
     parser.add_argument("--human", help="human data directory to compare with in the report")
+    parser.add_argument("--repeats", type=int, metavar="K",
+                        help="run each participant × domain K times with different seeds (simulator test–retest)")
+    parser.add_argument("--ablate-persona", action="store_true",
+                        help="also run every session with a simulator that gets no persona (the control)")
     parser.add_argument("--shard", default="0/1", help="run shard i of n (disjoint participants), e.g. 0/4")
     parser.add_argument("--resume", metavar="RUN_DIR", help="resume this run directory with its stored config")
     parser.add_argument("--retry-failed", action="store_true", help="also redo sessions that failed before")

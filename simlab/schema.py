@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-Source = Literal["human", "sim_dynamic", "sim_judgement"]
+Source = Literal["human", "sim_dynamic", "sim_judgement", "sim_dynamic_no_persona"]
 HUMAN = "human"
 """The source of real people's data; every other source is simulated."""
-SOURCES: tuple[str, ...] = ("human", "sim_dynamic", "sim_judgement")
+SOURCES: tuple[str, ...] = ("human", "sim_dynamic", "sim_judgement", "sim_dynamic_no_persona")
+NO_PERSONA = "sim_dynamic_no_persona"
+"""The control source: Sim-Dynamic sessions whose simulator got no persona (``--ablate-persona``),
+paired with the persona sessions of the same participant, domain, repeat and seed."""
 
 Domain = Literal["unguided", "values", "controversy", "emotional_wellbeing"]
 DOMAINS: tuple[str, ...] = ("unguided", "values", "controversy", "emotional_wellbeing")
@@ -22,6 +25,11 @@ StopReason = Literal["user_ended", "max_turns", "context_limit", "error"]
 Role = Literal["user", "assistant"]
 GradeMode = Literal["first_turn", "conversation"]
 Rendering = Literal["demographics", "profile", "summary"]
+Memory = Literal["session", "none"]
+"""What the simulated participant sees of its own earlier answers in a conversation."""
+LetterMode = Literal["by_position", "independent"]
+"""How letters are given to the arms: the display position's letter (A shown first), or a
+second permutation drawn independently of the display order."""
 """How a persona is shown to the simulator or an arm (PROTOCOL §3)."""
 
 PRISM_DOMAINS: dict[str, str] = {"unguided": "unguided", "values guided": "values", "controversy guided": "controversy"}

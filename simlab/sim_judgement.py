@@ -115,6 +115,7 @@ def human_conversations(tables: Tables) -> list[HumanConversation]:
         for turn, text in zip(users["turn"], users["text"]):
             at = replies[replies["turn"] == turn]
             got = {str(x): str(y) for x, y in zip(at["letter"], at["text"]) if not pd.isna(x) and not pd.isna(y)}
+            got = dict(sorted(got.items()))  # shown in letter order (the transcript keeps this order)
             missing = [x for x in letters if x not in got]
             if missing:
                 raise InputError(f"conversation {cid!r} lacks assistant replies at turn {int(turn)} for letter(s) "
@@ -157,12 +158,14 @@ async def _simulate_judgement(persona: Persona, hc: HumanConversation, config: C
         client=client, spec=config.simulator,
         persona_text=render_persona(persona, config.simulator.rendering, summary=summary).text,
         domain_instruction=render(f"domains/{hc.domain}.j2").text, conversation_id=conv_id, seed=unit_seed,
-        wtp_max=config.protocol.wtp_max, calls=calls,
+        wtp_max=config.protocol.wtp_max, memory=config.simulator.memory == "session", calls=calls,
     )
     try:
         opening = transcript_text(hc.turns[:1])  # the choice the human made before turn 1 existed
-        pick = await sim.ask("opening_choice", render("simulator/opening_choice.j2", transcript=opening,
+        pick = await sim.ask("opening_choice", sim.task("simulator/opening_choice.j2", transcript=opening,
                                                       n_arms=len(letters), letters=joined), opening_schema(letters))
+        sim.remember(f"After the first responses you preferred {pick.preferred} and thought "  # type: ignore[attr-defined]
+                     f"{pick.personalised} was the one personalised to you.")  # type: ignore[attr-defined]
         assessment = await assess(sim, hc.turns, letters)
     except (StructuredOutputError, LLMError) as exc:
         raise SessionFailed(SessionFailure(

@@ -48,12 +48,19 @@ from simlab.records import (
 from simlab.tables import Tables, spreadsheet_safe_frame
 
 STORE_FILE = "store.sqlite"
-STORE_SCHEMA_VERSION = 1
+STORE_SCHEMA_VERSION = 2
+# Tables whose shape changed since each older version; opening such a store rebuilds them in
+# one transaction (their rows copied, the new columns at their defaults), so a run made by an
+# older simlab resumes. 1 → 2: conversations gained repeat and arm_positions; the source CHECKs
+# gained sim_dynamic_no_persona.
+_MIGRATE: dict[int, tuple[str, ...]] = {1: ("participants", "conversations", "autograde")}
+_DEFAULTS = {("conversations", "repeat"): "0"}
 # meta keys that must agree between a run and its resume (when present in either)
 MATCHED_META = ("config", "prompt_hashes", "models", "seed")
-RESUMABLE_KEYS = ("concurrency", "limit", "out_dir", "human", "max_gen_error_rate")
+RESUMABLE_KEYS = ("concurrency", "limit", "out_dir", "human", "max_gen_error_rate", "repeats", "ablate_persona")
 """Config keys that may differ between the resumes of a run and between the shards of a merge
-(each shard writes to its own ``out_dir``): none of them changes a result."""
+(each shard writes to its own ``out_dir``): none of them changes a stored result (``repeats`` and
+``ablate_persona`` add sessions next to the ones a run without them makes)."""
 _SECRET_KEY = re.compile(r"(api_?key|secret|password|passwd|authorization|access_token|bearer)", re.I)
 REDACTED = "<redacted>"
 
@@ -300,6 +307,35 @@ def _warn_if_network(path: Path) -> None:
             NetworkFilesystemWarning, stacklevel=3)
 
 
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Rebuild the tables whose shape changed since ``version`` (SQLite's table-rebuild recipe:
+    new table, copy, drop, rename; foreign keys off meanwhile), all or nothing."""
+    conn.execute("PRAGMA foreign_keys=OFF")  # a no-op inside a transaction: set before BEGIN
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for name in _MIGRATE[version]:
+            table = TABLES[name]
+            old = [r[1] for r in conn.execute(f"PRAGMA table_info({name})")]
+            conn.execute(table.ddl().replace(f"CREATE TABLE IF NOT EXISTS {name} (", f"CREATE TABLE _new_{name} (", 1))
+            cols = [c for c in table.names if c in old or (name, c) in _DEFAULTS]
+            values = [c if c in old else _DEFAULTS[(name, c)] for c in cols]
+            conn.execute(f"INSERT INTO _new_{name} ({', '.join(cols)}) SELECT {', '.join(values)} FROM {name}")
+            conn.execute(f"DROP TABLE {name}")
+            conn.execute(f"ALTER TABLE _new_{name} RENAME TO {name}")
+        for statement in filter(str.strip, _DDL.split(";")):  # indexes dropped with their tables
+            conn.execute(statement)
+        bad = conn.execute("PRAGMA foreign_key_check").fetchall()
+        if bad:
+            raise sqlite3.IntegrityError(f"foreign keys broken after the rebuild: {bad[:3]}")
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'store_schema'", (json.dumps(STORE_SCHEMA_VERSION),))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        conn.execute("PRAGMA foreign_keys=ON")
+        raise
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA foreign_keys=ON")
+
+
 def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if not readonly:
         _warn_if_network(path)
@@ -371,9 +407,18 @@ class RunStore:
             if conn is not None:
                 conn.close()
             raise InputError(f"not a simlab run store: {exc}", file=path) from exc
-        if version is None or json.loads(version[0]) != STORE_SCHEMA_VERSION:
+        found = None if version is None else json.loads(version[0])
+        if found in _MIGRATE:
+            try:
+                _migrate(conn, found)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise InputError(f"store schema {found} could not be brought to {STORE_SCHEMA_VERSION} (nothing "
+                                 f"was changed): {exc}", file=path) from exc
+        elif found != STORE_SCHEMA_VERSION:
             conn.close()
-            raise InputError(f"store schema {version and version[0]} is not {STORE_SCHEMA_VERSION}", file=path)
+            raise InputError(f"store schema {found} is not {STORE_SCHEMA_VERSION} (made by another simlab "
+                             "version; its results are untouched)", file=path)
         return cls(path, conn)
 
     @classmethod

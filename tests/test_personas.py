@@ -495,7 +495,7 @@ def test_a_partial_is_in_the_hash_of_every_template_that_includes_it(tmp_path, m
     monkeypatch.setenv("SIMLAB_PROMPTS_DIR", str(root))
     users = ("persona/demographics.j2", "persona/profile.j2", "persona/summary_request.j2")
     before = {name: template_hash(name) for name in users}
-    plain = "simulator/wtp.j2"  # includes nothing: its hash is its bytes' hash, as before partials
+    plain = "simulator/opening.j2"  # includes nothing: its hash is its bytes' hash, as before partials
     assert template_hash(plain) == hashlib.sha256((root / plain).read_bytes()).hexdigest()[:12]
     partial = root / "persona" / "_survey_answers.j2"
     partial.write_text(partial.read_text() + "- Favourite colour: {{ 'not given' }}\n")

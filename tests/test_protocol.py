@@ -116,9 +116,11 @@ def test_arms_see_only_their_own_history_and_user_never_sees_arm_names(stub, tmp
 
 def test_user_may_stop_after_minimum(tmp_path):
     def script(body):
-        fmt = body.get("response_format")
-        if fmt and "continue" in json.dumps(fmt):
-            return json.dumps({"A": 50, "B": 60, "C": 70, "D": 80, "continue": False})
+        fmt = json.dumps(body.get("response_format") or {})
+        if "StopDecision" in fmt:
+            return json.dumps({"continue": False})
+        if "TurnRating" in fmt:
+            return json.dumps({"A": 50, "B": 60, "C": 70, "D": 80})
         return None
 
     with StubServer(script=script) as server:
@@ -441,3 +443,137 @@ def test_a_rerun_with_nothing_new_keeps_the_report_and_new_sessions_rewrite_it(s
     third = asyncio.run(run_experiment(more, progress=False, report=True))
     assert third.run_dir == first.run_dir and third.sessions_completed == 3
     assert third.report == first.report and third.report.stat().st_mtime_ns != written
+
+
+# ---------------------------------------------------------------- memory, stop question, bids, letters
+
+
+def _sim_requests(stub):
+    return [r.body for r in stub.requests if r.body["messages"][0]["content"].startswith("You are taking part")]
+
+
+def _task(body) -> str:
+    return body["messages"][-1]["content"]
+
+
+def _schema_name(body) -> str:
+    fmt = body.get("response_format") or {}
+    return (fmt.get("json_schema") or {}).get("name") or json.dumps(fmt)
+
+
+def test_memory_shows_the_participants_own_earlier_answers_and_never_an_arm_name(stub, tmp_path):
+    cfg = stub_config(stub, tmp_path, limit=1, protocol={"domains": ["values"], "min_turns": 2, "max_turns": 3})
+    t = load_run(run(cfg).run_dir)
+    requests = _sim_requests(stub)
+    j = t.judgements
+    opening = j.loc[j["opening_choice"].astype(bool), "letter"].iloc[0]
+    guess = j.loc[j["provenance_guess"].astype(bool), "letter"].iloc[0]
+    assistant = t.turns[(t.turns["role"] == "assistant") & (t.turns["turn"] == 0)]
+    first_ratings = dict(zip(assistant["letter"], assistant["turn_rating"]))
+    wtp = next(b for b in requests if "willing to pay" in _task(b))
+    text = _task(wtp)
+    # after the transcript (system prompt + transcript stay a cacheable prefix), before the question
+    assert text.index("Response D:") < text.index("Your own earlier answers in this conversation:") < text.index(
+        "Imagine each assistant")
+    assert f"you preferred {opening} and thought {guess} was the one personalised to you" in text
+    rated = ", ".join(f"{x} {first_ratings[x]:g}" for x in "ABCD")
+    assert f"Your ratings of the responses to your message 1: {rated}." in text
+    ranking = "".join(j.sort_values("rank")["letter"])
+    assert f"Your overall ranking, best first: {', '.join(ranking)}." in text
+    assert "Your final ratings: preference" in text
+    # the first questions have nothing to recall; the system prompt never changes
+    assert "earlier answers" not in _task(requests[0]) and "earlier answers" not in _task(requests[1])
+    assert len({b["messages"][0]["content"] for b in requests}) == 1
+    for body in requests:
+        for arm in ARMS:
+            assert not re.search(rf"\b{arm}\b", json.dumps(body["messages"])), f"arm name {arm} reached the simulator"
+
+
+def test_memory_none_asks_every_question_on_its_own(stub, tmp_path):
+    cfg = stub_config(stub, tmp_path, limit=1, protocol={"domains": ["values"]}, simulator={"memory": "none"})
+    run(cfg)
+    assert not any("earlier answers" in _task(b) for b in _sim_requests(stub))
+
+
+def test_stop_is_its_own_question_after_the_rating(tmp_path):
+    order: list[str] = []
+
+    def script(body):
+        name = _schema_name(body)
+        order.append(name)
+        if name == "StopDecision":
+            return json.dumps({"continue": order.count("StopDecision") < 2})  # continue once, then stop
+        return None
+
+    with StubServer(script=script) as server:
+        cfg = stub_config(server, tmp_path, limit=1, protocol={"domains": ["values"], "min_turns": 2, "max_turns": 6})
+        t = load_run(run(cfg).run_dir)
+    conv = t.conversations.iloc[0]
+    assert conv["n_turns"] == 3 and conv["stop_reason"] == "user_ended"
+    asked = [n for n in order if n in ("TurnRating", "StopDecision")]
+    # no stop question before min_turns; each stop question right after that turn's rating
+    assert asked == ["TurnRating", "TurnRating", "StopDecision", "TurnRating", "StopDecision"]
+    instruments = read_table(t_dir := next(iter((tmp_path / "runs").iterdir())), "instruments")
+    assert (instruments["instrument"] == "stop").sum() == 2, t_dir
+    from simlab.run import calls_per_session
+
+    assert len(t.llm_calls) == calls_per_session(4, 3, cfg.protocol)  # the dry run's plan counts them right
+
+
+def test_bids_are_dollars_and_cents_within_wtp_max(stub, tmp_path):
+    cfg = stub_config(stub, tmp_path, limit=2, protocol={"domains": ["values"], "wtp_max": 7.5})
+    t = load_run(run(cfg).run_dir)
+    wtp = next(b for b in _sim_requests(stub) if "willing to pay" in _task(b))
+    schema = wtp["response_format"]["json_schema"]["schema"]
+    assert {p["type"] for p in schema["properties"].values()} == {"number"}
+    assert {p["maximum"] for p in schema["properties"].values()} == {7.5}
+    assert "from 0.00 to 7.50" in _task(wtp)
+    bids = t.judgements["wtp_bid"]
+    assert bids.between(0, 7.5).all() and (bids != bids.round()).any()  # cents, not whole dollars
+    assert (bids == bids.round(2)).all()
+
+
+def test_independent_letters_are_shown_in_display_order_and_recorded(stub, tmp_path):
+    # one conversation: every simulator request belongs to it
+    cfg = stub_config(stub, tmp_path / "one", limit=1, protocol={"domains": ["values"], "letters": "independent"})
+    t = load_run(run(cfg).run_dir)
+    conv = t.conversations.iloc[0]
+    positions, letters = json.loads(conv["arm_positions"]), json.loads(conv["arm_letters"])
+    assert dict(zip(t.judgements["arm"], t.judgements["position"])) == positions
+    # the display order is blind()'s, so runs without the option show the arms in the same order
+    assert {a: "ABCD"[p - 1] for a, p in positions.items()} == blind(ARMS, derive_seed(0, "sample01", "values"))
+    shown = [letters[a] for a in sorted(positions, key=positions.get)]
+    assert shown != sorted(shown)  # this seed's letters are not in display order
+    for body in _sim_requests(stub)[1:]:  # every question after the opening shows the replies in display order
+        assert re.findall(r"Response ([A-D]):", _task(body))[:4] == shown
+    turn = next(b for b in _sim_requests(stub) if _schema_name(b) == "TurnRating")
+    assert list(turn["response_format"]["json_schema"]["schema"]["properties"]) == shown
+    # over many conversations letters and positions vary independently
+    cfg = stub_config(stub, tmp_path / "many", limit=3, protocol={"letters": "independent"})
+    j = load_run(run(cfg).run_dir).judgements
+    assert (j["position"] != j["letter"].map("ABCD".index) + 1).mean() > 0.4
+
+
+def test_repeats_and_the_no_persona_control(stub, tmp_path):
+    cfg = stub_config(stub, tmp_path, limit=2, protocol={"domains": ["values"]}, repeats=2, ablate_persona=True)
+    summary = run(cfg)
+    assert (summary.sessions_planned, summary.sessions_completed, summary.sessions_failed) == (8, 8, 0)
+    t = load_run(summary.run_dir)
+    c = t.conversations.set_index("conversation_id")
+    assert sorted(c.index) == sorted(f"{p}:values{r}{a}" for p in ("sample01", "sample02") for r in ("", ":r1")
+                                     for a in ("", ":no_persona"))
+    assert sorted(c.groupby(["source", "repeat"]).size().items()) == [
+        (("sim_dynamic", 0), 2), (("sim_dynamic", 1), 2), (("sim_dynamic_no_persona", 0), 2),
+        (("sim_dynamic_no_persona", 1), 2)]
+    # the control shares its persona session's seed and letters; a repeat draws its own
+    assert c.loc["sample01:values:no_persona", "seed"] == c.loc["sample01:values", "seed"]
+    assert c.loc["sample01:values:no_persona", "arm_letters"] == c.loc["sample01:values", "arm_letters"]
+    assert c.loc["sample01:values:r1", "seed"] != c.loc["sample01:values", "seed"]
+    # the control's simulator has no persona; the arms still know the participant
+    systems = {b["messages"][0]["content"] for b in _sim_requests(stub)}
+    assert sum("About you:" in s for s in systems) == 2 and len(systems) == 3
+    assert set(t.participants["source"]) == {"sim_dynamic", "sim_dynamic_no_persona"}
+    # raising repeats on the finished run adds only the new sessions
+    more = run(cfg.model_copy(update={"repeats": 3}))
+    assert (more.run_dir, more.sessions_planned, more.sessions_done_before, more.sessions_completed) == (
+        summary.run_dir, 12, 8, 12)

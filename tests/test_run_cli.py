@@ -59,7 +59,7 @@ def test_help_reads_like_docs():
     out = cli("--help")
     assert out.returncode == 0
     for word in ("--config", "--personas", "--limit", "--domains", "--concurrency", "--seed", "--out", "--shard",
-                 "--resume", "--dry-run", "exit status", "embedded"):
+                 "--resume", "--dry-run", "--repeats", "--ablate-persona", "exit status", "embedded"):
         assert word in out.stdout
 
 
@@ -69,6 +69,12 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path, stub_process):
     assert out.returncode == 0, out.stderr
     assert "participants: 2 × domains: 2" in out.stdout and "expected model calls" in out.stdout
     assert not (tmp_path / "runs").exists()
+    more = cli("--config", str(cfg), "--dry-run", "--limit", "2", "--repeats", "3", "--ablate-persona")
+    assert more.returncode == 0, more.stderr
+    assert "sessions: 24 (3 repeat(s) × with and without persona)" in more.stdout, more.stdout
+    assert "simulator memory: session; letters: by_position" in more.stdout
+    bad = cli("--config", str(cfg), "--dry-run", "--repeats", "0")
+    assert bad.returncode == 2 and "--repeats" in bad.stderr and "greater than or equal to 1" in bad.stderr, bad.stderr
 
 
 def test_cli_run_writes_store_and_summary(tmp_path, stub_process):

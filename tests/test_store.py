@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -36,6 +37,8 @@ from simlab.schema import IN_DOMAIN, LETTERS
 from simlab.store import (
     COLUMNS,
     JUDGEMENT_COLUMNS,
+    STORE_FILE,
+    STORE_SCHEMA_VERSION,
     ConfigMismatchError,
     DuplicateSessionError,
     RunStore,
@@ -452,8 +455,21 @@ def test_records_reject_what_can_be_checked_locally() -> None:
     for field, value in (("rating_preference", 100.5), ("rating_provenance", -1), ("wtp_bid", 10.01), ("rank", 0)):
         with pytest.raises(ValidationError):
             JudgementRecord(**{**j, field: value})
-    with pytest.raises(ValidationError, match="position"):
-        JudgementRecord(**{**j, "position": j["position"] % 4 + 1})
+    with pytest.raises(ValidationError, match="letter"):
+        JudgementRecord(**{**j, "letter": "Z"})
+    # the display position is checked against the conversation's order, which only the session knows
+    moved = [jj.model_copy(update={"position": jj.position % 4 + 1}) if i == 0 else jj
+             for i, jj in enumerate(good.judgements)]
+    with pytest.raises(ValidationError, match="shown at position"):
+        SessionRecord(**{**good.model_dump(), "judgements": [m.model_dump() for m in moved]})
+    # with letters independent of the order, the conversation's arm_positions says where each was shown
+    positions = {jj.arm: (jj.position % 4) + 1 for jj in good.judgements}
+    shifted = good.model_dump()
+    shifted["conversation"]["arm_positions"] = positions
+    shifted["judgements"] = [{**jj.model_dump(), "position": positions[jj.arm]} for jj in good.judgements]
+    assert SessionRecord(**shifted).conversation.position_of(good.judgements[0].arm) == positions[good.judgements[0].arm]
+    with pytest.raises(ValidationError, match="arm_positions"):
+        ConversationRecord(**{**conv, "arm_positions": {"gen": 1, "prompt": 1, "dpft": 3, "ppft": 4}})
     with pytest.raises(ValidationError):
         TurnRecord(conversation_id="c", turn=0, role="user", arm="gen", letter="A", text="hi")
     with pytest.raises(ValidationError):
@@ -585,3 +601,72 @@ def test_a_store_on_a_network_file_system_warns_and_says_what_to_do(tmp_path: Pa
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # local disk: no warning
         RunStore.create(tmp_path / "local" / "run", {"config": {}}).close()
+
+
+def _downgrade_to_v1(path: Path) -> None:
+    """Rewrite a store in the version-1 shape: conversations without repeat/arm_positions, and
+    source CHECKs without the no-persona control (what simlab before schema 2 wrote)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA foreign_keys=OFF")
+    conn.execute("BEGIN")
+    for name in ("participants", "conversations", "autograde"):
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()[0]
+        sql = sql.replace(", 'sim_dynamic_no_persona'", "")
+        sql = re.sub(r",\s*arm_positions TEXT", "", sql)
+        sql = re.sub(r",\s*repeat INTEGER NOT NULL CHECK \(repeat >= 0\)", "", sql)
+        sql = sql.replace(f"CREATE TABLE IF NOT EXISTS {name} (", "CREATE TABLE _v1 (", 1).replace(
+            f"CREATE TABLE {name} (", "CREATE TABLE _v1 (", 1)
+        assert "no_persona" not in sql and "repeat" not in sql, sql
+        conn.execute(sql)
+        cols = [r[1] for r in conn.execute("PRAGMA table_info(_v1)")]
+        conn.execute(f"INSERT INTO _v1 SELECT {', '.join(cols)} FROM {name}")
+        conn.execute(f"DROP TABLE {name}")
+        conn.execute(f"ALTER TABLE _v1 RENAME TO {name}")
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'store_schema'")
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_a_version_1_store_is_migrated_on_open_and_keeps_every_row(tmp_path: Path) -> None:
+    store = RunStore.create(tmp_path / "old", {"config": {"name": "t"}})
+    first = make_session("p1")
+    store.write_session(first)
+    store.close()
+    path = tmp_path / "old" / STORE_FILE
+    _downgrade_to_v1(path)
+    before = {t: sqlite3.connect(path).execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COLUMNS}
+    assert "repeat" not in [r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(conversations)")]
+
+    store = RunStore.open(tmp_path / "old")  # migrates: the run resumes where it was
+    assert store.meta()["store_schema"] == STORE_SCHEMA_VERSION
+    after = {t: store._conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COLUMNS}
+    assert after == before
+    assert store._conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    # the no-persona control and repeats can be written now
+    control = make_session("p1", source="sim_dynamic_no_persona")
+    control = control.model_copy(update={"conversation": control.conversation.model_copy(
+        update={"conversation_id": "p1:unguided:no_persona", "repeat": 1})})
+    control = SessionRecord(**{**control.model_dump(), **{
+        k: [{**r, "conversation_id": "p1:unguided:no_persona"} for r in control.model_dump()[k]]
+        for k in ("turns", "judgements", "bdm", "llm_calls", "instruments")}})
+    store.write_session(control)
+    store.close()
+    t = load_run(tmp_path / "old")
+    assert sorted(zip(t.conversations["conversation_id"], t.conversations["repeat"])) == [
+        ("p1:unguided", 0), ("p1:unguided:no_persona", 1)]
+    assert set(t.participants["source"]) == {"sim_dynamic", "sim_dynamic_no_persona"}
+    assert len(t.judgements) == 8
+
+
+def test_a_store_of_an_unknown_version_is_refused_untouched(tmp_path: Path) -> None:
+    store = RunStore.create(tmp_path / "new", {"config": {"name": "t"}})
+    store.write_session(make_session("p1"))
+    store.close()
+    path = tmp_path / "new" / STORE_FILE
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = '99' WHERE key = 'store_schema'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(InputError, match="store schema 99 is not 2.*untouched"):
+        RunStore.open(tmp_path / "new")
+    assert sqlite3.connect(path).execute("SELECT count(*) FROM judgements").fetchone()[0] == 4

@@ -78,6 +78,8 @@ def _model_row(role: str, spec: Mapping[str, Any], endpoints: Mapping[str, Any])
     sampling = spec.get("sampling") or {}
     detail = [f"{k}={sampling[k]}" for k in ("temperature", "top_p", "max_tokens") if sampling.get(k) is not None]
     extra = spec.get("personalisation") or spec.get("rendering") or ""
+    if spec.get("memory"):  # the simulator: which of its own answers it saw again
+        extra = f"{extra}, memory: {spec['memory']}"
     return {
         "role": role,
         "model": str(spec.get("model", "")),
