@@ -128,6 +128,30 @@ def _scores_schema(name: str, letters: tuple[str, ...], lo: float, hi: float, in
     return _closed(name, **fields)
 
 
+def bid_pattern(wtp_max: float) -> str:
+    """A regular expression for a bid in dollars and cents from 0.00 to ``wtp_max`` (≤ $10), e.g.
+    ``^([0-9][.][0-9][0-9]|10[.]00)$``. Bids are strings of this shape because every backend's
+    grammar enforces a pattern (llama.cpp ignores a number's minimum and maximum: SmolLM bid $15 on
+    a $10 scale), and plain groups because llama.cpp's grammar takes no ``(?:``."""
+    cents = round(wtp_max * 100)
+    dollars, rest = divmod(cents, 100)
+    whole = [f"[0-{dollars - 1}][.][0-9][0-9]"] if dollars >= 1 else []
+    tens, units = divmod(rest, 10)
+    last = f"0[0-{units}]" if tens == 0 else f"([0-{tens - 1}][0-9]|{tens}[0-{units}])"
+    return "^(" + "|".join([*whole, f"{dollars}[.]{last}"]) + ")$"
+
+
+def bids_schema(letters: Sequence[str], wtp_max: float) -> type[BaseModel]:
+    """One bid per letter (display order), a string of dollars and cents within the scale."""
+    return _bids_schema(tuple(letters), float(wtp_max))
+
+
+@functools.cache
+def _bids_schema(letters: tuple[str, ...], wtp_max: float) -> type[BaseModel]:
+    fields: dict[str, Any] = {letter: (str, Field(pattern=bid_pattern(wtp_max))) for letter in letters}
+    return _closed("Bids", **fields)
+
+
 @functools.cache
 def stop_schema() -> type[BaseModel]:
     """The stop question's answer: continue the conversation or not."""
@@ -349,15 +373,14 @@ async def assess(sim: Simulator, turns: Sequence[TranscriptTurn], letters: Seque
     scores = {scale: getattr(ratings, scale).model_dump() for scale in ("preference", "engagingness", "provenance")}
     sim.remember("Your final ratings: " + "; ".join(f"{scale} {scores_note(v, letters)}" for scale, v in scores.items())
                  + ".")
-    # dollars and cents: the schema bounds the number, the bid keeps cent resolution (the BDM
-    # price is drawn in cents too)
+    # dollars and cents, as "7.50" (see bid_pattern); the BDM price is drawn in cents too
     bids = await sim.ask("wtp", sim.task("simulator/wtp.j2", transcript=text, letters=joined, wtp_max=f"{sim.wtp_max:.2f}"),
-                         scores_schema("Bids", letters, 0, float(sim.wtp_max), integer=False))
+                         bids_schema(letters, sim.wtp_max))
     return Assessment(
         ranking=ranking,
         provenance_ranking=provenance,
         ratings=scores,
-        wtp={letter: round(float(getattr(bids, letter)), 2) for letter in letters},
+        wtp={letter: float(getattr(bids, letter)) for letter in letters},
     )
 
 

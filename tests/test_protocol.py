@@ -525,12 +525,29 @@ def test_bids_are_dollars_and_cents_within_wtp_max(stub, tmp_path):
     t = load_run(run(cfg).run_dir)
     wtp = next(b for b in _sim_requests(stub) if "willing to pay" in _task(b))
     schema = wtp["response_format"]["json_schema"]["schema"]
-    assert {p["type"] for p in schema["properties"].values()} == {"number"}
-    assert {p["maximum"] for p in schema["properties"].values()} == {7.5}
+    # a string of dollars and cents whose pattern holds the scale's maximum (grammars enforce it)
+    assert {p["type"] for p in schema["properties"].values()} == {"string"}
+    (pattern,) = {p["pattern"] for p in schema["properties"].values()}
+    fits = [c for c in range(0, 1001) if re.fullmatch(pattern, f"{c / 100:.2f}")]
+    assert fits == list(range(0, 751))
+    assert not re.fullmatch(pattern, "7.5") and not re.fullmatch(pattern, "$7.50")
     assert "from 0.00 to 7.50" in _task(wtp)
     bids = t.judgements["wtp_bid"]
     assert bids.between(0, 7.5).all() and (bids != bids.round()).any()  # cents, not whole dollars
     assert (bids == bids.round(2)).all()
+
+
+def test_a_bid_above_the_scale_is_retried_then_recorded_as_the_sessions_failure(tmp_path):
+    def script(body):
+        return json.dumps({x: "12.00" for x in "ABCD"}) if _schema_name(body) == "Bids" else None
+
+    with StubServer(script=script) as server:
+        cfg = stub_config(server, tmp_path, limit=1, protocol={"domains": ["values"]})
+        summary = run(cfg)
+    assert (summary.sessions_completed, summary.sessions_failed) == (0, 1)
+    failure = read_table(summary.run_dir, "failures").iloc[0]
+    assert failure["reason"].startswith("question 'wtp' (simulator/wtp.j2)") and "pattern" in failure["reason"]
+    assert "12.00" in failure["raw_text"]
 
 
 def test_independent_letters_are_shown_in_display_order_and_recorded(stub, tmp_path):

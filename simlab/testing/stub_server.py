@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import threading
 import time
 from collections import deque
@@ -135,6 +136,13 @@ def generate_from_schema(schema: dict[str, Any], rng: random.Random, root: dict 
         return round(rng.uniform(float(lo), float(hi)), 2)
     if kind == "boolean":
         return rng.random() < 0.5
+    if "pattern" in schema:
+        # the patterns simlab sends are amounts like "7.50": try amounts, then say what is missing
+        for _ in range(2000):
+            amount = f"{rng.uniform(0, 100):.2f}" if rng.random() < 0.5 else f"{rng.uniform(0, 10):.2f}"
+            if re.fullmatch(schema["pattern"], amount):
+                return amount
+        raise ValueError(f"the stub cannot make a string matching {schema['pattern']!r}")
     n_min = schema.get("minLength", 0)
     text = "A stub message about the topic at hand."
     return text if len(text) >= n_min else text + "." * (n_min - len(text))
