@@ -76,10 +76,13 @@ def compare(*tables: Tables, n_boot: int = 200, seed: int = 0, topics: str = "tf
 
 def analyze(tables: Tables, *, n_boot: int = 200, seed: int = 0, topics: str = "tfidf",
             exclude_dimensions: Collection[str] = ()) -> FidelityResult:
-    """Fit every analysis on the data of one source (no comparison)."""
+    """Fit every analysis on each source of ``tables``, with no human data to compare with (e.g. a run
+    and its no-persona control side by side); ``compare`` is the one that takes human data."""
     part = normalise(tables, origin="tables", default_source=None)
-    if len(part.sources) != 1:
-        raise InputError(f"analyze takes one source, got {part.sources}; use compare for several", field="source")
+    if not part.sources:
+        raise InputError("no source to analyse", field="source")
+    if "human" in part.sources:
+        raise InputError("analyze fits simulated sources alone; use compare for human data", field="source")
     return _analyze_all(part, n_boot=n_boot, seed=seed, topics=topics, exclude_dimensions=exclude_dimensions)
 
 

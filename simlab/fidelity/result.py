@@ -204,6 +204,79 @@ class RetestResult(SourceStatus):
     """Mean agreement when arms are shuffled within each conversation (≈ 0.5)."""
     pairwise_order_p: float | None = None
     """Add-one permutation p-value for pairwise order agreement (same shuffles)."""
+    pairing: str | None = None
+    """Which conversations are paired: 'conversation' (any two conversations of the participant: the
+    human retest) or 'repeat' (two runs of the same participant and domain with a different
+    ``repeat``: a simulator's seed-to-seed consistency)."""
+
+
+class PlaceboInstrument(SourceStatus):
+    """Persona placebo on one top-1 instrument: agreement with one's own human against agreement with
+    a different human of the same domain."""
+
+    own: Estimate | None = None
+    """Tie-aware top-1 agreement of each simulated event with its own human's event (same participant
+    and domain), mean over the simulated events used (every repeat counts). CI: participant
+    bootstrap; n = participants."""
+    mismatched: Estimate | None = None
+    """The same simulated events' mean agreement with the human events of every other participant of
+    the same domain (the exact mean of the mismatched-pairing permutation distribution)."""
+    gap: Estimate | None = None
+    """own − mismatched, per event then averaged: the part of individual agreement the persona
+    explains (0 when the simulator knows only what is common to the domain's people). CI: participant
+    bootstrap of the per-event gaps; p_value: the permutation p-value (``permutation_p``)."""
+    permutation_p: float | None = None
+    """Add-one one-sided p-value: share of shuffles of the simulated↔human pairing of participants
+    within each domain whose gap is ≥ the observed one (``n_perm`` shuffles)."""
+    n_events: int = 0
+    """Simulated events (conversations) used."""
+    n_no_other: int = 0
+    """Simulated events left out because no other participant of their domain has a human event with
+    this instrument (e.g. a domain with one participant): they have no mismatched human."""
+
+
+class PersonaPlacebo(SourceStatus):
+    """Persona placebo of one simulated source, per top-1 instrument present in both sources."""
+
+    by_instrument: dict[str, PlaceboInstrument] = Field(default_factory=dict)
+    """Keyed ranked_best / rating_preference / wtp_bid / opening_choice (tied maxima as in
+    ``InstrumentAgreement``)."""
+    n_perm: int = 0
+    """Permutations behind each ``permutation_p``."""
+    single_domains: list[str] = Field(default_factory=list)
+    """Domains with a single matched participant (no mismatched human: their events are left out)."""
+
+
+class VarianceSplit(SourceStatus):
+    """Variance of a simulated source's rating_preference split into participant, repeat and residual.
+
+    Model, fitted by REML: rating ~ C(arm) + C(domain) fixed, a random intercept per participant and
+    a variance component for the conversation within the participant (statsmodels' MixedLM model;
+    its restricted likelihood is computed in closed form, see ``agreement._NestedReml``)."""
+
+    column: str = "rating_preference"
+    """The rating split."""
+    variance: dict[str, Estimate] = Field(default_factory=dict)
+    """Keyed 'participant' (the persona's rating level: random intercept), 'repeat' (a conversation's
+    level within its participant: seed to seed when a (participant, domain)'s conversations are
+    repeats; with several domains per participant it also holds a participant's domain-specific
+    level, so it is an upper bound of the seed part) and 'residual' (per arm within a conversation,
+    incl. individual arm preferences); rating points². CI: participant bootstrap (a participant drawn
+    twice counts as two participants), ``n_boot`` refits; n = participants."""
+    share: dict[str, Estimate] = Field(default_factory=dict)
+    """Same keys: each variance over their sum (CIs from the same refits)."""
+    n_participants: int = 0
+    """Participants with ratings."""
+    n_conversations: int = 0
+    """Conversations with ratings."""
+    n_repeated: int = 0
+    """(participant, domain) cells with two or more conversations (what identifies 'repeat' apart from
+    'participant')."""
+    n_boot: int = 0
+    """Bootstrap refits attempted (at most 100: each is a mixed-model fit)."""
+    n_failed: int = 0
+    """Refits that raised or did not converge; left out of the CIs (above 10% of ``n_boot`` the CIs are
+    withheld, see ``Estimate.note``)."""
 
 
 class CeilingResult(SourceStatus):
@@ -234,6 +307,14 @@ class AgreementResult(SourceStatus):
     """Per simulated source."""
     n_gen_error: dict[str, int] = Field(default_factory=dict)
     """Per source, conversations dropped because they are flagged gen_error."""
+    persona_placebo: dict[str, PersonaPlacebo] = Field(default_factory=dict)
+    """Per simulated source: agreement with one's own human minus agreement with another human of
+    the same domain (control of issue 16)."""
+    sim_retest: dict[str, RetestResult] = Field(default_factory=dict)
+    """Per simulated source: test–retest of its repeats (same participant and domain, different
+    ``repeat``), next to the humans' ``human_ceiling.retest``."""
+    variance_split: dict[str, VarianceSplit] = Field(default_factory=dict)
+    """Per simulated source: its rating variance split into participant, repeat and residual."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,7 +419,9 @@ class PositionFit(SourceStatus):
     """Conditional logit of a choice on position (with arm dummies), one source."""
 
     first_shown: Estimate | None = None
-    """Log-odds of being chosen when shown first vs any later position (model: first_shown + arms)."""
+    """Log-odds of being chosen when shown first vs any later position (model: first_shown + arms).
+    Where the letters follow the order (``order_vs_label`` 'confounded') it is also the effect of the
+    label A; where they do not, the label is left out of this model (see ``first_shown_joint``)."""
     positions: dict[str, Estimate] = Field(default_factory=dict)
     """Per-position log-odds vs the last position (model: position dummies + arms)."""
     n_events: int = 0
@@ -353,6 +436,29 @@ class PositionFit(SourceStatus):
     separation) and the log-odds come from a log-F(1,1)-penalised fit (finite, shrunk towards 0)."""
     n_gen_error: int = 0
     """Events (conversations) dropped because a generation failed there (``gen_error``)."""
+    order_vs_label: Literal["separate", "confounded", "no_labels"] | None = None
+    """Whether display order and the letter label can be told apart in this source's events:
+    'separate' (in at least 5% of events the reply shown first is not labelled A, e.g.
+    ``protocol.letters = "independent"``: ``first_shown_joint`` and ``first_label`` are estimated),
+    'confounded' (the letter follows the display order, A shown first: ``first_shown`` is one
+    combined effect of order and label), 'no_labels' (no letters recorded)."""
+    order_vs_label_note: str | None = None
+    """The same in words, with the shares behind it (and why the joint model failed, if it did)."""
+    label_mismatch_share: float | None = None
+    """Share of rows (with a letter) whose letter is not their display position's letter (A for
+    position 1, B for 2, …): 0 when letters follow the order, about (k − 1)/k when independent."""
+    split_event_share: float | None = None
+    """Share of events (every row with a letter) whose reply shown first is not labelled A: the
+    events that tell order from label apart; below 5% the design counts as confounded."""
+    first_shown_joint: Estimate | None = None
+    """Only when ``order_vs_label`` is 'separate': log-odds of being chosen when shown first vs any
+    later position, holding the label fixed (model: first_shown + first_label + arms, events with a
+    letter on every row). CI: participant bootstrap; p-value: cluster-robust."""
+    first_label: Estimate | None = None
+    """Only when ``order_vs_label`` is 'separate': log-odds of being chosen when labelled A vs any
+    other letter, holding the display position fixed (same model as ``first_shown_joint``)."""
+    n_events_joint: int = 0
+    """Choice events of the joint model (0 when it was not fitted)."""
 
 
 class PositionOutcome(SourceStatus):
@@ -376,6 +482,16 @@ class PositionOutcome(SourceStatus):
     positions_interaction_p: float | None = None
     """Cluster-robust Wald test (F) that every source × position interaction is 0 (all positions,
     all simulated sources shown the same positions as human)."""
+    first_shown_joint_vs_human: dict[str, Estimate] = Field(default_factory=dict)
+    """Per simulated source where both it and human have order and label apart ('separate'):
+    ``first_shown_joint`` sim − human (log-odds of order, label held fixed). CI: paired participant
+    bootstrap; p-value: cluster-robust t by participant (the two fits stacked)."""
+    first_label_vs_human: dict[str, Estimate] = Field(default_factory=dict)
+    """Per simulated source, as ``first_shown_joint_vs_human``: ``first_label`` sim − human (log-odds
+    of the label A, order held fixed)."""
+    label_not_compared: dict[str, str] = Field(default_factory=dict)
+    """Per simulated source with order and label apart but no sim − human difference of them: why
+    (e.g. human's letters follow the display order, so its label and order are confounded)."""
 
 
 class PositionResult(SourceStatus):
@@ -439,6 +555,13 @@ class DynamicsResult(SourceStatus):
     conversation (at least 2)."""
     slope_diff_window_vs_human: dict[str, Estimate] = Field(default_factory=dict)
     """``slope_diff_vs_human`` on the balanced window only."""
+    n_turns_diff_vs_human: dict[str, Estimate] = Field(default_factory=dict)
+    """Per simulated source, mean conversation length (user turns) of the source − human's, over
+    conversations (OLS n_turns ~ 1 + source on the two sources' conversations). 95% CI and p-value
+    of 0: cluster-robust by participant_id (CR1, t with G − 1 df); n = participants in either source."""
+    early_stop_diff_vs_human: dict[str, Estimate] = Field(default_factory=dict)
+    """Per simulated source, share of conversations ended by the user (stop_reason user_ended) of the
+    source − human's, as a fraction (same model and inference as ``n_turns_diff_vs_human``)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,9 +625,81 @@ class UserTraitsResult(SourceStatus):
     """Dimensions left out as unreliable."""
 
 
+# ---------------------------------------------------------------------------------------------
+# generation errors (descriptive)
+
+
+class GenErrorsArm(_Model):
+    """One arm of one source: its conversations and replies, and how many were flagged. Counts and
+    shares are None when the data do not record that flag (see ``GenErrorsSource.missing``)."""
+
+    n_conversations: int = 0
+    """Conversations the arm took part in (it has a reply or a judgement there)."""
+    n_replies: int | None = None
+    """The arm's replies (assistant turns); None: no turns table for this source."""
+    n_reply_gen_error: int | None = None
+    """Replies flagged ``gen_error`` in the turns table (error notices shown instead of a reply)."""
+    reply_gen_error_share: float | None = None
+    """``n_reply_gen_error`` / replies with the flag recorded."""
+    n_conversation_arm_error: int | None = None
+    """Conversations with at least one reply of this arm flagged ``gen_error``."""
+    arm_error_conversation_share: float | None = None
+    """``n_conversation_arm_error`` / ``n_conversations``."""
+    n_conversation_gen_error: int | None = None
+    """Of the arm's conversations, those flagged ``gen_error`` (some arm's generation failed there)."""
+    conversation_gen_error_share: float | None = None
+    """``n_conversation_gen_error`` / the arm's conversations with the flag recorded."""
+    n_max_turns_reached: int | None = None
+    """Of the arm's conversations, those ended by the context budget (``max_turns_reached``)."""
+    max_turns_reached_share: float | None = None
+    """``n_max_turns_reached`` / the arm's conversations with the flag recorded."""
+
+
+class GenErrorsSource(_Model):
+    """One source over all arms, its arms, and how its conversations ended."""
+
+    n_conversations: int = 0
+    """Conversations of the source."""
+    n_replies: int | None = None
+    """Assistant replies of every arm (None: no turns table for this source)."""
+    n_reply_gen_error: int | None = None
+    """Replies flagged ``gen_error`` in the turns table."""
+    reply_gen_error_share: float | None = None
+    """``n_reply_gen_error`` / replies with the flag recorded."""
+    n_conversation_gen_error: int | None = None
+    """Conversations flagged ``gen_error``."""
+    conversation_gen_error_share: float | None = None
+    """``n_conversation_gen_error`` / conversations with the flag recorded."""
+    n_max_turns_reached: int | None = None
+    """Conversations ended by the context budget (``max_turns_reached``)."""
+    max_turns_reached_share: float | None = None
+    """``n_max_turns_reached`` / conversations with the flag recorded."""
+    stop_reasons: dict[str, int] = Field(default_factory=dict)
+    """Conversations per ``stop_reason`` (user_ended, max_turns, context_limit, error), when recorded."""
+    n_stop_reason_missing: int = 0
+    """Conversations without a ``stop_reason`` where the source records it for others."""
+    missing: list[str] = Field(default_factory=list)
+    """What this source's data do not record (absent, or empty for its rows): any of
+    'conversations.gen_error', 'conversations.max_turns_reached', 'conversations.stop_reason',
+    'turns.gen_error', 'turns (assistant replies)'; the counts that need it are None."""
+    per_arm: dict[str, GenErrorsArm] = Field(default_factory=dict)
+    """Per arm, in ``GenErrorsResult.arms`` order."""
+
+
+class GenErrorsResult(SourceStatus):
+    """Generation errors (PROTOCOL §2, errors): per source × arm, conversations, replies and the
+    shares flagged ``gen_error`` (replies, turns table; conversations) and ``max_turns_reached``,
+    and per source the ``stop_reason`` counts. Descriptive: no intervals."""
+
+    arms: list[str] = Field(default_factory=list)
+    """Arms present, in the run's config order where the data say it (else alphabetical)."""
+    per_source: dict[str, GenErrorsSource] = Field(default_factory=dict)
+    """Per source."""
+
+
 AnalysisResult = (
     HierarchyResult | AgreementResult | TopicsResult | PositionResult | DynamicsResult | TraitsResult
-    | UserTraitsResult
+    | UserTraitsResult | GenErrorsResult
 )
 
 
@@ -518,4 +713,5 @@ class FidelityResult(_Model):
     seed: int
     """Seed of the participant bootstrap (and of KMeans / CV splits)."""
     analyses: dict[str, AnalysisResult]
-    """Keyed hierarchy / agreement / topics / position / dynamics / traits."""
+    """Keyed hierarchy / agreement / topics / position / dynamics / traits, user_traits (when
+    autograded) and gen_errors (the descriptive generation-error table)."""

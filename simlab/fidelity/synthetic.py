@@ -239,3 +239,119 @@ def make_arena(
     participants = pd.DataFrame({"participant_id": pid, "source": source})
     return (Tables(judgements=judgements, conversations=conversations, participants=participants),
             dict(zip(arms, s.tolist())))
+
+
+def make_placebo(
+    n_participants: int = 150,
+    q: float = 0.4,
+    pi: Sequence[float] | None = None,
+    *,
+    arms: Sequence[str] = DEFAULT_ARMS,
+    domains: Sequence[str] = ("unguided", "values"),
+    repeats: int = 1,
+    sim_source: str = "sim_dynamic",
+    seed: int = 0,
+) -> Tables:
+    """Humans and a simulated copy with a planted persona-placebo gap on the top-1 choice.
+
+    Per participant × domain the human's top arm is drawn from ``pi`` (default uniform); each of the
+    simulated copy's ``repeats`` runs there picks its own human's top arm with probability ``q``,
+    else draws one from ``pi``. The other arms are ranked at random, and rating_preference =
+    100 − 20·(rank − 1) (the same top, no ties). Agreement with one's own human is then
+    q + (1 − q)·Σπ², with another human of the domain Σπ²: the true gap is q·(1 − Σπ²).
+    ``conversations`` carry ``repeat`` (0, 1, …; the humans' is 0).
+
+    >>> t = make_placebo(10, repeats=2, seed=1)
+    >>> len(t.judgements) == 10 * 2 * (1 + 2) * 4
+    True
+    """
+    rng = np.random.default_rng(seed)
+    arms = list(arms)
+    k = len(arms)
+    p = np.full(k, 1.0 / k) if pi is None else np.asarray(pi, float) / np.sum(pi)
+    conv_rows: list[dict[str, object]] = []
+    tops: list[int] = []
+    for i in range(n_participants):
+        pid = f"p{i:04d}"
+        for dom in domains:
+            human_top = int(rng.choice(k, p=p))
+            runs = [("human", 0, human_top)]
+            for r in range(repeats):
+                top = human_top if rng.random() < q else int(rng.choice(k, p=p))
+                runs.append((sim_source, r, top))
+            for src, r, top in runs:
+                conv_rows.append({"conversation_id": f"{src}-{pid}-{dom}-r{r}", "participant_id": pid, "source": src,
+                                  "domain": dom, "repeat": r, "n_turns": 2, "gen_error": False})
+                tops.append(top)
+    n = len(conv_rows)
+    conversations = pd.DataFrame(conv_rows)
+    rest = np.argsort(rng.random((n, k)), axis=1)  # a random order of the arms ...
+    top_arr = np.array(tops)
+    order = np.array([np.r_[t, [a for a in row if a != t]] for t, row in zip(top_arr, rest)])  # ... top first
+    rank = order.argsort(axis=1) + 1  # (n, k): rank of each arm
+    rep = np.repeat(np.arange(n), k)
+    judgements = pd.DataFrame({
+        "conversation_id": conversations["conversation_id"].to_numpy()[rep],
+        "participant_id": conversations["participant_id"].to_numpy()[rep],
+        "source": conversations["source"].to_numpy()[rep],
+        "domain": conversations["domain"].to_numpy()[rep],
+        "arm": np.tile(np.array(arms), n),
+        "rank": rank.ravel(),
+        "rating_preference": (100 - 20 * (rank.ravel() - 1)).astype(float),
+    })
+    return Tables(judgements=judgements, conversations=conversations)
+
+
+def make_rating_repeats(
+    n_participants: int = 50,
+    repeats: int = 2,
+    *,
+    sd_participant: float = 10.0,
+    sd_repeat: float = 5.0,
+    sd_residual: float = 8.0,
+    arms: Sequence[str] = DEFAULT_ARMS,
+    arm_effects: Sequence[float] = (0.0, 3.0, 6.0, 9.0),
+    domains: Sequence[str] = ("unguided", "values"),
+    sim_source: str = "sim_dynamic",
+    seed: int = 0,
+) -> Tables:
+    """Ratings with planted variance components, for the variance split and the simulator retest.
+
+    Simulated source, ``repeats`` runs (conversations) per participant × domain:
+    rating_preference = 50 + arm_effects[arm] + 2·[domain index] + u_participant + u_conversation + e,
+    with u_participant ~ N(0, sd_participant²) shared by the participant's conversations,
+    u_conversation ~ N(0, sd_repeat²) per conversation and e ~ N(0, sd_residual²) per arm. Humans (the
+    same participants, one conversation per domain) follow the same model with their own draws.
+    Ratings are not clipped (the truths stay exact); ranks are left to be derived from them.
+
+    >>> t = make_rating_repeats(10, 3, seed=1)
+    >>> int(t.conversations["repeat"].max()), len(t.judgements) == 10 * 2 * (1 + 3) * 4
+    (2, True)
+    """
+    rng = np.random.default_rng(seed)
+    arms = list(arms)
+    k = len(arms)
+    eff = np.asarray(arm_effects, float)
+    conv_rows: list[dict[str, object]] = []
+    level: list[float] = []
+    for src, n_runs in (("human", 1), (sim_source, repeats)):
+        u_part = rng.normal(0.0, sd_participant, n_participants)
+        for i in range(n_participants):
+            for di, dom in enumerate(domains):
+                for r in range(n_runs):
+                    conv_rows.append({"conversation_id": f"{src}-p{i:04d}-{dom}-r{r}", "participant_id": f"p{i:04d}",
+                                      "source": src, "domain": dom, "repeat": r, "n_turns": 2, "gen_error": False})
+                    level.append(50.0 + 2.0 * di + u_part[i] + rng.normal(0.0, sd_repeat))
+    n = len(conv_rows)
+    conversations = pd.DataFrame(conv_rows)
+    rating = np.asarray(level)[:, None] + eff[None, :] + rng.normal(0.0, sd_residual, (n, k))
+    rep = np.repeat(np.arange(n), k)
+    judgements = pd.DataFrame({
+        "conversation_id": conversations["conversation_id"].to_numpy()[rep],
+        "participant_id": conversations["participant_id"].to_numpy()[rep],
+        "source": conversations["source"].to_numpy()[rep],
+        "domain": conversations["domain"].to_numpy()[rep],
+        "arm": np.tile(np.array(arms), n),
+        "rating_preference": rating.ravel(),
+    })
+    return Tables(judgements=judgements, conversations=conversations)

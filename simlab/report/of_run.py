@@ -52,17 +52,16 @@ def write_run_report(run_dir: str | os.PathLike[str], *, human: str | None = Non
 
 def _run_only(tables: Tables, *, n_boot: int, seed: int, meta: dict[str, Any], analyze: Any,
               error: type[Exception], excluded: frozenset[str] | set[str] = frozenset()) -> FidelityResult:
-    """Analyses of a run without human data: one source at a time (the first, with a note) or none."""
+    """Analyses of a run without human data: every source side by side (e.g. the simulator and its
+    no-persona control), no comparison with people."""
     sources = tables.sources
     if not sources:
         meta["note"] = "The run has no completed sessions yet: nothing to analyse."
         return FidelityResult(sources=[], n_boot=n_boot, seed=seed, analyses={})
-    if len(sources) > 1:
-        meta["note"] = f"No human data configured; the analyses cover {sources[0]} only (sources: {', '.join(sources)})."
-    else:
-        meta["note"] = "No human data configured: this report describes the simulated run alone."
+    meta["note"] = ("No human data configured: this report describes the simulated run alone"
+                    + (f" ({', '.join(sources)} side by side)." if len(sources) > 1 else "."))
     try:
-        return analyze(tables.for_source(sources[0]), n_boot=n_boot, seed=seed, exclude_dimensions=excluded)
+        return analyze(tables, n_boot=n_boot, seed=seed, exclude_dimensions=excluded)
     except error as exc:
         meta["note"] += f" Analyses could not run: {exc}"
         return FidelityResult(sources=sources, n_boot=n_boot, seed=seed, analyses={})

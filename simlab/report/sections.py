@@ -1,4 +1,5 @@
-"""One report section per PROTOCOL §5 analysis: verdict sentences, a table and a chart.
+"""One report section per PROTOCOL §5 analysis: verdict sentences, a table and a chart; and one
+for the descriptive generation-error table (``gen_errors``: counts, no intervals).
 
 Verdicts are computed from the numbers only (CIs, p-values, the flags the analyses set),
 so the sentence and the table can never disagree.
@@ -17,6 +18,9 @@ from simlab.fidelity.result import (
     DynamicsResult,
     Estimate,
     FidelityResult,
+    GenErrorsArm,
+    GenErrorsResult,
+    GenErrorsSource,
     HierarchyResult,
     PositionResult,
     TopicsResult,
@@ -37,9 +41,13 @@ TITLES = {
     "traits": ("6. Text-level trait biases", "Which response traits drive the choice of the best response?"),
     "user_traits": ("7. User traits (autograder)",
                     "Do simulated users write like people (sycophancy, self-disclosure, naturalness, …)?"),
+    "gen_errors": ("Generation errors",
+                   "How often did a generation fail, or the context budget end a conversation, per source and arm?"),
 }
 ORDER = tuple(TITLES)
-OPTIONAL = frozenset({"user_traits"})
+OPTIONAL = frozenset({"user_traits", "gen_errors"})
+"""Sections shown only when their result is there: user_traits when the run was autograded,
+gen_errors in results made before it existed (and in hand-built ones)."""
 
 
 @dataclass
@@ -246,6 +254,7 @@ def agreement(r: AgreementResult) -> Section:
             s.rows.append(_row(src, "Kendall τ of full rankings", c.kendall_tau))
         for col, e in c.pearson.items():
             s.rows.append(_row(src, f"Pearson r pooled, {col}", e))
+    _agreement_controls(r, s)
     if any(r.n_gen_error.values()):
         s.verdicts.append("Conversations with a failed generation were left out: " + ", ".join(
             f"{src} {n}" for src, n in r.n_gen_error.items() if n) + ".")
@@ -256,6 +265,70 @@ def agreement(r: AgreementResult) -> Section:
             refs["chance"] = chances.pop()
         s.charts.append(charts.forest(points, title="Top-1 agreement", xlabel="share of events", refs=refs))
     return s
+
+
+def _agreement_controls(r: AgreementResult, s: Section) -> None:
+    """The controls of the agreement section: persona placebo, seed-to-seed retest, variance split."""
+    for src, pp in r.persona_placebo.items():
+        if pp.status != "ok":
+            s.verdicts.append(f"Persona placebo of {src}: {unavailable(pp.status, pp.reason)}")
+            continue
+        told = False
+        for inst, pi in pp.by_instrument.items():
+            if pi.status != "ok" or pi.own is None or pi.mismatched is None or pi.gap is None:
+                s.verdicts.append(f"Persona placebo of {src}, {inst}: {unavailable(pi.status, pi.reason)}")
+                continue
+            s.rows.append(_row(src, f"persona placebo, {inst}: agreement with own human", pi.own))
+            s.rows.append(_row(src, f"persona placebo, {inst}: agreement with another human of the domain", pi.mismatched))
+            s.rows.append(_row(src, f"persona placebo, {inst}: gap own − other", pi.gap))
+            if told:
+                continue
+            told = True
+            g = pi.gap
+            more = ("more than with a stranger" if pi.permutation_p is not None and pi.permutation_p < ALPHA
+                    else "not clearly more than with a stranger")
+            s.verdicts.append(
+                f"Persona placebo ({src}, {inst}): the simulator agrees with its own human in {fmt(100 * pi.own.value, 0)}% "
+                f"of {pi.n_events} events and with another person of the same domain in "
+                f"{fmt(100 * pi.mismatched.value, 0)}%: a gap of {fmt(100 * g.value, 0)} points that the persona "
+                f"explains (95% CI {fmt(100 * g.ci_low, 0)} to {fmt(100 * g.ci_high, 0)} points, permutation "
+                f"{fmt_p(pi.permutation_p)}), {more} of the domain.")
+        if pp.single_domains:
+            s.verdicts.append(f"Persona placebo of {src}: domains with a single participant have no other human and "
+                              f"were left out ({', '.join(pp.single_domains)}).")
+    human = r.human_ceiling.retest if r.human_ceiling is not None else None
+    h_est = None
+    if human is not None and human.status == "ok":
+        h_est = human.rating_corr_within or human.rating_corr
+    for src, rt in r.sim_retest.items():
+        e = rt.rating_corr_within or rt.rating_corr
+        if rt.status != "ok" or e is None:
+            s.verdicts.append(f"Seed-to-seed retest of {src}: {unavailable(rt.status, rt.reason)}")
+            continue
+        s.rows.append(_row(src, "test–retest rating correlation (within conversation), repeat vs repeat", e))
+        if rt.pairwise_order is not None:
+            s.rows.append(_row(src, "test–retest same order of arm pairs, repeat vs repeat", rt.pairwise_order))
+        people = ""
+        if h_est is not None:
+            people = (f"; people rating the same arm in two of their conversations: r = {fmt(h_est.value)} "
+                      f"(95% CI {fmt_ci(h_est)})")
+        s.verdicts.append(
+            f"Run again with another seed (same participant and domain), {src}'s ratings of the same arms correlate "
+            f"r = {fmt(e.value)} (95% CI {fmt_ci(e)}, rating style removed; shuffled baseline {fmt(rt.permutation_baseline)}, "
+            f"{fmt_p(rt.permutation_p)}){people}.")
+    for src, vs in r.variance_split.items():
+        if vs.status != "ok":
+            s.verdicts.append(f"Variance split of {src}'s {vs.column}: {unavailable(vs.status, vs.reason)}")
+            continue
+        for part, e in vs.share.items():
+            s.rows.append(_row(src, f"{vs.column} variance share: {part}", e))
+        for part, e in vs.variance.items():
+            s.rows.append(_row(src, f"{vs.column} variance: {part} (points²)", e, 1))
+        parts = "; ".join(f"{part} {fmt(100 * e.value, 0)}% (95% CI {fmt_ci(e, pct=True)})" for part, e in vs.share.items())
+        s.verdicts.append(
+            f"Variance of {src}'s {vs.column} beyond the arms and domains: {parts}; {vs.n_participants} participants, "
+            f"{vs.n_repeated} participant × domain cells run more than once; CIs from {vs.n_boot} bootstrap refits "
+            f"of the mixed model, {vs.n_failed} of which failed or did not converge.")
 
 
 # ------------------------------------------------------------------------------ 3. topics
@@ -327,9 +400,19 @@ def topics(r: TopicsResult) -> Section:
 OUTCOME_NAMES = {"ranked_best": "ranked best", "opening_choice": "opening choice", "ranking": "full ranking"}
 
 
+def _vs_people(what: str, e: Estimate) -> str:
+    """'<what> are 0.72 higher than people's (95% CI …, p …)', or 'not significantly different …'."""
+    direction = "higher" if e.value > 0 else "lower"
+    sig = "" if _sig(e) else "; not significantly different from people"
+    return (f"{what} are {fmt(abs(e.value))} {direction} than people's (95% CI {fmt_ci(e)}, "
+            f"{fmt_p(e.p_value)}{sig})")
+
+
 def position(r: PositionResult) -> Section:
     s = _section("position", r.status)
     points: list[Point] = []
+    designs: dict[str, str] = {}  # per source: how order and label relate (the first outcome that says)
+    not_compared: dict[str, str] = {}
     for outcome, o in r.outcomes.items():
         label = OUTCOME_NAMES.get(outcome, outcome)
         if o.status != "ok":
@@ -343,15 +426,37 @@ def position(r: PositionResult) -> Section:
             s.rows.append(_row(src, f"{label}: first shown (log-odds)", e))
             points.append(Point(label, src, e.value, e.ci_low, e.ci_high))
             if fit.first_shown_excess is not None:
-                s.rows.append(_row(src, f"{label}: first shown, points above the arms' share", _points_pct(fit.first_shown_excess)))
-        for src, e in o.excess_vs_human.items():
+                s.rows.append(_row(src, f"{label}: first shown, points above the arms' share", fit.first_shown_excess))
+            if fit.order_vs_label_note and src not in designs:
+                designs[src] = fit.order_vs_label_note
+            if fit.first_shown_joint is not None and fit.first_label is not None:
+                s.rows.append(_row(src, f"{label}: first shown, label held fixed (log-odds)", fit.first_shown_joint))
+                s.rows.append(_row(src, f"{label}: labelled A, position held fixed (log-odds)", fit.first_label))
+                if src not in o.first_label_vs_human and (src != "human" or not o.first_label_vs_human):
+                    s.verdicts.append(
+                        f"For {label}, {src} picks the response shown first with log-odds "
+                        f"{fmt(fit.first_shown_joint.value)} (95% CI {fmt_ci(fit.first_shown_joint)}) and the response "
+                        f"labelled A with log-odds {fmt(fit.first_label.value)} (95% CI {fmt_ci(fit.first_label)}), "
+                        "each holding the other fixed.")
+        for src, e in o.first_shown_joint_vs_human.items():
+            s.rows.append(_row(f"{src} − human", f"{label}: first shown, label held fixed (difference)", e))
+            parts = [_vs_people("the response shown first (label held fixed)", e)]
+            lab = o.first_label_vs_human.get(src)
+            if lab is not None:
+                s.rows.append(_row(f"{src} − human", f"{label}: labelled A, position held fixed (difference)", lab))
+                parts.append(_vs_people("the response labelled A (position held fixed)", lab))
+            s.verdicts.append(f"For {label}, the log-odds with which {src} picks " + "; and ".join(parts) + ".")
+        for src, why in o.label_not_compared.items():
+            if src not in not_compared:
+                not_compared[src] = why
+        for src, e in o.excess_vs_human.items():  # already in percentage points (PositionOutcome.excess_vs_human)
             more = "more" if e.value > 0 else "less"
             sig = "" if _sig(e) else "; not significantly different from people"
             s.verdicts.append(
-                f"For {label}, {src} puts the first-shown response on top {fmt(abs(100 * e.value), 0)} points {more} "
-                f"often than people, beyond what the arms explain (95% CI {fmt(100 * e.ci_low, 0)} to "
-                f"{fmt(100 * e.ci_high, 0)} points, {fmt_p(e.p_value)}{sig}).")
-            s.rows.append(_row(f"{src} − human", f"{label}: first shown, points (difference)", _points_pct(e)))
+                f"For {label}, {src} puts the first-shown response on top {fmt(abs(e.value), 0)} points {more} "
+                f"often than people, beyond what the arms explain (95% CI {fmt(e.ci_low, 0)} to "
+                f"{fmt(e.ci_high, 0)} points, {fmt_p(e.p_value)}{sig}).")
+            s.rows.append(_row(f"{src} − human", f"{label}: first shown, points (difference)", e))
         for src, e in o.interaction.items():
             human = o.per_source.get("human")
             sim = o.per_source.get(src)
@@ -374,6 +479,10 @@ def position(r: PositionResult) -> Section:
                         "disfavours" if _sig(fit.first_shown) else "shows no significant bias for")
                     s.verdicts.append(f"For {label}, {src} {verb} the response shown first "
                                       f"(log-odds {fmt(fit.first_shown.value)}, {fmt_p(fit.first_shown.p_value)}).")
+    for src, note in designs.items():
+        s.verdicts.append(f"Order or label, {src}: {note}.")
+    for src, why in not_compared.items():
+        s.verdicts.append(f"{src}: {why}.")
     if points:
         s.charts.append(charts.forest(points, title="Preference for the response shown first",
                                       xlabel="log-odds, first shown vs later", refs={"no bias": 0.0}))
@@ -383,8 +492,15 @@ def position(r: PositionResult) -> Section:
 # ------------------------------------------------------------------------------ 5. dynamics
 
 
+def _has_lengths(r: DynamicsResult) -> bool:
+    """The conversation-level measures exist (they do without turn ratings)."""
+    return any(d.n_turns is not None or d.early_stop_share is not None for d in r.per_source.values())
+
+
 def dynamics(r: DynamicsResult, turns: pd.DataFrame | None = None) -> Section:
     s = _section("dynamics", r.status)
+    if r.status != "ok":  # shown for its conversation-level measures: say why the turn-rating ones are absent
+        s.verdicts.append(f"Turn-rating measures: {unavailable(r.status, r.reason)}")
     for src, d in r.per_source.items():
         if d.status != "ok":
             s.verdicts.append(f"{src}: {unavailable(d.status, d.reason)}")
@@ -414,6 +530,19 @@ def dynamics(r: DynamicsResult, turns: pd.DataFrame | None = None) -> Section:
             s.verdicts.append(f"Counting only the first {r.window} turns of the conversations that reach them (the same "
                               f"conversations at every turn), the difference is {fmt(w.value)} (95% CI {fmt_ci(w)}).")
             s.rows.append(_row(f"{src} − human", f"rating change per turn, first {r.window} turns (difference)", w))
+    for src, e in r.n_turns_diff_vs_human.items():
+        longer = "longer" if e.value > 0 else "shorter"
+        sig = "" if _sig(e) else "; not significantly different from people"
+        s.verdicts.append(f"Conversations of {src} are {fmt(abs(e.value))} turns {longer} than people's on average "
+                          f"(95% CI {fmt_ci(e)}, {fmt_p(e.p_value)}, clustered by participant{sig}).")
+        s.rows.append(_row(f"{src} − human", "turns per conversation (difference)", e))
+    for src, e in r.early_stop_diff_vs_human.items():
+        more = "more" if e.value > 0 else "fewer"
+        sig = "" if _sig(e) else "; not significantly different from people"
+        s.verdicts.append(f"{src} ends {fmt(abs(100 * e.value), 0)} points {more} of its conversations itself than "
+                          f"people do (95% CI {fmt(100 * e.ci_low, 0)} to {fmt(100 * e.ci_high, 0)} points, "
+                          f"{fmt_p(e.p_value)}{sig}).")
+        s.rows.append(_row(f"{src} − human", "share ended early by user, points (difference)", _points_pct(e)))
     if turns is not None and "turn_rating" in turns.columns and "source" in turns.columns:
         rated = turns.dropna(subset=["turn_rating"])
         if len(rated):
@@ -496,6 +625,69 @@ def user_traits(r: UserTraitsResult) -> Section:
     return s
 
 
+# ------------------------------------------------------------------------------ generation errors
+
+
+MISSING_WORDS = {
+    "conversations.gen_error": "the conversation flag gen_error",
+    "conversations.max_turns_reached": "the conversation flag max_turns_reached",
+    "conversations.stop_reason": "stop_reason",
+    "turns.gen_error": "gen_error per reply (turns table)",
+    "turns (assistant replies)": "the replies (no turns table)",
+}
+
+
+def _flagged(n: int | None, share: float | None) -> str:
+    """'4.0% (12)', or 'not recorded'."""
+    if n is None or share is None:
+        return "not recorded"
+    return f"{100 * share:.1f}% ({n})"
+
+
+def _cell_rows(src: str, who: str, c: GenErrorsArm | GenErrorsSource, n_conv: int) -> list[Row]:
+    rows = [Row(src, f"{who}: replies flagged gen_error", _flagged(c.n_reply_gen_error, c.reply_gen_error_share),
+                n="–" if c.n_replies is None else str(c.n_replies))]
+    if isinstance(c, GenErrorsArm):
+        rows.append(Row(src, f"{who}: conversations with one of its replies flagged",
+                        _flagged(c.n_conversation_arm_error, c.arm_error_conversation_share), n=str(n_conv)))
+    rows.append(Row(src, f"{who}: conversations flagged gen_error",
+                    _flagged(c.n_conversation_gen_error, c.conversation_gen_error_share), n=str(n_conv)))
+    rows.append(Row(src, f"{who}: conversations ended by the context budget (max_turns_reached)",
+                    _flagged(c.n_max_turns_reached, c.max_turns_reached_share), n=str(n_conv)))
+    return rows
+
+
+def gen_errors(r: GenErrorsResult) -> Section:
+    """Per source a sentence and what it does not record; rows per source (all arms, then each arm in
+    config order) and the stop reasons. Counts, not estimates: the n column is the denominator."""
+    s = _section("gen_errors", r.status)
+    for src, g in r.per_source.items():
+        said = [f"{g.n_conversations} conversations"]
+        if g.n_replies is not None:
+            said.append(f"{g.n_replies} replies")
+        if g.reply_gen_error_share is not None:
+            said.append(f"{_flagged(g.n_reply_gen_error, g.reply_gen_error_share)} of replies are error notices")
+        if g.conversation_gen_error_share is not None:
+            said.append(f"{_flagged(g.n_conversation_gen_error, g.conversation_gen_error_share)} of conversations "
+                        "are flagged gen_error")
+        if g.max_turns_reached_share is not None:
+            said.append(f"{_flagged(g.n_max_turns_reached, g.max_turns_reached_share)} were ended by the context budget")
+        if g.stop_reasons:
+            said.append("stop reasons: " + ", ".join(f"{k} {v}" for k, v in g.stop_reasons.items()))
+        s.verdicts.append(f"{src}: " + "; ".join(said) + ".")
+        if g.missing:
+            s.verdicts.append(f"Not recorded for {src}: {', '.join(MISSING_WORDS.get(m, m) for m in g.missing)}.")
+        s.rows += _cell_rows(src, "all arms", g, g.n_conversations)
+        for arm in [a for a in r.arms if a in g.per_arm] + [a for a in g.per_arm if a not in r.arms]:
+            a = g.per_arm[arm]
+            s.rows += _cell_rows(src, arm, a, a.n_conversations)
+        for reason, n in g.stop_reasons.items():
+            s.rows.append(Row(src, f"stop_reason: {reason}", str(n), n=str(g.n_conversations)))
+        if g.stop_reasons and g.n_stop_reason_missing:
+            s.rows.append(Row(src, "stop_reason: not recorded", str(g.n_stop_reason_missing), n=str(g.n_conversations)))
+    return s
+
+
 # ------------------------------------------------------------------------------ assembly
 
 
@@ -506,25 +698,30 @@ def _section(key: str, status: str) -> Section:
 
 _BUILDERS: dict[str, Callable[..., Section]] = {
     "hierarchy": hierarchy, "agreement": agreement, "topics": topics, "position": position, "traits": traits,
-    "user_traits": user_traits,
+    "user_traits": user_traits, "gen_errors": gen_errors,
 }
 
 
 def build_sections(result: FidelityResult, turns: pd.DataFrame | None = None) -> list[Section]:
-    """Every PROTOCOL §5 analysis in order; missing or not-ok ones say why."""
+    """Every PROTOCOL §5 analysis in order, then the generation errors (when computed); missing or
+    not-ok ones say why. Dynamics without turn ratings still shows its conversation-length measures."""
     out = []
     for key in ORDER:
         r = result.analyses.get(key)
         if r is None and key in OPTIONAL:
-            continue  # only there when the run was autograded
+            continue  # see OPTIONAL
         if r is None:
             s = _section(key, "not_available")
             s.verdicts.append(unavailable("not_available", "this analysis was not run"))
+        elif isinstance(r, DynamicsResult) and (r.status == "ok" or (r.status == "not_available" and _has_lengths(r))):
+            s = dynamics(r, turns)
+        elif isinstance(r, AgreementResult) and r.status == "not_available" and (r.sim_retest or r.variance_split):
+            s = _section(key, r.status)  # no comparison with people, but the simulator's own controls
+            s.verdicts.append(f"Agreement with people: {unavailable(r.status, r.reason)}")
+            _agreement_controls(r, s)
         elif r.status != "ok":
             s = _section(key, r.status)
             s.verdicts.append(unavailable(r.status, r.reason))
-        elif key == "dynamics":
-            s = dynamics(r, turns)  # type: ignore[arg-type]
         else:
             s = _BUILDERS[key](r)
         if s.status == "ok" and not s.verdicts:

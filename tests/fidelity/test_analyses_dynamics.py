@@ -14,7 +14,7 @@ from simlab.fidelity.analyses import dynamics
 from simlab.fidelity.analyses.dynamics import MIN_PARTICIPANTS, _Slopes
 from simlab.fidelity.synthetic import make_synthetic
 from simlab.tables import Tables
-from tests.fidelity._synth import covers, planted
+from tests.fidelity._synth import covers, null, planted
 
 
 def test_planted_turn_slope_recovered() -> None:
@@ -130,3 +130,57 @@ def test_real_human_data_without_turn_ratings(dialogue_eval_tables: Tables) -> N
     r = dynamics(dialogue_eval_tables, n_boot=5)
     assert r.status == "not_available" and r.reason == "no turn ratings"
     assert r.per_source["human"].n_participants > MIN_PARTICIPANTS
+
+
+# ---------------------------------------------------------------------------------------------
+# conversation length and early stops against human (issue 16)
+
+
+def test_planted_longer_conversations_and_fewer_user_stops_are_found() -> None:
+    t = null()
+    c = t.conversations.copy()
+    sim = (c["source"] == "sim_dynamic").to_numpy()
+    c.loc[sim, "n_turns"] += 1  # every simulated conversation one turn longer
+    # half the simulator's conversations end by the context budget instead: user-ended share 0.8 → 0.4
+    cut = sim & (np.random.default_rng(0).random(len(c)) < 0.5)
+    c.loc[cut, "stop_reason"] = "context_limit"
+    r = dynamics(replace(t, conversations=c), n_boot=20, seed=0)
+    d = r.n_turns_diff_vs_human["sim_dynamic"]
+    assert covers(d, 1.0) and d.ci_low > 0.5 and d.p_value < 1e-6 and abs(d.value - 1.0) < 0.2
+    assert d.n == 150 and "cluster" in (d.note or "")
+    hum, simr = r.per_source["human"], r.per_source["sim_dynamic"]
+    assert abs(d.value - (simr.n_turns.value - hum.n_turns.value)) < 1e-9  # the difference of the two means
+    e = r.early_stop_diff_vs_human["sim_dynamic"]
+    assert covers(e, -0.4) and e.ci_high < -0.2
+    assert abs(e.value - (simr.early_stop_share.value - hum.early_stop_share.value)) < 1e-9
+
+
+def test_null_length_differences_cover_zero() -> None:
+    r = dynamics(null(), n_boot=20, seed=0)
+    assert covers(r.n_turns_diff_vs_human["sim_dynamic"], 0.0)
+    assert covers(r.early_stop_diff_vs_human["sim_dynamic"], 0.0)
+    assert "human" not in r.n_turns_diff_vs_human
+
+
+def test_length_difference_is_statsmodels_ols_clustered_by_participant() -> None:
+    t = make_synthetic(25, seed=4, autograde=False, sources=("human", "sim_dynamic", "sim_dynamic_no_persona"))
+    r = dynamics(t, n_boot=5, seed=0)
+    for s in ("sim_dynamic", "sim_dynamic_no_persona"):
+        c = t.conversations[t.conversations["source"].isin(["human", s])].reset_index(drop=True)
+        c = c.assign(sim=(c["source"] == s).astype(float), n_turns=c["n_turns"].astype(float))
+        ref = smf.ols("n_turns ~ sim", c).fit(cov_type="cluster", cov_kwds={"groups": pd.factorize(c["participant_id"])[0]},
+                                              use_t=True)
+        e = r.n_turns_diff_vs_human[s]
+        lo, hi = ref.conf_int().loc["sim"]
+        assert abs(e.value - ref.params["sim"]) < 1e-10 and abs(e.ci_low - lo) < 1e-10 and abs(e.ci_high - hi) < 1e-10
+        assert abs(e.p_value - ref.pvalues["sim"]) < 1e-10
+        g = c["participant_id"].nunique()
+        assert abs((hi - lo) / 2 / ref.bse["sim"] - sps.t.ppf(0.975, g - 1)) < 1e-9  # t with G − 1 df
+
+
+def test_length_differences_without_turn_ratings_or_stop_reasons() -> None:
+    t = null()
+    r = dynamics(replace(t, turns=None, conversations=t.conversations.drop(columns="stop_reason")), n_boot=5)
+    assert r.status == "not_available"  # no turn ratings …
+    assert covers(r.n_turns_diff_vs_human["sim_dynamic"], 0.0)  # … the length comparison is still made
+    assert r.early_stop_diff_vs_human == {}

@@ -107,25 +107,49 @@ def test_serve_check_exits_zero():
     assert "tok/s" in out.stdout
 
 
-def test_one_persona_one_domain_two_turns_on_the_real_model(tmp_path):
-    from simlab.run import run_experiment
+# what issue 16 adds to the report of a run without human data: both sources side by side, the
+# simulator's own controls (one persona makes them unavailable: the report says why) and the
+# generation-error table (the persona placebo needs people: tested on synthetic data)
+REPORT_SECTIONS = ("sim_dynamic, sim_dynamic_no_persona side by side", "Agreement with people: Not available",
+                   "Seed-to-seed retest of sim_dynamic_no_persona", "Variance split of sim_dynamic&#39;s",
+                   "Generation errors", "sim_dynamic_no_persona: 2 conversations")
+
+
+def test_repeats_and_the_no_persona_control_on_the_real_model(tmp_path):
+    """Issue 16 on the real model, through the CLI: 1 persona × 1 domain × 2 repeats × with and
+    without persona; every session completes with every instrument valid, and the report shows the
+    control next to the persona simulator."""
     from simlab.store import load_run, read_table
 
-    data = default_config().public_dict()
-    data.update(limit=1, out_dir=str(tmp_path / "runs"))
-    data["protocol"].update(domains=["values"], min_turns=2, max_turns=2)
-    cfg = parse_config(data)
-    summary = asyncio.run(run_experiment(cfg, progress=False, report=False))
-    failures = read_table(summary.run_dir, "failures")
-    assert summary.sessions_completed == 1, failures.to_dict("records")
-    t = load_run(summary.run_dir)
-    assert len(t.conversations) == 1 and int(t.conversations.iloc[0]["n_turns"]) == 2
+    text = (REPO / "configs" / "local.toml").read_text()
+    assert "min_turns = 2\nmax_turns = 2" in text
+    config = tmp_path / "control.toml"  # one turn at least, two at most: the stop question is asked
+    config.write_text(text.replace("min_turns = 2\nmax_turns = 2", "min_turns = 1\nmax_turns = 2"))
+    out = subprocess.run([sys.executable, "-m", "simlab.run", "--config", str(config), "--limit", "1", "--domains",
+                          "values", "--repeats", "2", "--ablate-persona", "--out", str(tmp_path / "runs"), "--quiet"],
+                         capture_output=True, text=True, timeout=900, cwd=REPO)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    failures = read_table(run_dir, "failures")
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-2000:], failures.to_dict("records"))
+    assert "sessions: 4 completed, 0 failed, of 4 planned" in out.stdout
+    t = load_run(run_dir)
+    assert sorted(t.conversations["conversation_id"]) == [
+        "sample01:values", "sample01:values:no_persona", "sample01:values:r1", "sample01:values:r1:no_persona"]
+    assert t.conversations["n_turns"].between(1, 2).all()
     j = t.judgements
-    assert sorted(j["rank"]) == [1, 2, 3, 4] and sorted(j["provenance_rank"]) == [1, 2, 3, 4]
+    for _, g in j.groupby("conversation_id"):
+        assert sorted(g["rank"]) == [1, 2, 3, 4] and sorted(g["provenance_rank"]) == [1, 2, 3, 4]
+        assert g["opening_choice"].sum() == 1
     assert j["rating_preference"].between(0, 100).all() and j["wtp_bid"].between(0, 10).all()
-    assert j["opening_choice"].sum() == 1
-    user_turns = t.turns[t.turns["role"] == "user"]
-    assert len(user_turns) == 2 and user_turns["text"].str.len().min() > 0
+    assert (j["wtp_bid"] == j["wtp_bid"].round(2)).all()
+    instruments = read_table(run_dir, "instruments")
+    assert (instruments["status"] == "ok").all()
+    stops = instruments[instruments["instrument"] == "stop"]
+    assert len(stops) == 4  # after turn 1 of each session (turn 2 is the cap)
+    report = (run_dir / "report.html").read_text()
+    assert "sim_dynamic_no_persona" in report
+    for heading in REPORT_SECTIONS:
+        assert heading in report, heading
 
 
 def test_a_crash_in_fast_mode_falls_back_to_the_safe_mode_by_itself(monkeypatch, tmp_path):

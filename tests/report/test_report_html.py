@@ -97,3 +97,23 @@ def test_real_human_data_dialogue_eval(dialogue_eval_dir: Path, tmp_path: Path):
     assert ordering[0] == "biencoder" and ordering[-1] == "qc"
     assert f"human ranks the arms {' &gt; '.join(ordering)} over" in html
     assert "Transcripts" in html and "b:" not in html[:200]
+
+
+def test_generation_errors_section_escapes_and_renders_real_human_data(dialogue_eval_dir: Path):
+    from simlab.fidelity import import_dialogue_eval
+    from simlab.fidelity.analyses import gen_errors
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tables = import_dialogue_eval(dialogue_eval_dir)
+    # an arm whose name is markup must come out as text
+    evil = "<img src=x onerror=alert(1)>"
+    turns = tables.turns.assign(arm=tables.turns["arm"].replace({"qc": evil}))
+    judgements = tables.judgements.assign(arm=tables.judgements["arm"].replace({"qc": evil}))
+    tables = Tables(**{**dict(tables.items()), "turns": turns, "judgements": judgements})
+    result = FidelityResult(sources=["human"], n_boot=0, seed=0, analyses={"gen_errors": gen_errors(tables)})
+    html = _text(render_html(result, tables=tables))
+    assert '<section id="gen_errors"' in html and "<h2>Generation errors</h2>" in html
+    assert evil not in html and "&lt;img src=x onerror=alert(1)&gt;: replies flagged gen_error" in html
+    assert "Not recorded for human: the conversation flag max_turns_reached, stop_reason, gen_error per reply" in html
+    assert "of conversations are flagged gen_error" in html

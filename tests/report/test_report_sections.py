@@ -8,8 +8,13 @@ from simlab.fidelity.result import (
     AgreementComparison,
     AgreementResult,
     CeilingResult,
+    DynamicsResult,
+    DynamicsSource,
     Estimate,
     FidelityResult,
+    GenErrorsArm,
+    GenErrorsResult,
+    GenErrorsSource,
     HierarchyComparison,
     HierarchyResult,
     HierarchySource,
@@ -93,3 +98,134 @@ def test_reference_arm_row_and_number_formats():
     assert rows[("human", "strength B")].ci == "0.10–0.90"
     assert fmt_p(0.0004) == "p < 0.001" and fmt_p(0.0312) == "p = 0.031" and fmt_p(None) == "–"
     assert fmt_ci(est(0.1, -0.2, math.nan)) == "−0.20 to –"
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 16: order vs label, conversation length vs human, generation errors
+
+
+def _sections(**analyses) -> dict[str, object]:
+    result = FidelityResult(sources=["human", "sim_dynamic"], n_boot=10, seed=0, analyses=analyses)
+    return {s.key: s for s in build_sections(result)}
+
+
+def test_position_order_and_label_verdicts_and_rows():
+    note = ("order and label can be told apart (in 75% of events the reply shown first is not labelled A): "
+            "first_shown_joint and first_label are estimated together, each holding the other fixed")
+    fit = dict(first_shown=est(0.4, 0.2, 0.6, 0.001), n_events=200, order_vs_label="separate", order_vs_label_note=note,
+               label_mismatch_share=0.75, split_event_share=0.75, n_events_joint=200)
+    outcome = PositionOutcome(
+        per_source={"human": PositionFit(**fit, first_shown_joint=est(0.4, 0.2, 0.6, 0.001), first_label=est(0.0, -0.2, 0.2, 0.9)),
+                    "sim_dynamic": PositionFit(**fit, first_shown_joint=est(0.45, 0.25, 0.65, 0.001),
+                                               first_label=est(0.72, 0.5, 0.9, 1e-6))},
+        first_shown_joint_vs_human={"sim_dynamic": est(0.05, -0.1, 0.2, 0.55)},
+        first_label_vs_human={"sim_dynamic": est(0.72, 0.45, 0.99, 1e-5)})
+    s = _sections(position=PositionResult(outcomes={"ranked_best": outcome}))["position"]
+    v = " ".join(s.verdicts)
+    assert ("For ranked best, the log-odds with which sim_dynamic picks the response shown first (label held fixed) are "
+            "0.05 higher than people's (95% CI −0.10 to 0.20, p = 0.550; not significantly different from people); and "
+            "the response labelled A (position held fixed) are 0.72 higher than people's (95% CI 0.45–0.99, "
+            "p < 0.001).") in v
+    assert f"Order or label, sim_dynamic: {note}." in v
+    rows = {(r.source, r.measure): r for r in s.rows}
+    assert rows[("sim_dynamic", "ranked best: labelled A, position held fixed (log-odds)")].estimate == "0.72"
+    assert rows[("sim_dynamic − human", "ranked best: labelled A, position held fixed (difference)")].ci == "0.45–0.99"
+    assert ("human", "ranked best: first shown, label held fixed (log-odds)") in rows
+
+
+def test_position_confounded_labels_are_said():
+    s = _sections(position=position(0.003))["position"]  # hand-built fits without order_vs_label: nothing said
+    assert not any("Order or label" in v for v in s.verdicts)
+    note = ("label and order are confounded: the letter is always the display position's letter (A shown first), so "
+            "first_shown is one combined effect of being shown first and being labelled A")
+    r = position(0.003)
+    for fit in r.outcomes["ranked_best"].per_source.values():
+        fit.order_vs_label, fit.order_vs_label_note = "confounded", note
+    r.outcomes["ranked_best"].label_not_compared = {"sim_dynamic": "no sim − human difference of order and label: human: x"}
+    v = _sections(position=r)["position"].verdicts
+    assert f"Order or label, human: {note}." in v and f"Order or label, sim_dynamic: {note}." in v
+    assert "sim_dynamic: no sim − human difference of order and label: human: x." in v
+
+
+def test_first_shown_excess_is_shown_in_points_once():
+    r = position(0.003)
+    o = r.outcomes["ranked_best"]
+    o.excess_vs_human = {"sim_dynamic": est(9.0, 4.0, 14.0, 0.002)}  # already percentage points
+    o.per_source["sim_dynamic"].first_shown_excess = est(12.5, 8.0, 17.0, 1e-4)
+    s = _sections(position=r)["position"]
+    assert ("puts the first-shown response on top 9 points more often than people, beyond what the arms explain "
+            "(95% CI 4 to 14 points, p = 0.002).") in " ".join(s.verdicts)
+    rows = {(r.source, r.measure): r for r in s.rows}
+    assert rows[("sim_dynamic − human", "ranked best: first shown, points (difference)")].estimate == "9.00"
+    assert rows[("sim_dynamic", "ranked best: first shown, points above the arms' share")].ci == "8.00–17.00"
+
+
+def test_conversation_length_and_early_stop_differences():
+    d = DynamicsResult(per_source={"human": DynamicsSource(n_turns=est(4.0, 3.9, 4.1)),
+                                   "sim_dynamic": DynamicsSource(n_turns=est(5.0, 4.9, 5.1))},
+                       n_turns_diff_vs_human={"sim_dynamic": est(1.02, 0.86, 1.18, 1e-9)},
+                       early_stop_diff_vs_human={"sim_dynamic": est(-0.4, -0.48, -0.32, 1e-8)})
+    s = _sections(dynamics=d)["dynamics"]
+    v = " ".join(s.verdicts)
+    assert ("Conversations of sim_dynamic are 1.02 turns longer than people's on average (95% CI 0.86–1.18, p < 0.001, "
+            "clustered by participant).") in v
+    assert "sim_dynamic ends 40 points fewer of its conversations itself than people do (95% CI −48 to −32 points" in v
+    rows = {(r.source, r.measure): r for r in s.rows}
+    assert rows[("sim_dynamic − human", "turns per conversation (difference)")].estimate == "1.02"
+    assert rows[("sim_dynamic − human", "share ended early by user, points (difference)")].estimate == "−40.00"
+
+
+def test_dynamics_without_turn_ratings_still_shows_conversation_length():
+    d = DynamicsResult(status="not_available", reason="no turn ratings",
+                       per_source={"human": DynamicsSource(n_turns=est(4.0, 3.9, 4.1)),
+                                   "sim_dynamic": DynamicsSource(n_turns=est(4.1, 3.9, 4.3))},
+                       n_turns_diff_vs_human={"sim_dynamic": est(0.1, -0.2, 0.4, 0.5)})
+    s = _sections(dynamics=d)["dynamics"]
+    assert s.status == "not_available" and s.verdicts[0] == "Turn-rating measures: Not available: no turn ratings."
+    assert "not significantly different from people" in " ".join(s.verdicts)
+    assert [r.measure for r in s.rows if r.source == "human"] == ["turns per conversation"]
+    bare = _sections(dynamics=DynamicsResult(status="not_available", reason="no conversations table"))["dynamics"]
+    assert bare.verdicts == ["Not available: no conversations table."] and not bare.rows
+
+
+def _gen_errors() -> GenErrorsResult:
+    arm = dict(n_conversations=40, n_replies=160, n_conversation_gen_error=2, conversation_gen_error_share=0.05,
+               n_max_turns_reached=0, max_turns_reached_share=0.0)
+    sim = GenErrorsSource(
+        n_conversations=40, n_replies=640, n_reply_gen_error=3, reply_gen_error_share=3 / 640, n_conversation_gen_error=2,
+        conversation_gen_error_share=0.05, n_max_turns_reached=0, max_turns_reached_share=0.0,
+        stop_reasons={"max_turns": 10, "user_ended": 30},
+        per_arm={"GEN": GenErrorsArm(**arm, n_reply_gen_error=3, reply_gen_error_share=3 / 160, n_conversation_arm_error=2,
+                                     arm_error_conversation_share=0.05),
+                 "PPFT": GenErrorsArm(**arm, n_reply_gen_error=0, reply_gen_error_share=0.0, n_conversation_arm_error=0,
+                                      arm_error_conversation_share=0.0)})
+    human = GenErrorsSource(n_conversations=40, n_replies=600,
+                            missing=["conversations.max_turns_reached", "conversations.stop_reason", "turns.gen_error"],
+                            n_conversation_gen_error=1, conversation_gen_error_share=0.025,
+                            per_arm={"PPFT": GenErrorsArm(n_conversations=40, n_replies=150),
+                                     "GEN": GenErrorsArm(n_conversations=40, n_replies=150)})
+    return GenErrorsResult(arms=["PPFT", "GEN"], per_source={"human": human, "sim_dynamic": sim})
+
+
+def test_generation_errors_section():
+    sections = build_sections(FidelityResult(sources=["human", "sim_dynamic"], n_boot=10, seed=0,
+                                             analyses={"gen_errors": _gen_errors()}))
+    assert sections[-1].key == "gen_errors" and sections[-1].title == "Generation errors"
+    s = sections[-1]
+    assert ("sim_dynamic: 40 conversations; 640 replies; 0.5% (3) of replies are error notices; 5.0% (2) of "
+            "conversations are flagged gen_error; 0.0% (0) were ended by the context budget; stop reasons: "
+            "max_turns 10, user_ended 30.") in s.verdicts
+    assert ("Not recorded for human: the conversation flag max_turns_reached, stop_reason, gen_error per reply "
+            "(turns table).") in s.verdicts
+    rows = [(r.source, r.measure, r.estimate, r.n) for r in s.rows]
+    # arms in config order (PPFT before GEN), whatever order the result's dict has
+    arms = [m.split(":")[0] for src, m, _, _ in rows if src == "human" and m.endswith("replies flagged gen_error")]
+    assert arms == ["all arms", "PPFT", "GEN"]
+    assert ("sim_dynamic", "GEN: replies flagged gen_error", "1.9% (3)", "160") in rows
+    assert ("sim_dynamic", "GEN: conversations with one of its replies flagged", "5.0% (2)", "40") in rows
+    assert ("human", "GEN: replies flagged gen_error", "not recorded", "150") in rows
+    assert ("human", "all arms: conversations flagged gen_error", "2.5% (1)", "40") in rows
+    assert ("sim_dynamic", "stop_reason: user_ended", "30", "40") in rows
+    assert not any(m.startswith("stop_reason") for src, m, _, _ in rows if src == "human")
+    # absent from a result (older ones, hand-built ones): no section
+    assert "gen_errors" not in _sections(hierarchy=hierarchy(True, est(1, 1, 1)))

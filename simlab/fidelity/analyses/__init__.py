@@ -1,9 +1,10 @@
-"""The six fidelity analyses (PROTOCOL.md §5), each callable alone on a ``Tables``.
+"""The six fidelity analyses (PROTOCOL.md §5), each callable alone on a ``Tables``, and the
+descriptive generation-error table (``gen_errors``) run with them.
 
 >>> from simlab.fidelity.synthetic import make_synthetic
 >>> result = analyze_all(make_synthetic(30, seed=1), n_boot=20)
 >>> sorted(result.analyses)
-['agreement', 'dynamics', 'hierarchy', 'position', 'topics', 'traits']
+['agreement', 'dynamics', 'gen_errors', 'hierarchy', 'position', 'topics', 'traits']
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from simlab.fidelity.analyses._prep import participants_of
 from simlab.fidelity.analyses.agreement import agreement
 from simlab.fidelity.analyses.dynamics import dynamics
+from simlab.fidelity.analyses.gen_errors import gen_errors
 from simlab.fidelity.analyses.hierarchy import hierarchy
 from simlab.fidelity.analyses.position import position
 from simlab.fidelity.analyses.topics import Embedding, topics
@@ -22,7 +24,7 @@ from simlab.fidelity.analyses.traits import traits
 from simlab.fidelity.result import AnalysisResult, FidelityResult
 from simlab.tables import Tables
 
-__all__ = ["agreement", "analyze_all", "dynamics", "hierarchy", "position", "topics", "traits"]
+__all__ = ["agreement", "analyze_all", "dynamics", "gen_errors", "hierarchy", "position", "topics", "traits"]
 
 
 def analyze_all(
@@ -52,6 +54,7 @@ def analyze_all(
         "position": lambda: position(tables, participants=participants),
         "dynamics": lambda: dynamics(tables, participants=participants),
         "traits": lambda: traits(tables, participants=participants, exclude=exclude_dimensions),
+        "gen_errors": lambda: gen_errors(tables),
     }
     g = tables.autograde
     if g is not None and "unit_kind" in g.columns and (g["unit_kind"] == "user").any():
@@ -69,7 +72,7 @@ def analyze_all(
 
     fallback = {"hierarchy": r.HierarchyResult, "agreement": r.AgreementResult, "position": r.PositionResult,
                 "dynamics": r.DynamicsResult, "traits": r.TraitsResult, "topics": r.TopicsResult,
-                "user_traits": r.UserTraitsResult}
+                "user_traits": r.UserTraitsResult, "gen_errors": r.GenErrorsResult}
     show = progress_shown() if progress is None else progress
     with show_progress(show):
         steps = _steps(list(runs), show)

@@ -19,16 +19,44 @@ participant draws, so ``reaches_ceiling`` carries the uncertainty of both.
 
 Test–retest: a participant judged the same arm in two conversations. Ratings are centred per
 conversation (a participant's rating level is style, not agreement) and the permutation
-baselines shuffle arms within each conversation, which keeps the participant pairing.
+baselines shuffle arms within each conversation, which keeps the participant pairing. For the
+humans any two conversations of the participant are paired (``pairing="conversation"``).
+
+Controls (issue 16), per simulated source. A conversation's ``repeat`` (0 = the first run of a
+participant × domain, 1, 2, … further seeds) comes from the judgements or the conversations;
+where neither has it, it is 0. "First event" above means the lowest repeat.
+
+- Persona placebo (``persona_placebo``): per top-1 instrument, every simulated event (each
+  repeat) agrees with its own human's event (``own``) and, on average, with the human events of
+  every other participant of the same domain (``mismatched``: the exact mean of the permutation
+  distribution over mismatched pairings). ``gap`` = own − mismatched is the individual agreement
+  the persona explains. CI: participant bootstrap of the per-event gaps; p-value: shuffles of the
+  simulated↔human pairing of participants within each domain. Events with no other participant
+  in their domain are left out and counted.
+- Simulator test–retest (``sim_retest``): the human retest run on the source's repeats, pairing
+  conversations of the same participant and the same domain with a different ``repeat``
+  (``pairing="repeat"``): the simulator's seed-to-seed consistency. Not available without repeats.
+- Variance split (``variance_split``): the source's rating_preference in a linear mixed model
+  fitted by REML: rating ~ C(arm) + C(domain), a random intercept per participant and a variance
+  component for the conversation within the participant (statsmodels' MixedLM with groups =
+  participant and a conversation ``vc_formula``; its restricted likelihood is evaluated in closed
+  form here, ``_NestedReml``, and tests check the estimates against MixedLM's). Participant,
+  repeat (conversation) and residual variances and shares, CIs from at most ``N_BOOT_MIXED``
+  participant bootstrap refits (a participant drawn twice is two participants; failed or
+  non-converged refits are counted). Only where some (participant, domain) has two or more
+  conversations.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import combinations
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
+from scipy.optimize import minimize
 
 from simlab.fidelity.analyses._prep import HUMAN, has_values, judgements_frame, participants_of, sim_sources
 from simlab.fidelity.result import (
@@ -37,9 +65,13 @@ from simlab.fidelity.result import (
     CeilingResult,
     Estimate,
     InstrumentAgreement,
+    PersonaPlacebo,
+    PlaceboInstrument,
     RetestResult,
+    SourceStatus,
+    VarianceSplit,
 )
-from simlab.fidelity.stats import Participants, bootstrap, estimate, weighted_corr
+from simlab.fidelity.stats import FitError, Participants, bootstrap, estimate, progress, reason_for, weighted_corr
 from simlab.tables import Tables
 
 RATINGS = ("rating_preference", "rating_engagingness", "rating_provenance", "wtp_bid")
@@ -56,6 +88,7 @@ CLOSEST = {
 MIN_PARTICIPANTS = 10  # below this a participant-bootstrap CI is not trustworthy
 MIN_EVENTS_CONSTRUCTION = 20  # informative events needed before "always nested" means one instrument
 N_PERM = 200  # p-values down to 1/201: enough for "far better than chance"
+N_BOOT_MIXED = 100  # at most this many mixed-model refits per variance split (~15 ms each at 50 participants)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +242,9 @@ def _ceiling_pair(instrument: str, usable: set[str]) -> str | None:
 
 
 def _first_events(j: pd.DataFrame) -> pd.DataFrame:
-    first = j.drop_duplicates(["participant_id", "domain"])[["participant_id", "domain", "event"]]
+    """The rows of each (participant_id, domain)'s first conversation (lowest ``repeat``, then data order)."""
+    ordered = j.sort_values("repeat", kind="stable") if "repeat" in j.columns else j
+    first = ordered.drop_duplicates(["participant_id", "domain"])[["participant_id", "domain", "event"]]
     return j[j["event"].isin(first["event"])]
 
 
@@ -344,25 +379,35 @@ def _shuffler(groups: np.ndarray) -> Callable[[np.random.Generator, np.ndarray],
     return shuffle
 
 
-def _retest(h: pd.DataFrame, participants: Participants, seed: int) -> RetestResult:
+def _retest(h: pd.DataFrame, participants: Participants, seed: int, pairing: str = "conversation") -> RetestResult:
+    """Test–retest of rating_preference. ``pairing="conversation"`` (the humans'): any two conversations
+    of the participant that rated the arm; ``"repeat"``: two conversations of the same participant
+    and domain with a different ``repeat`` (a simulator's seed-to-seed consistency)."""
     col = "rating_preference"
     if not has_values(h, col):
-        return RetestResult(status="not_available", reason="no rating_preference")
-    d = h[h[col].notna()][["participant_id", "event", "arm", col]].drop_duplicates(["event", "arm"]).reset_index(drop=True)
+        return RetestResult(status="not_available", reason="no rating_preference", pairing=pairing)
+    by_repeat = pairing == "repeat"
+    extra = ["domain", "repeat"] if by_repeat else []
+    d = (h[h[col].notna()][["participant_id", "event", "arm", col, *extra]].drop_duplicates(["event", "arm"])
+         .reset_index(drop=True))
     # centred per conversation: a participant's rating level is style, not agreement about arms
     d["c"] = _centred(d[col], d["event"])
     d["row"] = np.arange(len(d))
-    pairs = d.merge(d, on=["participant_id", "arm"], suffixes=("_1", "_2"))
-    pairs = pairs[pairs["event_1"] < pairs["event_2"]].reset_index(drop=True)
+    pairs = d.merge(d, on=["participant_id", "arm", *extra[:1]], suffixes=("_1", "_2"))
+    keep = pairs["event_1"] < pairs["event_2"]
+    if by_repeat:
+        keep &= pairs["repeat_1"] != pairs["repeat_2"]
+    pairs = pairs[keep].reset_index(drop=True)
     n_part = int(pairs["participant_id"].nunique())
     if n_part < MIN_PARTICIPANTS:
-        return RetestResult(status="not_available", n_pairs=len(pairs),
-                            reason=f"{n_part} participants judged the same arm in two conversations (fewer than {MIN_PARTICIPANTS})")
+        where = "in two runs (repeats) of the same domain" if by_repeat else "in two conversations"
+        return RetestResult(status="not_available", n_pairs=len(pairs), pairing=pairing,
+                            reason=f"{n_part} participants judged the same arm {where} (fewer than {MIN_PARTICIPANTS})")
     rng = np.random.default_rng(seed)
     i1, i2 = pairs["row_1"].to_numpy(), pairs["row_2"].to_numpy()
     raw, c = d[col].to_numpy(float), d["c"].to_numpy(float)
     part = participants.index(pairs["participant_id"].to_numpy())
-    out = RetestResult(n_pairs=len(pairs))
+    out = RetestResult(n_pairs=len(pairs), pairing=pairing)
     out.rating_corr = _corr_est(lambda w: weighted_corr(raw[i1], raw[i2], w), len(pairs), part, participants)
     out.rating_corr_within = _corr_est(lambda w: weighted_corr(c[i1], c[i2], w), len(pairs), part, participants)
     obs = out.rating_corr_within.value
@@ -398,6 +443,308 @@ def _retest(h: pd.DataFrame, participants: Participants, seed: int) -> RetestRes
 
 
 # ---------------------------------------------------------------------------------------------
+# controls (issue 16): persona placebo, simulator retest, variance split
+
+
+def _with_repeat(tables: Tables, j: pd.DataFrame) -> pd.DataFrame:
+    """``j`` with an integer ``repeat``: the judgements', else the conversation's; missing is 0 (the first run)."""
+    if "repeat" not in j.columns:
+        conv = tables.conversations
+        if conv is not None and "repeat" in conv.columns and "conversation_id" in conv.columns:
+            r = pd.DataFrame({"event": conv["conversation_id"].astype(str), "repeat": conv["repeat"]})
+            j = j.merge(r.drop_duplicates("event"), on="event", how="left")
+        else:
+            j = j.assign(repeat=0)
+    return j.assign(repeat=pd.to_numeric(j["repeat"], errors="coerce").fillna(0).astype(int))
+
+
+def _top_matrix(d: pd.DataFrame, top: pd.Series) -> pd.DataFrame:
+    """Events × arms, 1/0 for "in the event's top set" of one instrument (NaN: not judged / not available)."""
+    f = pd.DataFrame({"event": d["event"], "arm": d["arm"].astype(str), "v": top})
+    f = f[f["v"].notna()].drop_duplicates(["event", "arm"])
+    return f.set_index(["event", "arm"])["v"].unstack()
+
+
+def _pair_agreement(sim: np.ndarray, hum: np.ndarray) -> np.ndarray:
+    """Tie-aware agreement |A∩B|/(|A||B|) of every simulated event (rows of ``sim``) with every human
+    event (rows of ``hum``) on the arms both judged (NaN where either top set is empty there)."""
+    s_in, h_in = ~np.isnan(sim), ~np.isnan(hum)
+    s, h = np.nan_to_num(sim), np.nan_to_num(hum)
+    inter, n_s, n_h = s @ h.T, s @ h_in.T.astype(float), s_in.astype(float) @ h.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_s > 0) & (n_h > 0), inter / (n_s * n_h), np.nan)
+
+
+def _placebo_instrument(
+    h: pd.DataFrame, top_h: pd.Series, s: pd.DataFrame, top_s: pd.Series, participants: Participants,
+    rng: np.random.Generator,
+) -> PlaceboInstrument | None:
+    """Own vs mismatched agreement on one instrument (None: the instrument is not in both sources).
+
+    Per domain, the agreement of every simulated event with every human (first) event is one matrix;
+    an event's own term is its participant's cell, its mismatched term the mean of the other
+    participants' cells. A permutation gives each matched participant another's human (within the
+    domain), so its own term becomes that cell and its mismatched term the mean of the rest."""
+    hm, sm = _top_matrix(h, top_h), _top_matrix(s, top_s)
+    if hm.empty or sm.empty:
+        return None
+    arms = hm.columns.union(sm.columns)
+    hm, sm = hm.reindex(columns=arms), sm.reindex(columns=arms)
+    h_ev = h.drop_duplicates("event").set_index("event").loc[hm.index, ["participant_id", "domain"]]
+    s_ev = s.drop_duplicates("event").set_index("event").loc[sm.index, ["participant_id", "domain"]]
+    own_l, mism_l, pid_l = [], [], []
+    n_no_other = 0
+    perm_sum, perm_n = np.zeros(N_PERM), np.zeros(N_PERM)
+    for dom, sd in s_ev.groupby("domain", sort=True):
+        hd = h_ev[h_ev["domain"] == dom]  # first events: one per participant
+        hpos = {p: i for i, p in enumerate(hd["participant_id"])}
+        own_j = np.array([hpos.get(p, -1) for p in sd["participant_id"]], dtype=np.int64)
+        if not (own_j >= 0).any():
+            continue
+        a = _pair_agreement(sm.loc[sd.index].to_numpy(float), hm.loc[hd.index].to_numpy(float))
+        rows = np.arange(len(sd))
+        own = np.where(own_j >= 0, a[rows, np.maximum(own_j, 0)], np.nan)
+        ok = np.isfinite(a)
+        n_other = ok.sum(axis=1) - 1  # own is finite wherever it is used
+        total = np.where(ok, a, 0.0).sum(axis=1)
+        valid = np.isfinite(own)
+        n_no_other += int((valid & (n_other == 0)).sum())
+        use = valid & (n_other > 0)
+        if not use.any():
+            continue
+        own_u, tot_u, oth_u = own[use], total[use], n_other[use]
+        pids = sd["participant_id"].to_numpy()[use]
+        own_l.append(own_u)
+        mism_l.append((tot_u - own_u) / oth_u)
+        pid_l.append(pids)
+        # permutation: the matched participants of this domain exchange their humans
+        matched, m_i = np.unique(pids, return_inverse=True)
+        cand = a[np.flatnonzero(use)][:, [hpos[p] for p in matched]]  # (events, matched participants)
+        perms = np.argsort(rng.random((N_PERM, matched.size)), axis=1)
+        own_p = cand[np.arange(len(own_u))[None, :], perms[:, m_i]]  # (N_PERM, events)
+        with np.errstate(invalid="ignore"):
+            gap_p = own_p - (tot_u[None, :] - own_p) / oth_u[None, :]
+        perm_sum += np.nansum(gap_p, axis=1)
+        perm_n += np.isfinite(gap_p).sum(axis=1)
+    if not own_l:
+        if n_no_other:
+            return PlaceboInstrument(status="not_available", n_no_other=n_no_other,
+                                     reason="no other participant of the same domain to mismatch with")
+        return None
+    own_v, mism_v, pid = np.concatenate(own_l), np.concatenate(mism_l), np.concatenate(pid_l)
+    n_part = int(np.unique(pid).size)
+    if n_part < MIN_PARTICIPANTS:
+        return PlaceboInstrument(status="not_available", n_events=own_v.size, n_no_other=n_no_other,
+                                 reason=f"{n_part} participants matched with a human and a mismatched human "
+                                        f"(fewer than {MIN_PARTICIPANTS})")
+    gap = own_v - mism_v
+    obs = float(gap.mean())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        null = perm_sum / perm_n
+    p_perm = float((1 + np.sum(null >= obs - 1e-12)) / (1 + N_PERM))
+    part = participants.index(pid)
+    return PlaceboInstrument(
+        own=_mean_est(own_v, part, participants),
+        mismatched=_mean_est(mism_v, part, participants),
+        gap=estimate(obs, _mean_draws(gap, part, participants.counts), n_part, p_perm),
+        permutation_p=p_perm, n_events=int(own_v.size), n_no_other=n_no_other,
+    )
+
+
+def _placebo(h: pd.DataFrame, s: pd.DataFrame, participants: Participants, seed: int) -> PersonaPlacebo:
+    """Persona placebo of one simulated source (all its events) against the humans' first events."""
+    h = _first_events(h)
+    out = PersonaPlacebo(n_perm=N_PERM)
+    per_dom = h.drop_duplicates("event").groupby("domain")["participant_id"].nunique()
+    sim_doms = set(s["domain"].dropna())
+    out.single_domains = sorted(str(d) for d, n in per_dom.items() if n == 1 and d in sim_doms)
+    th, ts = _tops(h, "event", derived_ranks=True), _tops(s, "event", derived_ranks=True)
+    rng = np.random.default_rng(seed)
+    for inst in INSTRUMENTS:
+        res = _placebo_instrument(h, th[inst], s, ts[inst], participants, rng)
+        if res is not None:
+            out.by_instrument[inst] = res
+    if not out.by_instrument:
+        out.status, out.reason = "not_available", "no top-1 instrument judged by both sources in a shared domain"
+    elif all(r.status != "ok" for r in out.by_instrument.values()):
+        first = next(iter(out.by_instrument.values()))
+        out.status, out.reason = "not_available", first.reason
+    return out
+
+
+def _sim_retest(s: pd.DataFrame, participants: Participants, seed: int) -> RetestResult:
+    """Seed-to-seed test–retest of a simulated source (``_retest`` with ``pairing="repeat"``)."""
+    if not has_values(s, "rating_preference"):
+        return RetestResult(status="not_available", reason="no rating_preference", pairing="repeat")
+    runs = s.drop_duplicates("event").groupby(["participant_id", "domain"])["repeat"].nunique()
+    if not bool((runs >= 2).any()):
+        return RetestResult(status="not_available", pairing="repeat",
+                            reason="no repeated conversations: every (participant, domain) was run once "
+                                   "(repeat 0 only; a run with --repeats 2 or more has them)")
+    return _retest(s, participants, seed, pairing="repeat")
+
+
+def _dummies(values: np.ndarray) -> np.ndarray:
+    """0/1 columns of every level but the first (sorted)."""
+    levels = np.unique(values)
+    return (values[:, None] == levels[None, 1:]).astype(float)
+
+
+class _NestedReml:
+    """REML of y ~ X + (1 | participant) + (1 | conversation within participant), in closed form.
+
+    The restricted likelihood statsmodels' ``MixedLM`` maximises for this model (groups = participant,
+    a variance component per conversation; tests check the estimates against it), but each
+    evaluation is a handful of array sums: V/σ² = I + γ_c·Σ_c 1_c1_cᵀ + γ_p·Σ_g 1_g1_gᵀ is inverted by
+    Sherman–Morrison per conversation and per participant, so u'V⁻¹v only needs conversation sums of
+    the columns of [X, y]. A participant bootstrap replicate is the same sums weighted by how often
+    each participant is drawn (each copy an independent participant), so no data are copied. The two
+    variance ratios γ ≥ 0 are found by bounded Powell (derivative-free: 2 parameters, ~100
+    evaluations of ~0.1 ms), which reaches a variance of 0 exactly. Why not MixedLM itself: a fit
+    takes ~0.15 s at 50 participants × 2 repeats × 2 domains, and ~1 s when a variance is 0 (as for
+    a simulator without persona), where its gradient methods stall short of the optimum."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, participant: np.ndarray, conversation: np.ndarray) -> None:
+        m = np.column_stack([x, y])
+        self.p = x.shape[1]
+        conv = pd.factorize(conversation)[0]
+        n_conv = int(conv.max()) + 1
+        conv_first = np.zeros(n_conv, dtype=np.int64)
+        conv_first[conv] = np.arange(conv.size)
+        self.conv_part = participant[conv_first]  # participant of each conversation
+        self.n_part = int(participant.max()) + 1
+        self.member = sparse.csr_matrix((np.ones(n_conv), (self.conv_part, np.arange(n_conv))),
+                                        shape=(self.n_part, n_conv))  # participant × conversation
+        self.n_c = np.bincount(conv, minlength=n_conv).astype(float)
+        self.s = np.zeros((n_conv, m.shape[1]))
+        np.add.at(self.s, conv, m)
+        self.ss = np.einsum("ci,cj->cij", self.s, self.s)  # per conversation, outer product of its sums
+        self.mm = np.zeros((self.n_part, m.shape[1], m.shape[1]))
+        np.add.at(self.mm, participant, np.einsum("ni,nj->nij", m, m))
+        self.n_rows = np.bincount(participant, minlength=self.n_part).astype(float)
+
+    def _criterion(self, gamma: np.ndarray, w: np.ndarray, keep: np.ndarray, mtm: np.ndarray) -> tuple[float, float]:
+        """(−2 × profiled REML log-likelihood, σ̂²) at variance ratios ``gamma`` with participant weights ``w``."""
+        g_p, g_c = float(gamma[0]), float(gamma[1])
+        wc = w[self.conv_part]
+        d = 1.0 / (1.0 + g_c * self.n_c)
+        q = mtm - np.tensordot(wc * g_c * d, self.ss, axes=1)
+        t = self.member @ (self.s * d[:, None])
+        sg = self.member @ (self.n_c * d)
+        kappa = g_p / (1.0 + g_p * sg)
+        q -= (t * (w * kappa)[:, None]).T @ t
+        logdet = float(np.sum(wc * np.log1p(g_c * self.n_c)) + np.sum(w * np.log1p(g_p * sg)))
+        cols = np.r_[keep, True]
+        q = q[np.ix_(cols, cols)]
+        k = int(keep.sum())
+        xvx, xvy, yvy = q[:k, :k], q[:k, k], q[k, k]
+        chol = np.linalg.cholesky(xvx)
+        z = np.linalg.solve(chol, xvy)
+        rss = float(yvy - z @ z)
+        dof = float(w @ self.n_rows) - k
+        if not rss > 0 or dof <= 0:
+            raise FitError("the ratings leave no residual variance to split")
+        return dof * np.log(rss / dof) + logdet + 2 * float(np.sum(np.log(np.diag(chol)))), rss / dof
+
+    def fit(self, w: np.ndarray | None = None, start: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(participant, repeat, residual) variances and the ratios γ (a warm start), participant weights ``w``."""
+        w = np.ones(self.n_part) if w is None else np.asarray(w, float)
+        mtm = np.tensordot(w, self.mm, axes=1)
+        n = mtm[0, 0]  # the intercept column: weighted rows
+        diag = np.diag(mtm)[: self.p]
+        keep = np.r_[True, (diag[1:] > 0) & (diag[1:] < n)]  # dummies of levels absent (or everywhere) dropped
+
+        def f(gamma: np.ndarray) -> float:
+            return self._criterion(gamma, w, keep, mtm)[0]
+
+        best = None
+        for x0 in ([start] if start is not None else []) + [np.array([1.0, 0.5]), np.array([0.05, 0.05])]:
+            res = minimize(f, x0, method="Powell", bounds=[(0.0, None), (0.0, None)],
+                           options={"xtol": 1e-6, "ftol": 1e-10, "maxiter": 2000})
+            if res.success and np.all(np.isfinite(res.x)) and np.isfinite(res.fun) and (
+                    best is None or res.fun < best.fun - 1e-9):
+                best = res
+            if best is not None and start is not None:
+                break  # a warm start that converged is the answer; otherwise compare starts
+        if best is None:
+            raise FitError("the mixed model of the ratings did not converge")
+        gamma = np.maximum(best.x, 0.0)
+        sigma2 = self._criterion(gamma, w, keep, mtm)[1]
+        return np.array([gamma[0] * sigma2, gamma[1] * sigma2, sigma2]), gamma
+
+
+def _split_design(d: pd.DataFrame) -> np.ndarray:
+    """Intercept, arm and domain dummies (first level left out), constant dummies dropped."""
+    x = np.column_stack([np.ones(len(d)), _dummies(d["arm"].astype(str).to_numpy()),
+                         _dummies(d["domain"].astype(str).to_numpy())])
+    keep = np.r_[True, x[:, 1:].std(axis=0) > 0]
+    return x[:, keep]
+
+
+SPLIT_PARTS = ("participant", "repeat", "residual")
+
+
+def _variance_split(s: pd.DataFrame, participants: Participants) -> VarianceSplit:
+    """Participant / repeat / residual variance of a simulated source's rating_preference."""
+    col = "rating_preference"
+    if not has_values(s, col):
+        return VarianceSplit(status="not_available", reason="no rating_preference: nothing to split")
+    d = (s[s[col].notna()].drop_duplicates(["event", "arm"])[["participant_id", "domain", "event", "arm", col]]
+         .assign(participant_id=lambda f: f["participant_id"].astype(str)))
+    d["domain"] = d["domain"].fillna("").astype(str)
+    cells = d.groupby(["participant_id", "domain"])["event"].nunique()
+    n_part = int(d["participant_id"].nunique())
+    out = VarianceSplit(column=col, n_participants=n_part, n_conversations=int(d["event"].nunique()),
+                        n_repeated=int((cells >= 2).sum()))
+    if out.n_repeated == 0:
+        out.status, out.reason = "not_available", (
+            "every (participant, domain) has one conversation, so a repeat level cannot be told from the "
+            "participant's (a run with --repeats 2 or more has them)")
+        return out
+    if n_part < MIN_PARTICIPANTS:
+        out.status, out.reason = "not_available", f"{n_part} participants with ratings (fewer than {MIN_PARTICIPANTS})"
+        return out
+    members, local = np.unique(participants.index(d["participant_id"].to_numpy()), return_inverse=True)
+    reml = _NestedReml(_split_design(d), d[col].to_numpy(float), local, d["event"].to_numpy())
+    try:
+        value, start = reml.fit()
+    except (FitError, np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
+        out.status, out.reason = "failed", reason_for(exc)
+        return out
+    # participant bootstrap: the same sums weighted by how often each participant is drawn
+    n_b = min(participants.n_boot, N_BOOT_MIXED)
+    draws = np.full((n_b, 3), np.nan)
+    for b in progress(range(n_b), n_b, "variance split refits"):
+        w = participants.counts[b, members]
+        if np.count_nonzero(w) < 2:
+            continue  # NaN: counted as a failed refit
+        try:
+            with np.errstate(all="ignore"):
+                draws[b] = reml.fit(w, start)[0]
+        except (FitError, np.linalg.LinAlgError, ValueError, FloatingPointError):
+            pass  # counted below as a failed refit
+    out.n_boot, out.n_failed = n_b, int(np.sum(~np.isfinite(draws).all(axis=1)))
+    total, total_b = value.sum(), draws.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares_b = draws / total_b
+    for i, part in enumerate(SPLIT_PARTS):
+        out.variance[part] = estimate(float(value[i]), draws[:, i], n_part)
+        out.share[part] = estimate(float(value[i] / total), shares_b[:, i], n_part)
+    return out
+
+
+R = TypeVar("R", bound=SourceStatus)
+
+
+def _guarded(kind: type[R], run: Callable[..., R], *args: object) -> R:
+    """``run(*args)``, or a ``kind`` that failed with the reason: a control must not sink the agreement analysis."""
+    try:
+        return run(*args)
+    except Exception as exc:  # noqa: BLE001 - recorded as the control's failure
+        return kind(status="failed", reason=reason_for(exc))
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def _drop_gen_errors(tables: Tables, j: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -413,22 +760,33 @@ def _drop_gen_errors(tables: Tables, j: pd.DataFrame) -> tuple[pd.DataFrame, dic
 
 
 def agreement(tables: Tables, *, n_boot: int = 200, seed: int = 0, participants: Participants | None = None) -> AgreementResult:
-    """Individual agreement of each simulated source with human, and the human ceiling."""
+    """Individual agreement of each simulated source with human, the human ceiling, and per simulated
+    source the controls: persona placebo, seed-to-seed retest and the variance split of its ratings."""
     participants = participants or participants_of(tables, n_boot, seed)
     j, dropped = _drop_gen_errors(tables, judgements_frame(tables))
+    j = _with_repeat(tables, j)
     for col in RATINGS:
         if col not in j.columns:
             j[col] = np.nan
     sources = sorted(j["source"].unique())
-    if HUMAN not in sources:
-        return AgreementResult(status="not_available", reason="no human source", n_gen_error=dropped)
     h = j[j["source"] == HUMAN]
     out = AgreementResult(n_gen_error=dropped)
     n_human = int(h["participant_id"].nunique())
     if n_human < MIN_PARTICIPANTS:
-        out.status, out.reason = "not_available", f"{n_human} human participants (fewer than {MIN_PARTICIPANTS})"
+        out.status = "not_available"
+        out.reason = (f"{n_human} human participants (fewer than {MIN_PARTICIPANTS})" if n_human
+                      else "no human source")
+        # the simulator's own consistency needs no human: its retest and variance split still stand
+        for s in sim_sources(sources):
+            sim = j[j["source"] == s]
+            out.sim_retest[s] = _guarded(RetestResult, _sim_retest, sim, participants, seed)
+            out.variance_split[s] = _guarded(VarianceSplit, _variance_split, sim, participants)
         return out
     out.human_ceiling, usable = _ceiling(h, participants, seed)
     for s in sim_sources(sources):
-        out.vs_human[s] = _compare(h, j[j["source"] == s], participants, usable)
+        sim = j[j["source"] == s]
+        out.vs_human[s] = _compare(h, sim, participants, usable)
+        out.persona_placebo[s] = _guarded(PersonaPlacebo, _placebo, h, sim, participants, seed)
+        out.sim_retest[s] = _guarded(RetestResult, _sim_retest, sim, participants, seed)
+        out.variance_split[s] = _guarded(VarianceSplit, _variance_split, sim, participants)
     return out

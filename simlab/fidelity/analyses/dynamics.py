@@ -13,6 +13,13 @@ percentile bootstrap of the same fit under-covered slightly at 60–120 particip
 calibration, 92–95%; the sandwich t held 95–97%.) The same model on a balanced window (the first
 ``window`` rated turns of the conversations that reach them) is reported next to it.
 
+Conversation length against human (issue 16): per simulated source, mean ``n_turns`` minus
+human's and the user-ended share minus human's, each the coefficient of ``y ~ 1 + sim`` fitted by
+least squares on the conversations of human and that source (statsmodels OLS), with the same
+participant-clustered CI and p-value (a human and their simulated copy are one cluster). Every
+conversation counts, as in the per-source means (also those flagged ``gen_error`` or ended by the
+context budget).
+
 Replies flagged ``gen_error`` in the turns table are left out of every turn-rating measure. A
 source with fewer than ``MIN_PARTICIPANTS`` participants is ``not_available``. The descriptive
 shares use the participant bootstrap. A ceiling rating is ≥ 95.
@@ -134,6 +141,44 @@ class _Slopes:
                         p_value=float(np.asarray(test.pvalue).ravel()[0]), n=n, note=NOTE)
 
 
+def _mean_diff(y: np.ndarray, sim: np.ndarray, pid: np.ndarray) -> Estimate:
+    """mean(y | sim) − mean(y | human) over conversations: OLS y ~ 1 + sim (statsmodels), 95% CI and
+    p-value cluster-robust by participant (CR1, t with G − 1 df); n = participants."""
+    X = np.column_stack([np.ones(y.size), sim.astype(float)])
+    groups = pd.factorize(pid)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = sm.OLS(y, X).fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True)
+    lo, hi = np.asarray(fit.conf_int(alpha=0.05))[1]
+    return Estimate(value=float(fit.params[1]), ci_low=float(lo), ci_high=float(hi), p_value=float(fit.pvalues[1]),
+                    n=int(groups.max() + 1), note=NOTE)
+
+
+def _length_diffs(out: DynamicsResult, conv: pd.DataFrame) -> None:
+    """Per simulated source with its own conversation-level measures: mean n_turns and the user-ended
+    share minus human's, from the human and that source's conversations only."""
+    human = out.per_source.get(HUMAN)
+    if human is None or human.status != "ok":
+        return
+    for s, res in out.per_source.items():
+        if s == HUMAN or res.status != "ok":
+            continue
+        c = conv[conv["source"].isin([HUMAN, s]) & conv["participant_id"].notna()]
+        sim = (c["source"] == s).to_numpy()
+        pid = c["participant_id"].astype(str).to_numpy()
+        try:
+            if res.n_turns is not None and human.n_turns is not None:
+                v = pd.to_numeric(c["n_turns"], errors="coerce").to_numpy(float)
+                ok = np.isfinite(v)
+                out.n_turns_diff_vs_human[s] = _mean_diff(v[ok], sim[ok], pid[ok])
+            if res.early_stop_share is not None and human.early_stop_share is not None:
+                ok = c["stop_reason"].notna().to_numpy()
+                early = (c["stop_reason"] == "user_ended").to_numpy(float)
+                out.early_stop_diff_vs_human[s] = _mean_diff(early[ok], sim[ok], pid[ok])
+        except (ValueError, np.linalg.LinAlgError) as exc:  # e.g. a degenerate cluster structure
+            res.reason = f"no length difference from human: {reason_for(exc)}"
+
+
 def _slopes(d: pd.DataFrame, sources: list[str]) -> _Slopes | str:
     try:
         return _Slopes(d, sources)
@@ -200,6 +245,7 @@ def dynamics(
             tp = participants.index(top["participant_id"].to_numpy()[1:][consecutive])
             res.switch_rate = _ratio(switched[consecutive].astype(float), np.ones(consecutive.sum()), tp, participants)
         usable.append(s)
+    _length_diffs(out, conv)
     if ratings is None or ratings.empty:
         out.status, out.reason = "not_available", "no turn ratings"
         return out

@@ -1,8 +1,18 @@
 """Analysis 4: position bias — conditional logit of a choice on display position, arm dummies in.
 
-Coding: ``first_shown`` = 1 when position == 1 (shown first, letter A), reference = every later
+Coding: ``first_shown`` = 1 when position == 1 (shown first), reference = every later
 position, so the first-shown effect is one coefficient (log-odds). A second model per source
 has a dummy per position with the LAST position as reference, to show the whole profile.
+
+Order or label: the user sees each reply under a letter (A, B, …). Where the letter is the
+display position's letter (A shown first: every human data set so far, and simulated runs with
+``protocol.letters = "by_position"``), order and label are one effect and ``first_shown`` is
+both; the result says so (``order_vs_label = "confounded"``). Where a source's letters vary
+independently of the order (``protocol.letters = "independent"``: in at least
+``MIN_SPLIT_SHARE`` of its events the reply shown first is not the one labelled A), a third
+model has both ``first_shown`` and ``first_label`` (letter A) with the arm dummies, so each is
+estimated holding the other fixed (``first_shown_joint``, ``first_label``), and each simulated
+source's sim − human differences of both where the human side is separable too.
 
 Log-odds are on the scale of each source's choice noise: a simulator that weighs position
 exactly like people but chooses less noisily has larger log-odds for everything. So each
@@ -21,7 +31,9 @@ are perfectly predicted by position (separation) gets a penalised fit (``penalis
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -56,6 +68,11 @@ from simlab.fidelity.stats import (
 from simlab.tables import Tables
 
 OUTCOMES = ("ranked_best", "opening_choice", "ranking")
+MIN_SPLIT_SHARE = 0.05
+"""A source whose events show the first reply under a letter other than A in fewer than this share
+of its events has order and label confounded: a handful of such events (e.g. a few mis-recorded
+letters) would make two near-collinear effects of little use, so one combined effect is reported."""
+FIRST_LABEL = "A"
 
 
 def _design(j: pd.DataFrame, arms_by_source: dict[str, list[str]], pooled: bool) -> tuple[pd.DataFrame, list[str]]:
@@ -195,6 +212,55 @@ def _pct(x: _Excess, p: float) -> Estimate:
     return estimate(100 * x.value, 100 * x.draws, x.n, p)
 
 
+def _with_labels(j: pd.DataFrame) -> pd.DataFrame:
+    """``first_label`` (1 = labelled A, NaN = no letter) and ``label_mismatch`` (the letter is not the
+    display position's letter: A for position 1, B for 2, …; NaN = no letter)."""
+    if "letter" not in j.columns:
+        return j.assign(first_label=np.nan, label_mismatch=np.nan)
+    letter = j["letter"].astype("string").str.strip().str.upper()
+    letter = letter.where(letter != "")
+    pos = j["position"].to_numpy(dtype=int)
+    alphabet = np.array([*string.ascii_uppercase, ""])
+    of_position = pd.Series(alphabet[np.where((pos >= 1) & (pos <= 26), pos - 1, 26)], index=j.index, dtype="string")
+    known = letter.notna().to_numpy()
+    return j.assign(first_label=np.where(known, (letter == FIRST_LABEL).fillna(False).to_numpy(float), np.nan),
+                    label_mismatch=np.where(known, (letter != of_position).fillna(True).to_numpy(float), np.nan))
+
+
+@dataclass
+class _Labels:
+    """How letters relate to display order in one source's events."""
+
+    design: Literal["separate", "confounded", "no_labels"]
+    mismatch: float | None
+    split: float | None
+    note: str
+
+
+def _labels(d: pd.DataFrame) -> _Labels:
+    """Whether order and label can be told apart in these rows (one source, one outcome)."""
+    known = d["first_label"].notna()
+    if not known.any():
+        return _Labels("no_labels", None, None, "no letters recorded: first_shown is the effect of display order "
+                       "(and of whatever label went with it)")
+    mismatch = float(d.loc[known, "label_mismatch"].mean())
+    e = d[d["first_label"].notna().groupby(d["event"]).transform("all")]
+    firsts = e[e["first_shown"] == 1]
+    split = float((firsts["first_label"] != 1).mean()) if len(firsts) else 0.0
+    if split >= MIN_SPLIT_SHARE:
+        return _Labels("separate", mismatch, split,
+                       f"order and label can be told apart (in {100 * split:.0f}% of events the reply shown first is not "
+                       f"labelled {FIRST_LABEL}): first_shown_joint and first_label are estimated together, each "
+                       "holding the other fixed")
+    if mismatch == 0:
+        why = f"the letter is always the display position's letter ({FIRST_LABEL} shown first)"
+    else:
+        why = (f"the reply shown first is labelled {FIRST_LABEL} in {100 * (1 - split):.0f}% of events "
+               f"(fewer than {100 * MIN_SPLIT_SHARE:.0f}% differ)")
+    return _Labels("confounded", mismatch, split, f"label and order are confounded: {why}, so first_shown is one "
+                   "combined effect of being shown first and being labelled " + FIRST_LABEL)
+
+
 def _outcome(
     j: pd.DataFrame, how: str, participants: Participants, dropped: dict[str, int], *, profile: bool = True,
     done: Fitted | None = None,
@@ -207,6 +273,7 @@ def _outcome(
         return PositionOutcome(status="not_available", reason=f"no rows with both position and {col}")
     j["position"] = pd.to_numeric(j["position"]).astype(int)
     j["first_shown"] = (j["position"] == 1).astype(float)
+    j = _with_labels(j)
     if how != "ranking":
         j[how] = j[how].astype(bool)
     out = PositionOutcome()
@@ -215,6 +282,8 @@ def _outcome(
     firsts: dict[str, _Model] = {}
     profiles: dict[str, tuple[_Model, list[int]]] = {}
     excess: dict[str, _Excess] = {}
+    joints: dict[str, _Model] = {}
+    labels: dict[str, _Labels] = {}
     for s in sources:
         sub = j[j["source"] == s].reset_index(drop=True)
         few = too_few_participants(sub)
@@ -223,6 +292,16 @@ def _outcome(
             continue
         d, arm_cols = _design(sub, {s: arms_by_source[s]}, pooled=False)
         positions = sorted(d["position"].unique())
+        lab = labels[s] = _labels(d)
+        joint, n_joint = None, 0
+        try:
+            if lab.design == "separate":
+                # events with a letter on every row: both effects holding the other (and the arms) fixed
+                lettered = d[d["first_label"].notna().groupby(d["event"]).transform("all")].reset_index(drop=True)
+                joint = _fit(lettered, ["first_shown", "first_label", *arm_cols], how, participants, done)
+                n_joint = int(lettered["event"].nunique())
+        except FitError as exc:
+            lab.note += f"; the joint model could not be fitted: {exc}"
         try:
             first = _fit(d, ["first_shown", *arm_cols], how, participants, done)
             pos_levels = positions[:-1]
@@ -238,18 +317,55 @@ def _outcome(
         firsts[s], excess[s] = first, ex
         if prof is not None:
             profiles[s] = (prof, positions)
+        if joint is not None:
+            joints[s] = joint
         out.per_source[s] = PositionFit(
             first_shown=first.est("first_shown"),
             positions={str(p): prof.est(f"position[{p}]") for p in pos_levels} if prof is not None else {},
             first_shown_excess=_pct(ex, _robust_p(ex.value, ex.influence)),
             n_events=int(d["event"].nunique()),
-            penalised=first.fit.penalised or (prof is not None and prof.fit.penalised),
+            penalised=(first.fit.penalised or (prof is not None and prof.fit.penalised)
+                       or (joint is not None and joint.fit.penalised)),
             n_gen_error=dropped.get(s, 0),
+            order_vs_label=lab.design,
+            order_vs_label_note=lab.note,
+            label_mismatch_share=lab.mismatch,
+            split_event_share=lab.split,
+            first_shown_joint=joint.est("first_shown") if joint is not None else None,
+            first_label=joint.est("first_label") if joint is not None else None,
+            n_events_joint=n_joint if joint is not None else 0,
         )
     sims = [s for s in sim_sources(sources) if s in firsts]
     if HUMAN in firsts and sims:
         _compare(out, firsts, profiles, excess, sims)
+    if sims:
+        _compare_labels(out, joints, labels, sims)
     return out
+
+
+def _compare_labels(out: PositionOutcome, joints: dict[str, _Model], labels: dict[str, _Labels], sims: list[str]) -> None:
+    """sim − human differences of first_shown_joint and first_label (each pair stacked, sandwich
+    clustered by participant; CI from the paired participant bootstrap), where both sides have the
+    joint model; otherwise the reason, per simulated source whose own design is separable."""
+    for s in sims:
+        if s not in joints:
+            continue
+        if HUMAN not in joints:
+            h, fit = labels.get(HUMAN), out.per_source.get(HUMAN)
+            why = (h.note if h is not None else (fit.reason or "not analysed") if fit is not None
+                   else "no human events with a display position in this outcome")
+            out.label_not_compared[s] = f"no sim − human difference of order and label: human: {why}"
+            continue
+        use = [HUMAN, s]
+        both = stack([(joints[x].cs, joints[x].fit) for x in use])
+        k = len(joints[HUMAN].names)
+        c = np.zeros((2, both.params.size))
+        c[0, k], c[0, 0] = 1.0, -1.0  # first_shown
+        c[1, k + 1], c[1, 1] = 1.0, -1.0  # first_label
+        inter = linear(both, c)
+        draws = joints[s].draws[:, :2] - joints[HUMAN].draws[:, :2]
+        out.first_shown_joint_vs_human[s] = estimate(inter.params[0], draws[:, 0], inter.n_clusters, float(inter.pvalues[0]))
+        out.first_label_vs_human[s] = estimate(inter.params[1], draws[:, 1], inter.n_clusters, float(inter.pvalues[1]))
 
 
 def _compare(
