@@ -115,8 +115,11 @@ def test_the_cli_launches_vllm_completes_the_run_and_writes_the_report(cli_run, 
     assert set(calls["status"]) == {"ok"}, calls[calls["status"] != "ok"][["instrument", "error"]]
     # every instrument went through vLLM's json_schema structured output and validated
     instruments = set(calls["instrument"].dropna())
-    for needed in ("opening_choice", "turn_rating", "ratings", "wtp", "ranking_1", "next_message", "reply"):
+    for needed in ("opening_choice", "turn_rating", "stop", "ratings", "wtp", "ranking_1", "next_message", "reply"):
         assert needed in instruments, (needed, instruments)
+    # bids in dollars and cents within the scale: the string pattern held under vLLM's guided decoding
+    bids = tables.judgements["wtp_bid"]
+    assert bids.between(0, 10).all() and (bids == bids.round(2)).all(), bids.tolist()
     # the PPFT arm read each participant's own soft tokens (the sample personas are in the bank)
     ppft = calls[calls["arm"] == "PPFT"]
     assert len(ppft) > 0 and set(ppft["prompt_name"]) == {"arms/generic.j2+soft_tokens:own"}, set(ppft["prompt_name"])
