@@ -23,7 +23,7 @@ def run(cfg, **kw):
 
 
 def test_three_personas_two_domains_exact_rows(stub, tmp_path):
-    cfg = stub_config(stub, tmp_path, limit=3)
+    cfg = stub_config(stub, tmp_path, limit=3, protocol={"min_turns": 2, "max_turns": 2})
     summary = run(cfg)
     assert (summary.sessions_completed, summary.sessions_failed) == (6, 0)
     t = load_run(summary.run_dir)
@@ -98,7 +98,7 @@ def test_blinding_is_balanced_over_many_units():
 
 
 def test_arms_see_only_their_own_history_and_user_never_sees_arm_names(stub, tmp_path):
-    cfg = stub_config(stub, tmp_path, limit=1, protocol={"domains": ["values"]})
+    cfg = stub_config(stub, tmp_path, limit=1, protocol={"domains": ["values"], "min_turns": 2, "max_turns": 2})
     run(cfg)
     sim_requests = [r.body for r in stub.requests if r.body["messages"][0]["content"].startswith("You are taking part")]
     arm_requests = [r.body for r in stub.requests if not r.body["messages"][0]["content"].startswith("You are taking part")]

@@ -76,13 +76,15 @@ def compare(*tables: Tables, n_boot: int = 200, seed: int = 0, topics: str = "tf
 
 def analyze(tables: Tables, *, n_boot: int = 200, seed: int = 0, topics: str = "tfidf",
             exclude_dimensions: Collection[str] = ()) -> FidelityResult:
-    """Fit every analysis on each source of ``tables``, with no human data to compare with (e.g. a run
-    and its no-persona control side by side); ``compare`` is the one that takes human data."""
+    """Fit every analysis on each source of ``tables`` without comparing them: human data alone, or
+    simulated sources side by side (a run and its no-persona control); ``compare`` compares
+    simulated sources with human data."""
     part = normalise(tables, origin="tables", default_source=None)
     if not part.sources:
         raise InputError("no source to analyse", field="source")
-    if "human" in part.sources:
-        raise InputError("analyze fits simulated sources alone; use compare for human data", field="source")
+    if "human" in part.sources and len(part.sources) > 1:
+        raise InputError(f"analyze fits sources side by side without comparing (got {part.sources}); "
+                         "use compare for human data with simulated", field="source")
     return _analyze_all(part, n_boot=n_boot, seed=seed, topics=topics, exclude_dimensions=exclude_dimensions)
 
 

@@ -159,7 +159,7 @@ def test_analyze_fits_a_run_and_its_no_persona_control_side_by_side() -> None:
     assert res.sources == [SIM, "sim_dynamic_no_persona"]
     assert set(res.analyses["hierarchy"].per_source) == {SIM, "sim_dynamic_no_persona"}
     assert set(res.analyses["agreement"].variance_split) == {SIM, "sim_dynamic_no_persona"}
-    with pytest.raises(InputError, match="use compare for human data"):
+    with pytest.raises(InputError, match="use compare for human data with simulated"):
         analyze(make_synthetic(12, seed=1), n_boot=20)
 
 
@@ -300,3 +300,17 @@ def test_controls_on_real_human_data(dialogue_eval_tables: Tables) -> None:
     assert r.sim_retest[src].status == "not_available"  # no repeat column: every conversation is repeat 0
     assert r.variance_split[src].status in ("ok", "failed")  # workers with two HITs in a round: it runs
     build_sections(FidelityResult(sources=["human", src], n_boot=10, seed=0, analyses={"agreement": r}))
+
+
+def test_the_controls_benchmark_runs_and_recovers_its_truths() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "agreement_controls.py"
+    out = subprocess.run([sys.executable, str(script), "--participants", "40", "--n-boot", "20"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and "variance split" in lines[0] and "persona placebo" in lines[1], out.stdout
+    assert "planted 100, 25, 64" in lines[0] and "planted 0.300" in lines[1]

@@ -358,7 +358,7 @@ def test_compare_checks_its_inputs() -> None:
     assert err.value.field == "conversation_id"
     with pytest.raises(InputError, match="no human data"):
         compare(Tables(judgements=flat_judgements().assign(source="sim_dynamic")))
-    with pytest.raises(InputError, match="one source"):
+    with pytest.raises(InputError, match="use compare"):
         from simlab.fidelity import analyze
 
         analyze(Tables(judgements=pd.concat([flat_judgements().assign(source="human"), flat_judgements().assign(
