@@ -61,7 +61,7 @@ CONFIG_VALUES: list[tuple[str, str, str]] = [
     *[("concurrency = 6", f"concurrency = {v}", "concurrency") for v in ("0", "-3", '"many"')],
     *[('name = "quickstart"', f"name = {v}", "name") for v in ('"../../escaped"', '""', '"a/b"', "3", '"x\\u0000y"')],
     *[("min_turns = 1", f"min_turns = {v}", "turns") for v in ("0", "-1", "99", '"two"')],
-    *[("max_turns = 3", f"max_turns = {v}", "max_turns") for v in ("0", "-4", '"two"')],
+    *[("max_turns = 2", f"max_turns = {v}", "max_turns") for v in ("0", "-4", '"two"')],
     *[("context_budget_tokens = 3000", f"context_budget_tokens = {v}", "context_budget_tokens") for v in ("0", "-5", '"big"')],
     *[('domains = ["unguided", "emotional_wellbeing"]', f"domains = {v}", "domains")
       for v in ('["nope"]', "[]", '"values"', "[1]", '["values", "values"]')],
@@ -83,7 +83,7 @@ CONFIG_VALUES: list[tuple[str, str, str]] = [
     *[("n_ctx = 4096", f"n_ctx = {v}", "n_ctx") for v in ("0", '"big"')],
     *[("personas = ", f"personas = {v}  # ", "personas") for v in ('"/nonexistent/p.jsonl"', "3")],
     ("seed = 0", 'seed = 0\ncolour = "blue"', "colour"),
-    ("max_turns = 3", "max_turns = 3\nturns_please = 3", "turns_please"),
+    ("max_turns = 2", "max_turns = 2\nturns_please = 3", "turns_please"),
     ("[judge]", '[judge]\napi_key_env = "SIMLAB_FUZZ_SURELY_UNSET_KEY"', "api_key_env"),
     ("seed = 0", "seed = 0\nmax_gen_error_rate = 2", "max_gen_error_rate"),
     ("seed = 0", "seed = 0\nmax_gen_error_rate = -0.1", "max_gen_error_rate"),

@@ -121,10 +121,7 @@ def test_repeats_and_the_no_persona_control_on_the_real_model(tmp_path):
     control next to the persona simulator."""
     from simlab.store import load_run, read_table
 
-    text = (REPO / "configs" / "local.toml").read_text()
-    assert "\nmax_turns = 3\n" in text
-    config = tmp_path / "control.toml"  # one turn at least, two at most (for CI's time): the stop question is asked
-    config.write_text(text.replace("\nmax_turns = 3\n", "\nmax_turns = 2\n"))
+    config = REPO / "configs" / "local.toml"  # one turn at least, two at most: the stop question is asked
     out = subprocess.run([sys.executable, "-m", "simlab.run", "--config", str(config), "--limit", "1", "--domains",
                           "values", "--repeats", "2", "--ablate-persona", "--out", str(tmp_path / "runs"), "--quiet"],
                          capture_output=True, text=True, timeout=900, cwd=REPO)
