@@ -69,7 +69,11 @@ def table(results: list[Calibration], command: str, seconds: float) -> str:
         lines.append(
             f"| {r.case.analysis} | {r.case.name} | {r.reps} | {_pct(r.false_positive_rate)}"
             f"{_interval(r.null_significant, n_null)} | {_pct(r.power)}{_interval(r.effect_significant, n_eff)} | "
-            f"{_pct(r.coverage)}{_interval(r.null_covered + r.effect_covered, n_all)} | {verdict} |")
+            f"{_pct(r.coverage)}{_interval(r.covered, r.coverage_n)}{' ¹' if r.case.boundary_null else ''} | "
+            f"{verdict} |")
+    if any(r.case.boundary_null for r in results):
+        lines += ["", "¹ The null truth is on the boundary (a variance of 0): there a CI covers it exactly when it does "
+                  "not exclude it (coverage = 1 − false positives), so the coverage is of the planted effects only."]
     notes = [f"- **{r.case.analysis} / {r.case.name}**: {r.case.note}" for r in results if r.case.note]
     problems = [f"- {r.case.analysis} / {r.case.name}: " + "; ".join(r.problems) for r in results if r.problems]
     if notes:

@@ -227,7 +227,9 @@ class PlaceboInstrument(SourceStatus):
     bootstrap of the per-event gaps; p_value: the permutation p-value (``permutation_p``)."""
     permutation_p: float | None = None
     """Add-one one-sided p-value: share of shuffles of the simulated↔human pairing of participants
-    within each domain whose gap is ≥ the observed one (``n_perm`` shuffles)."""
+    whose gap is ≥ the observed one (``n_perm`` shuffles). One shuffle covers all domains: a
+    participant gets another participant's humans in every domain at once, among participants
+    matched in the same domains (their tastes carry across domains)."""
     n_events: int = 0
     """Simulated events (conversations) used."""
     n_no_other: int = 0
@@ -264,7 +266,9 @@ class VarianceSplit(SourceStatus):
     incl. individual arm preferences); rating points². CI: participant bootstrap (a participant drawn
     twice counts as two participants), ``n_boot`` refits; n = participants."""
     share: dict[str, Estimate] = Field(default_factory=dict)
-    """Same keys: each variance over their sum (CIs from the same refits)."""
+    """Same keys: each variance over their sum. CI from the same refits: normal on the logit scale
+    with the refits' SD and t(participants − 1); the percentile interval where the share or a refit
+    is at the boundary 0 or 1."""
     n_participants: int = 0
     """Participants with ratings."""
     n_conversations: int = 0
@@ -484,8 +488,8 @@ class PositionOutcome(SourceStatus):
     all simulated sources shown the same positions as human)."""
     first_shown_joint_vs_human: dict[str, Estimate] = Field(default_factory=dict)
     """Per simulated source where both it and human have order and label apart ('separate'):
-    ``first_shown_joint`` sim − human (log-odds of order, label held fixed). CI: paired participant
-    bootstrap; p-value: cluster-robust t by participant (the two fits stacked)."""
+    ``first_shown_joint`` sim − human (log-odds of order, label held fixed). p-value and 95% CI:
+    cluster-robust t by participant (the two fits stacked; the percentile bootstrap under-covered)."""
     first_label_vs_human: dict[str, Estimate] = Field(default_factory=dict)
     """Per simulated source, as ``first_shown_joint_vs_human``: ``first_label`` sim − human (log-odds
     of the label A, order held fixed)."""

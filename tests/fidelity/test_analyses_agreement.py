@@ -156,3 +156,20 @@ def test_dialogue_eval_retest_far_above_permutation_baseline(dialogue_eval_table
     # Dialogue-Eval ranks are derived from its ratings: that instrument pair is no ceiling
     assert "ranked_best~rating_preference" not in r.human_ceiling.cross_instrument
     assert "rank_derived" in r.human_ceiling.excluded["ranked_best~rating_preference"]
+
+
+def test_variance_shares_take_the_logit_interval_inside_and_the_percentile_at_the_boundary() -> None:
+    from simlab.fidelity.analyses.agreement import _share_estimate
+
+    rng = np.random.default_rng(0)
+    draws = 1 / (1 + np.exp(-rng.normal(np.log(0.15 / 0.85), 0.25, 100)))
+    e = _share_estimate(0.15, draws, 50)
+    assert e.note is not None and "logit" in e.note and e.ci_low < 0.15 < e.ci_high
+    lo, hi = np.log(e.ci_low / (1 - e.ci_low)), np.log(e.ci_high / (1 - e.ci_high))
+    assert abs((lo + hi) / 2 - np.log(0.15 / 0.85)) < 1e-9  # symmetric on the logit scale, wider at the top
+    assert e.ci_high - 0.15 > 0.15 - e.ci_low
+    # a refit at the boundary (the optimiser's zero) or a zero share: the percentile interval, down to 0
+    at_zero = np.r_[draws[:95], [2e-7, 0.0, 1e-8, 3e-7, 0.0]]
+    for value, d in ((0.15, at_zero), (0.0, at_zero)):
+        p = _share_estimate(value, d, 50)
+        assert p.note is None and np.isclose(p.ci_low, np.quantile(d, 0.025)) and p.ci_low < 1e-6

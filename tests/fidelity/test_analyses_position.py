@@ -151,6 +151,9 @@ def test_order_and_label_are_told_apart_where_letters_are_independent(b_order: f
         d_order, d_label = o.first_shown_joint_vs_human["sim_dynamic"], o.first_label_vs_human["sim_dynamic"]
         assert covers(d_order, b_order - HUMAN_ORDER) and covers(d_label, b_label), (outcome, d_order, d_label)
         assert d_order.n == 300 and o.label_not_compared == {}
+        for d in (d_order, d_label):  # the cluster-robust t interval that matches the p-value (calibration)
+            assert d.note is not None and "cluster-robust t interval" in d.note
+            assert abs((d.ci_low + d.ci_high) / 2 - d.value) < 1e-9 and (d.p_value < 0.05) == (d.ci_low > 0 or d.ci_high < 0)
         if b_label:
             assert sim.first_label.ci_low > 0.4 and d_label.p_value < 1e-3
         else:

@@ -23,7 +23,9 @@ position term set to 0), in percentage points. Its sim − human difference is t
 Comparisons with human: a pooled model with source × position terms is the per-source fits
 stacked (strata never mix sources), with a sandwich covariance clustered by participant (a
 human and their simulated copy are one cluster); Wald tests of the first_shown interaction and
-of every position's interaction. CIs: the shared participant bootstrap (paired across sources).
+of every position's interaction. CIs: the shared participant bootstrap (paired across sources),
+except the sim − human differences of order and label (``first_shown_joint_vs_human``,
+``first_label_vs_human``): the cluster-robust t interval that matches their p-value.
 Events of conversations with a failed generation (``gen_error``) are dropped and counted; a
 source with fewer than ``MIN_PARTICIPANTS`` participants is not analysed; a source whose choices
 are perfectly predicted by position (separation) gets a penalised fit (``penalised``).
@@ -62,6 +64,7 @@ from simlab.fidelity.stats import (
     fit_clogit,
     linear,
     participant_scores,
+    robust_estimate,
     stack,
     wald_test,
 )
@@ -345,8 +348,9 @@ def _outcome(
 
 def _compare_labels(out: PositionOutcome, joints: dict[str, _Model], labels: dict[str, _Labels], sims: list[str]) -> None:
     """sim − human differences of first_shown_joint and first_label (each pair stacked, sandwich
-    clustered by participant; CI from the paired participant bootstrap), where both sides have the
-    joint model; otherwise the reason, per simulated source whose own design is separable."""
+    clustered by participant; p-value and 95% CI: cluster-robust t with participants − 1 df), where
+    both sides have the joint model; otherwise the reason, per simulated source whose own design is
+    separable."""
     for s in sims:
         if s not in joints:
             continue
@@ -363,9 +367,11 @@ def _compare_labels(out: PositionOutcome, joints: dict[str, _Model], labels: dic
         c[0, k], c[0, 0] = 1.0, -1.0  # first_shown
         c[1, k + 1], c[1, 1] = 1.0, -1.0  # first_label
         inter = linear(both, c)
-        draws = joints[s].draws[:, :2] - joints[HUMAN].draws[:, :2]
-        out.first_shown_joint_vs_human[s] = estimate(inter.params[0], draws[:, 0], inter.n_clusters, float(inter.pvalues[0]))
-        out.first_label_vs_human[s] = estimate(inter.params[1], draws[:, 1], inter.n_clusters, float(inter.pvalues[1]))
+        # the cluster-robust t interval that matches the p-value: the percentile participant bootstrap
+        # of these differences covered 90.6-92.8% at 40 participants (calibration), this one 93-96%
+        draws = joints[s].draws[:, :2] - joints[HUMAN].draws[:, :2]  # only count failed replicates
+        out.first_shown_joint_vs_human[s] = robust_estimate(inter, 0, draws[:, 0])
+        out.first_label_vs_human[s] = robust_estimate(inter, 1, draws[:, 1])
 
 
 def _compare(

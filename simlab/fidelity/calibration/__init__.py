@@ -54,6 +54,11 @@ class Case:
     """The value a significance test is against (the truth under no effect, usually 0)."""
     note: str = ""
     """What the generator plants (heterogeneity, ties, separation), for the table."""
+    boundary_null: bool = False
+    """The null truth is on the boundary of the parameter space (e.g. a variance of 0, for a descriptive
+    that is not a comparison). A CI there covers it exactly when the CI does not exclude it, so the null
+    datasets' coverage is 1 − their false-positive rate and says nothing more; ``coverage`` counts the
+    effect datasets (an interior truth) only."""
 
 
 @dataclass
@@ -80,10 +85,19 @@ class Calibration:
         return self.effect_significant / self.effect_reported if self.effect_reported else math.nan
 
     @property
+    def covered(self) -> int:
+        """Datasets whose CI covers the truth, of ``coverage_n`` (the effects only for a boundary null)."""
+        return self.effect_covered + (0 if self.case.boundary_null else self.null_covered)
+
+    @property
+    def coverage_n(self) -> int:
+        return self.effect_reported + (0 if self.case.boundary_null else self.null_reported)
+
+    @property
     def coverage(self) -> float:
-        """95% CI coverage of the truth, over nulls and effects together."""
-        n = self.null_reported + self.effect_reported
-        return (self.null_covered + self.effect_covered) / n if n else math.nan
+        """95% CI coverage of the truth, over nulls and effects together (effects only when the null
+        truth is on the boundary, ``Case.boundary_null``)."""
+        return self.covered / self.coverage_n if self.coverage_n else math.nan
 
 
 def significant(m: Measured, null_value: float) -> bool:

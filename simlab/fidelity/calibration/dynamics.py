@@ -16,6 +16,19 @@ Under ``effect=False`` both sources have the same mean slope; under ``effect=Tru
 simulator's is ``EFFECT`` points per turn higher. Slopes, levels and lengths are independent of
 each other apart from the level–length link, so the within-conversation slope estimates the
 mean slope of each source and the difference estimates ``EFFECT`` exactly.
+
+Conversation length (issue 16: ``n_turns_diff_vs_human``, ``early_stop_diff_vs_human``), a second
+generator (``simulate_length``): 60–120 participants with 1–4 conversations each (the same domains
+for a human and their simulated copy). After each turn t < ``MAX_TURNS`` the conversation ends
+with an arm error with probability ``ERROR_HAZARD`` (stop_reason ``error``, both sources alike),
+else the user goes on with probability expit(η), else ends it (``user_ended``); at ``MAX_TURNS``
+it stops at the cap (``max_turns``). η = base[source] + domain effect + participant propensity
+(SD 1, correlated 0.6 between a human and their simulated copy, same marginal in both) +
+conversation deviation (SD 0.5). Under ``effect=False`` both sources share the base; under
+``effect=True`` the simulator's is ``LENGTH_EFFECT`` log-odds higher (it goes on longer). The truths
+(difference of the expected mean turns per conversation, and of the user-ended share) are exact:
+Gauss–Hermite quadrature over the normal η of each domain, averaged with each domain's expected
+share of the conversations.
 """
 
 from __future__ import annotations
@@ -107,13 +120,122 @@ def truth(effect: bool) -> float:
     return EFFECT if effect else 0.0
 
 
+# ---------------------------------------------------------------------------------------------
+# conversation length and early stops
+
+MAX_TURNS = 6
+ERROR_HAZARD = 0.02
+"""Chance that an arm error ends the conversation after a turn (stop_reason "error"), both sources."""
+LENGTH_BASE = 0.8
+"""Log-odds of going on after a turn (human; the simulator's under the null)."""
+LENGTH_EFFECT = 0.5
+"""The simulator's extra log-odds of going on under the effect."""
+DOMAIN_EFFECT = (0.0, 0.3, -0.3, 0.6)
+"""Log-odds of going on, per domain (DOMAINS order), in both sources."""
+SD_PARTICIPANT, SD_CONVERSATION, RHO_LENGTH = 1.0, 0.5, 0.6
+
+
+def _lengths(rng: np.random.Generator, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n_turns, stop_reason) of conversations whose user goes on with log-odds ``eta``."""
+    m = eta.size
+    go_on = rng.random((m, MAX_TURNS - 1)) < expit(eta)[:, None]
+    error = rng.random((m, MAX_TURNS - 1)) < ERROR_HAZARD
+    stop = ~go_on | error  # after turn t + 1 (column t); an error comes before the user's decision
+    first = np.where(stop.any(axis=1), stop.argmax(axis=1), MAX_TURNS - 1)
+    n_turns = first + 1
+    reason = np.where(n_turns == MAX_TURNS, "max_turns",
+                      np.where(error[np.arange(m), np.minimum(first, MAX_TURNS - 2)], "error", "user_ended"))
+    return n_turns, reason
+
+
+def simulate_length(seed: int, effect: bool) -> Tables:
+    """Human + simulated conversations with planted lengths and stop reasons (module docstring)."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(60, 121))
+    prop = rng.normal(0, SD_PARTICIPANT, (2, n))
+    prop[1] = RHO_LENGTH * prop[0] + np.sqrt(1 - RHO_LENGTH**2) * prop[1]  # the copy shares part of it
+    n_dom = rng.integers(1, len(DOMAINS) + 1, n)
+    src = np.repeat([0, 1], n_dom.sum())
+    who = np.tile(np.repeat(np.arange(n), n_dom), 2)
+    dom = np.tile(np.concatenate([np.arange(m) for m in n_dom]), 2)
+    m = src.size
+    base = np.array([LENGTH_BASE, LENGTH_BASE + (LENGTH_EFFECT if effect else 0.0)])
+    eta = base[src] + np.array(DOMAIN_EFFECT)[dom] + prop[src, who] + rng.normal(0, SD_CONVERSATION, m)
+    n_turns, reason = _lengths(rng, eta)
+    cid = np.array([f"{('human', SIM)[s]}-p{i:03d}-{DOMAINS[d]}" for s, i, d in zip(src, who, dom)])
+    conversations = pd.DataFrame({
+        "conversation_id": cid, "participant_id": [f"p{i:03d}" for i in who], "source": np.array(["human", SIM])[src],
+        "domain": np.array(DOMAINS)[dom], "n_turns": n_turns, "stop_reason": reason})
+    k = len(ARMS)
+    judgements = pd.DataFrame({"conversation_id": np.repeat(cid, k),
+                               "participant_id": np.repeat(conversations["participant_id"].to_numpy(), k),
+                               "arm": np.tile(ARMS, m)})
+    return Tables(judgements=judgements, conversations=conversations)
+
+
+def _length_moments(eta_mean: float) -> tuple[float, float]:
+    """(E n_turns, P(user_ended)) of one domain and source, over η ~ N(eta_mean, SD² + SD²), by
+    Gauss–Hermite quadrature (exact to ~1e-12 for these smooth integrands)."""
+    x, w = np.polynomial.hermite_e.hermegauss(80)
+    w = w / w.sum()
+    p = expit(eta_mean + np.hypot(SD_PARTICIPANT, SD_CONVERSATION) * x)
+    q = (1 - ERROR_HAZARD) * p  # chance of each further turn
+    t = np.arange(MAX_TURNS)[:, None]
+    reach = q[None, :] ** t  # P(n_turns ≥ t + 1)
+    mean = float(w @ reach.sum(axis=0))
+    user_ended = float(w @ (reach[:-1] * (1 - ERROR_HAZARD) * (1 - p)[None, :]).sum(axis=0))
+    return mean, user_ended
+
+
+def _length_truth(which: int, effect: bool) -> float:
+    if not effect:
+        return 0.0  # one distribution of lengths and stop reasons in both sources
+    d = len(DOMAINS)
+    share = np.array([d - i for i in range(d)], float)  # domain i is held by those with > i domains
+    share /= share.sum()  # expected share of the conversations in each domain (1–4 domains uniform)
+    diff = [_length_moments(LENGTH_BASE + LENGTH_EFFECT + e)[which] - _length_moments(LENGTH_BASE + e)[which]
+            for e in DOMAIN_EFFECT]
+    return float(share @ np.array(diff))
+
+
+def truth_turns(effect: bool) -> float:
+    return _length_truth(0, effect)
+
+
+def truth_early(effect: bool) -> float:
+    return _length_truth(1, effect)
+
+
+def measure_turns(tables: Tables, seed: int) -> Measured:
+    """n_turns_diff_vs_human of the simulated source (cluster-robust OLS; no turn ratings here)."""
+    e = dynamics(tables, n_boot=N_BOOT, seed=seed).n_turns_diff_vs_human.get(SIM)
+    return Measured(e, e.p_value if e is not None else None)
+
+
+def measure_early(tables: Tables, seed: int) -> Measured:
+    """early_stop_diff_vs_human (user-ended share) of the simulated source."""
+    e = dynamics(tables, n_boot=N_BOOT, seed=seed).early_stop_diff_vs_human.get(SIM)
+    return Measured(e, e.p_value if e is not None else None)
+
+
 NOTE = ("60–120 participants, 1–4 conversations each, 2–6 turns, 4 arms rated per turn; per-participant "
         "intercepts (SD 8) and slopes (SD 1.5) correlated 0.6 between a human and their simulated copy; "
         "conversation level (SD 5) and per-conversation arm effects (SD 3); conversation length grows with its "
         "level, simulated conversations run longer; gen_error replies (more frequent late and in the simulator) "
         f"rated near 0. Effect: simulated slope {EFFECT:+g} points per turn vs human ({HUMAN_SLOPE:g}).")
 
+LENGTH_NOTE = (f"60–120 participants, 1–4 conversations each (same domains for the copy), 1–{MAX_TURNS} turns: after "
+               f"each turn an arm error ends it ({100 * ERROR_HAZARD:g}%, both sources), else the user goes on with "
+               "log-odds = base + domain effect + participant propensity (SD 1, correlated 0.6 between a human and "
+               "their simulated copy) + conversation deviation (SD 0.5), else ends it; null: same base. Effect: the "
+               f"simulator goes on {LENGTH_EFFECT:+g} log-odds more; exact truths by quadrature "
+               "(+{:.3f} turns, {:+.1f} pp user-ended).")
+
 CASES = [
     Case("dynamics", "turn slope, sim − human (all turns)", simulate, measure_all, truth, 0.0, NOTE),
     Case("dynamics", "turn slope, sim − human (balanced window)", simulate, measure_window, truth, 0.0, NOTE),
+    Case("dynamics", "mean turns per conversation, sim − human", simulate_length, measure_turns, truth_turns, 0.0,
+         LENGTH_NOTE.format(truth_turns(True), 100 * truth_early(True))),
+    Case("dynamics", "user-ended (early stop) share, sim − human", simulate_length, measure_early, truth_early, 0.0,
+         LENGTH_NOTE.format(truth_turns(True), 100 * truth_early(True))),
 ]

@@ -4,14 +4,16 @@
 traits). Per participant p, source s, event e and arm a:
 
     u = strength[s][a] + offset[p, a] + (position[s] + pos_dev[p])·[shown first]
-        + (trait[s] + trait_dev[p])·z[e, a] + noise[s]·Gumbel
+        + (label[s] + label_dev[p])·[labelled A] + (trait[s] + trait_dev[p])·z[e, a] + noise[s]·Gumbel
 
 and with probability lapse[s]·m[p] (m[p] ~ U(0, 2)) the participant puts the first-shown arm on
 top regardless (a heuristic, not a utility: its log-odds depend on the choice noise, its share
-does not). ``offset``, ``pos_dev``, ``trait_dev`` and ``m`` belong to the participant and are
-shared by their human and simulated copies (one cluster). Rankings are the order of u (of u
-rounded to whole units when ``ties``: tied arms share the better rank). 5% of conversations
-are flagged ``gen_error`` and must be dropped.
+does not). ``offset``, ``pos_dev``, ``label_dev``, ``trait_dev`` and ``m`` belong to the participant
+and are shared by their human and simulated copies (one cluster). With ``label`` given, each event
+shows its replies under letters A, B, … drawn as a permutation independent of the display order
+(``protocol.letters = "independent"``, a ``letter`` column); without it there is no letter.
+Rankings are the order of u (of u rounded to whole units when ``ties``: tied arms share the better
+rank). 5% of conversations are flagged ``gen_error`` and must be dropped.
 
 The truth of a comparison whose estimand is attenuated by the heterogeneity (a conditional
 logit estimates population-averaged log-odds) is the same estimator on one very large dataset
@@ -27,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from simlab.fidelity.calibration import Case, Measured
+from simlab.schema import LETTERS
 from simlab.tables import Tables
 
 ARMS = ("A", "B", "C", "D")
@@ -48,6 +51,8 @@ def choices(
     trait: Mapping[str, float] | None = None,
     trait_sd: float = 0.0,
     ties: bool = False,
+    label: Mapping[str, float] | None = None,
+    label_sd: float = 0.0,
 ) -> Tables:
     """Human and simulated rankings of ``ARMS`` with the planted truth (see the module docstring)."""
     rng = np.random.default_rng(seed)
@@ -56,15 +61,19 @@ def choices(
     pos_dev = rng.normal(0, position_sd, n) if position_sd else np.zeros(n)
     trait_dev = rng.normal(0, trait_sd, n) if trait_sd else np.zeros(n)
     lapse_m = rng.uniform(0, 2, n)
+    label_dev = rng.normal(0, label_sd, n) if label_sd else np.zeros(n)  # (no draw without it: same streams)
     frames, convs, grades = [], [], []
     for s in SOURCES:
         m = n * n_events
         pidx = np.repeat(np.arange(n), n_events)
         pos = np.argsort(rng.random((m, k)), axis=1).argsort(axis=1) + 1
         first = (pos == 1).astype(float)
+        letter = np.argsort(rng.random((m, k)), axis=1).argsort(axis=1) if label is not None else None
+        labelled_a = (letter == 0).astype(float) if letter is not None else np.zeros((m, k))
         z = rng.normal(size=(m, k))
         u = (np.asarray(strength[s])[None, :] + offset[pidx]
              + ((position or {}).get(s, 0.0) + pos_dev[pidx])[:, None] * first
+             + ((label or {}).get(s, 0.0) + label_dev[pidx])[:, None] * labelled_a
              + ((trait or {}).get(s, 0.0) + trait_dev[pidx])[:, None] * z
              + (noise or {}).get(s, 1.0) * rng.gumbel(size=(m, k)))
         if ties:
@@ -77,6 +86,7 @@ def choices(
         frames.append(pd.DataFrame({
             "conversation_id": np.repeat(conv, k), "participant_id": np.repeat(pid, k), "source": s,
             "domain": "d", "arm": np.tile(ARMS, m), "position": pos.ravel(), "rank": rank.ravel(),
+            **({"letter": np.array(list(LETTERS))[letter.ravel()]} if letter is not None else {}),
         }))
         convs.append(pd.DataFrame({"conversation_id": conv, "participant_id": pid, "source": s,
                                    "gen_error": rng.random(m) < GEN_ERROR_SHARE}))
