@@ -168,8 +168,19 @@ def test_variance_shares_take_the_logit_interval_inside_and_the_percentile_at_th
     lo, hi = np.log(e.ci_low / (1 - e.ci_low)), np.log(e.ci_high / (1 - e.ci_high))
     assert abs((lo + hi) / 2 - np.log(0.15 / 0.85)) < 1e-9  # symmetric on the logit scale, wider at the top
     assert e.ci_high - 0.15 > 0.15 - e.ci_low
-    # a refit at the boundary (the optimiser's zero) or a zero share: the percentile interval, down to 0
+    # a refit at the boundary (the optimiser's zero) or a zero share: the percentile interval's near
+    # end, down to 0; its far end only ever widened (square-root scale), never narrowed
     at_zero = np.r_[draws[:95], [2e-7, 0.0, 1e-8, 3e-7, 0.0]]
     for value, d in ((0.15, at_zero), (0.0, at_zero)):
         p = _share_estimate(value, d, 50)
-        assert p.note is None and np.isclose(p.ci_low, np.quantile(d, 0.025)) and p.ci_low < 1e-6
+        assert np.isclose(p.ci_low, np.quantile(d, 0.025)) and p.ci_low < 1e-6
+        assert p.ci_high >= np.quantile(d, 0.975) - 1e-12
+    # refits piled at 0 with a few small ones: the percentile's top falls below a small true share, the
+    # square-root interval reaches it (the calibration's near-boundary case: 0.037, 87% -> 91.5% covered)
+    piled = np.r_[np.full(40, 2e-7), rng.uniform(0.0, 0.02, 60)]
+    w = _share_estimate(0.006, piled, 50)
+    assert w.note is not None and "square-root" in w.note
+    assert w.ci_high > np.quantile(piled, 0.975) and w.ci_high > 0.03 and w.ci_low < 1e-6
+    # every refit at the optimiser's zero: not "above 0" (the calibration's test of a boundary null)
+    z = _share_estimate(5e-13, np.full(100, 2e-7), 50)
+    assert z.ci_low < 1e-6

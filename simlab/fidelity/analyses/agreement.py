@@ -746,17 +746,42 @@ def _share_estimate(value: float, draws: np.ndarray, n: int) -> Estimate:
     too narrow at few participants, and 2.5%/97.5% quantiles of at most ``N_BOOT_MIXED`` refits are
     noisy where their standard deviation is not. This interval covered 92.5–97.5% there. Where the
     share or a refit is on the boundary (``SHARE_EDGE``; the logit has no finite value) it stays the
-    percentile interval, which includes the boundary; a share near 0 (0.04) is covered ~88% by both."""
+    percentile interval, which includes the boundary, with its far end from ``_boundary_share``."""
     out = estimate(value, draws, n)
     d = np.asarray(draws, float)
     d = d[np.isfinite(d)]
     inside = SHARE_EDGE < value < 1 - SHARE_EDGE and d.size >= 2 and bool(np.all((d > SHARE_EDGE) & (d < 1 - SHARE_EDGE)))
-    if not inside or not np.isfinite(out.ci_low) or n < 2:
+    if not np.isfinite(out.ci_low) or n < 2 or d.size < 2:
         return out
+    if not inside:
+        return _boundary_share(out, value, d, n)
     half = float(sps.t.ppf(0.975, n - 1) * np.std(logit(d), ddof=1))
     return out.model_copy(update={
         "ci_low": float(expit(logit(value) - half)), "ci_high": float(expit(logit(value) + half)),
         "note": "95% CI: normal on the logit scale, bootstrap SD of the refits, t with participants − 1 df"})
+
+
+def _boundary_share(out: Estimate, value: float, d: np.ndarray, n: int) -> Estimate:
+    """A share whose estimate or some refits sit on the boundary: the percentile interval, with its
+    far end widened to the normal interval on the square-root scale (distance from the near boundary,
+    bootstrap SD, t with n − 1 df) when that reaches further.
+
+    Why: refits pile up at the boundary, so the percentile interval's far end is too close: at a
+    planted share of 0.037 (50 participants) it missed the truth from below in ~13% of runs. The
+    square root (an SD's scale) has a finite value at 0 and spreads the pile; only the far end is
+    widened, so the near end, which says whether the share is above 0, stays the percentile's."""
+    low_side = value < 0.5
+    r = np.sqrt(np.clip(d if low_side else 1 - d, 0.0, 1.0))
+    reach = (np.sqrt(max(value if low_side else 1 - value, 0.0)) + sps.t.ppf(0.975, n - 1) * np.std(r, ddof=1)) ** 2
+    if low_side and min(reach, 1.0) > out.ci_high:
+        return out.model_copy(update={"ci_high": float(min(reach, 1.0)), "note": BOUNDARY_NOTE})
+    if not low_side and max(1 - reach, 0.0) < out.ci_low:
+        return out.model_copy(update={"ci_low": float(max(1 - reach, 0.0)), "note": BOUNDARY_NOTE})
+    return out
+
+
+BOUNDARY_NOTE = ("95% CI: percentile of the bootstrap refits (some on the boundary), the far end widened to the "
+                 "normal interval on the square-root scale")
 
 
 def _variance_split(s: pd.DataFrame, participants: Participants) -> VarianceSplit:

@@ -100,13 +100,16 @@ class Calibration:
         return self.covered / self.coverage_n if self.coverage_n else math.nan
 
 
-def significant(m: Measured, null_value: float) -> bool:
-    """Significant at 5%: by the p-value when there is one, else by the CI excluding the null."""
+def significant(m: Measured, null_value: float, *, boundary: bool = False) -> bool:
+    """Significant at 5%: by the p-value when there is one, else by the CI excluding the null (with the
+    null on the boundary, ``boundary``: the CI's lower end above it, since nothing lies below it; the
+    REML optimiser's "zero" is ~2e-7, so a CI of refits that all sit there is not evidence)."""
     if m.p_value is not None and math.isfinite(m.p_value):
         return m.p_value < ALPHA
     e = m.estimate
-    return e is not None and math.isfinite(e.ci_low) and math.isfinite(e.ci_high) and not (
-        e.ci_low <= null_value <= e.ci_high)
+    if e is None or not (math.isfinite(e.ci_low) and math.isfinite(e.ci_high)):
+        return False
+    return e.ci_low > null_value if boundary else not (e.ci_low <= null_value <= e.ci_high)
 
 
 def covers(m: Measured, truth: float) -> bool:
@@ -123,7 +126,7 @@ def one_rep(case: Case, rep: int, effect: bool) -> tuple[bool, bool, bool, str |
         return False, False, False, f"{type(exc).__name__}: {exc}"
     if m.estimate is None or not math.isfinite(m.estimate.value):
         return False, False, False, "not reported"
-    return True, significant(m, case.null_value), covers(m, case.truth(effect)), None
+    return True, significant(m, case.null_value, boundary=case.boundary_null), covers(m, case.truth(effect)), None
 
 
 def run_case(case: Case, reps: int, *, progress: Callable[[str], None] | None = None) -> Calibration:
