@@ -12,6 +12,12 @@ The judge answers with schema-validated JSON ``{"rationale", "score"}`` (``{"sco
 scale breaks the schema, is retried by the client, then stored with status ``schema_error``,
 score NULL and the reason as rationale: never dropped, never guessed.
 
+Prompt layout and order, for the servers' prompt caches: system, [profile], the material, then
+the rubric; the prompt names the material (a one-turn conversation is its "opening exchange" in
+both modes, so the second mode's prompt is a cache hit). A conversation's grades form one stream,
+pinned to one server replica (``affinity``); streams are balanced over the replicas by estimated
+prompt work and interleaved so every replica is busy (``_streams``).
+
 Reliability: rater run 0 grades every unit; runs 1 and 2 re-grade a seeded sample (default 50
 units per dimension and mode) with a different sampling seed. ICC(2,1) over the sample with a
 bootstrap CI over units; a dimension whose ICC is below the threshold (0.75) is flagged
@@ -155,10 +161,13 @@ class Unit:
     replies: tuple[str, ...] = ()
     """This arm's replies by turn (reply units only)."""
 
+    def n_turns(self, mode: GradeMode) -> int:
+        """Turns the mode's material holds (a conversation of one turn is its opening exchange)."""
+        return 1 if mode == "first_turn" else len(self.users)
+
     def messages(self, mode: GradeMode) -> list[dict[str, str]]:
-        n = 1 if mode == "first_turn" else len(self.users)
         out: list[dict[str, str]] = []
-        for t in range(n):
+        for t in range(self.n_turns(mode)):
             out.append({"speaker": "User", "text": self.users[t]})
             if self.kind == "reply" and t < len(self.replies):
                 out.append({"speaker": "Assistant", "text": self.replies[t]})
@@ -248,12 +257,15 @@ async def grade_one(client: LLMClient, spec: ModelSpec, unit: Unit, dim: Dimensi
 
     ``rationale=False`` asks for the score alone (the row's rationale is then None)."""
     rubric = render(f"judge/{dim.name}.j2")
+    # the prompt names the material, not the mode: a one-turn conversation is its opening exchange,
+    # so both modes send the same prompt and the server's prompt cache serves the second
+    one_exchange = unit.n_turns(mode) == 1
     target = ("the ASSISTANT's replies" if dim.kind == "reply" else "the USER's messages") + (
-        " in the opening exchange" if mode == "first_turn" else " across the whole conversation")
+        " in the opening exchange" if one_exchange else " across the whole conversation")
     task = render(
         "judge/grade.j2", trait=dim.name.replace("_", " "), target=target, scale=dim.scale, rubric=rubric.text,
         persona=persona if dim.persona else None, messages=unit.messages(mode),
-        material_label="opening exchange" if mode == "first_turn" else "whole conversation",
+        material_label="opening exchange" if one_exchange else "whole conversation",
         rationale=rationale,
     )
     system = render("judge/system.j2", rationale=rationale)
@@ -324,10 +336,21 @@ async def autograde(
                     else:
                         jobs.append((unit, dim, mode, r))
 
-    # unit-major order: a unit's grades follow each other, so a server's prompt cache serves the
-    # conversation (the prompt's prefix) to every dimension and rater run after the first
+    # Order for the servers' prompt caches (prompt = system, [profile], material, rubric): per
+    # conversation, each unit's grades without a profile follow each other (its material is the
+    # shared prefix), then every persona-aware grade of the conversation's units (the profile is)
     order = {u.unit_id: i for i, u in enumerate(units)}
-    jobs.sort(key=lambda j: (order[j[0].unit_id], j[2] != "first_turn", j[3]))
+    jobs.sort(key=lambda j: (j[0].conversation_id, j[1].persona, order[j[0].unit_id], j[2] != "first_turn", j[3]))
+    stream = _streams(jobs, client.replicas(spec.endpoint), personas)
+    # the streams' jobs interleaved: the gate admits jobs in list order, and a conversation-major
+    # list kept all of its places on one replica while the other idled (262 s instead of ~170)
+    rank: dict[str, int] = {}
+    place = []
+    for job in jobs:
+        key = stream[job[0].conversation_id]
+        place.append(rank.get(key, 0))
+        rank[key] = place[-1] + 1
+    jobs = [job for _, job in sorted(zip(place, jobs, strict=True), key=lambda pj: pj[0])]
     gate = asyncio.Semaphore(options.concurrency)
     pending_rows: list[AutogradeRecord] = []
     pending_calls: list[LLMCallRecord] = []
@@ -346,7 +369,7 @@ async def autograde(
     async def one(unit: Unit, dim: Dimension, mode: GradeMode, r: int) -> None:
         async with gate:
             seed = derive_seed(config.seed, unit.unit_id, mode, dim.name, r)
-            with affinity(unit.unit_id):  # the unit's grades stay on one server replica
+            with affinity(stream[unit.conversation_id]):  # a conversation's grades stay on one replica
                 row, call = await grade_one(client, spec, unit, dim, mode, r,
                                             persona=personas.get(unit.participant_id), seed=seed,
                                             rationale=config.judge.rationale)
@@ -371,6 +394,34 @@ async def autograde(
         flush()
         bar.close()
     return summary
+
+
+def _streams(jobs: Sequence[tuple[Unit, Dimension, GradeMode, int]], n: int,
+             personas: Mapping[str, str]) -> dict[str, str]:
+    """conversation_id → one of ``n`` affinity keys (one per replica), balancing the estimated
+    prompt work (longest first, each to the lightest stream).
+
+    A conversation's grades stay together so the replica's prompt cache reuses its material and
+    profile; one key per unit or per conversation, placed by the count of keys, left one of two
+    servers with 60% more work (202 vs 118 s) where conversations differ in length."""
+    cost: dict[str, float] = {}
+    seen: set[tuple[str, GradeMode, bool]] = set()
+    for unit, dim, mode, _ in jobs:
+        c = cost.setdefault(unit.conversation_id, 0.0)
+        c += 700  # the rubric and instructions after the shared prefix, in characters
+        if (unit.unit_id, mode, dim.persona) not in seen:  # the material, read once per prefix
+            seen.add((unit.unit_id, mode, dim.persona))
+            c += sum(len(m["text"]) for m in unit.messages(mode))
+            if dim.persona:
+                c += len(personas.get(unit.participant_id, ""))
+        cost[unit.conversation_id] = c
+    load = [0.0] * max(1, n)
+    out: dict[str, str] = {}
+    for cid in sorted(cost, key=lambda k: (-cost[k], k)):
+        i = min(range(len(load)), key=lambda s: (load[s], s))
+        load[i] += cost[cid]
+        out[cid] = f"autograde-stream:{i}"
+    return out
 
 
 # ----------------------------------------------------------------------------- reliability

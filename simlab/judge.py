@@ -114,17 +114,18 @@ async def grade_run(
     try:
         has_turns = run_tables.turns is not None and not run_tables.turns.empty
         with serving(config, base_urls=base_urls, log_dir=run_dir, only={config.judge.endpoint}) as backends:
-            client = LLMClient(config.endpoints, base_urls=backends.base_urls)
-            if has_turns:
-                run_summary = await autograde(run_tables, config, client, store, personas=profiles, options=options,
-                                              progress=progress)
-            else:
-                run_summary = GradeSummary()
-                notes.append("note: the run has no turns to grade")
-            human_summary = None
-            if human_tables is not None:
-                human_summary = await autograde(human_tables, config, client, store, personas=human_profiles,
-                                                options=options, progress=progress)
+            # closed at the end: an open aiohttp session prints "Unclosed client session" at exit
+            async with LLMClient(config.endpoints, base_urls=backends.base_urls) as client:
+                if has_turns:
+                    run_summary = await autograde(run_tables, config, client, store, personas=profiles,
+                                                  options=options, progress=progress)
+                else:
+                    run_summary = GradeSummary()
+                    notes.append("note: the run has no turns to grade")
+                human_summary = None
+                if human_tables is not None:
+                    human_summary = await autograde(human_tables, config, client, store, personas=human_profiles,
+                                                    options=options, progress=progress)
         results = reliability(read_table(run_dir, "autograde"), threshold=options.threshold,
                               rater_runs=options.rater_runs, n_boot=options.n_boot, seed=config.seed)
         store.set_meta(META_KEY, [r.model_dump(mode="json") for r in results])

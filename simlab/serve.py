@@ -14,13 +14,16 @@ import asyncio
 import sys
 import threading
 import time
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
 from simlab._files import data_path
 from simlab.config import Config, load_config
 from simlab.errors import SimlabError, exit_status
+
+if TYPE_CHECKING:
+    from simlab.llm import LLMClient
 
 
 class CheckReply(BaseModel):
@@ -42,7 +45,11 @@ def _arm_system_prompt(config: Config, arm) -> str | None:
 async def _check(config: Config, base_urls: dict[str, str | list[str]]) -> int:
     from simlab.llm import LLMClient
 
-    client = LLMClient(config.endpoints, base_urls=base_urls)
+    async with LLMClient(config.endpoints, base_urls=base_urls) as client:
+        return await _check_arms(config, client)
+
+
+async def _check_arms(config: Config, client: LLMClient) -> int:
     failures = 0
     for arm in config.arms:
         system = _arm_system_prompt(config, arm)

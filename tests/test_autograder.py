@@ -5,6 +5,8 @@ dimension on the real tiny model (slow)."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import sqlite3
 
 import numpy as np
 import pandas as pd
@@ -273,3 +275,60 @@ async def test_one_dimension_on_the_real_tiny_model(stub_run, tmp_path):
     ok = new[new["status"] == "ok"]
     assert len(ok) >= 1 and ok["score"].between(0, 10).all()
     assert new.loc[new["status"] != "ok", "score"].isna().all()
+
+
+async def test_a_one_turn_conversation_is_sent_as_its_opening_exchange_in_both_modes(tmp_path):
+    """The prompt names the material, not the mode: one turn graded 'conversation' is the same prompt
+    as 'first_turn' (a server's prompt cache serves it); two turns are not."""
+    one = Unit("c1|GEN", "reply", "c1", "p1", "sim_dynamic", "GEN", ("hello",), ("hi there",))
+    two = Unit("c2|GEN", "reply", "c2", "p1", "sim_dynamic", "GEN", ("hello", "and then?"), ("hi there", "then this"))
+    with StubServer() as server:
+        cfg = stub_config(server, tmp_path)
+        client = LLMClient(cfg.endpoints)
+        for unit in (one, two):
+            for mode in ("first_turn", "conversation"):
+                await grade_one(client, cfg.judge, unit, DIMENSIONS["specificity"], mode, 0, persona=None, seed=1)
+        tasks = [str(r.body["messages"][1]["content"]) for r in server.requests]
+    assert tasks[0] == tasks[1] and "opening exchange" in tasks[0]
+    assert tasks[2] != tasks[3] and "whole conversation" in tasks[3] and "and then?" in tasks[3]
+    assert "whole conversation" not in tasks[2] and "and then?" not in tasks[2]
+
+
+async def test_grades_are_split_into_one_balanced_stream_per_replica(stub_run, tmp_path):
+    """Two judge replicas: every conversation's grades go to one of them (its material and profile
+    stay in that server's prompt cache) and both get work; persona-aware grades put the profile first."""
+    _, _, run_dir = stub_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    with sqlite3.connect(copy / "store.sqlite") as db:  # grades of the module's earlier tests: grade afresh
+        db.execute("DELETE FROM autograde")
+    units = units_of(load_run(copy))
+    openings = {u.conversation_id: u.users[0] for u in units}
+    with StubServer(seed=1) as a, StubServer(seed=2) as b:
+        report = await grade_run(copy, options=AutogradeOptions(sample=0, modes=("first_turn",), n_boot=10),
+                                 base_urls={"local": [a.base_url, b.base_url]})
+        seen = {name: [str(r.body["messages"][1]["content"]) for r in s.requests] for name, s in (("a", a), ("b", b))}
+    assert report.run.graded == report.run.planned > 0
+    where: dict[str, set[str]] = {}
+    for name, tasks in seen.items():
+        for task in tasks:
+            cid = next(c for c, text in openings.items() if text in task)
+            where.setdefault(cid, set()).add(name)
+    assert set(where) == set(openings) and all(len(v) == 1 for v in where.values())
+    assert {n for v in where.values() for n in v} == {"a", "b"}  # 2 conversations of equal size: one each
+    persona_tasks = [t for tasks in seen.values() for t in tasks if "<<<PROFILE" in t]
+    assert persona_tasks and all(t.index("<<<PROFILE") < t.index("<<<CONVERSATION") for t in persona_tasks)
+
+
+def test_streams_balance_estimated_work_longest_first():
+    from simlab.autograder import _streams
+
+    def unit(cid: str, n_chars: int) -> Unit:
+        return Unit(f"{cid}|user", "user", cid, "p", "sim_dynamic", None, ("x" * n_chars,))
+
+    dim = DIMENSIONS["self_disclosure"]
+    jobs = [(unit(c, n), dim, "first_turn", 0) for c, n in (("big", 9000), ("mid1", 4000), ("mid2", 4000), ("s", 900))]
+    stream = _streams(jobs, 2, {})
+    # costs 9.7k, 4.7k, 4.7k, 1.6k: big alone, the two mid and the small one together (9.7k vs 11k)
+    assert stream["big"] != stream["mid1"] == stream["mid2"] == stream["s"]
+    assert set(_streams(jobs, 1, {}).values()) == {"autograde-stream:0"}

@@ -289,16 +289,8 @@ def make_placebo(
     top_arr = np.array(tops)
     order = np.array([np.r_[t, [a for a in row if a != t]] for t, row in zip(top_arr, rest)])  # ... top first
     rank = order.argsort(axis=1) + 1  # (n, k): rank of each arm
-    rep = np.repeat(np.arange(n), k)
-    judgements = pd.DataFrame({
-        "conversation_id": conversations["conversation_id"].to_numpy()[rep],
-        "participant_id": conversations["participant_id"].to_numpy()[rep],
-        "source": conversations["source"].to_numpy()[rep],
-        "domain": conversations["domain"].to_numpy()[rep],
-        "arm": np.tile(np.array(arms), n),
-        "rank": rank.ravel(),
-        "rating_preference": (100 - 20 * (rank.ravel() - 1)).astype(float),
-    })
+    judgements = _per_arm(conversations, arms, rank=rank.ravel(),
+                          rating_preference=(100 - 20 * (rank.ravel() - 1)).astype(float))
     return Tables(judgements=judgements, conversations=conversations)
 
 
@@ -345,13 +337,13 @@ def make_rating_repeats(
     n = len(conv_rows)
     conversations = pd.DataFrame(conv_rows)
     rating = np.asarray(level)[:, None] + eff[None, :] + rng.normal(0.0, sd_residual, (n, k))
-    rep = np.repeat(np.arange(n), k)
-    judgements = pd.DataFrame({
-        "conversation_id": conversations["conversation_id"].to_numpy()[rep],
-        "participant_id": conversations["participant_id"].to_numpy()[rep],
-        "source": conversations["source"].to_numpy()[rep],
-        "domain": conversations["domain"].to_numpy()[rep],
-        "arm": np.tile(np.array(arms), n),
-        "rating_preference": rating.ravel(),
-    })
+    judgements = _per_arm(conversations, arms, rating_preference=rating.ravel())
     return Tables(judgements=judgements, conversations=conversations)
+
+
+def _per_arm(conversations: pd.DataFrame, arms: Sequence[str], **values: np.ndarray) -> pd.DataFrame:
+    """Judgement rows, one per conversation × arm (arms vary fastest), with ``values`` in that order."""
+    n = len(conversations)
+    rep = np.repeat(np.arange(n), len(arms))
+    cols = {c: conversations[c].to_numpy()[rep] for c in ("conversation_id", "participant_id", "source", "domain")}
+    return pd.DataFrame({**cols, "arm": np.tile(np.array(list(arms)), n), **values})

@@ -550,6 +550,11 @@ class LLMClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    def replicas(self, endpoint: str) -> int:
+        """How many replicas serve ``endpoint`` (work split into that many ``affinity`` streams
+        lands one stream per replica)."""
+        return len(self._endpoint(endpoint).replicas)
+
     def _endpoint(self, name: str) -> _Endpoint:
         ep = self._endpoints.get(name)
         if ep is None:
