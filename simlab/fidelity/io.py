@@ -36,7 +36,7 @@ __all__ = [
     "load_human",
     "load_tables",
     "normalise",
-    "read_table",
+    "read_file",
     "write_tables",
 ]
 
@@ -101,7 +101,7 @@ def _where_for(file: str, n: int, first_row: int) -> _Where:
 # ---------------------------------------------------------------- reading files
 
 
-def read_table(path: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
+def read_file(path: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
     """Read one CSV/JSONL/Parquet file; returns the frame and each record's row number."""
     path = Path(path)
     fmt = _format_of(path)
@@ -200,12 +200,12 @@ def load_tables(path: str | Path, *, default_source: str | None = "human") -> Ta
             file = _find_table_file(path, name)
             if file is None:
                 continue
-            frame, rows = read_table(file)
+            frame, rows = read_file(file)
             frames[name], wheres[name] = frame, _Where(str(file), rows)
         if "judgements" not in frames:
             raise InputError("no judgements.csv, judgements.jsonl or judgements.parquet here", file=path)
     else:
-        frame, rows = read_table(path)
+        frame, rows = read_file(path)
         frames["judgements"], wheres["judgements"] = frame, _Where(str(path), rows)
     if frames["judgements"].empty:  # a header alone would "analyse" nothing and exit 0
         raise InputError("no rows (a header alone): nothing to analyse", file=wheres["judgements"].file)

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from simlab.errors import InputError
-from simlab.fidelity.io import letters, normalise, read_table
+from simlab.fidelity.io import letters, normalise, read_file
 from simlab.tables import Tables
 
 __all__ = ["SLIDERS", "REVERSED_SLIDERS", "import_dialogue_eval", "round_name"]
@@ -80,7 +80,7 @@ def import_dialogue_eval(src: str | Path) -> Tables:
 
 
 def _import_file(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    frame, rows = read_table(path)
+    frame, rows = read_file(path)
     for col in _REQUIRED:
         if col not in frame.columns:
             raise InputError("missing required column", file=path, field=col)

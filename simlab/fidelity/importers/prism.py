@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from simlab.errors import InputError
-from simlab.fidelity.io import normalise, read_table
+from simlab.fidelity.io import normalise, read_file
 from simlab.schema import PRISM_DOMAINS
 from simlab.tables import Tables
 
@@ -48,7 +48,7 @@ def import_prism(conversations_path: str | Path, survey_path: str | Path | None 
     path = Path(conversations_path)
     if not path.is_file():
         raise InputError("no such file", file=path)
-    frame, rows = read_table(path)
+    frame, rows = read_file(path)
     judgements: list[dict] = []
     conversations: list[dict] = []
     turns: list[dict] = []
@@ -168,7 +168,7 @@ def _participants(survey_path: Path | None, conversations: pd.DataFrame) -> pd.D
         return users.assign(source="human").reset_index(drop=True)
     if not survey_path.is_file():
         raise InputError("no such file", file=survey_path)
-    frame, rows = read_table(survey_path)
+    frame, rows = read_file(survey_path)
     if "user_id" not in frame.columns:
         raise InputError("missing required field", file=survey_path, field="user_id")
     missing = frame["user_id"].isna().to_numpy()
