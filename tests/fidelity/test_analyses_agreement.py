@@ -184,3 +184,16 @@ def test_variance_shares_take_the_logit_interval_inside_and_the_percentile_at_th
     # every refit at the optimiser's zero: not "above 0" (the calibration's test of a boundary null)
     z = _share_estimate(5e-13, np.full(100, 2e-7), 50)
     assert z.ci_low < 1e-6
+
+
+def test_a_share_at_the_upper_boundary_widens_its_lower_end() -> None:
+    """The mirror of the zero boundary: a share near 1 whose refits pile at 1 (the other variances at
+    0) keeps the percentile's upper end and gets a lower end reaching further down."""
+    from simlab.fidelity.analyses.agreement import _share_estimate
+
+    rng = np.random.default_rng(1)
+    piled = np.r_[np.full(40, 1 - 2e-7), 1 - rng.uniform(0.0, 0.02, 60)]
+    e = _share_estimate(0.994, piled, 50)
+    assert e.note is not None and "square-root" in e.note
+    assert e.ci_low < np.quantile(piled, 0.025) and e.ci_low < 0.97
+    assert np.isclose(e.ci_high, np.quantile(piled, 0.975))
