@@ -148,8 +148,8 @@ def store_counts(run_dir: Path) -> dict[str, int]:
         return {
             "sessions": q("SELECT count(*) FROM sessions"),
             "failures": q("SELECT count(*) FROM failures"),
-            "distinct": q("SELECT count(*) FROM (SELECT session_key FROM sessions UNION SELECT session_key FROM failures)"),
-            "both": q("SELECT count(*) FROM sessions JOIN failures USING (session_key)"),
+            "distinct": q("SELECT count(*) FROM (SELECT conversation_id FROM sessions UNION SELECT conversation_id FROM failures)"),
+            "both": q("SELECT count(*) FROM sessions JOIN failures USING (conversation_id)"),
             "calls": q("SELECT count(*) FROM llm_calls"),
             "judgements": q("SELECT count(*) FROM judgements"),
         }

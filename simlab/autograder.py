@@ -50,7 +50,7 @@ from simlab.errors import InputError, LLMError, StructuredOutputError
 from simlab.llm import LLMClient, affinity, call_context, recording
 from simlab.prompts import render
 from simlab.records import AutogradeRecord, LLMCallRecord
-from simlab.schema import REFUSED_AT, GradeMode
+from simlab.schema import GradeMode, binarise_refusal
 from simlab.seeds import derive_seed
 from simlab.tables import Tables
 
@@ -572,13 +572,6 @@ def reliability_table(results: Iterable[ReliabilityResult]) -> str:
         verdict = "reliable" if r.reliable else f"EXCLUDED: {r.reason}"
         lines.append(f"{r.dimension:<26} {r.mode:<12} {r.source or '—':<14} {icc:>8} {ci:>17} {r.n_units:>4}  {verdict}")
     return "\n".join(lines)
-
-
-def binarise_refusal(score: pd.Series | float) -> Any:
-    """Refusal 1–3 → refused (1.0) when ≥ 2, else 0.0 (NaN stays NaN)."""
-    if isinstance(score, pd.Series):
-        return (score >= REFUSED_AT).astype(float).where(score.notna())
-    return float("nan") if pd.isna(score) else float(score >= REFUSED_AT)
 
 
 __all__ = [

@@ -1,5 +1,6 @@
 """``python -m simlab.judge``: autograde a run (and human data) and judge the grades' reliability;
-``python -m simlab.judge sim-judgement``: the simulator judges human transcripts.
+``python -m simlab.judge sim-judgement`` stays as another name of ``python -m simlab.sim_judgement``
+(Sim-Judgement: the simulator assesses human transcripts; "judge" is the LLM grader's word).
 
 Python API: ``await grade_run(run_dir, human=..., options=AutogradeOptions(sample=50))`` and
 ``simlab.sim_judgement.run_sim_judgement``.
@@ -159,8 +160,8 @@ left out of the fidelity trait analyses. Scores go to the run store's autograde 
 reliability table to its meta (autograde_reliability). Re-running resumes: grades already
 stored are not repeated.
 
-The other command, sim-judgement, lets the simulator judge real people's transcripts:
-  python -m simlab.judge sim-judgement --help""",
+Sim-Judgement (the simulator assesses real people's transcripts) is a command of its own:
+  python -m simlab.sim_judgement --help""",
         epilog="""\
 examples:
   python -m simlab.judge --run runs/quickstart-1a2b3c4d5e
@@ -186,36 +187,6 @@ exit status: 0 done, 1 some grades failed (stored with status schema_error/error
     return parser
 
 
-def sim_judgement_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m simlab.judge sim-judgement",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="""\
-Sim-Judgement: the simulator, as each human participant (their persona), reads that person's
-actual conversations (the same replies under the same letters) and gives the full assessment:
-opening choice and provenance guess, ranking, provenance ranking, ratings and bids.
-Sessions are stored with source sim_judgement and conversation_id <human id>#sj, in the run
-directory of the config (the same one its Sim-Dynamic run uses), so the fidelity module
-compares human, sim_judgement and sim_dynamic side by side. Every human conversation is
-checked first (persona, letters, opening, every arm's reply); nothing is written if one fails.
-Re-running resumes.""",
-        epilog="""\
-example:
-  python -m simlab.judge sim-judgement --human data/human --personas personas/prism.jsonl
-
-exit status: 0 done, 1 some sessions failed, 2 bad input.""",
-    )
-    parser.add_argument("--human", required=True, metavar="PATH", help="human data in the record schema (with turns)")
-    parser.add_argument("--personas", required=True, metavar="PATH",
-                        help="personas of the human participants (persona_id == participant_id)")
-    parser.add_argument("--config", metavar="TOML", help="config (default: configs/local.toml)")
-    parser.add_argument("--out", metavar="DIR", help="directory holding run directories (default: the config's)")
-    parser.add_argument("--run-dir", metavar="DIR", help="write to this run directory instead")
-    parser.add_argument("--retry-failed", action="store_true", help="also redo sessions that failed before")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
-
-
 def _grade_main(argv: list[str]) -> int:
     args = grade_parser().parse_args(argv)
     from simlab.personas import load_persona_set
@@ -235,34 +206,12 @@ def _grade_main(argv: list[str]) -> int:
     return 1 if failed else 0
 
 
-def _sim_judgement_main(argv: list[str]) -> int:
-    args = sim_judgement_parser().parse_args(argv)
-    from simlab.fidelity import load_human
-    from simlab.personas import load_persona_set
-    from simlab.runner import run_dir_for
-    from simlab.sim_judgement import run_sim_judgement
-
-    config = load_config(args.config)
-    data = config.public_dict()
-    data["personas"] = args.personas
-    if args.out:
-        data["out_dir"] = args.out
-    config = parse_config(data, file=args.config or "configs/local.toml (with command-line overrides)")
-    human = load_human(args.human)
-    personas = load_persona_set(args.personas)
-    run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(config)
-    summary = asyncio.run(run_sim_judgement(config, human, personas, run_dir, retry_failed=args.retry_failed,
-                                            progress=not args.quiet))
-    print(summary.text())
-    if summary.interrupted:
-        return 130
-    return 1 if summary.failed or summary.stopped else 0
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "sim-judgement":
-        return exit_status(lambda: _sim_judgement_main(argv[1:]))
+    if argv and argv[0] == "sim-judgement":  # the older name of python -m simlab.sim_judgement
+        from simlab.sim_judgement import main as sim_judgement_main
+
+        return sim_judgement_main(argv[1:])
     return exit_status(lambda: _grade_main(argv))
 
 

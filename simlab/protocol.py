@@ -53,7 +53,7 @@ class SessionFailed(SimlabError):
 
     def __init__(self, failure: SessionFailure) -> None:
         self.failure = failure
-        super().__init__(f"{failure.session_key}: {failure.error_type}: {failure.reason}")
+        super().__init__(f"{failure.conversation_id}: {failure.error_type}: {failure.reason}")
 
 
 def blind(arms: Sequence[str], seed: int) -> dict[str, str]:
@@ -205,7 +205,8 @@ class Assessment:
     ranking: list[str]
     provenance_ranking: list[str]
     ratings: dict[str, dict[str, float]]
-    wtp: dict[str, float]
+    bids: dict[str, float]
+    """The willingness-to-pay (wtp) instrument's bid per letter, in dollars."""
 
 
 # ----------------------------------------------------------------------------- the simulated user
@@ -380,18 +381,18 @@ async def assess(sim: Simulator, turns: Sequence[TranscriptTurn], letters: Seque
         ranking=ranking,
         provenance_ranking=provenance,
         ratings=scores,
-        wtp={letter: float(getattr(bids, letter)) for letter in letters},
+        bids={letter: float(getattr(bids, letter)) for letter in letters},
     )
 
 
-def bdm_draw(arm_letters: dict[str, str], wtp: dict[str, float], seed: int, wtp_max: float,
+def bdm_draw(arm_letters: dict[str, str], bids: dict[str, float], seed: int, wtp_max: float,
              conversation_id: str) -> BDMRecord:
     """Becker–DeGroot–Marschak: draw one arm and a price; the user buys at the price if bid ≥ price."""
     rng = np.random.default_rng(seed)
     arms = sorted(arm_letters)
     arm = arms[int(rng.integers(len(arms)))]
     price = round(float(rng.uniform(0, wtp_max)), 2)
-    bid = wtp[arm_letters[arm]]
+    bid = bids[arm_letters[arm]]
     won = bid >= price
     return BDMRecord(conversation_id=conversation_id, arm=arm, letter=arm_letters[arm], price=price, bid=bid,
                      won=won, paid=price if won else 0.0)
@@ -412,7 +413,7 @@ def judgement_rows(conv_id: str, arm_letters: dict[str, str], a: Assessment, *,
             rating_preference=float(a.ratings["preference"][letter]),
             rating_engagingness=float(a.ratings["engagingness"][letter]),
             rating_provenance=float(a.ratings["provenance"][letter]),
-            wtp_bid=float(a.wtp[letter]),
+            wtp_bid=float(a.bids[letter]),
         ))
     return rows
 
@@ -592,14 +593,14 @@ async def _simulate_session(persona: Persona, domain: str, config: Config, clien
         assessment = await assess(sim, transcript, letters)
     except (StructuredOutputError, LLMError) as exc:
         raise SessionFailed(SessionFailure(
-            session_key=conv_id, participant_id=pid, domain=domain,
+            conversation_id=conv_id, participant_id=pid, domain=domain,
             error_type=type(exc).__name__, reason=failure_reason(exc),
             raw_text=getattr(exc, "raw_text", None), llm_calls=sim.calls,
         )) from exc
 
     judgements = judgement_rows(conv_id, arm_letters, assessment, opening_pick=opening_pick,
                                 provenance_pick=provenance_pick, arm_positions=arm_positions)
-    bdm = bdm_draw(arm_letters, assessment.wtp, derive_seed(seed, "bdm"), p.wtp_max, conv_id)
+    bdm = bdm_draw(arm_letters, assessment.bids, derive_seed(seed, "bdm"), p.wtp_max, conv_id)
     return SessionRecord(
         participant=ParticipantRecord(participant_id=pid, source=source, persona_id=pid,
                                       rendering=None if no_persona else config.simulator.rendering,

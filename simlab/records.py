@@ -231,11 +231,6 @@ class SessionRecord(_Record):
     llm_calls: list[LLMCallRecord] = []
     instruments: list[InstrumentRecord] = []
 
-    @property
-    def session_key(self) -> str:
-        """The store's key for this session: the conversation id."""
-        return self.conversation.conversation_id
-
     @model_validator(mode="after")
     def _check(self) -> SessionRecord:
         conv = self.conversation
@@ -278,7 +273,7 @@ class SessionRecord(_Record):
 class SessionFailure(_Record):
     """A session that failed as a whole: why, the last raw reply, and the calls it spent."""
 
-    session_key: str
+    conversation_id: str
     participant_id: str
     domain: Domain
     error_type: str
@@ -400,20 +395,23 @@ _TEXT = lambda name, nullable=False: Column(name, "text", nullable)  # noqa: E73
 
 TABLES: dict[str, Table] = {
     "sessions": Table("sessions", (
-        _TEXT("session_key"), _TEXT("participant_id"), *columns_of(ConversationRecord)[2:4],
-        _TEXT("record_sha256"), _TEXT("completed_at")), primary_key=("session_key",)),
+        _TEXT("conversation_id"), _TEXT("participant_id"), *columns_of(ConversationRecord)[2:4],
+        _TEXT("record_sha256"), _TEXT("completed_at")), primary_key=("conversation_id",)),
     "participants": Table("participants", columns_of(ParticipantRecord), primary_key=("participant_id", "source")),
     "arms": Table("arms", columns_of(ArmRecord), primary_key=("arm",)),
     "conversations": Table(
         "conversations", columns_of(ConversationRecord), primary_key=("conversation_id",),
-        references=(("conversation_id", "sessions(session_key)"),
+        references=(("conversation_id", "sessions(conversation_id)"),
                     ("participant_id, source", "participants(participant_id, source)"))),
     "turns": Table("turns", columns_of(TurnRecord), references=(("conversation_id", "conversations(conversation_id)"),)),
     "judgements": Table("judgements", columns_of(JudgementRecord), primary_key=("conversation_id", "arm"),
                         references=(("conversation_id", "conversations(conversation_id)"),)),
     "bdm": Table("bdm", columns_of(BDMRecord), primary_key=("conversation_id", "arm"),
                  references=(("conversation_id", "conversations(conversation_id)"),)),
-    "llm_calls": Table("llm_calls", (_TEXT("session_key", True), *columns_of(LLMCallRecord)), rowid="call_id"),
+    # recorded_with: the conversation_id of the session or failure record a call was committed with
+    # (NULL for calls recorded on their own: persona summaries, autograder grades); a shard merge
+    # takes a session's calls with its session, and each call once
+    "llm_calls": Table("llm_calls", (_TEXT("recorded_with", True), *columns_of(LLMCallRecord)), rowid="call_id"),
     "instruments": Table("instruments", columns_of(InstrumentRecord),
                          references=(("conversation_id", "conversations(conversation_id)"),)),
     "autograde": Table("autograde", columns_of(AutogradeRecord), unique=("unit_id", "mode", "dimension", "rater_run")),

@@ -292,7 +292,7 @@ async def run_experiment(
             async def session(unit: tuple[Persona, str, int, bool]) -> SessionRecord:
                 persona, domain, repeat, no_persona = unit
                 summary = None if summaries is None else await summaries.get(
-                    persona, session_key=conversation_id(persona.persona_id, domain, repeat, no_persona=no_persona),
+                    persona, conversation_id=conversation_id(persona.persona_id, domain, repeat, no_persona=no_persona),
                     domain=domain)
                 return await simulate_session(persona, domain, config, client, summary=summary, repeat=repeat,
                                               no_persona=no_persona)

@@ -82,8 +82,8 @@ class PersonaSummaries:
         self._artefacts: dict[str, Any] = dict(store.meta().get("persona_summaries") or {})
         self._made = 0
 
-    async def get(self, persona: Persona, *, session_key: str, domain: str) -> str:
-        """The summary text; raises ``SessionFailed`` for ``session_key`` if it cannot be made."""
+    async def get(self, persona: Persona, *, conversation_id: str, domain: str) -> str:
+        """The summary text; raises ``SessionFailed`` for ``conversation_id`` if it cannot be made."""
         task = self._tasks.get(persona.persona_id)
         if task is None:
             # a fresh context: the summary's call is not one of the first session's calls
@@ -93,7 +93,7 @@ class PersonaSummaries:
             return await asyncio.shield(task)  # a cancelled session leaves the summary to the others
         except LLMError as exc:
             raise SessionFailed(SessionFailure(
-                session_key=session_key, participant_id=persona.persona_id, domain=domain,
+                conversation_id=conversation_id, participant_id=persona.persona_id, domain=domain,
                 error_type=type(exc).__name__, reason=f"persona summary: {failure_reason(exc)}",
             )) from exc
 

@@ -7,7 +7,7 @@ tables themselves, their columns, types and bounds, are the records in ``simlab.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 Source = Literal["human", "sim_dynamic", "sim_judgement", "sim_dynamic_no_persona"]
 HUMAN = "human"
@@ -25,18 +25,27 @@ StopReason = Literal["user_ended", "max_turns", "context_limit", "error"]
 Role = Literal["user", "assistant"]
 GradeMode = Literal["first_turn", "conversation"]
 Rendering = Literal["demographics", "profile", "summary"]
+"""How a persona is shown to the simulator or an arm (PROTOCOL §3)."""
 Memory = Literal["session", "none"]
 """What the simulated participant sees of its own earlier answers in a conversation."""
 LetterMode = Literal["by_position", "independent"]
 """How letters are given to the arms: the display position's letter (A shown first), or a
 second permutation drawn independently of the display order."""
-"""How a persona is shown to the simulator or an arm (PROTOCOL §3)."""
 
 PRISM_DOMAINS: dict[str, str] = {"unguided": "unguided", "values guided": "values", "controversy guided": "controversy"}
 """PRISM's conversation_type → simlab's domain."""
 
 REFUSED_AT = 2
 """The autograder grades refusal 1–3; analyses read it as refused when the grade is at least this."""
+
+
+def binarise_refusal(score: Any) -> Any:
+    """Refusal 1–3 → refused (1.0) when ≥ ``REFUSED_AT``, else 0.0; a missing grade stays NaN.
+    Takes a number or a pandas Series (the one definition the autograder and the analyses use)."""
+    if hasattr(score, "where"):  # a Series
+        return (score >= REFUSED_AT).astype(float).where(score.notna())
+    return float("nan") if score is None or score != score else float(score >= REFUSED_AT)
+
 
 LETTERS = "ABCDEFGHIJ"
 

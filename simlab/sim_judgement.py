@@ -7,13 +7,16 @@ Sim-Dynamic ``assess``), and a seeded BDM draw. Stored with ``source = "sim_judg
 ``participant_id`` = the human's, ``conversation_id`` = ``"<human conversation_id>#sj"``.
 The human's turns are not copied (they are the human's text, not the simulator's).
 
-``run_sim_judgement`` writes sessions to a run store like ``run_experiment`` (one transaction
+Command: ``python -m simlab.sim_judgement`` (``simlab sim-judgement``). ``run_sim_judgement`` writes sessions to a run store like ``run_experiment`` (one transaction
 per session, resumable). Every human conversation is validated before anything is written.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,8 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from simlab.config import Config
-from simlab.errors import BackendUnavailable, InputError, LLMError, StructuredOutputError
+from simlab.config import Config, load_config, parse_config
+from simlab.errors import BackendUnavailable, InputError, LLMError, StructuredOutputError, exit_status
 from simlab.llm import LLMClient, call_context, recording
 from simlab.personas import Persona, render_persona
 from simlab.prompts import render
@@ -169,13 +172,13 @@ async def _simulate_judgement(persona: Persona, hc: HumanConversation, config: C
         assessment = await assess(sim, hc.turns, letters)
     except (StructuredOutputError, LLMError) as exc:
         raise SessionFailed(SessionFailure(
-            session_key=conv_id, participant_id=hc.participant_id, domain=hc.domain,
+            conversation_id=conv_id, participant_id=hc.participant_id, domain=hc.domain,
             error_type=type(exc).__name__, reason=failure_reason(exc),
             raw_text=getattr(exc, "raw_text", None), llm_calls=sim.calls,
         )) from exc
     judgements = judgement_rows(conv_id, hc.arm_letters, assessment, opening_pick=pick.preferred,  # type: ignore[attr-defined]
                                 provenance_pick=pick.personalised)  # type: ignore[attr-defined]
-    bdm = bdm_draw(hc.arm_letters, assessment.wtp, derive_seed(unit_seed, "bdm"), config.protocol.wtp_max, conv_id)
+    bdm = bdm_draw(hc.arm_letters, assessment.bids, derive_seed(unit_seed, "bdm"), config.protocol.wtp_max, conv_id)
     return SessionRecord(
         participant=ParticipantRecord(participant_id=hc.participant_id, source="sim_judgement",
                                       persona_id=persona.persona_id, rendering=config.simulator.rendering,
@@ -258,7 +261,7 @@ async def run_sim_judgement(
             async def session(hc: HumanConversation) -> SessionRecord:
                 persona = by_id[hc.participant_id]
                 summary = None if summaries is None else await summaries.get(
-                    persona, session_key=hc.conversation_id + SUFFIX, domain=hc.domain)
+                    persona, conversation_id=hc.conversation_id + SUFFIX, domain=hc.domain)
                 return await simulate_judgement(persona, hc, config, client, summary=summary)
 
             try:
@@ -279,5 +282,66 @@ async def run_sim_judgement(
                                wall_time_s=time.monotonic() - t0, interrupted=outcome.interrupted, stopped=stopped)
 
 
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m simlab.sim_judgement",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Sim-Judgement: the simulator, as each human participant (their persona), reads that person's
+actual conversations (the same replies under the same letters) and gives the full assessment:
+opening choice and provenance guess, ranking, provenance ranking, ratings and bids.
+Sessions are stored with source sim_judgement and conversation_id <human id>#sj, in the run
+directory of the config (the same one its Sim-Dynamic run uses), so the fidelity module
+compares human, sim_judgement and sim_dynamic side by side. Every human conversation is
+checked first (persona, letters, opening, every arm's reply); nothing is written if one fails.
+Re-running resumes.""",
+        epilog="""\
+example:
+  python -m simlab.sim_judgement --human data/human --personas personas/prism.jsonl
+
+exit status: 0 done, 1 some sessions failed, 2 bad input.""",
+    )
+    parser.add_argument("--human", required=True, metavar="PATH", help="human data in the record schema (with turns)")
+    parser.add_argument("--personas", required=True, metavar="PATH",
+                        help="personas of the human participants (persona_id == participant_id)")
+    parser.add_argument("--config", metavar="TOML", help="config (default: configs/local.toml)")
+    parser.add_argument("--out", metavar="DIR", help="directory holding run directories (default: the config's)")
+    parser.add_argument("--run-dir", metavar="DIR", help="write to this run directory instead")
+    parser.add_argument("--retry-failed", action="store_true", help="also redo sessions that failed before")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    from simlab.fidelity import load_human
+    from simlab.personas import load_persona_set
+    from simlab.runner import run_dir_for
+
+    config = load_config(args.config)
+    data = config.public_dict()
+    data["personas"] = args.personas
+    if args.out:
+        data["out_dir"] = args.out
+    config = parse_config(data, file=args.config or "configs/local.toml (with command-line overrides)")
+    human = load_human(args.human)
+    personas = load_persona_set(args.personas)
+    run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(config)
+    summary = asyncio.run(run_sim_judgement(config, human, personas, run_dir, retry_failed=args.retry_failed,
+                                            progress=not args.quiet))
+    print(summary.text())
+    if summary.interrupted:
+        return 130
+    return 1 if summary.failed or summary.stopped else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return exit_status(lambda: _main(list(sys.argv[1:] if argv is None else argv)))
+
+
 __all__ = ["HumanConversation", "SimJudgementSummary", "human_conversations", "run_sim_judgement",
            "simulate_judgement"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

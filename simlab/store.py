@@ -48,13 +48,19 @@ from simlab.records import (
 from simlab.tables import Tables, spreadsheet_safe_frame
 
 STORE_FILE = "store.sqlite"
-STORE_SCHEMA_VERSION = 2
+STORE_SCHEMA_VERSION = 3
 # Tables whose shape changed since each older version; opening such a store rebuilds them in
 # one transaction (their rows copied, the new columns at their defaults), so a run made by an
 # older simlab resumes. 1 → 2: conversations gained repeat and arm_positions; the source CHECKs
-# gained sim_dynamic_no_persona.
-_MIGRATE: dict[int, tuple[str, ...]] = {1: ("participants", "conversations", "autograde")}
+# gained sim_dynamic_no_persona. 2 → 3: a conversation has one id name, conversation_id (the
+# sessions and failures tables called it session_key, llm_calls' column is now recorded_with), so
+# conversations is rebuilt too (its foreign key names the sessions column).
+_V3 = ("sessions", "conversations", "failures", "llm_calls")
+_MIGRATE: dict[int, tuple[str, ...]] = {1: ("participants", *_V3, "autograde"), 2: _V3}
 _DEFAULTS = {("conversations", "repeat"): "0"}
+# (table, new column) → its name in older stores
+_RENAMED = {("sessions", "conversation_id"): "session_key", ("failures", "conversation_id"): "session_key",
+            ("llm_calls", "recorded_with"): "session_key"}
 # meta keys that must agree between a run and its resume (when present in either)
 MATCHED_META = ("config", "prompt_hashes", "models", "seed")
 RESUMABLE_KEYS = ("concurrency", "limit", "out_dir", "human", "max_gen_error_rate", "repeats", "ablate_persona")
@@ -69,7 +75,7 @@ _DDL = ";\n".join([
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     *(table.ddl() for table in TABLES.values()),
     "CREATE UNIQUE INDEX IF NOT EXISTS turns_key ON turns (conversation_id, turn, role, ifnull(arm, ''))",
-    "CREATE INDEX IF NOT EXISTS llm_calls_session ON llm_calls (session_key)",
+    "CREATE INDEX IF NOT EXISTS llm_calls_recorded_with ON llm_calls (recorded_with)",
 ])
 
 # Column order of each stored table (the record fields, minus nested lists).
@@ -124,7 +130,7 @@ class FailureGroup(BaseModel):
     """The example's reason as recorded."""
     count: int
     example: str
-    """The example's session key (participant:domain)."""
+    """The example's conversation id."""
 
 
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
@@ -132,7 +138,7 @@ _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
 def group_failures(rows: Iterable[tuple[str, str, str]]) -> list[FailureGroup]:
-    """(session_key, error_type, reason) rows → groups of one cause, largest first.
+    """(conversation_id, error_type, reason) rows → groups of one cause, largest first.
 
     Reasons that differ only in quoted text and numbers (the raw reply, a column, a time) are
     one cause.
@@ -317,8 +323,11 @@ def _migrate(conn: sqlite3.Connection, version: int) -> None:
             table = TABLES[name]
             old = [r[1] for r in conn.execute(f"PRAGMA table_info({name})")]
             conn.execute(table.ddl().replace(f"CREATE TABLE IF NOT EXISTS {name} (", f"CREATE TABLE _new_{name} (", 1))
-            cols = [c for c in table.names if c in old or (name, c) in _DEFAULTS]
-            values = [c if c in old else _DEFAULTS[(name, c)] for c in cols]
+            cols = [c for c in table.names if c in old or _RENAMED.get((name, c)) in old or (name, c) in _DEFAULTS]
+            values = [c if c in old else _RENAMED[(name, c)] if _RENAMED.get((name, c)) in old
+                      else _DEFAULTS[(name, c)] for c in cols]
+            if table.rowid and table.rowid in old:  # keep the call and failure ids (a merge orders by them)
+                cols, values = [table.rowid, *cols], [table.rowid, *values]
             conn.execute(f"INSERT INTO _new_{name} ({', '.join(cols)}) SELECT {', '.join(values)} FROM {name}")
             conn.execute(f"DROP TABLE {name}")
             conn.execute(f"ALTER TABLE _new_{name} RENAME TO {name}")
@@ -466,11 +475,11 @@ class RunStore:
 
         Raises ``DuplicateSessionError`` if the session is stored with different content.
         """
-        key = record.session_key
+        key = record.conversation.conversation_id
         digest = hashlib.sha256(record.model_dump_json().encode()).hexdigest()
         conv = record.conversation
         with self._transaction() as db:
-            existing = db.execute("SELECT record_sha256 FROM sessions WHERE session_key = ?", (key,)).fetchone()
+            existing = db.execute("SELECT record_sha256 FROM sessions WHERE conversation_id = ?", (key,)).fetchone()
             if existing is not None:
                 if existing[0] == digest:
                     return False
@@ -485,7 +494,7 @@ class RunStore:
             _insert(db, "judgements", [_row(j, COLUMNS["judgements"]) for j in record.judgements])
             _insert(db, "bdm", [_row(b, COLUMNS["bdm"]) for b in record.bdm])
             _insert(db, "instruments", [_row(i, COLUMNS["instruments"]) for i in record.instruments])
-            _insert(db, "llm_calls", [_row(c, COLUMNS["llm_calls"], session_key=key) for c in record.llm_calls])
+            _insert(db, "llm_calls", [_row(c, COLUMNS["llm_calls"], recorded_with=key) for c in record.llm_calls])
         return True
 
     def _upsert_participant(self, db: sqlite3.Connection, record: SessionRecord) -> None:
@@ -502,11 +511,11 @@ class RunStore:
     def write_failure(self, failure: SessionFailure) -> None:
         """Record a session that failed as a whole (kept across resumes; a later success supersedes it)."""
         with self._transaction() as db:
-            if db.execute("SELECT 1 FROM sessions WHERE session_key = ?", (failure.session_key,)).fetchone():
-                raise StoreError(f"session {failure.session_key!r} is already complete; not recording a failure")
+            if db.execute("SELECT 1 FROM sessions WHERE conversation_id = ?", (failure.conversation_id,)).fetchone():
+                raise StoreError(f"session {failure.conversation_id!r} is already complete; not recording a failure")
             _insert(db, "failures", [_row(failure, COLUMNS["failures"], failed_at=_now())])
             _insert(
-                db, "llm_calls", [_row(c, COLUMNS["llm_calls"], session_key=failure.session_key) for c in failure.llm_calls]
+                db, "llm_calls", [_row(c, COLUMNS["llm_calls"], recorded_with=failure.conversation_id) for c in failure.llm_calls]
             )
 
     def write_arms(self, arms: Iterable[ArmRecord]) -> None:
@@ -518,7 +527,7 @@ class RunStore:
     def write_calls(self, calls: Iterable[LLMCallRecord]) -> None:
         """Record model calls that belong to no session (e.g. persona summaries)."""
         with self._transaction() as db:
-            _insert(db, "llm_calls", [_row(c, COLUMNS["llm_calls"], session_key=None) for c in calls])
+            _insert(db, "llm_calls", [_row(c, COLUMNS["llm_calls"], recorded_with=None) for c in calls])
 
     def write_autograde(self, rows: Iterable[AutogradeRecord]) -> int:
         """Add autograder scores in one transaction; returns how many were new.
@@ -550,15 +559,15 @@ class RunStore:
         return {k: json.loads(v) for k, v in self._conn.execute("SELECT key, value FROM meta")}
 
     def completed_sessions(self) -> set[str]:
-        """Keys of every session stored whole."""
-        return {r[0] for r in self._conn.execute("SELECT session_key FROM sessions")}
+        """Conversation ids of every session stored whole."""
+        return {r[0] for r in self._conn.execute("SELECT conversation_id FROM sessions")}
 
     def failed_sessions(self) -> set[str]:
-        """Keys of sessions that failed and have not completed since."""
+        """Conversation ids of sessions that failed and have not completed since."""
         return {
             r[0]
             for r in self._conn.execute(
-                "SELECT DISTINCT session_key FROM failures WHERE session_key NOT IN (SELECT session_key FROM sessions)"
+                "SELECT DISTINCT conversation_id FROM failures WHERE conversation_id NOT IN (SELECT conversation_id FROM sessions)"
             )
         }
 
@@ -578,9 +587,9 @@ class RunStore:
         present = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         rows = {t: self._conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] if t in present else 0 for t in COLUMNS}
         latest = self._conn.execute(
-            "SELECT session_key, error_type, reason FROM failures WHERE failure_id IN ("
-            " SELECT max(failure_id) FROM failures WHERE session_key NOT IN (SELECT session_key FROM sessions)"
-            " GROUP BY session_key) ORDER BY session_key"
+            "SELECT conversation_id, error_type, reason FROM failures WHERE failure_id IN ("
+            " SELECT max(failure_id) FROM failures WHERE conversation_id NOT IN (SELECT conversation_id FROM sessions)"
+            " GROUP BY conversation_id) ORDER BY conversation_id"
         ).fetchall()
         gen = {str(r[0]): (int(r[1] or 0), int(r[2])) for r in self._conn.execute(
             "SELECT arm, sum(gen_error), count(*) FROM turns WHERE role = 'assistant' AND arm IS NOT NULL GROUP BY arm")}
@@ -613,7 +622,7 @@ class RunStore:
         try:
             with self._transaction():
                 clash = db.execute(
-                    "SELECT s.session_key FROM shard.sessions s JOIN main.sessions m USING (session_key)"
+                    "SELECT s.conversation_id FROM shard.sessions s JOIN main.sessions m USING (conversation_id)"
                     " WHERE s.record_sha256 != m.record_sha256"
                 ).fetchall()
                 if clash:
@@ -628,8 +637,8 @@ class RunStore:
                 db.execute("CREATE TEMP TABLE IF NOT EXISTS new_keys (k TEXT PRIMARY KEY)")
                 db.execute("DELETE FROM temp.new_keys")
                 db.execute(
-                    "INSERT INTO temp.new_keys SELECT session_key FROM shard.sessions"
-                    " WHERE session_key NOT IN (SELECT session_key FROM main.sessions)"
+                    "INSERT INTO temp.new_keys SELECT conversation_id FROM shard.sessions"
+                    " WHERE conversation_id NOT IN (SELECT conversation_id FROM main.sessions)"
                 )
                 n_new = db.execute("SELECT count(*) FROM temp.new_keys").fetchone()[0]
                 db.execute(
@@ -638,16 +647,15 @@ class RunStore:
                 )
                 for table in ("sessions", "conversations", "turns", "judgements", "bdm", "instruments"):
                     cols = ", ".join(COLUMNS[table])
-                    key = "session_key" if table == "sessions" else "conversation_id"
                     db.execute(
                         f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM shard.{table}"
-                        f" WHERE {key} IN (SELECT k FROM temp.new_keys)"
+                        f" WHERE conversation_id IN (SELECT k FROM temp.new_keys)"
                     )
                 cols = ", ".join(COLUMNS["llm_calls"])
                 db.execute(
-                    f"INSERT INTO main.llm_calls ({cols}) SELECT {cols} FROM shard.llm_calls WHERE session_key IS NULL"
-                    " OR session_key IN (SELECT k FROM temp.new_keys)"
-                    " OR session_key IN (SELECT session_key FROM shard.failures) ORDER BY call_id"
+                    f"INSERT INTO main.llm_calls ({cols}) SELECT {cols} FROM shard.llm_calls WHERE recorded_with IS NULL"
+                    " OR recorded_with IN (SELECT k FROM temp.new_keys)"
+                    " OR recorded_with IN (SELECT conversation_id FROM shard.failures) ORDER BY call_id"
                 )
                 for table in ("failures", "autograde", "arms"):
                     cols = ", ".join(COLUMNS[table])
@@ -727,7 +735,7 @@ _ORDER = {
     "instruments": "rowid",
     "autograde": "unit_id, mode, dimension, rater_run",
     "failures": "failure_id",
-    "sessions": "completed_at, session_key",
+    "sessions": "completed_at, conversation_id",
     "arms": "config_order",
 }
 

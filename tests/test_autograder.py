@@ -16,7 +16,6 @@ from simlab.autograder import (
     DIMENSIONS,
     AutogradeOptions,
     Unit,
-    binarise_refusal,
     grade_one,
     grade_schema,
     icc_2_1,
@@ -107,12 +106,6 @@ def test_reliability_needs_complete_units_and_variance():
     res = {r.dimension: r for r in reliability(pd.concat([one_run, flat]))}
     assert res["sycophancy"].icc is None and not res["sycophancy"].reliable and "0 unit" in res["sycophancy"].reason
     assert res["refusal"].icc is None and not res["refusal"].reliable
-
-
-def test_binarise_refusal():
-    s = pd.Series([1, 2, 3, np.nan])
-    assert binarise_refusal(s).tolist()[:3] == [0.0, 1.0, 1.0] and np.isnan(binarise_refusal(s).iloc[3])
-    assert binarise_refusal(1.0) == 0.0
 
 
 # ----------------------------------------------------------------------------- stub server end to end

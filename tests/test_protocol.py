@@ -398,7 +398,7 @@ def test_a_replica_killed_mid_run_loses_no_session_and_streams_stay_on_one_repli
     # every session is accounted for, once
     t = load_run(summary.run_dir)
     failures = read_table(summary.run_dir, "failures")
-    keys = list(t.conversations["conversation_id"]) + list(failures["session_key"])
+    keys = list(t.conversations["conversation_id"]) + list(failures["conversation_id"])
     assert len(keys) == len(set(keys)) == 12
     assert summary.sessions_completed == 12, failures["reason"].tolist()
     # the killed replica had work before it died; the others took the rest

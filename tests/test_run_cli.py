@@ -123,7 +123,7 @@ def _completed(store: Path) -> list[str]:
         return []
     with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5) as db:
         try:
-            return [r[0] for r in db.execute("SELECT session_key FROM sessions")]
+            return [r[0] for r in db.execute("SELECT conversation_id FROM sessions")]
         except sqlite3.OperationalError:
             return []
 

@@ -12,6 +12,7 @@ from simlab.fidelity import load_human
 from simlab.judge import main
 from simlab.personas import load_personas
 from simlab.sim_judgement import human_conversations, run_sim_judgement
+from simlab.sim_judgement import main as sim_judgement_main
 from simlab.store import load_run
 from simlab.tables import Tables
 from simlab.testing import StubServer
@@ -132,10 +133,16 @@ def test_cli_sim_judgement(tmp_path, human_dir, capsys):
         cfg = stub_config(server, tmp_path)
         toml = tmp_path / "cfg.toml"
         toml.write_text(_toml(cfg.public_dict()))
+        rc = sim_judgement_main(["--human", str(human_dir), "--personas", str(PERSONAS), "--config", str(toml),
+                                 "--run-dir", str(tmp_path / "run"), "--quiet"])
+        out = capsys.readouterr().out
+        assert rc == 0 and "3 completed" in out
+        # the older name (python -m simlab.judge sim-judgement) runs the same command: all done before
         rc = main(["sim-judgement", "--human", str(human_dir), "--personas", str(PERSONAS), "--config", str(toml),
                    "--run-dir", str(tmp_path / "run"), "--quiet"])
     out = capsys.readouterr().out
-    assert rc == 0 and "3 completed" in out
+    assert rc == 0 and "(3 were already done)" in out, out
+    assert sim_judgement_main(["--human", str(tmp_path / "missing"), "--personas", str(PERSONAS)]) == 2
     assert main(["sim-judgement", "--human", str(tmp_path / "missing"), "--personas", str(PERSONAS)]) == 2
 
 

@@ -233,7 +233,7 @@ def test_failures_and_resume(tmp_path: Path) -> None:
         s.write_session(make_session("p1"))
         call = LLMCallRecord(conversation_id="p2:unguided", role="judge", instrument="ranking", model="sim",
                              endpoint="e", attempts=3, status="schema_error", error="not a permutation")
-        s.write_failure(SessionFailure(session_key="p2:unguided", participant_id="p2", domain="unguided",
+        s.write_failure(SessionFailure(conversation_id="p2:unguided", participant_id="p2", domain="unguided",
                                        error_type="StructuredOutputError", reason="ranking kept failing",
                                        raw_text='{"ranking": "A A B"}', llm_calls=[call]))
         assert s.failed_sessions() == {"p2:unguided"}
@@ -248,7 +248,7 @@ def test_failures_and_resume(tmp_path: Path) -> None:
         assert s.failed_sessions() == set()
         assert s.counts().rows["failures"] == 1  # the history of the failed attempt is kept
         with pytest.raises(StoreError, match="already complete"):
-            s.write_failure(SessionFailure(session_key="p2:unguided", participant_id="p2", domain="unguided",
+            s.write_failure(SessionFailure(conversation_id="p2:unguided", participant_id="p2", domain="unguided",
                                            error_type="X", reason="y"))
     assert len(run_meta(run)["resumes"]) == 1
 
@@ -504,7 +504,7 @@ def test_session_record_cross_checks() -> None:
         SessionRecord(**{**parts, "conversation": good.conversation.model_copy(update={"n_turns": 5})})
     # a session whose ranking instrument failed: all ranks null is allowed
     SessionRecord(**{**parts, "judgements": [j.model_copy(update={"rank": None}) for j in good.judgements]})
-    assert good.session_key == "p1:unguided"
+    assert good.conversation.conversation_id == "p1:unguided"
 
 
 # ---------------------------------------------------------------- shards
@@ -517,7 +517,7 @@ def _shard(path: Path, participants: list[str], shard: str) -> list[SessionRecor
     with RunStore.create(path, meta) as s:
         for r in records:
             s.write_session(r)
-        s.write_failure(SessionFailure(session_key=f"{participants[0]}:controversy", participant_id=participants[0],
+        s.write_failure(SessionFailure(conversation_id=f"{participants[0]}:controversy", participant_id=participants[0],
                                        domain="controversy", error_type="LLMError", reason="timeout"))
         s.write_calls([LLMCallRecord(role="summary", model="sim", endpoint="e", prompt_tokens=7)])
         s.write_autograde([AutogradeRecord(unit_id=f"{participants[0]}:unguided/gen/0", unit_kind="reply",
@@ -603,9 +603,57 @@ def test_a_store_on_a_network_file_system_warns_and_says_what_to_do(tmp_path: Pa
         RunStore.create(tmp_path / "local" / "run", {"config": {}}).close()
 
 
+def _downgrade_to_v2(path: Path) -> None:
+    """Rewrite a store in the version-2 shape: sessions and failures keyed by ``session_key``, and
+    llm_calls' ``recorded_with`` named ``session_key`` (SQLite's RENAME COLUMN also rewrites the
+    foreign key of conversations, as schema 2 had it)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for table, column in (("sessions", "conversation_id"), ("failures", "conversation_id"),
+                          ("llm_calls", "recorded_with")):
+        conn.execute(f"ALTER TABLE {table} RENAME COLUMN {column} TO session_key")
+    conn.execute("UPDATE meta SET value = '2' WHERE key = 'store_schema'")
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'conversations'").fetchone()[0]
+    assert "sessions(session_key)" in sql, sql
+    conn.close()
+
+
+def test_a_version_2_store_is_migrated_on_open_and_keeps_every_row_and_id(tmp_path: Path) -> None:
+    store = RunStore.create(tmp_path / "old", {"config": {"name": "t"}})
+    store.write_session(make_session("p1"))
+    store.write_failure(SessionFailure(conversation_id="p2:unguided", participant_id="p2", domain="unguided",
+                                       error_type="StructuredOutputError", reason="bad json", llm_calls=[
+                                           LLMCallRecord(conversation_id="p2:unguided", role="simulator", model="sim",
+                                                         endpoint="e", prompt_tokens=5)]))
+    store.write_calls([LLMCallRecord(role="summary", model="sim", endpoint="e", prompt_tokens=7)])
+    store.close()
+    path = tmp_path / "old" / STORE_FILE
+    calls = "SELECT call_id, conversation_id, role, prompt_tokens FROM llm_calls ORDER BY call_id"
+    before_calls = sqlite3.connect(path).execute(calls).fetchall()
+    tagged = sqlite3.connect(path).execute("SELECT call_id, recorded_with FROM llm_calls ORDER BY call_id").fetchall()
+    _downgrade_to_v2(path)
+    before = {t: sqlite3.connect(path).execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COLUMNS}
+
+    store = RunStore.open(tmp_path / "old")
+    assert store.meta()["store_schema"] == STORE_SCHEMA_VERSION == 3
+    db = store._conn
+    assert {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COLUMNS} == before
+    assert db.execute(calls).fetchall() == before_calls
+    assert db.execute("SELECT call_id, recorded_with FROM llm_calls ORDER BY call_id").fetchall() == tagged
+    assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert "sessions(conversation_id)" in db.execute(
+        "SELECT sql FROM sqlite_master WHERE name = 'conversations'").fetchone()[0]
+    assert store.completed_sessions() == {"p1:unguided"} and store.failed_sessions() == {"p2:unguided"}
+    assert [g.example for g in store.counts().failure_groups] == ["p2:unguided"]
+    store.write_session(make_session("p2"))  # the failed session resumes and supersedes its failure
+    store.close()
+    assert len(load_run(tmp_path / "old").judgements) == 8
+
+
 def _downgrade_to_v1(path: Path) -> None:
-    """Rewrite a store in the version-1 shape: conversations without repeat/arm_positions, and
-    source CHECKs without the no-persona control (what simlab before schema 2 wrote)."""
+    """Rewrite a store in the version-1 shape: the version-2 names, conversations without
+    repeat/arm_positions, and source CHECKs without the no-persona control (what simlab before
+    schema 2 wrote)."""
+    _downgrade_to_v2(path)
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA foreign_keys=OFF")
     conn.execute("BEGIN")
@@ -667,6 +715,6 @@ def test_a_store_of_an_unknown_version_is_refused_untouched(tmp_path: Path) -> N
     conn.execute("UPDATE meta SET value = '99' WHERE key = 'store_schema'")
     conn.commit()
     conn.close()
-    with pytest.raises(InputError, match="store schema 99 is not 2.*untouched"):
+    with pytest.raises(InputError, match=f"store schema 99 is not {STORE_SCHEMA_VERSION}.*untouched"):
         RunStore.open(tmp_path / "new")
     assert sqlite3.connect(path).execute("SELECT count(*) FROM judgements").fetchone()[0] == 4

@@ -26,7 +26,7 @@ def has_values(frame: pd.DataFrame | None, column: str) -> TypeGuard[pd.DataFram
 
 
 def judgements_frame(tables: Tables) -> pd.DataFrame:
-    """Judgements with ``event`` (= conversation_id), ``rank_used`` and ``ranked_best``.
+    """Judgements with ``conversation_id`` as text, ``rank_used`` and ``ranked_best``.
 
     ``rank_used`` is ``rank`` where a conversation has one, else derived from
     ``rating_preference`` (higher rating = better; ties share the better rank, ``method="min"``).
@@ -40,10 +40,10 @@ def judgements_frame(tables: Tables) -> pd.DataFrame:
         if col not in j.columns:
             j[col] = np.nan
     j = j[j["participant_id"].notna() & j["arm"].notna()].reset_index(drop=True)
-    j["event"] = j["conversation_id"].astype(str)
+    j["conversation_id"] = j["conversation_id"].astype(str)  # one choice event per conversation
     rank = pd.to_numeric(j["rank"], errors="coerce")
-    has_rank = rank.notna().groupby(j["event"]).transform("all")
-    derived = j.groupby("event")["rating_preference"].rank(ascending=False, method="min")
+    has_rank = rank.notna().groupby(j["conversation_id"]).transform("all")
+    derived = j.groupby("conversation_id")["rating_preference"].rank(ascending=False, method="min")
     # an importer that filled ``rank`` from the ratings says so in ``rank_derived``
     given = j["rank_derived"].fillna(False).astype(bool) if "rank_derived" in j.columns else False
     j["rank_derived"] = (~has_rank & derived.notna()) | (has_rank & given)
@@ -83,12 +83,12 @@ def choice_sets(
     d = d[ok].reset_index(drop=True)
     d["_row"] = np.arange(len(d))
     if how == "ranking":
-        left = d[["_row", "event", "rank_used"]]
-        m = left.merge(left, on="event", suffixes=("_c", "_a"))
+        left = d[["_row", "conversation_id", "rank_used"]]
+        m = left.merge(left, on="conversation_id", suffixes=("_c", "_a"))
         m = m[m["rank_used_a"] >= m["rank_used_c"]]
     else:
         chosen = d[how].astype(bool)
-        m = d.loc[chosen, ["_row", "event"]].merge(d[["_row", "event"]], on="event", suffixes=("_c", "_a"))
+        m = d.loc[chosen, ["_row", "conversation_id"]].merge(d[["_row", "conversation_id"]], on="conversation_id", suffixes=("_c", "_a"))
     m = m[m.groupby("_row_c")["_row_a"].transform("size") >= 2]
     m = m.sort_values(["_row_c", "_row_a"], kind="stable")
     stratum, firsts = pd.factorize(m["_row_c"], sort=True)
@@ -99,7 +99,7 @@ def choice_sets(
 
 
 def n_events(cs: ChoiceSets, frame: pd.DataFrame) -> int:
-    return int(frame["event"].nunique()) if cs.n_strata else 0
+    return int(frame["conversation_id"].nunique()) if cs.n_strata else 0
 
 
 def sim_sources(sources: Sequence[str]) -> list[str]:
@@ -130,7 +130,7 @@ def drop_gen_error(j: pd.DataFrame, tables: Tables) -> tuple[pd.DataFrame, dict[
     if not bad:
         return j, {}
     hit = j["conversation_id"].astype(str).isin(bad)
-    counts = j.loc[hit].groupby("source")["event"].nunique()
+    counts = j.loc[hit].groupby("source")["conversation_id"].nunique()
     return j[~hit].reset_index(drop=True), {str(s): int(n) for s, n in counts.items()}
 
 

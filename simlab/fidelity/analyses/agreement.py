@@ -187,16 +187,16 @@ def _agree(top_a: pd.Series, top_b: pd.Series, key: pd.Series) -> pd.DataFrame:
 
 def _ceiling_events(h: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per usable human instrument pair 'a~b', per-event agreement (index: event)."""
-    tops = _tops(h, "event", derived_ranks=False)
+    tops = _tops(h, "conversation_id", derived_ranks=False)
     out: dict[str, pd.DataFrame] = {}
     for a, b in combinations(INSTRUMENTS, 2):
-        out[f"{a}~{b}"] = _agree(tops[a], tops[b], h["event"])
+        out[f"{a}~{b}"] = _agree(tops[a], tops[b], h["conversation_id"])
     return out
 
 
 def _ceiling(h: pd.DataFrame, participants: Participants, seed: int) -> tuple[CeilingResult, dict[str, pd.Series]]:
     out = CeilingResult()
-    ev_part = h.drop_duplicates("event").set_index("event")["participant_id"]
+    ev_part = h.drop_duplicates("conversation_id").set_index("conversation_id")["participant_id"]
     derived_all = bool(h["rank_derived"].fillna(False).astype(bool).all())
     usable: dict[str, pd.Series] = {}
     for pair, ev in _ceiling_events(h).items():
@@ -250,8 +250,8 @@ def _ceiling_pair(instrument: str, usable: set[str]) -> str | None:
 def _first_events(j: pd.DataFrame) -> pd.DataFrame:
     """The rows of each (participant_id, domain)'s first conversation (lowest ``repeat``, then data order)."""
     ordered = j.sort_values("repeat", kind="stable") if "repeat" in j.columns else j
-    first = ordered.drop_duplicates(["participant_id", "domain"])[["participant_id", "domain", "event"]]
-    return j[j["event"].isin(first["event"])]
+    first = ordered.drop_duplicates(["participant_id", "domain"])[["participant_id", "domain", "conversation_id"]]
+    return j[j["conversation_id"].isin(first["conversation_id"])]
 
 
 def _centred(v: pd.Series, key: pd.Series) -> np.ndarray:
@@ -270,7 +270,7 @@ def _instrument(
     pair = _ceiling_pair(inst, set(ceiling))
     if pair is None:
         return out
-    c = ceiling[pair].reindex(ev_part.loc[ev.index, "event_h"].to_numpy())
+    c = ceiling[pair].reindex(ev_part.loc[ev.index, "conversation_id_h"].to_numpy())
     ok = c.notna().to_numpy()
     if ok.sum() == 0:
         return out
@@ -286,15 +286,15 @@ def _instrument(
 
 def _compare(h: pd.DataFrame, s: pd.DataFrame, participants: Participants, ceiling: dict[str, pd.Series]) -> AgreementComparison:
     h, s = _first_events(h), _first_events(s)
-    cols = ["participant_id", "domain", "arm", "event", "rank_used", "rank_derived", "opening_choice", *RATINGS]
+    cols = ["participant_id", "domain", "arm", "conversation_id", "rank_used", "rank_derived", "opening_choice", *RATINGS]
     m = h[cols].merge(s[cols], on=["participant_id", "domain", "arm"], suffixes=("_h", "_s"))
     if m.empty:
         return AgreementComparison(status="not_available", reason="no (participant_id, domain, arm) judged by both")
     n_part = int(m["participant_id"].nunique())
     if n_part < MIN_PARTICIPANTS:
-        return AgreementComparison(status="not_available", n_events=int(m["event_h"].nunique()),
+        return AgreementComparison(status="not_available", n_events=int(m["conversation_id_h"].nunique()),
                                    reason=f"{n_part} participants matched (fewer than {MIN_PARTICIPANTS})")
-    m["key"] = m["event_h"]
+    m["key"] = m["conversation_id_h"]
     for side in ("h", "s"):
         plain = m[[c for c in m.columns if c.endswith(f"_{side}")]].rename(columns=lambda c: c[:-2])
         tops = _tops(plain.assign(key=m["key"]), "key", derived_ranks=True)
@@ -394,13 +394,13 @@ def _retest(h: pd.DataFrame, participants: Participants, seed: int, pairing: str
         return RetestResult(status="not_available", reason="no rating_preference", pairing=pairing)
     by_repeat = pairing == "repeat"
     extra = ["domain", "repeat"] if by_repeat else []
-    d = (h[h[col].notna()][["participant_id", "event", "arm", col, *extra]].drop_duplicates(["event", "arm"])
+    d = (h[h[col].notna()][["participant_id", "conversation_id", "arm", col, *extra]].drop_duplicates(["conversation_id", "arm"])
          .reset_index(drop=True))
     # centred per conversation: a participant's rating level is style, not agreement about arms
-    d["c"] = _centred(d[col], d["event"])
+    d["c"] = _centred(d[col], d["conversation_id"])
     d["row"] = np.arange(len(d))
     pairs = d.merge(d, on=["participant_id", "arm", *extra[:1]], suffixes=("_1", "_2"))
-    keep = pairs["event_1"] < pairs["event_2"]
+    keep = pairs["conversation_id_1"] < pairs["conversation_id_2"]
     if by_repeat:
         keep &= pairs["repeat_1"] != pairs["repeat_2"]
     pairs = pairs[keep].reset_index(drop=True)
@@ -418,8 +418,8 @@ def _retest(h: pd.DataFrame, participants: Participants, seed: int, pairing: str
     out.rating_corr_within = _corr_est(lambda w: weighted_corr(c[i1], c[i2], w), len(pairs), part, participants)
     obs = out.rating_corr_within.value
     # arm pairs shared by the same two conversations: is their order the same both times?
-    q = pairs.reset_index().rename(columns={"index": "i"})[["i", "participant_id", "event_1", "event_2", "arm"]]
-    op = q.merge(q, on=["participant_id", "event_1", "event_2"], suffixes=("_x", "_y"))
+    q = pairs.reset_index().rename(columns={"index": "i"})[["i", "participant_id", "conversation_id_1", "conversation_id_2", "arm"]]
+    op = q.merge(q, on=["participant_id", "conversation_id_1", "conversation_id_2"], suffixes=("_x", "_y"))
     op = op[op["arm_x"] < op["arm_y"]]
     ix, iy = op["i_x"].to_numpy(), op["i_y"].to_numpy()
 
@@ -427,7 +427,7 @@ def _retest(h: pd.DataFrame, participants: Participants, seed: int, pairing: str
         # tie-aware: a tie on either side agrees with probability 1/2
         return 0.5 + 0.5 * np.sign(v[i1[ix]] - v[i1[iy]]) * np.sign(v[i2[ix]] - v[i2[iy]])
 
-    within_event = _shuffler(pd.factorize(d["event"])[0])
+    within_event = _shuffler(pd.factorize(d["conversation_id"])[0])
     within_arm = _shuffler(pd.factorize(d["arm"])[0])
     null_event = [within_event(rng, c) for _ in range(N_PERM)]
     null_arm = [within_arm(rng, c) for _ in range(N_PERM)]
@@ -457,8 +457,8 @@ def _with_repeat(tables: Tables, j: pd.DataFrame) -> pd.DataFrame:
     if "repeat" not in j.columns:
         conv = tables.conversations
         if conv is not None and "repeat" in conv.columns and "conversation_id" in conv.columns:
-            r = pd.DataFrame({"event": conv["conversation_id"].astype(str), "repeat": conv["repeat"]})
-            j = j.merge(r.drop_duplicates("event"), on="event", how="left")
+            r = pd.DataFrame({"conversation_id": conv["conversation_id"].astype(str), "repeat": conv["repeat"]})
+            j = j.merge(r.drop_duplicates("conversation_id"), on="conversation_id", how="left")
         else:
             j = j.assign(repeat=0)
     return j.assign(repeat=pd.to_numeric(j["repeat"], errors="coerce").fillna(0).astype(int))
@@ -466,9 +466,9 @@ def _with_repeat(tables: Tables, j: pd.DataFrame) -> pd.DataFrame:
 
 def _top_matrix(d: pd.DataFrame, top: pd.Series) -> pd.DataFrame:
     """Events × arms, 1/0 for "in the event's top set" of one instrument (NaN: not judged / not available)."""
-    f = pd.DataFrame({"event": d["event"], "arm": d["arm"].astype(str), "v": top})
-    f = f[f["v"].notna()].drop_duplicates(["event", "arm"])
-    return f.set_index(["event", "arm"])["v"].unstack()
+    f = pd.DataFrame({"conversation_id": d["conversation_id"], "arm": d["arm"].astype(str), "v": top})
+    f = f[f["v"].notna()].drop_duplicates(["conversation_id", "arm"])
+    return f.set_index(["conversation_id", "arm"])["v"].unstack()
 
 
 def _pair_agreement(sim: np.ndarray, hum: np.ndarray) -> np.ndarray:
@@ -544,8 +544,8 @@ def _placebo_instrument(
         return None
     arms = hm.columns.union(sm.columns)
     hm, sm = hm.reindex(columns=arms), sm.reindex(columns=arms)
-    h_ev = h.drop_duplicates("event").set_index("event").loc[hm.index, ["participant_id", "domain"]]
-    s_ev = s.drop_duplicates("event").set_index("event").loc[sm.index, ["participant_id", "domain"]]
+    h_ev = h.drop_duplicates("conversation_id").set_index("conversation_id").loc[hm.index, ["participant_id", "domain"]]
+    s_ev = s.drop_duplicates("conversation_id").set_index("conversation_id").loc[sm.index, ["participant_id", "domain"]]
     own_l, mism_l, pid_l = [], [], []
     n_no_other = 0
     per_domain: list[_PlaceboDomain] = []
@@ -604,10 +604,10 @@ def _placebo(h: pd.DataFrame, s: pd.DataFrame, participants: Participants, seed:
     """Persona placebo of one simulated source (all its events) against the humans' first events."""
     h = _first_events(h)
     out = PersonaPlacebo(n_perm=N_PERM)
-    per_dom = h.drop_duplicates("event").groupby("domain")["participant_id"].nunique()
+    per_dom = h.drop_duplicates("conversation_id").groupby("domain")["participant_id"].nunique()
     sim_doms = set(s["domain"].dropna())
     out.single_domains = sorted(str(d) for d, n in per_dom.items() if n == 1 and d in sim_doms)
-    th, ts = _tops(h, "event", derived_ranks=True), _tops(s, "event", derived_ranks=True)
+    th, ts = _tops(h, "conversation_id", derived_ranks=True), _tops(s, "conversation_id", derived_ranks=True)
     rng = np.random.default_rng(seed)
     for inst in INSTRUMENTS:
         res = _placebo_instrument(h, th[inst], s, ts[inst], participants, rng)
@@ -625,7 +625,7 @@ def _sim_retest(s: pd.DataFrame, participants: Participants, seed: int) -> Retes
     """Seed-to-seed test–retest of a simulated source (``_retest`` with ``pairing="repeat"``)."""
     if not has_values(s, "rating_preference"):
         return RetestResult(status="not_available", reason="no rating_preference", pairing="repeat")
-    runs = s.drop_duplicates("event").groupby(["participant_id", "domain"])["repeat"].nunique()
+    runs = s.drop_duplicates("conversation_id").groupby(["participant_id", "domain"])["repeat"].nunique()
     if not bool((runs >= 2).any()):
         return RetestResult(status="not_available", pairing="repeat",
                             reason="no repeated conversations: every (participant, domain) was run once "
@@ -789,12 +789,12 @@ def _variance_split(s: pd.DataFrame, participants: Participants) -> VarianceSpli
     col = "rating_preference"
     if not has_values(s, col):
         return VarianceSplit(status="not_available", reason="no rating_preference: nothing to split")
-    d = (s[s[col].notna()].drop_duplicates(["event", "arm"])[["participant_id", "domain", "event", "arm", col]]
+    d = (s[s[col].notna()].drop_duplicates(["conversation_id", "arm"])[["participant_id", "domain", "conversation_id", "arm", col]]
          .assign(participant_id=lambda f: f["participant_id"].astype(str)))
     d["domain"] = d["domain"].fillna("").astype(str)
-    cells = d.groupby(["participant_id", "domain"])["event"].nunique()
+    cells = d.groupby(["participant_id", "domain"])["conversation_id"].nunique()
     n_part = int(d["participant_id"].nunique())
-    out = VarianceSplit(column=col, n_participants=n_part, n_conversations=int(d["event"].nunique()),
+    out = VarianceSplit(column=col, n_participants=n_part, n_conversations=int(d["conversation_id"].nunique()),
                         n_repeated=int((cells >= 2).sum()))
     if out.n_repeated == 0:
         out.status, out.reason = "not_available", (
@@ -805,7 +805,7 @@ def _variance_split(s: pd.DataFrame, participants: Participants) -> VarianceSpli
         out.status, out.reason = "not_available", f"{n_part} participants with ratings (fewer than {MIN_PARTICIPANTS})"
         return out
     members, local = np.unique(participants.index(d["participant_id"].to_numpy()), return_inverse=True)
-    reml = _NestedReml(_split_design(d), d[col].to_numpy(float), local, d["event"].to_numpy())
+    reml = _NestedReml(_split_design(d), d[col].to_numpy(float), local, d["conversation_id"].to_numpy())
     try:
         value, start = reml.fit()
     except (FitError, np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
@@ -854,8 +854,8 @@ def _drop_gen_errors(tables: Tables, j: pd.DataFrame) -> tuple[pd.DataFrame, dic
         return j, {}
     flag = conv["gen_error"].astype("boolean").fillna(False).astype(bool)
     bad = set(conv.loc[flag, "conversation_id"].astype(str))
-    hit = j["event"].isin(bad)
-    counts = j[hit].drop_duplicates("event")["source"].value_counts()
+    hit = j["conversation_id"].isin(bad)
+    counts = j[hit].drop_duplicates("conversation_id")["source"].value_counts()
     return j[~hit], {str(k): int(v) for k, v in counts.items()}
 
 

@@ -97,7 +97,7 @@ def _fit_source(
     res = HierarchySource(
         strengths=strengths,
         ordering=ordering,
-        n_events=int(d.loc[d["rank_used"].notna(), "event"].nunique()),
+        n_events=int(d.loc[d["rank_used"].notna(), "conversation_id"].nunique()),
         derived_ranks=derived,
         rating_strengths=rating_strengths,
         ordering_basis=basis,
@@ -114,11 +114,11 @@ def _rating_strengths(
     ok = r.notna()
     if ok.sum() < 2:
         return {}, None, None
-    d = sub.loc[ok, ["event", "arm", "participant_id"]].assign(r=r[ok].to_numpy())
-    g = d.groupby("event")["r"]
+    d = sub.loc[ok, ["conversation_id", "arm", "participant_id"]].assign(r=r[ok].to_numpy())
+    g = d.groupby("conversation_id")["r"]
     sd = g.transform("std")
     d = d.assign(z=((d["r"] - g.transform("mean")) / sd).where(sd > 0, 0.0))
-    d = d[d.groupby("event")["r"].transform("size") >= 2]
+    d = d[d.groupby("conversation_id")["r"].transform("size") >= 2]
     if d.empty or ref not in set(d["arm"].astype(str)):
         return {}, None, None
     arm_idx = np.array([arms.index(a) for a in d["arm"].astype(str)])

@@ -150,14 +150,14 @@ def _excess(d: pd.DataFrame, how: str, arm_cols: list[str], model: _Model, parti
     test): their events' residuals plus the delta-method term of the estimated arm coefficients.
     """
     chosen_col = "rank_used" if how == "ranking" else how
-    e = d[d[chosen_col].notna() & d[arm_cols].notna().all(axis=1)].sort_values("event", kind="stable").reset_index(drop=True)
+    e = d[d[chosen_col].notna() & d[arm_cols].notna().all(axis=1)].sort_values("conversation_id", kind="stable").reset_index(drop=True)
     chosen = (e["rank_used"] == 1) if how == "ranking" else e[how].astype(bool)
-    g = e.groupby("event", sort=False)
-    keep = (g["first_shown"].transform("sum") == 1) & (g["arm"].transform("size") >= 2) & (chosen.groupby(e["event"]).transform("sum") > 0)
+    g = e.groupby("conversation_id", sort=False)
+    keep = (g["first_shown"].transform("sum") == 1) & (g["arm"].transform("size") >= 2) & (chosen.groupby(e["conversation_id"]).transform("sum") > 0)
     e, chosen = e[keep].reset_index(drop=True), chosen[keep].reset_index(drop=True)
     if e.empty:
         raise FitError("no events with one first-shown arm and a choice")
-    code, _ = pd.factorize(e["event"], sort=False)
+    code, _ = pd.factorize(e["conversation_id"], sort=False)
     starts = np.flatnonzero(np.r_[True, np.diff(code) != 0])
     first = e["first_shown"].to_numpy() == 1
     credit = chosen.to_numpy(float) / np.add.reduceat(chosen.to_numpy(float), starts)[code]
@@ -247,7 +247,7 @@ def _labels(d: pd.DataFrame) -> _Labels:
         return _Labels("no_labels", None, None, "no letters recorded: first_shown is the effect of display order "
                        "(and of whatever label went with it)")
     mismatch = float(d.loc[known, "label_mismatch"].mean())
-    e = d[d["first_label"].notna().groupby(d["event"]).transform("all")]
+    e = d[d["first_label"].notna().groupby(d["conversation_id"]).transform("all")]
     firsts = e[e["first_shown"] == 1]
     split = float((firsts["first_label"] != 1).mean()) if len(firsts) else 0.0
     if split >= MIN_SPLIT_SHARE:
@@ -300,9 +300,9 @@ def _outcome(
         try:
             if lab.design == "separate":
                 # events with a letter on every row: both effects holding the other (and the arms) fixed
-                lettered = d[d["first_label"].notna().groupby(d["event"]).transform("all")].reset_index(drop=True)
+                lettered = d[d["first_label"].notna().groupby(d["conversation_id"]).transform("all")].reset_index(drop=True)
                 joint = _fit(lettered, ["first_shown", "first_label", *arm_cols], how, participants, done)
-                n_joint = int(lettered["event"].nunique())
+                n_joint = int(lettered["conversation_id"].nunique())
         except FitError as exc:
             lab.note += f"; the joint model could not be fitted: {exc}"
         try:
@@ -326,7 +326,7 @@ def _outcome(
             first_shown=first.est("first_shown"),
             positions={str(p): prof.est(f"position[{p}]") for p in pos_levels} if prof is not None else {},
             first_shown_excess=_pct(ex, _robust_p(ex.value, ex.influence)),
-            n_events=int(d["event"].nunique()),
+            n_events=int(d["conversation_id"].nunique()),
             penalised=(first.fit.penalised or (prof is not None and prof.fit.penalised)
                        or (joint is not None and joint.fit.penalised)),
             n_gen_error=dropped.get(s, 0),

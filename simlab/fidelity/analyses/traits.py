@@ -52,7 +52,7 @@ from simlab.fidelity.stats import (
     stack,
     wald_test,
 )
-from simlab.schema import REFUSED_AT
+from simlab.schema import binarise_refusal
 from simlab.tables import Tables
 
 Specification = Literal["arm_adjusted", "paper"]
@@ -77,7 +77,7 @@ def _features(tables: Tables, exclude: Collection[str] = ()) -> tuple[pd.DataFra
             if "status" in g.columns:  # a failed grade has no score, whatever the row holds
                 score = score.where(g["status"].fillna("ok") == "ok")
             # refusal is graded 1-3 and analysed binarised: refused when >= 2 (PROTOCOL §5.7)
-            score = score.where(g["dimension"] != "refusal", (score >= REFUSED_AT).astype(float).where(score.notna()))
+            score = score.where(g["dimension"] != "refusal", binarise_refusal(score))
             piv = g.assign(score=score).pivot_table(
                 index=["conversation_id", "arm"], columns="dimension", values="score", aggfunc="mean"
             )
@@ -98,7 +98,7 @@ def _features(tables: Tables, exclude: Collection[str] = ()) -> tuple[pd.DataFra
 
 def _varies(d: pd.DataFrame, name: str) -> bool:
     """Whether ``name`` differs between the arms of at least one event (else it has no effect to fit)."""
-    spread = d.groupby("event")[name].agg(lambda x: x.max() - x.min())
+    spread = d.groupby("conversation_id")[name].agg(lambda x: x.max() - x.min())
     return bool((spread > 1e-12).any())
 
 
@@ -118,7 +118,7 @@ def _fit_source(
     n_part = int(np.unique(cs.participant).size)
     res = TraitsSource(
         coefficients={n: estimate(fit.params[i], draws[:, i], n_part, float(fit.pvalues[i])) for i, n in enumerate(used)},
-        n_events=int(sub["event"].nunique()),
+        n_events=int(sub["conversation_id"].nunique()),
         dropped=dropped,
         penalised=fit.penalised,
     )
@@ -162,8 +162,8 @@ def traits(
     if j.empty or not names:
         return TraitsResult(status="not_available", reason="no judgement rows with trait scores",
                             specification=specification)
-    missing = j[names].isna().any(axis=1).groupby(j["event"]).transform("any")
-    n_missing = j.loc[missing].groupby("source")["event"].nunique()
+    missing = j[names].isna().any(axis=1).groupby(j["conversation_id"]).transform("any")
+    n_missing = j.loc[missing].groupby("source")["conversation_id"].nunique()
     j = j[~missing].reset_index(drop=True)
     for n in names:
         j[n] = (j[n] - j[n].mean()) / j[n].std()
