@@ -131,7 +131,7 @@ def test_every_readme_command_runs_as_written(tmp_path, stub_url):
         assert "Traceback" not in out.stderr, filled
         ran.append(filled)
         print(f"{time.monotonic() - t0:6.1f} s  {filled}")
-    assert any("--shard 0/4" in r for r in ran) and any("sim-judgement" in r for r in ran)
+    assert any("--shard 0/4" in r for r in ran) and any("simlab.sim_judgement" in r for r in ran)
     def completed(run: str) -> int:
         return json.loads(subprocess.run([sys.executable, "-c", "import json, simlab.store as s; print(json.dumps("
                                           f"s.read_counts({run!r}).sessions_completed))"], cwd=ws, env=env,
