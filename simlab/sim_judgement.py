@@ -7,8 +7,9 @@ Sim-Dynamic ``assess``), and a seeded BDM draw. Stored with ``source = "sim_judg
 ``participant_id`` = the human's, ``conversation_id`` = ``"<human conversation_id>#sj"``.
 The human's turns are not copied (they are the human's text, not the simulator's).
 
-Command: ``python -m simlab.sim_judgement`` (``simlab sim-judgement``). ``run_sim_judgement`` writes sessions to a run store like ``run_experiment`` (one transaction
-per session, resumable). Every human conversation is validated before anything is written.
+Command: ``python -m simlab.sim_judgement`` (``simlab sim-judgement``). ``run_sim_judgement``
+writes sessions to a run store like ``run_experiment`` (one transaction per session,
+resumable). Every human conversation is validated before anything is written.
 """
 
 from __future__ import annotations

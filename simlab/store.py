@@ -613,7 +613,10 @@ class RunStore:
         both with different content raises ``DuplicateSessionError`` and merges nothing.
         """
         path = _store_path(shard)
-        shard_meta = run_meta(path)
+        shard_meta = run_meta(path)  # an older shard's store is brought to this schema here (the SQL below uses its names)
+        if shard_meta.get("store_schema") != STORE_SCHEMA_VERSION:
+            raise InputError(f"store schema {shard_meta.get('store_schema')} is not {STORE_SCHEMA_VERSION} (made by "
+                             "another simlab version); nothing was merged", file=path)
         merged = self.meta().get("merged", [])
         if shard_meta.get("store_id") in {m["store_id"] for m in merged}:
             return 0
@@ -710,7 +713,19 @@ def _open_readonly(path: str | Path) -> sqlite3.Connection:
     p = _store_path(path)
     if not p.exists():
         raise InputError("no run store here", file=p)
-    return _connect(p, readonly=True)
+    conn = _connect(p, readonly=True)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'store_schema'").fetchone()
+        found = None if row is None else json.loads(row[0])
+    except (sqlite3.DatabaseError, ValueError):
+        return conn  # not a store: the caller says so in its own words
+    if isinstance(found, int) and found in _MIGRATE:
+        # an older simlab's store (a report or analysis of an old run, a shard to merge): brought
+        # to this schema once, losslessly, as a resume of it would; the readers use this schema's names
+        conn.close()
+        RunStore.open(p).close()
+        conn = _connect(p, readonly=True)
+    return conn
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:

@@ -47,6 +47,7 @@ from simlab.store import (
     export,
     load_run,
     merge,
+    read_counts,
     read_table,
     run_meta,
 )
@@ -647,6 +648,22 @@ def test_a_version_2_store_is_migrated_on_open_and_keeps_every_row_and_id(tmp_pa
     store.write_session(make_session("p2"))  # the failed session resumes and supersedes its failure
     store.close()
     assert len(load_run(tmp_path / "old").judgements) == 8
+
+
+def test_a_version_2_store_is_read_reported_and_merged_under_this_schema(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        store = RunStore.create(tmp_path / name, {"config": {"name": "t"}})
+        store.write_session(make_session("p1" if name == "a" else "p2"))
+        store.close()
+        _downgrade_to_v2(tmp_path / name / STORE_FILE)
+    # a read-only reader (load_run, the report's counts) of an old run brings it up to date first
+    assert len(load_run(tmp_path / "a").judgements) == 4
+    assert read_counts(tmp_path / "a").sessions_completed == 1
+    assert run_meta(tmp_path / "a")["store_schema"] == STORE_SCHEMA_VERSION
+    # a shard made by the older simlab merges
+    merged = merge(tmp_path / "merged", [tmp_path / "a", tmp_path / "b"])
+    assert merged.completed_sessions() == {"p1:unguided", "p2:unguided"}
+    merged.close()
 
 
 def _downgrade_to_v1(path: Path) -> None:
