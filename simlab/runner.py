@@ -11,13 +11,15 @@ one session is differs between the two modes: the ``session`` coroutine given to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import gc
 import hashlib
 import json
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -139,6 +141,36 @@ class Outcome:
     """Seconds each session's (or failure's) store transaction took."""
 
 
+GC_YOUNG = 10_000
+"""Allocations between young-generation collections while sessions run (Python's default: 700)."""
+
+
+@contextlib.contextmanager
+def gc_for_many_sessions() -> Iterator[None]:
+    """Python's cyclic garbage collector tuned for the length of a run, then put back.
+
+    With the default thresholds (700, 10, 10) a 1,000-session run at 1,000 in flight made 58 full
+    collections of up to 0.54 s each (17 s of its 124 s; they were the event loop's lag p99), as
+    each one traverses every transcript, record and frame in flight. While sessions run, the young
+    generation is collected after ``GC_YOUNG`` allocations (older generations follow at their
+    usual ratios, so full collections are ~14x rarer), and what exists before the first session
+    (modules, personas, config) is frozen out of every collection. A collector the user turned
+    off (threshold 0) or objects the user froze are left as they are.
+    """
+    old = gc.get_threshold()
+    freeze = gc.get_freeze_count() == 0
+    if freeze:
+        gc.freeze()
+    if old[0]:
+        gc.set_threshold(max(old[0], GC_YOUNG), *old[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+        if freeze:
+            gc.unfreeze()
+
+
 async def run_sessions(
     units: Sequence[U],
     session: Callable[[U], Awaitable[SessionRecord]],
@@ -181,7 +213,13 @@ async def run_sessions(
             outcome.commit_s.append(time.perf_counter() - t1)
             bar.update(1)
 
-    workers = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, len(units)))]
+    with gc_for_many_sessions():
+        return await _drive(worker, len(units), concurrency, outcome, bar)
+
+
+async def _drive(worker: Callable[[], Awaitable[None]], n_units: int, concurrency: int, outcome: Outcome,
+                 bar: Any) -> Outcome:
+    workers = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, n_units))]
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -220,5 +258,5 @@ async def run_sessions(
         bar.close()
 
 
-__all__ = ["RESUMABLE_KEYS", "Outcome", "config_hash", "meta_for", "PersonaSummaries", "open_store", "run_dir_for",
-           "run_sessions"]
+__all__ = ["GC_YOUNG", "RESUMABLE_KEYS", "Outcome", "config_hash", "gc_for_many_sessions", "meta_for",
+           "PersonaSummaries", "open_store", "run_dir_for", "run_sessions"]

@@ -1,0 +1,54 @@
+"""simlab.runner: the one session runner (its end-to-end behaviour is tested through run_experiment
+in test_run_cli.py and run_sim_judgement in test_sim_judgement.py; here what is its own)."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import pytest
+
+from simlab.runner import GC_YOUNG, gc_for_many_sessions, run_sessions
+from simlab.store import RunStore
+from tests.test_store import make_session
+
+
+@pytest.fixture
+def default_gc():
+    old = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    yield
+    gc.set_threshold(*old)
+
+
+async def test_the_collector_is_tuned_while_sessions_run_and_put_back_after(tmp_path: Path, default_gc) -> None:
+    seen = []
+
+    async def session(pid: str):
+        seen.append((gc.get_threshold(), gc.get_freeze_count()))
+        return make_session(pid)
+
+    store = RunStore.create(tmp_path / "run", {"config": {}})
+    outcome = await run_sessions(["p1", "p2"], session, store, concurrency=2, progress=False)
+    store.close()
+    assert outcome.failed == 0 and len(outcome.session_s) == 2
+    # while the sessions ran: young collections rarer, the objects made before them frozen
+    assert all(t == (GC_YOUNG, 10, 10) and frozen > 0 for t, frozen in seen), seen
+    assert gc.get_threshold() == (700, 10, 10) and gc.get_freeze_count() == 0
+
+
+def test_a_collector_the_user_set_is_respected(default_gc) -> None:
+    gc.set_threshold(0, 10, 10)  # automatic collection off: not turned on by a run
+    with gc_for_many_sessions():
+        assert gc.get_threshold() == (0, 10, 10)
+    gc.set_threshold(50_000, 5, 5)  # already rarer than ours: kept
+    with gc_for_many_sessions():
+        assert gc.get_threshold() == (50_000, 5, 5)
+    gc.freeze()  # the user's own frozen objects stay frozen after a run
+    try:
+        n = gc.get_freeze_count()
+        with gc_for_many_sessions():
+            pass
+        assert gc.get_freeze_count() == n
+    finally:
+        gc.unfreeze()
