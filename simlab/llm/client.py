@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import json
 import logging
 import os
@@ -357,9 +358,29 @@ class _Pacer:
         self.ticking = False
         self.lags: list[float] = []  # recent lags (seconds), for diagnostics
         self.lowest = self.limit
+        self.gc_s = 0.0  # time spent in the garbage collector while ticking
+        self._gc_start = 0.0
+        self._gc_at_tick = 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.gc_s += time.perf_counter() - self._gc_start
+
+    def _start_ticking(self) -> None:
+        self.ticking = True
+        # a collection's pause is not congestion: fewer calls in progress would not shorten it
+        # (its length follows the sessions' heap), so it is taken out of the lag
+        gc.callbacks.append(self._on_gc)
+        self._gc_at_tick = self.gc_s
+        nxt = self.loop.time() + self.PERIOD
+        self.loop.call_at(nxt, self._tick, nxt)
 
     def _tick(self, due: float) -> None:
-        lag = self.loop.time() - due
+        paused = self.gc_s - self._gc_at_tick
+        self._gc_at_tick = self.gc_s
+        lag = max(0.0, self.loop.time() - due - paused)
         self.lags = [*self.lags[-99:], lag]
         if lag > self.TARGET:
             self.limit = max(self.MIN, self.limit * 0.75)
@@ -371,13 +392,13 @@ class _Pacer:
             nxt = self.loop.time() + self.PERIOD
             self.loop.call_at(nxt, self._tick, nxt)
         else:
-            self.ticking = False  # idle: no timer left behind
+            self.ticking = False  # idle: no timer or collector callback left behind
+            with contextlib.suppress(ValueError):
+                gc.callbacks.remove(self._on_gc)
 
     async def __aenter__(self) -> None:
         if not self.ticking:
-            self.ticking = True
-            nxt = self.loop.time() + self.PERIOD
-            self.loop.call_at(nxt, self._tick, nxt)
+            self._start_ticking()
         if self.active < self.limit and not self.waiters:
             self.active += 1
             return
@@ -513,6 +534,8 @@ class LLMClient:
         pacer = self._pacers.get(loop)
         if pacer is None:
             for old in [lp for lp in self._pacers if lp.is_closed()]:
+                with contextlib.suppress(ValueError):  # a loop closed while its pacer ticked
+                    gc.callbacks.remove(self._pacers[old]._on_gc)
                 del self._pacers[old]
             pacer = self._pacers[loop] = _Pacer(loop)
         return pacer

@@ -423,6 +423,39 @@ async def test_the_pacer_shrinks_its_bound_while_the_loop_lags_and_grows_it_back
     assert pacer.active == 0 and not pacer.waiters
 
 
+async def test_a_garbage_collection_pause_is_not_taken_for_congestion():
+    import gc
+
+    from simlab.llm.client import _Pacer
+
+    pacer = _Pacer(asyncio.get_running_loop(), start=64)
+    junk = [[i] for i in range(300_000)]  # a heap a full collection takes a while to traverse
+
+    collecting = True
+
+    async def calls() -> None:
+        while collecting:
+            async with pacer:
+                await asyncio.sleep(0.02)
+
+    async def collect() -> None:  # full collections, each blocking the loop, while calls are in progress
+        nonlocal collecting
+        await asyncio.sleep(0.05)
+        for _ in range(8):
+            await asyncio.sleep(0.03)
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < 0.08:  # a pause longer than the lag target
+                gc.collect()
+        collecting = False
+
+    await asyncio.gather(collect(), *(calls() for _ in range(100)))
+    del junk
+    assert pacer.gc_s > 0.5  # the pauses happened while it ticked, and were counted
+    assert max(pacer.lags) < pacer.TARGET and pacer.lowest == 64  # and never shrank the bound
+    await asyncio.sleep(3 * pacer.PERIOD)  # the next tick finds it idle
+    assert not pacer.ticking and pacer._on_gc not in gc.callbacks  # no callback left behind
+
+
 async def test_a_call_cancelled_while_it_waits_for_the_pacer_gives_back_nothing():
     from simlab.llm.client import _Pacer
 
