@@ -155,20 +155,32 @@ def gc_for_many_sessions() -> Iterator[None]:
     generation is collected after ``GC_YOUNG`` allocations (older generations follow at their
     usual ratios, so full collections are ~14x rarer), and what exists before the first session
     (modules, personas, config) is frozen out of every collection. A collector the user turned
-    off (threshold 0) or objects the user froze are left as they are.
+    off (threshold 0) or objects the user froze are left as they are. Runs that overlap in one
+    process (e.g. two ``asyncio.gather``-ed runs) tune once: the last to end puts it back.
     """
-    old = gc.get_threshold()
-    freeze = gc.get_freeze_count() == 0
-    if freeze:
-        gc.freeze()
-    if old[0]:
-        gc.set_threshold(max(old[0], GC_YOUNG), *old[1:])
+    global _gc_runs, _gc_saved
+    if _gc_runs == 0:
+        old = gc.get_threshold()
+        freeze = gc.get_freeze_count() == 0
+        _gc_saved = (old, freeze)
+        if freeze:
+            gc.freeze()
+        if old[0]:
+            gc.set_threshold(max(old[0], GC_YOUNG), *old[1:])
+    _gc_runs += 1
     try:
         yield
     finally:
-        gc.set_threshold(*old)
-        if freeze:
-            gc.unfreeze()
+        _gc_runs -= 1
+        if _gc_runs == 0 and _gc_saved is not None:
+            (old, freeze), _gc_saved = _gc_saved, None
+            gc.set_threshold(*old)
+            if freeze:
+                gc.unfreeze()
+
+
+_gc_runs = 0  # runs in progress in this process
+_gc_saved: tuple[tuple[int, int, int], bool] | None = None  # the collector's settings before the first of them
 
 
 async def run_sessions(

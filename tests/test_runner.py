@@ -52,3 +52,14 @@ def test_a_collector_the_user_set_is_respected(default_gc) -> None:
         assert gc.get_freeze_count() == n
     finally:
         gc.unfreeze()
+
+
+def test_overlapping_runs_tune_once_and_the_last_to_end_puts_the_collector_back(default_gc) -> None:
+    first, second = gc_for_many_sessions(), gc_for_many_sessions()
+    first.__enter__()
+    second.__enter__()
+    assert gc.get_threshold() == (GC_YOUNG, 10, 10)
+    first.__exit__(None, None, None)  # the other run still goes on: still tuned
+    assert gc.get_threshold() == (GC_YOUNG, 10, 10) and gc.get_freeze_count() > 0
+    second.__exit__(None, None, None)
+    assert gc.get_threshold() == (700, 10, 10) and gc.get_freeze_count() == 0
