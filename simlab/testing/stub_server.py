@@ -71,7 +71,8 @@ class Fault:
     model: str | None = None
     match: str | None = None
     body: str = ""
-    """The reply body for ``kind="raw"`` (sent as application/json, verbatim)."""
+    """The reply body for ``kind="raw"`` (sent verbatim, as ``content_type``)."""
+    content_type: str = "application/json"
 
 
 @dataclass
@@ -304,7 +305,7 @@ class StubServer:
             err = {"error": {"message": f"injected {fault.status}", "type": "stub_fault", "code": fault.status}}
             return web.json_response(err, status=fault.status, headers=headers)
         if fault and fault.kind == "raw":
-            return web.Response(text=fault.body, status=200, content_type="application/json")
+            return web.Response(text=fault.body, status=200, content_type=fault.content_type)
         if fault and fault.kind == "empty_choices":  # an HTTP 200 with nothing in it
             return web.json_response({"id": "chatcmpl-stub-empty", "object": "chat.completion",
                                       "created": int(time.time()), "model": model, "choices": []})

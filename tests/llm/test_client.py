@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Literal
 
@@ -366,6 +367,36 @@ async def test_every_broken_reply_shape_is_retried_then_a_failed_call_never_a_cr
     with pytest.raises(LLMError) as info:
         await client.chat(SPEC, MSGS)
     assert info.value.attempts == 2 and info.value.call.status == "error", shape
+
+
+async def test_a_200_that_is_not_json_by_its_content_type_is_retried_then_failed_with_why(server):
+    # the SDK hands over such a body as text rather than parsing it
+    page = Fault(kind="raw", body="<html>gateway</html>", content_type="text/html")
+    client = client_for(server, max_attempts=2)
+    server.add_fault(page)
+    assert (await client.chat(SPEC, MSGS)).text
+    server.add_fault(page, page)
+    with pytest.raises(LLMError, match="not a JSON object") as info:
+        await client.chat(SPEC, MSGS)
+    assert info.value.attempts == 2
+
+
+async def test_the_reply_is_read_from_its_json_as_the_server_sent_it(server):
+    # the client reads the completion's JSON itself (no SDK model of it): text, finish reason,
+    # the serving model's name and the token counts, and a reply cut at max_tokens says so
+    body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "lora-7",
+                       "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14},
+                       "choices": [{"index": 0, "finish_reason": "length",
+                                    "message": {"role": "assistant", "content": '{"label": "ye'}}]})
+    server.add_fault(*[Fault(kind="raw", body=body)] * 3)
+    client = client_for(server)
+    with pytest.raises(StructuredOutputError) as info:
+        await client.structured(SPEC, MSGS, Verdict)
+    call = info.value.call
+    assert call.served_model == "lora-7" and (call.prompt_tokens, call.completion_tokens) == (33, 9)
+    assert all("cut off at max_tokens" in why for why in call.schema_failures), call.schema_failures
+    sent = server.requests[0].body  # the request went out as built: messages and schema untouched
+    assert sent["messages"] == MSGS and sent["response_format"]["json_schema"]["schema"]["required"] == ["label", "score"]
 
 
 async def test_the_client_records_every_call_with_its_context_even_concurrent_and_failed(server):
