@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from simlab.runner import GC_YOUNG, gc_for_many_sessions, run_sessions
+from simlab.runner import GC_THRESHOLDS, gc_for_many_sessions, run_sessions
 from simlab.store import RunStore
 from tests.test_store import make_session
 
@@ -33,7 +33,7 @@ async def test_the_collector_is_tuned_while_sessions_run_and_put_back_after(tmp_
     store.close()
     assert outcome.failed == 0 and len(outcome.session_s) == 2
     # while the sessions ran: young collections rarer, the objects made before them frozen
-    assert all(t == (GC_YOUNG, 10, 10) and frozen > 0 for t, frozen in seen), seen
+    assert all(t == GC_THRESHOLDS and frozen > 0 for t, frozen in seen), seen
     assert gc.get_threshold() == (700, 10, 10) and gc.get_freeze_count() == 0
 
 
@@ -58,8 +58,8 @@ def test_overlapping_runs_tune_once_and_the_last_to_end_puts_the_collector_back(
     first, second = gc_for_many_sessions(), gc_for_many_sessions()
     first.__enter__()
     second.__enter__()
-    assert gc.get_threshold() == (GC_YOUNG, 10, 10)
+    assert gc.get_threshold() == GC_THRESHOLDS
     first.__exit__(None, None, None)  # the other run still goes on: still tuned
-    assert gc.get_threshold() == (GC_YOUNG, 10, 10) and gc.get_freeze_count() > 0
+    assert gc.get_threshold() == GC_THRESHOLDS and gc.get_freeze_count() > 0
     second.__exit__(None, None, None)
     assert gc.get_threshold() == (700, 10, 10) and gc.get_freeze_count() == 0
