@@ -10,12 +10,13 @@ Measured in one run, in this order:
    C sessions in flight can finish at most C / L per second.
 2. Client bound: a bare ``openai.AsyncOpenAI`` loop replays the low-load run's requests (their
    messages, schemas and sampling), ``--client-calls`` of them (default 20,000; the whole run's
-   count would double the benchmark's time), as many in flight as the run may have (the endpoint's
-   bound, 4C by default: a bound of C made the faster clients wait on the stub's latency rather
-   than on their CPU), against the same stub, timed over its steady state (the middle 80% of the
-   calls to finish); the faster of ``create()`` and ``post()`` (the route simlab takes) on the
-   SDK's aiohttp transport counts. Its calls/s ÷ the run's calls per session is the most this machine's CPU
-   allows a Python client on the openai SDK.
+   count would double the benchmark's time), as many in flight as the run may have (the
+   endpoint's bound, 4C by default: a bound of C made the faster clients wait on the stub's
+   latency rather than on their CPU), against the same stub, with the garbage collector tuned as
+   in the run, timed over its steady state (the middle 80% of the calls to finish). The faster
+   of ``create()`` and ``post()`` (the route simlab takes) on the SDK's aiohttp transport counts;
+   its calls/s ÷ the run's calls per session is what this machine allows a Python client on
+   the openai SDK.
 3. The run: ``run_experiment`` on N sessions at concurrency C, while a monitor samples the
    event loop's lag and this process's RSS every 0.1 s.
 4. Resume: the same run again (nothing to do) — the time a user waits to be told it is done.
@@ -51,6 +52,7 @@ from typing import Any
 
 from simlab.config import Config, parse_config
 from simlab.run import RunSummary, run_experiment
+from simlab.runner import gc_for_many_sessions
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = ["unguided", "values", "controversy", "emotional_wellbeing"]
@@ -201,10 +203,15 @@ def transports() -> list[str]:
 async def bare_loop(url: str, bodies: list[dict[str, Any]], calls: int, in_flight: int, transport: str) -> float:
     """calls/s of a bare openai.AsyncOpenAI loop (no retries, no validation, no records) sending
     ``calls`` of ``bodies`` (the low-load run's requests, cycled: the same messages, schemas and
-    sampling), with the SDK's default connection pool."""
+    sampling), with as many connections as calls in flight."""
+    import httpx
     import openai
 
-    http = openai.DefaultAioHttpClient(timeout=120) if transport.startswith("aiohttp") else None
+    # one connection per call in flight, as simlab's client opens (the SDK's default pool of
+    # 1,000 held the bare loop at 1,000 / latency calls/s, below what its CPU allows)
+    limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
+    http = (openai.DefaultAioHttpClient(timeout=120, limits=limits) if transport.startswith("aiohttp")
+            else openai.DefaultAsyncHttpxClient(timeout=120, limits=limits))
     client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0, timeout=120, http_client=http)
     gate = asyncio.Semaphore(in_flight)
 
@@ -270,7 +277,8 @@ def main() -> None:
         for transport in transports():  # the bound is the fastest bare client
             asyncio.run(bare_loop(stub.url, bodies, min(200, n_bare), min(in_flight, 200), transport))  # warm-up
             c0 = time.process_time()
-            rate = asyncio.run(bare_loop(stub.url, bodies, n_bare, in_flight, transport))
+            with gc_for_many_sessions():  # the collector as the run has it
+                rate = asyncio.run(bare_loop(stub.url, bodies, n_bare, in_flight, transport))
             bare[transport] = rate, (time.process_time() - c0) / n_bare
             print(f"bare openai loop ({transport}): {rate:.0f} calls/s, {bare[transport][1] * 1e3:.2f} ms CPU per call",
                   file=sys.stderr)
