@@ -681,11 +681,7 @@ class LLMClient:
         except LLMError:
             raise
         except Exception as exc:
-            raise LLMError(
-                f"{ep.name}/{kwargs['model']}: {type(exc).__name__}: {_short(exc)}",
-                attempts=record.attempts,
-                status=getattr(exc, "status_code", None),
-            ) from exc
+            raise _final(ep, kwargs, record, exc) from exc
 
         backoff = wait_exponential_jitter(multiplier=0.25, max=20.0, jitter=0.5)
 
@@ -735,11 +731,7 @@ class LLMClient:
         except LLMError:
             raise
         except Exception as exc:
-            raise LLMError(
-                f"{ep.name}/{kwargs['model']}: {type(exc).__name__}: {_short(exc)}",
-                attempts=record.attempts,
-                status=getattr(exc, "status_code", None),
-            ) from exc
+            raise _final(ep, kwargs, record, exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _kwargs(self, spec: ModelSpec, messages: list[dict[str, Any]], seed: int | None) -> dict[str, Any]:
@@ -849,6 +841,12 @@ class LLMClient:
             record.status, record.error = "schema_error", str(err)
             raise err
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _final(ep: _Endpoint, kwargs: dict[str, Any], record: CallRecord, exc: Exception) -> LLMError:
+    """A failure that no retry can mend (e.g. HTTP 400), as the ``LLMError`` the caller sees."""
+    return LLMError(f"{ep.name}/{kwargs['model']}: {type(exc).__name__}: {_short(exc)}",
+                    attempts=record.attempts, status=getattr(exc, "status_code", None))
 
 
 @dataclass(frozen=True)
