@@ -695,7 +695,9 @@ class LLMClient:
             return max(0.0, min(delay, remaining))
 
         def stop(state: RetryCallState) -> bool:
-            return record.attempts >= cfg.max_attempts or time.monotonic() - start >= cfg.deadline_s
+            # this request's attempts (tenacity's count: its attempt 1 is the first one above), not
+            # the record's, which also counts a structured call's earlier schema attempts
+            return state.attempt_number >= cfg.max_attempts or time.monotonic() - start >= cfg.deadline_s
 
         retrying = AsyncRetrying(stop=stop, wait=wait, retry=retry_if_exception(lambda e: isinstance(e, _Retryable)),
                                  reraise=True)

@@ -369,6 +369,16 @@ async def test_every_broken_reply_shape_is_retried_then_a_failed_call_never_a_cr
     assert info.value.attempts == 2 and info.value.call.status == "error", shape
 
 
+async def test_a_schema_retry_gets_its_own_transient_retries(server):
+    # each request of a structured call has max_attempts for transient failures, whatever the
+    # schema attempts before it used
+    server.add_fault(Fault(kind="schema_violation"), Fault(status=500), Fault(status=500))
+    client = client_for(server, max_attempts=3)
+    res = await client.structured(SPEC, MSGS, Verdict)
+    assert res.value.label in ("yes", "no") and res.call.attempts == 4
+    assert [r.status for r in server.requests] == [200, 500, 500, 200]
+
+
 async def test_a_200_that_is_not_json_by_its_content_type_is_retried_then_failed_with_why(server):
     # the SDK hands over such a body as text rather than parsing it
     page = Fault(kind="raw", body="<html>gateway</html>", content_type="text/html")
