@@ -1,12 +1,12 @@
 """The async client layer: every model call simlab makes goes through ``LLMClient``.
 
-Calls go over the OpenAI-compatible HTTP API with the ``openai`` SDK on an aiohttp transport,
-so the same code reaches a GPU vLLM server, a hosted API or the embedded llama.cpp server;
-an endpoint of ``kind = "litellm"`` goes through ``litellm`` instead, to any provider it
-supports (Anthropic, Bedrock, Vertex, …). The direct route sends the request body as it is
-with the SDK's ``post()`` and reads the reply's JSON itself: ~1.7 ms of CPU per call, where
-the SDK's ``create()`` costs ~2.5 and litellm ~6 (``benchmarks/scale.py``); at 1,000 sessions
-in flight the client's CPU is what limits a run.
+Calls go over the OpenAI-compatible HTTP API (a POST of the request's JSON, the reply's JSON
+read back) on aiohttp, so the same code reaches a GPU vLLM server, a hosted API or the
+embedded llama.cpp server; an endpoint of ``kind = "litellm"`` goes through ``litellm``
+instead, to any provider it supports (Anthropic, Bedrock, Vertex, …). The direct route costs
+~0.35 ms of CPU per HTTP call, where the openai SDK's ``post()`` costs ~1.1, its ``create()``
+~2 and litellm ~6 (``benchmarks/scale.py``); at 1,000 sessions in flight the client's CPU is
+what limits a run.
 Per endpoint: a rate limit (``asyncio-throttle``) and a bound on requests in flight.
 Transient failures (429 honouring Retry-After, 5xx, timeouts, connection errors) are
 retried by ``tenacity`` with exponential backoff and jitter inside a total deadline.
@@ -221,7 +221,7 @@ class _Retryable(Exception):
 
 
 def _retry_after(exc: BaseException) -> float | None:
-    headers = getattr(exc, "litellm_response_headers", None)
+    headers = getattr(exc, "litellm_response_headers", None) or getattr(exc, "headers", None)
     if headers is None:
         response = getattr(exc, "response", None)
         headers = getattr(response, "headers", None)
@@ -237,8 +237,9 @@ def _retry_after(exc: BaseException) -> float | None:
 
 
 def _classify(exc: BaseException) -> _Retryable | None:
-    """Transient failures become ``_Retryable``; anything else is final. The openai SDK's error
-    types cover both routes: litellm's errors subclass them."""
+    """Transient failures become ``_Retryable``; anything else is final. The direct route raises
+    ``HTTPStatusError``, ``TimeoutError`` and aiohttp's connection errors; litellm's errors
+    subclass the openai SDK's."""
     import openai
 
     status = getattr(exc, "status_code", None)
@@ -330,7 +331,7 @@ class _Replica:
         self.load = 0  # calls waiting for or holding a slot
         self.keys = 0  # open affinity keys placed here
         self.down = False
-        self.sdk: tuple[asyncio.AbstractEventLoop, Any] | None = None  # (its loop, openai.AsyncOpenAI)
+        self.http: tuple[asyncio.AbstractEventLoop, _HTTP] | None = None  # its session on one event loop
 
 
 class _Pacer:
@@ -426,17 +427,64 @@ class _Pacer:
                 fut.set_result(None)
 
 
-def _http_client(connections: int) -> Any:
-    """The SDK's HTTP client: aiohttp's transport (``openai[aiohttp]``), which costs less than half
-    the CPU per call of httpx's own, with one connection per request allowed in flight."""
-    import httpx
-    import openai
+class HTTPStatusError(Exception):
+    """An HTTP error status from an OpenAI-compatible server, with the start of its body."""
 
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    try:
-        return openai.DefaultAioHttpClient(limits=limits)
-    except RuntimeError:  # the aiohttp extra is missing: httpx's transport works, at more CPU
-        return openai.DefaultAsyncHttpxClient(limits=limits)
+    def __init__(self, status_code: int, reason: str, body: str, headers: Mapping[str, str]) -> None:
+        self.status_code = status_code
+        self.headers = headers  # e.g. Retry-After of a 429 (case-insensitive)
+        super().__init__(f"HTTP {status_code} {reason}: {body[:500]}".rstrip(": "))
+
+
+class _HTTP:
+    """One replica's HTTP session on one event loop: an OpenAI-compatible POST with a JSON body.
+
+    aiohttp directly, not the openai SDK: the SDK's ``post()`` builds an httpx request, cookie
+    jar, URL and headers object and a pydantic options model around every call, ~1.1 ms of CPU
+    per call on a 2-core machine against ~0.35 for the POST itself (``benchmarks/scale.py``); at
+    1,000 sessions in flight that difference was a third of a core, the event loop's lag and the
+    run's rate. The errors are the SDK's cases: ``HTTPStatusError`` for a status >= 400,
+    ``TimeoutError``, and aiohttp's connection errors (``ConnectionError`` for a reply cut off).
+    """
+
+    def __init__(self, url: str, key: str, connections: int) -> None:
+        import ssl
+
+        import aiohttp
+        import certifi
+
+        self.url = url.rstrip("/")
+        # one connection per request allowed in flight; a 5 s keep-alive as httpx's pool; the CA
+        # bundle the SDK uses (certifi), not the system's
+        connector = aiohttp.TCPConnector(limit=connections, keepalive_timeout=5.0,
+                                         ssl=ssl.create_default_context(cafile=certifi.where()))
+        self.session = aiohttp.ClientSession(connector=connector, headers={
+            "Authorization": f"Bearer {key}", "Content-Type": "application/json",
+            "Accept": "application/json", "User-Agent": "simlab"})
+
+    async def post(self, path: str, body: dict[str, Any], timeout: float) -> Any:
+        """The reply's JSON (a dict), or its text when the server says it is not JSON."""
+        import aiohttp
+        from multidict import CIMultiDict
+
+        data = json.dumps(body, ensure_ascii=False).encode()
+        try:
+            async with self.session.post(self.url + path, data=data,
+                                         timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise HTTPStatusError(resp.status, resp.reason or "", raw.decode(errors="replace"),
+                                          CIMultiDict(resp.headers))
+                if resp.content_type in ("application/json", "") or resp.content_type.endswith("+json"):
+                    return json.loads(raw)  # a malformed body: JSONDecodeError, retried like a 5xx
+                return raw.decode(errors="replace")
+        except TimeoutError as exc:  # aiohttp's total, connect and read timeouts
+            raise TimeoutError(f"no reply within {timeout:g} s ({type(exc).__name__})") from exc
+        except aiohttp.ClientPayloadError as exc:  # the connection closed before the body was whole
+            raise ConnectionError(f"the reply was cut off: {exc}") from exc
+
+    async def close(self) -> None:
+        await self.session.close()
 
 
 async def _close_at_loop_end(clients: list[Any]) -> AsyncIterator[None]:
@@ -524,7 +572,7 @@ class LLMClient:
         self._base_urls = dict(base_urls or {})
         self._endpoints: dict[str, _Endpoint] = {}
         self.on_call = on_call
-        self._sdks: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        self._sessions: dict[asyncio.AbstractEventLoop, list[_HTTP]] = {}
         self._closers: list[AsyncIterator[None]] = []
         self._pacers: dict[asyncio.AbstractEventLoop, _Pacer] = {}
 
@@ -539,32 +587,29 @@ class LLMClient:
             pacer = self._pacers[loop] = _Pacer(loop)
         return pacer
 
-    async def _sdk(self, ep: _Endpoint, replica: _Replica) -> Any:
-        """The replica's openai client for the running event loop (an HTTP session belongs to one loop)."""
+    async def _http(self, ep: _Endpoint, replica: _Replica) -> _HTTP:
+        """The replica's HTTP session for the running event loop (a session belongs to one loop)."""
         loop = asyncio.get_running_loop()
-        if replica.sdk is not None and replica.sdk[0] is loop:
-            return replica.sdk[1]
-        import openai
-
-        sdk = openai.AsyncOpenAI(base_url=replica.url, api_key=ep.key, max_retries=0,
-                                 http_client=_http_client(replica.bound))
-        replica.sdk = (loop, sdk)
-        opened = self._sdks.get(loop)
+        if replica.http is not None and replica.http[0] is loop:
+            return replica.http[1]
+        http = _HTTP(replica.url, ep.key, replica.bound)
+        replica.http = (loop, http)
+        opened = self._sessions.get(loop)
         if opened is None:
-            opened = self._sdks[loop] = []
+            opened = self._sessions[loop] = []
             closer = _close_at_loop_end(opened)
             await closer.__anext__()
             self._closers.append(closer)
-        opened.append(sdk)
-        return sdk
+        opened.append(http)
+        return http
 
     async def aclose(self) -> None:
         """Close the HTTP connections this client opened in the running event loop."""
-        for sdk in self._sdks.pop(asyncio.get_running_loop(), []):
-            await sdk.close()
+        for http in self._sessions.pop(asyncio.get_running_loop(), []):
+            await http.close()
         for ep in self._endpoints.values():
             for replica in ep.replicas:
-                replica.sdk = None
+                replica.http = None
 
     async def __aenter__(self) -> LLMClient:
         return self
@@ -626,17 +671,13 @@ class LLMClient:
                     # its failing lookup, which cost ~2.5 ms of CPU per call
                     input_cost_per_token=0.0, output_cost_per_token=0.0, **kwargs)
             return resp.model_dump()
-        sdk = await self._sdk(ep, replica)
+        http = await self._http(ep, replica)
         if "prompt_embeds" in kwargs:  # the completions endpoint: the prompt is embeddings
             path, body = "/completions", {"prompt": None, **kwargs}
         else:
             path, body = "/chat/completions", kwargs
         async with self._pacer():
-            # The SDK's own POST with the body as it is: ``create()`` first walks every message
-            # through its typed-dict transform (a no-op for plain JSON, and 26% of the client's CPU
-            # at 1,000 sessions in flight) and builds a pydantic model of the reply (another 7%).
-            # Status errors, timeouts and connection errors are raised as by ``create()``.
-            return await sdk.post(path, cast_to=object, body=body, options={"timeout": timeout})
+            return await http.post(path, body, timeout)
 
     async def _complete_once(self, ep: _Endpoint, kwargs: dict[str, Any], timeout: float) -> _Reply:
         replica = ep.pick()

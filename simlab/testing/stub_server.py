@@ -59,12 +59,14 @@ class Fault:
     ``malformed_json`` returns content that is not JSON; ``schema_violation`` returns JSON
     that breaks the requested schema; ``delay`` sleeps ``delay`` seconds then answers normally;
     ``empty_choices`` answers 200 with an empty ``choices`` list; ``raw`` answers 200 with
-    ``body`` as it is (any shape a broken server could send).
+    ``body`` as it is (any shape a broken server could send); ``truncated`` starts a 200 reply
+    and drops the connection halfway through its body (a server that died mid-reply).
     ``model`` restricts the fault to one alias (None: any); ``match`` to requests whose JSON
     body contains that substring (e.g. one arm's system prompt).
     """
 
-    kind: Literal["status", "malformed_json", "schema_violation", "delay", "empty_choices", "raw"] = "status"
+    kind: Literal["status", "malformed_json", "schema_violation", "delay", "empty_choices", "raw",
+                  "truncated"] = "status"
     status: int = 500
     retry_after: float | None = None
     delay: float = 0.0
@@ -258,7 +260,7 @@ class StubServer:
         names = sorted(self.replies) or ["stub"]
         return web.json_response({"object": "list", "data": [{"id": n, "object": "model"} for n in names]})
 
-    async def _chat(self, request: web.Request) -> web.Response:
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
         if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
             # like a careless server, the message echoes the credential it was sent
             got = request.headers.get("Authorization", "(none)")
@@ -283,7 +285,7 @@ class StubServer:
             if self.record is not None:
                 self.record.write(json.dumps(body) + "\n")
         try:
-            response = await self._answer(body, model, log)
+            response = await self._answer(body, model, log, request)
         finally:
             with self._lock:
                 self._in_flight -= 1
@@ -293,7 +295,8 @@ class StubServer:
             self.status_counts[response.status] = self.status_counts.get(response.status, 0) + 1
         return response
 
-    async def _answer(self, body: dict[str, Any], model: str, log: RequestLog) -> web.Response:
+    async def _answer(self, body: dict[str, Any], model: str, log: RequestLog,
+                      request: web.Request) -> web.StreamResponse:
         fault = self._take_fault(model, body)
         delay = self.delay + (fault.delay if fault else 0.0)
         if delay:
@@ -306,6 +309,14 @@ class StubServer:
             return web.json_response(err, status=fault.status, headers=headers)
         if fault and fault.kind == "raw":
             return web.Response(text=fault.body, status=200, content_type=fault.content_type)
+        if fault and fault.kind == "truncated":  # 1,000 bytes promised, 40 sent, connection gone
+            cut = web.StreamResponse(status=200, headers={"Content-Type": "application/json",
+                                                          "Content-Length": "1000"})
+            await cut.prepare(request)
+            await cut.write(b'{"id": "chatcmpl-stub-cut", "choices": [{')
+            assert request.transport is not None
+            request.transport.close()
+            return cut
         if fault and fault.kind == "empty_choices":  # an HTTP 200 with nothing in it
             return web.json_response({"id": "chatcmpl-stub-empty", "object": "chat.completion",
                                       "created": int(time.time()), "model": model, "choices": []})

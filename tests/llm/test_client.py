@@ -237,7 +237,8 @@ async def test_wrong_api_key_is_a_final_error(monkeypatch):
         client = LLMClient({"stub": EndpointConfig(base_url=server.base_url, api_key_env="SIMLAB_TEST_KEY")})
         with pytest.raises(LLMError) as info:
             await client.chat(SPEC, MSGS)
-    assert info.value.attempts == 1
+    assert info.value.attempts == 1 and info.value.status == 401
+    assert "HTTP 401" in str(info.value) and "bad api key" in str(info.value)  # the server's reason
     assert "sk-wrong" not in str(info.value)
 
 
@@ -382,7 +383,7 @@ async def test_a_schema_retry_gets_its_own_transient_retries(server):
 
 
 async def test_a_200_that_is_not_json_by_its_content_type_is_retried_then_failed_with_why(server):
-    # the SDK hands over such a body as text rather than parsing it
+    # such a body is read as text, not parsed
     page = Fault(kind="raw", body="<html>gateway</html>", content_type="text/html")
     client = client_for(server, max_attempts=2)
     server.add_fault(page)
@@ -393,8 +394,21 @@ async def test_a_200_that_is_not_json_by_its_content_type_is_retried_then_failed
     assert info.value.attempts == 2
 
 
+async def test_a_reply_cut_off_mid_body_is_retried_then_failed_with_why(server):
+    # the server sends half a 200 and drops the connection: a connection failure, retried
+    cut = Fault(kind="truncated")
+    client = client_for(server, max_attempts=2)
+    server.add_fault(cut)
+    res = await client.chat(SPEC, MSGS)
+    assert res.text and res.call.attempts == 2
+    # every attempt cut and nothing whole in between: the server is failing, not this call
+    server.add_fault(cut, cut)
+    with pytest.raises(BackendUnavailable, match="refused or dropped, 2 attempts.*the reply was cut off"):
+        await client.chat(SPEC, MSGS)
+
+
 async def test_the_reply_is_read_from_its_json_as_the_server_sent_it(server):
-    # the client reads the completion's JSON itself (no SDK model of it): text, finish reason,
+    # the client reads the completion's JSON itself (no model class of it): text, finish reason,
     # the serving model's name and the token counts, and a reply cut at max_tokens says so
     body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "lora-7",
                        "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14},
