@@ -1,10 +1,10 @@
 """A scripted OpenAI-compatible chat-completions server for tests, on 127.0.0.1.
 
 It speaks the same HTTP as vLLM or llama.cpp's server, so tests exercise the real
-client path (openai SDK → HTTP). Replies are scripted per model alias; a
+client path (a JSON POST over HTTP, or litellm). Replies are scripted per model alias; a
 structured-output request (``response_format`` with a schema, in either dialect) is
 answered with JSON generated from the schema. Fault knobs: status codes (429 with
-Retry-After, 500, 503), delays, malformed JSON and schema-violating JSON.
+Retry-After, 500, 503), delays, malformed JSON, schema-violating JSON and replies cut off.
 
 Examples:
     >>> with StubServer() as server:           # doctest: +SKIP
