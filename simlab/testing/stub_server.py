@@ -60,7 +60,7 @@ class Fault:
     that breaks the requested schema; ``delay`` sleeps ``delay`` seconds then answers normally;
     ``empty_choices`` answers 200 with an empty ``choices`` list; ``raw`` answers 200 with
     ``body`` as it is (any shape a broken server could send); ``truncated`` starts a 200 reply
-    and drops the connection halfway through its body (a server that died mid-reply).
+    and drops the connection partway through its body (a server that died mid-reply).
     ``model`` restricts the fault to one alias (None: any); ``match`` to requests whose JSON
     body contains that substring (e.g. one arm's system prompt).
     """
@@ -309,7 +309,7 @@ class StubServer:
             return web.json_response(err, status=fault.status, headers=headers)
         if fault and fault.kind == "raw":
             return web.Response(text=fault.body, status=200, content_type=fault.content_type)
-        if fault and fault.kind == "truncated":  # 1,000 bytes promised, 40 sent, connection gone
+        if fault and fault.kind == "truncated":  # 1,000 bytes promised, 41 sent, connection gone
             cut = web.StreamResponse(status=200, headers={"Content-Type": "application/json",
                                                           "Content-Length": "1000"})
             await cut.prepare(request)
