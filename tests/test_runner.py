@@ -3,12 +3,13 @@ in test_run_cli.py and run_sim_judgement in test_sim_judgement.py; here what is 
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from pathlib import Path
 
 import pytest
 
-from simlab.runner import GC_THRESHOLDS, gc_for_many_sessions, run_sessions
+from simlab.runner import GC_PACE, GC_THRESHOLDS, gc_for_many_sessions, run_sessions
 from simlab.store import RunStore
 from tests.test_store import make_session
 
@@ -35,6 +36,43 @@ async def test_the_collector_is_tuned_while_sessions_run_and_put_back_after(tmp_
     # while the sessions ran: young collections rarer, the objects made before them frozen
     assert all(t == GC_THRESHOLDS and frozen > 0 for t, frozen in seen), seen
     assert gc.get_threshold() == (700, 10, 10) and gc.get_freeze_count() == 0
+
+
+class Collections:
+    """The collector's runs by generation while it is open."""
+
+    def __init__(self) -> None:
+        self.by_generation = [0, 0, 0]
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self.by_generation[info["generation"]] += 1
+
+    def __enter__(self) -> Collections:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
+
+
+async def test_in_an_event_loop_young_and_middle_collections_go_by_its_clock(default_gc) -> None:
+    period, middle_every = GC_PACE
+    with gc_for_many_sessions(), Collections() as paced:
+        await asyncio.sleep(period * (2 * middle_every + 0.5))  # an idle loop: ~nothing allocated
+    # by count (10,000 allocations) there would be none; by the clock, 6 ticks: 4 young, 2 middle
+    young, middle, _ = paced.by_generation
+    assert young >= 2 and middle >= 1, paced.by_generation  # slack for a busy machine
+    with Collections() as after:  # the run is over: no timer left behind
+        await asyncio.sleep(period * (2 * middle_every + 0.5))
+    assert after.by_generation[1] == 0 and sum(after.by_generation) <= 1, after.by_generation
+
+
+async def test_a_collector_the_user_turned_off_is_not_paced_either(default_gc) -> None:
+    gc.set_threshold(0, 10, 10)
+    with gc_for_many_sessions(), Collections() as paced:
+        await asyncio.sleep(GC_PACE[0] * 4.5)
+    assert paced.by_generation == [0, 0, 0]
 
 
 def test_a_collector_the_user_set_is_respected(default_gc) -> None:
