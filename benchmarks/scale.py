@@ -22,7 +22,7 @@ Measured in one run, in this order:
 4. Resume: the same run again (nothing to do) — the time a user waits to be told it is done.
 
 ``--faults`` adds a second run of the same sessions whose stub answers 20% HTTP 500, 10% 429
-with Retry-After, 5% never (the client's 10 s timeout ends them) and 5% malformed JSON, and
+with Retry-After, 5% never (the client's timeout ends them, ``--fault-timeout``, 10 s) and 5% malformed JSON, and
 reports how every session was accounted for and its wall time as a ratio of the fault-free run.
 
 The last line is the JSON result. Run:
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import math
@@ -206,10 +207,12 @@ def transports() -> list[str]:
     return ["aiohttp", "aiohttp+post"]
 
 
-async def bare_loop(url: str, bodies: list[dict[str, Any]], calls: int, in_flight: int, transport: str) -> float:
+async def bare_loop(url: str, bodies: list[dict[str, Any]], calls: int, in_flight: int, transport: str,
+                    tuned: bool = False) -> float:
     """calls/s of a bare openai.AsyncOpenAI loop (no retries, no validation, no records) sending
     ``calls`` of ``bodies`` (the low-load run's requests, cycled: the same messages, schemas and
-    sampling), with as many connections as calls in flight."""
+    sampling), with as many connections as calls in flight; ``tuned``: with the garbage collector
+    as a run has it (thresholds, and collections paced by this loop)."""
     import httpx
     import openai
 
@@ -231,7 +234,8 @@ async def bare_loop(url: str, bodies: list[dict[str, Any]], calls: int, in_fligh
                 await client.chat.completions.create(**body)
         finished.append(time.perf_counter())
 
-    await asyncio.gather(*(one(bodies[i % len(bodies)]) for i in range(calls)))
+    with gc_for_many_sessions() if tuned else contextlib.nullcontext():
+        await asyncio.gather(*(one(bodies[i % len(bodies)]) for i in range(calls)))
     await client.close()
     # the steady state: calls finished between the 10th and 90th percentile of finishing times
     # (the first replies wait one whole latency, and the last ones find the CPU idle)
@@ -253,6 +257,8 @@ def main() -> None:
     ap.add_argument("--baseline", type=int, default=200, help="sessions of the low-load run (Little's law)")
     ap.add_argument("--client-calls", type=int, default=20000, help="calls the bare openai loop replays")
     ap.add_argument("--faults", action="store_true", help="also run the same sessions against a faulty fleet")
+    ap.add_argument("--fault-timeout", type=float, default=10.0,
+                    help="the client's timeout in the faulty run, s (what a hung call costs)")
     ap.add_argument("--progress", action="store_true", help="show the run's progress bar")
     ap.add_argument("--out", help="keep the run directories here (default: a temporary folder)")
     args = ap.parse_args()
@@ -285,8 +291,7 @@ def main() -> None:
         for transport in transports():  # the bound is the fastest bare client
             asyncio.run(bare_loop(stub.url, bodies, min(200, n_bare), min(in_flight, 200), transport))  # warm-up
             c0 = time.process_time()
-            with gc_for_many_sessions():  # the collector as the run has it
-                rate = asyncio.run(bare_loop(stub.url, bodies, n_bare, in_flight, transport))
+            rate = asyncio.run(bare_loop(stub.url, bodies, n_bare, in_flight, transport, tuned=True))
             bare[transport] = rate, (time.process_time() - c0) / n_bare
             print(f"bare openai loop ({transport}): {rate:.0f} calls/s, {bare[transport][1] * 1e3:.2f} ms CPU per call",
                   file=sys.stderr)
@@ -347,7 +352,8 @@ def main() -> None:
     if args.faults:
         faulty = Stub(args, FAULTS)
         try:
-            config = make_config(tmp / "personas.jsonl", tmp / "faults", args.concurrency, in_flight, timeout_s=10)
+            config = make_config(tmp / "personas.jsonl", tmp / "faults", args.concurrency, in_flight,
+                                 timeout_s=args.fault_timeout)
             w0 = time.perf_counter()
             summary = asyncio.run(run(config, faulty.url, progress=args.progress))
             fwall = time.perf_counter() - w0
