@@ -19,7 +19,8 @@ KEYS = {"sessions", "concurrency", "wall_s", "sessions_per_s", "ideal_sessions_p
 def test_the_scale_benchmark_ends_with_the_json_line_and_accounts_for_every_session(tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks/scale.py"), "--sessions", "12", "--concurrency", "6", "--baseline", "3",
-         "--client-calls", "60", "--latency", "0.05", "--per-token", "0", "--faults"],
+         "--client-calls", "60", "--latency", "0.05", "--per-token", "0", "--faults",
+         "--fault-timeout", "1"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
