@@ -153,8 +153,8 @@ minus deallocations of any tracked object, so at 1,000 sessions in flight, while
 sessions' old objects die as fast as new ones are made, a young collection by count came only
 when 200,000+ objects had piled up: at 10,000 sessions the middle collections averaged 107 ms and
 were the event loop's lag p99 (140-190 ms). On the loop's clock a young collection holds 0.1 s of
-objects (~5 ms) and a middle one 0.3 s (~18 ms; longest 99 ms): lag p99 93 ms, at ~9% of a core
-for the collector (was ~4%)."""
+objects (~5 ms) and a middle one 0.3 s (~18 ms; longest ~100 ms): lag p99 71-93 ms in three
+runs, at the same sessions/s, the collector taking ~9% of a core (was ~4%)."""
 
 
 @contextlib.contextmanager
