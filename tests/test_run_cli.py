@@ -333,15 +333,14 @@ def test_a_backend_that_breaks_down_stops_the_run_and_loses_nothing(tmp_path, ho
     cfg.write_text(cfg.read_text().replace('base_url = "', 'timeout_s = 2\nmax_attempts = 3\nbase_url = "', 1))
     args = ("--config", str(cfg), "--concurrency", "2", "--quiet", "--no-report")
     try:
-        t0 = time.monotonic()
         out = cli(*args, timeout=120)
-        elapsed = time.monotonic() - t0
     finally:
         stub.kill()
         stub.wait(10)
     assert out.returncode == 1, out.stdout + out.stderr
-    assert elapsed < 60
     assert "stopped early" in out.stdout and "endpoint 'local'" in out.stdout
+    cause = {"exit": "the connection was refused or dropped", "503": "HTTP 503", "hang": "no reply within 2 s"}[how]
+    assert f"stopped answering: {cause}, " in out.stdout, out.stdout  # the breakdown, named as it happened
     assert "run the same command again" in out.stdout and "Traceback" not in out.stderr
     store = next((tmp_path / "runs").glob("*/store.sqlite"))
     done = _completed(store)
@@ -365,10 +364,9 @@ def test_an_endpoint_that_refuses_connections_stops_the_run_at_once(tmp_path):
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
     cfg = stub_toml(tmp_path, url)
-    t0 = time.monotonic()
     out = cli("--config", str(cfg), "--quiet", "--no-report", timeout=120)
-    assert out.returncode == 1 and time.monotonic() - t0 < 45, out.stdout + out.stderr
-    assert f"endpoint 'local' ({url}) stopped answering" in out.stdout
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"endpoint 'local' ({url}) stopped answering: the connection was refused or dropped" in out.stdout
     assert "sessions: 0 completed, 0 failed, of 6 planned" in out.stdout
 
 

@@ -12,6 +12,7 @@ import pytest
 from simlab.runner import GC_PACE, GC_THRESHOLDS, gc_for_many_sessions, run_sessions
 from simlab.store import RunStore
 from tests.test_store import make_session
+from tests.virtual_clock import VirtualClockLoop, run_virtual
 
 
 @pytest.fixture
@@ -39,14 +40,19 @@ async def test_the_collector_is_tuned_while_sessions_run_and_put_back_after(tmp_
 
 
 class Collections:
-    """The collector's runs by generation while it is open."""
+    """The collector's runs while it is open: each one's generation, and when it ran by the loop's clock."""
 
-    def __init__(self) -> None:
-        self.by_generation = [0, 0, 0]
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.runs: list[tuple[int, float]] = []
+
+    @property
+    def by_generation(self) -> list[int]:
+        return [sum(1 for g, _ in self.runs if g == gen) for gen in range(3)]
 
     def __call__(self, phase: str, info: dict) -> None:
         if phase == "start":
-            self.by_generation[info["generation"]] += 1
+            self.runs.append((info["generation"], self.loop.time()))
 
     def __enter__(self) -> Collections:
         gc.callbacks.append(self)
@@ -56,23 +62,33 @@ class Collections:
         gc.callbacks.remove(self)
 
 
-async def test_in_an_event_loop_young_and_middle_collections_go_by_its_clock(default_gc) -> None:
+def test_in_an_event_loop_young_and_middle_collections_go_by_its_clock(default_gc) -> None:
     period, middle_every = GC_PACE
-    with gc_for_many_sessions(), Collections() as paced:
-        await asyncio.sleep(period * (2 * middle_every + 0.5))  # an idle loop: ~nothing allocated
-    # by count (10,000 allocations) there would be none; by the clock, 6 ticks: 4 young, 2 middle
-    young, middle, _ = paced.by_generation
-    assert young >= 2 and middle >= 1, paced.by_generation  # slack for a busy machine
-    with Collections() as after:  # the run is over: no timer left behind
-        await asyncio.sleep(period * (2 * middle_every + 0.5))
-    assert after.by_generation[1] == 0 and sum(after.by_generation) <= 1, after.by_generation
+
+    async def main(loop: VirtualClockLoop) -> None:
+        t0 = loop.time()
+        with gc_for_many_sessions(), Collections(loop) as paced:
+            await asyncio.sleep(period * (2 * middle_every + 0.5))  # an idle loop: ~nothing allocated
+        # by count (10,000 allocations) there would be none; by the clock, one every period, every
+        # 3rd a middle one
+        assert [g for g, _ in paced.runs] == [0, 0, 1, 0, 0, 1], paced.runs
+        assert [t - t0 for _, t in paced.runs] == pytest.approx([period * k for k in range(1, 7)]), paced.runs
+        with Collections(loop) as after:  # the run is over: no timer left behind
+            await asyncio.sleep(period * (2 * middle_every + 0.5))
+        assert after.by_generation[1] == 0 and sum(after.by_generation) <= 1, after.runs
+
+    run_virtual(main)
 
 
-async def test_a_collector_the_user_turned_off_is_not_paced_either(default_gc) -> None:
+def test_a_collector_the_user_turned_off_is_not_paced_either(default_gc) -> None:
     gc.set_threshold(0, 10, 10)
-    with gc_for_many_sessions(), Collections() as paced:
-        await asyncio.sleep(GC_PACE[0] * 4.5)
-    assert paced.by_generation == [0, 0, 0]
+
+    async def main(loop: VirtualClockLoop) -> None:
+        with gc_for_many_sessions(), Collections(loop) as paced:
+            await asyncio.sleep(GC_PACE[0] * 4.5)
+        assert paced.by_generation == [0, 0, 0]
+
+    run_virtual(main)
 
 
 def test_a_collector_the_user_set_is_respected(default_gc) -> None:

@@ -363,10 +363,11 @@ class _Pacer:
         self._gc_at_tick = 0.0
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        # on the loop's clock, as the lag it is taken out of
         if phase == "start":
-            self._gc_start = time.perf_counter()
+            self._gc_start = self.loop.time()
         else:
-            self.gc_s += time.perf_counter() - self._gc_start
+            self.gc_s += self.loop.time() - self._gc_start
 
     def _start_ticking(self) -> None:
         self.ticking = True
@@ -719,6 +720,7 @@ class LLMClient:
             return await self._complete_once(ep, kwargs, min(cfg.timeout_s, cfg.deadline_s))
         except _Retryable as exc:
             first: _Retryable | None = exc
+            last = exc  # the latest failure
         except LLMError:
             raise
         except Exception as exc:
@@ -749,25 +751,33 @@ class LLMClient:
                     if first is not None:  # tenacity's attempt 1 is the one made above: its failure again
                         failed, first = first, None
                         raise failed
+                    if time.monotonic() - start >= cfg.deadline_s:
+                        # the deadline ran out while waiting to retry: no request is sent, and the call
+                        # ends on its last failure as when the deadline runs out during a request
+                        raise last
                     record.attempts += 1
                     last_attempt = time.monotonic()
                     remaining = cfg.deadline_s - (last_attempt - start)
-                    if remaining <= 0:
-                        raise LLMError("deadline exceeded before the request could be sent")
-                    return await self._complete_once(ep, kwargs, min(cfg.timeout_s, remaining))
+                    try:
+                        return await self._complete_once(ep, kwargs, min(cfg.timeout_s, remaining))
+                    except _Retryable as exc:
+                        last = exc
+                        raise
         except _Retryable as exc:
             cause = exc.cause
+            took = time.monotonic() - start
+            spent = f"; its deadline of {cfg.deadline_s:g} s was spent" if took >= cfg.deadline_s else ""
             # the server is gone only if nothing came back whole while the last attempt waited:
             # under random faults (a lost request, a 503 among successes) it is this call that failed
             if exc.unavailable and ep.last_ok < last_attempt:
                 what = {"connection": "the connection was refused or dropped",
                         "timeout": f"no reply within {cfg.timeout_s:g} s"}.get(exc.kind, f"HTTP {exc.status}")
                 raise BackendUnavailable(
-                    ep.name, ep.urls, f"{what}, {record.attempts} attempts in {time.monotonic() - start:.1f} s "
+                    ep.name, ep.urls, f"{what}, {record.attempts} attempts in {took:.1f} s{spent} "
                     f"({type(cause).__name__}: {_short(cause, 160)})") from cause
             raise LLMError(
                 f"{ep.name}/{kwargs['model']}: gave up after {record.attempts} attempts "
-                f"({time.monotonic() - start:.1f} s): {type(cause).__name__}: {_short(cause)}",
+                f"({took:.1f} s{spent}): {type(cause).__name__}: {_short(cause)}",
                 attempts=record.attempts,
                 status=exc.status,
             ) from cause
