@@ -7,8 +7,10 @@
   ``statsmodels.discrete.conditional_models.ConditionalLogit`` (tests assert equal params to
   1e-6); it exists because 200 bootstrap refits with statsmodels' per-group Python loop are far
   too slow at PRISM-X scale. Its p-values are cluster-robust (``cluster_cov``: sandwich clustered
-  by participant, the meat built from each participant's summed choice-set scores); a fit whose
-  MLE diverges (separation) is refitted with a log-F(1,1) penalty and says so (``penalised``).
+  by participant, the meat built from each participant's summed choice-set scores). Whether the
+  coefficients are identified, and whether the MLE exists, is decided from the design before the
+  fit (``check_identified``, ``simlab.fidelity.identify``), never from a solver failing; without an
+  MLE (separation) the fit uses a log-F(1,1) penalty and says so (``penalised``).
 - ``jsd``, ``percentile_ci``, weighted correlations. (ICC(2,1) lives with the autograder that uses it.)
 """
 
@@ -28,6 +30,13 @@ from scipy import sparse
 from scipy import stats as sps
 from scipy.special import expit
 
+from simlab.fidelity.identify import (
+    RANK_TOL,
+    constant_columns,
+    dependent_columns,
+    describe_dependence,
+    separating_direction,
+)
 from simlab.fidelity.result import Estimate
 
 
@@ -506,6 +515,60 @@ def linear(fit: ClogitFit, c: np.ndarray) -> ClogitFit:
                      penalised=fit.penalised)
 
 
+def _inverse_information(info: np.ndarray) -> np.ndarray:
+    """The inverse of an information matrix, by the eigenvalues of its correlation-scaled form.
+
+    The design was checked identified before the fit, so an eigenvalue below ``RANK_TOL`` here means
+    the information vanished at the estimate (fitted probabilities of 0 or 1: near-separation in a
+    resample), a ``FitError``; the tolerance, not a solver's failure, decides it."""
+    with np.errstate(all="ignore"):
+        d = np.diag(info)
+        if not np.all(np.isfinite(info)) or np.any(d <= 0):
+            raise FitError("the information matrix vanished at the estimate: some choices are perfectly predicted")
+        s = 1.0 / np.sqrt(d)
+        vals, vecs = np.linalg.eigh(info * s[:, None] * s[None, :])
+    if not np.all(np.isfinite(vals)) or vals.min() < RANK_TOL * max(vals.max(), 1.0):
+        raise FitError("the information matrix is (near) singular at the estimate: some choices are (nearly) "
+                       "perfectly predicted")
+    inv = (vecs / vals) @ vecs.T
+    return np.asarray(inv * s[:, None] * s[None, :])
+
+
+def check_identified(cs: ChoiceSets, weights: np.ndarray | None = None) -> None:
+    """Raise ``FitError`` naming the features whose coefficients the choice sets with a positive
+    weight cannot identify: one that never varies within a choice set (exact comparison), or one that
+    is a linear combination of the features before it within choice sets (``dependent_columns`` on
+    the within-set-centred Gram matrix, the information at β = 0, with tolerance ``RANK_TOL``)."""
+    w = np.ones(cs.n_strata) if weights is None else np.asarray(weights, dtype=float)
+    used = w > 0
+    if not used.any():
+        raise FitError("no choice sets with a positive weight")
+    flat = constant_columns(cs.X, cs.starts, used)
+    if flat.any():
+        names = ", ".join(n for n, f in zip(cs.names, flat) if f)
+        raise FitError(f"not identified: {names} does not vary within any choice set in these data "
+                       "(e.g. one arm, one position or one turn only)")
+    with np.errstate(all="ignore"):
+        _, _, hess = _clogit_pieces(cs, np.zeros(cs.X.shape[1]), w, cs.starts, True)
+    assert hess is not None  # asked for
+    dependent = dependent_columns(-hess)
+    if dependent:
+        raise FitError(f"not identified: {describe_dependence(dependent, cs.names)} within choice sets "
+                       "(a predictor repeats others in these data)")
+
+
+def separation_diffs(cs: ChoiceSets, weights: np.ndarray | None = None) -> np.ndarray:
+    """x_chosen − x_alternative for every alternative not chosen, in choice sets with a positive weight."""
+    w = np.ones(cs.n_strata) if weights is None else np.asarray(weights, dtype=float)
+    rows = ~cs.chosen & (w[cs.stratum] > 0)
+    return cs.X[cs.chosen_idx[cs.stratum[rows]]] - cs.X[rows]
+
+
+def _direction_words(cs: ChoiceSets, direction: np.ndarray) -> str:
+    big = np.abs(direction) > 1e-6 * np.max(np.abs(direction))
+    return ", ".join(f"{'+' if d > 0 else '−'}{n}" for n, d, b in zip(cs.names, direction, big) if b)
+
+
 def fit_clogit(
     cs: ChoiceSets,
     weights: np.ndarray | None = None,
@@ -516,6 +579,7 @@ def fit_clogit(
     strict: bool = True,
     penalty: Literal["auto", "none", "always"] = "auto",
     robust: bool = True,
+    check_separation: bool = True,
 ) -> ClogitFit:
     """Conditional logit by Newton–Raphson with step halving; maximum likelihood unless it diverges.
 
@@ -524,15 +588,28 @@ def fit_clogit(
     (separation: a coefficient beyond ``SEPARATION_LIMIT`` or running away), refits with a
     log-F(1,1) penalty on every coefficient (``penalised=True``); "none" raises
     ``SeparationError`` instead; "always" fits the penalised model directly. ``robust`` adds the
-    participant-clustered sandwich covariance (``cov_robust``). Raises ``FitError`` on a singular
-    information matrix (e.g. a dummy that never varies within a stratum) or non-convergence.
+    participant-clustered sandwich covariance (``cov_robust``).
+
+    Identification is decided from the design before any solve (``check_identified``): a feature
+    that never varies within a choice set, or that is a combination of others, raises ``FitError``
+    naming it, on every CPU. ``check_separation`` looks for separation by a linear programme first
+    (``separating_direction``: e.g. a level never chosen) and then fits the penalised model directly;
+    bootstrap replicates turn it off and rely on the divergence of the MLE instead. Also raises
+    ``FitError`` on non-convergence.
     """
     p = cs.X.shape[1]
     if cs.n_strata == 0 or p == 0:
         raise FitError("no choice sets or no features")
     w = np.ones(cs.n_strata) if weights is None else np.asarray(weights, dtype=float)
+    check_identified(cs, w)
     beta0 = np.zeros(p) if start is None else np.array(start, dtype=float)
     penalised = penalty == "always"
+    if not penalised and check_separation:
+        direction = separating_direction(separation_diffs(cs, w))
+        if direction is not None:
+            if penalty == "none":
+                raise SeparationError(f"coefficients diverge (perfect separation along {_direction_words(cs, direction)})")
+            penalised = True
     try:
         beta, ll, hess, it = _newton(cs, w, beta0, penalised=penalised, max_iter=max_iter, tol=tol, strict=strict)
     except SeparationError:
@@ -540,14 +617,7 @@ def fit_clogit(
             raise
         penalised = True
         beta, ll, hess, it = _newton(cs, w, np.zeros(p), penalised=True, max_iter=max_iter, tol=tol, strict=strict)
-    try:
-        with np.errstate(all="ignore"):
-            cond = np.linalg.cond(-hess)
-            cov = np.linalg.inv(-hess)
-    except np.linalg.LinAlgError as exc:
-        raise FitError(f"singular information matrix: {exc}") from exc
-    if not np.isfinite(cond) or cond > 1e12 or not np.all(np.isfinite(cov)):
-        raise FitError("information matrix is (near) singular: a feature does not vary within strata")
+    cov = _inverse_information(-hess)
     v, g = cluster_cov(cs, beta, cov, w) if robust else (None, 0)
     return ClogitFit(beta, cov, ll, it, cov_robust=v, n_clusters=g, penalised=penalised)
 
@@ -625,9 +695,10 @@ def clogit_draws(
         try:
             with np.errstate(all="ignore"):
                 if use_small:
-                    fit = fit_clogit(target, weights[b], start, penalty=penalty, robust=False)
+                    fit = fit_clogit(target, weights[b], start, penalty=penalty, robust=False, check_separation=False)
                 else:
-                    fit = fit_clogit(target, weights[b], start, max_iter=2, strict=False, penalty=penalty, robust=False)
+                    fit = fit_clogit(target, weights[b], start, max_iter=2, strict=False, penalty=penalty, robust=False,
+                                     check_separation=False)
                 out[b] = fit.params[select]
         except (FitError, np.linalg.LinAlgError, FloatingPointError):
             pass

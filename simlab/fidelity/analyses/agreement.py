@@ -65,6 +65,7 @@ from scipy.optimize import minimize
 from scipy.special import expit, logit
 
 from simlab.fidelity.analyses._prep import HUMAN, has_values, judgements_frame, participants_of, sim_sources
+from simlab.fidelity.identify import dependent_columns
 from simlab.fidelity.result import (
     AgreementComparison,
     AgreementResult,
@@ -702,6 +703,11 @@ class _NestedReml:
         n = mtm[0, 0]  # the intercept column: weighted rows
         diag = np.diag(mtm)[: self.p]
         keep = np.r_[True, (diag[1:] > 0) & (diag[1:] < n)]  # dummies of levels absent (or everywhere) dropped
+        # a dummy that repeats others in these weights (e.g. a domain met by one arm only) is dropped too:
+        # the column space, and so the restricted likelihood, is unchanged, and no solver has to fail first
+        idx = np.flatnonzero(keep)
+        for j in dependent_columns(mtm[np.ix_(idx, idx)]):
+            keep[idx[j]] = False
 
         def f(gamma: np.ndarray) -> float:
             return self._criterion(gamma, w, keep, mtm)[0]
