@@ -551,9 +551,10 @@ class DynamicsResult(SourceStatus):
     per_source: dict[str, DynamicsSource] = Field(default_factory=dict)
     """Per source."""
     slope_diff_vs_human: dict[str, Estimate] = Field(default_factory=dict)
-    """Per simulated source, slope(source) − slope(human) in points per turn, all rated turns. 95% CI
-    and p-value of 0: cluster-robust by participant_id (a human and their simulated copy are one
-    cluster; t, G − 1 df); n = participants in either source."""
+    """Per simulated source, slope(source) − slope(human) in points per turn, all rated turns (the mean
+    of the conversations' own slopes, each counted once). 95% CI and p-value of 0:
+    cluster-robust by participant_id (a human and their simulated copy are one cluster; CR2, t with
+    Bell–McCaffrey df); n = participants in either source."""
     window: int | None = None
     """Rated turns in the balanced window: the smallest per-source median of rated turns per
     conversation (at least 2)."""

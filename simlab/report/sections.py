@@ -505,7 +505,7 @@ def dynamics(r: DynamicsResult, turns: pd.DataFrame | None = None) -> Section:
         if d.status != "ok":
             s.verdicts.append(f"{src}: {unavailable(d.status, d.reason)}")
             continue
-        for measure, e in (("rating change per turn", d.slope), ("preferred-arm switch rate", d.switch_rate),
+        for measure, e in (("rating change per turn, all turns", d.slope), ("preferred-arm switch rate", d.switch_rate),
                            ("share of ratings ≥ 95", d.ceiling_share), ("turns per conversation", d.n_turns),
                            ("share ended early by user", d.early_stop_share)):
             if e is not None:
@@ -522,9 +522,10 @@ def dynamics(r: DynamicsResult, turns: pd.DataFrame | None = None) -> Section:
     for src, e in r.slope_diff_vs_human.items():
         faster = "faster" if e.value > 0 else "slower"
         sig = "" if _sig(e) else "; not significantly different from people"
-        s.verdicts.append(f"Within a conversation, the turn ratings of {src} move {fmt(abs(e.value))} points per turn "
+        s.verdicts.append(f"Within a conversation (all rated turns; the mean of the conversations' own slopes, each "
+                          f"counted once), the turn ratings of {src} move {fmt(abs(e.value))} points per turn "
                           f"{faster} than people's (difference {fmt(e.value)}, 95% CI {fmt_ci(e)}, {fmt_p(e.p_value)}{sig}).")
-        s.rows.append(_row(f"{src} − human", "rating change per turn (difference)", e))
+        s.rows.append(_row(f"{src} − human", "rating change per turn, all turns (difference)", e))
         w = r.slope_diff_window_vs_human.get(src)
         if w is not None:
             s.verdicts.append(f"Counting only the first {r.window} turns of the conversations that reach them (the same "

@@ -77,27 +77,34 @@ def test_a_source_with_few_participants_is_not_available() -> None:
     assert r.status == "ok" and r.per_source["human"].slope is not None
 
 
-def test_slopes_equal_statsmodels_with_conversation_dummies_and_participant_clusters() -> None:
-    """The demeaned fit is the fit with one dummy per conversation, and its cluster-robust SE is the
-    sandwich of that fit times the CR1 factor G/(G−1)·(N−1)/(N−K), K without the conversation levels
-    (they are nested in the participant clusters)."""
+def test_slopes_equal_weighted_least_squares_with_conversation_dummies_and_cr2_by_participant() -> None:
+    """The demeaned, weighted fit is weighted least squares with one dummy per conversation (statsmodels
+    WLS), each conversation weighted by 1 / Σ(turn − its mean turn)², so its own slope counts once; the CI is that fit's CR2 sandwich by participant with Bell–McCaffrey
+    degrees of freedom, computed densely with the dummies in the design."""
+    from tests.fidelity.test_cluster_ols import _dense
+
     t = make_synthetic(12, turn_slope={"sim_dynamic": 1.0}, seed=3, autograde=False)
     d = t.turns[t.turns["role"] == "assistant"].merge(t.conversations[["conversation_id", "participant_id", "source"]])
     d = d[["conversation_id", "participant_id", "source", "turn", "arm", "turn_rating"]].reset_index(drop=True)
     fit = _Slopes(d, ["human", "sim_dynamic"])
+    centred = d["turn"] - d.groupby("conversation_id")["turn"].transform("mean")
+    spread = (centred**2).groupby(d["conversation_id"]).transform("sum")
+    w = np.where(spread > 0, 1 / spread.where(spread > 0, 1.0), 0.0)
+    assert len(set(spread)) > 2  # conversations of different lengths: the weights matter
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        full = smf.ols("turn_rating ~ 0 + turn:C(source) + C(arm):C(source) + C(conversation_id)", d).fit(
-            cov_type="cluster", cov_kwds={"groups": pd.factorize(d["participant_id"])[0], "use_correction": False})
+        warnings.simplefilter("ignore")  # the dummies of one-turn conversations are empty: a pseudo-inverse fit
+        wls = smf.wls("turn_rating ~ 0 + turn:C(source) + C(arm):C(source) + C(conversation_id)", d, weights=w).fit()
     c = np.array([-1.0 if n == "turn:C(source)[human]" else 1.0 if n == "turn:C(source)[sim_dynamic]" else 0.0
-                  for n in full.params.index])
+                  for n in wls.params.index])
     e = fit.contrast("sim_dynamic", "human")
-    ref = full.t_test(c)
-    assert abs(e.value - float(ref.effect[0])) < 1e-8
-    n, g = len(d), d["participant_id"].nunique()
-    cr1 = np.sqrt(g / (g - 1) * (n - 1) / (n - len(fit.names)))
-    se = (e.ci_high - e.ci_low) / 2 / sps.t.ppf(0.975, g - 1)
-    assert abs(se - float(ref.sd[0, 0]) * cr1) < 1e-8
+    assert abs(e.value - float(c @ wls.params)) < 1e-8
+    root = np.sqrt(w)
+    value, se, df = _dense(wls.model.exog * root[:, None], d["turn_rating"].to_numpy(float) * root,
+                           d["participant_id"].to_numpy(), d["conversation_id"].to_numpy(), c)
+    assert abs(value - e.value) < 1e-8
+    half = sps.t.ppf(0.975, df) * se
+    assert abs(e.ci_low - (value - half)) < 1e-6 and abs(e.ci_high - (value + half)) < 1e-6
+    assert f"{df:.1f} Bell–McCaffrey df" in (e.note or "")
 
 
 def test_without_turns_only_conversation_level_measures() -> None:
@@ -123,7 +130,8 @@ def test_a_model_that_cannot_be_fitted_says_why_in_words() -> None:
     one = a[(a["turn"] < 4) & (a["arm"] == arms[a["turn"].clip(upper=3).to_numpy()])]
     r = dynamics(replace(t, turns=one), n_boot=5)
     assert r.status == "failed"
-    assert r.reason.startswith("turn-slope model: the model could not be fitted: a predictor does not vary")
+    assert r.reason.startswith("turn-slope model: the model could not be fitted: arm[")
+    assert "is a linear combination of turn[" in r.reason and "the turn repeats an arm" in r.reason
 
 
 def test_real_human_data_without_turn_ratings(dialogue_eval_tables: Tables) -> None:

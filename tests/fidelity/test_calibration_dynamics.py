@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from simlab.fidelity.analyses.dynamics import _Slopes, _turn_ratings
 from simlab.fidelity.calibration import dynamics as cal
 from simlab.fidelity.calibration import run_case
 from simlab.fidelity.calibration.dynamics import CASES
@@ -58,3 +59,19 @@ def test_length_differences_are_calibrated(name: str) -> None:
     assert r.null_significant <= 17
     assert r.coverage >= 0.92  # measured 94.4% (turns) and 94.8% (early stops) over 1000 reps
     assert r.power >= 0.5  # the planted difference (+0.49 turns, −10.5 pp user-ended) is found
+
+
+def test_a_thumbs_null_with_stopping_on_ratings_is_rarely_significant() -> None:
+    """Thumbs up/down (0/100) on one bot per conversation, users who stop after a poor turn, most with
+    one conversation, human and simulated participants drawn from one population: the all-turns slope
+    difference is significant at 5% in about 5% of 300 such nulls. Plain least squares with the CR1
+    sandwich said "significant" in ~11% of them (a few long conversations carried the slope)."""
+    significant = 0
+    for seed in range(300):
+        t = cal._coarse(seed, False, "binary", paired=False, n=60)
+        ratings, _ = _turn_ratings(t, t.conversations)
+        assert ratings is not None
+        e = _Slopes(ratings, ["human", cal.SIM]).contrast(cal.SIM, "human")
+        significant += e.p_value < 0.05
+    # ≤ 24/300 (8%): P(≥ 25 | 5%) ≈ 1.5%; an 11% rate passes with P ≈ 4%
+    assert significant <= 24, significant

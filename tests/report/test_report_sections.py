@@ -175,6 +175,21 @@ def test_conversation_length_and_early_stop_differences():
     assert rows[("sim_dynamic − human", "share ended early by user, points (difference)")].estimate == "−40.00"
 
 
+def test_the_slope_difference_says_which_slope_it_shows():
+    d = DynamicsResult(per_source={"human": DynamicsSource(slope=est(-1.0, -1.5, -0.5, 1e-4)),
+                                   "sim_dynamic": DynamicsSource(slope=est(0.5, 0.1, 0.9, 0.01))},
+                       slope_diff_vs_human={"sim_dynamic": est(1.5, 0.9, 2.1, 1e-5)}, window=3,
+                       slope_diff_window_vs_human={"sim_dynamic": est(1.2, 0.4, 2.0, 0.003)})
+    s = _sections(dynamics=d)["dynamics"]
+    v = " ".join(s.verdicts)
+    assert ("Within a conversation (all rated turns; the mean of the conversations' own slopes, each counted once), "
+            "the turn ratings of sim_dynamic move 1.50 points per turn faster than people's") in v
+    assert "Counting only the first 3 turns of the conversations that reach them" in v
+    measures = {r.measure for r in s.rows}
+    assert {"rating change per turn, all turns (difference)", "rating change per turn, first 3 turns (difference)",
+            "rating change per turn, all turns"} <= measures
+
+
 def test_dynamics_without_turn_ratings_still_shows_conversation_length():
     d = DynamicsResult(status="not_available", reason="no turn ratings",
                        per_source={"human": DynamicsSource(n_turns=est(4.0, 3.9, 4.1)),

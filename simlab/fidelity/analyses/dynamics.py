@@ -1,19 +1,24 @@
 """Analysis 5: feedback dynamics — turn ratings over turns, preferred-arm switches, ceiling
 ratings, conversation length and early stops, per source.
 
-Turn slope model (issue 12): ``turn_rating ~ turn:source + C(arm):source + C(conversation_id)``,
-least squares on the rows demeaned within each conversation (statsmodels OLS), so every
-conversation has its own level. That level absorbs the participant × source intercept (a
-human and their simulated copy are different units) and the conversation level, and it keeps
-survivorship out of the slope: long conversations may sit higher or lower, only the change
-within a conversation counts. Slopes may differ per participant and a participant's human and
-simulated slopes may be correlated: the 95% CI and p-value are cluster-robust by participant_id
-(CR1 sandwich, t with G − 1 degrees of freedom), so neither is assumed away. (A participant
-percentile bootstrap of the same fit under-covered slightly at 60–120 participants in the
-calibration, 92–95%; the sandwich t held 95–97%.) The same model on a balanced window (the first
-``window`` rated turns of the conversations that reach them) is reported next to it.
+Turn slope: ``turn_rating ~ turn:source + C(arm):source + C(conversation_id)`` on the rows demeaned
+within each conversation, so every conversation has its own level. That level absorbs the
+participant × source intercept (a human and their simulated copy are different units) and the
+conversation level, and it keeps survivorship out of the slope: long conversations may sit higher
+or lower, only the change within a conversation counts. Each conversation's rows are weighted by
+1 / Σ(turn − its mean turn)², so the slope is the mean of the conversations' own slopes (those rated
+at two or more turns; arm effects estimated jointly), each counted once. Plain least squares
+weighs a conversation by Σ(turn − mean)², which grows as the cube of its length: a few long
+conversations then carried the slope, and with coarse ratings (thumbs, 5-point) and users who stop
+after a poor turn the participant-clustered sandwich had few effective degrees of freedom and was
+biased low (11% false positives on planted nulls at nominal 5%; docs/calibration.md has the rates
+now). The 95% CI and p-value are cluster-robust by participant_id with the CR2 small-sample
+correction and Bell–McCaffrey degrees of freedom (``simlab.fidelity.cluster_ols``), so
+per-participant slopes and the correlation of a human's and their copy's slopes are not assumed
+away. The same model on a balanced window (the first ``window`` rated turns of the conversations
+that reach them) is reported next to it.
 
-Conversation length against human (issue 16): per simulated source, mean ``n_turns`` minus
+Conversation length against human: per simulated source, mean ``n_turns`` minus
 human's and the user-ended share minus human's, each the coefficient of ``y ~ 1 + sim`` fitted by
 least squares on the conversations of human and that source (statsmodels OLS), with the same
 participant-clustered CI and p-value (a human and their simulated copy are one cluster). Every
@@ -34,6 +39,8 @@ import pandas as pd
 import statsmodels.api as sm
 
 from simlab.fidelity.analyses._prep import HUMAN, has_values, participants_of
+from simlab.fidelity.cluster_ols import ClusterOLS
+from simlab.fidelity.identify import dependent_columns, describe_dependence
 from simlab.fidelity.result import DynamicsResult, DynamicsSource, Estimate
 from simlab.fidelity.stats import FitError, Participants, bootstrap, estimate, reason_for
 from simlab.tables import Tables
@@ -41,9 +48,12 @@ from simlab.tables import Tables
 CEILING = 95.0
 MIN_PARTICIPANTS = 10
 """Fewer participants per source than this: no participant-clustered inference (not_available)."""
-MODEL = ("within-conversation least squares (statsmodels OLS): turn_rating ~ turn:source + C(arm):source + "
-         "C(conversation_id); 95% CI and p-value: cluster-robust by participant_id (CR1, t with G − 1 df)")
+MODEL = ("within-conversation weighted least squares: turn_rating ~ turn:source + C(arm):source + C(conversation_id), "
+         "each conversation's own slope counted once; 95% CI and p-value: cluster-robust by "
+         "participant_id (CR2, t with Bell–McCaffrey df)")
 NOTE = "95% CI and p-value: cluster-robust by participant (CR1, t with G − 1 df), not bootstrap"
+SLOPE_NOTE = ("95% CI and p-value: cluster-robust by participant (CR2, t with {df:.1f} Bell–McCaffrey df), "
+              "not bootstrap")
 
 
 def _ratio(num: np.ndarray, den: np.ndarray, part: np.ndarray, participants: Participants) -> Estimate | None:
@@ -113,17 +123,23 @@ class _Slopes:
         keep = [i for i, n in enumerate(self.names) if n not in drop]
         self.names = [self.names[i] for i in keep]
         Xw = Xw[:, keep]
-        if np.linalg.matrix_rank(Xw.T @ Xw, hermitian=True) < Xw.shape[1]:
-            raise np.linalg.LinAlgError("singular matrix: turn repeats an arm within conversations")
         pid = d["participant_id"].to_numpy()
         if pd.unique(pid).size < 2:
             raise FitError("the model could not be fitted: one participant only, no clustered inference")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            # CR1 by participant with G − 1 degrees of freedom; the conversation levels are nested
-            # in the clusters, so they do not count in the small-sample factor
-            self.fit = sm.OLS(yw, Xw).fit(method="qr", cov_type="cluster", cov_kwds={"groups": pd.factorize(pid)[0]},
-                                          use_t=True)
+        # each conversation's own slope counts once: its rows weighted by 1 / Σ(turn − its mean turn)², not by
+        # Σ(turn − mean)² ~ n³ as plain least squares would, so a few long conversations no longer carry the fit
+        turn_col = Xw[:, [i for i, n in enumerate(self.names) if n.startswith("turn[")]].sum(axis=1)
+        spread = pd.Series(turn_col * turn_col).groupby(conv).transform("sum").to_numpy()
+        weight = np.where(spread > 0, 1.0 / np.where(spread > 0, spread, 1.0), 0.0)
+        Xw = Xw * np.sqrt(weight)[:, None]
+        yw = yw * np.sqrt(weight)
+        dependent = dependent_columns(Xw.T @ Xw)
+        if dependent:
+            raise FitError(f"the model could not be fitted: {describe_dependence(dependent, self.names)} within "
+                           "conversations (the turn repeats an arm: not identified in these data)")
+        # CR2 by participant with Bell–McCaffrey degrees of freedom (simlab.fidelity.cluster_ols): the
+        # conversation levels are nested in the participants, and long conversations dominate the slope
+        self.fit = ClusterOLS(Xw, yw, pid, self.names)
         self.n_part = {s: int(d.loc[d["source"] == s, "participant_id"].nunique()) for s in self.sources}
         self.pid = {s: set(d.loc[d["source"] == s, "participant_id"]) for s in self.sources}
 
@@ -135,16 +151,17 @@ class _Slopes:
         if minus is not None:
             c[self.names.index(f"turn[{minus}]")] = -1.0
             n = len(self.pid[plus] | self.pid[minus])
-        test = self.fit.t_test(c)
-        lo, hi = np.asarray(test.conf_int(alpha=0.05)).ravel()
-        return Estimate(value=float(c @ self.fit.params), ci_low=float(lo), ci_high=float(hi),
-                        p_value=float(np.asarray(test.pvalue).ravel()[0]), n=n, note=NOTE)
+        r = self.fit.contrast(c)
+        return Estimate(value=r.value, ci_low=r.ci_low, ci_high=r.ci_high, p_value=r.p_value, n=n,
+                        note=SLOPE_NOTE.format(df=r.df))
 
 
 def _mean_diff(y: np.ndarray, sim: np.ndarray, pid: np.ndarray) -> Estimate:
     """mean(y | sim) − mean(y | human) over conversations: OLS y ~ 1 + sim (statsmodels), 95% CI and
     p-value cluster-robust by participant (CR1, t with G − 1 df); n = participants."""
     X = np.column_stack([np.ones(y.size), sim.astype(float)])
+    if dependent_columns(X.T @ X):
+        raise FitError("the model could not be fitted: conversations of one source only")
     groups = pd.factorize(pid)[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -175,7 +192,7 @@ def _length_diffs(out: DynamicsResult, conv: pd.DataFrame) -> None:
                 ok = c["stop_reason"].notna().to_numpy()
                 early = (c["stop_reason"] == "user_ended").to_numpy(float)
                 out.early_stop_diff_vs_human[s] = _mean_diff(early[ok], sim[ok], pid[ok])
-        except (ValueError, np.linalg.LinAlgError) as exc:  # e.g. a degenerate cluster structure
+        except (FitError, ValueError, np.linalg.LinAlgError) as exc:  # e.g. a degenerate cluster structure
             res.reason = f"no length difference from human: {reason_for(exc)}"
 
 

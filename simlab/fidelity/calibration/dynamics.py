@@ -121,6 +121,131 @@ def truth(effect: bool) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
+# coarse turn ratings (thumbs, 5-point), rating-dependent stopping, one-conversation participants
+
+COARSE_MAX_TURNS = 10
+COARSE_SLOPE = -0.08
+"""Mean change per turn of the latent rating (log-odds scale), human; the simulator's under the null."""
+COARSE_EFFECT = 0.3
+"""The simulator's extra latent change per turn (log-odds) under the effect."""
+FIVE_POINT_CUTS = (-1.5, -0.5, 0.5, 1.5)
+"""Cut points of the latent rating (logistic noise) into the 5-point scale 0, 25, 50, 75, 100."""
+
+
+def _coarse(seed: int, effect: bool, scale: str, paired: bool, n: int | None = None) -> Tables:
+    """Coarse turn ratings as real feedback data have them (see ``COARSE_NOTE``)."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(150, 401)) if n is None else n
+    per_turn = 1 if scale == "binary" else len(ARMS)  # thumbs on one bot per conversation; 5-point on all four
+    # participants: a human and (paired) their simulated copy, or (unpaired) a participant of one source only
+    level = rng.normal(0, 1.0, (2, n))
+    slope = rng.normal(0, 0.3, (2, n))
+    if paired:
+        level[1] = 0.6 * level[0] + 0.8 * level[1]
+        slope[1] = 0.6 * slope[0] + 0.8 * slope[1]
+    n_conv = np.where(rng.random((2, n)) < 0.7, 1, rng.integers(2, 5, (2, n)))  # most have one conversation
+    if paired:
+        n_conv[1] = n_conv[0]
+    src = np.concatenate([np.zeros(n_conv[0].sum(), int), np.ones(n_conv[1].sum(), int)])
+    who = np.concatenate([np.repeat(np.arange(n), n_conv[0]), np.repeat(np.arange(n), n_conv[1])])
+    m = src.size
+    mean_slope = np.array([COARSE_SLOPE, COARSE_SLOPE + (COARSE_EFFECT if effect else 0.0)])
+    conv_level = rng.normal(0, 0.5, m)
+    conv_slope = rng.normal(0, 0.3, m)
+    arm_effect = np.array([0.0, 0.3, -0.2, 0.5])
+    arm_of_conv = rng.integers(0, len(ARMS), m)
+    rows_c, rows_t, rows_a, rows_y = [], [], [], []
+    n_turns = np.zeros(m, int)
+    alive = np.ones(m, bool)
+    for t in range(COARSE_MAX_TURNS):
+        c = np.flatnonzero(alive)
+        arms = arm_of_conv[c][:, None] if per_turn == 1 else np.tile(np.arange(len(ARMS)), (c.size, 1))
+        eta = (0.3 + level[src[c], who[c]] + conv_level[c] + (mean_slope[src[c]] + slope[src[c], who[c]] + conv_slope[c]) * t)[:, None]
+        eta = eta + arm_effect[arms]
+        if scale == "binary":
+            y = (rng.random(eta.shape) < expit(eta)) * 100.0
+        else:
+            z = eta + rng.logistic(size=eta.shape)
+            y = np.searchsorted(np.array(FIVE_POINT_CUTS), z) * 25.0
+        rows_c.append(np.repeat(c, arms.shape[1]))
+        rows_t.append(np.full(arms.size, t))
+        rows_a.append(arms.ravel())
+        rows_y.append(y.ravel())
+        n_turns[c] += 1
+        # the user goes on less often after a poor turn (rating-dependent stopping), never past the cap
+        mood = y.mean(axis=1) / 100.0
+        go_on = rng.random(c.size) < expit(0.5 - 2.0 * (1.0 - mood))
+        alive[c[~go_on]] = False
+        if t == COARSE_MAX_TURNS - 1:
+            alive[:] = False
+    prefix = ("human", SIM)
+    pid = np.array([f"p{i:04d}" if paired else f"{prefix[s][0]}{i:04d}" for s, i in zip(src, who)])
+    cid = np.array([f"{prefix[s]}-{p}-c{k}" for k, (s, p) in enumerate(zip(src, pid))])
+    conversations = pd.DataFrame({
+        "conversation_id": cid, "participant_id": pid, "source": np.array(["human", SIM])[src],
+        "domain": "unguided", "n_turns": n_turns,
+        "stop_reason": np.where(n_turns == COARSE_MAX_TURNS, "max_turns", "user_ended")})
+    c = np.concatenate(rows_c)
+    turns = pd.DataFrame({"conversation_id": cid[c], "turn": np.concatenate(rows_t), "role": "assistant",
+                          "arm": np.array(ARMS)[np.concatenate(rows_a)], "text": "",
+                          "turn_rating": np.concatenate(rows_y), "gen_error": False})
+    k = len(ARMS)
+    judgements = pd.DataFrame({"conversation_id": np.repeat(cid, k), "participant_id": np.repeat(pid, k),
+                               "arm": np.tile(ARMS, m)})
+    return Tables(judgements=judgements, conversations=conversations, turns=turns)
+
+
+def simulate_binary(seed: int, effect: bool) -> Tables:
+    """Thumbs up/down (0/100) on one bot per conversation, participants of one source each."""
+    return _coarse(seed, effect, "binary", paired=False)
+
+
+def simulate_five_point(seed: int, effect: bool) -> Tables:
+    """5-point turn ratings (0, 25, …, 100) of all four arms, a human and their simulated copy."""
+    return _coarse(seed, effect, "five_point", paired=True)
+
+
+_TRUTH_N = 30_000
+_TRUTHS: dict[tuple[str, bool, bool], float] = {}
+
+
+def _pseudo_truth(scale: str, paired: bool, window: bool) -> float:
+    """What the slope difference estimates under the effect: with rating-dependent stopping and
+    coarse ratings the within-conversation slope is not the latent change per turn, so the truth is
+    the estimator's value on one very large dataset (``_TRUTH_N`` participants per source, fixed
+    seed; its standard error is a small fraction of a calibration dataset's). Computed once."""
+    if (scale, paired, window) not in _TRUTHS:
+        r = dynamics(_coarse(987_654_321, True, scale, paired, n=_TRUTH_N), n_boot=1, seed=0)
+        _TRUTHS[(scale, paired, False)] = float(r.slope_diff_vs_human[SIM].value)
+        _TRUTHS[(scale, paired, True)] = float(r.slope_diff_window_vs_human[SIM].value)
+    return _TRUTHS[(scale, paired, window)]
+
+
+def truth_binary(effect: bool) -> float:
+    return _pseudo_truth("binary", False, False) if effect else 0.0
+
+
+def truth_binary_window(effect: bool) -> float:
+    return _pseudo_truth("binary", False, True) if effect else 0.0
+
+
+def truth_five_point(effect: bool) -> float:
+    return _pseudo_truth("five_point", True, False) if effect else 0.0
+
+
+def truth_five_point_window(effect: bool) -> float:
+    return _pseudo_truth("five_point", True, True) if effect else 0.0
+
+
+COARSE_NOTE = ("150–400 participants per source, 70% with one conversation (else 2–4), 1–{max} rated turns: after "
+               "each turn the user goes on with probability expit(0.5 − 2·(1 − mean rating/100)), so poor turns end "
+               "conversations; latent rating (log-odds) = participant level (SD 1) + conversation level (SD 0.5) + "
+               "arm effect + (mean slope {slope:+g} + participant slope, SD 0.3, + conversation slope, SD 0.3)·turn. "
+               "{what} Effect: the simulator's "
+               "latent slope {effect:+g} per turn; the truth is the estimator's value on one dataset of 30,000 "
+               "participants per source.")
+
+# ---------------------------------------------------------------------------------------------
 # conversation length and early stops
 
 MAX_TURNS = 6
@@ -231,9 +356,26 @@ LENGTH_NOTE = (f"60–120 participants, 1–4 conversations each (same domains f
                f"simulator goes on {LENGTH_EFFECT:+g} log-odds more; exact truths by quadrature "
                "(+{:.3f} turns, {:+.1f} pp user-ended).")
 
+_BINARY_NOTE = COARSE_NOTE.format(
+    max=COARSE_MAX_TURNS, slope=COARSE_SLOPE, effect=COARSE_EFFECT,
+    what="Thumbs up/down (0/100) drawn from it, one bot per conversation; human and simulated participants are "
+         "different people (a random split of one population, as in a relabelled human data set).")
+_FIVE_NOTE = COARSE_NOTE.format(
+    max=COARSE_MAX_TURNS, slope=COARSE_SLOPE, effect=COARSE_EFFECT,
+    what="5-point ratings (0, 25, 50, 75, 100) of all four arms per turn, cut from it with logistic noise; a human "
+         "and their simulated copy share level and slope (correlation 0.6) and their number of conversations.")
+
 CASES = [
     Case("dynamics", "turn slope, sim − human (all turns)", simulate, measure_all, truth, 0.0, NOTE),
     Case("dynamics", "turn slope, sim − human (balanced window)", simulate, measure_window, truth, 0.0, NOTE),
+    Case("dynamics", "turn slope, sim − human (all turns; thumbs, stopping on ratings)", simulate_binary,
+         measure_all, truth_binary, 0.0, _BINARY_NOTE),
+    Case("dynamics", "turn slope, sim − human (balanced window; thumbs, stopping on ratings)", simulate_binary,
+         measure_window, truth_binary_window, 0.0, _BINARY_NOTE),
+    Case("dynamics", "turn slope, sim − human (all turns; 5-point, stopping on ratings)", simulate_five_point,
+         measure_all, truth_five_point, 0.0, _FIVE_NOTE),
+    Case("dynamics", "turn slope, sim − human (balanced window; 5-point, stopping on ratings)", simulate_five_point,
+         measure_window, truth_five_point_window, 0.0, _FIVE_NOTE),
     Case("dynamics", "mean turns per conversation, sim − human", simulate_length, measure_turns, truth_turns, 0.0,
          LENGTH_NOTE.format(truth_turns(True), 100 * truth_early(True))),
     Case("dynamics", "user-ended (early stop) share, sim − human", simulate_length, measure_early, truth_early, 0.0,
