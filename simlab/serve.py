@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
@@ -87,7 +90,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="probe every arm once, then exit")
     parser.add_argument("--port", type=int, default=None, help="port for the foreground server (default: a free one)")
     args = parser.parse_args(argv)
-    return exit_status(lambda: _serve(args))
+    with _stop_signals():
+        return exit_status(lambda: _serve(args))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _stop_signals() -> Iterator[None]:
+    """SIGINT (Ctrl-C) and SIGTERM raise KeyboardInterrupt while serving, whatever was inherited.
+
+    A shell without job control starts a background command with SIGINT ignored, and Python then
+    leaves it ignored: such a ``simlab serve`` (a script's, or a test run's in the background) never
+    stopped on Ctrl-C. SIGTERM, Python's default a plain exit, now stops the servers cleanly too.
+    """
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _wait_for_stop(ended: Callable[[], str | None], poll_s: float = 0.5) -> int:
+    """Serve until Ctrl-C / SIGTERM (0), or until a server process ends by itself (1, saying how)."""
+    try:
+        while (why := ended()) is None:
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        print("stopping", file=sys.stderr, flush=True)
+        return 0
+    print(f"error: {why}", file=sys.stderr, flush=True)
+    return 1
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -118,11 +157,11 @@ def _serve(args: argparse.Namespace) -> int:
     with server:
         print(f"serving {alias!r} at {server.base_url}  (model aliases: {alias}; {server.mode} mode); "
               "Ctrl-C to stop", flush=True)
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            print("stopping", file=sys.stderr)
-    return 0
+
+        def ended() -> str | None:
+            return None if server.exit_code() is None else f"the llama.cpp server {server.status()}"
+
+        return _wait_for_stop(ended)
 
 
 def _serve_launched(config: Config) -> int:
@@ -138,11 +177,18 @@ def _serve_launched(config: Config) -> int:
         for name, servers in backends.servers.items():
             print(f"embedded server '{name}' at {', '.join(s.base_url for s in servers)}", flush=True)
         print("Ctrl-C to stop", flush=True)
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            print("stopping", file=sys.stderr)
-    return 0
+
+        def ended() -> str | None:
+            for name, vllm in backends.launched.items():
+                if vllm.exit_code() is not None:
+                    return f"the vLLM server '{name}' {vllm.status()}"
+            for name, servers in backends.servers.items():
+                for server in servers:
+                    if server.exit_code() is not None:
+                        return f"the embedded server '{name}' at {server.base_url} {server.status()}"
+            return None
+
+        return _wait_for_stop(ended)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ class VllmServer:
         self.log_path = Path(log_path) if log_path else None
         self.process: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
+        self._terminated = False
         self.probes: list[Probe] = []
         self.startup_s: float | None = None
         self.version: str | None = None
@@ -259,13 +260,25 @@ class VllmServer:
         shown = ([*errors[:8], "..."] if errors else []) + [line for line in text[-lines:] if line not in errors]
         return "\n".join("    " + line for line in shown)
 
+    def terminate(self) -> None:
+        """SIGTERM to the server's process group, once, without waiting: ``stop`` waits (several
+        servers stop side by side)."""
+        if self.process is not None and not self._terminated:
+            self._terminated = True
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+
     def stop(self, grace_s: float = 30.0) -> None:
         """SIGTERM to the server's process group (API server and engine), SIGKILL after ``grace_s``."""
-        proc, self.process = self.process, None
+        self.terminate()
+        proc, self.process, self._terminated = self.process, None, False
         if proc is not None:
-            for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+            for kill, wait in ((False, grace_s), (True, 10.0)):
                 try:
-                    os.killpg(proc.pid, sig)
+                    if kill:
+                        os.killpg(proc.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     break
                 try:

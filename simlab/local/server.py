@@ -285,6 +285,7 @@ class LocalServer:
         self.probes: list[Probe] = []
         self.process: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
+        self._terminated = False
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._log_file: Any = None
         self._log: Path | None = None
@@ -475,11 +476,17 @@ class LocalServer:
         text = self._log.read_text(errors="replace").splitlines()[-lines:]
         return "\n".join("    " + line for line in text)
 
+    def terminate(self) -> None:
+        """Send the server SIGTERM, once, without waiting: ``stop`` waits (several servers stop side by side)."""
+        if self.process is not None and not self._terminated and self.process.poll() is None:
+            self.process.terminate()
+            self._terminated = True
+
     def _stop_process(self) -> None:
-        proc, self.process = self.process, None
+        self.terminate()
+        proc, self.process, self._terminated = self.process, None, False
         if proc is not None:
             if proc.poll() is None:
-                proc.terminate()
                 try:
                     proc.wait(10)
                 except subprocess.TimeoutExpired:
@@ -595,11 +602,12 @@ class EmbeddedBackends:
         return self
 
     def stop(self) -> None:
-        for servers in self.servers.values():
-            for server in servers:
-                server.stop()
-        for vllm in self.launched.values():
-            vllm.stop()
+        started: list[LocalServer | VllmServer] = [s for servers in self.servers.values() for s in servers]
+        started += self.launched.values()
+        for server in started:  # every server gets SIGTERM first, so their shutdowns overlap
+            server.terminate()
+        for server in started:
+            server.stop()
 
     def __enter__(self) -> EmbeddedBackends:
         return self.start()
