@@ -9,11 +9,23 @@ from __future__ import annotations
 import os
 
 # litellm fetches a model cost map over the network at import unless told not to;
-# offline that costs ~7 s of retries and warnings. Must be set before litellm loads.
+# offline that costs seconds of retries and warnings. Must be set before litellm loads.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the lazy names below, typed for checkers and editors
+    from simlab import autograder, fidelity, llm, local, report, testing  # noqa: F401 - lazy submodules
+    from simlab.config import Config, load_config
+    from simlab.errors import ConfigError, InputError, SimlabError
+    from simlab.judge import grade_run
+    from simlab.llm import LLMClient
+    from simlab.personas import Persona, load_personas
+    from simlab.protocol import simulate_session
+    from simlab.run import run_experiment
+    from simlab.sim_judgement import run_sim_judgement, simulate_judgement
+    from simlab.store import load_run
 
 __version__ = "0.1.0"
 
@@ -34,7 +46,23 @@ _LAZY = {
     "simulate_judgement": "simlab.sim_judgement",
 }
 
-__all__ = sorted([*_LAZY, "__version__"])
+__all__ = [
+    "Config",
+    "ConfigError",
+    "InputError",
+    "LLMClient",
+    "Persona",
+    "SimlabError",
+    "__version__",
+    "grade_run",
+    "load_config",
+    "load_personas",
+    "load_run",
+    "run_experiment",
+    "run_sim_judgement",
+    "simulate_judgement",
+    "simulate_session",
+]
 
 
 def __getattr__(name: str) -> Any:
