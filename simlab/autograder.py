@@ -51,7 +51,7 @@ from simlab.llm import LLMClient, affinity, call_context, recording
 from simlab.prompts import render
 from simlab.records import AutogradeRecord, LLMCallRecord
 from simlab.schema import GradeMode, binarise_refusal
-from simlab.seeds import derive_seed
+from simlab.seeds import derive_seed, sampling_seed
 from simlab.tables import Tables
 
 if TYPE_CHECKING:
@@ -279,7 +279,7 @@ async def grade_one(client: LLMClient, spec: ModelSpec, unit: Unit, dim: Dimensi
             res = await client.structured(
                 spec, messages, grade_schema(dim, rationale=rationale),
                 prompt_name=f"judge/grade.j2+{rubric.name}+{system.name}",
-                prompt_hash=f"{task.hash}+{rubric.hash}+{system.hash}", seed=seed % (2**31),
+                prompt_hash=f"{task.hash}+{rubric.hash}+{system.hash}", seed=sampling_seed(seed),
                 tag={"unit_id": unit.unit_id},
             )
         except StructuredOutputError as exc:
@@ -343,7 +343,7 @@ async def autograde(
     jobs.sort(key=lambda j: (j[0].conversation_id, j[1].persona, order[j[0].unit_id], j[2] != "first_turn", j[3]))
     stream = _streams(jobs, client.replicas(spec.endpoint), personas)
     # the streams' jobs interleaved: the gate admits jobs in list order, and a conversation-major
-    # list kept all of its places on one replica while the other idled (262 s instead of ~170)
+    # list kept all of its places on one replica while the other idled
     rank: dict[str, int] = {}
     place = []
     for job in jobs:
@@ -403,7 +403,7 @@ def _streams(jobs: Sequence[tuple[Unit, Dimension, GradeMode, int]], n: int,
 
     A conversation's grades stay together so the replica's prompt cache reuses its material and
     profile; one key per unit or per conversation, placed by the count of keys, left one of two
-    servers with 60% more work (202 vs 118 s) where conversations differ in length."""
+    servers with much more work than the other where conversations differ in length."""
     cost: dict[str, float] = {}
     seen: set[tuple[str, GradeMode, bool]] = set()
     for unit, dim, mode, _ in jobs:

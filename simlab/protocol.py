@@ -43,8 +43,11 @@ from simlab.records import (
     TurnRecord,
 )
 from simlab.schema import IN_DOMAIN, LETTERS, NO_PERSONA, LetterMode
-from simlab.seeds import derive_seed
+from simlab.seeds import derive_seed, sampling_seed
 
+CONTEXT_MARGIN_TOKENS = 200
+"""Tokens kept free beyond the fullest arm history and a reply: the chat template's own tokens and the
+next user message, so a conversation ends before a request could overflow the context budget."""
 GEN_ERROR_TEXT = "[This assistant could not produce a response because of a technical error.]"
 
 
@@ -104,7 +107,7 @@ def _closed(name: str, **fields: Any) -> type[BaseModel]:
 
 
 # The schemas are built once per shape and reused: building a pydantic model per call was a
-# quarter of the client's CPU at 1,000 sessions in flight (and the client caches its JSON
+# large share of the client's CPU at 1,000 sessions in flight (and the client caches its JSON
 # schema per model class).
 def opening_schema(letters: Sequence[str]) -> type[BaseModel]:
     return _opening_schema(tuple(letters))
@@ -264,11 +267,11 @@ class Simulator:
 
     def _next_seed(self) -> int:
         self._n += 1
-        return derive_seed(self.seed, "sim", self._n) % (2**31)
+        return sampling_seed(derive_seed(self.seed, "sim", self._n))
 
     async def write(self, instrument: str, task: Prompt) -> tuple[str, int]:
         """A free-text message (opening or next); an empty reply counts as a failed attempt."""
-        attempts = 3
+        attempts = self.client.schema_attempts(self.spec.endpoint)
         for attempt in range(1, attempts + 1):
             try:
                 name, digest = self._prompt(task)
@@ -518,7 +521,7 @@ async def _simulate_session(persona: Persona, domain: str, config: Config, clien
             # each arm's thread is its own stream: the four replies of a turn can go to different
             # replicas, and each thread's history stays in one replica's prompt cache
             with affinity(f"{conv_id}|{state.arm.id}"), call_context(role="arm", arm=state.arm.id, instrument="reply"):
-                call_seed = derive_seed(seed, state.arm.id, turn) % 2**31
+                call_seed = sampling_seed(derive_seed(seed, state.arm.id, turn))
                 if state.arm.soft_tokens is not None:
                     # the participant's soft tokens before the chat, as prompt embeddings; which soft
                     # tokens (the participant's own or the generic e0) goes in the call's prompt_name
@@ -584,7 +587,7 @@ async def _simulate_session(persona: Persona, domain: str, config: Config, clien
                 sim.remember(f"After your message {n_done} you chose to continue the conversation.")
             # the context budget: the fullest arm history plus a reply must still fit
             biggest = max(s.context_tokens for s in states)
-            if biggest + max(s.arm.sampling.max_tokens for s in states) + 200 > p.context_budget_tokens:
+            if biggest + max(s.arm.sampling.max_tokens for s in states) + CONTEXT_MARGIN_TOKENS > p.context_budget_tokens:
                 stop_reason, max_turns_reached = "context_limit", True
                 break
             message, n_tok = await sim.write("next_message", sim.task(

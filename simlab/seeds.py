@@ -10,3 +10,12 @@ def derive_seed(run_seed: int, *parts: object) -> int:
     """A 63-bit seed from the run seed and a unit's ids (stable across processes and runs)."""
     text = "|".join([str(run_seed), *map(str, parts)])
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
+
+
+SAMPLING_SEED_MODULUS = 2**31
+"""Servers take a sampling seed as a signed 32-bit integer (llama.cpp, vLLM, hosted APIs)."""
+
+
+def sampling_seed(seed: int) -> int:
+    """A derived seed as a server's sampling seed (``SAMPLING_SEED_MODULUS``)."""
+    return int(seed) % SAMPLING_SEED_MODULUS

@@ -365,6 +365,28 @@ def test_replies_with_no_choices_fail_the_session_with_a_reason_not_the_run(stub
     assert failures.iloc[0]["reason"].startswith("question '"), failures.iloc[0]["reason"]
 
 
+def test_an_empty_message_is_retried_as_often_as_the_endpoint_allows_then_fails_the_session(stub, tmp_path):
+    import json as _json
+
+    empty = _json.dumps({"id": "chatcmpl-empty", "object": "chat.completion", "created": 0, "model": "m",
+                         "choices": [{"index": 0, "finish_reason": "stop",
+                                      "message": {"role": "assistant", "content": "  "}}],
+                         "usage": {"prompt_tokens": 5, "completion_tokens": 0, "total_tokens": 5}})
+    # two empty openings: with schema_attempts = 2 the simulator gives up (a third attempt would have worked)
+    stub.add_fault(*[Fault(kind="raw", body=empty, match="Write the first message you would send")] * 2)
+    cfg = stub_config(stub, tmp_path, limit=1, concurrency=1, protocol={"domains": ["values"]})
+    data = cfg.public_dict()
+    data["endpoints"]["local"]["schema_attempts"] = 2
+    from simlab.config import parse_config
+
+    summary = run(parse_config(data))
+    assert (summary.sessions_completed, summary.sessions_failed) == (0, 1)
+    failures = read_table(summary.run_dir, "failures")
+    assert "empty message" in failures.iloc[0]["reason"]
+    asked = [r for r in stub.requests if "Write the first message you would send" in _json.dumps(r.body)]
+    assert len(asked) == 2  # as many as the endpoint allows, not a fixed three
+
+
 def test_a_replica_killed_mid_run_loses_no_session_and_streams_stay_on_one_replica(tmp_path):
     import threading
     import time

@@ -4,8 +4,8 @@ Calls go over the OpenAI-compatible HTTP API (a POST of the request's JSON, the 
 read back) on aiohttp, so the same code reaches a GPU vLLM server, a hosted API or the
 embedded llama.cpp server; an endpoint of ``kind = "litellm"`` goes through ``litellm``
 instead, to any provider it supports (Anthropic, Bedrock, Vertex, …). The direct route costs
-~0.35 ms of CPU per HTTP call, where the openai SDK's ``post()`` costs ~1.1, its ``create()``
-~2 and litellm ~6 (``benchmarks/scale.py``); at 1,000 sessions in flight the client's CPU is
+the least CPU per call of the routes measured (the openai SDK's ``post()`` and ``create()``,
+litellm; figures in docs/benchmarks.md), and at 1,000 sessions in flight the client's CPU is
 what limits a run.
 Per endpoint: a rate limit (``asyncio-throttle``) and a bound on requests in flight.
 Transient failures (429 honouring Retry-After, 5xx, timeouts, connection errors) are
@@ -49,6 +49,7 @@ from tenacity import (
 from simlab.errors import BackendUnavailable, LLMError, StructuredOutputError
 from simlab.llm.config import Dialect, EndpointConfig, ModelSpec, SamplingConfig, api_key
 from simlab.records import LLMCallRecord
+from simlab.seeds import sampling_seed
 
 T = TypeVar("T", bound=BaseModel)
 Status = Literal["ok", "error", "schema_error"]
@@ -441,11 +442,11 @@ class _HTTP:
     """One replica's HTTP session on one event loop: an OpenAI-compatible POST with a JSON body.
 
     aiohttp directly, not the openai SDK: the SDK's ``post()`` builds an httpx request, cookie
-    jar, URL and headers object and a pydantic options model around every call, ~1.1 ms of CPU
-    per call on a 2-core machine against ~0.35 for the POST itself (``benchmarks/scale.py``); at
-    1,000 sessions in flight that difference was a third of a core, the event loop's lag and the
-    run's rate. The errors are the SDK's cases: ``HTTPStatusError`` for a status >= 400,
-    ``TimeoutError``, and aiohttp's connection errors (``ConnectionError`` for a reply cut off).
+    jar, URL and headers object and a pydantic options model around every call, several times the
+    CPU of the POST itself; at 1,000 sessions in flight that difference set the event loop's lag
+    and the run's rate (docs/benchmarks.md). The errors are the SDK's cases: ``HTTPStatusError``
+    for a status >= 400, ``TimeoutError``, and aiohttp's connection errors (``ConnectionError``
+    for a reply cut off).
     """
 
     def __init__(self, url: str, key: str, connections: int) -> None:
@@ -618,6 +619,10 @@ class LLMClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    def schema_attempts(self, endpoint: str) -> int:
+        """How many replies a call to ``endpoint`` may take to meet its schema (its config's ``schema_attempts``)."""
+        return self._configs[endpoint].schema_attempts
+
     def replicas(self, endpoint: str) -> int:
         """How many replicas serve ``endpoint`` (work split into that many ``affinity`` streams
         lands one stream per replica)."""
@@ -669,7 +674,7 @@ class LLMClient:
                 resp = await _lib().acompletion(
                     api_base=replica.url or None, api_key=ep.key, timeout=timeout, max_retries=0, num_retries=0,
                     # self-served models are not in litellm's price list; a zero custom price skips
-                    # its failing lookup, which cost ~2.5 ms of CPU per call
+                    # its failing lookup, litellm's largest CPU cost per call in a profile
                     input_cost_per_token=0.0, output_cost_per_token=0.0, **kwargs)
             return resp.model_dump()
         http = await self._http(ep, replica)
@@ -713,8 +718,8 @@ class LLMClient:
         cfg = ep.cfg
         start = time.monotonic()
         # The first attempt goes without tenacity: most calls need no retry, and each retry loop
-        # left ~30 objects in reference cycles (~90 per call in all at 400 calls/s) for the
-        # garbage collector, whose pauses are the event loop's lag at 1,000 sessions in flight.
+        # left objects in reference cycles for the garbage collector, whose pauses are the event
+        # loop's lag at 1,000 sessions in flight.
         record.attempts += 1
         try:
             return await self._complete_once(ep, kwargs, min(cfg.timeout_s, cfg.deadline_s))
@@ -798,7 +803,7 @@ class LLMClient:
         }
         chosen_seed = s.seed if s.seed is not None else seed
         if chosen_seed is not None:
-            kwargs["seed"] = int(chosen_seed) % (2**31)
+            kwargs["seed"] = sampling_seed(int(chosen_seed))
         if s.stop:
             kwargs["stop"] = list(s.stop)
         return kwargs
