@@ -1,4 +1,4 @@
-"""Speed of the agreement controls of issue 16: the variance split (closed-form REML plus at most
+"""Speed of the agreement analysis's controls: the variance split (closed-form REML plus at most
 100 participant-bootstrap refits) and the persona placebo, on synthetic data with planted truths.
 
 Prints, per size, wall and CPU time of the whole ``agreement`` analysis and the estimates. Run:

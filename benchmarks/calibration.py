@@ -1,4 +1,4 @@
-"""Calibration table of every simulated-vs-human comparison (issue 12).
+"""Calibration table of every simulated-vs-human comparison.
 
 For each comparison registered in ``simlab.fidelity.calibration``: ``--reps`` datasets with a
 planted null (same truth in both sources) and ``--reps`` with a planted effect. Reports the

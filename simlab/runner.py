@@ -151,18 +151,18 @@ GC_PACE = (0.1, 3)
 every 3rd of them a middle one. In CPython 3.11 the young generation's counter is allocations
 minus deallocations of any tracked object, so at 1,000 sessions in flight, while finished
 sessions' old objects die as fast as new ones are made, a young collection by count came only
-when 200,000+ objects had piled up: at 10,000 sessions the middle collections averaged 107 ms and
-were the event loop's lag p99 (140-190 ms). On the loop's clock a young collection holds 0.1 s of
-objects (~5 ms) and a middle one 0.3 s (~18 ms; longest ~100 ms): lag p99 71-93 ms in three
-runs, at the same sessions/s, the collector taking ~9% of a core (was ~4%)."""
+when a great many objects had piled up, and the middle collections that followed were the event
+loop's lag p99. On the loop's clock a young collection holds 0.1 s of objects and a middle one
+0.3 s: shorter pauses and a lower lag p99 at the same sessions/s, for a little more of a core
+spent collecting (figures in docs/benchmarks.md)."""
 
 
 @contextlib.contextmanager
 def gc_for_many_sessions() -> Iterator[None]:
     """Python's cyclic garbage collector tuned for the length of a run, then put back.
 
-    With the default thresholds (700, 10, 10) a 1,000-session run at 1,000 in flight made 58 full
-    collections of up to 0.54 s each (17 s of its 124 s; they were the event loop's lag p99), as
+    With the default thresholds (700, 10, 10), at 1,000 sessions in flight long full collections
+    took a large share of a run's time and were the event loop's lag p99 (docs/benchmarks.md), as
     each one traverses every transcript, record and frame in flight. While sessions run, the
     thresholds are ``GC_THRESHOLDS`` (full collections ~14x rarer), young and middle collections
     are paced by the running event loop (``GC_PACE``; none when entered outside a loop), and

@@ -1,4 +1,4 @@
-"""Generated malformed inputs through the CLIs (issue 11): every one exits 2 with a message that
+"""Generated malformed inputs through the CLIs: every one exits 2 with a message that
 names the file (and its line or field where it has one), prints no traceback, and creates or
 changes no file.
 

@@ -1,4 +1,4 @@
-"""Every command in the README's and docs' ``bash`` blocks runs as written (issue 10 item 8).
+"""Every command in the README's and docs' ``bash`` blocks runs as written.
 
 Each document's commands run in order in a workspace laid out as the docs assume (``configs/``,
 ``data/``, ``runs/``, ``../shared/data``), against a stub server process standing in for vLLM.

@@ -223,7 +223,7 @@ CONFIG_CASES = [
     ("wtp above the records' cap", lambda t: t.replace("context_budget_tokens = 3000",
                                                         "context_budget_tokens = 3000\nwtp_max = 20"),
      "protocol.wtp_max"),
-    # issue 11 item 3: refused up front, file and field named, nothing written
+    # refused up front, file and field named, nothing written
     ("system prompt escaping the prompt folder", lambda t: t.replace('system_prompt = "arms/generic.j2"',
                                                                       'system_prompt = "../../etc/passwd"'),
      "arms[0].system_prompt"),

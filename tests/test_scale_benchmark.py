@@ -1,5 +1,5 @@
-"""``benchmarks/scale.py`` at a toy size: it runs end to end and ends with the JSON line issue 14
-asks for, every session accounted for (its own asserts), faults included."""
+"""``benchmarks/scale.py`` at a toy size: it runs end to end and ends with its JSON result
+line, every session accounted for (its own asserts), faults included."""
 
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ The CR1 sandwich (statsmodels' ``cov_type="cluster"``) with t on G − 1 degrees
 every cluster carries a small share of the information. A within-conversation turn slope breaks
 that: a conversation of n rated turns weighs ~n³ in the slope, so a few long conversations carry
 most of it, and CR1 then understates the variance and overstates the degrees of freedom (on binary
-turn ratings with rating-dependent stopping the slope difference was "significant" at 5% in ~12%
-of planted nulls). CR2 (Bell & McCaffrey 2002) rescales each cluster's residuals by
+turn ratings with rating-dependent stopping the slope difference was "significant" at 5% in
+far more than 5% of planted nulls). CR2 (Bell & McCaffrey 2002) rescales each cluster's residuals by
 (I − H_gg)^(−1/2), which makes the sandwich unbiased under independent homoskedastic errors, and
 the Bell–McCaffrey degrees of freedom (as in Imbens & Kolesár 2016) count how many clusters
 effectively carry a contrast: few when a few clusters dominate it.

@@ -90,7 +90,7 @@ class HierarchyComparison(_Model):
     """Per arm (not the reference): simulated − human log-strength, both vs ``reference_arm``. CI and
     p-value: cluster-robust t (sandwich clustered by participant, so a human and their simulated copy
     are one cluster; participants − 1 df), null = same strength. (The percentile participant
-    bootstrap covered 89–92% here in the calibration; this interval matches its p-value.)"""
+    bootstrap covered too rarely here in the calibration; this interval matches its p-value.)"""
     strength_diff_p: float | None = None
     """Cluster-robust Wald test (F) that every arm's strength is the same in both sources."""
     note: str | None = None
@@ -295,7 +295,7 @@ class CeilingResult(SourceStatus):
     """Pairs left out, with the reason (one instrument by construction, e.g. ranks derived from the
     ratings; too few participants)."""
     ceiling: float | None = None
-    """The ceiling of ranked_best: the value of ``ceiling_pair`` (pairs are no longer averaged)."""
+    """The ceiling of ranked_best: the value of ``ceiling_pair`` (pairs are not averaged)."""
     ceiling_pair: str | None = None
     """The pair behind ``ceiling``: the closest usable pair to ranked_best."""
     retest: RetestResult | None = None
@@ -313,7 +313,7 @@ class AgreementResult(SourceStatus):
     """Per source, conversations dropped because they are flagged gen_error."""
     persona_placebo: dict[str, PersonaPlacebo] = Field(default_factory=dict)
     """Per simulated source: agreement with one's own human minus agreement with another human of
-    the same domain (control of issue 16)."""
+    the same domain (a control: the agreement the persona itself explains)."""
     sim_retest: dict[str, RetestResult] = Field(default_factory=dict)
     """Per simulated source: test–retest of its repeats (same participant and domain, different
     ``repeat``), next to the humans' ``human_ceiling.retest``."""
@@ -475,8 +475,8 @@ class PositionOutcome(SourceStatus):
     model; p-value cluster-robust (t, participants − 1 df)."""
     interaction_p: float | None = None
     """Cluster-robust Wald test (F, sandwich clustered by participant) that all source ×
-    first_shown interactions are 0. (Before issue 12: a likelihood-ratio test, which ignored that a
-    participant makes several choices and over-rejected.)"""
+    first_shown interactions are 0. (Not a likelihood-ratio test: that ignores that a participant
+    makes several choices, and over-rejects.)"""
     excess_vs_human: dict[str, Estimate] = Field(default_factory=dict)
     """Per simulated source, ``first_shown_excess`` sim − human in percentage points: how much more
     often the simulator puts the first-shown arm on top than people do, beyond what the arms
@@ -607,7 +607,7 @@ class TraitsResult(SourceStatus):
     log-odds per 1 SD) in the pooled model; CI and p-value: cluster-robust t by participant."""
     interaction_p: float | None = None
     """Cluster-robust Wald test (F, sandwich clustered by participant) that all source × trait
-    interactions are 0. (Before issue 12: a likelihood-ratio test, which ignored clustering.)"""
+    interactions are 0. (Not a likelihood-ratio test: that ignores clustering.)"""
     specification: str = "arm_adjusted"
     """'arm_adjusted': every autograded dimension + length, with arm dummies; 'paper': the
     continuous traits + length without arm dummies (PROTOCOL §5.6)."""

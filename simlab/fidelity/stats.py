@@ -315,7 +315,8 @@ class ClogitFit:
 def robust_estimate(fit: ClogitFit, i: int, draws: np.ndarray | None = None, level: float = 0.95) -> Estimate:
     """Coefficient ``i`` with the cluster-robust t interval (participants − 1 df) that matches its
     p-value. Used for sim − human comparisons: with 25–40 participants the percentile participant
-    bootstrap covered 89–92% (calibration), this interval 92–98%. ``draws`` only count failures."""
+    bootstrap covered too rarely in the calibration, this interval did not (figures in
+    docs/benchmarks.md). ``draws`` only count failures."""
     if fit.cov_robust is None:
         raise ValueError("robust_estimate needs a fit with cov_robust")
     value = float(fit.params[i])

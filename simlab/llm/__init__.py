@@ -1,4 +1,5 @@
-"""The LLM client layer (async, litellm over the OpenAI-compatible HTTP API)."""
+"""The LLM client layer: async calls that POST JSON over aiohttp to OpenAI-compatible servers
+(vLLM, llama.cpp, hosted APIs), or go through litellm for an endpoint of ``kind = "litellm"``."""
 
 from simlab.llm.client import (
     CallRecord,

@@ -148,7 +148,7 @@ class EndpointConfig(_Strict):
     requantize: Literal["iq4_nl", "q8_0", "none"] = "iq4_nl"
     """Embedded server only: serve the shipped GGUF requantized once (cached on disk) to this type.
     IQ4_NL (every tensor) runs llama.cpp's repacked CPU kernels and never its AMX path, which
-    crashes on some Xeons: 1.6× the generation speed of Q8_0 in the safe mode there; Q8_0 suits
+    crashes on some Xeons: faster generation than Q8_0 in the safe mode there; Q8_0 suits
     a CPU whose fast mode works; "none" serves the shipped Q4_1 as it is."""
     replicas: int | None = Field(None, ge=1, le=64)
     """Embedded server only: how many servers to start (default: one per core, at most 4). Each

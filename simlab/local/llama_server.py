@@ -48,7 +48,7 @@ def _lean_prompt_cache() -> None:
 
     llama-cpp-python's cached state carries a copy of the logits buffer (n_batch × n_vocab
     floats: 100 MB for SmolLM2) that its capacity does not count, so a "256 MiB" cache grew
-    past 10 GB. The copy is never read back: a restored state re-decodes at least one token
+    many times past it. The copy is never read back: a restored state re-decodes at least one token
     before sampling (``_requires_eval``). Keep its last row only (load_state broadcasts it), and
     count every array of a state against the capacity.
     """

@@ -1,4 +1,4 @@
-"""The self-contained HTML fidelity report (issue 5).
+"""The self-contained HTML fidelity report.
 
 >>> from simlab.report import write_html, write_run_report
 >>> write_run_report("runs/quickstart-abc123", human="data/human")  # doctest: +SKIP

@@ -1,4 +1,4 @@
-"""Controls of the agreement analysis (issue 16): persona placebo, the simulator's seed-to-seed
+"""Controls of the agreement analysis: persona placebo, the simulator's seed-to-seed
 retest and the variance split of its ratings, on synthetic data with planted truths, in the report,
 and on the real human data."""
 

@@ -141,7 +141,7 @@ def test_real_human_data_without_turn_ratings(dialogue_eval_tables: Tables) -> N
 
 
 # ---------------------------------------------------------------------------------------------
-# conversation length and early stops against human (issue 16)
+# conversation length and early stops against human
 
 
 def test_planted_longer_conversations_and_fewer_user_stops_are_found() -> None:

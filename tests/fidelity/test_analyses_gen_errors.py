@@ -1,4 +1,4 @@
-"""Generation errors table (issue 16): counts per source × arm, flags the data lack said, real data."""
+"""Generation errors table: counts per source × arm, flags the data lack said, real data."""
 
 from __future__ import annotations
 

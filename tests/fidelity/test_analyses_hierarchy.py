@@ -57,7 +57,7 @@ def test_dialogue_eval_system_ranking_in_both_free_topic_rounds(dialogue_eval_ta
 
 
 # ---------------------------------------------------------------------------------------------
-# sim − human strength differences, minimum participants, gen_error (issue 12)
+# sim − human strength differences, minimum participants, gen_error
 
 
 def _two_sources(seed: int, sim_c: float, n: int = 60) -> Tables:

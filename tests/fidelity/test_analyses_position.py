@@ -42,7 +42,7 @@ def test_dialogue_eval_first_shown_is_penalised(dialogue_eval_tables: Tables) ->
 
 
 # ---------------------------------------------------------------------------------------------
-# separation, the scale-free excess, every position, minimum participants (issue 12)
+# separation, the scale-free excess, every position, minimum participants
 
 
 def test_a_source_that_always_picks_position_one_is_penalised_not_failed() -> None:
@@ -93,7 +93,7 @@ def test_too_few_participants_is_not_available() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# order vs label (issue 16): letters drawn independently of the display order
+# order vs label: letters drawn independently of the display order
 
 
 ARMS = ("GEN", "PROMPT", "DPFT", "PPFT")

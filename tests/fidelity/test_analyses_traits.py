@@ -71,7 +71,7 @@ def test_user_traits_run_inside_analyze_all_with_exclusions() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# constant traits, errored replies, the paper's specification, gen_error (issue 12)
+# constant traits, errored replies, the paper's specification, gen_error
 
 
 def _graded(seed: int = 5, n: int = 40):

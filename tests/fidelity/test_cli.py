@@ -105,7 +105,7 @@ def test_analyze_human_and_sim(tmp_path: Path) -> None:
     assert "fidelity" not in out.stderr and "draws" not in out.stderr  # stderr is a pipe: no progress unless asked
 
 
-@pytest.mark.topics  # the documented `--topics minilm`, end to end (issue 12: it never worked before)
+@pytest.mark.topics  # the documented `--topics minilm`, end to end
 def test_analyze_topics_minilm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from test_analyses_topics import require_minilm
 

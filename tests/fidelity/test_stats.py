@@ -118,7 +118,7 @@ def test_reason_for_puts_words_before_the_exception() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# cluster-robust inference and separation (issue 12 findings 3, 5)
+# cluster-robust inference and separation
 
 
 def _clustered_sets(n: int, seed: int, preference_sd: float = 1.5) -> ChoiceSets:

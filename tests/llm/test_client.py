@@ -346,7 +346,7 @@ def _completion(**message: object) -> str:
                        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", **message}}]})
 
 
-# every shape of an HTTP 200 that is not a readable chat completion (issue 11 item 1)
+# every shape of an HTTP 200 that is not a readable chat completion
 BROKEN_REPLIES = {
     "empty choices": '{"id": "x", "object": "chat.completion", "created": 0, "model": "m1", "choices": []}',
     "no choices key": '{"id": "x", "object": "chat.completion", "created": 0, "model": "m1"}',

@@ -101,7 +101,7 @@ def test_reference_arm_row_and_number_formats():
 
 
 # ---------------------------------------------------------------------------------------------
-# issue 16: order vs label, conversation length vs human, generation errors
+# order vs label, conversation length vs human, generation errors
 
 
 def _sections(**analyses) -> dict[str, object]:

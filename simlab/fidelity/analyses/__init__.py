@@ -1,5 +1,7 @@
-"""The six fidelity analyses (PROTOCOL.md §5), each callable alone on a ``Tables``, and the
-descriptive generation-error table (``gen_errors``) run with them.
+"""The fidelity analyses (PROTOCOL.md §5), each callable alone on a ``Tables``: six comparisons
+(``hierarchy``, ``agreement``, ``topics``, ``position``, ``dynamics``, ``traits``), ``user_traits``
+when the autograder scored the users' messages, and the descriptive generation-error table
+(``gen_errors``).
 
 >>> from simlab.fidelity.synthetic import make_synthetic
 >>> result = analyze_all(make_synthetic(30, seed=1), n_boot=20)

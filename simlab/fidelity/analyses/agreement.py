@@ -22,7 +22,7 @@ conversation (a participant's rating level is style, not agreement) and the perm
 baselines shuffle arms within each conversation, which keeps the participant pairing. For the
 humans any two conversations of the participant are paired (``pairing="conversation"``).
 
-Controls (issue 16), per simulated source. A conversation's ``repeat`` (0 = the first run of a
+Controls, per simulated source. A conversation's ``repeat`` (0 = the first run of a
 participant × domain, 1, 2, … further seeds) comes from the judgements or the conversations;
 where neither has it, it is 0. "First event" above means the lowest repeat.
 
@@ -95,7 +95,7 @@ CLOSEST = {
 MIN_PARTICIPANTS = 10  # below this a participant-bootstrap CI is not trustworthy
 MIN_EVENTS_CONSTRUCTION = 20  # informative events needed before "always nested" means one instrument
 N_PERM = 200  # p-values down to 1/201: enough for "far better than chance"
-N_BOOT_MIXED = 100  # at most this many mixed-model refits per variance split (~15 ms each at 50 participants)
+N_BOOT_MIXED = 100  # at most this many mixed-model refits per variance split
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,7 +450,7 @@ def _retest(h: pd.DataFrame, participants: Participants, seed: int, pairing: str
 
 
 # ---------------------------------------------------------------------------------------------
-# controls (issue 16): persona placebo, simulator retest, variance split
+# controls: persona placebo, simulator retest, variance split
 
 
 def _with_repeat(tables: Tables, j: pd.DataFrame) -> pd.DataFrame:
@@ -502,8 +502,8 @@ def _placebo_permutations(domains: list[_PlaceboDomain], rng: np.random.Generato
     (so the other has a human wherever they need one; a participant alone in their set keeps their own
     humans, which only makes the test conservative). A participant's tops carry across domains
     (a taste, in the human and in the persona), so their own-human agreements in two domains go
-    together; shuffling each domain on its own broke that and rejected about 10% of true nulls at
-    5% when both were strongly consistent (calibration, copula ρ = 0.9)."""
+    together; shuffling each domain on its own broke that and over-rejected true nulls when both
+    were strongly consistent (calibration, copula ρ = 0.9)."""
     perm_sum, perm_n = np.zeros(N_PERM), np.zeros(N_PERM)
     if not domains:
         return perm_sum, perm_n
@@ -649,10 +649,10 @@ class _NestedReml:
     Sherman–Morrison per conversation and per participant, so u'V⁻¹v only needs conversation sums of
     the columns of [X, y]. A participant bootstrap replicate is the same sums weighted by how often
     each participant is drawn (each copy an independent participant), so no data are copied. The two
-    variance ratios γ ≥ 0 are found by bounded Powell (derivative-free: 2 parameters, ~100
-    evaluations of ~0.1 ms), which reaches a variance of 0 exactly. Why not MixedLM itself: a fit
-    takes ~0.15 s at 50 participants × 2 repeats × 2 domains, and ~1 s when a variance is 0 (as for
-    a simulator without persona), where its gradient methods stall short of the optimum."""
+    variance ratios γ ≥ 0 are found by bounded Powell (derivative-free: 2 parameters, cheap
+    evaluations), which reaches a variance of 0 exactly. Why not MixedLM itself: a fit is many
+    times slower, slowest when a variance is 0 (as for a simulator without persona), where its
+    gradient methods stall short of the optimum (timings in docs/benchmarks.md)."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, participant: np.ndarray, conversation: np.ndarray) -> None:
         m = np.column_stack([x, y])
@@ -747,10 +747,10 @@ def _share_estimate(value: float, draws: np.ndarray, n: int) -> Estimate:
     scale with the refits' standard deviation there and a t quantile with n − 1 df (n participants).
 
     Why not the percentile interval: at 50 participants × 2 domains × 2 repeats it covered the planted
-    shares 88–92% (participant, repeat and residual shares 0.13–0.61; calibration and
+    shares too rarely (participant, repeat and residual shares 0.13–0.61; calibration and
     ``docs/calibration.md``): a share's sampling spread grows with it and its bootstrap spread is
     too narrow at few participants, and 2.5%/97.5% quantiles of at most ``N_BOOT_MIXED`` refits are
-    noisy where their standard deviation is not. This interval covered 92.5–97.5% there. Where the
+    noisy where their standard deviation is not. This interval's coverage was on target there. Where the
     share or a refit is on the boundary (``SHARE_EDGE``; the logit has no finite value) it stays the
     percentile interval, which includes the boundary, with its far end from ``_boundary_share``."""
     out = estimate(value, draws, n)
@@ -773,7 +773,7 @@ def _boundary_share(out: Estimate, value: float, d: np.ndarray, n: int) -> Estim
     bootstrap SD, t with n − 1 df) when that reaches further.
 
     Why: refits pile up at the boundary, so the percentile interval's far end is too close: at a
-    planted share of 0.037 (50 participants) it missed the truth from below in ~13% of runs. The
+    planted share of 0.037 (50 participants) it missed the truth from below far too often. The
     square root (an SD's scale) has a finite value at 0 and spreads the pile; only the far end is
     widened, so the near end, which says whether the share is above 0, stays the percentile's."""
     low_side = value < 0.5

@@ -11,8 +11,8 @@ at two or more turns; arm effects estimated jointly), each counted once. Plain l
 weighs a conversation by Σ(turn − mean)², which grows as the cube of its length: a few long
 conversations then carried the slope, and with coarse ratings (thumbs, 5-point) and users who stop
 after a poor turn the participant-clustered sandwich had few effective degrees of freedom and was
-biased low (11% false positives on planted nulls at nominal 5%; docs/calibration.md has the rates
-now). The 95% CI and p-value are cluster-robust by participant_id with the CR2 small-sample
+biased low (it over-rejected planted nulls in the calibration; docs/calibration.md has the rates
+of this model). The 95% CI and p-value are cluster-robust by participant_id with the CR2 small-sample
 correction and Bell–McCaffrey degrees of freedom (``simlab.fidelity.cluster_ols``), so
 per-participant slopes and the correlation of a human's and their copy's slopes are not assumed
 away. The same model on a balanced window (the first ``window`` rated turns of the conversations
@@ -127,7 +127,7 @@ class _Slopes:
         if pd.unique(pid).size < 2:
             raise FitError("the model could not be fitted: one participant only, no clustered inference")
         # each conversation's own slope counts once: its rows weighted by 1 / Σ(turn − its mean turn)², not by
-        # Σ(turn − mean)² ~ n³ as plain least squares would, so a few long conversations no longer carry the fit
+        # Σ(turn − mean)² ~ n³ as plain least squares would, so a few long conversations do not carry the fit
         turn_col = Xw[:, [i for i, n in enumerate(self.names) if n.startswith("turn[")]].sum(axis=1)
         spread = pd.Series(turn_col * turn_col).groupby(conv).transform("sum").to_numpy()
         weight = np.where(spread > 0, 1.0 / np.where(spread > 0, spread, 1.0), 0.0)

@@ -368,7 +368,7 @@ def _compare_labels(out: PositionOutcome, joints: dict[str, _Model], labels: dic
         c[1, k + 1], c[1, 1] = 1.0, -1.0  # first_label
         inter = linear(both, c)
         # the cluster-robust t interval that matches the p-value: the percentile participant bootstrap
-        # of these differences covered 90.6-92.8% at 40 participants (calibration), this one 93-96%
+        # of these differences covered too rarely at 40 participants (calibration), this one did not
         draws = joints[s].draws[:, :2] - joints[HUMAN].draws[:, :2]  # only count failed replicates
         out.first_shown_joint_vs_human[s] = robust_estimate(inter, 0, draws[:, 0])
         out.first_label_vs_human[s] = robust_estimate(inter, 1, draws[:, 1])

@@ -1,4 +1,4 @@
-"""Calibration cases of individual agreement against the human ceiling (issue 12, finding 2).
+"""Calibration cases of individual agreement against the human ceiling.
 
 Every generator: 80–160 participants, four conversations each (one per domain), four arms with
 a shared hierarchy ``STRENGTHS`` plus individual preferences (SD 1), participants that differ in
@@ -31,7 +31,7 @@ how noisy they are and in their rating or bidding level (style).
    ``EFFECT_PLACEBO``, else draws as under the null: the truth is q·(1 − Σπ_d²), averaged over the
    domains with their expected share of the events (``make_placebo``'s truth per domain). The
    tastes are what a permutation that shuffled each domain on its own did not carry: with ρ = 0.9
-   it rejected 11% of 600 nulls at 5% (the analysis now shuffles participants across domains).
+   it over-rejected the nulls, so the analysis shuffles participants across domains.
 5. **variance split, repeat share** (``variance_split[src].share["repeat"]``): a descriptive, not a
    comparison. Generator ``synthetic.make_rating_repeats``: ``SPLIT_PARTICIPANTS`` participants × 2
    domains × 2 runs (repeats), 4 arms with fixed effects, participant SD 10, conversation (repeat)

@@ -1,6 +1,6 @@
 """Calibration cases of the feedback-dynamics comparison: turn slope, simulated − human.
 
-The generator plants what broke the old random-intercept model (issue 12, finding 1):
+The generator plants what a random-intercept model of the turn slope gets wrong:
 
 - per-participant intercepts and turn slopes, correlated (ρ = 0.6) between a human and their
   simulated copy (one participant_id, two units);
@@ -17,7 +17,7 @@ simulator's is ``EFFECT`` points per turn higher. Slopes, levels and lengths are
 each other apart from the level–length link, so the within-conversation slope estimates the
 mean slope of each source and the difference estimates ``EFFECT`` exactly.
 
-Conversation length (issue 16: ``n_turns_diff_vs_human``, ``early_stop_diff_vs_human``), a second
+Conversation length (``n_turns_diff_vs_human``, ``early_stop_diff_vs_human``), a second
 generator (``simulate_length``): 60–120 participants with 1–4 conversations each (the same domains
 for a human and their simulated copy). After each turn t < ``MAX_TURNS`` the conversation ends
 with an arm error with probability ``ERROR_HAZARD`` (stop_reason ``error``, both sources alike),

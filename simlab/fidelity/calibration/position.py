@@ -1,7 +1,7 @@
 """Calibration of the position comparisons: the first-shown excess (percentage points) and the
 first_shown × source log-odds interaction, simulated − human. Generator: ``hierarchy.choices``.
 
-Order or label (issue 16): with letters drawn independently of the display order in both sources
+Order or label: with letters drawn independently of the display order in both sources
 (``choices(label=...)``, a ``letter`` column; ``order_vs_label == "separate"``), the joint model's
 sim − human differences ``first_shown_joint_vs_human`` (display order, holding the label fixed)
 and ``first_label_vs_human`` (letter A, holding the order fixed). Each case's null keeps its own
