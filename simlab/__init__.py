@@ -6,12 +6,6 @@ The public API is re-exported here; heavy modules are imported lazily so that
 
 from __future__ import annotations
 
-import os
-
-# litellm fetches a model cost map over the network at import unless told not to;
-# offline that costs seconds of retries and warnings. Must be set before litellm loads.
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 

@@ -52,6 +52,9 @@ class ConfigError(InputError):
 class LLMError(SimlabError):
     """A model call that still failed after its retries (or its deadline)."""
 
+    asked: str | None = None
+    """The question being asked when the call failed (set by the protocol), for the session's failure reason."""
+
     def __init__(self, message: str, *, attempts: int = 0, status: int | None = None) -> None:
         self.attempts = attempts
         self.status = status

@@ -281,7 +281,7 @@ class Simulator:
             except LLMError as exc:
                 self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id, instrument=instrument,
                                                          attempts=attempt, status="error", error=str(exc)))
-                exc.asked = _asked(instrument, task)  # type: ignore[attr-defined]
+                exc.asked = _asked(instrument, task)
                 raise
             text = _clean_message(res.text)
             if text:
@@ -293,7 +293,7 @@ class Simulator:
                                                  error="empty message", raw_text=res.text))
         err = StructuredOutputError(f"{instrument}: the simulator wrote an empty message",
                                     raw_text=res.text, reason="empty message", attempts=attempts)
-        err.asked = _asked(instrument, task)  # type: ignore[attr-defined]
+        err.asked = _asked(instrument, task)
         raise err
 
     async def ask(self, instrument: str, task: Prompt, schema: type[BaseModel]) -> BaseModel:
@@ -308,12 +308,12 @@ class Simulator:
             self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id, instrument=instrument,
                                                      attempts=max(1, exc.attempts), status="schema_error",
                                                      error=exc.reason, raw_text=exc.raw_text))
-            exc.asked = _asked(instrument, task)  # type: ignore[attr-defined]
+            exc.asked = _asked(instrument, task)
             raise
         except LLMError as exc:
             self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id, instrument=instrument,
                                                      attempts=max(1, exc.attempts), status="error", error=str(exc)))
-            exc.asked = _asked(instrument, task)  # type: ignore[attr-defined]
+            exc.asked = _asked(instrument, task)
             raise
         retried = "; ".join(res.call.schema_failures) or None  # why earlier attempts were rejected
         self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id, instrument=instrument,
@@ -347,7 +347,7 @@ def _asked(instrument: str, task: Prompt) -> str:
 def failure_reason(exc: BaseException) -> str:
     """A failed session's reason: which question was asked, then what went wrong."""
     reason = getattr(exc, "reason", None) or str(exc)
-    asked = getattr(exc, "asked", None)
+    asked = exc.asked if isinstance(exc, LLMError) else None
     return f"{asked}: {reason}" if asked else reason
 
 

@@ -130,3 +130,24 @@ def test_the_check_sees_lazy_imports():
     # a function-level import is still a dependency: the check must see protocol → config
     assert ("simlab.protocol", "simlab.config") in edges()
     assert layer("simlab.fidelity.__main__") == "cli" and layer("simlab.report.sections") == "render"
+
+
+def test_importing_simlab_changes_no_process_state() -> None:
+    """No environment variable is set and litellm is not loaded by importing simlab's modules; the
+    client sets litellm's offline cost-map switch only when it first needs litellm."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "before = dict(os.environ)\n"
+        "import simlab, simlab.llm, simlab.fidelity, simlab.report, simlab.store, simlab.protocol\n"
+        "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())\n"
+        "assert 'litellm' not in sys.modules\n"
+        "from simlab.llm.client import _lib\n"
+        "_lib()\n"
+        "assert os.environ['LITELLM_LOCAL_MODEL_COST_MAP'] == 'True' and 'litellm' in sys.modules\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "LITELLM_LOCAL_MODEL_COST_MAP"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -35,8 +35,6 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before litellm loads: no network
-
 from asyncio_throttle import Throttler
 from pydantic import BaseModel, ValidationError
 from tenacity import (
@@ -62,6 +60,9 @@ def _lib() -> Any:
     """Import litellm once, quietly (it is slow to import; keep ``import simlab`` fast)."""
     global _litellm
     if _litellm is None:
+        # litellm fetches a model cost map over the network at import unless told not to (offline: seconds of
+        # retries and warnings); set here, when simlab first needs litellm, so importing simlab changes nothing
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         import litellm
 
         litellm.suppress_debug_info = True
@@ -301,8 +302,15 @@ def _never_connected(exc: BaseException) -> bool:
 # The key of the stream of work a call belongs to (e.g. one arm's thread of a conversation) and
 # the key of the unit that owns it (the conversation): a stream's calls stay on one replica of an
 # endpoint, whose prompt cache then holds the stream's prefix, until its owner's block ends.
-_affinity: ContextVar[tuple[str, str] | None] = ContextVar("simlab_affinity", default=None)
-_releases: dict[str, list[Callable[[], None]]] = {}
+@dataclass(frozen=True)
+class _Stream:
+    """The affinity key of the calls in a block, and the places its outermost block releases at its end."""
+
+    key: str
+    releases: list[Callable[[], None]]
+
+
+_affinity: ContextVar[_Stream | None] = ContextVar("simlab_affinity", default=None)
 
 
 @contextmanager
@@ -314,13 +322,14 @@ def affinity(key: str | None) -> Iterator[None]:
     places are kept until the outermost block ends, then released.
     """
     outer = _affinity.get()
-    token = _affinity.set(None if key is None else (key, outer[1] if outer else key))
+    stream = None if key is None else _Stream(key, outer.releases if outer else [])
+    token = _affinity.set(stream)
     try:
         yield
     finally:
         _affinity.reset(token)
-        if key is not None and outer is None:
-            for release in _releases.pop(key, ()):
+        if stream is not None and outer is None:
+            for release in stream.releases:
                 release()
 
 
@@ -528,7 +537,7 @@ class _Endpoint:
         if len(self.replicas) == 1:
             return self.replicas[0]
         current = _affinity.get()
-        key = current[0] if current else None
+        key = current.key if current else None
         chosen = self.sticky.get(key) if key is not None else None
         if chosen is not None and not chosen.down:
             return chosen
@@ -538,9 +547,9 @@ class _Endpoint:
             if chosen is not None:
                 chosen.keys -= 1  # moved off a replica that stopped answering
             else:
-                _releases.setdefault(current[1], []).append(lambda: self._release(current[0]))
+                current.releases.append(lambda: self._release(current.key))
             best.keys += 1
-            self.sticky[current[0]] = best
+            self.sticky[current.key] = best
         return best
 
     def _release(self, key: str) -> None:
