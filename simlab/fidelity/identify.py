@@ -54,6 +54,12 @@ def dependent_columns(gram: np.ndarray, tol: float = RANK_TOL) -> dict[int, np.n
     d = np.diag(g).copy()
     scale = np.where(d > 0, 1.0 / np.sqrt(np.where(d > 0, d, 1.0)), 0.0)
     c = g * scale[:, None] * scale[None, :]
+    if np.all(d > 0):
+        # fast path: each column's residual share is at least the smallest eigenvalue of c, so above the
+        # tolerance no column can be dependent (the loop below would find none)
+        lowest = float(np.linalg.eigvalsh(c)[0])
+        if np.isfinite(lowest) and lowest >= tol:
+            return {}
     kept: list[int] = []
     low = np.zeros((0, 0))
     out: dict[int, np.ndarray] = {}
