@@ -75,3 +75,14 @@ def test_a_thumbs_null_with_stopping_on_ratings_is_rarely_significant() -> None:
         significant += e.p_value < 0.05
     # ≤ 24/300 (8%): P(≥ 25 | 5%) ≈ 1.5%; an 11% rate passes with P ≈ 4%
     assert significant <= 24, significant
+
+
+@pytest.mark.slow  # ≈ 1 min each: 100 planted nulls and 100 planted effects, and the large-sample truth
+@pytest.mark.parametrize("scale", ["thumbs", "5-point"])
+def test_the_all_turns_slope_is_calibrated_on_coarse_ratings_with_stopping_on_ratings(scale: str) -> None:
+    case = next(c for c in CASES if c.name == f"turn slope, sim − human (all turns; {scale}, stopping on ratings)")
+    r = run_case(case, 100)
+    assert r.null_reported == r.effect_reported == 100, r.problems
+    # ≤ 10/100 false positives: P(≥ 11 | 5%) ≈ 1%; the old fit's ~11% fails with P ≈ 0.5
+    assert r.null_significant <= 10
+    assert r.coverage >= 0.88
