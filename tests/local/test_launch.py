@@ -59,14 +59,19 @@ while True:
 '''
 
 
-@pytest.fixture
-def fake_vllm(tmp_path: Path) -> Path:
-    pkg = tmp_path / "fakevllm" / "vllm" / "entrypoints" / "openai"
+def make_fake_vllm(root: Path) -> Path:
+    """A stand-in ``vllm`` package under ``root`` (parses vLLM's flags, serves the stub server)."""
+    pkg = root / "fakevllm" / "vllm" / "entrypoints" / "openai"
     pkg.mkdir(parents=True)
     for d in (pkg, pkg.parent, pkg.parent.parent):
         (d / "__init__.py").write_text("")
     (pkg / "api_server.py").write_text(textwrap.dedent(FAKE_SERVER))
-    return tmp_path / "fakevllm"
+    return root / "fakevllm"
+
+
+@pytest.fixture
+def fake_vllm(tmp_path: Path) -> Path:
+    return make_fake_vllm(tmp_path)
 
 
 def _launch(fake: Path, **over) -> LaunchConfig:

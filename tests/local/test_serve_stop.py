@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.local.test_launch import FAKE_SERVER, _group_alive, _launch_toml
+from tests.local.test_launch import _group_alive, _launch_toml, make_fake_vllm
 
 
 def _alive(pid: int) -> bool:
@@ -67,6 +66,16 @@ def read_until(proc: subprocess.Popen[str], marker: str, timeout_s: float = 300)
     pytest.fail(f"no {marker!r} from simlab.serve (exit {proc.poll()}):\n{''.join(lines)}")
 
 
+def _ready(proc: subprocess.Popen[str]) -> str:
+    """What serve printed until it is up; the process is killed if it never gets there."""
+    try:
+        return read_until(proc, "Ctrl-C to stop")
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+
+
 def stop_and_check(proc: subprocess.Popen[str], send, children: list[int]) -> str:
     """``send()`` the stop signal; simlab.serve exits 0 and every child is gone. Returns its last output."""
     try:
@@ -105,12 +114,7 @@ def test_serve_stops_and_takes_its_llama_server_with_it(config, how):
     else:
         proc = start_serve(["--config", str(config)], sigint_ignored=True)
         send = lambda: proc.send_signal(signal.SIGINT)  # noqa: E731
-    try:
-        head = read_until(proc, "Ctrl-C to stop")
-    except BaseException:
-        proc.kill()
-        proc.wait(10)
-        raise
+    head = _ready(proc)
     assert "serving 'smollm2-135m' at http://127.0.0.1:" in head, head
     children = _children(proc.pid)
     assert len(children) == 1, children  # the llama.cpp server
@@ -120,12 +124,7 @@ def test_serve_stops_and_takes_its_llama_server_with_it(config, how):
 @pytest.fixture
 def fake_vllm(tmp_path: Path) -> Path:
     """The stand-in ``vllm`` package of test_launch.py (parses vLLM's flags, serves the stub server)."""
-    pkg = tmp_path / "fakevllm" / "vllm" / "entrypoints" / "openai"
-    pkg.mkdir(parents=True)
-    for d in (pkg, pkg.parent, pkg.parent.parent):
-        (d / "__init__.py").write_text("")
-    (pkg / "api_server.py").write_text(textwrap.dedent(FAKE_SERVER))
-    return tmp_path / "fakevllm"
+    return make_fake_vllm(tmp_path)
 
 
 def test_serve_with_launch_tables_stops_both_vllm_process_groups(fake_vllm, tmp_path):
@@ -133,12 +132,7 @@ def test_serve_with_launch_tables_stops_both_vllm_process_groups(fake_vllm, tmp_
     config = tmp_path / "c.toml"
     config.write_text(_launch_toml(fake_vllm))
     proc = start_serve(["--config", str(config)], sigint_ignored=True)
-    try:
-        head = read_until(proc, "Ctrl-C to stop")
-    except BaseException:
-        proc.kill()
-        proc.wait(10)
-        raise
+    head = _ready(proc)
     assert "vLLM server 'vllm' at" in head and "vLLM server 'vllm-ppft' at" in head, head
     leaders = _children(proc.pid)
     assert len(leaders) == 2, leaders
