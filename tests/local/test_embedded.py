@@ -107,8 +107,8 @@ def test_serve_check_exits_zero():
     assert "tok/s" in out.stdout
 
 
-# what issue 16 adds to the report of a run without human data: both sources side by side, the
-# simulator's own controls (one persona makes them unavailable: the report says why) and the
+# what the report of a run without human data shows of repeats and the control: both sources side by
+# side, the simulator's own controls (one persona makes them unavailable: the report says why) and the
 # generation-error table (the persona placebo needs people: tested on synthetic data)
 REPORT_SECTIONS = ("sim_dynamic, sim_dynamic_no_persona side by side", "Agreement with people: Not available",
                    "Seed-to-seed retest of sim_dynamic_no_persona", "Variance split of sim_dynamic&#39;s",
@@ -116,8 +116,8 @@ REPORT_SECTIONS = ("sim_dynamic, sim_dynamic_no_persona side by side", "Agreemen
 
 
 def test_repeats_and_the_no_persona_control_on_the_real_model(tmp_path):
-    """Issue 16 on the real model, through the CLI: 1 persona × 1 domain × 2 repeats × with and
-    without persona; every session completes with every instrument valid, and the report shows the
+    """Repeats and the no-persona control on the real model, through the CLI: 1 persona × 1 domain ×
+    2 repeats × with and without persona; every session completes with every instrument valid, and the report shows the
     control next to the persona simulator."""
     from simlab.store import load_run, read_table
 
