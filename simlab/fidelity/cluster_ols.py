@@ -1,14 +1,14 @@
 """Least squares with small-sample cluster-robust inference: CR2 with Bell–McCaffrey degrees of freedom.
 
 The CR1 sandwich (statsmodels' ``cov_type="cluster"``) with t on G − 1 degrees of freedom assumes
-every cluster carries a small share of the information. A within-conversation turn slope breaks
-that: a conversation of n rated turns weighs ~n³ in the slope, so a few long conversations carry
-most of it, and CR1 then understates the variance and overstates the degrees of freedom (on binary
-turn ratings with rating-dependent stopping the slope difference was "significant" at 5% in
-far more than 5% of planted nulls). CR2 (Bell & McCaffrey 2002) rescales each cluster's residuals by
+every cluster carries a small share of the information. When a few clusters carry much of a
+contrast (participants with many or long conversations), CR1 understates the variance, since each
+such cluster pulls the fit towards itself and shrinks its own residuals, and G − 1 overstates the
+degrees of freedom. CR2 (Bell & McCaffrey 2002) rescales each cluster's residuals by
 (I − H_gg)^(−1/2), which makes the sandwich unbiased under independent homoskedastic errors, and
 the Bell–McCaffrey degrees of freedom (as in Imbens & Kolesár 2016) count how many clusters
-effectively carry a contrast: few when a few clusters dominate it.
+effectively carry the contrast. It corrects leverage, not a badly weighted estimator: the turn
+slope also weights each conversation so that long ones do not dominate (``analyses.dynamics``).
 
 Fixed effects nested in the clusters (conversation levels within participants) are absorbed by
 demeaning before the fit: with nested fixed effects, the adjustment computed from the absorbed
