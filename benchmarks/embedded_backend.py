@@ -117,7 +117,7 @@ class PeakRSS:
 def quickstart_and_judge(out: Path) -> dict:
     from simlab.autograder import AutogradeOptions
     from simlab.config import default_config, parse_config
-    from simlab.judge import grade_run
+    from simlab.autograde import grade_run
     from simlab.run import run_experiment
 
     data = default_config().public_dict()

@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # the lazy names below, typed for checkers and editors
     from simlab import autograder, fidelity, llm, local, report, testing  # noqa: F401 - lazy submodules
     from simlab.config import Config, load_config
     from simlab.errors import ConfigError, InputError, SimlabError
-    from simlab.judge import grade_run
+    from simlab.autograde import grade_run
     from simlab.llm import LLMClient
     from simlab.personas import Persona, load_personas
     from simlab.protocol import simulate_session
@@ -35,7 +35,7 @@ _LAZY = {
     "load_run": "simlab.store",
     "Persona": "simlab.personas",
     "load_personas": "simlab.personas",
-    "grade_run": "simlab.judge",
+    "grade_run": "simlab.autograde",
     "run_sim_judgement": "simlab.sim_judgement",
     "simulate_judgement": "simlab.sim_judgement",
 }

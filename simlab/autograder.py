@@ -536,13 +536,13 @@ def _finite(x: float) -> float | None:
 def reliable_dimensions(run_dir: str | Path, mode: GradeMode | None = None) -> set[str]:
     """Dimensions judged reliable in the run (in ``mode``, or in every mode they were assessed in).
 
-    Raises ``InputError`` when the run has no reliability results yet (run ``python -m simlab.judge``).
+    Raises ``InputError`` when the run has no reliability results yet (run ``simlab autograde``).
     """
     from simlab.store import run_meta
 
     stored = run_meta(run_dir).get(META_KEY)
     if stored is None:
-        raise InputError("no autograde reliability results in this run; run python -m simlab.judge first",
+        raise InputError("no autograde reliability results in this run; run `simlab autograde --run RUN` first",
                          file=run_dir)
     results = [ReliabilityResult.model_validate(r) for r in stored]
     if mode is not None:

@@ -2,7 +2,7 @@
 
     simlab run [options]            a batch run (``python -m simlab.run``; also ``simlab [options]``)
     simlab serve [--check]          the embedded server (``python -m simlab.serve``)
-    simlab autograde --run RUN      the LLM-judge autograder + ICC (``python -m simlab.judge``)
+    simlab autograde --run RUN      the LLM-judge autograder + ICC (``python -m simlab.autograde``)
     simlab sim-judgement …          Sim-Judgement mode (``python -m simlab.sim_judgement``)
     simlab fidelity import|analyze  human data and fidelity analyses (``python -m simlab.fidelity``)
     simlab report --run RUN         a run's HTML report (``python -m simlab.report``)
@@ -22,7 +22,7 @@ from importlib import import_module
 COMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "run": ("simlab.run", (), "run the experiment (the default command)"),
     "serve": ("simlab.serve", (), "start the embedded llama.cpp server; --check probes every arm"),
-    "autograde": ("simlab.judge", (), "grade a run's replies and user messages with the LLM judge"),
+    "autograde": ("simlab.autograde", (), "grade a run's replies and user messages with the LLM judge"),
     "sim-judgement": ("simlab.sim_judgement", (), "simulated users assess human transcripts"),
     "fidelity": ("simlab.fidelity.__main__", (), "import human data; compare simulated with human"),
     "report": ("simlab.report.__main__", (), "write a run's HTML fidelity report"),

@@ -26,7 +26,7 @@ from simlab.autograder import (
     units_of,
 )
 from simlab.config import parse_config
-from simlab.judge import grade_run, main
+from simlab.autograde import grade_run, main
 from simlab.llm import LLMClient
 from simlab.run import run_experiment
 from simlab.store import RunStore, StoreError, load_run, read_table, run_meta
@@ -220,6 +220,14 @@ def test_cli_prints_reliability_and_rejects_bad_input(stub_run, tmp_path, capsys
     assert "no run store" in capsys.readouterr().err
     assert main(["--run", str(run_dir), "--dimensions", "charm"]) == 2
     assert "unknown dimension" in capsys.readouterr().err
+
+
+def test_the_former_module_name_forwards_to_autograde_and_says_the_new_name(tmp_path, capsys):
+    from simlab.judge import main as former_main
+
+    assert former_main(["--run", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "python -m simlab.autograde" in err and "no run store" in err
 
 
 def test_set_meta_roundtrip_and_fixed_keys(tmp_path):

@@ -1,6 +1,6 @@
 """Imports point one way:
 
-    CLI → pipeline (run, judge, sim-judgement, the report of a run) → protocol → {personas, llm, store}
+    CLI → pipeline (run, autograde, sim-judgement, the report of a run) → protocol → {personas, llm, store}
 
 with the fidelity module reading tables only and the report's renderer rendering the results it
 is given. Every ``import`` in the package counts, including those inside functions (a lazy import
@@ -46,6 +46,7 @@ LAYER_OF = {
     "simlab.runner": "pipeline",
     "simlab.run": "pipeline",
     "simlab.sim_judgement": "pipeline",
+    "simlab.autograde": "pipeline",
     "simlab.judge": "pipeline",
     "simlab.serve": "pipeline",
     "simlab.project": "pipeline",
