@@ -89,10 +89,12 @@ def layer(module: str) -> str:
     return LAYER_OF[best]
 
 
-def imports(path: Path, modules: set[str]) -> set[str]:
-    """Every simlab module ``path`` imports; ``from pkg import sub`` counts as importing ``pkg.sub``."""
+def imports(path: Path, modules: set[str], at_import: bool = False) -> set[str]:
+    """Every simlab module ``path`` imports; ``from pkg import sub`` counts as importing ``pkg.sub``.
+    With ``at_import``, only the imports that run when ``path`` is imported."""
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(_top_level(tree) if at_import else tree):
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name.split(".")[0] == "simlab"}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "simlab":
@@ -103,10 +105,82 @@ def imports(path: Path, modules: set[str]) -> set[str]:
     return out
 
 
-def edges() -> list[tuple[str, str]]:
+def _top_level(tree: ast.Module) -> ast.Module:
+    """The statements that run at import: the module body without function bodies and without
+    ``if TYPE_CHECKING:`` blocks (class bodies and other ``if``/``try`` blocks run, so they stay)."""
+
+    def keep(stmts: list[ast.stmt]) -> list[ast.stmt]:
+        out: list[ast.stmt] = []
+        for node in stmts:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                out.extend(keep(node.orelse))
+                continue
+            for field in ("body", "orelse", "finalbody"):
+                if isinstance(getattr(node, field, None), list):
+                    setattr(node, field, keep(getattr(node, field)))
+            for handler in getattr(node, "handlers", []):
+                handler.body = keep(handler.body)
+            out.append(node)
+        return out
+
+    return ast.Module(body=keep(tree.body), type_ignores=[])
+
+
+def edges(at_import: bool = False) -> list[tuple[str, str]]:
+    """(importer, imported) over every simlab module; ``at_import`` keeps only the imports that run
+    when the importer is imported (not those inside functions or for type checkers)."""
     files = sorted(PACKAGE.rglob("*.py"))
     modules = {module_name(f) for f in files}
-    return [(module_name(f), dep) for f in files for dep in sorted(imports(f, modules))]
+    return [(module_name(f), dep) for f in files for dep in sorted(imports(f, modules, at_import))]
+
+
+def cycles(graph: list[tuple[str, str]]) -> list[list[str]]:
+    """The import cycles of ``graph``: its strongly connected components of more than one module
+    (Tarjan's algorithm, iterative), and modules that import themselves."""
+    succ: dict[str, list[str]] = {}
+    for src, dep in graph:
+        succ.setdefault(src, []).append(dep)
+        succ.setdefault(dep, [])
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+    for root in succ:
+        if root in index:
+            continue
+        work = [(root, iter(succ[root]))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, it = work[-1]
+            nxt = next(it, None)
+            if nxt is not None:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter(succ[nxt])))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1 or node in succ[node]:
+                    out.append(sorted(component))
+    return out
 
 
 def test_every_module_has_a_layer():
@@ -125,6 +199,23 @@ def test_imports_point_one_way():
         elif s == "pipeline" and dep in NOT_IMPORTED_BY_PIPELINE and src != dep:
             wrong.append(f"{src} imports the batch CLI module {dep}: move what it needs to simlab.runner")
     assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
+
+
+def test_no_import_cycles_at_import_time():
+    """A cycle among the imports that run at import makes the import order matter and names come out
+    half-initialised; the layering allows cycles within one layer, so this is checked on its own."""
+    found = cycles(edges(at_import=True))
+    assert not found, "import cycles (module-level imports):\n" + "\n".join(" → ".join(c) for c in found)
+
+
+def test_the_cycle_check_finds_a_cycle_and_skips_lazy_and_type_checking_imports():
+    assert cycles([("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")]) == [["a", "b", "c"]]
+    assert cycles([("a", "a")]) == [["a"]] and cycles([("a", "b")]) == []
+    code = ("from typing import TYPE_CHECKING\nimport simlab.errors\nif TYPE_CHECKING:\n    import simlab.seeds\n"
+            "def f():\n    import simlab.schema\nclass C:\n    import simlab.tables\n")
+    top = ast.unparse(_top_level(ast.parse(code)))
+    assert "simlab.errors" in top and "simlab.tables" in top
+    assert "simlab.seeds" not in top and "simlab.schema" not in top
 
 
 def test_the_check_sees_lazy_imports():
