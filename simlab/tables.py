@@ -15,6 +15,15 @@ import pandas as pd
 
 TABLE_NAMES = ("participants", "conversations", "turns", "judgements", "bdm", "autograde", "llm_calls", "arms")
 
+JUDGEMENT_COLUMNS: tuple[str, ...] = (
+    "conversation_id", "participant_id", "source", "domain", "arm", "letter", "position", "opening_choice",
+    "provenance_guess", "rank", "provenance_rank", "rating_preference", "rating_engagingness",
+    "rating_provenance", "wtp_bid",
+)
+"""The columns of ``Tables.judgements``, in this order: the stored judgement with its conversation's
+participant_id, source and domain. A run store's ``load_run`` gives exactly these; human data
+normalised by ``simlab.fidelity`` has them first (extra columns follow)."""
+
 
 @dataclass(frozen=True)
 class Tables:

@@ -27,7 +27,7 @@ import pandas as pd
 from simlab.errors import InputError
 from simlab.records import REQUIRED, TABLES
 from simlab.schema import LETTERS, SOURCES
-from simlab.tables import TABLE_NAMES, Tables
+from simlab.tables import JUDGEMENT_COLUMNS, TABLE_NAMES, Tables
 
 __all__ = [
     "FORMATS",
@@ -42,24 +42,6 @@ __all__ = [
 
 FORMATS = ("csv", "jsonl", "parquet")
 
-# The judgements columns every normalised Tables has, in this order (extra columns follow).
-JUDGEMENT_COLUMNS: tuple[str, ...] = (
-    "conversation_id",
-    "participant_id",
-    "source",
-    "domain",
-    "arm",
-    "letter",
-    "position",
-    "opening_choice",
-    "provenance_guess",
-    "rank",
-    "provenance_rank",
-    "rating_preference",
-    "rating_engagingness",
-    "rating_provenance",
-    "wtp_bid",
-)
 TURN_COLUMNS: tuple[str, ...] = ("conversation_id", "turn", "role", "arm", "letter", "text", "turn_rating")
 
 _ID_COLUMNS = ("conversation_id", "participant_id", "arm", "unit_id", "persona_id")
