@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -47,6 +48,7 @@ from simlab.store import (
     export,
     load_run,
     merge,
+    merge_from,
     read_counts,
     read_table,
     run_meta,
@@ -533,7 +535,7 @@ def test_merge_shards(tmp_path: Path) -> None:
         rows = m.counts().rows
         assert rows == {**expected_rows(*a, *b), "failures": 2, "autograde": 2, "llm_calls": sum(len(r.llm_calls) for r in a + b) + 2}
         assert m.failed_sessions() == {"p1:controversy", "p3:controversy"}
-        assert m.merge_from(tmp_path / "s1") == 0  # a shard is taken in once
+        assert merge_from(m, tmp_path / "s1") == 0  # a shard is taken in once
         assert m.counts().rows == rows
     assert len(load_run(tmp_path / "all").judgements) == 4 * 6
     # a shard run with another config is refused, naming the field
@@ -552,7 +554,7 @@ def test_merge_refuses_a_conflicting_session_and_takes_nothing(tmp_path: Path) -
     with merge(tmp_path / "all", [tmp_path / "s1"], ignore={"shard"}) as m:
         before = m.counts().rows
         with pytest.raises(DuplicateSessionError, match="p1:unguided"):
-            m.merge_from(tmp_path / "s2")
+            merge_from(m, tmp_path / "s2")
         assert m.counts().rows == before
 
 
@@ -590,12 +592,12 @@ def test_filesystem_type_is_the_longest_mount_above_the_path(tmp_path: Path) -> 
 
 
 def test_a_store_on_a_network_file_system_warns_and_says_what_to_do(tmp_path: Path, monkeypatch) -> None:
-    import simlab.store as store
+    from simlab.store import NetworkFilesystemWarning, filesystem
 
     mounts = tmp_path / "mounts"
     mounts.write_text(f"/ / ext4 rw 0 0\nserver:/export {tmp_path / 'nfs'} nfs rw 0 0\n")
-    monkeypatch.setattr(store, "MOUNTS", str(mounts))
-    with pytest.warns(store.NetworkFilesystemWarning, match=r"network file system \(nfs\).*local disk.*merge"):
+    monkeypatch.setattr(filesystem, "MOUNTS", str(mounts))
+    with pytest.warns(NetworkFilesystemWarning, match=r"network file system \(nfs\).*local disk.*merge"):
         RunStore.create(tmp_path / "nfs" / "run", {"config": {}}).close()
     import warnings
 
@@ -650,20 +652,37 @@ def test_a_version_2_store_is_migrated_on_open_and_keeps_every_row_and_id(tmp_pa
     assert len(load_run(tmp_path / "old").judgements) == 8
 
 
-def test_a_version_2_store_is_read_reported_and_merged_under_this_schema(tmp_path: Path) -> None:
+def _fingerprint(path: Path) -> tuple[str, int, str]:
+    """A store file's bytes (hashed), its ``PRAGMA user_version`` and its stored schema version."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        user_version = conn.execute("PRAGMA user_version").fetchone()[0]
+        schema = conn.execute("SELECT value FROM meta WHERE key = 'store_schema'").fetchone()[0]
+    finally:
+        conn.close()
+    return digest, user_version, schema
+
+
+def test_a_version_2_store_is_read_reported_and_merged_without_being_changed(tmp_path: Path) -> None:
     for name in ("a", "b"):
         store = RunStore.create(tmp_path / name, {"config": {"name": "t"}})
         store.write_session(make_session("p1" if name == "a" else "p2"))
         store.close()
-        _downgrade_to_v2(tmp_path / name / STORE_FILE)
-    # a read-only reader (load_run, the report's counts) of an old run brings it up to date first
+    _downgrade_to_v2(tmp_path / "a" / STORE_FILE)
+    _downgrade_to_v1(tmp_path / "b" / STORE_FILE)
+    before = {name: _fingerprint(tmp_path / name / STORE_FILE) for name in ("a", "b")}
+    # a reader (load_run, the report's counts) of an old run reads it under this schema's names
     assert len(load_run(tmp_path / "a").judgements) == 4
     assert read_counts(tmp_path / "a").sessions_completed == 1
-    assert run_meta(tmp_path / "a")["store_schema"] == STORE_SCHEMA_VERSION
-    # a shard made by the older simlab merges
+    assert run_meta(tmp_path / "a")["store_schema"] == 2  # and leaves it at its version
+    # shards made by older simlabs merge; the merged store has this schema
     merged = merge(tmp_path / "merged", [tmp_path / "a", tmp_path / "b"])
     assert merged.completed_sessions() == {"p1:unguided", "p2:unguided"}
+    assert merged.meta()["store_schema"] == STORE_SCHEMA_VERSION
     merged.close()
+    assert load_run(tmp_path / "merged").conversations["repeat"].tolist() == [0, 0]
+    assert {name: _fingerprint(tmp_path / name / STORE_FILE) for name in ("a", "b")} == before
 
 
 def _downgrade_to_v1(path: Path) -> None:
@@ -721,6 +740,45 @@ def test_a_version_1_store_is_migrated_on_open_and_keeps_every_row(tmp_path: Pat
         ("p1:unguided", 0), ("p1:unguided:no_persona", 1)]
     assert set(t.participants["source"]) == {"sim_dynamic", "sim_dynamic_no_persona"}
     assert len(t.judgements) == 8
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_reading_an_older_store_never_writes_to_it_and_reads_what_a_migration_would_give(
+        tmp_path: Path, version: int) -> None:
+    store = RunStore.create(tmp_path / "old", {"config": {"name": "t"}})
+    store.write_session(make_session("p1"))
+    store.write_failure(SessionFailure(conversation_id="p2:unguided", participant_id="p2", domain="unguided",
+                                       error_type="StructuredOutputError", reason="bad json", llm_calls=[
+                                           LLMCallRecord(conversation_id="p2:unguided", role="simulator", model="sim",
+                                                         endpoint="e", prompt_tokens=5)]))
+    store.write_calls([LLMCallRecord(role="summary", model="sim", endpoint="e", prompt_tokens=7)])
+    store.close()
+    run = tmp_path / "old"
+    path = run / STORE_FILE
+    (_downgrade_to_v1 if version == 1 else _downgrade_to_v2)(path)
+    before = _fingerprint(path)
+    assert before[1:] == (0, str(version))
+
+    tables = load_run(run)
+    frames = {t: read_table(run, t) for t in COLUMNS}
+    counts = read_counts(run)
+    assert run_meta(run)["store_schema"] == version
+    export(run, tmp_path / "csv")
+    assert _fingerprint(path) == before
+
+    # what a reader sees is what the store holds once a writer has migrated it
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / STORE_FILE).write_bytes(path.read_bytes())
+    RunStore.open(tmp_path / "copy").close()
+    assert run_meta(tmp_path / "copy")["store_schema"] == STORE_SCHEMA_VERSION
+    for t in COLUMNS:
+        pd.testing.assert_frame_equal(frames[t], read_table(tmp_path / "copy", t), obj=t)
+    migrated = load_run(tmp_path / "copy")
+    for name, frame in tables.items():
+        pd.testing.assert_frame_equal(frame, getattr(migrated, name), obj=name)
+    assert counts == read_counts(tmp_path / "copy")
+    assert counts.sessions_completed == 1 and counts.sessions_failed == 1 and counts.llm_calls == len(
+        make_session("p1").llm_calls) + 2
 
 
 def test_a_store_of_an_unknown_version_is_refused_untouched(tmp_path: Path) -> None:

@@ -1,0 +1,152 @@
+"""A run's metadata: what is stored (secrets redacted, the command as typed), which keys a resume or
+a shard must match, and the field-by-field comparison that names every difference."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import shlex
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from simlab.errors import InputError
+
+__all__ = [
+    "MATCHED_META",
+    "REDACTED",
+    "RESUMABLE_KEYS",
+    "ConfigMismatchError",
+    "command_line",
+    "diff_config",
+    "jsonable",
+    "meta_differences",
+    "now",
+]
+
+MATCHED_META = ("config", "prompt_hashes", "models", "seed")
+"""meta keys that must agree between a run and its resume (when present in either)."""
+RESUMABLE_KEYS = ("concurrency", "limit", "out_dir", "human", "max_gen_error_rate", "repeats", "ablate_persona")
+"""Config keys that may differ between the resumes of a run and between the shards of a merge
+(each shard writes to its own ``out_dir``): none of them changes a stored result (``repeats`` and
+``ablate_persona`` add sessions next to the ones a run without them makes)."""
+_SECRET_KEY = re.compile(r"(api_?key|secret|password|passwd|authorization|access_token|bearer)", re.I)
+REDACTED = "<redacted>"
+
+
+class ConfigMismatchError(InputError):
+    """Resuming a run with a config that differs from the one it was created with."""
+
+    def __init__(self, store_path: str | Path, differences: list[str]) -> None:
+        self.differences = differences
+        listing = "; ".join(differences)
+        super().__init__(
+            f"the run was created with a different config ({len(differences)} difference(s), "
+            f"stored != new): {listing}. Resume with the original config or start a new run id.",
+            file=store_path,
+        )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _diff(old: Any, new: Any, path: str, out: list[str]) -> None:
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for key in sorted(set(old) | set(new), key=str):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in old:
+                out.append(f"{sub}: <absent> != {_short(new[key])}")
+            elif key not in new:
+                out.append(f"{sub}: {_short(old[key])} != <absent>")
+            else:
+                _diff(old[key], new[key], sub, out)
+    elif isinstance(old, list) and isinstance(new, list):
+        for i in range(max(len(old), len(new))):
+            sub = f"{path}[{i}]"
+            if i >= len(old):
+                out.append(f"{sub}: <absent> != {_short(new[i])}")
+            elif i >= len(new):
+                out.append(f"{sub}: {_short(old[i])} != <absent>")
+            else:
+                _diff(old[i], new[i], sub, out)
+    # bool is an int in Python (True == 1); a flag turned into a number is still a change
+    elif old != new or isinstance(old, bool) != isinstance(new, bool):
+        out.append(f"{path or '<root>'}: {_short(old)} != {_short(new)}")
+
+
+def diff_config(old: Any, new: Any, ignore: Iterable[str] = ()) -> list[str]:
+    """Every field path where two JSON-like configs differ, as ``path: old != new``.
+
+    ``ignore`` names top-level keys that may differ (e.g. concurrency on resume).
+
+    >>> diff_config({"arms": [{"model": "a"}], "seed": 1}, {"arms": [{"model": "b"}], "seed": 1})
+    ["arms[0].model: 'a' != 'b'"]
+    """
+    skip = set(ignore)
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        old = {k: v for k, v in old.items() if k not in skip}
+        new = {k: v for k, v in new.items() if k not in skip}
+    out: list[str] = []
+    _diff(old, new, "", out)
+    return out
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON round trip (models dumped, tuples → lists) with secret-looking keys redacted."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    plain = json.loads(json.dumps(value, default=str))
+    return _redact(plain)
+
+
+def _secret(key: Any, value: Any) -> bool:
+    # "api_key_env" holds the *name* of the variable with the key, not the key: a resume needs it
+    return bool(_SECRET_KEY.search(str(key))) and not str(key).endswith("_env") and value not in (None, "")
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: (REDACTED if _secret(k, v) else _redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
+
+
+def meta_differences(stored: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(differences that forbid a resume, differences in ``ignore``d config keys)."""
+    new = {k: jsonable(v) for k, v in new.items()}
+    ignore = set(ignore)
+    differences: list[str] = []
+    allowed: list[str] = []
+    for key in MATCHED_META:
+        if key not in stored and key not in new:
+            continue
+        old_v, new_v = stored.get(key), new.get(key)
+        if key == "config" and isinstance(old_v, dict) and isinstance(new_v, dict):
+            differences += diff_config(old_v, new_v, ignore)
+            allowed += diff_config({k: old_v.get(k) for k in ignore}, {k: new_v.get(k) for k in ignore})
+        else:
+            differences += diff_config({key: old_v}, {key: new_v})
+    return differences, allowed
+
+
+def now() -> str:
+    """The current UTC time as ISO 8601 to the second (the store's timestamps)."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def command_line() -> str:
+    """The command as the user typed it: ``python -m simlab.run --limit 1``, ``simlab run …``,
+    not the path of the module file that ``sys.argv[0]`` holds."""
+    argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+    if len(argv) >= 3 and argv[1] == "-m":  # python -m simlab.run …
+        return shlex.join([Path(argv[0]).name, *argv[1:]])
+    if len(argv) >= 2 and Path(argv[1]).name == "simlab":  # the console script (a shebang runs python on it)
+        return shlex.join(["simlab", *argv[2:]])
+    return shlex.join([Path(argv[0]).name, *argv[1:]])

@@ -1,0 +1,276 @@
+"""``RunStore``: the one writer of a run's store. A completed session is committed in one transaction
+(all its rows or none), so a killed run leaves only whole sessions and its resume redoes the rest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from simlab.errors import InputError, SimlabError
+from simlab.records import ArmRecord, AutogradeRecord, LLMCallRecord, SessionFailure, SessionRecord
+from simlab.store.connection import STORE_FILE, connect, store_path
+from simlab.store.meta import MATCHED_META, ConfigMismatchError, command_line, jsonable, meta_differences, now
+from simlab.store.migration import OLDER_VERSIONS, migrate
+from simlab.store.readers import StoreCounts, store_counts
+from simlab.store.schema import COLUMNS, DDL, STORE_SCHEMA_VERSION
+
+__all__ = ["DuplicateSessionError", "RunStore", "StoreError"]
+
+
+class StoreError(SimlabError):
+    """A run store used against its rules (e.g. two different results for one session)."""
+
+
+class DuplicateSessionError(StoreError):
+    """A session already complete in the store was written again with different content."""
+
+
+def _row(record: BaseModel, columns: tuple[str, ...], **extra: Any) -> tuple[Any, ...]:
+    data = {**record.model_dump(), **extra}
+    return tuple(json.dumps(data[c], sort_keys=True) if isinstance(data[c], dict) else data[c] for c in columns)
+
+
+def _insert(db: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
+    """Insert ``rows`` (in ``COLUMNS[table]`` order) into ``table``."""
+    if rows:
+        cols = COLUMNS[table]
+        db.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", rows)
+
+
+def _version() -> str:
+    from simlab import __version__
+
+    return __version__
+
+
+class RunStore:
+    """A run's SQLite store, open for writing. Create with ``create``/``open_or_create``, reopen with
+    ``open`` (which migrates a store of an older simlab); the readers in ``simlab.store.readers``
+    read without writing."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+
+    # -- lifecycle
+
+    @classmethod
+    def create(cls, run_dir: str | Path, meta: Mapping[str, Any]) -> RunStore:
+        """Make ``run_dir`` and a new store in it holding ``meta`` (secrets redacted)."""
+        path = Path(run_dir) / STORE_FILE
+        if path.exists():
+            raise InputError("a run store already exists here; resume it or choose a new run id", file=path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(path)
+        full = {
+            "simlab_version": _version(),
+            "created_at": now(),
+            "command": command_line(),
+            **{k: jsonable(v) for k, v in meta.items()},
+            "store_schema": STORE_SCHEMA_VERSION,
+            "store_id": uuid.uuid4().hex,  # lets a merge recognise a shard it already took in
+        }
+        conn.execute("BEGIN IMMEDIATE")
+        try:  # schema and meta together: a store either has both or does not exist
+            for statement in DDL:
+                conn.execute(statement)
+            conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in full.items()])
+        except BaseException:
+            conn.execute("ROLLBACK")
+            conn.close()
+            raise
+        conn.execute("COMMIT")
+        return cls(path, conn)
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> RunStore:
+        """Open an existing store (``run_dir`` or the .sqlite file) for reading and writing.
+
+        A store made by an older simlab is migrated to this schema first (in one transaction)."""
+        path = store_path(run_dir)
+        if not path.exists():
+            raise InputError("no run store here", file=path)
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = connect(path)
+            version = conn.execute("SELECT value FROM meta WHERE key = 'store_schema'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if conn is not None:
+                conn.close()
+            raise InputError(f"not a simlab run store: {exc}", file=path) from exc
+        found = None if version is None else json.loads(version[0])
+        if isinstance(found, int) and found in OLDER_VERSIONS:
+            try:
+                migrate(conn, found)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise InputError(f"store schema {found} could not be brought to {STORE_SCHEMA_VERSION} (nothing "
+                                 f"was changed): {exc}", file=path) from exc
+        elif found != STORE_SCHEMA_VERSION:
+            conn.close()
+            raise InputError(f"store schema {found} is not {STORE_SCHEMA_VERSION} (made by another simlab "
+                             "version; its results are untouched)", file=path)
+        return cls(path, conn)
+
+    @classmethod
+    def open_or_create(cls, run_dir: str | Path, meta: Mapping[str, Any], ignore: Iterable[str] = ()) -> RunStore:
+        """Resume the run in ``run_dir`` if its config matches ``meta``, else create it.
+
+        ``ignore``: top-level config keys allowed to change on resume (e.g. concurrency, limit).
+        Raises ``ConfigMismatchError`` naming every other differing field.
+        """
+        if not (Path(run_dir) / STORE_FILE).exists():
+            return cls.create(run_dir, meta)
+        store = cls.open(run_dir)
+        stored = store.meta()
+        differences, allowed = meta_differences(stored, meta, ignore)
+        if differences:
+            store.close()
+            raise ConfigMismatchError(store.path, differences)
+        resumes = stored.get("resumes", []) + [{"at": now(), "command": command_line(), "changed": allowed}]
+        store._conn.execute("INSERT OR REPLACE INTO meta VALUES ('resumes', ?)", (json.dumps(resumes),))
+        return store
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The store's connection (autocommit; write inside ``transaction``)."""
+        return self._conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE … COMMIT; rolled back on any exception)."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # -- writes
+
+    def write_session(self, record: SessionRecord) -> bool:
+        """Commit one completed session atomically. True if written, False if already stored identically.
+
+        Raises ``DuplicateSessionError`` if the session is stored with different content.
+        """
+        key = record.conversation.conversation_id
+        digest = hashlib.sha256(record.model_dump_json().encode()).hexdigest()
+        conv = record.conversation
+        with self.transaction() as db:
+            existing = db.execute("SELECT record_sha256 FROM sessions WHERE conversation_id = ?", (key,)).fetchone()
+            if existing is not None:
+                if existing[0] == digest:
+                    return False
+                raise DuplicateSessionError(f"session {key!r} is already complete in {self.path} with different content")
+            db.execute(
+                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
+                (key, conv.participant_id, conv.source, conv.domain, digest, now()),
+            )
+            self._upsert_participant(db, record)
+            _insert(db, "conversations", [_row(conv, COLUMNS["conversations"])])
+            _insert(db, "turns", [_row(t, COLUMNS["turns"]) for t in record.turns])
+            _insert(db, "judgements", [_row(j, COLUMNS["judgements"]) for j in record.judgements])
+            _insert(db, "bdm", [_row(b, COLUMNS["bdm"]) for b in record.bdm])
+            _insert(db, "instruments", [_row(i, COLUMNS["instruments"]) for i in record.instruments])
+            _insert(db, "llm_calls", [_row(c, COLUMNS["llm_calls"], recorded_with=key) for c in record.llm_calls])
+        return True
+
+    def _upsert_participant(self, db: sqlite3.Connection, record: SessionRecord) -> None:
+        # one participant has a session per domain: the first writes the row, the rest must agree
+        row = _row(record.participant, COLUMNS["participants"])
+        stored = db.execute(
+            "SELECT * FROM participants WHERE participant_id = ? AND source = ?", row[:2]
+        ).fetchone()
+        if stored is None:
+            _insert(db, "participants", [row])
+        elif tuple(stored) != row:
+            raise StoreError(f"participant {row[0]!r} ({row[1]}) is stored as {tuple(stored)}, this session says {row}")
+
+    def write_failure(self, failure: SessionFailure) -> None:
+        """Record a session that failed as a whole (kept across resumes; a later success supersedes it)."""
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM sessions WHERE conversation_id = ?", (failure.conversation_id,)).fetchone():
+                raise StoreError(f"session {failure.conversation_id!r} is already complete; not recording a failure")
+            _insert(db, "failures", [_row(failure, COLUMNS["failures"], failed_at=now())])
+            _insert(
+                db, "llm_calls", [_row(c, COLUMNS["llm_calls"], recorded_with=failure.conversation_id) for c in failure.llm_calls]
+            )
+
+    def write_arms(self, arms: Iterable[ArmRecord]) -> None:
+        """Record the run's arms in config order (once: a resume has the same arms by its config)."""
+        with self.transaction() as db:
+            db.executemany(f"INSERT OR IGNORE INTO arms ({', '.join(COLUMNS['arms'])}) VALUES (?, ?, ?)",
+                           [_row(a, COLUMNS["arms"]) for a in arms])
+
+    def write_calls(self, calls: Iterable[LLMCallRecord]) -> None:
+        """Record model calls that belong to no session (e.g. persona summaries)."""
+        with self.transaction() as db:
+            _insert(db, "llm_calls", [_row(c, COLUMNS["llm_calls"], recorded_with=None) for c in calls])
+
+    def write_autograde(self, rows: Iterable[AutogradeRecord]) -> int:
+        """Add autograder scores in one transaction; returns how many were new.
+
+        A (unit_id, mode, dimension, rater_run) already stored is kept as is, so a
+        resumed autograde pass never duplicates; repeat scoring uses a new rater_run.
+        """
+        with self.transaction() as db:
+            before = db.total_changes
+            db.executemany(
+                f"INSERT INTO autograde ({', '.join(COLUMNS['autograde'])}) VALUES ({', '.join('?' * len(COLUMNS['autograde']))})"
+                " ON CONFLICT (unit_id, mode, dimension, rater_run) DO NOTHING",
+                [_row(r, COLUMNS["autograde"]) for r in rows],
+            )
+            return db.total_changes - before
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store (or replace) a derived result under ``key`` in the run's meta, e.g. the
+        autograder's reliability. The keys a resume is checked against cannot be changed."""
+        if key in MATCHED_META or key in ("store_schema", "store_id"):
+            raise StoreError(f"meta key {key!r} is fixed when the run is created")
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(jsonable(value))))
+
+    # -- reads
+
+    def meta(self) -> dict[str, Any]:
+        """The run's metadata (config, prompt hashes, models, seed, version, created_at, command, …)."""
+        return {k: json.loads(v) for k, v in self._conn.execute("SELECT key, value FROM meta")}
+
+    def completed_sessions(self) -> set[str]:
+        """Conversation ids of every session stored whole."""
+        return {r[0] for r in self._conn.execute("SELECT conversation_id FROM sessions")}
+
+    def failed_sessions(self) -> set[str]:
+        """Conversation ids of sessions that failed and have not completed since."""
+        return {
+            r[0]
+            for r in self._conn.execute(
+                "SELECT DISTINCT conversation_id FROM failures WHERE conversation_id NOT IN (SELECT conversation_id FROM sessions)"
+            )
+        }
+
+    def autograded(self) -> set[tuple[str, str, str, int]]:
+        """(unit_id, mode, dimension, rater_run) of every stored autograde score."""
+        return {tuple(r) for r in self._conn.execute("SELECT unit_id, mode, dimension, rater_run FROM autograde")}
+
+    def counts(self) -> StoreCounts:
+        """Sessions completed/failed, model calls and tokens per (role, arm), rows per table."""
+        return store_counts(self._conn)
