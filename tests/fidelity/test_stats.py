@@ -229,7 +229,7 @@ def test_stacked_fits_equal_one_pooled_fit_with_source_interactions() -> None:
 
 def _dense(monkeypatch: pytest.MonkeyPatch) -> None:
     """The code path before the speed-ups: dense design, np.unique pattern compression."""
-    from simlab.fidelity import stats
+    from simlab.fidelity.stats import choice_sets as stats
 
     def unique_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         uniq, inv = np.unique(a, axis=0, return_inverse=True)
@@ -272,7 +272,7 @@ def test_sparse_fit_equals_dense_fit(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_unique_rows_groups_equal_rows_only() -> None:
-    from simlab.fidelity.stats import _unique_rows
+    from simlab.fidelity.stats.choice_sets import _unique_rows
 
     rng = np.random.default_rng(0)
     a = rng.integers(0, 3, size=(5000, 6)).astype(float)

@@ -1,0 +1,109 @@
+"""The participant bootstrap every analysis shares: a seeded matrix of draw counts per participant,
+so a statistic is recomputed with participant weights instead of rebuilding data frames."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from simlab.fidelity.result import Estimate
+from simlab.fidelity.stats.errors import FitError
+from simlab.fidelity.stats.progress import progress
+
+__all__ = ["MAX_FAILED_SHARE", "Participants", "bootstrap", "bootstrap_counts", "estimate", "percentile_ci"]
+
+
+def bootstrap_counts(n_participants: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n_participants) how often each participant is drawn in each bootstrap replicate."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n_boot, n_participants), dtype=np.float64)
+    for b in range(n_boot):
+        draw = rng.integers(0, n_participants, size=n_participants)
+        out[b] = np.bincount(draw, minlength=n_participants)
+    return out
+
+
+@dataclass(frozen=True)
+class Participants:
+    """A fixed participant index shared by every analysis, so paired sources resample together."""
+
+    ids: tuple[str, ...]
+    counts: np.ndarray  # (n_boot, n_participants)
+
+    @classmethod
+    def from_ids(cls, ids: Sequence[object], n_boot: int, seed: int) -> Participants:
+        uniq = tuple(sorted({str(i) for i in ids if not pd.isna(i)}))
+        return cls(uniq, bootstrap_counts(len(uniq), n_boot, seed))
+
+    @property
+    def n_boot(self) -> int:
+        return int(self.counts.shape[0])
+
+    def index(self, ids: Sequence[object] | pd.Series) -> np.ndarray:
+        """Position of each id in the participant index (all ids must be known)."""
+        lookup = {p: i for i, p in enumerate(self.ids)}
+        return np.fromiter((lookup[str(i)] for i in ids), dtype=np.int64, count=len(ids))
+
+
+def percentile_ci(draws: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of bootstrap draws, ignoring failed (NaN) replicates."""
+    d = np.asarray(draws, dtype=float)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return (float("nan"), float("nan"))
+    a = (1 - level) / 2
+    lo, hi = np.quantile(d, [a, 1 - a])
+    return (float(lo), float(hi))
+
+
+MAX_FAILED_SHARE = 0.10
+"""Above this share of failed bootstrap replicates a percentile CI is biased (the failures are not
+random: they are the degenerate resamples), so it is withheld with a reason."""
+
+
+def estimate(
+    value: float, draws: np.ndarray | None, n: int, p_value: float | None = None
+) -> Estimate:
+    """An ``Estimate`` with a percentile CI from bootstrap draws (NaN CI when there are none).
+
+    Failed replicates (NaN draws) are counted in ``n_failed``; above ``MAX_FAILED_SHARE`` of them
+    the CI is withheld and ``note`` says why."""
+    if draws is None:
+        return Estimate(value=float(value), ci_low=float("nan"), ci_high=float("nan"), p_value=p_value, n=int(n))
+    d = np.asarray(draws, dtype=float).ravel()
+    failed = int(np.sum(~np.isfinite(d)))
+    note = None
+    if d.size and failed > MAX_FAILED_SHARE * d.size:
+        lo, hi = float("nan"), float("nan")
+        note = (f"CI withheld: {failed} of {d.size} bootstrap replicates failed to fit (more than "
+                f"{MAX_FAILED_SHARE:.0%}), so the rest would be a biased sample")
+    else:
+        lo, hi = percentile_ci(d)
+    return Estimate(value=float(value), ci_low=lo, ci_high=hi, p_value=p_value, n=int(n), n_failed=failed, note=note)
+
+
+def bootstrap(
+    stat: Callable[[np.ndarray], float | np.ndarray], row_participant: np.ndarray, counts: np.ndarray
+) -> np.ndarray:
+    """Draws of ``stat(weights)`` where weights are each row's participant draw counts.
+
+    A replicate whose statistic fails (``FitError``, ``FloatingPointError``, ``LinAlgError``)
+    becomes NaN, so one degenerate resample does not sink the interval.
+    """
+    out: list[np.ndarray] = []
+    shape: tuple[int, ...] | None = None
+    for b in progress(range(counts.shape[0]), counts.shape[0], "bootstrap draws"):
+        w = counts[b][row_participant]
+        try:
+            with np.errstate(all="ignore"):
+                v = np.atleast_1d(np.asarray(stat(w), dtype=float))
+            shape = v.shape
+        except (FitError, FloatingPointError, np.linalg.LinAlgError, ValueError):
+            v = None
+        out.append(v)  # type: ignore[arg-type]
+    if shape is None:
+        return np.full((counts.shape[0], 1), np.nan)
+    return np.vstack([v if v is not None else np.full(shape, np.nan) for v in out])
