@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from simlab import __version__
 from simlab._files import write_text_atomic
@@ -60,7 +61,7 @@ class RunSummary:
     """Failed sessions grouped by cause, with one example each."""
     stopped: str | None = None
     """Why the run stopped early (an endpoint stopped answering); those sessions are still to do."""
-    backends: dict[str, dict] = field(default_factory=dict)
+    backends: dict[str, dict[str, Any]] = field(default_factory=dict)
     """What was started for embedded endpoints (mode, fallback, replicas)."""
     gen_errors_by_arm: dict[str, tuple[int, int]] = field(default_factory=dict)
     """arm → (replies that were error notices, replies), over every stored session."""
@@ -255,11 +256,13 @@ async def run_experiment(
     retry_failed: bool = False,
     progress: bool = True,
     report: bool = True,
+    tune_gc: bool = True,
 ) -> RunSummary:
     """Run (or resume) the experiment of ``config``; returns the end-of-run summary.
 
     ``base_urls`` overrides endpoint URLs (e.g. a server the caller started). Embedded
-    local endpoints without a URL are started here and stopped at the end.
+    local endpoints without a URL are started here and stopped at the end. ``tune_gc=False`` leaves
+    Python's garbage collector as the caller set it (``simlab.runner.gc_for_many_sessions``).
     """
     from simlab.llm import LLMClient
     from simlab.local import serving
@@ -279,7 +282,7 @@ async def run_experiment(
     n_planned = len(planned)
     interrupted = False
     stopped: str | None = None
-    backend_info: dict[str, dict] = {}
+    backend_info: dict[str, dict[str, Any]] = {}
     outcome = Outcome()
     try:
         with serving(config, base_urls=base_urls, log_dir=run_dir, start=bool(todo)) as backends:
@@ -298,7 +301,8 @@ async def run_experiment(
                                               no_persona=no_persona)
 
             try:
-                outcome = await run_sessions(todo, session, store, concurrency=config.concurrency, progress=progress)
+                outcome = await run_sessions(todo, session, store, concurrency=config.concurrency, progress=progress,
+                                             tune_gc=tune_gc)
             finally:
                 if summaries is not None:
                     summaries.close()

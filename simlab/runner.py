@@ -216,12 +216,14 @@ async def run_sessions(
     concurrency: int,
     desc: str = "sessions",
     progress: bool = True,
+    tune_gc: bool = True,
 ) -> Outcome:
     """Run ``session(unit)`` for every unit, at most ``concurrency`` at once, committing each result.
 
     A ``SessionFailed`` is recorded with its reason and the run goes on. Any other exception
     (``BackendUnavailable``: an endpoint stopped answering; or a bug) cancels the sessions in
-    flight and is raised: nothing of them was stored, so a resume does them.
+    flight and is raised: nothing of them was stored, so a resume does them. ``tune_gc=False``
+    runs with the garbage collector as the caller set it instead of ``gc_for_many_sessions``.
     """
     from tqdm import tqdm
 
@@ -250,7 +252,7 @@ async def run_sessions(
             outcome.commit_s.append(time.perf_counter() - t1)
             bar.update(1)
 
-    with gc_for_many_sessions():
+    with gc_for_many_sessions() if tune_gc else contextlib.nullcontext():
         return await _drive(worker, len(units), concurrency, outcome, bar)
 
 

@@ -230,6 +230,7 @@ async def run_sim_judgement(
     base_urls: dict[str, str | list[str]] | None = None,
     retry_failed: bool = False,
     progress: bool = False,
+    tune_gc: bool = True,
 ) -> SimJudgementSummary:
     """Judge every human conversation as its participant; write sessions to the store in ``run_dir``.
 
@@ -267,7 +268,7 @@ async def run_sim_judgement(
 
             try:
                 outcome = await run_sessions(todo, session, store, concurrency=config.concurrency,
-                                             desc="sim-judgement", progress=progress)
+                                             desc="sim-judgement", progress=progress, tune_gc=tune_gc)
             finally:
                 if summaries is not None:
                     summaries.close()

@@ -22,6 +22,17 @@ def run(cfg, **kw):
     return asyncio.run(run_experiment(cfg, progress=False, report=False, **kw))
 
 
+def test_run_experiment_with_tune_gc_off_never_enters_the_gc_tuning(stub, tmp_path, monkeypatch):
+    import simlab.runner
+
+    def refuse():
+        raise AssertionError("the collector was tuned although tune_gc=False")
+
+    monkeypatch.setattr(simlab.runner, "gc_for_many_sessions", refuse)
+    summary = run(stub_config(stub, tmp_path, limit=1, protocol={"min_turns": 1, "max_turns": 1}), tune_gc=False)
+    assert summary.sessions_completed == 2 and summary.sessions_failed == 0
+
+
 def test_three_personas_two_domains_exact_rows(stub, tmp_path):
     cfg = stub_config(stub, tmp_path, limit=3, protocol={"min_turns": 2, "max_turns": 2})
     summary = run(cfg)

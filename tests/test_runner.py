@@ -39,6 +39,19 @@ async def test_the_collector_is_tuned_while_sessions_run_and_put_back_after(tmp_
     assert gc.get_threshold() == (700, 10, 10) and gc.get_freeze_count() == 0
 
 
+async def test_a_run_with_tune_gc_off_leaves_the_collector_as_the_caller_set_it(tmp_path: Path, default_gc) -> None:
+    seen = []
+
+    async def session(pid: str):
+        seen.append((gc.get_threshold(), gc.get_freeze_count()))
+        return make_session(pid)
+
+    store = RunStore.create(tmp_path / "run", {"config": {}})
+    outcome = await run_sessions(["p1", "p2"], session, store, concurrency=2, progress=False, tune_gc=False)
+    store.close()
+    assert outcome.failed == 0 and seen == [((700, 10, 10), 0)] * 2
+
+
 class Collections:
     """The collector's runs while it is open: each one's generation, and when it ran by the loop's clock."""
 
