@@ -115,9 +115,9 @@ class PeakRSS:
 
 
 def quickstart_and_judge(out: Path) -> dict:
+    from simlab.autograde import grade_run
     from simlab.autograder import AutogradeOptions
     from simlab.config import default_config, parse_config
-    from simlab.autograde import grade_run
     from simlab.run import run_experiment
 
     data = default_config().public_dict()

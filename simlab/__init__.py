@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the lazy names below, typed for checkers and editors
     from simlab import autograder, fidelity, llm, local, report, testing  # noqa: F401 - lazy submodules
+    from simlab.autograde import grade_run
     from simlab.config import Config, load_config
     from simlab.errors import ConfigError, InputError, SimlabError
-    from simlab.autograde import grade_run
     from simlab.llm import LLMClient
     from simlab.personas import Persona, load_personas
     from simlab.protocol import simulate_session

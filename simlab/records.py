@@ -391,7 +391,10 @@ class Table:
         return next(c for c in self.columns if c.name == name)
 
 
-_TEXT = lambda name, nullable=False: Column(name, "text", nullable)  # noqa: E731 - columns with no record
+def _TEXT(name: str, nullable: bool = False) -> Column:  # noqa: N802 - reads like the column kinds
+    """A text column that no record model carries (session log and call bookkeeping)."""
+    return Column(name, "text", nullable)
+
 
 TABLES: dict[str, Table] = {
     "sessions": Table("sessions", (

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, Field
 
 from simlab._files import data_path
-from simlab.config import Config, load_config
+from simlab.config import ArmConfig, Config, load_config
 from simlab.errors import SimlabError, exit_status
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ class CheckReply(BaseModel):
     confidence: int = Field(ge=0, le=100)
 
 
-def _arm_system_prompt(config: Config, arm) -> str | None:
+def _arm_system_prompt(config: Config, arm: ArmConfig) -> str | None:
     from simlab.personas import load_personas
     from simlab.protocol import arm_system_prompt
 

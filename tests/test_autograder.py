@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from simlab.autograde import grade_run, main
 from simlab.autograder import (
     DIMENSIONS,
     AutogradeOptions,
@@ -26,7 +27,6 @@ from simlab.autograder import (
     units_of,
 )
 from simlab.config import parse_config
-from simlab.autograde import grade_run, main
 from simlab.llm import LLMClient
 from simlab.run import run_experiment
 from simlab.store import RunStore, StoreError, load_run, read_table, run_meta

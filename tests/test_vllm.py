@@ -197,8 +197,8 @@ async def test_each_arm_is_served_under_its_own_model_name_and_answers_different
 
 
 async def test_autograder_scores_validate_on_vllm(server, cli_run):
-    from simlab.autograder import AutogradeOptions
     from simlab.autograde import grade_run
+    from simlab.autograder import AutogradeOptions
 
     _, run_dir = cli_run
     # the judge's schema on vLLM (one trait, first turns only: the path, not the statistics, is tested)

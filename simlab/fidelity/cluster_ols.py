@@ -95,7 +95,7 @@ class ClusterOLS:
     def _adjust(self, g: int, v: np.ndarray) -> np.ndarray:
         """(I − H_gg)^(−1/2) v for cluster g."""
         u = self._u[g]
-        return v + u @ (self._f[g] * (u.T @ v))
+        return np.asarray(v + u @ (self._f[g] * (u.T @ v)))
 
     def df(self, c: np.ndarray) -> float:
         """Bell–McCaffrey degrees of freedom of c·β: (tr G'G)² / ‖G'G‖²_F, where column g of G is the

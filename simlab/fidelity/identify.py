@@ -39,7 +39,7 @@ def constant_columns(x: np.ndarray, starts: np.ndarray, keep: np.ndarray | None 
     same = np.maximum.reduceat(x, starts, axis=0) == np.minimum.reduceat(x, starts, axis=0)
     if keep is not None:
         same = same[np.asarray(keep, dtype=bool)]
-    return np.all(same, axis=0)
+    return np.asarray(np.all(same, axis=0), dtype=bool)
 
 
 def dependent_columns(gram: np.ndarray, tol: float = RANK_TOL) -> dict[int, np.ndarray]:

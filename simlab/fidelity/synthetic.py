@@ -89,7 +89,7 @@ def make_synthetic(
     prov_rank = np.argsort(rng.random((n, k)), axis=1).argsort(axis=1) + 1
 
     def clip(x: np.ndarray, lo: float, hi: float, dec: int = 1) -> np.ndarray:
-        return np.round(np.clip(x, lo, hi), dec)
+        return np.asarray(np.round(np.clip(x, lo, hi), dec))
 
     rep = np.repeat(np.arange(n), k)
     arm_idx = np.tile(np.arange(k), n)

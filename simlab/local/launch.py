@@ -135,7 +135,7 @@ class VllmServer:
         self.startup_s = time.monotonic() - self._t0
         return self
 
-    def _request(self, path: str, body: dict | None = None, timeout: float = 5.0) -> Any:
+    def _request(self, path: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> Any:
         headers = {"Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"

@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 # One colour per source, the same in every chart (colour-blind safe Okabe–Ito).
 SOURCE_COLOURS = {"human": "#000000", "sim_dynamic": "#E69F00", "sim_judgement": "#0072B2"}
@@ -43,7 +44,7 @@ def colour(source: str, order: Sequence[str] = ()) -> str:
     return _FALLBACK[i % len(_FALLBACK)]
 
 
-def _svg(fig: plt.Figure) -> str:
+def _svg(fig: Figure) -> str:
     buf = io.StringIO()
     # Text stays text (smaller, selectable); fixed salt and no date keep output reproducible.
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "simlab"}):

@@ -187,8 +187,8 @@ def build_header(meta: Mapping[str, Any] | None, tables: Tables | None, result: 
 # ------------------------------------------------------------------------------ transcripts
 
 
-def _clip(text: Any) -> str:
-    text = "" if text is None or (isinstance(text, float) and pd.isna(text)) else str(text)
+def _clip(value: Any) -> str:
+    text = "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + " … [truncated]"
 
 
@@ -277,7 +277,7 @@ def render_html(result: FidelityResult, *, meta: Mapping[str, Any] | None = None
                            transcripts=build_transcripts(tables))
 
 
-def write_html(result: FidelityResult, path: str | os.PathLike[str], *, meta: dict | None = None,
+def write_html(result: FidelityResult, path: str | os.PathLike[str], *, meta: dict[str, Any] | None = None,
                tables: Tables | None = None) -> Path:
     """Write the report to ``path`` atomically (a reader never sees half a file); returns the path."""
     from simlab._files import write_text_atomic

@@ -61,7 +61,8 @@ def _run_only(tables: Tables, *, n_boot: int, seed: int, meta: dict[str, Any], a
     meta["note"] = ("No human data configured: this report describes the simulated run alone"
                     + (f" ({', '.join(sources)} side by side)." if len(sources) > 1 else "."))
     try:
-        return analyze(tables, n_boot=n_boot, seed=seed, exclude_dimensions=excluded)
+        result: FidelityResult = analyze(tables, n_boot=n_boot, seed=seed, exclude_dimensions=excluded)
+        return result
     except error as exc:
         meta["note"] += f" Analyses could not run: {exc}"
         return FidelityResult(sources=sources, n_boot=n_boot, seed=seed, analyses={})

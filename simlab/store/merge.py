@@ -60,7 +60,7 @@ def merge_from(store: RunStore, shard: str | Path) -> int:
                 f"INSERT INTO temp.new_keys SELECT conversation_id FROM {src['sessions']}"
                 " WHERE conversation_id NOT IN (SELECT conversation_id FROM main.sessions)"
             )
-            n_new = db.execute("SELECT count(*) FROM temp.new_keys").fetchone()[0]
+            n_new = int(db.execute("SELECT count(*) FROM temp.new_keys").fetchone()[0])
             cols = ", ".join(COLUMNS["participants"])
             db.execute(
                 f"INSERT INTO main.participants ({cols}) SELECT {cols} FROM {src['participants']} s WHERE NOT EXISTS"

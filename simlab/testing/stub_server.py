@@ -108,7 +108,7 @@ def _schema_of(body: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def generate_from_schema(schema: dict[str, Any], rng: random.Random, root: dict | None = None) -> Any:
+def generate_from_schema(schema: dict[str, Any], rng: random.Random, root: dict[str, Any] | None = None) -> Any:
     """A value that satisfies ``schema`` (the subset pydantic emits: objects, enums, ranges, refs)."""
     root = root or schema
     if "$ref" in schema:

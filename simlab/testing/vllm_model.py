@@ -93,7 +93,7 @@ def build(out: str | Path, *, force: bool = False) -> Path:
     return out
 
 
-def write_soft_tokens(path: Path, embedding, *, seed: int = 3) -> Path:
+def write_soft_tokens(path: Path, embedding: Any, *, seed: int = 3) -> Path:
     """A random soft-token bank for the sample personas: V at the scale of the model's own token
     embeddings, each participant's weights w_u a random mixture, e0 the bank's mean."""
     import torch

@@ -26,6 +26,7 @@ import json
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -86,9 +87,9 @@ def _import_file(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
             raise InputError("missing required column", file=path, field=col)
     domain = round_name(path)
     n_assignments = frame["HITId"].map(frame["HITId"].value_counts())
-    judgements: list[dict] = []
-    conversations: list[dict] = []
-    turns: list[dict] = []
+    judgements: list[dict[str, Any]] = []
+    conversations: list[dict[str, Any]] = []
+    turns: list[dict[str, Any]] = []
     skipped: dict[str, list[int]] = {"whose answer holds no chats": [], "that show a bot twice": []}
     for i, rec in enumerate(frame.to_dict("records")):
         row = int(rows[i])
@@ -157,7 +158,7 @@ def _import_file(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(judgements), pd.DataFrame(conversations), pd.DataFrame(turns)
 
 
-def _parse_answer(raw: object, path: Path, row: int) -> dict:
+def _parse_answer(raw: object, path: Path, row: int) -> dict[str, Any]:
     if not isinstance(raw, str) or not raw.strip():
         raise InputError("missing value", file=path, row=row, field=_ANSWER)
     try:
@@ -172,14 +173,14 @@ def _parse_answer(raw: object, path: Path, row: int) -> dict:
     return value
 
 
-def _count_bots(answer: dict) -> int:
+def _count_bots(answer: dict[str, Any]) -> int:
     n = 0
     while any(f"{key}{n}" in answer for key in ("task", "score", "dialogue")):
         n += 1
     return n
 
 
-def _field(answer: dict, key: str, path: Path, row: int) -> str:
+def _field(answer: dict[str, Any], key: str, path: Path, row: int) -> str:
     value = answer.get(key)
     if not isinstance(value, str) or not value.strip():
         raise InputError("missing or empty", file=path, row=row, field=f"{_ANSWER}.{key}")

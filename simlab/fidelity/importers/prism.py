@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -49,9 +50,9 @@ def import_prism(conversations_path: str | Path, survey_path: str | Path | None 
     if not path.is_file():
         raise InputError("no such file", file=path)
     frame, rows = read_file(path)
-    judgements: list[dict] = []
-    conversations: list[dict] = []
-    turns: list[dict] = []
+    judgements: list[dict[str, Any]] = []
+    conversations: list[dict[str, Any]] = []
+    turns: list[dict[str, Any]] = []
     seen: set[str] = set()
     for rec, row in zip(frame.to_dict("records") if len(frame) else [], rows, strict=True):
         conv = _conversation(rec, path, int(row))
@@ -78,7 +79,7 @@ def import_prism(conversations_path: str | Path, survey_path: str | Path | None 
     return normalise(tables, origin=str(path))
 
 
-def _conversation(rec: dict, path: Path, row: int) -> dict:
+def _conversation(rec: dict[str, Any], path: Path, row: int) -> dict[str, Any]:
     for key in ("conversation_id", "user_id", "conversation_type"):
         if rec.get(key) is None or (isinstance(rec[key], float) and np.isnan(rec[key])) or str(rec[key]).strip() == "":
             raise InputError("missing value", file=path, row=row, field=key)
@@ -101,13 +102,13 @@ def _conversation(rec: dict, path: Path, row: int) -> dict:
     return out
 
 
-def _history(rec: dict, conv: dict, path: Path, row: int) -> tuple[list[dict], list[dict]]:
+def _history(rec: dict[str, Any], conv: dict[str, Any], path: Path, row: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     history = rec.get("conversation_history")
     if not isinstance(history, list) or not history:
         raise InputError("expected a non-empty list of turns", file=path, row=row, field="conversation_history")
     cid = conv["conversation_id"]
-    turns: list[dict] = []
-    opening: list[dict] = []
+    turns: list[dict[str, Any]] = []
+    opening: list[dict[str, Any]] = []
     for k, item in enumerate(history):
         where = f"conversation_history[{k}]"
         if not isinstance(item, dict):
