@@ -236,7 +236,7 @@ def test_importing_simlab_changes_no_process_state() -> None:
         "import simlab, simlab.llm, simlab.fidelity, simlab.report, simlab.store, simlab.protocol\n"
         "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())\n"
         "assert 'litellm' not in sys.modules\n"
-        "from simlab.llm.client import _lib\n"
+        "from simlab.llm.transport import _lib\n"
         "_lib()\n"
         "assert os.environ['LITELLM_LOCAL_MODEL_COST_MAP'] == 'True' and 'litellm' in sys.modules\n"
     )

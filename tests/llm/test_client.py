@@ -339,6 +339,46 @@ async def test_an_api_key_echoed_by_the_server_is_scrubbed_from_errors_and_recor
     assert secret not in (call.error or "") and "[redacted]" in (call.error or "")
 
 
+def _module_state() -> dict[str, object]:
+    """A copy of every container held at module level in the client layer's modules."""
+    import copy
+    import importlib
+    import pkgutil
+
+    import simlab.llm
+
+    out: dict[str, object] = {}
+    for info in pkgutil.iter_modules(simlab.llm.__path__, "simlab.llm."):
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if isinstance(value, (dict, set, list, frozenset, tuple)) and not name.startswith("__"):
+                out[f"{info.name}.{name}"] = copy.copy(value)
+    return out
+
+
+async def test_two_clients_redact_only_their_own_keys_and_share_no_state(monkeypatch):
+    key_a, key_b = "sk-client-a-11111111aaaa", "sk-client-b-22222222bbbb"
+    monkeypatch.setenv("SIMLAB_TEST_KEY_A", key_a)
+    monkeypatch.setenv("SIMLAB_TEST_KEY_B", key_b)
+    before = _module_state()
+    with StubServer(api_key="the-right-key") as server:  # answers 401 quoting the key it was sent
+        clients = {env: LLMClient({"stub": EndpointConfig(base_url=server.base_url, api_key_env=env, max_attempts=1)})
+                   for env in ("SIMLAB_TEST_KEY_A", "SIMLAB_TEST_KEY_B")}
+        errors = {}
+        for env, client in clients.items():
+            with pytest.raises(LLMError) as info:
+                await client.chat(SPEC, MSGS)
+            errors[env] = str(info.value)
+            await client.aclose()
+    a, b = clients["SIMLAB_TEST_KEY_A"], clients["SIMLAB_TEST_KEY_B"]
+    assert key_a not in errors["SIMLAB_TEST_KEY_A"] and "[redacted]" in errors["SIMLAB_TEST_KEY_A"]
+    assert key_b not in errors["SIMLAB_TEST_KEY_B"] and "[redacted]" in errors["SIMLAB_TEST_KEY_B"]
+    # each client knows its own key only
+    assert a._redact(f"{key_a} {key_b}") == f"[redacted] {key_b}"
+    assert b._redact(f"{key_a} {key_b}") == f"{key_a} [redacted]"
+    assert _module_state() == before  # creating and using clients left no trace at module level
+
+
 def _completion(**message: object) -> str:
     import json
 
@@ -460,10 +500,10 @@ async def test_the_client_records_every_call_with_its_context_even_concurrent_an
 
 def test_the_pacer_shrinks_its_bound_while_the_loop_lags_and_grows_it_back():
     # on a virtual clock: the loop's lag is what the test makes it, not what the machine has
-    from simlab.llm.client import _Pacer
+    from simlab.llm.pacing import Pacer
 
     async def main(loop: VirtualClockLoop) -> None:
-        pacer = _Pacer(loop, start=64)
+        pacer = Pacer(loop, start=64)
         busy = True
         most = 0
 
@@ -497,10 +537,10 @@ def test_the_pacer_shrinks_its_bound_while_the_loop_lags_and_grows_it_back():
 def test_a_garbage_collection_pause_is_not_taken_for_congestion():
     import gc
 
-    from simlab.llm.client import _Pacer
+    from simlab.llm.pacing import Pacer
 
     async def main(loop: VirtualClockLoop) -> None:
-        pacer = _Pacer(loop, start=64)
+        pacer = Pacer(loop, start=64)
         pause = pacer.PERIOD + 2 * pacer.TARGET  # as long as the hog's pauses above
         pausing = False
 
@@ -542,10 +582,10 @@ def test_a_garbage_collection_pause_is_not_taken_for_congestion():
 
 def test_a_call_cancelled_while_it_waits_for_the_pacer_gives_back_nothing():
     # on a virtual clock: no tick (one period away) changes the bound while the test looks
-    from simlab.llm.client import _Pacer
+    from simlab.llm.pacing import Pacer
 
     async def main(loop: VirtualClockLoop) -> None:
-        pacer = _Pacer(loop, start=8)
+        pacer = Pacer(loop, start=8)
         release = asyncio.Event()
 
         async def call() -> None:
