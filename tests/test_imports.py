@@ -27,6 +27,7 @@ LAYER_OF = {
     "simlab.records": "base",
     "simlab.prompts": "base",
     "simlab.seeds": "base",
+    "simlab.redaction": "base",
     "simlab.testing": "base",
     "simlab.testing.vllm_model": "cli",  # a command of its own: builds the vLLM test model
     "simlab.llm": "llm",

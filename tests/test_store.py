@@ -357,7 +357,7 @@ def test_resume_with_a_different_config_names_every_field(tmp_path: Path) -> Non
 
 def test_meta_is_stored_without_secrets(store: RunStore) -> None:
     meta = run_meta(store.path)
-    assert meta["config"]["endpoint"] == {"api_key": "<redacted>", "url": "http://x"}
+    assert meta["config"]["endpoint"] == {"api_key": "[redacted]", "url": "http://x"}
     assert meta["prompt_hashes"] == {"user_turn": "abc123"} and meta["seed"] == 7
     assert {"simlab_version", "created_at", "command", "store_schema"} <= set(meta)
     store.close()
@@ -370,7 +370,17 @@ def test_the_name_of_a_key_variable_is_kept_so_a_run_resumes(tmp_path: Path) -> 
     meta = {"config": {"endpoints": {"vllm": {"api_key_env": "VLLM_API_KEY", "api_key": "sk-leak-9999"}}}}
     RunStore.create(tmp_path / "run", meta).close()
     stored = run_meta(tmp_path / "run")["config"]["endpoints"]["vllm"]
-    assert stored == {"api_key_env": "VLLM_API_KEY", "api_key": "<redacted>"}
+    assert stored == {"api_key_env": "VLLM_API_KEY", "api_key": "[redacted]"}
+
+
+def test_a_run_stored_with_the_old_redaction_marker_still_resumes(tmp_path: Path) -> None:
+    meta = {"config": {"endpoints": {"vllm": {"api_key": "sk-leak-9999"}}}}
+    RunStore.create(tmp_path / "run", meta).close()
+    with sqlite3.connect(tmp_path / "run" / "store.sqlite") as db:  # as a store written before one marker
+        (text,) = db.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()
+        db.execute("UPDATE meta SET value = ? WHERE key = 'config'", (text.replace("[redacted]", "<redacted>"),))
+    db.close()
+    RunStore.open_or_create(tmp_path / "run", meta).close()  # no ConfigMismatchError
 
 
 def test_diff_config() -> None:

@@ -31,10 +31,10 @@ from simlab.llm.dialects import parse_structured, response_format, validation_re
 from simlab.llm.errors import Retryable, classify
 from simlab.llm.pacing import LoopPacers
 from simlab.llm.recording import CallRecord, emit
-from simlab.llm.redaction import Redactor
 from simlab.llm.routing import Endpoint, Replica
 from simlab.llm.transport import HTTP, Reply, Sessions, litellm_completion, read_reply
 from simlab.records import LLMCallRecord
+from simlab.redaction import Redactor
 from simlab.seeds import sampling_seed
 
 __all__ = ["ChatResult", "LLMClient", "StructuredResult"]

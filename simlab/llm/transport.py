@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from simlab.llm.errors import HTTPStatusError
-from simlab.llm.redaction import Redactor
+from simlab.redaction import Redactor
 
 __all__ = ["HTTP", "Reply", "Sessions", "litellm_completion", "read_reply"]
 

@@ -3,14 +3,13 @@
 Everything untrusted (persona-derived text, model replies, human data, even run metadata)
 goes through Jinja2 autoescaping; the only markup marked safe is the SVG that
 ``simlab.report.charts`` made. A strict Content-Security-Policy forbids every script, so
-even a missed escape could not run one. Strings matching an API-key shape are scrubbed.
+even a missed escape could not run one. Strings shaped like an API key are redacted (simlab.redaction).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,18 +20,17 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from markupsafe import Markup
 
 from simlab.fidelity.result import FidelityResult
+from simlab.redaction import redact_key_shapes
 from simlab.report.sections import build_sections
 from simlab.tables import Tables
 
-_SECRET = re.compile(r"sk-[A-Za-z0-9_\-]{8,}")
-SCRUBBED = "sk-…(scrubbed)"
 MAX_TEXT = 2000  # characters shown per turn in the transcript browser
 PER_DOMAIN = 2  # conversations per domain in the transcript browser
 
 
 def scrub(text: str) -> str:
-    """Replace anything shaped like an API key (``sk-…``)."""
-    return _SECRET.sub(SCRUBBED, text)
+    """Replace anything shaped like an API key (``sk-…``) by ``simlab.redaction.REDACTED``."""
+    return redact_key_shapes(text)
 
 
 def _finalize(value: Any) -> Any:

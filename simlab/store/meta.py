@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import shlex
 import sys
 from collections.abc import Iterable, Mapping
@@ -15,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from simlab.errors import InputError
+from simlab.redaction import REDACTED, redact_fields
 
 __all__ = [
     "MATCHED_META",
@@ -34,8 +34,6 @@ RESUMABLE_KEYS = ("concurrency", "limit", "out_dir", "human", "max_gen_error_rat
 """Config keys that may differ between the resumes of a run and between the shards of a merge
 (each shard writes to its own ``out_dir``): none of them changes a stored result (``repeats`` and
 ``ablate_persona`` add sessions next to the ones a run without them makes)."""
-_SECRET_KEY = re.compile(r"(api_?key|secret|password|passwd|authorization|access_token|bearer)", re.I)
-REDACTED = "<redacted>"
 
 
 class ConfigMismatchError(InputError):
@@ -102,20 +100,7 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
     plain = json.loads(json.dumps(value, default=str))
-    return _redact(plain)
-
-
-def _secret(key: Any, value: Any) -> bool:
-    # "api_key_env" holds the *name* of the variable with the key, not the key: a resume needs it
-    return bool(_SECRET_KEY.search(str(key))) and not str(key).endswith("_env") and value not in (None, "")
-
-
-def _redact(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: (REDACTED if _secret(k, v) else _redact(v)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact(v) for v in value]
-    return value
+    return redact_fields(plain)
 
 
 def meta_differences(stored: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -127,13 +112,27 @@ def meta_differences(stored: Mapping[str, Any], new: Mapping[str, Any], ignore: 
     for key in MATCHED_META:
         if key not in stored and key not in new:
             continue
-        old_v, new_v = stored.get(key), new.get(key)
+        old_v, new_v = _marked_as_today(stored.get(key)), new.get(key)
         if key == "config" and isinstance(old_v, dict) and isinstance(new_v, dict):
             differences += diff_config(old_v, new_v, ignore)
             allowed += diff_config({k: old_v.get(k) for k in ignore}, {k: new_v.get(k) for k in ignore})
         else:
             differences += diff_config({key: old_v}, {key: new_v})
     return differences, allowed
+
+
+LEGACY_REDACTED = "<redacted>"  # the marker stores written before the redaction had one marker
+
+
+def _marked_as_today(value: Any) -> Any:
+    """Stored meta with the old redaction marker read as today's, so an older run still resumes."""
+    if value == LEGACY_REDACTED:
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: _marked_as_today(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_marked_as_today(v) for v in value]
+    return value
 
 
 def now() -> str:

@@ -75,8 +75,8 @@ def test_secrets_are_scrubbed_everywhere(planted):
         "arms": [{"id": "GEN", "endpoint": "hosted", "model": "gpt", "description": "uses sk-LEAKEDKEY123456789"}]}}
     html = render_html(result, meta=meta, tables=tables)
     assert "sk-abcdefgh" not in html and "sk-LEAKED" not in html and "PASSWORD" not in html and "zzz" not in html
-    assert "https://api.example.com/v1" in html and "(scrubbed)" in html
-    assert scrub("token sk-12345678 and sk-short") == "token sk-…(scrubbed) and sk-short"
+    assert "https://api.example.com/v1" in html and "[redacted]" in html
+    assert scrub("token sk-12345678 and sk-short") == "token [redacted] and sk-short"
 
 
 def test_real_human_data_dialogue_eval(dialogue_eval_dir: Path, tmp_path: Path):

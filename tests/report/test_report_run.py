@@ -29,7 +29,7 @@ def test_payloads_are_escaped_and_keys_scrubbed(run_copy: Path):
         assert payload not in html, name
     assert "&lt;script&gt;document.title=&#34;PWNED-script&#34;&lt;/script&gt;" in html  # shown, as text
     assert "&lt;/textarea&gt;&lt;script&gt;" in html  # persona payload parroted by the simulated user
-    assert "sk-ABCDEF1234567890" not in html and "sk-…(scrubbed)" in html
+    assert "sk-ABCDEF1234567890" not in html and "[redacted]" in html
 
 
 def test_cli_writes_report_and_exits_2_on_bad_input(run_copy: Path, tmp_path: Path):
