@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 class SimlabError(Exception):
@@ -55,6 +56,9 @@ class LLMError(SimlabError):
     asked: str | None = None
     """The question being asked when the call failed (set by the protocol), for the session's failure reason."""
 
+    call: Any = None
+    """The failed call's record (a ``simlab.llm.CallRecord``, set by the client that made it)."""
+
     def __init__(self, message: str, *, attempts: int = 0, status: int | None = None) -> None:
         self.attempts = attempts
         self.status = status
@@ -77,6 +81,9 @@ class BackendUnavailable(SimlabError):
 
     ``diagnosis`` is filled in by whoever knows more (the embedded server's exit signal and log).
     """
+
+    call: Any = None
+    """The record of the call that found the endpoint gone (a ``simlab.llm.CallRecord``, set by the client)."""
 
     def __init__(self, endpoint: str, urls: list[str], cause: str) -> None:
         self.endpoint = endpoint

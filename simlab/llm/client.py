@@ -157,7 +157,7 @@ class LLMClient:
         except (LLMError, BackendUnavailable) as exc:
             if record.status == "ok":
                 record.status, record.error = "error", str(exc)
-            setattr(exc, "call", record)  # noqa: B010 - either error type carries its call record
+            exc.call = record
             raise
         finally:
             record.latency_s = time.monotonic() - start

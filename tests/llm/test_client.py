@@ -335,7 +335,7 @@ async def test_an_api_key_echoed_by_the_server_is_scrubbed_from_errors_and_recor
             await client.chat(SPEC, MSGS)
     text = str(info.value)
     assert secret not in text and "[redacted]" in text  # the stub echoed "Bearer <key>" in its 401
-    call = info.value.call  # type: ignore[attr-defined]
+    call = info.value.call
     assert secret not in (call.error or "") and "[redacted]" in (call.error or "")
 
 
