@@ -1,4 +1,5 @@
-"""Shared preparation: judgements with events and used ranks, and conditional-logit choice sets."""
+"""Shared preparation: judgements with their used ranks, conditional-logit choice sets, the
+participant minimum and the one reading of the ``gen_error`` flag every analysis excludes by."""
 
 from __future__ import annotations
 
@@ -67,12 +68,13 @@ def choice_sets(
     how: Literal["ranking"] | str,
     participants: Participants,
 ) -> ChoiceSets:
-    """Choice sets for a conditional logit over the rows of ``frame`` grouped by ``event``.
+    """Choice sets for a conditional logit over the rows of ``frame`` grouped by conversation (one
+    choice event each).
 
     ``how="ranking"``: the exploded ranking (rank-ordered / Plackett–Luce logit): each ranked
-    row is chosen from the rows ranked the same or worse in its event (ties: Breslow, each tied
+    row is chosen from the rows ranked the same or worse in its conversation (ties: Breslow, each tied
     row is chosen from a set that includes the others). Otherwise ``how`` names a boolean column
-    and each true row is chosen from all rows of its event. Rows with a missing feature or
+    and each true row is chosen from all rows of its conversation. Rows with a missing feature or
     outcome are dropped; one-alternative sets carry no information and are dropped.
     """
     d = frame.reset_index(drop=True)
@@ -107,8 +109,9 @@ def sim_sources(sources: Sequence[str]) -> list[str]:
 
 
 MIN_PARTICIPANTS = 10
-"""A source with fewer participants than this is ``not_available``: a participant bootstrap or a
-clustered standard error over a handful of people is not an interval anyone should quote."""
+"""A source (or comparison) with fewer participants than this is ``not_available`` in every analysis: a
+participant bootstrap or a clustered standard error over a handful of people is not an interval anyone
+should quote."""
 
 
 def too_few_participants(frame: pd.DataFrame, minimum: int = MIN_PARTICIPANTS) -> str | None:
@@ -119,14 +122,43 @@ def too_few_participants(frame: pd.DataFrame, minimum: int = MIN_PARTICIPANTS) -
     return None
 
 
+TRUE = frozenset({"true", "1", "1.0", "yes", "y", "t"})
+FALSE = frozenset({"false", "0", "0.0", "no", "n", "f"})
+
+
+def flag(values: pd.Series) -> pd.Series:
+    """A flag column as 1.0 / 0.0 / NaN (not recorded), whatever it was stored as (bool, 0/1, text)."""
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+        num = pd.to_numeric(values, errors="coerce").astype(float)
+        return num.where(num.isna(), (num != 0).astype(float))
+    text = values.astype("string").str.strip().str.lower()
+    out = pd.Series(np.nan, index=values.index)
+    out[text.isin(TRUE).fillna(False).to_numpy(bool)] = 1.0
+    out[text.isin(FALSE).fillna(False).to_numpy(bool)] = 0.0
+    return out
+
+
+def gen_error_rows(frame: pd.DataFrame) -> pd.Series:
+    """Which rows of a conversations or turns table are flagged ``gen_error`` (bool, aligned with
+    ``frame``): a flag not recorded (missing, or no such column) is not flagged."""
+    if "gen_error" not in frame.columns:
+        return pd.Series(False, index=frame.index)
+    return flag(frame["gen_error"]) == 1
+
+
+def flagged_conversations(conversations: pd.DataFrame | None) -> set[str]:
+    """The ids (as text) of the conversations flagged ``gen_error``: a failed generation was shown as an
+    error notice, so what the participant did next is not a response to the arms' replies."""
+    if conversations is None:
+        return set()
+    return set(conversations.loc[gen_error_rows(conversations), "conversation_id"].astype(str))
+
+
 def drop_gen_error(j: pd.DataFrame, tables: Tables) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Judgement rows without the events (conversations) flagged ``gen_error``, and per source how
-    many events were dropped: a failed generation was shown as an error notice, so the choice
-    among the arms is not a choice among replies (PROTOCOL §2, errors)."""
-    c = tables.conversations
-    if c is None or "gen_error" not in c.columns:
-        return j, {}
-    bad = set(c.loc[c["gen_error"].fillna(False).astype(bool), "conversation_id"].astype(str))
+    """Judgement rows without the conversations flagged ``gen_error`` (``flagged_conversations``), and
+    per source how many conversations were dropped: the choice among the arms of such a conversation
+    is not a choice among replies (PROTOCOL §2, errors)."""
+    bad = flagged_conversations(tables.conversations)
     if not bad:
         return j, {}
     hit = j["conversation_id"].astype(str).isin(bad)

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 
-from simlab.fidelity.analyses._prep import HUMAN, has_values, participants_of
+from simlab.fidelity.analyses._prep import HUMAN, MIN_PARTICIPANTS, gen_error_rows, has_values, participants_of
 from simlab.fidelity.cluster_ols import ClusterOLS
 from simlab.fidelity.identify import dependent_columns, describe_dependence
 from simlab.fidelity.result import DynamicsResult, DynamicsSource, Estimate
@@ -46,8 +46,6 @@ from simlab.fidelity.stats import FitError, Participants, bootstrap, estimate, r
 from simlab.tables import Tables
 
 CEILING = 95.0
-MIN_PARTICIPANTS = 10
-"""Fewer participants per source than this: no participant-clustered inference (not_available)."""
 MODEL = ("within-conversation weighted least squares: turn_rating ~ turn:source + C(arm):source + C(conversation_id), "
          "each conversation's own slope counted once; 95% CI and p-value: cluster-robust by "
          "participant_id (CR2, t with Bell–McCaffrey df)")
@@ -77,9 +75,7 @@ def _turn_ratings(tables: Tables, conv: pd.DataFrame) -> tuple[pd.DataFrame | No
     dropped = None
     if "gen_error" in r.columns:
         # a failed generation is rated as a failure, not as the arm at that turn
-        flag = r["gen_error"]
-        bad = (flag.fillna(False).astype(bool) if flag.dtype == bool or flag.dtype == "boolean"
-               else flag.astype(str).str.strip().str.lower().isin({"true", "1", "1.0", "yes"}))
+        bad = gen_error_rows(r)
         dropped = {str(s): int(n) for s, n in r.loc[bad, "source"].value_counts().items()}
         r = r[~bad].drop(columns="gen_error")
     return r.reset_index(drop=True), dropped

@@ -20,25 +20,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from simlab.fidelity.analyses._prep import arm_order
+from simlab.fidelity.analyses._prep import arm_order, flag
 from simlab.fidelity.result import GenErrorsArm, GenErrorsResult, GenErrorsSource
 from simlab.tables import Tables
 
-TRUE = frozenset({"true", "1", "1.0", "yes", "y", "t"})
-FALSE = frozenset({"false", "0", "0.0", "no", "n", "f"})
 FLAGS = ("conversations.gen_error", "conversations.max_turns_reached", "conversations.stop_reason", "turns.gen_error")
-
-
-def flag(values: pd.Series) -> pd.Series:
-    """A flag column as 1.0 / 0.0 / NaN (not recorded), whatever it was stored as (bool, 0/1, text)."""
-    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
-        num = pd.to_numeric(values, errors="coerce").astype(float)
-        return num.where(num.isna(), (num != 0).astype(float))
-    text = values.astype("string").str.strip().str.lower()
-    out = pd.Series(np.nan, index=values.index)
-    out[text.isin(TRUE).fillna(False).to_numpy(bool)] = 1.0
-    out[text.isin(FALSE).fillna(False).to_numpy(bool)] = 0.0
-    return out
 
 
 def _share(n: int | None, of: int) -> float | None:

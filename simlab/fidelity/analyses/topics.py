@@ -56,7 +56,15 @@ from sklearn.model_selection import GroupKFold
 from sklearn.preprocessing import normalize
 
 # fewer participants with texts in a source (or a domain) and its divergence is not reported
-from simlab.fidelity.analyses._prep import HUMAN, MIN_PARTICIPANTS, has_values, participants_of, sim_sources
+from simlab.fidelity.analyses._prep import (
+    HUMAN,
+    MIN_PARTICIPANTS,
+    flagged_conversations,
+    gen_error_rows,
+    has_values,
+    participants_of,
+    sim_sources,
+)
 from simlab.fidelity.result import Estimate, PrismClusters, TopicsResult, TopicUnit
 from simlab.fidelity.stats import MAX_FAILED_SHARE, Participants, bootstrap, estimate, jsd
 from simlab.schema import IN_DOMAIN
@@ -359,9 +367,9 @@ def user_texts(tables: Tables) -> pd.DataFrame | None:
     t, conv = tables.turns, tables.conversations
     if not has_values(t, "text") or conv is None:
         return None
-    if "gen_error" in conv.columns:
-        failed = set(conv.loc[conv["gen_error"].fillna(False).astype(bool), "conversation_id"])
-        t = t[~(t["conversation_id"].isin(failed) & (pd.to_numeric(t["turn"]) > 0))]
+    failed = flagged_conversations(conv)
+    if failed:
+        t = t[~(t["conversation_id"].astype(str).isin(failed) & (pd.to_numeric(t["turn"]) > 0))]
     user = t[(t["role"] == "user") & t["text"].notna()][["conversation_id", "turn", "text"]]
     cols = ["conversation_id", "participant_id", "source", *(["domain"] if "domain" in conv.columns else [])]
     user = user.merge(conv[cols], on="conversation_id").reset_index(drop=True)
@@ -495,7 +503,7 @@ def topics(
     out = TopicsResult(embedding=topics, embedding_model=embed.model_name)
     conv = tables.conversations
     if conv is not None and "gen_error" in conv.columns:
-        flagged = conv[conv["gen_error"].fillna(False).astype(bool)]
+        flagged = conv[gen_error_rows(conv)]
         out.n_gen_error = {str(k): int(v) for k, v in flagged.groupby("source").size().items()}
     e_open = None
     if len(opening) >= 10:
