@@ -115,20 +115,20 @@ class HierarchyResult(SourceStatus):
 
 class InstrumentAgreement(_Model):
     """Top-1 agreement of a simulated source with the matched human on one instrument, against the
-    human ceiling of the closest instrument pair on the same events."""
+    human ceiling of the closest instrument pair on the same matches."""
 
     top1: Estimate
-    """Tie-aware share of matched events where both pick the same top arm: an event where either
+    """Tie-aware share of matches where both pick the same top arm: a match where either
     side's maximum is tied counts |A∩B| / (|A|·|B|), the chance that uniform tie-breaking makes them
     agree (chance level 1/k). 95% CI: participant bootstrap; n = participants."""
     n_tied: int = 0
-    """Events where either side's maximum is tied (they count fractionally, see ``top1``)."""
+    """Matches where either side's maximum is tied (they count fractionally, see ``top1``)."""
     ceiling_pair: str | None = None
     """The human instrument pair used as the ceiling ('a~b', see ``CeilingResult.cross_instrument``)."""
     ceiling: Estimate | None = None
-    """The human's tie-aware agreement on ``ceiling_pair`` in the matched events."""
+    """The human's tie-aware agreement on ``ceiling_pair`` in the matches' human conversations."""
     gap: Estimate | None = None
-    """top1 − ceiling on the events that have both, with the same participant draws for both (so the
+    """top1 − ceiling on the matches that have both, with the same participant draws for both (so the
     CI carries the uncertainty of each); p_value: bootstrap test of gap = 0."""
     reaches_ceiling: bool | None = None
     """True when the CI of ``gap`` reaches 0 or lies above it (None: no ceiling or no CI)."""
@@ -138,26 +138,27 @@ class AgreementComparison(SourceStatus):
     """Individual agreement of a simulated source with the matched human judgements."""
 
     n_events: int = 0
-    """Matched (participant_id, domain) judgement events."""
+    """Matches: a simulated conversation with the human conversation of the same participant and domain
+    (the first of each, where repeated)."""
     top1: Estimate | None = None
-    """Tie-aware share of events where both pick the same ranked_best arm (= ``by_instrument
+    """Tie-aware share of matches where both pick the same ranked_best arm (= ``by_instrument
     ['ranked_best'].top1``; where the human's ranks were derived from ratings, their tied maxima)."""
     top1_chance: float | None = None
-    """Chance level: mean over events of 1/k (k = arms per event); tie-aware ``top1`` has this
+    """Chance level: mean over matches of 1/k (k = arms per match); tie-aware ``top1`` has this
     expectation when the two sides are independent."""
     n_tied: int = 0
-    """Events of ``top1`` where either side's maximum is tied (counted fractionally)."""
+    """Matches of ``top1`` where either side's maximum is tied (counted fractionally)."""
     ceiling_pair: str | None = None
     """The human instrument pair ``top1`` is compared with (closest usable pair to ranked_best)."""
     ceiling_gap: Estimate | None = None
-    """top1 − the human ceiling of ``ceiling_pair`` on the same events (same participant draws)."""
+    """top1 − the human ceiling of ``ceiling_pair`` on the same matches (same participant draws)."""
     by_instrument: dict[str, InstrumentAgreement] = Field(default_factory=dict)
     """Per instrument present in both sources (ranked_best, rating_preference and wtp_bid as their
     tied maxima, opening_choice): top-1 agreement, its ceiling pair and gap."""
     kendall_tau: Estimate | None = None
-    """Mean over events of Kendall τ-b between the two full rankings."""
+    """Mean over matches of Kendall τ-b between the two full rankings."""
     kendall_tau_per_participant: Estimate | None = None
-    """Mean over participants of their mean per-event τ."""
+    """Mean over participants of their mean per-match τ."""
     pearson: dict[str, Estimate] = Field(default_factory=dict)
     """Pooled Pearson correlation per rating/bid column (matched rows); mixes between-participant
     rating levels (style) into agreement: see ``pearson_within``."""
@@ -165,7 +166,7 @@ class AgreementComparison(SourceStatus):
     """Pooled Spearman correlation per rating/bid column (same caveat as ``pearson``)."""
     pearson_within: dict[str, Estimate] = Field(default_factory=dict)
     """Primary rating agreement: Pearson correlation of ratings centred per conversation (each source's
-    own mean of the event removed), so a participant's rating level is not agreement; shared arm
+    own mean of the conversation removed), so a participant's rating level is not agreement; shared arm
     preferences (the hierarchy) still count. p_value: bootstrap test of 0."""
     pearson_individual: dict[str, Estimate] = Field(default_factory=dict)
     """Like ``pearson_within`` with each source's arm means also removed (per bootstrap replicate):
@@ -215,26 +216,26 @@ class PlaceboInstrument(SourceStatus):
     a different human of the same domain."""
 
     own: Estimate | None = None
-    """Tie-aware top-1 agreement of each simulated event with its own human's event (same participant
-    and domain), mean over the simulated events used (every repeat counts). CI: participant
-    bootstrap; n = participants."""
+    """Tie-aware top-1 agreement of each simulated conversation with its own human's (first) conversation
+    of the same domain, mean over the simulated conversations used (every repeat counts). CI:
+    participant bootstrap; n = participants."""
     mismatched: Estimate | None = None
-    """The same simulated events' mean agreement with the human events of every other participant of
-    the same domain (the exact mean of the mismatched-pairing permutation distribution)."""
+    """The same simulated conversations' mean agreement with the human conversations of every other
+    participant of the same domain (the exact mean of the mismatched-pairing permutation distribution)."""
     gap: Estimate | None = None
-    """own − mismatched, per event then averaged: the part of individual agreement the persona
+    """own − mismatched, per conversation then averaged: the part of individual agreement the persona
     explains (0 when the simulator knows only what is common to the domain's people). CI: participant
-    bootstrap of the per-event gaps; p_value: the permutation p-value (``permutation_p``)."""
+    bootstrap of the per-conversation gaps; p_value: the permutation p-value (``permutation_p``)."""
     permutation_p: float | None = None
     """Add-one one-sided p-value: share of shuffles of the simulated↔human pairing of participants
     whose gap is ≥ the observed one (``n_perm`` shuffles). One shuffle covers all domains: a
     participant gets another participant's humans in every domain at once, among participants
     matched in the same domains (their tastes carry across domains)."""
     n_events: int = 0
-    """Simulated events (conversations) used."""
+    """Simulated conversations used."""
     n_no_other: int = 0
-    """Simulated events left out because no other participant of their domain has a human event with
-    this instrument (e.g. a domain with one participant): they have no mismatched human."""
+    """Simulated conversations left out because no other participant of their domain has a human
+    conversation with this instrument (e.g. a domain with one participant): they have no mismatched human."""
 
 
 class PersonaPlacebo(SourceStatus):
@@ -246,7 +247,7 @@ class PersonaPlacebo(SourceStatus):
     n_perm: int = 0
     """Permutations behind each ``permutation_p``."""
     single_domains: list[str] = Field(default_factory=list)
-    """Domains with a single matched participant (no mismatched human: their events are left out)."""
+    """Domains with a single matched participant (no mismatched human: their conversations are left out)."""
 
 
 class VarianceSplit(SourceStatus):
@@ -254,7 +255,7 @@ class VarianceSplit(SourceStatus):
 
     Model, fitted by REML: rating ~ C(arm) + C(domain) fixed, a random intercept per participant and
     a variance component for the conversation within the participant (statsmodels' MixedLM model;
-    its restricted likelihood is computed in closed form, see ``agreement._NestedReml``)."""
+    its restricted likelihood is computed in closed form, see ``agreement.mixed_model.NestedReml``)."""
 
     column: str = "rating_preference"
     """The rating split."""
@@ -290,7 +291,7 @@ class CeilingResult(SourceStatus):
     """Tie-aware top-1 agreement per instrument pair, keyed 'a~b' (ranked_best, rating_preference,
     wtp_bid, opening_choice), each with its own participant-bootstrap CI; n = participants."""
     n_tied: dict[str, int] = Field(default_factory=dict)
-    """Per pair in ``cross_instrument``: events where either instrument's maximum is tied."""
+    """Per pair in ``cross_instrument``: human conversations where either instrument's maximum is tied."""
     excluded: dict[str, str] = Field(default_factory=dict)
     """Pairs left out, with the reason (one instrument by construction, e.g. ranks derived from the
     ratings; too few participants)."""

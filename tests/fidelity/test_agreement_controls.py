@@ -14,7 +14,8 @@ import statsmodels.formula.api as smf
 
 from simlab.fidelity.analyses import agreement
 from simlab.fidelity.analyses._prep import judgements_frame, participants_of
-from simlab.fidelity.analyses.agreement import _placebo, _with_repeat
+from simlab.fidelity.analyses.agreement.common import _with_repeat
+from simlab.fidelity.analyses.agreement.placebo import _placebo
 from simlab.fidelity.result import FidelityResult
 from simlab.fidelity.synthetic import make_placebo, make_rating_repeats, make_synthetic
 from simlab.report import render_html

@@ -159,7 +159,7 @@ def test_dialogue_eval_retest_far_above_permutation_baseline(dialogue_eval_table
 
 
 def test_variance_shares_take_the_logit_interval_inside_and_the_percentile_at_the_boundary() -> None:
-    from simlab.fidelity.analyses.agreement import _share_estimate
+    from simlab.fidelity.analyses.agreement.variance_split import _share_estimate
 
     rng = np.random.default_rng(0)
     draws = 1 / (1 + np.exp(-rng.normal(np.log(0.15 / 0.85), 0.25, 100)))
@@ -189,7 +189,7 @@ def test_variance_shares_take_the_logit_interval_inside_and_the_percentile_at_th
 def test_a_share_at_the_upper_boundary_widens_its_lower_end() -> None:
     """The mirror of the zero boundary: a share near 1 whose refits pile at 1 (the other variances at
     0) keeps the percentile's upper end and gets a lower end reaching further down."""
-    from simlab.fidelity.analyses.agreement import _share_estimate
+    from simlab.fidelity.analyses.agreement.variance_split import _share_estimate
 
     rng = np.random.default_rng(1)
     piled = np.r_[np.full(40, 1 - 2e-7), 1 - rng.uniform(0.0, 0.02, 60)]

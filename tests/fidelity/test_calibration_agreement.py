@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from simlab.fidelity.analyses._prep import judgements_frame, participants_of
-from simlab.fidelity.analyses.agreement import _variance_split, _with_repeat
+from simlab.fidelity.analyses.agreement.common import _with_repeat
+from simlab.fidelity.analyses.agreement.variance_split import _variance_split
 from simlab.fidelity.calibration import agreement as cal
 from simlab.fidelity.calibration import all_cases, run_case
 

@@ -29,7 +29,7 @@ how noisy they are and in their rating or bidding level (style).
    share (the persona makes it consistent) but that knows nothing of the human's. Null: that is
    all (gap 0 by construction). Effect: each run picks its own human's top with probability
    ``EFFECT_PLACEBO``, else draws as under the null: the truth is q·(1 − Σπ_d²), averaged over the
-   domains with their expected share of the events (``make_placebo``'s truth per domain). The
+   domains with their expected share of the conversations (``make_placebo``'s truth per domain). The
    tastes are what a permutation that shuffled each domain on its own did not carry: with ρ = 0.9
    it over-rejected the nulls, so the analysis shuffles participants across domains.
 5. **variance split, repeat share** (``variance_split[src].share["repeat"]``): a descriptive, not a
@@ -54,8 +54,10 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from simlab.fidelity.analyses._prep import judgements_frame, participants_of
-from simlab.fidelity.analyses.agreement import _drop_gen_errors, _variance_split, _with_repeat, agreement
+from simlab.fidelity.analyses._prep import drop_gen_error, judgements_frame, participants_of
+from simlab.fidelity.analyses.agreement import agreement
+from simlab.fidelity.analyses.agreement.common import _with_repeat
+from simlab.fidelity.analyses.agreement.variance_split import _variance_split
 from simlab.fidelity.calibration import Case, Measured
 from simlab.fidelity.synthetic import make_rating_repeats
 from simlab.schema import DOMAINS
@@ -73,7 +75,7 @@ EFFECT_RETEST = 0.5  # scale of the arm preferences under case 3's effect
 
 
 def _base(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per event (participant × domain): participant index, individual preferences (n, k), noise scale."""
+    """Per conversation (one per participant × domain): participant index, individual preferences (n, k), noise scale."""
     k, d = len(ARMS), len(DOMAINS)
     who = np.repeat(np.arange(n), d)
     pref = rng.normal(0.0, 1.0, (n, len(ARMS)))
@@ -88,7 +90,7 @@ def _mix(rng: np.random.Generator, pref: np.ndarray, rho: float) -> np.ndarray:
 
 
 def _tables(who: np.ndarray, columns: dict[str, dict[str, np.ndarray]], gen_error: dict[str, np.ndarray]) -> Tables:
-    """Tables from per-source (events, k) arrays of judgement columns."""
+    """Tables from per-source (conversations, k) arrays of judgement columns."""
     k, d = len(ARMS), len(DOMAINS)
     jr, cr = [], []
     for src, cols in columns.items():
@@ -123,7 +125,7 @@ def _top1_core(rng: np.random.Generator, n: int, effect: bool) -> dict[str, np.n
 
 
 def _agree(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Tie-aware top-1 agreement per row of two (events, k) 0/1 top-set arrays."""
+    """Tie-aware top-1 agreement per row of two (conversations, k) 0/1 top-set arrays."""
     return (a * b).sum(1) / (a.sum(1) * b.sum(1))
 
 
@@ -249,11 +251,11 @@ PLACEBO_PI = np.array([[0.4, 0.3, 0.2, 0.1],  # the humans' top-arm distribution
                        [0.25, 0.25, 0.25, 0.25],
                        [0.55, 0.2, 0.15, 0.1],
                        [0.3, 0.4, 0.2, 0.1]])
-PLACEBO_RHO = 0.5  # copula correlation of a participant's tops across their events (human; simulator alike)
+PLACEBO_RHO = 0.5  # copula correlation of a participant's tops across their conversations (human; simulator alike)
 
 
 def _copula_top(rng: np.random.Generator, taste: np.ndarray, dom: np.ndarray) -> np.ndarray:
-    """Top arm per event from π_dom, correlated through the participant ``taste`` (one per event)."""
+    """Top arm per conversation from π_dom, correlated through the participant ``taste`` (one per conversation)."""
     z = np.sqrt(PLACEBO_RHO) * taste + np.sqrt(1 - PLACEBO_RHO) * rng.normal(size=taste.size)
     cum = np.cumsum(PLACEBO_PI, axis=1)[dom]
     return np.minimum((norm.cdf(z)[:, None] > cum).sum(axis=1), len(ARMS) - 1)
@@ -264,15 +266,15 @@ def simulate_placebo(seed: int, effect: bool) -> Tables:
     n, k = int(rng.integers(60, 121)), len(ARMS)
     repeats = int(rng.integers(1, 3))
     n_dom = rng.integers(1, len(DOMAINS) + 1, n)
-    who = np.repeat(np.arange(n), n_dom)  # human events: participant × their first n_dom domains
+    who = np.repeat(np.arange(n), n_dom)  # human conversations: participant × their first n_dom domains
     dom = np.concatenate([np.arange(m) for m in n_dom])
     taste_h, taste_s = rng.normal(size=n), rng.normal(size=n)
     top_h = _copula_top(rng, taste_h[who], dom)
-    s_ev = np.repeat(np.arange(who.size), repeats)  # simulated runs of each human event
-    top_s = _copula_top(rng, taste_s[who[s_ev]], dom[s_ev])
+    s_conv = np.repeat(np.arange(who.size), repeats)  # simulated runs of each human conversation
+    top_s = _copula_top(rng, taste_s[who[s_conv]], dom[s_conv])
     if effect:
-        top_s = np.where(rng.random(s_ev.size) < EFFECT_PLACEBO, top_h[s_ev], top_s)
-    err = rng.random(s_ev.size) < GEN_ERROR
+        top_s = np.where(rng.random(s_conv.size) < EFFECT_PLACEBO, top_h[s_conv], top_s)
+    err = rng.random(s_conv.size) < GEN_ERROR
     top_s[err] = rng.integers(0, k, err.sum())  # an error notice ranked at random
 
     def ranks(top: np.ndarray) -> np.ndarray:
@@ -281,7 +283,7 @@ def simulate_placebo(seed: int, effect: bool) -> Tables:
         return (-u).argsort(axis=1).argsort(axis=1) + 1
 
     rows = {"human": (who, dom, np.zeros(who.size, int), ranks(top_h), np.zeros(who.size, bool)),
-            SIM: (who[s_ev], dom[s_ev], np.tile(np.arange(repeats), who.size), ranks(top_s), err)}
+            SIM: (who[s_conv], dom[s_conv], np.tile(np.arange(repeats), who.size), ranks(top_s), err)}
     jr, cr = [], []
     for src, (w, d, r, rank, bad) in rows.items():
         cid = np.array([f"{src}-p{p}-{DOMAINS[x]}-r{y}" for p, x, y in zip(w, d, r)])
@@ -299,7 +301,7 @@ def truth_placebo(effect: bool) -> float:
         return 0.0  # the simulator's tops are independent of every human's
     d = len(DOMAINS)
     share = np.array([d - i for i in range(d)], float)  # domain i is held by those with > i domains
-    share /= share.sum()  # expected share of the events per domain (1–4 domains uniform)
+    share /= share.sum()  # expected share of the conversations per domain (1–4 domains uniform)
     return float(EFFECT_PLACEBO * share @ (1 - (PLACEBO_PI**2).sum(axis=1)))
 
 
@@ -319,7 +321,7 @@ SPLIT_REPEAT_SD = 5.0  # the seed-to-seed (conversation within participant) SD u
 SPLIT_REPEAT_SD_SMALL = 2.5  # the same, near the boundary (share 0.037)
 SPLIT_NULL_VALUE = 1e-6
 """A share's CI "excludes 0" when its lower end is above this: the REML optimiser stops within ~1e-6
-of a zero variance ratio (``agreement.SHARE_EDGE``; a report shows such a share as 0%)."""
+of a zero variance ratio (``agreement.variance_split.SHARE_EDGE``; a report shows such a share as 0%)."""
 
 
 def simulate_split(seed: int, effect: bool, repeat_sd: float = SPLIT_REPEAT_SD) -> Tables:
@@ -336,7 +338,7 @@ def truth_split(effect: bool, repeat_sd: float = SPLIT_REPEAT_SD) -> float:
 def measure_split(tables: Tables, seed: int) -> Measured:
     """share["repeat"] of the simulated source, as ``agreement`` computes it (the variance split alone:
     the same frame and participant draws, without the comparisons with people)."""
-    j, _ = _drop_gen_errors(tables, judgements_frame(tables))
+    j, _ = drop_gen_error(judgements_frame(tables), tables)
     j = _with_repeat(tables, j)
     vs = _variance_split(j[j["source"] == SIM], participants_of(tables, N_BOOT, seed))
     return Measured(vs.share.get("repeat"))
