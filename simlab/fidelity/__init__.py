@@ -21,6 +21,7 @@ from simlab.fidelity.io import load_human, load_tables, normalise, write_tables
 from simlab.tables import Tables, concat
 
 if TYPE_CHECKING:
+    from simlab.fidelity.analyses.topics import Embedding
     from simlab.fidelity.result import FidelityResult
 
 __all__ = [
@@ -45,7 +46,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'simlab.fidelity' has no attribute {name!r}")
 
 
-def compare(*tables: Tables, n_boot: int = 200, seed: int = 0, topics: str = "tfidf",
+def compare(*tables: Tables, n_boot: int = 200, seed: int = 0, topics: Embedding | None = "tfidf",
             exclude_dimensions: Collection[str] = ()) -> FidelityResult:
     """Fit every analysis per source and compare each simulated source with ``human``.
 
@@ -74,7 +75,7 @@ def compare(*tables: Tables, n_boot: int = 200, seed: int = 0, topics: str = "tf
     return _analyze_all(merged, n_boot=n_boot, seed=seed, topics=topics, exclude_dimensions=exclude_dimensions)
 
 
-def analyze(tables: Tables, *, n_boot: int = 200, seed: int = 0, topics: str = "tfidf",
+def analyze(tables: Tables, *, n_boot: int = 200, seed: int = 0, topics: Embedding | None = "tfidf",
             exclude_dimensions: Collection[str] = ()) -> FidelityResult:
     """Fit every analysis on each source of ``tables`` without comparing them: human data alone, or
     simulated sources side by side (a run and its no-persona control); ``compare`` compares
@@ -88,7 +89,8 @@ def analyze(tables: Tables, *, n_boot: int = 200, seed: int = 0, topics: str = "
     return _analyze_all(part, n_boot=n_boot, seed=seed, topics=topics, exclude_dimensions=exclude_dimensions)
 
 
-def _analyze_all(tables: Tables, *, n_boot: int, seed: int, topics: str,
+def _analyze_all(tables: Tables, *, n_boot: int, seed: int, topics: Embedding | None,
                  exclude_dimensions: Collection[str] = ()) -> FidelityResult:
-    analyze_all = import_module("simlab.fidelity.analyses").analyze_all
+    from simlab.fidelity.analyses import analyze_all  # on first use, as in __getattr__
+
     return analyze_all(tables, n_boot=n_boot, seed=seed, topics=topics, exclude_dimensions=exclude_dimensions)

@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -118,7 +119,7 @@ def _check_utf8(path: Path, fmt: str) -> None:
 
 
 def _read_jsonl(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
-    records: list[dict] = []
+    records: list[dict[str, Any]] = []
     rows: list[int] = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()

@@ -44,7 +44,8 @@ def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
             return [walk(v) for v in node]
         return node
 
-    return walk(schema)
+    inlined: dict[str, Any] = walk(schema)  # a dict: walk maps a dict (or the one its $ref names) to a dict
+    return inlined
 
 
 def _bounded_ints_as_enums(node: Any) -> Any:

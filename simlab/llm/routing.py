@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from asyncio_throttle import Throttler
+from asyncio_throttle.throttler import Throttler
 
 from simlab.llm.config import EndpointConfig, api_key
 from simlab.llm.transport import HTTP

@@ -38,11 +38,12 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 
-from simlab.fidelity.analyses._prep import HUMAN, MIN_PARTICIPANTS, gen_error_rows, has_values, participants_of
+from simlab.fidelity.analyses._prep import MIN_PARTICIPANTS, gen_error_rows, has_values, participants_of
 from simlab.fidelity.cluster_ols import ClusterOLS
 from simlab.fidelity.identify import dependent_columns, describe_dependence
 from simlab.fidelity.result import DynamicsResult, DynamicsSource, Estimate
 from simlab.fidelity.stats import FitError, Participants, bootstrap, estimate, reason_for
+from simlab.schema import HUMAN
 from simlab.tables import Tables
 
 CEILING = 95.0

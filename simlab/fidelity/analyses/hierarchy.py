@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 from simlab.fidelity.analyses._prep import (
-    HUMAN,
     arm_order,
     choice_sets,
     drop_gen_error,
@@ -43,6 +42,7 @@ from simlab.fidelity.stats import (
     wald_test,
     weighted_corr,
 )
+from simlab.schema import HUMAN
 from simlab.tables import Tables
 
 Fitted = tuple[ChoiceSets, ClogitFit, list[str], np.ndarray]
@@ -130,7 +130,7 @@ def _rating_strengths(
     def stat(w: np.ndarray) -> np.ndarray:
         tot = (onehot * w[:, None]).sum(axis=0)
         m = np.where(tot > 0, (onehot * (w * z)[:, None]).sum(axis=0) / np.where(tot > 0, tot, 1), np.nan)
-        return m - m[arms.index(ref)]
+        return np.asarray(m - m[arms.index(ref)])
 
     full = stat(np.ones(len(z)))
     draws = bootstrap(stat, pidx, participants.counts)

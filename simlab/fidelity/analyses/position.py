@@ -43,7 +43,6 @@ from scipy import sparse
 from scipy import stats as sps
 
 from simlab.fidelity.analyses._prep import (
-    HUMAN,
     choice_sets,
     drop_gen_error,
     dummies,
@@ -68,6 +67,7 @@ from simlab.fidelity.stats import (
     stack,
     wald_test,
 )
+from simlab.schema import HUMAN
 from simlab.tables import Tables
 
 OUTCOMES = ("ranked_best", "opening_choice", "ranking")
@@ -172,8 +172,7 @@ def _excess(d: pd.DataFrame, how: str, arm_cols: list[str], model: _Model, parti
         eta = a_sparse @ beta_arm
         m = np.maximum.reduceat(eta, starts)
         x = np.exp(eta - m[code])
-        prob = x / np.add.reduceat(x, starts)[code]
-        return prob
+        return np.asarray(x / np.add.reduceat(x, starts)[code])
 
     beta = model.fit.params[arm_k]
     prob = predicted(beta)

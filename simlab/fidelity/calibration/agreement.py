@@ -86,7 +86,7 @@ def _base(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.
 
 def _mix(rng: np.random.Generator, pref: np.ndarray, rho: float) -> np.ndarray:
     """Preferences correlated ``rho`` with ``pref`` (same marginal)."""
-    return rho * pref + np.sqrt(1 - rho**2) * rng.normal(0.0, 1.0, pref.shape)
+    return np.asarray(rho * pref + np.sqrt(1 - rho**2) * rng.normal(0.0, 1.0, pref.shape))
 
 
 def _tables(who: np.ndarray, columns: dict[str, dict[str, np.ndarray]], gen_error: dict[str, np.ndarray]) -> Tables:
@@ -117,7 +117,7 @@ def _top1_core(rng: np.random.Generator, n: int, effect: bool) -> dict[str, np.n
 
     def bid(p: np.ndarray) -> np.ndarray:
         u = STRENGTHS + p[who] + sigma[who, None] * rng.gumbel(size=shape)
-        return np.clip(np.round(2 * u - 2 + style[who, None]), 0, 10)
+        return np.asarray(np.clip(np.round(2 * u - 2 + style[who, None]), 0, 10))
 
     score = STRENGTHS + pref[who] + sigma[who, None] * rng.gumbel(size=shape)
     rank = (-score).argsort(axis=1).argsort(axis=1) + 1
@@ -126,11 +126,11 @@ def _top1_core(rng: np.random.Generator, n: int, effect: bool) -> dict[str, np.n
 
 def _agree(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Tie-aware top-1 agreement per row of two (conversations, k) 0/1 top-set arrays."""
-    return (a * b).sum(1) / (a.sum(1) * b.sum(1))
+    return np.asarray((a * b).sum(1) / (a.sum(1) * b.sum(1)))
 
 
 def _top(x: np.ndarray) -> np.ndarray:
-    return (x == x.max(axis=1, keepdims=True)).astype(float)
+    return np.asarray(x == x.max(axis=1, keepdims=True), dtype=float)
 
 
 def simulate_top1(seed: int, effect: bool) -> Tables:
@@ -172,7 +172,7 @@ def _corr_core(rng: np.random.Generator, n: int, effect: bool) -> dict[str, np.n
 
     def rate(p: np.ndarray, lv: np.ndarray, sc: np.ndarray) -> np.ndarray:
         x = 50 + lv[who, None] + sc[who, None] * (10 * (STRENGTHS + p[who]) + 8 * sigma[who, None] * rng.normal(size=shape))
-        return np.clip(5 * np.round(x / 5), 0, 100)
+        return np.asarray(np.clip(5 * np.round(x / 5), 0, 100))
 
     return {"who": who, "h": rate(pref, level, scale), "s": rate(sim_pref, 0.8 * level + 3, np.ones(n))}
 
@@ -189,7 +189,7 @@ def simulate_corr(seed: int, effect: bool) -> Tables:
 
 def _double_centred(x: np.ndarray) -> np.ndarray:
     x = x - x.mean(axis=1, keepdims=True)
-    return x - x.mean(axis=0, keepdims=True)
+    return np.asarray(x - x.mean(axis=0, keepdims=True))
 
 
 @lru_cache(maxsize=None)
@@ -258,7 +258,7 @@ def _copula_top(rng: np.random.Generator, taste: np.ndarray, dom: np.ndarray) ->
     """Top arm per conversation from π_dom, correlated through the participant ``taste`` (one per conversation)."""
     z = np.sqrt(PLACEBO_RHO) * taste + np.sqrt(1 - PLACEBO_RHO) * rng.normal(size=taste.size)
     cum = np.cumsum(PLACEBO_PI, axis=1)[dom]
-    return np.minimum((norm.cdf(z)[:, None] > cum).sum(axis=1), len(ARMS) - 1)
+    return np.asarray(np.minimum((norm.cdf(z)[:, None] > cum).sum(axis=1), len(ARMS) - 1))
 
 
 def simulate_placebo(seed: int, effect: bool) -> Tables:

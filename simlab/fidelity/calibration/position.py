@@ -57,7 +57,7 @@ def _joint(which: str, t: Tables, seed: int) -> Measured:
 
 
 def _joint_value(which: str, t: Tables) -> float:
-    return getattr(_outcome(t, 0, 1), f"{which}_vs_human")["sim"].value
+    return float(getattr(_outcome(t, 0, 1), f"{which}_vs_human")["sim"].value)
 
 
 def _excess_value(t: Tables) -> float:

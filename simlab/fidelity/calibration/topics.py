@@ -41,7 +41,7 @@ _FILLER = ["what", "think", "about", "should", "people", "really", "would", "cou
 
 
 def _shifted(p: np.ndarray) -> np.ndarray:
-    return (1 - SHIFT) * p + SHIFT * np.eye(N_TOPICS)[0]
+    return np.asarray((1 - SHIFT) * p + SHIFT * np.eye(N_TOPICS)[0])
 
 
 def simulate(seed: int, effect: bool) -> Tables:

@@ -61,7 +61,7 @@ class ChoiceSets:
 
     @cached_property
     def x_chosen(self) -> np.ndarray:
-        return self.X[self.chosen_idx]
+        return np.asarray(self.X[self.chosen_idx])
 
     @cached_property
     def sparse_design(self) -> _SparseDesign | None:

@@ -186,7 +186,7 @@ def separation_diffs(cs: ChoiceSets, weights: np.ndarray | None = None) -> np.nd
     """x_chosen − x_alternative for every alternative not chosen, in choice sets with a positive weight."""
     w = np.ones(cs.n_strata) if weights is None else np.asarray(weights, dtype=float)
     rows = ~cs.chosen & (w[cs.stratum] > 0)
-    return cs.X[cs.chosen_idx[cs.stratum[rows]]] - cs.X[rows]
+    return np.asarray(cs.X[cs.chosen_idx[cs.stratum[rows]]] - cs.X[rows])
 
 
 def _direction_words(cs: ChoiceSets, direction: np.ndarray) -> str:

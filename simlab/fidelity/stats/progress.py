@@ -36,5 +36,6 @@ def progress(items: Iterable[T], total: int, desc: str) -> Iterable[T]:
         return items
     from tqdm import tqdm
 
-    return tqdm(items, total=total, desc=desc, unit="draw", leave=False, file=sys.stderr, dynamic_ncols=True,
-                mininterval=0.5)
+    bar: Iterable[T] = tqdm(items, total=total, desc=desc, unit="draw", leave=False, file=sys.stderr,
+                            dynamic_ncols=True, mininterval=0.5)
+    return bar

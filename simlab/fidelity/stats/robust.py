@@ -36,7 +36,7 @@ class ClogitFit:
 
     @property
     def bse(self) -> np.ndarray:
-        return np.sqrt(np.clip(np.diag(self.cov), 0, None))
+        return np.asarray(np.sqrt(np.clip(np.diag(self.cov), 0, None)))
 
     @property
     def robust_bse(self) -> np.ndarray | None:
@@ -48,9 +48,9 @@ class ClogitFit:
         freedom, G participants) when the fit has ``cov_robust``, else model-based (normal)."""
         with np.errstate(divide="ignore", invalid="ignore"):
             if self.cov_robust is not None:
-                return 2 * sps.t.sf(np.abs(self.params / np.sqrt(np.clip(np.diag(self.cov_robust), 0, None))),
-                                    self.n_clusters - 1)
-            return 2 * sps.norm.sf(np.abs(self.params / self.bse))
+                se = np.sqrt(np.clip(np.diag(self.cov_robust), 0, None))
+                return np.asarray(2 * sps.t.sf(np.abs(self.params / se), self.n_clusters - 1))
+            return np.asarray(2 * sps.norm.sf(np.abs(self.params / self.bse)))
 
 
 def robust_estimate(fit: ClogitFit, i: int, draws: np.ndarray | None = None, level: float = 0.95) -> Estimate:

@@ -9,7 +9,6 @@ from typing import TypeVar
 import numpy as np
 
 from simlab.fidelity.analyses._prep import (
-    HUMAN,
     MIN_PARTICIPANTS,
     drop_gen_error,
     judgements_frame,
@@ -24,6 +23,7 @@ from simlab.fidelity.analyses.agreement.retest import _sim_retest
 from simlab.fidelity.analyses.agreement.variance_split import _variance_split
 from simlab.fidelity.result import AgreementResult, PersonaPlacebo, RetestResult, SourceStatus, VarianceSplit
 from simlab.fidelity.stats import Participants, reason_for
+from simlab.schema import HUMAN
 from simlab.tables import Tables
 
 __all__ = ["agreement"]

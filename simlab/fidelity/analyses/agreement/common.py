@@ -26,7 +26,7 @@ def _mean_draws(values: np.ndarray, part: np.ndarray, counts: np.ndarray) -> np.
     s = np.bincount(part, weights=values, minlength=n)
     c = np.bincount(part, minlength=n).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (counts @ s) / (counts @ c)
+        return np.asarray((counts @ s) / (counts @ c))
 
 
 def _boot_p(draws: np.ndarray, null: float) -> float | None:
@@ -111,7 +111,7 @@ def _first_conversations(j: pd.DataFrame) -> pd.DataFrame:
 
 
 def _centred(v: pd.Series, key: pd.Series) -> np.ndarray:
-    return (v - v.groupby(key).transform("mean")).to_numpy(float)
+    return np.asarray((v - v.groupby(key).transform("mean")).to_numpy(float))
 
 
 def _with_repeat(tables: Tables, j: pd.DataFrame) -> pd.DataFrame:

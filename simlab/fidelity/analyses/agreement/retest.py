@@ -73,7 +73,7 @@ def _retest(h: pd.DataFrame, participants: Participants, seed: int, pairing: str
 
     def order(v: np.ndarray) -> np.ndarray:
         # tie-aware: a tie on either side agrees with probability 1/2
-        return 0.5 + 0.5 * np.sign(v[i1[ix]] - v[i1[iy]]) * np.sign(v[i2[ix]] - v[i2[iy]])
+        return np.asarray(0.5 + 0.5 * np.sign(v[i1[ix]] - v[i1[iy]]) * np.sign(v[i2[ix]] - v[i2[iy]]))
 
     within_conversation = _shuffler(pd.factorize(d["conversation_id"])[0])
     within_arm = _shuffler(pd.factorize(d["arm"])[0])

@@ -21,7 +21,7 @@ N_BOOT_MIXED = 100  # at most this many mixed-model refits per variance split
 def _dummies(values: np.ndarray) -> np.ndarray:
     """0/1 columns of every level but the first (sorted)."""
     levels = np.unique(values)
-    return (values[:, None] == levels[None, 1:]).astype(float)
+    return np.asarray(values[:, None] == levels[None, 1:], dtype=float)
 
 
 def _split_design(d: pd.DataFrame) -> np.ndarray:
