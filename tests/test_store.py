@@ -630,8 +630,9 @@ def _downgrade_to_v2(path: Path) -> None:
     conn.close()
 
 
-def test_a_version_2_store_is_migrated_on_open_and_keeps_every_row_and_id(tmp_path: Path) -> None:
-    store = RunStore.create(tmp_path / "old", {"config": {"name": "t"}})
+def _a_session_a_failure_and_a_summary_call(run: Path) -> None:
+    """A store at ``run`` with a completed session, a failed one with its call, and a call of its own."""
+    store = RunStore.create(run, {"config": {"name": "t"}})
     store.write_session(make_session("p1"))
     store.write_failure(SessionFailure(conversation_id="p2:unguided", participant_id="p2", domain="unguided",
                                        error_type="StructuredOutputError", reason="bad json", llm_calls=[
@@ -639,6 +640,10 @@ def test_a_version_2_store_is_migrated_on_open_and_keeps_every_row_and_id(tmp_pa
                                                          endpoint="e", prompt_tokens=5)]))
     store.write_calls([LLMCallRecord(role="summary", model="sim", endpoint="e", prompt_tokens=7)])
     store.close()
+
+
+def test_a_version_2_store_is_migrated_on_open_and_keeps_every_row_and_id(tmp_path: Path) -> None:
+    _a_session_a_failure_and_a_summary_call(tmp_path / "old")
     path = tmp_path / "old" / STORE_FILE
     calls = "SELECT call_id, conversation_id, role, prompt_tokens FROM llm_calls ORDER BY call_id"
     before_calls = sqlite3.connect(path).execute(calls).fetchall()
@@ -755,14 +760,7 @@ def test_a_version_1_store_is_migrated_on_open_and_keeps_every_row(tmp_path: Pat
 @pytest.mark.parametrize("version", [1, 2])
 def test_reading_an_older_store_never_writes_to_it_and_reads_what_a_migration_would_give(
         tmp_path: Path, version: int) -> None:
-    store = RunStore.create(tmp_path / "old", {"config": {"name": "t"}})
-    store.write_session(make_session("p1"))
-    store.write_failure(SessionFailure(conversation_id="p2:unguided", participant_id="p2", domain="unguided",
-                                       error_type="StructuredOutputError", reason="bad json", llm_calls=[
-                                           LLMCallRecord(conversation_id="p2:unguided", role="simulator", model="sim",
-                                                         endpoint="e", prompt_tokens=5)]))
-    store.write_calls([LLMCallRecord(role="summary", model="sim", endpoint="e", prompt_tokens=7)])
-    store.close()
+    _a_session_a_failure_and_a_summary_call(tmp_path / "old")
     run = tmp_path / "old"
     path = run / STORE_FILE
     (_downgrade_to_v1 if version == 1 else _downgrade_to_v2)(path)
