@@ -29,7 +29,8 @@ import pytest
 from simlab.config import Config, load_config
 from tests.conftest import REPO
 
-pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1200)]
+# one worker runs them all (the default run is on several, --dist loadgroup): they share the module's servers
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1200), pytest.mark.xdist_group("vllm-venv")]
 
 
 def _missing() -> str | None:
