@@ -30,6 +30,8 @@ from simlab.config import Config, load_config, parse_config
 from simlab.errors import exit_status
 from simlab.personas import Persona, render_persona
 
+__all__ = ["GradeReport", "grade_run", "main"]
+
 
 @dataclass
 class GradeReport:

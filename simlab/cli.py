@@ -18,6 +18,8 @@ from __future__ import annotations
 import sys
 from importlib import import_module
 
+__all__ = ["COMMANDS", "main"]
+
 # subcommand → (module whose ``main(argv)`` runs it, arguments put in front, one-line help)
 COMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "run": ("simlab.run", (), "run the experiment (the default command)"),

@@ -11,6 +11,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+__all__ = [
+    "BackendUnavailable",
+    "ConfigError",
+    "InputError",
+    "LLMError",
+    "SimlabError",
+    "StructuredOutputError",
+    "exit_status",
+]
+
 
 class SimlabError(Exception):
     """Base class of every error simlab raises on purpose."""

@@ -16,6 +16,8 @@ from pathlib import Path
 from simlab._files import data_dir, write_text_atomic
 from simlab.errors import InputError, exit_status
 
+__all__ = ["CONFIG_NAME", "PERSONAS_NAME", "init_project", "main"]
+
 CONFIG_NAME = "simlab.toml"
 PERSONAS_NAME = "personas.jsonl"
 

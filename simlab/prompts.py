@@ -17,6 +17,8 @@ import jinja2
 
 from simlab._files import data_dir
 
+__all__ = ["Prompt", "all_hashes", "prompts_dir", "render", "template_hash"]
+
 
 def prompts_dir() -> Path:
     """Where templates live: ``$SIMLAB_PROMPTS_DIR``, else simlab's own (the repository's

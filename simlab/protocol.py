@@ -45,6 +45,24 @@ from simlab.records import (
 from simlab.schema import IN_DOMAIN, LETTERS, NO_PERSONA, LetterMode
 from simlab.seeds import derive_seed, sampling_seed
 
+__all__ = [
+    "SessionFailed",
+    "Simulator",
+    "TranscriptTurn",
+    "arm_system_prompt",
+    "assess",
+    "bdm_draw",
+    "blind",
+    "conversation_id",
+    "derive_seed",
+    "failure_reason",
+    "judgement_rows",
+    "needs_summary",
+    "opening_schema",
+    "simulate_session",
+    "transcript_text",
+]
+
 CONTEXT_MARGIN_TOKENS = 200
 """Tokens kept free beyond the fullest arm history and a reply: the chat template's own tokens and the
 next user message, so a conversation ends before a request could overflow the context budget."""

@@ -9,6 +9,27 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+__all__ = [
+    "DOMAINS",
+    "HUMAN",
+    "IN_DOMAIN",
+    "LETTERS",
+    "NO_PERSONA",
+    "PRISM_DOMAINS",
+    "REFUSED_AT",
+    "SOURCES",
+    "WTP_CAP",
+    "Domain",
+    "GradeMode",
+    "LetterMode",
+    "Memory",
+    "Rendering",
+    "Role",
+    "Source",
+    "StopReason",
+    "binarise_refusal",
+]
+
 Source = Literal["human", "sim_dynamic", "sim_judgement", "sim_dynamic_no_persona"]
 HUMAN = "human"
 """The source of real people's data; every other source is simulated."""

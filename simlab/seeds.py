@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 
+__all__ = ["derive_seed", "sampling_seed"]
+
 
 def derive_seed(run_seed: int, *parts: object) -> int:
     """A 63-bit seed from the run seed and a unit's ids (stable across processes and runs)."""

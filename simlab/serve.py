@@ -28,6 +28,8 @@ from simlab.errors import SimlabError, exit_status
 if TYPE_CHECKING:
     from simlab.llm import LLMClient
 
+__all__ = ["main"]
+
 
 class CheckReply(BaseModel):
     """Structured-output probe: small, with an enum and a bounded integer."""

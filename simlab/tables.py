@@ -13,6 +13,8 @@ from typing import Literal
 
 import pandas as pd
 
+__all__ = ["JUDGEMENT_COLUMNS", "TABLE_NAMES", "Tables", "concat", "spreadsheet_safe_frame"]
+
 TABLE_NAMES = ("participants", "conversations", "turns", "judgements", "bdm", "autograde", "llm_calls", "arms")
 
 JUDGEMENT_COLUMNS: tuple[str, ...] = (

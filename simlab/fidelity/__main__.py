@@ -14,6 +14,8 @@ from pathlib import Path
 from simlab._files import write_text_atomic
 from simlab.errors import InputError, exit_status
 
+__all__ = ["main"]
+
 EXAMPLES = """\
 examples:
   # Dialogue-Eval's three MTurk rounds -> the on-disk human-data form (one file per table)

@@ -13,6 +13,39 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+__all__ = [
+    "AgreementComparison",
+    "AgreementResult",
+    "AnalysisResult",
+    "CeilingResult",
+    "DynamicsResult",
+    "DynamicsSource",
+    "Estimate",
+    "FidelityResult",
+    "GenErrorsArm",
+    "GenErrorsResult",
+    "GenErrorsSource",
+    "HierarchyComparison",
+    "HierarchyResult",
+    "HierarchySource",
+    "InstrumentAgreement",
+    "PersonaPlacebo",
+    "PlaceboInstrument",
+    "PositionFit",
+    "PositionOutcome",
+    "PositionResult",
+    "PrismClusters",
+    "RetestResult",
+    "SourceStatus",
+    "TopicUnit",
+    "TopicsResult",
+    "TraitsResult",
+    "TraitsSource",
+    "UserTraitsDimension",
+    "UserTraitsResult",
+    "VarianceSplit",
+]
+
 Status = Literal["ok", "not_available", "failed"]
 
 

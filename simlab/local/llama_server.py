@@ -24,6 +24,8 @@ import os
 import signal
 import sys
 
+__all__ = ["CRASH_ENV", "QUANT_TYPES", "main"]
+
 MODES = ("fast", "safe")
 CRASH_ENV = "SIMLAB_LLAMA_CRASH_IN_MODE"
 

@@ -40,6 +40,22 @@ from simlab.errors import SimlabError
 if TYPE_CHECKING:
     from simlab.local.launch import VllmServer
 
+__all__ = [
+    "DEFAULT_ALIAS",
+    "TMP_PREFIX",
+    "EmbeddedBackends",
+    "LocalBackendError",
+    "LocalServer",
+    "Probe",
+    "default_replicas",
+    "describe_exit",
+    "find_model",
+    "local_aliases",
+    "prepared_model",
+    "serving",
+    "sweep_orphans",
+]
+
 _log = logging.getLogger("simlab.local")
 
 DEFAULT_ALIAS = "smollm2-135m"

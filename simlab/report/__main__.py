@@ -7,6 +7,8 @@ import sys
 
 from simlab.errors import exit_status
 
+__all__ = ["main"]
+
 DESCRIPTION = """\
 Write the self-contained HTML fidelity report of a run.
 

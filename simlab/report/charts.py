@@ -19,6 +19,8 @@ matplotlib.use("Agg")  # no display; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+__all__ = ["Point", "forest", "grouped_bars", "lines"]
+
 # One colour per source, the same in every chart (colour-blind safe Okabe–Ito).
 SOURCE_COLOURS = {"human": "#000000", "sim_dynamic": "#E69F00", "sim_judgement": "#0072B2"}
 _FALLBACK = ["#009E73", "#CC79A7", "#D55E00", "#56B4E9"]

@@ -24,6 +24,8 @@ from simlab.redaction import redact_key_shapes
 from simlab.report.sections import build_sections
 from simlab.tables import Tables
 
+__all__ = ["render_html", "scrub", "write_html"]
+
 MAX_TEXT = 2000  # characters shown per turn in the transcript browser
 PER_DOMAIN = 2  # conversations per domain in the transcript browser
 

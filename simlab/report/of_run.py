@@ -13,6 +13,8 @@ from simlab.fidelity.result import FidelityResult
 from simlab.report.html import write_html
 from simlab.tables import Tables
 
+__all__ = ["write_run_report"]
+
 
 def write_run_report(run_dir: str | os.PathLike[str], *, human: str | None = None, out: str | None = None,
                      n_boot: int = 200) -> Path:

@@ -30,6 +30,8 @@ from simlab.fidelity.result import (
 from simlab.report import charts
 from simlab.report.charts import Point
 
+__all__ = ["build_sections", "fmt_ci", "fmt_p"]
+
 ALPHA = 0.05
 TITLES = {
     "hierarchy": ("1. Aggregate hierarchy", "Do simulated users rank the arms in the same order as people?"),

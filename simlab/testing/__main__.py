@@ -9,6 +9,8 @@ import threading
 
 from simlab.testing.stub_server import FAULT_KINDS, Latency, StubServer
 
+__all__ = ["main"]
+
 
 def _fault_rate(text: str) -> tuple[str, float]:
     kind, _, rate = text.partition("=")

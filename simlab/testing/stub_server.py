@@ -31,6 +31,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+__all__ = ["FAULT_KINDS", "Fault", "Latency", "RequestLog", "StubServer", "generate_from_schema"]
+
 Script = Callable[[dict[str, Any]], str | None]
 Breakdown = Literal["exit", "hang", "503"]
 FaultKind = Literal["5xx", "429", "timeout", "malformed"]

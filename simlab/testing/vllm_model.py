@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+__all__ = ["STAMP", "main"]
+
 ADAPTERS = {"dpft": 1, "ppft": 2}
 """Adapter name → its seed."""
 RANK = 8

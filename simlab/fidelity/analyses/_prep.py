@@ -13,6 +13,22 @@ from simlab.fidelity.stats import ChoiceSets, Participants
 from simlab.schema import HUMAN
 from simlab.tables import Tables
 
+__all__ = [
+    "MIN_PARTICIPANTS",
+    "arm_order",
+    "choice_sets",
+    "drop_gen_error",
+    "dummies",
+    "flag",
+    "flagged_conversations",
+    "gen_error_rows",
+    "has_values",
+    "judgements_frame",
+    "participants_of",
+    "sim_sources",
+    "too_few_participants",
+]
+
 
 def participants_of(tables: Tables, n_boot: int, seed: int) -> Participants:
     """The participant index (union over judgements and conversations) with its bootstrap draws."""

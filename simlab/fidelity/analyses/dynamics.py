@@ -46,6 +46,8 @@ from simlab.fidelity.stats import FitError, Participants, bootstrap, estimate, r
 from simlab.schema import HUMAN
 from simlab.tables import Tables
 
+__all__ = ["MIN_PARTICIPANTS", "dynamics"]
+
 CEILING = 95.0
 MODEL = ("within-conversation weighted least squares: turn_rating ~ turn:source + C(arm):source + C(conversation_id), "
          "each conversation's own slope counted once; 95% CI and p-value: cluster-robust by "

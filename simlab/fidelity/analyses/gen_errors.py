@@ -24,6 +24,8 @@ from simlab.fidelity.analyses._prep import arm_order, flag
 from simlab.fidelity.result import GenErrorsArm, GenErrorsResult, GenErrorsSource
 from simlab.tables import Tables
 
+__all__ = ["gen_errors"]
+
 FLAGS = ("conversations.gen_error", "conversations.max_turns_reached", "conversations.stop_reason", "turns.gen_error")
 
 

@@ -45,6 +45,8 @@ from simlab.fidelity.stats import (
 from simlab.schema import HUMAN
 from simlab.tables import Tables
 
+__all__ = ["hierarchy"]
+
 Fitted = tuple[ChoiceSets, ClogitFit, list[str], np.ndarray]
 """A source's choice sets, fit, the arms of its coefficients, and their bootstrap draws."""
 

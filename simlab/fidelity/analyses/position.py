@@ -70,6 +70,8 @@ from simlab.fidelity.stats import (
 from simlab.schema import HUMAN
 from simlab.tables import Tables
 
+__all__ = ["position"]
+
 OUTCOMES = ("ranked_best", "opening_choice", "ranking")
 MIN_SPLIT_SHARE = 0.05
 """A source whose events show the first reply under a letter other than A in fewer than this share

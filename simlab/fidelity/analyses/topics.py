@@ -70,6 +70,8 @@ from simlab.fidelity.stats import MAX_FAILED_SHARE, Participants, bootstrap, est
 from simlab.schema import HUMAN, IN_DOMAIN
 from simlab.tables import Tables
 
+__all__ = ["Divergence", "Embedding", "clusters", "divergence", "topics", "user_texts"]
+
 Embedding = Literal["tfidf", "minilm"]
 Embeddings: TypeAlias = np.ndarray | sparse.csr_matrix
 """One L2-normalised row per text: sparse for TF-IDF (vocabularies can be large), dense for MiniLM."""

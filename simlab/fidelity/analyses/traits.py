@@ -54,6 +54,8 @@ from simlab.fidelity.stats import (
 from simlab.schema import HUMAN, binarise_refusal
 from simlab.tables import Tables
 
+__all__ = ["binarise_refusal", "traits"]
+
 Specification = Literal["arm_adjusted", "paper"]
 SPECIFICATIONS: tuple[Specification, ...] = ("arm_adjusted", "paper")
 ORDINAL = ("refusal",)

@@ -63,6 +63,25 @@ from simlab.fidelity.synthetic import make_rating_repeats
 from simlab.schema import DOMAINS
 from simlab.tables import Tables
 
+__all__ = [
+    "CASES",
+    "EFFECT_PLACEBO",
+    "PLACEBO_PI",
+    "PLACEBO_RHO",
+    "SIM",
+    "TRUTH_N",
+    "measure_placebo",
+    "simulate_placebo",
+    "simulate_retest",
+    "simulate_split",
+    "simulate_top1",
+    "truth_corr",
+    "truth_placebo",
+    "truth_retest",
+    "truth_split",
+    "truth_top1",
+]
+
 SIM = "sim_dynamic"
 ARMS = ("GEN", "PROMPT", "DPFT", "PPFT")
 STRENGTHS = np.array([0.0, 0.3, 0.7, 1.1])

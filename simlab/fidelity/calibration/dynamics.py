@@ -42,6 +42,19 @@ from simlab.fidelity.calibration import Case, Measured
 from simlab.schema import DOMAINS
 from simlab.tables import Tables
 
+__all__ = [
+    "CASES",
+    "DOMAIN_EFFECT",
+    "LENGTH_BASE",
+    "LENGTH_EFFECT",
+    "SD_CONVERSATION",
+    "SD_PARTICIPANT",
+    "SIM",
+    "simulate_length",
+    "truth_early",
+    "truth_turns",
+]
+
 SIM = "sim_dynamic"
 ARMS = ("GEN", "PROMPT", "DPFT", "PPFT")
 HUMAN_SLOPE = -1.0

@@ -32,6 +32,8 @@ from simlab.fidelity.calibration import Case, Measured
 from simlab.schema import LETTERS
 from simlab.tables import Tables
 
+__all__ = ["CASES", "choices", "large_sample_truth"]
+
 ARMS = ("A", "B", "C", "D")
 SOURCES = ("human", "sim")
 GEN_ERROR_SHARE = 0.05

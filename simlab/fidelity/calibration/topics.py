@@ -23,6 +23,8 @@ from simlab.fidelity.calibration import Case, Measured
 from simlab.fidelity.stats import jsd
 from simlab.tables import Tables
 
+__all__ = ["CASES"]
+
 N_PARTICIPANTS = 60
 N_BOOT = 200
 N_TOPICS = 6

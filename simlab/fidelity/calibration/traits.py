@@ -9,6 +9,8 @@ from simlab.fidelity.calibration import Case, Measured
 from simlab.fidelity.calibration.hierarchy import choices, large_sample_truth
 from simlab.tables import Tables
 
+__all__ = ["CASES"]
+
 N_BOOT = 100  # percentile CIs; the p-values are analytic (cluster-robust) and do not depend on it
 STRENGTH = (0.0, 0.4, 0.8, 1.2)
 

@@ -13,7 +13,7 @@ from simlab.fidelity.analyses.agreement.retest import _retest
 from simlab.fidelity.result import CeilingResult
 from simlab.fidelity.stats import Participants
 
-__all__ = ["CLOSEST", "_ceiling", "_ceiling_pair"]
+__all__ = ["CLOSEST"]
 
 # The human pair whose agreement is the ceiling of a same-instrument comparison, nearest first:
 # ranking and rating are one post-conversation judgement, the bid a costlier one, the opening

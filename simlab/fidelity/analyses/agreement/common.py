@@ -12,8 +12,7 @@ from simlab.fidelity.result import Estimate
 from simlab.fidelity.stats import Participants, bootstrap, estimate
 from simlab.tables import Tables
 
-__all__ = ["INSTRUMENTS", "N_PERM", "RATINGS", "_agree", "_centred", "_corr_est", "_first_conversations",
-           "_mean_draws", "_mean_est", "_tops", "_with_repeat"]
+__all__ = ["INSTRUMENTS", "N_PERM", "RATINGS"]
 
 RATINGS = ("rating_preference", "rating_engagingness", "rating_provenance", "wtp_bid")
 INSTRUMENTS = ("ranked_best", "rating_preference", "wtp_bid", "opening_choice")

@@ -23,7 +23,7 @@ from simlab.fidelity.analyses.agreement.common import (
 from simlab.fidelity.result import AgreementComparison, InstrumentAgreement
 from simlab.fidelity.stats import Participants, weighted_corr
 
-__all__ = ["_compare"]
+__all__: list[str] = []
 
 
 def _instrument(

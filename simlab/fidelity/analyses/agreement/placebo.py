@@ -20,7 +20,7 @@ from simlab.fidelity.analyses.agreement.common import (
 from simlab.fidelity.result import PersonaPlacebo, PlaceboInstrument
 from simlab.fidelity.stats import Participants, estimate
 
-__all__ = ["_placebo"]
+__all__: list[str] = []
 
 
 def _top_matrix(d: pd.DataFrame, top: pd.Series) -> pd.DataFrame:

@@ -13,7 +13,7 @@ from simlab.fidelity.analyses.agreement.common import N_PERM, _centred, _corr_es
 from simlab.fidelity.result import RetestResult
 from simlab.fidelity.stats import Participants, weighted_corr
 
-__all__ = ["_retest", "_sim_retest"]
+__all__: list[str] = []
 
 
 def _shuffler(groups: np.ndarray) -> Callable[[np.random.Generator, np.ndarray], np.ndarray]:

@@ -13,7 +13,7 @@ from simlab.fidelity.analyses.agreement.mixed_model import NestedReml
 from simlab.fidelity.result import Estimate, VarianceSplit
 from simlab.fidelity.stats import FitError, Participants, estimate, progress, reason_for
 
-__all__ = ["BOUNDARY_NOTE", "N_BOOT_MIXED", "SHARE_EDGE", "SPLIT_PARTS", "_share_estimate", "_variance_split"]
+__all__ = ["BOUNDARY_NOTE", "N_BOOT_MIXED", "SHARE_EDGE", "SPLIT_PARTS"]
 
 N_BOOT_MIXED = 100  # at most this many mixed-model refits per variance split
 
