@@ -13,6 +13,25 @@ from simlab.testing import StubServer
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Marks whose tests share module-scoped servers and a CPU-bound model: they run in one process
+ONE_PROCESS_MARKS = ("vllm", "topics")
+
+
+def selects_one_process_marks(markexpr: str) -> bool:
+    """Whether a ``-m`` expression selects a test that carries only one of ``ONE_PROCESS_MARKS``."""
+    from _pytest.mark.expression import Expression
+
+    if not markexpr:
+        return False
+    expression = Expression.compile(markexpr)
+    return any(expression.evaluate(lambda name, /, mark=mark, **kwargs: name == mark) for mark in ONE_PROCESS_MARKS)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto`` (in the default addopts) runs in this one process when the vLLM or topics tests are
+    selected: on two workers each worker started its own vLLM servers, side by side on 2 cores."""
+    return 0 if selects_one_process_marks(config.getoption("markexpr") or "") else None
+
 
 def shared_data() -> Path:
     return Path(os.environ.get("SIMLAB_SHARED_DATA", REPO.parent / "shared" / "data"))

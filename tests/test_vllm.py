@@ -29,8 +29,8 @@ import pytest
 from simlab.config import Config, load_config
 from tests.conftest import REPO
 
-# one worker runs them all (the default run is on several, --dist loadgroup): they share the module's servers
-pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1200), pytest.mark.xdist_group("vllm-venv")]
+# one process runs them all (tests/conftest.py: -n auto means no workers for them): they share the module's servers
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1200)]
 
 
 def _missing() -> str | None:

@@ -155,7 +155,6 @@ def require_minilm() -> None:
 
 
 @pytest.mark.topics  # imports torch and loads the sentence model
-@pytest.mark.xdist_group("vllm-venv")  # in the vLLM venv, one CPU-bound model at a time
 def test_minilm_embeds_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     require_minilm()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a download attempt would fail the test

@@ -106,7 +106,6 @@ def test_analyze_human_and_sim(tmp_path: Path) -> None:
 
 
 @pytest.mark.topics  # the documented `--topics minilm`, end to end
-@pytest.mark.xdist_group("vllm-venv")  # in the vLLM venv, one CPU-bound model at a time
 def test_analyze_topics_minilm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from test_analyses_topics import require_minilm
 
