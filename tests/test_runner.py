@@ -116,7 +116,9 @@ def test_a_collector_the_user_set_is_respected(default_gc) -> None:
         n = gc.get_freeze_count()
         with gc_for_many_sessions():
             pass
-        assert gc.get_freeze_count() == n
+        # not unfrozen (that leaves 0); a few frozen objects may die meanwhile and leave the permanent
+        # generation, e.g. freed by pytest-xdist's I/O thread
+        assert n - 1000 <= gc.get_freeze_count() <= n
     finally:
         gc.unfreeze()
 
