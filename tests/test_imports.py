@@ -30,6 +30,7 @@ LAYER_OF = {
     "simlab.prompts": "base",
     "simlab.seeds": "base",
     "simlab.redaction": "base",
+    "simlab.registry": "base",
     "simlab.testing": "base",
     "simlab.testing.vllm_model": "cli",  # a command of its own: builds the vLLM test model
     "simlab.llm": "llm",
