@@ -1,7 +1,7 @@
 """Calibration table of every simulated-vs-human comparison.
 
 For each calibration case of the registered analyses (``simlab.fidelity.registry.ANALYSES``, the
-built-ins and any a package's entry point or ``--register MODULE`` adds): ``--reps`` datasets with a
+built-ins and any a package's entry point adds): ``--reps`` datasets with a
 planted null (same truth in both sources) and ``--reps`` with a planted effect. Reports the
 false-positive rate at nominal 5% (target ≤ 7%), the power, and the 95% CI coverage of the
 truth (target 92–98%), each with its Wilson interval, and writes them to ``docs/calibration.md``.
@@ -20,7 +20,6 @@ import shlex
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from importlib import import_module
 from pathlib import Path
 
 from simlab.fidelity.calibration import Calibration, all_cases, binomial_ci, calibrated, run_case
@@ -91,17 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=200, help="datasets per null and per effect (default 200)")
     ap.add_argument("--analysis", action="append", metavar="NAME",
                     help="only these analyses (repeatable; default: every registered analysis with cases)")
-    ap.add_argument("--register", action="append", default=[], metavar="MODULE",
-                    help="import this module first (it registers its analyses; repeatable)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "calibration.md")
     args = ap.parse_args(argv)
     try:
-        for module in args.register:
-            try:
-                import_module(module)
-            except Exception as exc:  # noqa: BLE001 - named for the user, exit 2
-                raise RegistrationError(f"--register {module}: failed to import: {type(exc).__name__}: {exc}") from exc
         known = calibrated()  # registration problems (and entry points) surface here, before any work
         unknown = [a for a in args.analysis or () if a not in known]
         if unknown:

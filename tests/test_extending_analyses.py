@@ -189,3 +189,25 @@ def test_the_clis_exit_2_on_a_bad_analysis_before_any_work(tmp_path: Path, comma
     assert done.returncode == 2, done.stderr
     assert "analysis 'hierarchy': registered twice" in done.stderr and "no/such" not in done.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_its_calibration_cases_are_in_all_cases_and_run(registered: Analysis) -> None:
+    from simlab.fidelity.calibration import all_cases, run_case
+
+    [case] = all_cases([NAME])
+    assert case.analysis == NAME and case in all_cases()
+    c = run_case(case, 4)
+    assert c.null_reported == c.effect_reported == 4 and c.effect_significant == 4
+
+
+def test_the_calibration_script_runs_an_entry_points_cases(tmp_path: Path) -> None:
+    _dist(tmp_path, f"{NAME} = tests.extensions.analyses_ext:TURN_RATING_GAP")
+    out = tmp_path / "calibration.md"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "calibration.py"), "--reps", "2", "--analysis",
+                           NAME, "--jobs", "1", "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"| {NAME} | mean turn rating of GEN, sim − human | 2 |" in out.read_text()
+    bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "calibration.py"), "--analysis", "no_such",
+                          "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and "no calibration cases for no_such" in bad.stderr

@@ -12,16 +12,21 @@ Registered from Python with ``ANALYSES.register(TURN_RATING_GAP)``, or by a pack
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from simlab.fidelity.analyses import analysis_context
+from simlab.fidelity.calibration import Case, Measured
 from simlab.fidelity.registry import Analysis, AnalysisContext, ReportSection
 from simlab.fidelity.result import Estimate, SourceStatus
+from simlab.fidelity.synthetic import make_synthetic
 from simlab.report.sections import Row, Section, estimate_row, fmt, fmt_ci, new_section
 from simlab.tables import Tables
 
-__all__ = ["TURN_RATING_GAP", "TurnRatingGap", "turn_rating_gap", "turn_rating_gap_section"]
+__all__ = ["CASES", "TURN_RATING_GAP", "TurnRatingGap", "turn_rating_gap", "turn_rating_gap_section"]
 
 NAME = "turn_rating_gap"
 
@@ -101,6 +106,36 @@ def turn_rating_gap_section(r: TurnRatingGap, turns: pd.DataFrame | None) -> Sec
     return s
 
 
+def _planted(seed: int, effect: bool) -> Tables:
+    """Synthetic human + simulated data; with ``effect`` the simulator rates GEN's replies ``EFFECT``
+    points higher than its human does."""
+    t = make_synthetic(30, seed=seed, arms=("GEN", "PROMPT"))
+    assert t.turns is not None and t.conversations is not None
+    if not effect:
+        return t
+    source = t.turns["conversation_id"].map(t.conversations.set_index("conversation_id")["source"])
+    turns = t.turns.copy()
+    turns.loc[(source == "sim_dynamic") & (turns["arm"] == "GEN"), "turn_rating"] += EFFECT
+    return dataclasses.replace(t, turns=turns)
+
+
+def _measured(tables: Tables, seed: int) -> Measured:
+    r = turn_rating_gap(tables, analysis_context(tables, n_boot=200, seed=seed))
+    return Measured(r.vs_human.get("sim_dynamic", {}).get("GEN"))
+
+
+def _truth(effect: bool) -> float:
+    return EFFECT if effect else 0.0
+
+
+EFFECT = 5.0
+# module-level functions: benchmarks/calibration.py sends cases to worker processes (pickled)
+CASES = [Case(analysis=NAME, name="mean turn rating of GEN, sim − human", simulate=_planted, measure=_measured,
+              truth=_truth,
+              note=f"make_synthetic's turn ratings; the effect adds {EFFECT:g} points to the simulator's GEN ratings")]
+"""Planted-truth cases for benchmarks/calibration.py."""
+
+
 TURN_RATING_GAP = Analysis(
     name=NAME,
     result=TurnRatingGap,
@@ -108,5 +143,6 @@ TURN_RATING_GAP = Analysis(
     section=ReportSection("8. Turn ratings per arm", "Do simulated users rate each arm's replies as high as people do?",
                           turn_rating_gap_section),
     applies=lambda tables, context: tables.turns is not None,
+    calibration=lambda: CASES,
 )
 """The analysis, ready to register."""

@@ -28,7 +28,7 @@ from simlab.fidelity.registry import ANALYSES, Analysis, AnalysisContext
 from simlab.fidelity.result import FidelityResult, SourceStatus
 from simlab.tables import Tables
 
-__all__ = ["agreement", "analyze_all", "dynamics", "gen_errors", "hierarchy", "position", "topics", "traits"]
+__all__ = ["agreement", "analysis_context", "analyze_all", "dynamics", "gen_errors", "hierarchy", "position", "topics", "traits"]
 
 
 def analyze_all(
@@ -55,11 +55,8 @@ def analyze_all(
     from simlab.fidelity.stats import progress_shown, reason_for, show_progress
 
     analyses = list(ANALYSES)  # registration problems surface here, before any work
-    context = AnalysisContext(
-        participants=participants_of(tables, n_boot, seed), n_boot=n_boot, seed=seed, topics=topics,
-        clusters_path=None if clusters_path is None else Path(clusters_path),
-        exclude_dimensions=frozenset(exclude_dimensions),
-    )
+    context = analysis_context(tables, n_boot=n_boot, seed=seed, topics=topics, clusters_path=clusters_path,
+                               exclude_dimensions=exclude_dimensions)
     results: dict[str, SourceStatus] = {}
     show = progress_shown() if progress is None else progress
     with show_progress(show):
@@ -79,6 +76,25 @@ def analyze_all(
             except Exception as exc:  # noqa: BLE001 - one analysis failing must not lose the others
                 results[a.name] = a.failed(reason_for(exc))
     return FidelityResult(sources=tables.sources, n_boot=n_boot, seed=seed, analyses=dict(sorted(results.items())))
+
+
+def analysis_context(
+    tables: Tables,
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
+    topics: Embedding | None = "tfidf",  # noqa: F811 - as in analyze_all
+    clusters_path: str | Path | None = None,
+    exclude_dimensions: Collection[str] = (),
+) -> AnalysisContext:
+    """What ``analyze_all`` gives every analysis of ``tables``: the participant bootstrap drawn from
+    ``seed`` and the options. For running one registered analysis alone (``analysis.run(tables,
+    analysis_context(tables))``, e.g. in its calibration) with the numbers ``analyze_all`` gets."""
+    return AnalysisContext(
+        participants=participants_of(tables, n_boot, seed), n_boot=n_boot, seed=seed, topics=topics,
+        clusters_path=None if clusters_path is None else Path(clusters_path),
+        exclude_dimensions=frozenset(exclude_dimensions),
+    )
 
 
 def _steps(analyses: list[Analysis], show: bool) -> Iterator[Analysis]:
