@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from simlab.fidelity.analyses import analysis_context
+from simlab.fidelity import analysis_context
 from simlab.fidelity.calibration import Case, Measured
 from simlab.fidelity.registry import Analysis, AnalysisContext, ReportSection
 from simlab.fidelity.result import Estimate, SourceStatus
