@@ -1,5 +1,7 @@
-"""One report section per PROTOCOL §5 analysis: verdict sentences, a table and a chart; and one
-for the descriptive generation-error table (``gen_errors``: counts, no intervals).
+"""One report section per registered analysis (``simlab.fidelity.registry.ANALYSES``, in its order):
+verdict sentences, a table and a chart. The builders of the built-in ones are here (the PROTOCOL
+§5 analyses and the descriptive generation-error table, ``gen_errors``: counts, no intervals);
+``Section``, ``Row``, ``new_section`` and ``estimate_row`` are for the builders of added analyses.
 
 Verdicts are computed from the numbers only (CIs, p-values, the flags the analyses set),
 so the sentence and the table can never disagree.
