@@ -1,6 +1,7 @@
 """Calibration table of every simulated-vs-human comparison.
 
-For each comparison registered in ``simlab.fidelity.calibration``: ``--reps`` datasets with a
+For each calibration case of the registered analyses (``simlab.fidelity.registry.ANALYSES``, the
+built-ins and any a package's entry point adds): ``--reps`` datasets with a
 planted null (same truth in both sources) and ``--reps`` with a planted effect. Reports the
 false-positive rate at nominal 5% (target ≤ 7%), the power, and the 95% CI coverage of the
 truth (target 92–98%), each with its Wilson interval, and writes them to ``docs/calibration.md``.
@@ -21,7 +22,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from simlab.fidelity.calibration import MODULES, Calibration, all_cases, binomial_ci, run_case
+from simlab.fidelity.calibration import Calibration, all_cases, binomial_ci, calibrated, run_case
+from simlab.registry import RegistrationError
 
 FPR_TARGET = 0.07
 COVERAGE_TARGET = (0.92, 0.98)
@@ -86,11 +88,21 @@ def table(results: list[Calibration], command: str, seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=200, help="datasets per null and per effect (default 200)")
-    ap.add_argument("--analysis", action="append", choices=MODULES, help="only these analyses (repeatable)")
+    ap.add_argument("--analysis", action="append", metavar="NAME",
+                    help="only these analyses (repeatable; default: every registered analysis with cases)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "calibration.md")
     args = ap.parse_args(argv)
-    cases = all_cases(tuple(args.analysis or MODULES))
+    try:
+        known = calibrated()  # registration problems (and entry points) surface here, before any work
+        unknown = [a for a in args.analysis or () if a not in known]
+        if unknown:
+            raise RegistrationError(f"no calibration cases for {', '.join(unknown)} (analyses with cases: "
+                                    f"{', '.join(known)})")
+    except RegistrationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cases = all_cases(args.analysis or known)
     if not cases:
         print("no calibration cases registered", file=sys.stderr)
         return 2

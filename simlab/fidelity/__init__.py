@@ -21,11 +21,13 @@ from simlab.fidelity.io import load_human, load_tables, normalise, write_tables
 from simlab.tables import Tables, concat
 
 if TYPE_CHECKING:
+    from simlab.fidelity.analyses import analysis_context
     from simlab.fidelity.analyses.topics import Embedding
     from simlab.fidelity.result import FidelityResult
 
 __all__ = [
     "FidelityResult",
+    "analysis_context",
     "analyze",
     "analyze_all",
     "compare",
@@ -38,7 +40,8 @@ __all__ = [
 ]
 
 # The analyses are imported on first use (they pull in statsmodels and scikit-learn).
-_LAZY = {"FidelityResult": "simlab.fidelity.result", "analyze_all": "simlab.fidelity.analyses"}
+_LAZY = {"FidelityResult": "simlab.fidelity.result", "analysis_context": "simlab.fidelity.analyses",
+         "analyze_all": "simlab.fidelity.analyses"}
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:

@@ -31,6 +31,7 @@ examples:
   python -m simlab.fidelity analyze --human data/dialogue_eval --out human.json
 
 The on-disk human-data format and the result JSON are described in docs/fidelity.md.
+Analyses that packages register (entry-point group simlab.analyses) run too: see docs/extending.md.
 """
 
 
@@ -126,7 +127,9 @@ def _check_out_dir(out: Path, force: bool) -> None:
 
 def _analyze(args: argparse.Namespace) -> int:
     from simlab.fidelity import compare, load_human, load_tables
+    from simlab.fidelity.registry import ANALYSES
 
+    ANALYSES.names()  # a bad registration or entry point: exit 2 before any data is read
     if args.n_boot < 0:
         raise InputError("must be >= 0", field="--n-boot")
     if args.out.is_dir():
@@ -161,8 +164,6 @@ def _analyze(args: argparse.Namespace) -> int:
     write_text_atomic(args.out, result.model_dump_json(indent=2))
     print(f"wrote {args.out} (sources: {', '.join(result.sources)}; {args.n_boot} bootstrap replicates)")
     return 0
-
-
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ or ``"failed"`` (a model could not be fitted; ``reason`` says why).
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator
 
 __all__ = [
     "AgreementComparison",
@@ -41,6 +43,7 @@ __all__ = [
     "TopicsResult",
     "TraitsResult",
     "TraitsSource",
+    "UnknownAnalysisResult",
     "UserTraitsDimension",
     "UserTraitsResult",
     "VarianceSplit",
@@ -71,6 +74,12 @@ class Estimate(_Model):
     the CI, and above ``MAX_FAILED_SHARE`` of the replicates the CI is withheld (NaN)."""
     note: str | None = None
     """Why the CI is withheld, or how the estimate was obtained when that is not the default."""
+
+    @field_validator("value", "ci_low", "ci_high", mode="before")
+    @classmethod
+    def _null_is_nan(cls, v: Any) -> Any:
+        """JSON has no NaN: pydantic writes a withheld CI (NaN) as null, and null reads back as NaN."""
+        return math.nan if v is None else v
 
 
 class SourceStatus(_Model):
@@ -736,14 +745,24 @@ class GenErrorsResult(SourceStatus):
     """Per source."""
 
 
-AnalysisResult = (
-    HierarchyResult | AgreementResult | TopicsResult | PositionResult | DynamicsResult | TraitsResult
-    | UserTraitsResult | GenErrorsResult
-)
+AnalysisResult = SourceStatus
+"""The result of any registered analysis (``simlab.fidelity.registry.ANALYSES``): its own model, derived
+from ``SourceStatus``."""
+
+
+class UnknownAnalysisResult(SourceStatus):
+    """A result JSON's entry for an analysis that is not registered here (e.g. its package is not
+    installed): kept as written, shown by its status only."""
+
+    model_config = ConfigDict(extra="allow")
 
 
 class FidelityResult(_Model):
-    """Every fidelity analysis of one ``Tables``: each simulated source compared with human."""
+    """Every fidelity analysis of one ``Tables``: each simulated source compared with human.
+
+    Each entry of ``analyses`` is read back (from JSON or a dict) as the result model its analysis
+    registered, whatever the analysis; results written before an analysis existed simply lack it.
+    """
 
     sources: list[str]
     """Sources present."""
@@ -751,6 +770,25 @@ class FidelityResult(_Model):
     """Bootstrap replicates per CI."""
     seed: int
     """Seed of the participant bootstrap (and of KMeans / CV splits)."""
-    analyses: dict[str, AnalysisResult]
-    """Keyed hierarchy / agreement / topics / position / dynamics / traits, user_traits (when
-    autograded) and gen_errors (the descriptive generation-error table)."""
+    analyses: dict[str, SerializeAsAny[SourceStatus]]
+    """Keyed by analysis name, one entry per registered analysis that ran: hierarchy / agreement /
+    topics / position / dynamics / traits, user_traits (when autograded), gen_errors (the descriptive
+    generation-error table), then any analysis a package or module registered."""
+
+    @field_validator("analyses", mode="before")
+    @classmethod
+    def _by_registered_model(cls, value: Any) -> Any:
+        """Each entry as its analysis's result model (looked up by name in the registry)."""
+        if not isinstance(value, Mapping):
+            return value
+        from simlab.fidelity.registry import ANALYSES  # the registry's module imports this one
+
+        out: dict[Any, Any] = {}
+        for name, entry in value.items():
+            if isinstance(entry, SourceStatus) or not isinstance(name, str):
+                out[name] = entry
+            elif name in ANALYSES:
+                out[name] = ANALYSES.get(name).result.model_validate(entry)
+            else:
+                out[name] = UnknownAnalysisResult.model_validate(entry)
+        return out

@@ -23,7 +23,8 @@ examples:
   python -m simlab.report --run runs/quickstart-84c77b490d
   python -m simlab.report --run runs/prismx-1 --human data/human --out prismx.html --n-boot 500
 
-exit status: 0 written, 2 bad input (the message names the file, row and field).
+exit status: 0 written, 2 bad input (the message names the file, row and field) or an analysis that
+cannot be registered (the message names it and the cause).
 """
 
 
@@ -39,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from simlab.report import write_run_report
 
-
     def body() -> int:
+        from simlab.fidelity.registry import ANALYSES
+
+        ANALYSES.names()  # a bad registration or entry point: exit 2 before the run is read
         print(write_run_report(args.run, human=args.human, out=args.out, n_boot=args.n_boot))
         return 0
 

@@ -1,5 +1,7 @@
-"""One report section per PROTOCOL §5 analysis: verdict sentences, a table and a chart; and one
-for the descriptive generation-error table (``gen_errors``: counts, no intervals).
+"""One report section per registered analysis (``simlab.fidelity.registry.ANALYSES``, in its order):
+verdict sentences, a table and a chart. The builders of the built-in ones are here (the PROTOCOL
+§5 analyses and the descriptive generation-error table, ``gen_errors``: counts, no intervals);
+``Section``, ``Row``, ``new_section`` and ``estimate_row`` are for the builders of added analyses.
 
 Verdicts are computed from the numbers only (CIs, p-values, the flags the analyses set),
 so the sentence and the table can never disagree.
@@ -23,6 +25,7 @@ from simlab.fidelity.result import (
     GenErrorsSource,
     HierarchyResult,
     PositionResult,
+    SourceStatus,
     TopicsResult,
     TraitsResult,
     UserTraitsResult,
@@ -30,26 +33,9 @@ from simlab.fidelity.result import (
 from simlab.report import charts
 from simlab.report.charts import Point
 
-__all__ = ["build_sections", "fmt_ci", "fmt_p"]
+__all__ = ["Row", "Section", "build_sections", "estimate_row", "fmt", "fmt_ci", "fmt_p", "new_section", "unavailable"]
 
 ALPHA = 0.05
-TITLES = {
-    "hierarchy": ("1. Aggregate hierarchy", "Do simulated users rank the arms in the same order as people?"),
-    "agreement": ("2. Individual agreement vs the human ceiling",
-                  "Does the simulator pick what the matched person picked, as often as people agree with themselves?"),
-    "topics": ("3. Topic divergence", "Do simulated users talk about the same things as people?"),
-    "position": ("4. Position bias", "Is the response shown first chosen more often, and more than by people?"),
-    "dynamics": ("5. Feedback dynamics", "How do turn-by-turn ratings move over a conversation?"),
-    "traits": ("6. Text-level trait biases", "Which response traits drive the choice of the best response?"),
-    "user_traits": ("7. User traits (autograder)",
-                    "Do simulated users write like people (sycophancy, self-disclosure, naturalness, …)?"),
-    "gen_errors": ("Generation errors",
-                   "How often did a generation fail, or the context budget end a conversation, per source and arm?"),
-}
-ORDER = tuple(TITLES)
-OPTIONAL = frozenset({"user_traits", "gen_errors"})
-"""Sections shown only when their result is there: user_traits when the run was autograded,
-gen_errors in results made before it existed (and in hand-built ones)."""
 
 
 @dataclass
@@ -102,11 +88,15 @@ def fmt_ci(e: Estimate, digits: int = 2, pct: bool = False) -> str:
     return f"{fmt(e.ci_low, digits)}{sep}{fmt(e.ci_high, digits)}"
 
 
-def _row(source: str, measure: str, e: Estimate | None, digits: int = 2) -> Row:
+def estimate_row(source: str, measure: str, e: Estimate | None, digits: int = 2) -> Row:
+    """A table row of an estimate: value, 95% CI, p-value and n."""
     if e is None:
         return Row(source, measure, "–")
     p = "" if e.p_value is None else fmt_p(e.p_value).removeprefix("p = ").replace("p < ", "<")
     return Row(source, measure, fmt(e.value, digits), fmt_ci(e, digits), p, str(e.n))
+
+
+_row = estimate_row
 
 
 def _excludes_zero(e: Estimate) -> bool:
@@ -136,7 +126,7 @@ def _points(items: dict[str, Estimate], source: str) -> list[Point]:
 # ------------------------------------------------------------------------------ 1. hierarchy
 
 
-def hierarchy(r: HierarchyResult) -> Section:
+def hierarchy(r: HierarchyResult, turns: pd.DataFrame | None = None) -> Section:
     s = _section("hierarchy", r.status)
     points: list[Point] = []
     for src, h in r.per_source.items():
@@ -188,7 +178,7 @@ def hierarchy(r: HierarchyResult) -> Section:
 # ------------------------------------------------------------------------------ 2. agreement
 
 
-def agreement(r: AgreementResult) -> Section:
+def agreement(r: AgreementResult, turns: pd.DataFrame | None = None) -> Section:
     s = _section("agreement", r.status)
     ceiling = r.human_ceiling
     ceil_value: float | None = None
@@ -336,7 +326,7 @@ def _agreement_controls(r: AgreementResult, s: Section) -> None:
 # ------------------------------------------------------------------------------ 3. topics
 
 
-def topics(r: TopicsResult) -> Section:
+def topics(r: TopicsResult, turns: pd.DataFrame | None = None) -> Section:
     s = _section("topics", r.status)
     for name, unit in (("opening prompts", r.opening), ("all user turns", r.all_user)):
         if unit is None:
@@ -410,7 +400,7 @@ def _vs_people(what: str, e: Estimate) -> str:
             f"{fmt_p(e.p_value)}{sig})")
 
 
-def position(r: PositionResult) -> Section:
+def position(r: PositionResult, turns: pd.DataFrame | None = None) -> Section:
     s = _section("position", r.status)
     points: list[Point] = []
     designs: dict[str, str] = {}  # per source: how order and label relate (the first outcome that says)
@@ -560,7 +550,7 @@ def dynamics(r: DynamicsResult, turns: pd.DataFrame | None = None) -> Section:
 # ------------------------------------------------------------------------------ 6. traits
 
 
-def traits(r: TraitsResult) -> Section:
+def traits(r: TraitsResult, turns: pd.DataFrame | None = None) -> Section:
     s = _section("traits", r.status)
     if r.excluded:
         s.verdicts.append(f"Excluded as unreliable (inter-rater ICC(2,1) below the threshold): "
@@ -604,7 +594,7 @@ def traits(r: TraitsResult) -> Section:
 # ------------------------------------------------------------------------------ 7. user traits
 
 
-def user_traits(r: UserTraitsResult) -> Section:
+def user_traits(r: UserTraitsResult, turns: pd.DataFrame | None = None) -> Section:
     s = _section("user_traits", r.status)
     if r.excluded:
         s.verdicts.append(f"Excluded as unreliable (inter-rater ICC(2,1) below the threshold): "
@@ -660,7 +650,7 @@ def _cell_rows(src: str, who: str, c: GenErrorsArm | GenErrorsSource, n_conv: in
     return rows
 
 
-def gen_errors(r: GenErrorsResult) -> Section:
+def gen_errors(r: GenErrorsResult, turns: pd.DataFrame | None = None) -> Section:
     """Per source a sentence and what it does not record; rows per source (all arms, then each arm in
     config order) and the stop reasons. Counts, not estimates: the n column is the denominator."""
     s = _section("gen_errors", r.status)
@@ -694,45 +684,84 @@ def gen_errors(r: GenErrorsResult) -> Section:
 # ------------------------------------------------------------------------------ assembly
 
 
-def _section(key: str, status: str) -> Section:
-    title, question = TITLES[key]
-    return Section(key=key, title=title, question=question, status=status)
+def new_section(key: str, status: str) -> Section:
+    """An empty section of the analysis ``key`` with its registered title and question."""
+    from simlab.fidelity.registry import ANALYSES
+
+    if key in ANALYSES:
+        rs = ANALYSES.get(key).section
+        return Section(key=key, title=rs.title, question=rs.question, status=status)
+    return Section(key=key, title=key.replace("_", " ").capitalize(), question="", status=status)
 
 
-_BUILDERS: dict[str, Callable[..., Section]] = {
-    "hierarchy": hierarchy, "agreement": agreement, "topics": topics, "position": position, "traits": traits,
-    "user_traits": user_traits, "gen_errors": gen_errors,
-}
+_section = new_section
+
+
+def agreement_any_status(r: AgreementResult, turns: pd.DataFrame | None = None) -> Section | None:
+    """The agreement section; without a comparison with people (not_available), the simulator's own
+    controls when there are any (None otherwise: the status sentence)."""
+    if r.status == "ok":
+        return agreement(r, turns)
+    if r.status == "not_available" and (r.sim_retest or r.variance_split):
+        s = _section("agreement", r.status)
+        s.verdicts.append(f"Agreement with people: {unavailable(r.status, r.reason)}")
+        _agreement_controls(r, s)
+        return s
+    return None
+
+
+def dynamics_any_status(r: DynamicsResult, turns: pd.DataFrame | None = None) -> Section | None:
+    """The dynamics section; without turn ratings (not_available) still its conversation-length
+    measures when there are any (None otherwise: the status sentence)."""
+    if r.status == "ok" or (r.status == "not_available" and _has_lengths(r)):
+        return dynamics(r, turns)
+    return None
 
 
 def build_sections(result: FidelityResult, turns: pd.DataFrame | None = None) -> list[Section]:
-    """Every PROTOCOL §5 analysis in order, then the generation errors (when computed); missing or
-    not-ok ones say why. Dynamics without turn ratings still shows its conversation-length measures."""
+    """One section per registered analysis (``simlab.fidelity.registry.ANALYSES``) in registration
+    order: the PROTOCOL §5 analyses, the generation errors (when computed), then analyses packages
+    added; missing or not-ok ones say why, and so does a builder that fails. Entries of analyses not
+    registered here are shown by their status."""
+    from simlab.fidelity.registry import ANALYSES
+
     out = []
-    for key in ORDER:
+    for a in ANALYSES:
+        key = a.name
         r = result.analyses.get(key)
-        if r is None and key in OPTIONAL:
-            continue  # see OPTIONAL
+        if r is None and a.section.optional:
+            continue  # e.g. user traits of a run that was not autograded
         if r is None:
             s = _section(key, "not_available")
             s.verdicts.append(unavailable("not_available", "this analysis was not run"))
-        elif isinstance(r, DynamicsResult) and (r.status == "ok" or (r.status == "not_available" and _has_lengths(r))):
-            s = dynamics(r, turns)
-        elif isinstance(r, AgreementResult) and r.status == "not_available" and (r.sim_retest or r.variance_split):
-            s = _section(key, r.status)  # no comparison with people, but the simulator's own controls
-            s.verdicts.append(f"Agreement with people: {unavailable(r.status, r.reason)}")
-            _agreement_controls(r, s)
-        elif r.status != "ok":
-            s = _section(key, r.status)
-            s.verdicts.append(unavailable(r.status, r.reason))
         else:
-            s = _BUILDERS[key](r)
+            s = _built(a.section.build, key, r, turns, a.section.build_not_ok)
         if s.status == "ok" and not s.verdicts:
             s.verdicts.append("No estimates to report.")
         out.append(s)
-    for key, r in result.analyses.items():  # analyses added after this report was written: status only
-        if key not in TITLES:
-            s = Section(key=key, title=key.replace("_", " ").capitalize(), question="", status=r.status)
+    for key, r in result.analyses.items():  # analyses not registered in this process: status only
+        if key not in ANALYSES:
+            s = _section(key, r.status)
             s.verdicts.append("Computed; see the result JSON." if r.status == "ok" else unavailable(r.status, r.reason))
             out.append(s)
     return out
+
+
+def _built(build: Callable[..., object], key: str, r: SourceStatus, turns: pd.DataFrame | None,
+           not_ok: bool) -> Section:
+    """The section a builder makes of ``r``; the status sentence when it has nothing to say or fails."""
+    built: object = None
+    if r.status == "ok" or not_ok:
+        try:
+            built = build(r, turns)
+            if built is not None and not isinstance(built, Section):
+                raise TypeError(f"the section builder returned {type(built).__name__}, not a Section")
+        except Exception as exc:  # noqa: BLE001 - one broken section must not lose the report
+            s = _section(key, r.status)
+            s.verdicts.append(f"The report section failed: {type(exc).__name__}: {exc}")
+            return s
+    if isinstance(built, Section):
+        return built
+    s = _section(key, r.status)
+    s.verdicts.append(unavailable(r.status, r.reason) if r.status != "ok" else "Computed; see the result JSON.")
+    return s

@@ -9,21 +9,20 @@ rate under the null, the power under the effect) and how often its 95% CI covers
 
 ``python benchmarks/calibration.py`` runs every registered case and writes
 ``docs/calibration.md``; ``tests/fidelity/test_calibration.py`` runs a fast subset.
-Each analysis registers its cases in its own module here (``CASES``).
+Each built-in analysis keeps its cases in its own module here (``CASES``) and names them in its
+registration (``simlab.fidelity.builtin``); any registered analysis may bring its own.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from importlib import import_module
 
 from simlab.fidelity.result import Estimate
 from simlab.tables import Tables
 
 ALPHA = 0.05
-MODULES = ("hierarchy", "agreement", "position", "dynamics", "traits", "topics")
 
 
 @dataclass(frozen=True)
@@ -154,18 +153,25 @@ def run_case(case: Case, reps: int, *, progress: Callable[[str], None] | None = 
     return out
 
 
-def all_cases(analyses: tuple[str, ...] = MODULES) -> list[Case]:
-    """Every registered case of the given analyses (modules without cases yet contribute none)."""
+def all_cases(analyses: Collection[str] | None = None) -> list[Case]:
+    """The calibration cases of the registered analyses (``simlab.fidelity.registry.ANALYSES``, each
+    one's ``calibration()``), in registration order; ``analyses``: only these names (unknown names are
+    refused with the registered ones)."""
+    from simlab.fidelity.registry import ANALYSES
+
+    wanted = None if analyses is None else [ANALYSES.get(name).name for name in analyses]
     cases: list[Case] = []
-    for name in analyses:
-        try:
-            module = import_module(f"simlab.fidelity.calibration.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"simlab.fidelity.calibration.{name}":
-                raise
-            continue
-        cases.extend(module.CASES)
+    for a in ANALYSES:
+        if wanted is None or a.name in wanted:
+            cases.extend(a.calibration())
     return cases
+
+
+def calibrated() -> list[str]:
+    """Names of the registered analyses that have calibration cases."""
+    from simlab.fidelity.registry import ANALYSES
+
+    return [a.name for a in ANALYSES if a.calibration()]
 
 
 def binomial_ci(k: int, n: int) -> tuple[float, float]:
@@ -178,4 +184,5 @@ def binomial_ci(k: int, n: int) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-__all__ = ["ALPHA", "Calibration", "Case", "Measured", "all_cases", "binomial_ci", "covers", "run_case", "significant"]
+__all__ = ["ALPHA", "Calibration", "Case", "Measured", "all_cases", "binomial_ci", "calibrated", "covers", "run_case",
+           "significant"]
