@@ -50,6 +50,7 @@ __all__ = [
     "check_instrument",
     "instrument_meta",
     "opening_schema",
+    "per_letter",
     "pick_schema",
     "ratings_schema",
     "scores_schema",
@@ -148,6 +149,22 @@ def ratings_schema(letters: Sequence[str]) -> type[BaseModel]:
 def _ratings_schema(letters: tuple[str, ...]) -> type[BaseModel]:
     per = scores_schema("Scores", letters, 0, 100)
     return _closed("Ratings", preference=(per, ...), engagingness=(per, ...), provenance=(per, ...))
+
+
+def per_letter(name: str, letters: Sequence[str], answer: Any) -> type[BaseModel]:
+    """A schema with one field per letter (display order), each answering with ``answer`` (a type:
+    ``bool``, ``Literal["yes", "no"]``, ``Annotated[int, Field(ge=1, le=5)]``, …): the usual shape
+    of an added instrument's answer. Built once per (name, letters, answer).
+
+    >>> per_letter("UseAgain", ["A", "B"], bool).model_json_schema()["required"]
+    ['A', 'B']
+    """
+    return _per_letter_schema(name, tuple(letters), answer)
+
+
+@functools.cache
+def _per_letter_schema(name: str, letters: tuple[str, ...], answer: Any) -> type[BaseModel]:
+    return _closed(name, **{letter: (answer, ...) for letter in letters})
 
 
 def scores_note(scores: Mapping[str, Any], letters: Sequence[str]) -> str:
