@@ -209,3 +209,20 @@ def test_the_cli_refuses_a_bad_instrument_entry_point_with_exit_2_before_any_cal
     assert proc.returncode == 2, proc.stderr
     assert "instrument 'broken_q'" in proc.stderr and "template 'missing.j2' does not exist" in proc.stderr
     assert not list((tmp_path / "runs").glob("*/store.sqlite"))  # refused before a store was made
+
+
+async def test_sim_judgement_asks_the_added_end_of_conversation_instruments(added, tmp_path):
+    from simlab.fidelity import load_human
+    from simlab.personas import load_personas
+    from simlab.sim_judgement import run_sim_judgement
+    from tests.test_sim_judgement import PERSONAS, human_tables
+
+    human = load_human(human_tables().write(tmp_path / "human"))
+    with StubServer(script=scripted({})) as server:
+        cfg = stub_config(server, tmp_path)
+        summary = await run_sim_judgement(cfg, human, load_personas(PERSONAS), tmp_path / "run")
+    assert summary.completed == 3
+    answers = load_run(tmp_path / "run").answers
+    # 3 human conversations × 4 arms; the per-turn clarity question belongs to held conversations only
+    assert answers.groupby("instrument").size().to_dict() == {"one_word": 12, "use_again": 12}
+    assert set(answers["conversation_id"]) == {"h1#sj", "h2#sj", "h3#sj"} and answers["turn"].isna().all()
