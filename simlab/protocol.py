@@ -12,6 +12,10 @@ unranked, so a ranking is always a permutation by construction. With ``simulator
 
 Where a ranking comes from: ``assess`` → ``Simulator.rank`` → one ``rank_next`` prompt per
 place, each answered with a letter from the remaining ones.
+
+The questions are the registered instruments (``simlab.instruments.INSTRUMENTS``): the built-ins
+in their fixed order, then any added ones (per-turn ones after each turn's rating, end-of-
+conversation ones after the bids), whose answers become ``answers`` rows (``answer_rows``).
 """
 
 from __future__ import annotations
