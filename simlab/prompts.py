@@ -17,7 +17,7 @@ import jinja2
 
 from simlab._files import data_dir
 
-__all__ = ["Prompt", "all_hashes", "prompts_dir", "render", "template_hash"]
+__all__ = ["Prompt", "all_hashes", "prompts_dir", "render", "render_in", "template_hash"]
 
 
 def prompts_dir() -> Path:
@@ -39,9 +39,11 @@ class Prompt:
 
 
 @lru_cache(maxsize=None)
-def _env(root: str) -> jinja2.Environment:
+def _env(root: str, extra: str | None = None) -> jinja2.Environment:
+    # an extra folder (an instrument's own templates) is searched first, then simlab's, so its
+    # templates can include simlab's partials (the transcript, the participant's memory)
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(root),
+        loader=jinja2.FileSystemLoader(root if extra is None else [extra, root]),
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # prompts are plain text; HTML escaping happens in the report
         keep_trailing_newline=False,
@@ -53,51 +55,60 @@ def _env(root: str) -> jinja2.Environment:
 # (root, name) → (the template and what it includes, their stat stamps, the hash): rendering is
 # on every model call's path, and parsing the templates again for each hash was a visible share
 # of a 1,000-session run's CPU. An edited file changes its stamp and the hash is computed again.
-_hashes: dict[tuple[str, str], tuple[list[str], tuple[tuple[int, int], ...], str]] = {}
+_hashes: dict[tuple[str, str | None, str], tuple[list[str], tuple[tuple[int, int], ...], str]] = {}
 
 
-def _stamps(root: Path, files: list[str]) -> tuple[tuple[int, int], ...]:
+def _path(root: Path, extra: str | None, name: str) -> Path:
+    """Where the template ``name`` is: in the extra folder if it has it, else under ``root``."""
+    if extra is not None and (Path(extra) / name).is_file():
+        return Path(extra) / name
+    return root / name
+
+
+def _stamps(root: Path, extra: str | None, files: list[str]) -> tuple[tuple[int, int], ...]:
     out = []
     for f in files:
-        st = os.stat(root / f)
+        st = os.stat(_path(root, extra, f))
         out.append((st.st_mtime_ns, st.st_size))
     return tuple(out)
 
 
-def template_hash(name: str) -> str:
+def template_hash(name: str, folder: str | Path | None = None) -> str:
     """sha256 (first 12 hex digits) of a template's source text and of every template it
     includes, imports or extends, recursively: editing a partial changes the hash of each
-    template that uses it. A template that includes nothing hashes as its bytes alone."""
+    template that uses it. A template that includes nothing hashes as its bytes alone.
+    ``folder``: a folder searched before simlab's prompts (an instrument's own templates)."""
     root = prompts_dir()
-    key = (str(root), name)
+    extra = None if folder is None else str(folder)
+    key = (str(root), extra, name)
     cached = _hashes.get(key)
     if cached is not None:
         try:
-            if _stamps(root, cached[0]) == cached[1]:
+            if _stamps(root, extra, cached[0]) == cached[1]:
                 return cached[2]
         except OSError:
             pass  # a file went away: compute again (and raise there if the template did)
-    deps = _included(str(root), name)
+    deps = _included(str(root), extra, name)
     files = [name, *deps]
-    stamps = _stamps(root, files)
-    h = hashlib.sha256((root / name).read_bytes())
+    stamps = _stamps(root, extra, files)
+    h = hashlib.sha256(_path(root, extra, name).read_bytes())
     for dep in deps:
-        h.update(b"\0" + dep.encode() + b"\0" + (root / dep).read_bytes())
+        h.update(b"\0" + dep.encode() + b"\0" + _path(root, extra, dep).read_bytes())
     digest = h.hexdigest()[:12]
     _hashes[key] = (files, stamps, digest)
     return digest
 
 
-def _included(root: str, name: str) -> list[str]:
+def _included(root: str, extra: str | None, name: str) -> list[str]:
     """Templates that ``name`` pulls in (directly or not), each once, in the order first met."""
     import jinja2.meta
 
-    env = _env(root)
+    env = _env(root, extra)
     seen: list[str] = []
     todo = [name]
     while todo:
         current = todo.pop(0)
-        source = (Path(root) / current).read_text(encoding="utf-8")
+        source = _path(Path(root), extra, current).read_text(encoding="utf-8")
         for dep in jinja2.meta.find_referenced_templates(env.parse(source)):
             if dep is not None and dep != name and dep not in seen:  # None: a name known only at render time
                 seen.append(dep)
@@ -110,6 +121,16 @@ def render(name: str, **variables: object) -> Prompt:
     env = _env(str(prompts_dir()))
     text = env.get_template(name).render(**variables).strip()
     return Prompt(name=name, text=text, hash=template_hash(name))
+
+
+def render_in(folder: str | Path | None, name: str, **variables: object) -> Prompt:
+    """``render``, looking for ``name`` (and what it includes) in ``folder`` first, then in simlab's
+    prompts: how an instrument defined outside simlab brings its own template."""
+    if folder is None:
+        return render(name, **variables)
+    env = _env(str(prompts_dir()), str(folder))
+    text = env.get_template(name).render(**variables).strip()
+    return Prompt(name=name, text=text, hash=template_hash(name, folder))
 
 
 def all_hashes() -> dict[str, str]:

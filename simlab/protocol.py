@@ -12,26 +12,40 @@ unranked, so a ranking is always a permutation by construction. With ``simulator
 
 Where a ranking comes from: ``assess`` → ``Simulator.rank`` → one ``rank_next`` prompt per
 place, each answered with a letter from the remaining ones.
+
+The questions are the registered instruments (``simlab.instruments.INSTRUMENTS``): the built-ins
+in their fixed order, then any added ones (per-turn ones after each turn's rating, end-of-
+conversation ones after the bids), whose answers become ``answers`` rows (``answer_rows``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel
 
-from simlab.config import ArmConfig, Config, ModelSpec
+from simlab.config import ArmConfig, Config, ModelSpec, ProtocolConfig
 from simlab.errors import LLMError, SimlabError, StructuredOutputError
+from simlab.instruments import (
+    INSTRUMENTS,
+    Instrument,
+    RankingInstrument,
+    opening_schema,
+    pick_schema,
+    scores_note,
+    stored_value,
+)
 from simlab.llm import LLMClient, affinity, call_context, recording
 from simlab.llm.soft_tokens import load_bank
 from simlab.personas import Persona, render_persona, summarize
-from simlab.prompts import Prompt, render, template_hash
+from simlab.prompts import Prompt, render, render_in, template_hash
 from simlab.records import (
+    AnswerRecord,
     BDMRecord,
     ConversationRecord,
     InstrumentRecord,
@@ -46,10 +60,13 @@ from simlab.schema import IN_DOMAIN, LETTERS, NO_PERSONA, LetterMode
 from simlab.seeds import derive_seed, sampling_seed
 
 __all__ = [
+    "Assessment",
     "SessionFailed",
     "Simulator",
     "TranscriptTurn",
+    "answer_rows",
     "arm_system_prompt",
+    "ask_instrument",
     "assess",
     "bdm_draw",
     "blind",
@@ -117,88 +134,6 @@ def arm_system_prompt(arm: ArmConfig, persona: Persona, *, summary: str | None) 
     return render(arm.system_prompt, **variables)
 
 
-# ----------------------------------------------------------------------------- schemas
-
-
-def _closed(name: str, **fields: Any) -> type[BaseModel]:
-    return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
-
-
-# The schemas are built once per shape and reused: building a pydantic model per call was a
-# large share of the client's CPU at 1,000 sessions in flight (and the client caches its JSON
-# schema per model class).
-def opening_schema(letters: Sequence[str]) -> type[BaseModel]:
-    return _opening_schema(tuple(letters))
-
-
-@functools.cache
-def _opening_schema(letters: tuple[str, ...]) -> type[BaseModel]:
-    L = Literal[letters]  # type: ignore[valid-type]
-    return _closed("OpeningChoice", preferred=(L, ...), personalised=(L, ...))
-
-
-def scores_schema(name: str, letters: Sequence[str], lo: float, hi: float, *, integer: bool = True) -> type[BaseModel]:
-    """One bounded score per letter, fields in display order (the order a grammar makes them)."""
-    return _scores_schema(name, tuple(letters), lo, hi, integer)
-
-
-@functools.cache
-def _scores_schema(name: str, letters: tuple[str, ...], lo: float, hi: float, integer: bool) -> type[BaseModel]:
-    kind = int if integer else float
-    fields: dict[str, Any] = {letter: (kind, Field(ge=lo, le=hi)) for letter in letters}
-    return _closed(name, **fields)
-
-
-def bid_pattern(wtp_max: float) -> str:
-    """A regular expression for a bid in dollars and cents from 0.00 to ``wtp_max`` (≤ $10), e.g.
-    ``^([0-9][.][0-9][0-9]|10[.]00)$``. Bids are strings of this shape because every backend's
-    grammar enforces a pattern (llama.cpp ignores a number's minimum and maximum: SmolLM bid $15 on
-    a $10 scale), and plain groups because llama.cpp's grammar takes no ``(?:``."""
-    cents = round(wtp_max * 100)
-    dollars, rest = divmod(cents, 100)
-    whole = [f"[0-{dollars - 1}][.][0-9][0-9]"] if dollars >= 1 else []
-    tens, units = divmod(rest, 10)
-    last = f"0[0-{units}]" if tens == 0 else f"([0-{tens - 1}][0-9]|{tens}[0-{units}])"
-    return "^(" + "|".join([*whole, f"{dollars}[.]{last}"]) + ")$"
-
-
-def bids_schema(letters: Sequence[str], wtp_max: float) -> type[BaseModel]:
-    """One bid per letter (display order), a string of dollars and cents within the scale."""
-    return _bids_schema(tuple(letters), float(wtp_max))
-
-
-@functools.cache
-def _bids_schema(letters: tuple[str, ...], wtp_max: float) -> type[BaseModel]:
-    fields: dict[str, Any] = {letter: (str, Field(pattern=bid_pattern(wtp_max))) for letter in letters}
-    return _closed("Bids", **fields)
-
-
-@functools.cache
-def stop_schema() -> type[BaseModel]:
-    """The stop question's answer: continue the conversation or not."""
-    return _closed("StopDecision", **{"continue": (bool, ...)})
-
-
-def pick_schema(remaining: Sequence[str]) -> type[BaseModel]:
-    return _pick_schema(tuple(remaining))
-
-
-@functools.cache
-def _pick_schema(remaining: tuple[str, ...]) -> type[BaseModel]:
-    L = Literal[remaining]  # type: ignore[valid-type]
-    return _closed("Pick", letter=(L, ...))
-
-
-def ratings_schema(letters: Sequence[str]) -> type[BaseModel]:
-    return _ratings_schema(tuple(letters))
-
-
-@functools.cache
-def _ratings_schema(letters: tuple[str, ...]) -> type[BaseModel]:
-    per = scores_schema("Scores", letters, 0, 100)
-    return _closed("Ratings", preference=(per, ...), engagingness=(per, ...), provenance=(per, ...))
-
-
 # ----------------------------------------------------------------------------- transcript
 
 
@@ -228,6 +163,8 @@ class Assessment:
     ratings: dict[str, dict[str, float]]
     bids: dict[str, float]
     """The willingness-to-pay (wtp) instrument's bid per letter, in dollars."""
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The end-of-conversation instruments beyond the built-in ones: instrument → letter → answer."""
 
 
 # ----------------------------------------------------------------------------- the simulated user
@@ -252,6 +189,8 @@ class Simulator:
     seed: int
     wtp_max: float = 10.0
     memory: bool = False
+    protocol: ProtocolConfig | None = None
+    """The protocol the answer schemas are built from (None: the defaults with ``wtp_max``)."""
     calls: list[LLMCallRecord] = field(default_factory=list)
     instruments: list[InstrumentRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -271,9 +210,14 @@ class Simulator:
         if self.memory:
             self.notes.append(note)
 
-    def task(self, name: str, **variables: Any) -> Prompt:
-        """A question's prompt, with the participant's earlier answers in it (none without memory)."""
-        return render(name, memory=list(self.notes), **variables)
+    def task(self, name: str, *, folder: str | Path | None = None, **variables: Any) -> Prompt:
+        """A question's prompt, with the participant's earlier answers in it (none without memory);
+        ``folder``: an instrument's own templates, searched before simlab's."""
+        return render_in(folder, name, memory=list(self.notes), **variables)
+
+    def protocol_config(self) -> ProtocolConfig:
+        """The protocol the answer schemas are built from."""
+        return self.protocol if self.protocol is not None else ProtocolConfig(wtp_max=self.wtp_max)
 
     def _messages(self, task: Prompt) -> list[dict[str, str]]:
         return [{"role": "system", "content": self._system().text}, {"role": "user", "content": task.text}]
@@ -339,23 +283,19 @@ class Simulator:
         return res.value
 
     async def rank(self, instrument: str, turns: Sequence[TranscriptTurn], letters: Sequence[str],
-                   question: str) -> list[str]:
+                   question: str, *, template: str = "simulator/rank_next.j2",
+                   folder: str | Path | None = None) -> list[str]:
         """A full ranking by successive best-of-the-remaining choices (a permutation by construction)."""
         text = transcript_text(turns)
         ranked: list[str] = []
         remaining = list(letters)
         while len(remaining) > 1:
-            task = self.task("simulator/rank_next.j2", transcript=text, question=question,
-                          ranked=", ".join(ranked), remaining=", ".join(remaining))
+            task = self.task(template, folder=folder, transcript=text, question=question,
+                             ranked=", ".join(ranked), remaining=", ".join(remaining))
             pick = await self.ask(f"{instrument}_{len(ranked) + 1}", task, pick_schema(remaining))
             ranked.append(pick.letter)  # type: ignore[attr-defined]
             remaining.remove(pick.letter)  # type: ignore[attr-defined]
         return ranked + remaining
-
-
-def scores_note(scores: dict[str, float], letters: Sequence[str]) -> str:
-    """``A 70, B 55, …`` in display order (a memory note's compact form)."""
-    return ", ".join(f"{letter} {scores[letter]:g}" for letter in letters)
 
 
 def _asked(instrument: str, task: Prompt) -> str:
@@ -376,34 +316,63 @@ def _clean_message(text: str) -> str:
     return text
 
 
+async def ask_instrument(sim: Simulator, instrument: Instrument, turns: Sequence[TranscriptTurn],
+                         letters: Sequence[str], **variables: Any) -> dict[str, Any]:
+    """Ask one instrument about a transcript; its answer per letter. A reply that breaks the schema
+    after its retries raises (the session fails with the reason; nothing is guessed).
+
+    The template gets ``transcript``, ``letters``, ``n_arms``, ``wtp_max``, the participant's
+    ``memory`` and ``variables`` (a turn instrument's ``turn``)."""
+    shown = tuple(letters)
+    if isinstance(instrument, RankingInstrument):
+        ranking = await sim.rank(instrument.name, turns, shown, instrument.question, template=instrument.template,
+                                 folder=instrument.folder)
+        return {letter: i + 1 for i, letter in enumerate(ranking)}
+    protocol = sim.protocol_config()
+    task = sim.task(instrument.template, folder=instrument.folder, transcript=transcript_text(turns),
+                    letters=", ".join(shown), n_arms=len(shown), wtp_max=f"{protocol.wtp_max:.2f}", **variables)
+    reply = await sim.ask(instrument.name, task, instrument.schema(shown, protocol))
+    return instrument.answers(reply, shown)
+
+
 async def assess(sim: Simulator, turns: Sequence[TranscriptTurn], letters: Sequence[str]) -> Assessment:
-    """The end-of-conversation assessment (PROTOCOL §2) of a transcript, by letter.
+    """The end-of-conversation assessment (PROTOCOL §2) of a transcript, by letter: every registered
+    end-of-conversation instrument in registration order (the built-ins first: ranking, provenance
+    ranking, ratings, bids), each remembered by the participant before the next is asked.
 
     Used by both modes: Sim-Dynamic on its own conversation, Sim-Judgement on a human's.
     """
-    ranking = await sim.rank("ranking", turns, letters, "Which remaining response do you prefer most overall?")
-    sim.remember(f"Your overall ranking, best first: {', '.join(ranking)}.")
-    provenance = await sim.rank(
-        "provenance_ranking", turns, letters,
-        "Which remaining response is most likely to have been personalised to you?",
-    )
-    sim.remember(f"Your ranking by how likely each was personalised to you: {', '.join(provenance)}.")
-    text = transcript_text(turns)
-    joined = ", ".join(letters)
-    ratings = await sim.ask("ratings", sim.task("simulator/ratings.j2", transcript=text, letters=joined),
-                            ratings_schema(letters))
-    scores = {scale: getattr(ratings, scale).model_dump() for scale in ("preference", "engagingness", "provenance")}
-    sim.remember("Your final ratings: " + "; ".join(f"{scale} {scores_note(v, letters)}" for scale, v in scores.items())
-                 + ".")
-    # dollars and cents, as "7.50" (see bid_pattern); the BDM price is drawn in cents too
-    bids = await sim.ask("wtp", sim.task("simulator/wtp.j2", transcript=text, letters=joined, wtp_max=f"{sim.wtp_max:.2f}"),
-                         bids_schema(letters, sim.wtp_max))
+    shown = tuple(letters)
+    answers: dict[str, dict[str, Any]] = {}
+    for instrument in INSTRUMENTS:
+        if instrument.scope != "end":
+            continue
+        answers[instrument.name] = await ask_instrument(sim, instrument, turns, shown)
+        note = instrument.note(answers[instrument.name], shown)
+        if note:
+            sim.remember(note)
+    ratings = answers["ratings"]
     return Assessment(
-        ranking=ranking,
-        provenance_ranking=provenance,
-        ratings=scores,
-        bids={letter: float(getattr(bids, letter)) for letter in letters},
+        ranking=sorted(shown, key=lambda x: answers["ranking"][x]),
+        provenance_ranking=sorted(shown, key=lambda x: answers["provenance_ranking"][x]),
+        ratings={scale: {x: ratings[x][scale] for x in shown} for scale in ("preference", "engagingness", "provenance")},
+        bids={x: float(answers["wtp"][x]) for x in shown},
+        extra={name: a for name, a in answers.items() if not INSTRUMENTS.get(name).builtin},
     )
+
+
+def answer_rows(conv_id: str, arm_letters: Mapping[str, str], answers: Mapping[str, Mapping[str, Any]], *,
+                turn: int | None = None) -> list[AnswerRecord]:
+    """The ``answers`` rows of added instruments' answers (instrument → letter → answer), per arm."""
+    rows = []
+    for name, per_letter in answers.items():
+        for arm, letter in sorted(arm_letters.items(), key=lambda kv: kv[1]):
+            if letter not in per_letter:
+                continue
+            value, number = stored_value(per_letter[letter])
+            rows.append(AnswerRecord(conversation_id=conv_id, arm=arm, letter=letter, turn=turn, instrument=name,
+                                     value=value, number=number))
+    return rows
 
 
 def bdm_draw(arm_letters: dict[str, str], bids: dict[str, float], seed: int, wtp_max: float,
@@ -515,7 +484,7 @@ async def _simulate_session(persona: Persona, domain: str, config: Config, clien
     sim = Simulator(
         client=client, spec=config.simulator, persona_text=persona_text,
         domain_instruction=render(f"domains/{domain}.j2").text, conversation_id=conv_id,
-        seed=seed, wtp_max=p.wtp_max, memory=config.simulator.memory == "session", calls=calls,
+        seed=seed, wtp_max=p.wtp_max, memory=config.simulator.memory == "session", calls=calls, protocol=p,
     )
     states = []
     for arm in config.arms:
@@ -533,6 +502,9 @@ async def _simulate_session(persona: Persona, domain: str, config: Config, clien
     max_turns_reached = False
     stop_reason = "max_turns"
     opening_pick = provenance_pick = None
+    opening_choice, turn_rating, stop = (INSTRUMENTS.get(n) for n in ("opening_choice", "turn_rating", "stop"))
+    added_turn = [i for i in INSTRUMENTS if i.scope == "turn" and not i.builtin]
+    added_answers: list[AnswerRecord] = []
 
     async def reply(state: _ArmState, turn: int) -> tuple[str, int | None, bool]:
         try:
@@ -577,17 +549,24 @@ async def _simulate_session(persona: Persona, domain: str, config: Config, clien
             ttext = transcript_text(transcript)
             joined = ", ".join(letters)
             if turn == 0:
-                pick = await sim.ask("opening_choice", sim.task("simulator/opening_choice.j2", transcript=ttext,
-                                                              n_arms=len(letters), letters=joined),
-                                     opening_schema(letters))
+                pick = await sim.ask(opening_choice.name, sim.task(
+                    opening_choice.template, folder=opening_choice.folder, transcript=ttext, n_arms=len(letters),
+                    letters=joined), opening_choice.schema(letters, p))
                 opening_pick, provenance_pick = pick.preferred, pick.personalised  # type: ignore[attr-defined]
                 sim.remember(f"After the first responses you preferred {opening_pick} and thought {provenance_pick} "
                              "was the one personalised to you.")
             n_done = turn + 1
-            rated = await sim.ask("turn_rating", sim.task("simulator/turn_rating.j2", transcript=ttext, letters=joined),
-                                  scores_schema("TurnRating", letters, 0, 100))
+            rated = await sim.ask(turn_rating.name, sim.task(turn_rating.template, folder=turn_rating.folder,
+                                                             transcript=ttext, letters=joined),
+                                  turn_rating.schema(letters, p))
             sim.remember(f"Your ratings of the responses to your message {n_done}: "
                          f"{scores_note(rated.model_dump(), letters)}.")
+            for instrument in added_turn:  # added per-turn questions, after the turn's rating
+                answer = await ask_instrument(sim, instrument, transcript, letters, turn=n_done)
+                added_answers += answer_rows(conv_id, arm_letters, {instrument.name: answer}, turn=turn)
+                note = instrument.note(answer, letters)
+                if note:
+                    sim.remember(note)
             for s, (text, tokens, failed) in zip(states, answers):
                 turn_rows.append(TurnRecord(conversation_id=conv_id, turn=turn, role="assistant", arm=s.arm.id,
                                             letter=s.letter, text=text, n_tokens=tokens, gen_error=failed,
@@ -597,8 +576,9 @@ async def _simulate_session(persona: Persona, domain: str, config: Config, clien
                 break
             if n_done >= p.min_turns:
                 # the stop decision is its own question, asked after the rating (as in the study)
-                decision = await sim.ask("stop", sim.task("simulator/stop.j2", transcript=ttext, n_done=n_done,
-                                                        max_turns=p.max_turns), stop_schema())
+                decision = await sim.ask(stop.name, sim.task(stop.template, folder=stop.folder, transcript=ttext,
+                                                             n_done=n_done, max_turns=p.max_turns),
+                                         stop.schema(letters, p))
                 if not getattr(decision, "continue"):
                     stop_reason = "user_ended"
                     break
@@ -637,4 +617,5 @@ async def _simulate_session(persona: Persona, domain: str, config: Config, clien
         bdm=[bdm],
         llm_calls=sim.calls,
         instruments=sim.instruments,
+        answers=[*added_answers, *answer_rows(conv_id, arm_letters, assessment.extra)],
     )

@@ -195,6 +195,22 @@ class InstrumentRecord(_Record):
     raw_text: str | None = None
 
 
+class AnswerRecord(_Record):
+    """One answer of an instrument beyond PRISM's (``simlab.instruments``) about one arm: a row of
+    the long ``answers`` table, so adding an instrument adds rows, not columns."""
+
+    conversation_id: str
+    arm: str
+    letter: str
+    turn: Count | None = None
+    """The turn it was asked after (0 = the opening) for a turn instrument; None at the end."""
+    instrument: str
+    value: str
+    """The answer as JSON text (``true``, ``4``, ``"often"``, …)."""
+    number: float | None = None
+    """The answer as a number when it is one (a boolean as 1/0), for means and shares."""
+
+
 class AutogradeRecord(_Record):
     """One autograder score of one unit (a reply or a conversation) on one dimension."""
 
@@ -230,13 +246,15 @@ class SessionRecord(_Record):
     bdm: list[BDMRecord] = []
     llm_calls: list[LLMCallRecord] = []
     instruments: list[InstrumentRecord] = []
+    answers: list[AnswerRecord] = []
+    """Answers of the instruments beyond the built-in ones."""
 
     @model_validator(mode="after")
     def _check(self) -> SessionRecord:
         conv = self.conversation
         if (conv.participant_id, conv.source) != (self.participant.participant_id, self.participant.source):
             raise ValueError("conversation.participant_id/source differ from the participant's")
-        children: list[Any] = [*self.turns, *self.judgements, *self.bdm, *self.instruments]
+        children: list[Any] = [*self.turns, *self.judgements, *self.bdm, *self.instruments, *self.answers]
         children += [c for c in self.llm_calls if c.conversation_id is not None]
         for child in children:
             if child.conversation_id != conv.conversation_id:
@@ -244,7 +262,7 @@ class SessionRecord(_Record):
                     f"{type(child).__name__} has conversation_id {child.conversation_id!r}, "
                     f"not {conv.conversation_id!r}"
                 )
-        rows: list[Any] = [*self.turns, *self.judgements, *self.bdm]
+        rows: list[Any] = [*self.turns, *self.judgements, *self.bdm, *self.answers]
         for row in rows:
             if row.arm is None:
                 continue
@@ -417,6 +435,8 @@ TABLES: dict[str, Table] = {
     "llm_calls": Table("llm_calls", (_TEXT("recorded_with", True), *columns_of(LLMCallRecord)), rowid="call_id"),
     "instruments": Table("instruments", columns_of(InstrumentRecord),
                          references=(("conversation_id", "conversations(conversation_id)"),)),
+    "answers": Table("answers", columns_of(AnswerRecord),
+                     references=(("conversation_id", "conversations(conversation_id)"),)),
     "autograde": Table("autograde", columns_of(AutogradeRecord), unique=("unit_id", "mode", "dimension", "rater_run")),
     "failures": Table("failures", (*columns_of(SessionFailure, skip={"llm_calls"}), _TEXT("failed_at")),
                       rowid="failure_id"),
@@ -432,6 +452,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "judgements": ("conversation_id", "arm"),
     "bdm": ("conversation_id", "arm", "letter", "price", "bid", "won", "paid"),
     "autograde": ("unit_id", "mode", "dimension", "score", "rater_run"),
+    "answers": ("conversation_id", "arm", "instrument", "value"),
 }
 
 
@@ -453,6 +474,7 @@ def float_bounds() -> dict[str, tuple[float, float]]:
 __all__ = [
     "REQUIRED",
     "TABLES",
+    "AnswerRecord",
     "ArmRecord",
     "AutogradeRecord",
     "BDMRecord",

@@ -212,11 +212,12 @@ def units(config: Config, personas: Sequence[Persona]) -> list[tuple[Persona, st
 
 def calls_per_session(k: int, turns: int, protocol: ProtocolConfig) -> int:
     """Model calls of a session with ``k`` arms that lasts ``turns`` user turns (no retries)."""
-    # opening + k replies and a rating per turn + the opening choice + a stop question after each
-    # turn from min_turns on, except at the cap + next messages; assessment: 2 rankings of k-1
-    # picks, ratings, bids
-    stops = sum(1 for t in range(1, turns + 1) if protocol.min_turns <= t < protocol.max_turns)
-    return 1 + turns * (k + 1) + 1 + stops + (turns - 1) + 2 * (k - 1) + 2
+    from simlab.instruments import INSTRUMENTS
+
+    # the opening and the next messages, k replies per turn, and every registered instrument's calls
+    # (the built-ins: a rating per turn, the opening choice, the stop questions, two rankings of k-1
+    # picks, the ratings and the bids)
+    return 1 + (turns - 1) + turns * k + sum(i.count(k, turns, protocol) for i in INSTRUMENTS)
 
 
 def plan_text(config: Config, personas: Sequence[Persona], run_dir: Path) -> str:

@@ -60,8 +60,14 @@ def meta_for(config: Config, **extra: Any) -> dict[str, Any]:
 
 
 def open_store(run_dir: Path, config: Config, **extra: Any) -> RunStore:
-    """The run's store (created, or resumed when its config matches), with its arms in config order."""
-    store = RunStore.open_or_create(run_dir, meta_for(config, **extra), ignore=RESUMABLE_KEYS)
+    """The run's store (created, or resumed when its config matches), with its arms in config order.
+
+    It records the registered instruments (which loads their entry points: a bad registration is
+    refused here, before any model call)."""
+    from simlab.instruments import instrument_meta
+
+    store = RunStore.open_or_create(run_dir, meta_for(config, instruments=instrument_meta(), **extra),
+                                    ignore=RESUMABLE_KEYS)
     store.write_arms(ArmRecord(arm=a.id, description=a.description, config_order=i) for i, a in enumerate(config.arms))
     return store
 

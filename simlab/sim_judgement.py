@@ -34,6 +34,7 @@ from simlab.protocol import (
     SessionFailed,
     Simulator,
     TranscriptTurn,
+    answer_rows,
     assess,
     bdm_draw,
     failure_reason,
@@ -163,6 +164,7 @@ async def _simulate_judgement(persona: Persona, hc: HumanConversation, config: C
         persona_text=render_persona(persona, config.simulator.rendering, summary=summary).text,
         domain_instruction=render(f"domains/{hc.domain}.j2").text, conversation_id=conv_id, seed=unit_seed,
         wtp_max=config.protocol.wtp_max, memory=config.simulator.memory == "session", calls=calls,
+        protocol=config.protocol,
     )
     try:
         opening = transcript_text(hc.turns[:1])  # the choice the human made before turn 1 existed
@@ -194,6 +196,7 @@ async def _simulate_judgement(persona: Persona, hc: HumanConversation, config: C
         bdm=[bdm],
         llm_calls=sim.calls,
         instruments=sim.instruments,
+        answers=answer_rows(conv_id, hc.arm_letters, assessment.extra),
     )
 
 

@@ -15,7 +15,8 @@ import pandas as pd
 
 __all__ = ["JUDGEMENT_COLUMNS", "TABLE_NAMES", "Tables", "concat", "spreadsheet_safe_frame"]
 
-TABLE_NAMES = ("participants", "conversations", "turns", "judgements", "bdm", "autograde", "llm_calls", "arms")
+TABLE_NAMES = ("participants", "conversations", "turns", "judgements", "bdm", "autograde", "llm_calls", "arms",
+               "answers")
 
 JUDGEMENT_COLUMNS: tuple[str, ...] = (
     "conversation_id", "participant_id", "source", "domain", "arm", "letter", "position", "opening_choice",
@@ -40,6 +41,9 @@ class Tables:
     llm_calls: pd.DataFrame | None = None
     arms: pd.DataFrame | None = None
     """The arms in config order (arm, description, config_order), when the data say it."""
+    answers: pd.DataFrame | None = None
+    """Answers of instruments beyond the built-in ones, one row per (conversation, arm, turn,
+    instrument): ``value`` as JSON text, ``number`` when it is one (``simlab.instruments``)."""
 
     def items(self) -> list[tuple[str, pd.DataFrame]]:
         """(name, frame) for every table that is present."""

@@ -40,6 +40,7 @@ LAYER_OF = {
     "simlab.local.llama_server": "base",  # the server process: imports nothing of simlab
     "simlab.config": "config",
     "simlab.protocol": "protocol",
+    "simlab.instruments": "protocol",
     "simlab.autograder": "grading",
     "simlab.fidelity": "fidelity",
     "simlab.fidelity.result": "base",
@@ -48,6 +49,7 @@ LAYER_OF = {
     "simlab.report.html": "render",
     "simlab.report.sections": "render",
     "simlab.report.charts": "render",
+    "simlab.report.instruments": "render",
     "simlab.report": "pipeline",
     "simlab.runner": "pipeline",
     "simlab.run": "pipeline",

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from simlab.errors import InputError
 from simlab.records import (
     REQUIRED,
+    AnswerRecord,
     AutogradeRecord,
     BDMRecord,
     ConversationRecord,
@@ -111,7 +112,8 @@ def expected_rows(*records: SessionRecord) -> dict[str, int]:
         "sessions": len(records),
         "participants": len({(r.participant.participant_id, r.participant.source) for r in records}),
         "conversations": len(records),
-        **{t: sum(len(getattr(r, t)) for r in records) for t in ("turns", "judgements", "bdm", "llm_calls", "instruments")},
+        **{t: sum(len(getattr(r, t)) for r in records)
+           for t in ("turns", "judgements", "bdm", "llm_calls", "instruments", "answers")},
         "autograde": 0,
         "failures": 0,
         "arms": 0,  # written by the runner from the config, not by sessions
@@ -616,10 +618,28 @@ def test_a_store_on_a_network_file_system_warns_and_says_what_to_do(tmp_path: Pa
         RunStore.create(tmp_path / "local" / "run", {"config": {}}).close()
 
 
+def _downgrade_to_v3(path: Path) -> None:
+    """Rewrite a store in the version-3 shape: no ``answers`` table (added instruments' answers)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DROP TABLE answers")
+    conn.execute("UPDATE meta SET value = '3' WHERE key = 'store_schema'")
+    conn.close()
+
+
+def _rows(path: Path) -> dict[str, int]:
+    """Rows per stored table of this schema (0 for a table an older store does not have)."""
+    conn = sqlite3.connect(path)
+    present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    out = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] if t in present else 0 for t in COLUMNS}
+    conn.close()
+    return out
+
+
 def _downgrade_to_v2(path: Path) -> None:
     """Rewrite a store in the version-2 shape: sessions and failures keyed by ``session_key``, and
     llm_calls' ``recorded_with`` named ``session_key`` (SQLite's RENAME COLUMN also rewrites the
     foreign key of conversations, as schema 2 had it)."""
+    _downgrade_to_v3(path)
     conn = sqlite3.connect(path, isolation_level=None)
     for table, column in (("sessions", "conversation_id"), ("failures", "conversation_id"),
                           ("llm_calls", "recorded_with")):
@@ -649,10 +669,10 @@ def test_a_version_2_store_is_migrated_on_open_and_keeps_every_row_and_id(tmp_pa
     before_calls = sqlite3.connect(path).execute(calls).fetchall()
     tagged = sqlite3.connect(path).execute("SELECT call_id, recorded_with FROM llm_calls ORDER BY call_id").fetchall()
     _downgrade_to_v2(path)
-    before = {t: sqlite3.connect(path).execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COLUMNS}
+    before = _rows(path)
 
     store = RunStore.open(tmp_path / "old")
-    assert store.meta()["store_schema"] == STORE_SCHEMA_VERSION == 3
+    assert store.meta()["store_schema"] == STORE_SCHEMA_VERSION == 4
     db = store._conn
     assert {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COLUMNS} == before
     assert db.execute(calls).fetchall() == before_calls
@@ -677,6 +697,28 @@ def _fingerprint(path: Path) -> tuple[str, int, str]:
     finally:
         conn.close()
     return digest, user_version, schema
+
+
+def test_a_version_3_store_gains_the_answers_table_on_open_and_resumes_with_added_answers(tmp_path: Path) -> None:
+    _a_session_a_failure_and_a_summary_call(tmp_path / "old")
+    path = tmp_path / "old" / STORE_FILE
+    _downgrade_to_v3(path)
+    before = _rows(path)
+    assert load_run(tmp_path / "old").answers.empty  # read before any writer: no such table, no rows
+
+    store = RunStore.open(tmp_path / "old")
+    assert store.meta()["store_schema"] == STORE_SCHEMA_VERSION
+    assert _rows(path) == before and store.completed_sessions() == {"p1:unguided"}
+    p2 = make_session("p2")
+    arm, letter = next(iter(p2.conversation.arm_letters.items()))
+    answer = AnswerRecord(conversation_id="p2:unguided", arm=arm, letter=letter, instrument="use_again",
+                          value="true", number=1.0)
+    assert store.write_session(p2.model_copy(update={"answers": [answer]}))
+    store.close()
+    answers = load_run(tmp_path / "old").answers
+    assert answers[["conversation_id", "arm", "instrument", "value", "number"]].values.tolist() == [
+        ["p2:unguided", arm, "use_again", "true", 1.0]]
+    assert answers["turn"].isna().all()
 
 
 def test_a_version_2_store_is_read_reported_and_merged_without_being_changed(tmp_path: Path) -> None:
@@ -733,7 +775,7 @@ def test_a_version_1_store_is_migrated_on_open_and_keeps_every_row(tmp_path: Pat
     store.close()
     path = tmp_path / "old" / STORE_FILE
     _downgrade_to_v1(path)
-    before = {t: sqlite3.connect(path).execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COLUMNS}
+    before = _rows(path)
     assert "repeat" not in [r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(conversations)")]
 
     store = RunStore.open(tmp_path / "old")  # migrates: the run resumes where it was
@@ -757,13 +799,13 @@ def test_a_version_1_store_is_migrated_on_open_and_keeps_every_row(tmp_path: Pat
     assert len(t.judgements) == 8
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_reading_an_older_store_never_writes_to_it_and_reads_what_a_migration_would_give(
         tmp_path: Path, version: int) -> None:
     _a_session_a_failure_and_a_summary_call(tmp_path / "old")
     run = tmp_path / "old"
     path = run / STORE_FILE
-    (_downgrade_to_v1 if version == 1 else _downgrade_to_v2)(path)
+    {1: _downgrade_to_v1, 2: _downgrade_to_v2, 3: _downgrade_to_v3}[version](path)
     before = _fingerprint(path)
     assert before[1:] == (0, str(version))
 

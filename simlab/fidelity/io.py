@@ -46,7 +46,8 @@ FORMATS = ("csv", "jsonl", "parquet")
 TURN_COLUMNS: tuple[str, ...] = ("conversation_id", "turn", "role", "arm", "letter", "text", "turn_rating")
 
 _ID_COLUMNS = ("conversation_id", "participant_id", "arm", "unit_id", "persona_id")
-_TEXT_COLUMNS = ("source", "domain", "letter", "role", "mode", "dimension", "text")
+# instrument and value: an added instrument's answers (value is JSON text, never a number here)
+_TEXT_COLUMNS = ("source", "domain", "letter", "role", "mode", "dimension", "text", "instrument", "value")
 # Types and bounds come from the records (simlab.records): the loader checks human data against
 # the same schema the run store enforces.
 _HUMAN_TABLES = [t for name, t in TABLES.items() if name in TABLE_NAMES and name != "llm_calls"]

@@ -21,6 +21,7 @@ from markupsafe import Markup
 
 from simlab.fidelity.result import FidelityResult
 from simlab.redaction import redact_key_shapes
+from simlab.report.instruments import instrument_sections
 from simlab.report.sections import build_sections
 from simlab.tables import Tables
 
@@ -274,7 +275,7 @@ def render_html(result: FidelityResult, *, meta: Mapping[str, Any] | None = None
         s.charts = [Markup(c) for c in s.charts]  # made by matplotlib from escaped text: safe to inline
     template = _env().get_template("report.html.j2")
     return template.render(header=build_header(meta, tables, result), sections=sections,
-                           transcripts=build_transcripts(tables))
+                           transcripts=build_transcripts(tables), instruments=instrument_sections(tables))
 
 
 def write_html(result: FidelityResult, path: str | os.PathLike[str], *, meta: dict[str, Any] | None = None,

@@ -66,7 +66,7 @@ def merge_from(store: RunStore, shard: str | Path) -> int:
                 f"INSERT INTO main.participants ({cols}) SELECT {cols} FROM {src['participants']} s WHERE NOT EXISTS"
                 " (SELECT 1 FROM main.participants m WHERE m.participant_id = s.participant_id AND m.source = s.source)"
             )
-            for table in ("sessions", "conversations", "turns", "judgements", "bdm", "instruments"):
+            for table in ("sessions", "conversations", "turns", "judgements", "bdm", "instruments", "answers"):
                 if table in src:
                     cols = ", ".join(COLUMNS[table])
                     db.execute(

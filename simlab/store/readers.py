@@ -95,6 +95,7 @@ _ORDER = {
     "bdm": "conversation_id",
     "llm_calls": "call_id",
     "instruments": "rowid",
+    "answers": "conversation_id, instrument, turn, letter",
     "autograde": "unit_id, mode, dimension, rater_run",
     "failures": "failure_id",
     "sessions": "completed_at, conversation_id",
@@ -129,7 +130,7 @@ def load_run(path: str | Path) -> Tables:
             )
         )
     frames = {name: read_table(path, name)
-              for name in ("participants", "conversations", "turns", "bdm", "autograde", "llm_calls", "arms")}
+              for name in ("participants", "conversations", "turns", "bdm", "autograde", "llm_calls", "arms", "answers")}
     return Tables(judgements=judgements, **frames)
 
 

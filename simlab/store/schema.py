@@ -12,7 +12,7 @@ from simlab.records import TABLES, columns_of_kind
 
 __all__ = ["COLUMNS", "DDL", "STORED_TABLES", "STORE_SCHEMA_VERSION", "typed"]
 
-STORE_SCHEMA_VERSION = 3
+STORE_SCHEMA_VERSION = 4
 """Stored in the ``meta`` table (``store_schema``); ``simlab.store.migration`` knows the older ones."""
 
 DDL: tuple[str, ...] = (
@@ -20,6 +20,7 @@ DDL: tuple[str, ...] = (
     *(table.ddl() for table in TABLES.values()),
     "CREATE UNIQUE INDEX IF NOT EXISTS turns_key ON turns (conversation_id, turn, role, ifnull(arm, ''))",
     "CREATE INDEX IF NOT EXISTS llm_calls_recorded_with ON llm_calls (recorded_with)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS answers_key ON answers (conversation_id, instrument, ifnull(turn, -1), arm)",
 )
 """Every statement that makes an empty store (each idempotent: IF NOT EXISTS)."""
 

@@ -172,7 +172,8 @@ class RunStore:
         Raises ``DuplicateSessionError`` if the session is stored with different content.
         """
         key = record.conversation.conversation_id
-        digest = hashlib.sha256(record.model_dump_json().encode()).hexdigest()
+        # without answers of added instruments the digest is the one an older simlab stored
+        digest = hashlib.sha256(record.model_dump_json(exclude=None if record.answers else {"answers"}).encode()).hexdigest()
         conv = record.conversation
         with self.transaction() as db:
             existing = db.execute("SELECT record_sha256 FROM sessions WHERE conversation_id = ?", (key,)).fetchone()
@@ -190,6 +191,7 @@ class RunStore:
             _insert(db, "judgements", [_row(j, COLUMNS["judgements"]) for j in record.judgements])
             _insert(db, "bdm", [_row(b, COLUMNS["bdm"]) for b in record.bdm])
             _insert(db, "instruments", [_row(i, COLUMNS["instruments"]) for i in record.instruments])
+            _insert(db, "answers", [_row(a, COLUMNS["answers"]) for a in record.answers])
             _insert(db, "llm_calls", [_row(c, COLUMNS["llm_calls"], recorded_with=key) for c in record.llm_calls])
         return True
 
