@@ -40,6 +40,7 @@ LAYER_OF = {
     "simlab.local.llama_server": "base",  # the server process: imports nothing of simlab
     "simlab.config": "config",
     "simlab.protocol": "protocol",
+    "simlab.plan": "protocol",
     "simlab.autograder": "grading",
     "simlab.fidelity": "fidelity",
     "simlab.fidelity.result": "base",

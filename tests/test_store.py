@@ -329,17 +329,19 @@ def test_sigkill_of_a_writer_leaves_only_whole_sessions(tmp_path: Path, mode: st
 
 
 def test_resume_with_a_different_config_names_every_field(tmp_path: Path) -> None:
+    # META is a meta as stores before the experiment was stored on its own have it: its experiment
+    # is its config without the invocation's keys of then (concurrency, limit, …)
     run = tmp_path / "run"
     RunStore.create(run, META).close()
     changed = json.loads(json.dumps(META))
     changed["config"]["arms"][1]["model"] = "b"
     changed["config"]["seed"] = 8
-    changed["config"]["concurrency"] = 64  # may differ on resume
+    changed["config"]["concurrency"] = 64  # the invocation's: may differ on resume
     changed["config"]["new_option"] = True
     changed["prompt_hashes"]["user_turn"] = "def456"
     before = (run / "store.sqlite").read_bytes()
     with pytest.raises(ConfigMismatchError) as err:
-        RunStore.open_or_create(run, changed, ignore={"concurrency", "limit"})
+        RunStore.open_or_create(run, changed)
     assert isinstance(err.value, InputError)
     msg = str(err.value)
     for part in ("arms[1].model: 'a' != 'b'", "seed: 7 != 8", "new_option: <absent> != True",
@@ -351,8 +353,33 @@ def test_resume_with_a_different_config_names_every_field(tmp_path: Path) -> Non
     # the allowed change alone resumes, and is recorded
     ok = json.loads(json.dumps(META))
     ok["config"]["concurrency"] = 64
-    RunStore.open_or_create(run, ok, ignore={"concurrency"}).close()
+    RunStore.open_or_create(run, ok).close()
     assert run_meta(run)["resumes"][0]["changed"] == ["concurrency: 4 != 64"]
+    assert run_meta(run)["config"]["concurrency"] == 64  # the config of the latest call
+
+
+def test_the_experiment_is_matched_and_the_config_is_the_latest_calls(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    experiment = {"name": "t", "seed": 7, "arms": [{"id": "GEN"}, {"id": "PROMPT"}]}
+    meta = {"experiment": experiment, "config": {**experiment, "concurrency": 4, "repeats": 1}, "seed": 7}
+    RunStore.create(run, meta).close()
+    # another call's settings, even ones no older simlab knew, resume the run
+    later = {**meta, "config": {**experiment, "concurrency": 8, "repeats": 2, "progress": False}}
+    RunStore.open_or_create(run, later).close()
+    assert run_meta(run)["resumes"][0]["changed"] == [
+        "concurrency: 4 != 8", "progress: <absent> != False", "repeats: 1 != 2"]
+    assert run_meta(run)["experiment"] == experiment
+    # a change to the experiment is refused, named by its field path
+    other = {**later, "experiment": {**experiment, "arms": [{"id": "GEN"}, {"id": "STYLE"}]}}
+    with pytest.raises(ConfigMismatchError, match=r"arms\[1\]\.id: 'PROMPT' != 'STYLE'") as err:
+        RunStore.open_or_create(run, other)
+    assert len(err.value.differences) == 1
+    # a stored meta of before (its experiment inside its config) matches the same experiment
+    legacy = tmp_path / "legacy"
+    RunStore.create(legacy, {"config": meta["config"], "seed": 7}).close()
+    RunStore.open_or_create(legacy, later).close()
+    with pytest.raises(ConfigMismatchError, match="PROMPT"):
+        RunStore.open_or_create(legacy, other)
 
 
 def test_meta_is_stored_without_secrets(store: RunStore) -> None:
@@ -524,8 +551,7 @@ def test_session_record_cross_checks() -> None:
 
 
 def _shard(path: Path, participants: list[str], shard: str) -> list[SessionRecord]:
-    meta = json.loads(json.dumps(META))
-    meta["config"]["shard"] = shard
+    meta = {**json.loads(json.dumps(META)), "shard": shard}  # as the runner stores it, beside the config
     records = [make_session(p, d) for p in participants for d in ("unguided", "values")]
     with RunStore.create(path, meta) as s:
         for r in records:
@@ -541,7 +567,7 @@ def _shard(path: Path, participants: list[str], shard: str) -> list[SessionRecor
 def test_merge_shards(tmp_path: Path) -> None:
     a = _shard(tmp_path / "s1", ["p1", "p2"], "1/2")
     b = _shard(tmp_path / "s2", ["p3"], "2/2")
-    with merge(tmp_path / "all", [tmp_path / "s1", tmp_path / "s2"], ignore={"shard"}) as m:
+    with merge(tmp_path / "all", [tmp_path / "s1", tmp_path / "s2"]) as m:
         rows = m.counts().rows
         assert rows == {**expected_rows(*a, *b), "failures": 2, "autograde": 2, "llm_calls": sum(len(r.llm_calls) for r in a + b) + 2}
         assert m.failed_sessions() == {"p1:controversy", "p3:controversy"}
@@ -553,15 +579,15 @@ def test_merge_shards(tmp_path: Path) -> None:
     other["config"]["arms"][0]["model"] = "zzz"
     RunStore.create(tmp_path / "s3", other).close()
     with pytest.raises(ConfigMismatchError, match=r"arms\[0\].model: 'a' != 'zzz'"):
-        merge(tmp_path / "all", [tmp_path / "s3"], ignore={"shard"})
+        merge(tmp_path / "all", [tmp_path / "s3"])
 
 
 def test_merge_refuses_a_conflicting_session_and_takes_nothing(tmp_path: Path) -> None:
     _shard(tmp_path / "s1", ["p1"], "1/2")
-    with RunStore.create(tmp_path / "s2", {**META, "config": {**META["config"], "shard": "2/2"}}) as s:
+    with RunStore.create(tmp_path / "s2", {**META, "shard": "2/2"}) as s:
         s.write_session(make_session("p9"))
         s.write_session(make_session("p1", seed=5))  # same key as in s1, different result
-    with merge(tmp_path / "all", [tmp_path / "s1"], ignore={"shard"}) as m:
+    with merge(tmp_path / "all", [tmp_path / "s1"]) as m:
         before = m.counts().rows
         with pytest.raises(DuplicateSessionError, match="p1:unguided"):
             merge_from(m, tmp_path / "s2")
@@ -616,10 +642,38 @@ def test_a_store_on_a_network_file_system_warns_and_says_what_to_do(tmp_path: Pa
         RunStore.create(tmp_path / "local" / "run", {"config": {}}).close()
 
 
+def _downgrade_to_v3(path: Path) -> None:
+    """Rewrite a store in the version-3 shape: llm_calls without ``served_model``."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("ALTER TABLE llm_calls DROP COLUMN served_model")
+    conn.execute("UPDATE meta SET value = '3' WHERE key = 'store_schema'")
+    conn.close()
+
+
+def test_a_version_3_store_is_migrated_on_open_and_its_calls_say_no_served_model(tmp_path: Path) -> None:
+    _a_session_a_failure_and_a_summary_call(tmp_path / "old")
+    path = tmp_path / "old" / STORE_FILE
+    calls = "SELECT call_id, recorded_with, conversation_id, role, model, prompt_tokens FROM llm_calls ORDER BY call_id"
+    before_calls = sqlite3.connect(path).execute(calls).fetchall()
+    _downgrade_to_v3(path)
+    assert "served_model" not in [r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(llm_calls)")]
+    assert read_table(tmp_path / "old", "llm_calls")["served_model"].isna().all()  # a reader sees the column
+
+    store = RunStore.open(tmp_path / "old")  # a writer (the run's resume) migrates it
+    assert store.meta()["store_schema"] == STORE_SCHEMA_VERSION
+    assert store._conn.execute(calls).fetchall() == before_calls
+    assert store.completed_sessions() == {"p1:unguided"} and store.failed_sessions() == {"p2:unguided"}
+    store.write_calls([LLMCallRecord(role="summary", model="sim", served_model="sim-lora", endpoint="e")])
+    store.close()
+    served = read_table(tmp_path / "old", "llm_calls")["served_model"]
+    assert served.isna().sum() == len(before_calls) and served.dropna().tolist() == ["sim-lora"]
+
+
 def _downgrade_to_v2(path: Path) -> None:
     """Rewrite a store in the version-2 shape: sessions and failures keyed by ``session_key``, and
     llm_calls' ``recorded_with`` named ``session_key`` (SQLite's RENAME COLUMN also rewrites the
     foreign key of conversations, as schema 2 had it)."""
+    _downgrade_to_v3(path)
     conn = sqlite3.connect(path, isolation_level=None)
     for table, column in (("sessions", "conversation_id"), ("failures", "conversation_id"),
                           ("llm_calls", "recorded_with")):
@@ -652,7 +706,7 @@ def test_a_version_2_store_is_migrated_on_open_and_keeps_every_row_and_id(tmp_pa
     before = {t: sqlite3.connect(path).execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COLUMNS}
 
     store = RunStore.open(tmp_path / "old")
-    assert store.meta()["store_schema"] == STORE_SCHEMA_VERSION == 3
+    assert store.meta()["store_schema"] == STORE_SCHEMA_VERSION == 4
     db = store._conn
     assert {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COLUMNS} == before
     assert db.execute(calls).fetchall() == before_calls
@@ -757,13 +811,13 @@ def test_a_version_1_store_is_migrated_on_open_and_keeps_every_row(tmp_path: Pat
     assert len(t.judgements) == 8
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_reading_an_older_store_never_writes_to_it_and_reads_what_a_migration_would_give(
         tmp_path: Path, version: int) -> None:
     _a_session_a_failure_and_a_summary_call(tmp_path / "old")
     run = tmp_path / "old"
     path = run / STORE_FILE
-    (_downgrade_to_v1 if version == 1 else _downgrade_to_v2)(path)
+    {1: _downgrade_to_v1, 2: _downgrade_to_v2, 3: _downgrade_to_v3}[version](path)
     before = _fingerprint(path)
     assert before[1:] == (0, str(version))
 
