@@ -3,7 +3,7 @@
 One asyncio process drives every (participant, domain) session concurrently; model
 calls are bounded per endpoint by the client layer. Each session is committed to the
 run store in one transaction when it completes, so a killed run resumes with the same
-command (the run directory is named from the config's hash) and redoes only what is
+command (the run directory is named from the experiment's hash) and redoes only what is
 missing. Everything is validated before the run directory is touched.
 """
 
@@ -437,7 +437,7 @@ Run the PRISM-X experiment with simulated users.
 
 With no arguments: the quickstart on the embedded local model (SmolLM2-135M via
 llama.cpp, one single-thread server per core started on 127.0.0.1 for the run): 3 sample
-personas × 2 domains × 4 demo arms, about 2.5 minutes on 2 CPU cores. Output goes to runs/<name>-<config hash>/
+personas × 2 domains × 4 demo arms, about 2.5 minutes on 2 CPU cores. Output goes to runs/<name>-<experiment hash>/
 (store.sqlite, report.html). Running the same command again resumes that run and
 does only the sessions that are missing.""",
         epilog="""\
