@@ -734,24 +734,26 @@ def _fingerprint(path: Path) -> tuple[str, int, str]:
 
 
 def test_a_version_2_store_is_read_reported_and_merged_without_being_changed(tmp_path: Path) -> None:
-    for name in ("a", "b"):
+    for name, participant in (("a", "p1"), ("b", "p2"), ("c", "p3")):
         store = RunStore.create(tmp_path / name, {"config": {"name": "t"}})
-        store.write_session(make_session("p1" if name == "a" else "p2"))
+        store.write_session(make_session(participant))
         store.close()
     _downgrade_to_v2(tmp_path / "a" / STORE_FILE)
     _downgrade_to_v1(tmp_path / "b" / STORE_FILE)
-    before = {name: _fingerprint(tmp_path / name / STORE_FILE) for name in ("a", "b")}
+    _downgrade_to_v3(tmp_path / "c" / STORE_FILE)
+    before = {name: _fingerprint(tmp_path / name / STORE_FILE) for name in ("a", "b", "c")}
     # a reader (load_run, the report's counts) of an old run reads it under this schema's names
     assert len(load_run(tmp_path / "a").judgements) == 4
     assert read_counts(tmp_path / "a").sessions_completed == 1
     assert run_meta(tmp_path / "a")["store_schema"] == 2  # and leaves it at its version
     # shards made by older simlabs merge; the merged store has this schema
-    merged = merge(tmp_path / "merged", [tmp_path / "a", tmp_path / "b"])
-    assert merged.completed_sessions() == {"p1:unguided", "p2:unguided"}
+    merged = merge(tmp_path / "merged", [tmp_path / "a", tmp_path / "b", tmp_path / "c"])
+    assert merged.completed_sessions() == {"p1:unguided", "p2:unguided", "p3:unguided"}
     assert merged.meta()["store_schema"] == STORE_SCHEMA_VERSION
     merged.close()
-    assert load_run(tmp_path / "merged").conversations["repeat"].tolist() == [0, 0]
-    assert {name: _fingerprint(tmp_path / name / STORE_FILE) for name in ("a", "b")} == before
+    assert load_run(tmp_path / "merged").conversations["repeat"].tolist() == [0, 0, 0]
+    assert read_table(tmp_path / "merged", "llm_calls")["served_model"].isna().all()
+    assert {name: _fingerprint(tmp_path / name / STORE_FILE) for name in ("a", "b", "c")} == before
 
 
 def _downgrade_to_v1(path: Path) -> None:
