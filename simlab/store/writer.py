@@ -256,9 +256,10 @@ class RunStore:
 
     def set_meta(self, key: str, value: Any) -> None:
         """Store (or replace) a derived result under ``key`` in the run's meta, e.g. the
-        autograder's reliability. The keys a resume is checked against cannot be changed."""
-        if key in MATCHED_META or key in ("store_schema", "store_id"):
-            raise StoreError(f"meta key {key!r} is fixed when the run is created")
+        autograder's reliability. The keys a resume is checked against, and the config a call
+        records (``LATEST_META``, replaced by the next resume), cannot be set this way."""
+        if key in MATCHED_META or key in LATEST_META or key in ("store_schema", "store_id"):
+            raise StoreError(f"meta key {key!r} is written by the run's calls, not set afterwards")
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(jsonable(value))))
 
