@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the lazy names below, typed for checkers and editors
     from simlab import autograder, fidelity, llm, local, report, testing  # noqa: F401 - lazy submodules
     from simlab.autograde import grade_run
-    from simlab.config import Config, load_config
+    from simlab.config import Config, Experiment, Invocation, load_config
     from simlab.errors import ConfigError, InputError, SimlabError
     from simlab.llm import LLMClient
     from simlab.personas import Persona, load_personas
+    from simlab.plan import SessionSpec
     from simlab.protocol import simulate_session
     from simlab.run import run_experiment
     from simlab.sim_judgement import run_sim_judgement, simulate_judgement
@@ -26,6 +27,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "Config": "simlab.config",
     "load_config": "simlab.config",
+    "Experiment": "simlab.config",
+    "Invocation": "simlab.config",
+    "SessionSpec": "simlab.plan",
     "LLMClient": "simlab.llm",
     "SimlabError": "simlab.errors",
     "InputError": "simlab.errors",
@@ -43,9 +47,12 @@ _LAZY = {
 __all__ = [
     "Config",
     "ConfigError",
+    "Experiment",
     "InputError",
+    "Invocation",
     "LLMClient",
     "Persona",
+    "SessionSpec",
     "SimlabError",
     "__version__",
     "grade_run",

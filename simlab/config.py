@@ -1,4 +1,5 @@
-"""The one typed configuration of a simlab run, loaded from TOML.
+"""The one typed configuration of a simlab run, loaded from TOML: the ``Experiment`` (what defines
+the study; hashed and stored with the run) and the ``Invocation`` (how one call runs it).
 
 Every field carries a docstring; unknown keys are errors (``extra="forbid"``), and
 a validation error names the file and the field path (``arms[2].sampling.temperature``).
@@ -12,6 +13,8 @@ Examples:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -32,10 +35,10 @@ from simlab.llm.config import Dialect, EndpointConfig, LaunchConfig, ModelSpec, 
 from simlab.schema import DOMAINS, WTP_CAP, Domain, LetterMode, Memory, Rendering
 
 __all__ = [
-    "CONFIGS_DIR", "ArmConfig", "Config", "Dialect", "EndpointConfig", "JudgeConfig", "LaunchConfig", "ModelSpec",
-    "Personalisation", "SoftTokensConfig",
+    "CONFIGS_DIR", "ArmConfig", "Config", "Dialect", "EndpointConfig", "Experiment", "Invocation", "JudgeConfig",
+    "LaunchConfig", "ModelSpec", "Personalisation", "SoftTokensConfig",
     "ProtocolConfig", "Rendering", "SamplingConfig", "SimulatorConfig", "SummaryConfig", "api_key", "default_config",
-    "load_config", "parse_config",
+    "experiment_hash", "load_config", "parse_config",
 ]
 
 CONFIGS_DIR = data_dir("configs")
@@ -155,16 +158,26 @@ class ProtocolConfig(_Strict):
         return self
 
 
-class Config(_Strict):
-    """A whole run: endpoints, the candidate arms, the simulator, the judge, the protocol."""
+class Experiment(_Strict):
+    """What defines a study: the candidate arms, the protocol, the simulator, the judge, the
+    persona set, the seed. Hashed (``experiment_hash``) into the run directory's name and stored in
+    the run's meta; a resume or a shard merge must have the same experiment. Every session a study
+    can hold (participant × domain × repeat, with or without persona) has its id and seed fixed by
+    it; which of them one call runs is the ``Invocation``'s choice.
+
+    >>> from simlab.config import default_config
+    >>> exp = default_config().experiment
+    >>> exp.name, len(exp.arms), "concurrency" in type(exp).model_fields
+    ('quickstart', 4, False)
+    """
 
     name: str = Field("simlab", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-    """Run name; the run directory is ``<out_dir>/<name>-<hash of config>`` (letters, digits,
+    """Run name; the run directory is ``<out_dir>/<name>-<hash of the experiment>`` (letters, digits,
     ``_.-``; no path separators)."""
     seed: int = Field(0, ge=0, le=2**63 - 1)
     """Run seed: arm→letter maps, BDM draws and sampling seeds derive from it and the unit ids."""
     endpoints: dict[str, EndpointConfig] = Field(default_factory=lambda: {"local": EndpointConfig(kind="local")})
-    """Servers by name."""
+    """Servers by name (what serves each model is part of the study: an adapter or a launch table)."""
     arms: list[ArmConfig]
     """The candidate models (four in PRISM-X)."""
     simulator: SimulatorConfig = SimulatorConfig()
@@ -180,24 +193,6 @@ class Config(_Strict):
     holdout: str | None = None
     """File of conversation ids (one per line) held out as evaluation targets: excluded from the
     personas built for their participants (PROTOCOL §3)."""
-    limit: int | None = Field(None, ge=1)
-    """Use only the first N personas."""
-    repeats: int = Field(1, ge=1, le=100)
-    """Sessions per participant × domain, each with its own seed (simulator test–retest; repeat 0
-    is the session a run without repeats makes, so raising this on a finished run adds sessions)."""
-    ablate_persona: bool = False
-    """Also run every session with a simulator that gets no persona (source
-    ``sim_dynamic_no_persona``; same seeds, letters and arms), the control that shows what the
-    persona adds to each fidelity comparison."""
-    concurrency: int = Field(8, ge=1, le=100_000)
-    """Sessions in flight at once (model calls are further bounded per endpoint)."""
-    out_dir: str = "runs"
-    """Where run directories are created."""
-    human: str | None = None
-    """Human data (directory in the record schema) to compare with in the run's report."""
-    max_gen_error_rate: float = Field(0.1, ge=0, le=1)
-    """Share of an arm's replies that may be error notices (its generation failed and the user
-    saw a notice instead) before the run exits 1 and says so; the PRISM study saw about 6.7%."""
 
     @field_validator("arms")
     @classmethod
@@ -210,7 +205,7 @@ class Config(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _endpoints_exist(self) -> Config:
+    def _endpoints_exist(self) -> Experiment:
         specs: list[tuple[str, ModelSpec]] = [(f"arms[{i}]", a) for i, a in enumerate(self.arms)]
         specs += [("simulator", self.simulator), ("judge", self.judge), ("summary", self.summary)]
         for where, spec in specs:
@@ -225,9 +220,101 @@ class Config(_Strict):
                                  f"{spec.endpoint!r} launches (it serves: {', '.join(launch.names)})")
         return self
 
+    @property
+    def experiment(self) -> Experiment:
+        """The study alone (on a ``Config``: without the invocation's settings)."""
+        if type(self) is Experiment:
+            return self
+        return Experiment.model_validate({k: getattr(self, k) for k in Experiment.model_fields})
+
     def public_dict(self) -> dict[str, Any]:
-        """The resolved config as stored with a run: plain data, no secrets (keys are env names)."""
+        """The resolved model as stored with a run: plain data, no secrets (keys are env names)."""
         return self.model_dump(mode="json")
+
+
+def experiment_hash(experiment: Experiment) -> str:
+    """The 10 hex digits that name an experiment's run directory: a hash of everything it holds.
+
+    >>> from simlab.config import default_config
+    >>> cfg = default_config()
+    >>> experiment_hash(cfg) == experiment_hash(cfg.model_copy(update={"concurrency": 64}))
+    True
+    """
+    data = experiment.experiment.public_dict()
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
+
+
+class _Settings(_Strict):
+    """The settings of an invocation that a TOML config may also give (``Config`` holds them)."""
+
+    limit: int | None = Field(None, ge=1)
+    """Use only the first N personas (a later call may take more: their sessions are added)."""
+    repeats: int = Field(1, ge=1, le=100)
+    """Sessions per participant × domain to run, repeats 0 … K-1, each with its own seed (simulator
+    test–retest; repeat 0 is the session a run without repeats makes, so a later call with more
+    repeats adds sessions to the run)."""
+    ablate_persona: bool = False
+    """Also run every session with a simulator that gets no persona (source
+    ``sim_dynamic_no_persona``; same seeds, letters and arms), the control that shows what the
+    persona adds to each fidelity comparison; a later call may add them to a run made without."""
+    concurrency: int = Field(8, ge=1, le=100_000)
+    """Sessions in flight at once (model calls are further bounded per endpoint)."""
+    out_dir: str = "runs"
+    """Where run directories are created."""
+    human: str | None = None
+    """Human data (directory in the record schema) to compare with in the run's report."""
+    max_gen_error_rate: float = Field(0.1, ge=0, le=1)
+    """Share of an arm's replies that may be error notices (its generation failed and the user
+    saw a notice instead) before the run exits 1 and says so; the PRISM study saw about 6.7%."""
+
+
+class Invocation(_Settings):
+    """How one call runs an experiment: which of its sessions to do now (``limit``, ``repeats``,
+    ``ablate_persona``, ``shard``), how many at once, where the run goes, what to compare with.
+    None of it changes a session's result: a later call with other settings resumes the same run
+    (and with more repeats, more personas or the no-persona control, adds their sessions).
+
+    >>> Invocation(concurrency=64, shard=(1, 4)).shard
+    (1, 4)
+    """
+
+    shard: tuple[int, int] = (0, 1)
+    """``(i, n)``: only the participants of shard i of n (a stable hash of the participant id);
+    each shard writes its own run directory (``…-shard<i>of<n>``), merged with ``simlab store merge``."""
+    progress: bool = True
+    """Show a progress bar on stderr."""
+    retry_failed: bool = False
+    """Also redo the sessions recorded as failed by an earlier call (they are skipped otherwise)."""
+    report: bool = True
+    """Write the run's ``report.html`` at the end (kept when nothing it shows changed)."""
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[1] < 1 or not 0 <= v[0] < v[1]:
+            raise ValueError(f"shard {v[0]}/{v[1]}: need 0 <= i < n")
+        return v
+
+
+class Config(_Settings, Experiment):
+    """A whole run as a TOML file gives it: the ``Experiment`` (endpoints, the candidate arms, the
+    simulator, the judge, the protocol, …) and the invocation settings a file may hold
+    (``concurrency``, ``limit``, ``repeats``, …). ``experiment`` and ``invocation()`` split it."""
+
+    def invocation(self, **options: Any) -> Invocation:
+        """This file's invocation settings, with ``options`` (e.g. ``shard``, ``progress``) for the rest.
+
+        >>> from simlab.config import default_config
+        >>> default_config().invocation(shard=(0, 2)).concurrency
+        6
+        """
+        return Invocation.model_validate({**{k: getattr(self, k) for k in _Settings.model_fields}, **options})
+
+    @classmethod
+    def of(cls, experiment: Experiment, invocation: _Settings | None = None) -> Config:
+        """The config of an experiment run with ``invocation``'s settings (defaults without one)."""
+        settings = {} if invocation is None else {k: getattr(invocation, k) for k in _Settings.model_fields}
+        return cls.model_validate({**{k: getattr(experiment, k) for k in Experiment.model_fields}, **settings})
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

@@ -24,12 +24,12 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 from pydantic import BaseModel
 
-from simlab.config import ArmConfig, Config, ModelSpec, ProtocolConfig
+from simlab.config import ArmConfig, Experiment, ModelSpec, ProtocolConfig
 from simlab.errors import LLMError, SimlabError, StructuredOutputError
 from simlab.instruments import (
     INSTRUMENTS,
@@ -43,6 +43,7 @@ from simlab.instruments import (
 from simlab.llm import LLMClient, affinity, call_context, recording
 from simlab.llm.soft_tokens import load_bank
 from simlab.personas import Persona, render_persona, summarize
+from simlab.plan import SessionSpec, conversation_id
 from simlab.prompts import Prompt, render, render_in, template_hash
 from simlab.records import (
     AnswerRecord,
@@ -56,7 +57,7 @@ from simlab.records import (
     SessionRecord,
     TurnRecord,
 )
-from simlab.schema import IN_DOMAIN, LETTERS, NO_PERSONA, LetterMode
+from simlab.schema import IN_DOMAIN, LETTERS, LetterMode
 from simlab.seeds import derive_seed, sampling_seed
 
 __all__ = [
@@ -110,18 +111,6 @@ def blind_display(arms: Sequence[str], seed: int, letters: LetterMode) -> tuple[
         return by_position, None
     positions = {arm: LETTERS.index(letter) + 1 for arm, letter in by_position.items()}
     return blind(arms, derive_seed(seed, "letters")), positions
-
-
-def conversation_id(participant_id: str, domain: str, repeat: int = 0, *, no_persona: bool = False) -> str:
-    """``participant:domain``, with ``:rN`` for repeat N ≥ 1 and ``:no_persona`` for the control."""
-    return f"{participant_id}:{domain}" + (f":r{repeat}" if repeat else "") + (":no_persona" if no_persona else "")
-
-
-def unit_seed(run_seed: int, participant_id: str, domain: str, repeat: int = 0) -> int:
-    """The conversation's seed (letters, order, sampling, BDM); the no-persona control shares it."""
-    if repeat == 0:
-        return derive_seed(run_seed, participant_id, domain)
-    return derive_seed(run_seed, participant_id, domain, "repeat", repeat)
 
 
 def arm_system_prompt(arm: ArmConfig, persona: Persona, *, summary: str | None) -> Prompt | None:
@@ -420,21 +409,23 @@ class _ArmState:
     context_tokens: int = 0
 
 
-async def simulate_session(
-    persona: Persona,
-    domain: str,
-    config: Config,
-    client: LLMClient,
-    *,
-    summary: str | None = None,
-    repeat: int = 0,
-    no_persona: bool = False,
-) -> SessionRecord:
+@overload
+async def simulate_session(session: SessionSpec, config: Experiment, client: LLMClient, /, *,
+                           summary: str | None = None) -> SessionRecord: ...
+@overload
+async def simulate_session(persona: Persona, domain: str, config: Experiment, client: LLMClient, /, *,
+                           summary: str | None = None, repeat: int = 0, no_persona: bool = False) -> SessionRecord: ...
+async def simulate_session(session: SessionSpec | Persona, *args: Any, summary: str | None = None, repeat: int = 0,
+                           no_persona: bool = False) -> SessionRecord:
     """Run one Sim-Dynamic session end to end and return its records.
 
-    ``repeat``: which run of this participant × domain (its own seed; 0 is the only one without
-    ``repeats``). ``no_persona``: the control, whose simulator gets no persona (source
-    ``sim_dynamic_no_persona``); it shares the seed, letters and arms of the persona session.
+    ``simulate_session(spec, config, client)`` runs the session ``spec`` (a ``SessionSpec``: its
+    persona, domain, repeat, whether it is the no-persona control, and so its conversation id and
+    seed). ``simulate_session(persona, domain, config, client, repeat=0, no_persona=False)`` is the
+    same with the spec made from these: ``repeat`` is which run of this participant × domain (its
+    own seed; 0 is the only one without ``repeats``); ``no_persona`` the control, whose simulator
+    gets no persona (source ``sim_dynamic_no_persona``), sharing the seed, letters and arms of the
+    persona session.
 
     A config whose simulator or arms render the persona as a summary needs one: pass it as
     ``summary``, or the session makes it (or reads it from ``config.summary.cache_dir``) itself.
@@ -444,20 +435,35 @@ async def simulate_session(
     and ``BackendUnavailable`` (nothing to record: the session is still to do) when an
     endpoint stops answering. The session's calls stay on one replica of each endpoint.
     """
-    conv_id = conversation_id(persona.persona_id, domain, repeat, no_persona=no_persona)
+    if isinstance(session, SessionSpec):
+        if len(args) != 2 or repeat or no_persona:
+            raise TypeError("simulate_session(spec, config, client, *, summary=None): the spec holds the "
+                            "domain, repeat and no_persona")
+        config, client = args
+        spec = session
+    else:
+        if len(args) != 3:
+            raise TypeError("simulate_session(persona, domain, config, client, *, summary=None, repeat=0, "
+                            "no_persona=False)")
+        domain, config, client = args
+        spec = SessionSpec(persona=session, domain=domain, repeat=repeat, no_persona=no_persona, run_seed=config.seed)
+    if spec.run_seed != config.seed or spec.judged is not None:
+        raise ValueError(f"{spec.conversation_id}: the session was planned for run seed {spec.run_seed}"
+                         + (" as a Sim-Judgement session" if spec.judged is not None else "")
+                         + f"; this is a Sim-Dynamic session of an experiment with seed {config.seed}")
+    conv_id = spec.conversation_id
     with affinity(conv_id), recording() as calls, call_context(conversation_id=conv_id):
         if summary is None and needs_summary(config):
-            summary = await persona_summary(persona, config, client)
-        return await _simulate_session(persona, domain, config, client, summary=summary, calls=calls,
-                                       repeat=repeat, no_persona=no_persona)
+            summary = await persona_summary(spec.persona, config, client)
+        return await _simulate_session(spec, config, client, summary=summary, calls=calls)
 
 
-def needs_summary(config: Config) -> bool:
+def needs_summary(config: Experiment) -> bool:
     """Whether the simulator or any arm renders the persona as its LLM summary (PROTOCOL §3)."""
     return config.simulator.rendering == "summary" or any(a.personalisation == "summary" for a in config.arms)
 
 
-async def persona_summary(persona: Persona, config: Config, client: LLMClient) -> str:
+async def persona_summary(persona: Persona, config: Experiment, client: LLMClient) -> str:
     """The persona's summary by ``config.summary`` (cached on disk; see ``personas.summarize``)."""
 
     async def generate(messages: list[dict[str, str]]) -> str:
@@ -470,13 +476,11 @@ async def persona_summary(persona: Persona, config: Config, client: LLMClient) -
     return artefact.text
 
 
-async def _simulate_session(persona: Persona, domain: str, config: Config, client: LLMClient, *,
-                            summary: str | None, calls: list[LLMCallRecord], repeat: int,
-                            no_persona: bool) -> SessionRecord:
+async def _simulate_session(spec: SessionSpec, config: Experiment, client: LLMClient, *,
+                            summary: str | None, calls: list[LLMCallRecord]) -> SessionRecord:
+    persona, domain, repeat, no_persona = spec.persona, spec.domain, spec.repeat, spec.no_persona
     pid = persona.persona_id
-    conv_id = conversation_id(pid, domain, repeat, no_persona=no_persona)
-    source = NO_PERSONA if no_persona else "sim_dynamic"
-    seed = unit_seed(config.seed, pid, domain, repeat)
+    conv_id, source, seed = spec.conversation_id, spec.source, spec.seed
     arm_ids = [a.id for a in config.arms]
     p = config.protocol
     arm_letters, arm_positions = blind_display(arm_ids, seed, p.letters)

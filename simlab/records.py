@@ -170,6 +170,9 @@ class LLMCallRecord(_Record):
     arm: str | None = None
     instrument: str | None = None
     model: str
+    served_model: str | None = None
+    """The model name the server's reply gave (vLLM: the base model's or the LoRA adapter's), so the
+    store says which model or adapter answered; None when the reply named none (or no reply came)."""
     endpoint: str
     prompt_name: str | None = None
     prompt_hash: str | None = None

@@ -3,7 +3,7 @@
 One asyncio process drives every (participant, domain) session concurrently; model
 calls are bounded per endpoint by the client layer. Each session is committed to the
 run store in one transaction when it completes, so a killed run resumes with the same
-command (the run directory is named from the config's hash) and redoes only what is
+command (the run directory is named from the experiment's hash) and redoes only what is
 missing. Everything is validated before the run directory is touched.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 
 from simlab import __version__
 from simlab._files import write_text_atomic
-from simlab.config import CONFIGS_DIR, Config, ProtocolConfig, load_config
+from simlab.config import CONFIGS_DIR, Config, Experiment, Invocation, ProtocolConfig, load_config
 from simlab.errors import (
     BackendUnavailable,
     ConfigError,
@@ -32,14 +32,15 @@ from simlab.errors import (
     exit_status,
 )
 from simlab.personas import Persona, load_persona_set, render_persona
+from simlab.plan import SessionSpec, plan_sessions
 from simlab.prompts import render
 from simlab.records import SessionRecord
-from simlab.runner import RESUMABLE_KEYS, Outcome, PersonaSummaries, open_store, run_dir_for, run_sessions
+from simlab.runner import Outcome, PersonaSummaries, open_store, run_dir_for, run_sessions
 from simlab.schema import DOMAINS
 from simlab.store import FailureGroup
 
-# load_persona_set, run_dir_for, RESUMABLE_KEYS: kept importable from here for scripts that used them
-__all__ = ["RESUMABLE_KEYS", "RunSummary", "load_persona_set", "main", "run_dir_for", "run_experiment", "select"]
+# load_persona_set, run_dir_for: kept importable from here for scripts that used them
+__all__ = ["RunSummary", "load_persona_set", "main", "run_dir_for", "run_experiment", "select"]
 
 
 
@@ -146,22 +147,25 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def _needs_summary(config: Config) -> bool:
+def _needs_summary(config: Experiment) -> bool:
     from simlab.protocol import needs_summary
 
     return needs_summary(config)
 
 
-def validate_plan(config: Config, personas: Sequence[Persona], shard: tuple[int, int] = (0, 1)) -> None:
+def validate_plan(config: Experiment, personas: Sequence[Persona], shard: tuple[int, int] = (0, 1), *,
+                  human: str | None = None) -> None:
     """Render every template a run will use with every persona, so errors surface before any write.
 
-    One shard of several may hold no participant (a small persona file split many ways): it
-    runs no session, and its empty store merges like any other."""
+    ``human``: the invocation's human data (default: a ``Config``'s), which must exist. One shard
+    of several may hold no participant (a small persona file split many ways): it runs no
+    session, and its empty store merges like any other."""
     if not personas and shard[1] == 1:
         raise InputError("no personas selected (check --limit and the persona file)", file=config.personas)
-    if config.human is not None and not Path(config.human).exists():
-        raise InputError("no such file or directory (the human data for the report)", file=config.human,
-                         field="human")
+    if human is None and isinstance(config, Config):
+        human = config.human
+    if human is not None and not Path(human).exists():
+        raise InputError("no such file or directory (the human data for the report)", file=human, field="human")
     for name, ep in config.endpoints.items():
         if ep.api_key_env and not os.environ.get(ep.api_key_env):
             raise ConfigError(f"environment variable {ep.api_key_env} is not set (it holds the API key)",
@@ -203,11 +207,10 @@ def _check_writable(directory: Path, field: str) -> None:
         raise InputError(f"cannot write here ({existing} is not writable)", file=directory, field=field)
 
 
-def units(config: Config, personas: Sequence[Persona]) -> list[tuple[Persona, str, int, bool]]:
-    """Every session of the run: (persona, domain, repeat, no_persona), persona sessions first."""
-    conditions = [False, True] if config.ablate_persona else [False]
-    return [(p, d, r, c) for c in conditions for r in range(config.repeats) for p in personas
-            for d in config.protocol.domains]
+def sessions_of(experiment: Experiment, invocation: Invocation, personas: Sequence[Persona]) -> list[SessionSpec]:
+    """The sessions this invocation plans: every domain of each persona it selected, its repeats,
+    and the no-persona controls if it asks for them (persona sessions first)."""
+    return plan_sessions(experiment, personas, repeats=invocation.repeats, ablate_persona=invocation.ablate_persona)
 
 
 def calls_per_session(k: int, turns: int, protocol: ProtocolConfig) -> int:
@@ -220,15 +223,20 @@ def calls_per_session(k: int, turns: int, protocol: ProtocolConfig) -> int:
     return 1 + (turns - 1) + turns * k + sum(i.count(k, turns, protocol) for i in INSTRUMENTS)
 
 
-def plan_text(config: Config, personas: Sequence[Persona], run_dir: Path) -> str:
-    n_sessions = len(units(config, personas))
+def plan_text(config: Experiment, personas: Sequence[Persona], run_dir: Path,
+              invocation: Invocation | None = None) -> str:
+    """The plan a dry run prints: sessions, expected calls, endpoints (``invocation``: a ``Config``'s by default)."""
+    if invocation is None:
+        invocation = config.invocation() if isinstance(config, Config) else Invocation()
+    n_sessions = len(sessions_of(config, invocation, personas))
     k = len(config.arms)
     p = config.protocol
     lo, hi = calls_per_session(k, p.min_turns, p), calls_per_session(k, p.max_turns, p)
     summaries = len(personas) if _needs_summary(config) else 0
     extra = ""
-    if config.repeats > 1 or config.ablate_persona:
-        extra = f" ({config.repeats} repeat(s)" + (" × with and without persona" if config.ablate_persona else "") + ")"
+    if invocation.repeats > 1 or invocation.ablate_persona:
+        extra = (f" ({invocation.repeats} repeat(s)" + (" × with and without persona" if invocation.ablate_persona else "")
+                 + ")")
     lines = [
         f"run directory: {run_dir}",
         f"participants: {len(personas)} × domains: {len(p.domains)} ({', '.join(p.domains)}) × arms: {k} "
@@ -248,62 +256,71 @@ def plan_text(config: Config, personas: Sequence[Persona], run_dir: Path) -> str
 
 
 async def run_experiment(
-    config: Config,
+    experiment: Experiment,
+    invocation: Invocation | None = None,
     *,
     personas: Sequence[Persona] | None = None,
     run_dir: str | Path | None = None,
-    shard: tuple[int, int] = (0, 1),
+    shard: tuple[int, int] | None = None,
     base_urls: dict[str, str | list[str]] | None = None,
-    retry_failed: bool = False,
-    progress: bool = True,
-    report: bool = True,
+    retry_failed: bool | None = None,
+    progress: bool | None = None,
+    report: bool | None = None,
     tune_gc: bool = True,
 ) -> RunSummary:
-    """Run (or resume) the experiment of ``config``; returns the end-of-run summary.
+    """Run (or resume) an experiment as ``invocation`` says; returns the end-of-run summary.
 
-    ``base_urls`` overrides endpoint URLs (e.g. a server the caller started). Embedded
-    local endpoints without a URL are started here and stopped at the end. ``tune_gc=False`` leaves
-    Python's garbage collector as the caller set it (``simlab.runner.gc_for_many_sessions``).
+    ``experiment`` may be a ``Config`` (a TOML file's): its settings (concurrency, limit, repeats,
+    …) are then the invocation's unless ``invocation`` is given. ``shard``, ``retry_failed``,
+    ``progress`` and ``report`` override the invocation's. ``personas``: these instead of the
+    experiment's persona file (as selected by ``limit`` and ``shard``). ``base_urls`` overrides
+    endpoint URLs (e.g. a server the caller started). Embedded local endpoints without a URL are
+    started here and stopped at the end. ``tune_gc=False`` leaves Python's garbage collector as
+    the caller set it (``simlab.runner.gc_for_many_sessions``).
     """
     from simlab.llm import LLMClient
     from simlab.local import serving
-    from simlab.protocol import conversation_id, simulate_session
+    from simlab.protocol import simulate_session
 
     t0 = time.monotonic()
+    if invocation is None:
+        invocation = experiment.invocation() if isinstance(experiment, Config) else Invocation()
+    options = {"shard": shard, "retry_failed": retry_failed, "progress": progress, "report": report}
+    invocation = Invocation.model_validate({**dict(invocation), **{k: v for k, v in options.items() if v is not None}})
+    experiment = experiment.experiment
+    config = Config.of(experiment, invocation)  # what the run's meta records as this call's config
     if personas is None:
-        personas = select(load_persona_set(config.personas, config.holdout), limit=config.limit, shard=shard)
+        personas = select(load_persona_set(experiment.personas, experiment.holdout), limit=invocation.limit,
+                          shard=invocation.shard)
     personas = list(personas)
-    validate_plan(config, personas, shard)
-    run_dir = Path(run_dir) if run_dir else run_dir_for(config, shard)
-    store = open_store(run_dir, config, personas=[p.persona_id for p in personas], shard=list(shard))
+    validate_plan(experiment, personas, invocation.shard, human=invocation.human)
+    run_dir = Path(run_dir) if run_dir else run_dir_for(experiment, invocation.shard, out_dir=invocation.out_dir)
+    store = open_store(run_dir, config, personas=[p.persona_id for p in personas], shard=list(invocation.shard))
     done_before = store.completed_sessions()
-    skip = done_before if retry_failed else done_before | store.failed_sessions()
-    planned = units(config, personas)
-    todo = [u for u in planned if conversation_id(u[0].persona_id, u[1], u[2], no_persona=u[3]) not in skip]
+    skip = done_before if invocation.retry_failed else done_before | store.failed_sessions()
+    planned = sessions_of(experiment, invocation, personas)
+    todo = [spec for spec in planned if spec.conversation_id not in skip]
     n_planned = len(planned)
     interrupted = False
     stopped: str | None = None
     backend_info: dict[str, dict[str, Any]] = {}
     outcome = Outcome()
     try:
-        with serving(config, base_urls=base_urls, log_dir=run_dir, start=bool(todo)) as backends:
+        with serving(experiment, base_urls=base_urls, log_dir=run_dir, start=bool(todo)) as backends:
             backend_info = backends.info()
             if backend_info:
                 store.set_meta("backends", backend_info)
-            client = LLMClient(config.endpoints, base_urls=backends.base_urls)
-            summaries = PersonaSummaries(config, client, store) if _needs_summary(config) else None
+            client = LLMClient(experiment.endpoints, base_urls=backends.base_urls)
+            summaries = PersonaSummaries(experiment, client, store) if _needs_summary(experiment) else None
 
-            async def session(unit: tuple[Persona, str, int, bool]) -> SessionRecord:
-                persona, domain, repeat, no_persona = unit
+            async def session(spec: SessionSpec) -> SessionRecord:
                 summary = None if summaries is None else await summaries.get(
-                    persona, conversation_id=conversation_id(persona.persona_id, domain, repeat, no_persona=no_persona),
-                    domain=domain)
-                return await simulate_session(persona, domain, config, client, summary=summary, repeat=repeat,
-                                              no_persona=no_persona)
+                    spec.persona, conversation_id=spec.conversation_id, domain=spec.domain)
+                return await simulate_session(spec, experiment, client, summary=summary)
 
             try:
-                outcome = await run_sessions(todo, session, store, concurrency=config.concurrency, progress=progress,
-                                             tune_gc=tune_gc)
+                outcome = await run_sessions(todo, session, store, concurrency=invocation.concurrency,
+                                             progress=invocation.progress, tune_gc=tune_gc)
             finally:
                 if summaries is not None:
                     summaries.close()
@@ -326,7 +343,7 @@ async def run_experiment(
         stopped=stopped,
         backends=backend_info,
         gen_errors_by_arm=counts.gen_errors_by_arm,
-        max_gen_error_rate=config.max_gen_error_rate,
+        max_gen_error_rate=invocation.max_gen_error_rate,
         session_s=outcome.session_s,
         commit_s=outcome.commit_s,
     )
@@ -335,10 +352,10 @@ async def run_experiment(
         summary.tokens_by_role[c.role] = summary.tokens_by_role.get(c.role, 0) + tokens
         if c.role == "arm" and c.arm:
             summary.tokens_by_arm[c.arm] = summary.tokens_by_arm.get(c.arm, 0) + tokens
-    if report and not interrupted and not stopped:
+    if invocation.report and not interrupted and not stopped:
         stamp = json.dumps({"completed": counts.sessions_completed, "failed": counts.sessions_failed,
-                            "human": _file_stamp(config.human), "simlab": __version__})
-        summary.report = _write_report(run_dir, config, stamp)
+                            "human": _file_stamp(invocation.human), "simlab": __version__})
+        summary.report = _write_report(run_dir, invocation.human, stamp)
     return summary
 
 
@@ -355,7 +372,7 @@ REPORT_STAMP = ".report-stamp"
 (re-rendering a 10,000-session report costs more than the rest of a resume)."""
 
 
-def _write_report(run_dir: Path, config: Config, stamp: str) -> Path | None:
+def _write_report(run_dir: Path, human: str | None, stamp: str) -> Path | None:
     """The run's HTML report (with the human comparison when ``human`` is configured), unless
     the one there was written from the same sessions, human data and simlab version."""
     try:
@@ -365,7 +382,7 @@ def _write_report(run_dir: Path, config: Config, stamp: str) -> Path | None:
     existing, stamp_file = run_dir / "report.html", run_dir / REPORT_STAMP
     if existing.exists() and stamp_file.exists() and stamp_file.read_text(encoding="utf-8") == stamp:
         return existing
-    path = write_run_report(run_dir, human=config.human)
+    path = write_run_report(run_dir, human=human)
     if path == existing:
         write_text_atomic(stamp_file, stamp)
     return path
@@ -421,7 +438,7 @@ Run the PRISM-X experiment with simulated users.
 
 With no arguments: the quickstart on the embedded local model (SmolLM2-135M via
 llama.cpp, one single-thread server per core started on 127.0.0.1 for the run): 3 sample
-personas × 2 domains × 4 demo arms, about 2.5 minutes on 2 CPU cores. Output goes to runs/<name>-<config hash>/
+personas × 2 domains × 4 demo arms, about 2.5 minutes on 2 CPU cores. Output goes to runs/<name>-<experiment hash>/
 (store.sqlite, report.html). Running the same command again resumes that run and
 does only the sessions that are missing.""",
         epilog="""\
@@ -495,7 +512,7 @@ def _main(args: argparse.Namespace) -> int:
             exc.message += f" (set by 'personas' in {config_file})"
         raise
     try:
-        validate_plan(config, personas, shard)
+        validate_plan(config, personas, shard, human=config.human)
     except InputError as exc:
         if exc.file is None:  # a config field: name the file it came from
             exc.file = config_file
@@ -503,11 +520,11 @@ def _main(args: argparse.Namespace) -> int:
     target = run_dir or run_dir_for(config, shard)
     _check_writable(Path(config.out_dir) if run_dir is None else target, "--out" if args.out else "out_dir")
     if args.dry_run:
-        print(plan_text(config, personas, target))
+        print(plan_text(config, personas, target, config.invocation(shard=shard)))
         return 0
-    summary = asyncio.run(run_experiment(config, personas=personas, run_dir=target, shard=shard,
-                                         retry_failed=args.retry_failed, progress=not args.quiet,
-                                         report=not args.no_report))
+    invocation = config.invocation(shard=shard, retry_failed=args.retry_failed, progress=not args.quiet,
+                                   report=not args.no_report)
+    summary = asyncio.run(run_experiment(config.experiment, invocation, personas=personas, run_dir=target))
     print(summary.text())
     if summary.interrupted:
         return 130

@@ -24,50 +24,65 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from simlab.config import Config
+from simlab.config import Config, Experiment, experiment_hash
 from simlab.errors import LLMError
 from simlab.llm import LLMClient, call_context, recording
 from simlab.personas import Persona, summarize
 from simlab.prompts import all_hashes, template_hash
 from simlab.protocol import SessionFailed, failure_reason
 from simlab.records import ArmRecord, SessionFailure, SessionRecord
-from simlab.store import RESUMABLE_KEYS, RunStore
+from simlab.store import STORE_FILE, RunStore
 
 U = TypeVar("U")
 
 
-def config_hash(config: Config, personas_path: str, shard: tuple[int, int]) -> str:
-    """What names a run: the config without its resumable keys, the persona file and the shard."""
-    data = {k: v for k, v in config.public_dict().items() if k not in RESUMABLE_KEYS}
+def config_hash(config: Experiment, personas_path: str, shard: tuple[int, int]) -> str:
+    """The hash that named a run directory before the experiment was hashed on its own: the
+    config without the invocation's keys of then (``LEGACY_INVOCATION_KEYS``: what is left is the
+    experiment), the persona file and the shard. ``run_dir_for`` still finds a run named by it."""
+    data = config.experiment.public_dict()
     data["_personas"] = personas_path
     data["_shard"] = list(shard)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def run_dir_for(config: Config, shard: tuple[int, int] = (0, 1)) -> Path:
-    """The run directory a config maps to (the same command always finds the same run)."""
+def run_dir_for(experiment: Experiment, shard: tuple[int, int] = (0, 1), *, out_dir: str | Path | None = None) -> Path:
+    """The run directory an experiment maps to (the same command always finds the same run):
+    ``<out_dir>/<name>-<experiment_hash>``, with ``-shard<i>of<n>`` for one shard of several.
+
+    ``out_dir``: the folder of run directories (default: a ``Config``'s ``out_dir``, else ``runs``).
+    A run made before the experiment was hashed on its own is found under its old name
+    (``config_hash``) when no run has the new one.
+    """
+    if out_dir is None:
+        out_dir = experiment.out_dir if isinstance(experiment, Config) else "runs"
     suffix = f"-shard{shard[0]}of{shard[1]}" if shard[1] > 1 else ""
-    return Path(config.out_dir) / f"{config.name}-{config_hash(config, config.personas, shard)}{suffix}"
+    found = Path(out_dir) / f"{experiment.name}-{experiment_hash(experiment)}{suffix}"
+    if not found.exists():
+        legacy = Path(out_dir) / f"{experiment.name}-{config_hash(experiment, experiment.personas, shard)}{suffix}"
+        if (legacy / STORE_FILE).exists():
+            return legacy
+    return found
 
 
 def meta_for(config: Config, **extra: Any) -> dict[str, Any]:
-    """What a run store records about the run that made it (checked again on resume)."""
+    """What a run store records about the run that made it: the experiment (checked again on
+    resume), the config of this call (replaced by each resume), prompt hashes, models, seed."""
     models = {a.id: f"{a.endpoint}/{a.model}" for a in config.arms}
     models.update(simulator=f"{config.simulator.endpoint}/{config.simulator.model}",
                   judge=f"{config.judge.endpoint}/{config.judge.model}")
-    return {"config": config.public_dict(), "prompt_hashes": all_hashes(), "models": models, "seed": config.seed,
-            **extra}
+    return {"experiment": config.experiment.public_dict(), "config": config.public_dict(),
+            "prompt_hashes": all_hashes(), "models": models, "seed": config.seed, **extra}
 
 
 def open_store(run_dir: Path, config: Config, **extra: Any) -> RunStore:
-    """The run's store (created, or resumed when its config matches), with its arms in config order.
+    """The run's store (created, or resumed when its experiment matches), with its arms in config order.
 
     It records the registered instruments (which loads their entry points: a bad registration is
     refused here, before any model call)."""
     from simlab.instruments import instrument_meta
 
-    store = RunStore.open_or_create(run_dir, meta_for(config, instruments=instrument_meta(), **extra),
-                                    ignore=RESUMABLE_KEYS)
+    store = RunStore.open_or_create(run_dir, meta_for(config, instruments=instrument_meta(), **extra))
     store.write_arms(ArmRecord(arm=a.id, description=a.description, config_order=i) for i, a in enumerate(config.arms))
     return store
 
@@ -82,7 +97,7 @@ class PersonaSummaries:
     made fails the sessions that need it, with the reason.
     """
 
-    def __init__(self, config: Config, client: LLMClient, store: RunStore) -> None:
+    def __init__(self, config: Experiment, client: LLMClient, store: RunStore) -> None:
         self.config = config
         self.client = client
         self.store = store
@@ -303,5 +318,5 @@ async def _drive(worker: Callable[[], Awaitable[None]], n_units: int, concurrenc
         bar.close()
 
 
-__all__ = ["GC_PACE", "GC_THRESHOLDS", "RESUMABLE_KEYS", "Outcome", "config_hash", "gc_for_many_sessions", "meta_for",
+__all__ = ["GC_PACE", "GC_THRESHOLDS", "Outcome", "config_hash", "gc_for_many_sessions", "meta_for",
            "PersonaSummaries", "open_store", "run_dir_for", "run_sessions"]

@@ -29,6 +29,7 @@ from simlab.config import Config, load_config, parse_config
 from simlab.errors import BackendUnavailable, InputError, LLMError, StructuredOutputError, exit_status
 from simlab.llm import LLMClient, call_context, recording
 from simlab.personas import Persona, render_persona
+from simlab.plan import JUDGEMENT_SUFFIX, SessionSpec
 from simlab.prompts import render
 from simlab.protocol import (
     SessionFailed,
@@ -48,7 +49,7 @@ from simlab.schema import DOMAINS, IN_DOMAIN, LETTERS
 from simlab.seeds import derive_seed
 from simlab.tables import Tables
 
-SUFFIX = "#sj"
+SUFFIX = JUDGEMENT_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -148,15 +149,21 @@ async def simulate_judgement(persona: Persona, human_conversation: HumanConversa
 
     Raises ``SessionFailed`` when the simulator's output still breaks its schema after retries.
     """
-    conv_id = human_conversation.conversation_id + SUFFIX
-    with recording() as calls, call_context(conversation_id=conv_id):
-        return await _simulate_judgement(persona, human_conversation, config, client, summary=summary, calls=calls)
+    spec = judgement_spec(persona, human_conversation, config.seed)
+    with recording() as calls, call_context(conversation_id=spec.conversation_id):
+        return await _simulate_judgement(spec, human_conversation, config, client, summary=summary, calls=calls)
 
 
-async def _simulate_judgement(persona: Persona, hc: HumanConversation, config: Config, client: LLMClient, *,
+def judgement_spec(persona: Persona, human_conversation: HumanConversation, run_seed: int) -> SessionSpec:
+    """The session that judges ``human_conversation`` as ``persona``: its id and seed."""
+    return SessionSpec(persona=persona, domain=human_conversation.domain, run_seed=run_seed,
+                       judged=human_conversation.conversation_id)
+
+
+async def _simulate_judgement(spec: SessionSpec, hc: HumanConversation, config: Config, client: LLMClient, *,
                               summary: str | None, calls: list[LLMCallRecord]) -> SessionRecord:
-    conv_id = hc.conversation_id + SUFFIX
-    unit_seed = derive_seed(config.seed, "sim_judgement", hc.conversation_id)
+    persona = spec.persona
+    conv_id, unit_seed = spec.conversation_id, spec.seed
     letters = sorted(hc.arm_letters.values())
     joined = ", ".join(letters)
     sim = Simulator(
@@ -255,7 +262,8 @@ async def run_sim_judgement(
     store = open_store(run_dir, config)
     done_before = store.completed_sessions()
     skip = done_before if retry_failed else done_before | store.failed_sessions()
-    todo = [hc for hc in conversations if hc.conversation_id + SUFFIX not in skip]
+    specs = [judgement_spec(by_id[hc.participant_id], hc, config.seed) for hc in conversations]
+    todo = [(spec, hc) for spec, hc in zip(specs, conversations) if spec.conversation_id not in skip]
     outcome, stopped = Outcome(), None
     try:
         with serving(config, base_urls=base_urls, log_dir=run_dir, start=bool(todo),
@@ -263,11 +271,11 @@ async def run_sim_judgement(
             client = LLMClient(config.endpoints, base_urls=backends.base_urls)
             summaries = PersonaSummaries(config, client, store) if config.simulator.rendering == "summary" else None
 
-            async def session(hc: HumanConversation) -> SessionRecord:
-                persona = by_id[hc.participant_id]
+            async def session(unit: tuple[SessionSpec, HumanConversation]) -> SessionRecord:
+                spec, hc = unit
                 summary = None if summaries is None else await summaries.get(
-                    persona, conversation_id=hc.conversation_id + SUFFIX, domain=hc.domain)
-                return await simulate_judgement(persona, hc, config, client, summary=summary)
+                    spec.persona, conversation_id=spec.conversation_id, domain=hc.domain)
+                return await simulate_judgement(spec.persona, hc, config, client, summary=summary)
 
             try:
                 outcome = await run_sessions(todo, session, store, concurrency=config.concurrency,
@@ -281,7 +289,7 @@ async def run_sim_judgement(
     finally:
         completed = store.completed_sessions()
         store.close()
-    keys = {hc.conversation_id + SUFFIX for hc in conversations}
+    keys = {spec.conversation_id for spec in specs}
     return SimJudgementSummary(run_dir=run_dir, planned=len(keys), done_before=len(keys & done_before),
                                completed=len(keys & completed), failed=outcome.failed,
                                wall_time_s=time.monotonic() - t0, interrupted=outcome.interrupted, stopped=stopped)

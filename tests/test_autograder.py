@@ -235,8 +235,9 @@ def test_set_meta_roundtrip_and_fixed_keys(tmp_path):
     store.set_meta("autograde_reliability", [{"dimension": "x", "icc": 0.5}])
     store.set_meta("autograde_reliability", [{"dimension": "y"}])
     assert store.meta()["autograde_reliability"] == [{"dimension": "y"}]
-    with pytest.raises(StoreError):
-        store.set_meta("config", {})
+    for key in ("config", "experiment", "seed"):
+        with pytest.raises(StoreError):
+            store.set_meta(key, {})
     store.close()
 
 

@@ -1,5 +1,5 @@
 """The code of docs/extending.md runs as written: its ``python`` blocks, top to bottom, in one fresh
-interpreter (a reader pasting them into one script), with the docs' folder as working directory."""
+interpreter (a reader pasting them into one script), with the project root as working directory (the docs name files from there)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,6 @@ def test_the_guide_runs_as_written(tmp_path: Path) -> None:
     script = tmp_path / "guide.py"
     script.write_text("\n\n".join(python_blocks(DOC)), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, f"docs/extending.md's code failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"

@@ -41,6 +41,7 @@ LAYER_OF = {
     "simlab.config": "config",
     "simlab.protocol": "protocol",
     "simlab.instruments": "protocol",
+    "simlab.plan": "protocol",
     "simlab.autograder": "grading",
     "simlab.fidelity": "fidelity",
     "simlab.fidelity.result": "base",

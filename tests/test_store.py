@@ -331,17 +331,19 @@ def test_sigkill_of_a_writer_leaves_only_whole_sessions(tmp_path: Path, mode: st
 
 
 def test_resume_with_a_different_config_names_every_field(tmp_path: Path) -> None:
+    # META is a meta as stores before the experiment was stored on its own have it: its experiment
+    # is its config without the invocation's keys of then (concurrency, limit, …)
     run = tmp_path / "run"
     RunStore.create(run, META).close()
     changed = json.loads(json.dumps(META))
     changed["config"]["arms"][1]["model"] = "b"
     changed["config"]["seed"] = 8
-    changed["config"]["concurrency"] = 64  # may differ on resume
+    changed["config"]["concurrency"] = 64  # the invocation's: may differ on resume
     changed["config"]["new_option"] = True
     changed["prompt_hashes"]["user_turn"] = "def456"
     before = (run / "store.sqlite").read_bytes()
     with pytest.raises(ConfigMismatchError) as err:
-        RunStore.open_or_create(run, changed, ignore={"concurrency", "limit"})
+        RunStore.open_or_create(run, changed)
     assert isinstance(err.value, InputError)
     msg = str(err.value)
     for part in ("arms[1].model: 'a' != 'b'", "seed: 7 != 8", "new_option: <absent> != True",
@@ -353,8 +355,33 @@ def test_resume_with_a_different_config_names_every_field(tmp_path: Path) -> Non
     # the allowed change alone resumes, and is recorded
     ok = json.loads(json.dumps(META))
     ok["config"]["concurrency"] = 64
-    RunStore.open_or_create(run, ok, ignore={"concurrency"}).close()
+    RunStore.open_or_create(run, ok).close()
     assert run_meta(run)["resumes"][0]["changed"] == ["concurrency: 4 != 64"]
+    assert run_meta(run)["config"]["concurrency"] == 64  # the config of the latest call
+
+
+def test_the_experiment_is_matched_and_the_config_is_the_latest_calls(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    experiment = {"name": "t", "seed": 7, "arms": [{"id": "GEN"}, {"id": "PROMPT"}]}
+    meta = {"experiment": experiment, "config": {**experiment, "concurrency": 4, "repeats": 1}, "seed": 7}
+    RunStore.create(run, meta).close()
+    # another call's settings, even ones no older simlab knew, resume the run
+    later = {**meta, "config": {**experiment, "concurrency": 8, "repeats": 2, "progress": False}}
+    RunStore.open_or_create(run, later).close()
+    assert run_meta(run)["resumes"][0]["changed"] == [
+        "concurrency: 4 != 8", "progress: <absent> != False", "repeats: 1 != 2"]
+    assert run_meta(run)["experiment"] == experiment
+    # a change to the experiment is refused, named by its field path
+    other = {**later, "experiment": {**experiment, "arms": [{"id": "GEN"}, {"id": "STYLE"}]}}
+    with pytest.raises(ConfigMismatchError, match=r"arms\[1\]\.id: 'PROMPT' != 'STYLE'") as err:
+        RunStore.open_or_create(run, other)
+    assert len(err.value.differences) == 1
+    # a stored meta of before (its experiment inside its config) matches the same experiment
+    legacy = tmp_path / "legacy"
+    RunStore.create(legacy, {"config": meta["config"], "seed": 7}).close()
+    RunStore.open_or_create(legacy, later).close()
+    with pytest.raises(ConfigMismatchError, match="PROMPT"):
+        RunStore.open_or_create(legacy, other)
 
 
 def test_meta_is_stored_without_secrets(store: RunStore) -> None:
@@ -526,8 +553,7 @@ def test_session_record_cross_checks() -> None:
 
 
 def _shard(path: Path, participants: list[str], shard: str) -> list[SessionRecord]:
-    meta = json.loads(json.dumps(META))
-    meta["config"]["shard"] = shard
+    meta = {**json.loads(json.dumps(META)), "shard": shard}  # as the runner stores it, beside the config
     records = [make_session(p, d) for p in participants for d in ("unguided", "values")]
     with RunStore.create(path, meta) as s:
         for r in records:
@@ -543,7 +569,7 @@ def _shard(path: Path, participants: list[str], shard: str) -> list[SessionRecor
 def test_merge_shards(tmp_path: Path) -> None:
     a = _shard(tmp_path / "s1", ["p1", "p2"], "1/2")
     b = _shard(tmp_path / "s2", ["p3"], "2/2")
-    with merge(tmp_path / "all", [tmp_path / "s1", tmp_path / "s2"], ignore={"shard"}) as m:
+    with merge(tmp_path / "all", [tmp_path / "s1", tmp_path / "s2"]) as m:
         rows = m.counts().rows
         assert rows == {**expected_rows(*a, *b), "failures": 2, "autograde": 2, "llm_calls": sum(len(r.llm_calls) for r in a + b) + 2}
         assert m.failed_sessions() == {"p1:controversy", "p3:controversy"}
@@ -555,15 +581,15 @@ def test_merge_shards(tmp_path: Path) -> None:
     other["config"]["arms"][0]["model"] = "zzz"
     RunStore.create(tmp_path / "s3", other).close()
     with pytest.raises(ConfigMismatchError, match=r"arms\[0\].model: 'a' != 'zzz'"):
-        merge(tmp_path / "all", [tmp_path / "s3"], ignore={"shard"})
+        merge(tmp_path / "all", [tmp_path / "s3"])
 
 
 def test_merge_refuses_a_conflicting_session_and_takes_nothing(tmp_path: Path) -> None:
     _shard(tmp_path / "s1", ["p1"], "1/2")
-    with RunStore.create(tmp_path / "s2", {**META, "config": {**META["config"], "shard": "2/2"}}) as s:
+    with RunStore.create(tmp_path / "s2", {**META, "shard": "2/2"}) as s:
         s.write_session(make_session("p9"))
         s.write_session(make_session("p1", seed=5))  # same key as in s1, different result
-    with merge(tmp_path / "all", [tmp_path / "s1"], ignore={"shard"}) as m:
+    with merge(tmp_path / "all", [tmp_path / "s1"]) as m:
         before = m.counts().rows
         with pytest.raises(DuplicateSessionError, match="p1:unguided"):
             merge_from(m, tmp_path / "s2")
@@ -619,9 +645,11 @@ def test_a_store_on_a_network_file_system_warns_and_says_what_to_do(tmp_path: Pa
 
 
 def _downgrade_to_v3(path: Path) -> None:
-    """Rewrite a store in the version-3 shape: no ``answers`` table (added instruments' answers)."""
+    """Rewrite a store in the version-3 shape: no ``answers`` table (added instruments' answers) and
+    llm_calls without ``served_model``."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("DROP TABLE answers")
+    conn.execute("ALTER TABLE llm_calls DROP COLUMN served_model")
     conn.execute("UPDATE meta SET value = '3' WHERE key = 'store_schema'")
     conn.close()
 
@@ -633,6 +661,25 @@ def _rows(path: Path) -> dict[str, int]:
     out = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] if t in present else 0 for t in COLUMNS}
     conn.close()
     return out
+
+
+def test_a_version_3_store_is_migrated_on_open_and_its_calls_say_no_served_model(tmp_path: Path) -> None:
+    _a_session_a_failure_and_a_summary_call(tmp_path / "old")
+    path = tmp_path / "old" / STORE_FILE
+    calls = "SELECT call_id, recorded_with, conversation_id, role, model, prompt_tokens FROM llm_calls ORDER BY call_id"
+    before_calls = sqlite3.connect(path).execute(calls).fetchall()
+    _downgrade_to_v3(path)
+    assert "served_model" not in [r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(llm_calls)")]
+    assert read_table(tmp_path / "old", "llm_calls")["served_model"].isna().all()  # a reader sees the column
+
+    store = RunStore.open(tmp_path / "old")  # a writer (the run's resume) migrates it
+    assert store.meta()["store_schema"] == STORE_SCHEMA_VERSION
+    assert store._conn.execute(calls).fetchall() == before_calls
+    assert store.completed_sessions() == {"p1:unguided"} and store.failed_sessions() == {"p2:unguided"}
+    store.write_calls([LLMCallRecord(role="summary", model="sim", served_model="sim-lora", endpoint="e")])
+    store.close()
+    served = read_table(tmp_path / "old", "llm_calls")["served_model"]
+    assert served.isna().sum() == len(before_calls) and served.dropna().tolist() == ["sim-lora"]
 
 
 def _downgrade_to_v2(path: Path) -> None:
@@ -722,24 +769,26 @@ def test_a_version_3_store_gains_the_answers_table_on_open_and_resumes_with_adde
 
 
 def test_a_version_2_store_is_read_reported_and_merged_without_being_changed(tmp_path: Path) -> None:
-    for name in ("a", "b"):
+    for name, participant in (("a", "p1"), ("b", "p2"), ("c", "p3")):
         store = RunStore.create(tmp_path / name, {"config": {"name": "t"}})
-        store.write_session(make_session("p1" if name == "a" else "p2"))
+        store.write_session(make_session(participant))
         store.close()
     _downgrade_to_v2(tmp_path / "a" / STORE_FILE)
     _downgrade_to_v1(tmp_path / "b" / STORE_FILE)
-    before = {name: _fingerprint(tmp_path / name / STORE_FILE) for name in ("a", "b")}
+    _downgrade_to_v3(tmp_path / "c" / STORE_FILE)
+    before = {name: _fingerprint(tmp_path / name / STORE_FILE) for name in ("a", "b", "c")}
     # a reader (load_run, the report's counts) of an old run reads it under this schema's names
     assert len(load_run(tmp_path / "a").judgements) == 4
     assert read_counts(tmp_path / "a").sessions_completed == 1
     assert run_meta(tmp_path / "a")["store_schema"] == 2  # and leaves it at its version
     # shards made by older simlabs merge; the merged store has this schema
-    merged = merge(tmp_path / "merged", [tmp_path / "a", tmp_path / "b"])
-    assert merged.completed_sessions() == {"p1:unguided", "p2:unguided"}
+    merged = merge(tmp_path / "merged", [tmp_path / "a", tmp_path / "b", tmp_path / "c"])
+    assert merged.completed_sessions() == {"p1:unguided", "p2:unguided", "p3:unguided"}
     assert merged.meta()["store_schema"] == STORE_SCHEMA_VERSION
     merged.close()
-    assert load_run(tmp_path / "merged").conversations["repeat"].tolist() == [0, 0]
-    assert {name: _fingerprint(tmp_path / name / STORE_FILE) for name in ("a", "b")} == before
+    assert load_run(tmp_path / "merged").conversations["repeat"].tolist() == [0, 0, 0]
+    assert read_table(tmp_path / "merged", "llm_calls")["served_model"].isna().all()
+    assert {name: _fingerprint(tmp_path / name / STORE_FILE) for name in ("a", "b", "c")} == before
 
 
 def _downgrade_to_v1(path: Path) -> None:

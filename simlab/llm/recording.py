@@ -41,7 +41,8 @@ class CallRecord:
         """The call as the run store keeps it: this accounting plus who made it (``call_context``)."""
         return LLMCallRecord(
             conversation_id=fields.get("conversation_id"), role=fields.get("role", "simulator"),
-            arm=fields.get("arm"), instrument=fields.get("instrument"), model=self.model, endpoint=self.endpoint,
+            arm=fields.get("arm"), instrument=fields.get("instrument"), model=self.model,
+            served_model=self.served_model, endpoint=self.endpoint,
             prompt_name=self.prompt_name, prompt_hash=self.prompt_hash, prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens, latency_s=round(self.latency_s, 4),
             attempts=max(1, self.attempts), status=self.status, error=self.error,

@@ -28,9 +28,9 @@ from simlab.store.failures import FailureGroup, group_failures
 from simlab.store.filesystem import NETWORK_FILESYSTEMS, NetworkFilesystemWarning, filesystem_type
 from simlab.store.merge import merge, merge_from
 from simlab.store.meta import (
+    LATEST_META,
     MATCHED_META,
     REDACTED,
-    RESUMABLE_KEYS,
     ConfigMismatchError,
     command_line,
     diff_config,
@@ -43,10 +43,10 @@ from simlab.tables import JUDGEMENT_COLUMNS
 __all__ = [
     "COLUMNS",
     "JUDGEMENT_COLUMNS",
+    "LATEST_META",
     "MATCHED_META",
     "NETWORK_FILESYSTEMS",
     "REDACTED",
-    "RESUMABLE_KEYS",
     "STORED_TABLES",
     "STORE_FILE",
     "STORE_SCHEMA_VERSION",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from simlab.errors import InputError
 from simlab.store.connection import store_path
-from simlab.store.meta import MATCHED_META, RESUMABLE_KEYS, ConfigMismatchError, meta_differences, now
+from simlab.store.meta import LATEST_META, MATCHED_META, ConfigMismatchError, meta_as_today, meta_differences, now
 from simlab.store.migration import OLDER_VERSIONS, legacy_views
 from simlab.store.readers import run_meta
 from simlab.store.schema import COLUMNS, STORE_SCHEMA_VERSION
@@ -96,22 +96,24 @@ def merge_from(store: RunStore, shard: str | Path) -> int:
     return n_new
 
 
-def merge(out_dir: str | Path, shards: Iterable[str | Path], ignore: Iterable[str] = RESUMABLE_KEYS) -> RunStore:
+def merge(out_dir: str | Path, shards: Iterable[str | Path]) -> RunStore:
     """Merge the stores of disjoint shards of one run (e.g. ``--shard i/n``) into ``out_dir``.
 
-    Every shard must have the same config as the merged store, except the top-level
-    keys in ``ignore`` (default: ``RESUMABLE_KEYS``); otherwise ``ConfigMismatchError``.
+    Every shard must have the same experiment, prompts, models and seed (``MATCHED_META``) as the
+    merged store; how each shard was run (its out_dir, concurrency, …) may differ. Otherwise
+    ``ConfigMismatchError``.
     """
     paths = [store_path(p) for p in shards]
     if not paths:
         raise InputError("merge needs at least one shard store", field="shards")
     metas = [run_meta(p) for p in paths]
-    base = {k: v for k, v in metas[0].items() if k in MATCHED_META}
+    first = meta_as_today(metas[0])
+    base = {k: v for k, v in first.items() if k in MATCHED_META or k in LATEST_META}
     for path, meta in zip(paths, metas):
-        differences, _ = meta_differences(base, {k: v for k, v in meta.items() if k in MATCHED_META}, ignore)
+        differences = meta_differences(base, {k: v for k, v in meta.items() if k in MATCHED_META or k == "config"})
         if differences:
             raise ConfigMismatchError(path, differences)
-    target = RunStore.open_or_create(out_dir, base, ignore)
+    target = RunStore.open_or_create(out_dir, base)
     for path in paths:
         merge_from(target, path)
     return target

@@ -1,5 +1,7 @@
 """A run's metadata: what is stored (secrets redacted, the command as typed), which keys a resume or
-a shard must match, and the field-by-field comparison that names every difference."""
+a shard must match (the experiment, prompts, models, seed), which describe the latest call (its
+config), how an older run's meta reads today, and the field-by-field comparison that names every
+difference."""
 
 from __future__ import annotations
 
@@ -17,23 +19,29 @@ from simlab.errors import InputError
 from simlab.redaction import REDACTED, redact_fields
 
 __all__ = [
+    "LATEST_META",
+    "LEGACY_INVOCATION_KEYS",
     "MATCHED_META",
     "REDACTED",
-    "RESUMABLE_KEYS",
     "ConfigMismatchError",
     "command_line",
     "diff_config",
     "jsonable",
+    "latest_changes",
+    "meta_as_today",
     "meta_differences",
     "now",
 ]
 
-MATCHED_META = ("config", "prompt_hashes", "models", "seed")
-"""meta keys that must agree between a run and its resume (when present in either)."""
-RESUMABLE_KEYS = ("concurrency", "limit", "out_dir", "human", "max_gen_error_rate", "repeats", "ablate_persona")
-"""Config keys that may differ between the resumes of a run and between the shards of a merge
-(each shard writes to its own ``out_dir``): none of them changes a stored result (``repeats`` and
-``ablate_persona`` add sessions next to the ones a run without them makes)."""
+MATCHED_META = ("experiment", "prompt_hashes", "models", "seed")
+"""meta keys that must agree between a run and its resume, and between the shards of a merge
+(when present in either): ``experiment`` is what defines the study (``simlab.config.Experiment``)."""
+LATEST_META = ("config",)
+"""meta keys that describe the call that last ran the run (``config``: the experiment with that
+call's settings, e.g. concurrency): each resume replaces them and records what changed."""
+LEGACY_INVOCATION_KEYS = ("concurrency", "limit", "out_dir", "human", "max_gen_error_rate", "repeats", "ablate_persona")
+"""The keys of a stored ``config`` that were the invocation's, in stores made before the meta held
+the experiment on its own: such a store's experiment is its ``config`` without them."""
 
 
 class ConfigMismatchError(InputError):
@@ -103,22 +111,44 @@ def jsonable(value: Any) -> Any:
     return redact_fields(plain)
 
 
-def meta_differences(stored: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str]) -> tuple[list[str], list[str]]:
-    """(differences that forbid a resume, differences in ``ignore``d config keys)."""
-    new = {k: jsonable(v) for k, v in new.items()}
-    ignore = set(ignore)
+def meta_as_today(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Stored meta as this simlab writes it: the old redaction marker read as today's, and a meta
+    written before ``experiment`` was stored on its own given one (its ``config`` without
+    ``LEGACY_INVOCATION_KEYS``), so an older run still resumes and merges.
+
+    >>> meta_as_today({"config": {"seed": 1, "concurrency": 8}})["experiment"]
+    {'seed': 1}
+    """
+    out: dict[str, Any] = _marked_as_today(dict(meta))
+    config = out.get("config")
+    if "experiment" not in out and isinstance(config, dict):
+        out["experiment"] = {k: v for k, v in config.items() if k not in LEGACY_INVOCATION_KEYS}
+    return out
+
+
+def meta_differences(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Every difference in ``MATCHED_META`` between a stored run and a new call: any forbids a resume."""
+    old_meta = meta_as_today(stored)
+    new_meta = meta_as_today({k: jsonable(v) for k, v in new.items()})
     differences: list[str] = []
-    allowed: list[str] = []
     for key in MATCHED_META:
-        if key not in stored and key not in new:
+        if key not in old_meta and key not in new_meta:
             continue
-        old_v, new_v = _marked_as_today(stored.get(key)), new.get(key)
-        if key == "config" and isinstance(old_v, dict) and isinstance(new_v, dict):
-            differences += diff_config(old_v, new_v, ignore)
-            allowed += diff_config({k: old_v.get(k) for k in ignore}, {k: new_v.get(k) for k in ignore})
+        old_v, new_v = old_meta.get(key), new_meta.get(key)
+        if key == "experiment" and isinstance(old_v, dict) and isinstance(new_v, dict):
+            differences += diff_config(old_v, new_v)  # named by the field path alone, as in the user's file
         else:
             differences += diff_config({key: old_v}, {key: new_v})
-    return differences, allowed
+    return differences
+
+
+def latest_changes(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What a resume changes in ``LATEST_META`` (e.g. ``concurrency: 4 != 64``)."""
+    out: list[str] = []
+    for key in LATEST_META:
+        if key in new:
+            out += diff_config(_marked_as_today(stored.get(key)), jsonable(new[key]))
+    return out
 
 
 LEGACY_REDACTED = "<redacted>"  # the marker stores written before the redaction had one marker

@@ -16,10 +16,11 @@ __all__ = ["OLDER_VERSIONS", "legacy_views", "migrate"]
 # arm_positions; the source CHECKs gained sim_dynamic_no_persona. 2 → 3: a conversation has one id
 # name, conversation_id (the sessions and failures tables called it session_key, llm_calls' column
 # is now recorded_with), so conversations is rebuilt too (its foreign key names the sessions column).
-# 3 → 4: the long ``answers`` table (instruments beyond the built-in ones) is new; no table changed,
-# and ``migrate`` creates it with the rest of the DDL. Later instruments add rows there, not columns.
+# 3 → 4: llm_calls gained served_model (NULL in older stores: which model answered was not kept), and
+# the long ``answers`` table (instruments beyond the built-in ones) is new (``migrate`` creates it with
+# the rest of the DDL). Later instruments add rows there, not columns.
 _V3 = ("sessions", "conversations", "failures", "llm_calls")
-_CHANGED: dict[int, tuple[str, ...]] = {1: ("participants", *_V3, "autograde"), 2: _V3, 3: ()}
+_CHANGED: dict[int, tuple[str, ...]] = {1: ("participants", *_V3, "autograde"), 2: _V3, 3: ("llm_calls",)}
 OLDER_VERSIONS = frozenset(_CHANGED)
 """The store schema versions this simlab can migrate (writers) or read through views (readers)."""
 # (table, new column) → its value where an older store has no such column

@@ -17,7 +17,16 @@ from pydantic import BaseModel
 from simlab.errors import InputError, SimlabError
 from simlab.records import ArmRecord, AutogradeRecord, LLMCallRecord, SessionFailure, SessionRecord
 from simlab.store.connection import STORE_FILE, connect, store_path
-from simlab.store.meta import MATCHED_META, ConfigMismatchError, command_line, jsonable, meta_differences, now
+from simlab.store.meta import (
+    LATEST_META,
+    MATCHED_META,
+    ConfigMismatchError,
+    command_line,
+    jsonable,
+    latest_changes,
+    meta_differences,
+    now,
+)
 from simlab.store.migration import OLDER_VERSIONS, migrate
 from simlab.store.readers import StoreCounts, store_counts
 from simlab.store.schema import COLUMNS, DDL, STORE_SCHEMA_VERSION
@@ -121,22 +130,27 @@ class RunStore:
         return cls(path, conn)
 
     @classmethod
-    def open_or_create(cls, run_dir: str | Path, meta: Mapping[str, Any], ignore: Iterable[str] = ()) -> RunStore:
-        """Resume the run in ``run_dir`` if its config matches ``meta``, else create it.
+    def open_or_create(cls, run_dir: str | Path, meta: Mapping[str, Any]) -> RunStore:
+        """Resume the run in ``run_dir`` if its ``MATCHED_META`` (the experiment, prompts, models,
+        seed) matches ``meta``, else create it.
 
-        ``ignore``: top-level config keys allowed to change on resume (e.g. concurrency, limit).
-        Raises ``ConfigMismatchError`` naming every other differing field.
+        Raises ``ConfigMismatchError`` naming every differing field. A resume replaces the
+        ``LATEST_META`` (the config of this call) and records what it changed.
         """
         if not (Path(run_dir) / STORE_FILE).exists():
             return cls.create(run_dir, meta)
         store = cls.open(run_dir)
         stored = store.meta()
-        differences, allowed = meta_differences(stored, meta, ignore)
+        differences = meta_differences(stored, meta)
         if differences:
             store.close()
             raise ConfigMismatchError(store.path, differences)
-        resumes = stored.get("resumes", []) + [{"at": now(), "command": command_line(), "changed": allowed}]
-        store._conn.execute("INSERT OR REPLACE INTO meta VALUES ('resumes', ?)", (json.dumps(resumes),))
+        changed = latest_changes(stored, meta)
+        resumes = stored.get("resumes", []) + [{"at": now(), "command": command_line(), "changed": changed}]
+        with store.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('resumes', ?)", (json.dumps(resumes),))
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                           [(k, json.dumps(jsonable(meta[k]))) for k in LATEST_META if k in meta])
         return store
 
     def close(self) -> None:
@@ -244,9 +258,10 @@ class RunStore:
 
     def set_meta(self, key: str, value: Any) -> None:
         """Store (or replace) a derived result under ``key`` in the run's meta, e.g. the
-        autograder's reliability. The keys a resume is checked against cannot be changed."""
-        if key in MATCHED_META or key in ("store_schema", "store_id"):
-            raise StoreError(f"meta key {key!r} is fixed when the run is created")
+        autograder's reliability. The keys a resume is checked against, and the config a call
+        records (``LATEST_META``, replaced by the next resume), cannot be set this way."""
+        if key in MATCHED_META or key in LATEST_META or key in ("store_schema", "store_id"):
+            raise StoreError(f"meta key {key!r} is written by the run's calls, not set afterwards")
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(jsonable(value))))
 
