@@ -1,5 +1,6 @@
 """The code of docs/extending.md runs as written: its ``python`` blocks, top to bottom, in one fresh
-interpreter (a reader pasting them into one script), with the project root as working directory (the docs name files from there)."""
+interpreter (a reader pasting them into one script), from the project root (the docs name files
+from there)."""
 
 from __future__ import annotations
 
