@@ -51,8 +51,8 @@ def default_replicas() -> int:
 
 class EmbeddedBackends:
     """The run's backends: an embedded server (one or more replicas) for every ``kind = "local"``
-    endpoint without a base_url, a vLLM server for every endpoint with a ``launch`` table, and the
-    given ``base_urls`` for the rest.
+    endpoint without a base_url, a vLLM server for every ``kind = "vllm"`` endpoint with a ``launch``
+    table, and the given ``base_urls`` for the rest.
 
     ``base_urls`` maps endpoint names to their URL(s) (for ``LLMClient``); ``info()`` says what
     was started (mode, fallback, replicas) for the run's metadata; ``explain(endpoint)`` says
