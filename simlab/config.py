@@ -27,8 +27,8 @@ from pydantic import (
 from simlab._files import data_dir
 from simlab.errors import ConfigError
 
-# the model layer's own types (one endpoint, one model spec, its sampling); re-exported here
-from simlab.llm.backends import BACKENDS, Endpoint
+# the model layer's own types (an endpoint of each kind, one model spec, its sampling); re-exported here
+from simlab.llm.backends import BACKENDS, AnyEndpoint
 from simlab.llm.config import (
     Dialect,
     EndpointConfig,
@@ -180,7 +180,7 @@ class Config(_Strict):
     ``_.-``; no path separators)."""
     seed: int = Field(0, ge=0, le=2**63 - 1)
     """Run seed: arm→letter maps, BDM draws and sampling seeds derive from it and the unit ids."""
-    endpoints: dict[str, Annotated[EndpointConfig, Endpoint]] = Field(
+    endpoints: dict[str, Annotated[EndpointConfig, AnyEndpoint]] = Field(
         default_factory=lambda: {"local": _embedded()})
     """Servers by name; each table's ``kind`` (default ``openai``) picks its type among the registered
     endpoint kinds (``simlab.llm.backends``)."""

@@ -34,7 +34,7 @@ from simlab.llm.config import (
 from simlab.llm.transport import HTTP, LitellmTransport
 from simlab.registry import Registry
 
-__all__ = ["BACKENDS", "Backend", "Endpoint", "Transport", "TransportFactory", "backend_of", "endpoint_config"]
+__all__ = ["BACKENDS", "AnyEndpoint", "Backend", "Transport", "TransportFactory", "backend_of", "endpoint_config"]
 
 
 class Transport(Protocol):
@@ -171,10 +171,11 @@ def endpoint_config(value: Any) -> EndpointConfig:
         raise
 
 
-class Endpoint:
+class AnyEndpoint:
     """The type of ``Config.endpoints``' values: any registered kind's config, picked by ``kind``.
 
-    Used as an annotation (``dict[str, Endpoint]``); the values are ``EndpointConfig`` subclasses.
+    Used in an annotation (``dict[str, Annotated[EndpointConfig, AnyEndpoint]]``): each value is read by
+    ``endpoint_config`` and dumped by its own type.
     The JSON schema lists the kinds registered when it is made."""
 
     @classmethod
@@ -187,8 +188,8 @@ class Endpoint:
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: core_schema.CoreSchema,
                                      handler: GetJsonSchemaHandler) -> JsonSchemaValue:
-        kinds = {b.name: handler(b.config.__pydantic_core_schema__) for b in BACKENDS}
-        return {"oneOf": list(kinds.values()), "discriminator": {"propertyName": "kind"}}
+        kinds = [handler(b.config.__pydantic_core_schema__) for b in BACKENDS]
+        return {"oneOf": kinds, "discriminator": {"propertyName": "kind"}}
 
 
 def _dump(value: EndpointConfig, info: core_schema.SerializationInfo) -> Any:
