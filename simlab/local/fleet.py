@@ -21,8 +21,11 @@ __all__ = ["EmbeddedBackends", "default_replicas", "local_aliases", "serving"]
 
 _log = logging.getLogger("simlab.local")
 
+# The fleet reads a run's config (a simlab.config.Config: its endpoints and the roles' models), typed
+# Any here because the config layer sits above this one.
 
-def local_aliases(config) -> dict[str, str]:  # config: simlab.config.Config
+
+def local_aliases(config: Any) -> dict[str, str]:
     """Endpoint name → the one model alias its embedded server must serve."""
     from simlab.errors import ConfigError
 
@@ -59,7 +62,7 @@ class EmbeddedBackends:
     what became of an endpoint's servers when it stopped answering.
     """
 
-    def __init__(self, config, *, log_dir: str | Path | None = None,
+    def __init__(self, config: Any, *, log_dir: str | Path | None = None,
                  base_urls: dict[str, str | list[str]] | None = None, only: set[str] | None = None) -> None:
         self.config = config
         self.only = only
@@ -121,7 +124,7 @@ class EmbeddedBackends:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def info(self) -> dict[str, dict]:
+    def info(self) -> dict[str, dict[str, Any]]:
         """Per started endpoint: what runs it (mode, fallback reason, replicas; vLLM's version and names)."""
         out: dict[str, dict[str, Any]] = {}
         for name, servers in self.servers.items():
@@ -160,7 +163,7 @@ class EmbeddedBackends:
 
 
 @contextmanager
-def serving(config, *, base_urls: dict[str, str | list[str]] | None = None, log_dir: str | Path | None = None,
+def serving(config: Any, *, base_urls: dict[str, str | list[str]] | None = None, log_dir: str | Path | None = None,
             start: bool = True, only: set[str] | None = None) -> Iterator[EmbeddedBackends]:
     """The run's backends: embedded servers started for every local endpoint, and vLLM servers for
     every endpoint with a launch table, that ``base_urls`` does not cover (stopped on exit); ``only``:

@@ -35,6 +35,20 @@ def test_the_built_in_kinds_and_their_defaults() -> None:
     assert [b.name for b in BACKENDS if b.prompt_embeds] == ["vllm"]
 
 
+@pytest.mark.parametrize("table,field", [
+    ({"kind": "local", "n_ctx": 0}, "n_ctx"), ({"kind": "local", "n_ctx": "big"}, "n_ctx"),
+    ({"kind": "local", "requantize": "q2"}, "requantize"), ({"kind": "local", "replicas": 0}, "replicas"),
+    ({"kind": "vllm", "base_url": "http://127.0.0.1:9/v1", "n_threads": 2}, "n_threads"),
+    ({"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "launch": {"model": "m"}}, "launch"),
+])
+def test_a_kinds_own_fields_are_checked_and_another_kinds_named(table: dict, field: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as err:
+        endpoint_config(table)
+    assert err.value.errors()[0]["loc"] == (field,)
+
+
 def test_the_shared_base_is_not_an_endpoint_of_its_own() -> None:
     with pytest.raises(ValueError, match="make the kind's own type"):
         EndpointConfig(kind="openai", base_url="http://127.0.0.1:9/v1")
