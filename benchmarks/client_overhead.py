@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from simlab.config import EndpointConfig, ModelSpec, SamplingConfig
+from simlab.config import ModelSpec, OpenAIEndpoint, SamplingConfig
 from simlab.llm import LLMClient
 
 MSGS = [{"role": "user", "content": "Say something short."}]
@@ -35,7 +35,7 @@ async def bare(url: str, n: int, conc: int) -> None:
 
 
 async def simlab_client(url: str, n: int, conc: int) -> None:
-    client = LLMClient({"stub": EndpointConfig(base_url=url, max_in_flight=conc)})
+    client = LLMClient({"stub": OpenAIEndpoint(base_url=url, max_in_flight=conc)})
     spec = ModelSpec(endpoint="stub", model="m", sampling=SamplingConfig(max_tokens=16))
     await asyncio.gather(*(client.chat(spec, MSGS) for _ in range(n)))
 

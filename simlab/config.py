@@ -18,7 +18,7 @@ import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
@@ -30,13 +30,27 @@ from pydantic import (
 from simlab._files import data_dir
 from simlab.errors import ConfigError
 
-# the model layer's own types (one endpoint, one model spec, its sampling); re-exported here
-from simlab.llm.config import Dialect, EndpointConfig, LaunchConfig, ModelSpec, SamplingConfig, _Strict, api_key
+# the model layer's own types (an endpoint of each kind, one model spec, its sampling); re-exported here
+from simlab.llm.backends import BACKENDS, AnyEndpoint
+from simlab.llm.config import (
+    Dialect,
+    EndpointConfig,
+    LaunchConfig,
+    LitellmEndpoint,
+    LocalEndpoint,
+    ModelSpec,
+    OpenAIEndpoint,
+    SamplingConfig,
+    VllmEndpoint,
+    _Strict,
+    api_key,
+)
 from simlab.schema import DOMAINS, WTP_CAP, Domain, LetterMode, Memory, Rendering
 
 __all__ = [
     "CONFIGS_DIR", "ArmConfig", "Config", "Dialect", "EndpointConfig", "Experiment", "Invocation", "JudgeConfig",
-    "LaunchConfig", "ModelSpec", "Personalisation", "SoftTokensConfig",
+    "LaunchConfig", "LitellmEndpoint", "LocalEndpoint", "ModelSpec", "OpenAIEndpoint", "Personalisation",
+    "SoftTokensConfig", "VllmEndpoint",
     "ProtocolConfig", "Rendering", "SamplingConfig", "SimulatorConfig", "SummaryConfig", "api_key", "default_config",
     "experiment_hash", "load_config", "parse_config",
 ]
@@ -158,6 +172,10 @@ class ProtocolConfig(_Strict):
         return self
 
 
+def _embedded() -> EndpointConfig:
+    return LocalEndpoint()
+
+
 class Experiment(_Strict):
     """What defines a study: the candidate arms, the protocol, the simulator, the judge, the
     persona set, the seed. Hashed (``experiment_hash``) into the run directory's name and stored in
@@ -176,8 +194,11 @@ class Experiment(_Strict):
     ``_.-``; no path separators)."""
     seed: int = Field(0, ge=0, le=2**63 - 1)
     """Run seed: arm→letter maps, BDM draws and sampling seeds derive from it and the unit ids."""
-    endpoints: dict[str, EndpointConfig] = Field(default_factory=lambda: {"local": EndpointConfig(kind="local")})
-    """Servers by name (what serves each model is part of the study: an adapter or a launch table)."""
+    endpoints: dict[str, Annotated[EndpointConfig, AnyEndpoint]] = Field(
+        default_factory=lambda: {"local": _embedded()})
+    """Servers by name (what serves each model is part of the study: an adapter or a launch table);
+    each table's ``kind`` (default ``openai``) picks its type among the registered endpoint kinds
+    (``simlab.llm.backends``)."""
     arms: list[ArmConfig]
     """The candidate models (four in PRISM-X)."""
     simulator: SimulatorConfig = SimulatorConfig()
@@ -212,12 +233,13 @@ class Experiment(_Strict):
             if spec.endpoint not in self.endpoints:
                 known = ", ".join(sorted(self.endpoints)) or "none"
                 raise ValueError(f"{where}.endpoint: unknown endpoint {spec.endpoint!r} (known: {known})")
-            if getattr(spec, "soft_tokens", None) is not None and self.endpoints[spec.endpoint].kind != "vllm":
+            ep = self.endpoints[spec.endpoint]
+            if getattr(spec, "soft_tokens", None) is not None and not BACKENDS.get(ep.kind).prompt_embeds:
                 raise ValueError(f"{where}: soft tokens go to vLLM's prompt_embeds: its endpoint must be kind = 'vllm'")
-            launch = self.endpoints[spec.endpoint].launch
-            if launch is not None and spec.model not in launch.names:
+            served = ep.served_names
+            if served is not None and spec.model not in served:
                 raise ValueError(f"{where}.model: {spec.model!r} is not served by the vLLM server that endpoint "
-                                 f"{spec.endpoint!r} launches (it serves: {', '.join(launch.names)})")
+                                 f"{spec.endpoint!r} launches (it serves: {', '.join(served)})")
         return self
 
     @property

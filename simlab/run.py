@@ -246,7 +246,7 @@ def plan_text(config: Experiment, personas: Sequence[Persona], run_dir: Path,
         f"expected model calls: {n_sessions * lo}–{n_sessions * hi} (+{summaries} persona summaries, "
         f"+ schema retries)",
         "endpoints: " + ", ".join(
-            f"{name}={ep.base_url or ('vLLM launched from ' + ep.launch.model if ep.launch else 'embedded llama.cpp')}"
+            f"{name}={ep.where}"
             + (f" + {len(ep.replica_urls)} replicas" if ep.replica_urls else "") + f" (in flight ≤ {ep.in_flight}"
             + (" each)" if ep.replica_urls else ")")
             for name, ep in config.endpoints.items()

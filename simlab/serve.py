@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, Field
 
 from simlab._files import data_path
-from simlab.config import ArmConfig, Config, load_config
+from simlab.config import ArmConfig, Config, LocalEndpoint, VllmEndpoint, load_config
 from simlab.errors import SimlabError, exit_status
 
 if TYPE_CHECKING:
@@ -148,11 +148,12 @@ def _serve(args: argparse.Namespace) -> int:
                 if servers and servers[0].fallback:
                     print(f"  note: {servers[0].fallback}")
             return asyncio.run(_check(config, backends.base_urls))
-    if any(ep.launch for ep in config.endpoints.values()):
+    if any(isinstance(ep, VllmEndpoint) and ep.launch for ep in config.endpoints.values()):
         return _serve_launched(config)
     aliases = local_aliases(config) or {"local": "smollm2-135m"}
     name, alias = next(iter(aliases.items()))
-    ep = config.endpoints.get(name)
+    found = config.endpoints.get(name)
+    ep = found if isinstance(found, LocalEndpoint) else None
     server = LocalServer(alias=alias, port=args.port, n_ctx=ep.n_ctx if ep else 4096,
                          n_threads=ep.n_threads if ep else None,
                          requantize=(ep.requantize if ep else "iq4_nl") if not ep or ep.requantize != "none" else None)

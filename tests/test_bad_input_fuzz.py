@@ -44,6 +44,7 @@ def _base_config(tmp: Path) -> str:
     text = (CONFIGS_DIR / "local.toml").read_text()
     text = text.replace('kind = "local"          # no base_url: simlab starts the embedded server for the run',
                         f'kind = "vllm"\nbase_url = "http://127.0.0.1:{_closed_port()}/v1"')
+    text = text.replace("n_ctx = 4096\n", "")  # the embedded server's setting: not one of a vLLM endpoint
     text = text.replace('personas = "personas/sample.jsonl"', f'personas = "{REPO / "personas" / "sample.jsonl"}"')
     return f'out_dir = "{tmp / "runs"}"\n' + text
 
@@ -80,7 +81,8 @@ CONFIG_VALUES: list[tuple[str, str, str]] = [
     *[("base_url = ", f"base_url = {v}  # ", "base_url") for v in ('"not a url"', '"ftp://example.org/v1"', '""', "5")],
     *[('kind = "vllm"', f"kind = {v}", "kind") for v in ('"magic"', "0")],
     *[("max_in_flight = 1 ", f"max_in_flight = {v} ", "max_in_flight") for v in ("0", "-2", '"x"')],
-    *[("n_ctx = 4096", f"n_ctx = {v}", "n_ctx") for v in ("0", '"big"')],
+    # the embedded server's context window, given to the vLLM endpoint: named as another kind's setting
+    *[("max_in_flight = 1 ", f"n_ctx = {v}\nmax_in_flight = 1 ", "n_ctx") for v in ("0", '"big"', "4096")],
     *[("personas = ", f"personas = {v}  # ", "personas") for v in ('"/nonexistent/p.jsonl"', "3")],
     ("seed = 0", 'seed = 0\ncolour = "blue"', "colour"),
     ("max_turns = 2", "max_turns = 2\nturns_please = 3", "turns_please"),

@@ -217,6 +217,43 @@ def test_no_import_cycles_at_import_time():
     assert not found, "import cycles (module-level imports):\n" + "\n".join(" → ".join(c) for c in found)
 
 
+def test_no_import_cycles_at_all():
+    """Nor among all imports, lazy ones included: a function-level import that closes a circle (the
+    llama.cpp server and the vLLM launcher importing each other) is a tangle, not a layering."""
+    found = cycles(edges())
+    assert not found, "import cycles (lazy imports included):\n" + "\n".join(" → ".join(c) for c in found)
+
+
+def test_the_cycle_check_sees_a_lazy_import_circle_inside_one_layer():
+    # the shape simlab.local had: server imported launch in a function, launch imported server
+    graph = [("simlab.local.server", "simlab.local.launch"), ("simlab.local.launch", "simlab.local.server"),
+             ("simlab.local.fleet", "simlab.local.server")]
+    assert cycles(graph) == [["simlab.local.launch", "simlab.local.server"]]
+    lazy = "def f():\n    from simlab.local.launch import VllmServer\n"
+    assert "simlab.local.launch" not in ast.unparse(_top_level(ast.parse(lazy)))
+    assert imports_of_source(lazy) == {"simlab.local.launch"}  # ... but the full edge list keeps it
+
+
+def test_simlab_local_imports_one_way():
+    """process → servers (llama.cpp, vLLM) → fleet: no module of simlab.local imports one above it."""
+    rank = {"simlab.local.process": 0, "simlab.local.llama_server": 0, "simlab.local.server": 1,
+            "simlab.local.launch": 1, "simlab.local.fleet": 2, "simlab.local": 3}
+    local = [(s, d) for s, d in edges() if s.startswith("simlab.local") and d.startswith("simlab.local")]
+    assert {s for s, _ in local} | {d for _, d in local} <= set(rank), "place new simlab.local modules in rank"
+    wrong = [f"{s} imports {d}" for s, d in local if rank[d] >= rank[s] and s != d]
+    assert not wrong, "\n".join(wrong)
+
+
+def imports_of_source(code: str) -> set[str]:
+    """The simlab modules a piece of source imports anywhere in it (as ``imports`` reads a file)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.py"
+        path.write_text(code, encoding="utf-8")
+        return imports(path, set())
+
+
 def test_the_cycle_check_finds_a_cycle_and_skips_lazy_and_type_checking_imports():
     assert cycles([("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")]) == [["a", "b", "c"]]
     assert cycles([("a", "a")]) == [["a"]] and cycles([("a", "b")]) == []

@@ -45,6 +45,7 @@ def stub_toml(tmp_path: Path, url: str, **extra: str) -> Path:
     text = (CONFIGS_DIR / "local.toml").read_text()
     text = text.replace('kind = "local"          # no base_url: simlab starts the embedded server for the run',
                         f'kind = "vllm"\nbase_url = "{url}"')
+    text = text.replace("n_ctx = 4096\n", "")  # the embedded server's setting: not one of a vLLM endpoint
     text = text.replace("max_in_flight = 1       # llama.cpp's server runs one request at a time", "max_in_flight = 8")
     text = text.replace('personas = "personas/sample.jsonl"', f'personas = "{REPO / "personas" / "sample.jsonl"}"')
     text = f'out_dir = "{tmp_path / "runs"}"\n' + text
@@ -237,12 +238,12 @@ CONFIG_CASES = [
     ("seed above 2^63", lambda t: t.replace("seed = 0", f"seed = {2**64}"), "seed"),
     ("base_url that is not a URL", lambda t: t.replace(
         'kind = "local"          # no base_url: simlab starts the embedded server for the run',
-        'kind = "vllm"\nbase_url = "localhost-8000"'), "endpoints.local.base_url"),
+        'kind = "local"\nbase_url = "localhost-8000"'), "endpoints.local.base_url"),
     ("run name with a path", lambda t: t.replace('name = "quickstart"', 'name = "../../escaped"'), "name"),
     ("empty run name", lambda t: t.replace('name = "quickstart"', 'name = ""'), "name"),
     ("unset API key variable", lambda t: t.replace(
         'kind = "local"          # no base_url: simlab starts the embedded server for the run',
-        'kind = "vllm"\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "SIMLAB_TEST_KEY_NOT_SET"'),
+        'kind = "local"\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "SIMLAB_TEST_KEY_NOT_SET"'),
      "endpoints.local.api_key_env"),
 ]
 

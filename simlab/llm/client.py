@@ -26,13 +26,14 @@ from tenacity import (
 )
 
 from simlab.errors import BackendUnavailable, LLMError, StructuredOutputError
+from simlab.llm.backends import Transport, backend_of
 from simlab.llm.config import Dialect, EndpointConfig, ModelSpec, SamplingConfig
 from simlab.llm.dialects import parse_structured, response_format, validation_reason
 from simlab.llm.errors import Retryable, classify
 from simlab.llm.pacing import LoopPacers
 from simlab.llm.recording import CallRecord, emit
 from simlab.llm.routing import Endpoint, Replica
-from simlab.llm.transport import HTTP, Reply, Sessions, litellm_completion, read_reply
+from simlab.llm.transport import Reply, Sessions, read_reply
 from simlab.records import LLMCallRecord
 from simlab.redaction import Redactor
 from simlab.seeds import sampling_seed
@@ -73,7 +74,7 @@ class LLMClient:
         on_call: called with the ``LLMCallRecord`` of every call (``recording`` collects them per block).
 
     Example:
-        >>> client = LLMClient({"stub": EndpointConfig(base_url=url)})   # doctest: +SKIP
+        >>> client = LLMClient({"stub": OpenAIEndpoint(base_url=url)})   # doctest: +SKIP
         >>> (await client.chat(ModelSpec(endpoint="stub", model="m"), msgs)).text  # doctest: +SKIP
     """
 
@@ -93,14 +94,17 @@ class LLMClient:
         self._redact = Redactor()  # the API keys of this client's endpoints, as they are resolved
         self._formats: dict[tuple[type[BaseModel], Dialect], dict[str, Any]] = {}
 
-    async def _http(self, ep: Endpoint, replica: Replica) -> HTTP:
-        """The replica's HTTP session for the running event loop (a session belongs to one loop)."""
+    async def _transport(self, ep: Endpoint, replica: Replica) -> Transport:
+        """The replica's transport for the running event loop (an HTTP session belongs to one loop),
+        made by the endpoint's backend."""
         loop = asyncio.get_running_loop()
         if replica.http is not None and replica.http[0] is loop:
             return replica.http[1]
-        http = await self._sessions.open(replica.url, ep.key, replica.bound)
-        replica.http = (loop, http)
-        return http
+        make = ep.backend.transport
+        transport = await self._sessions.open(
+            lambda: make(ep.cfg, url=replica.url, key=ep.key, connections=replica.bound))
+        replica.http = (loop, transport)
+        return transport
 
     def _response_format(self, schema: type[BaseModel], dialect: Dialect) -> dict[str, Any]:
         """``response_format`` built once per schema and dialect (callers must not change the dict)."""
@@ -137,13 +141,14 @@ class LLMClient:
         ep = self._endpoints.get(name)
         if ep is None:
             cfg = self._configs[name]
+            backend = backend_of(cfg)
             given = self._base_urls.get(name) or cfg.urls
             urls = [given] if isinstance(given, str) else list(given or [])
-            if not urls and cfg.kind == "litellm":
-                urls = [""]  # a hosted provider: litellm knows where it is
+            if not urls and backend.url_optional:
+                urls = [""]  # e.g. a hosted provider: the transport knows where it is
             if not urls:
                 raise LLMError(f"endpoint {name!r} has no base_url (is the embedded server running?)")
-            ep = self._endpoints[name] = Endpoint(name, cfg, [u.rstrip("/") for u in urls])
+            ep = self._endpoints[name] = Endpoint(name, cfg, [u.rstrip("/") for u in urls], backend)
             self._redact = self._redact.adding(ep.secret)
         return ep
 
@@ -164,13 +169,11 @@ class LLMClient:
             emit(record, self.on_call)
 
     async def _send(self, ep: Endpoint, replica: Replica, kwargs: dict[str, Any], timeout: float) -> Any:
-        """One HTTP request; the reply's JSON body (a dict, or the text of a body that is not JSON)."""
-        if ep.cfg.kind == "litellm":
-            async with self._pacers.current():
-                return await litellm_completion(replica.url, ep.key, kwargs, timeout)
-        http = await self._http(ep, replica)
+        """One request by the endpoint's transport; the reply's JSON body (a dict, or the text of a body
+        that is not JSON)."""
+        transport = await self._transport(ep, replica)
         async with self._pacers.current():
-            return await http.complete(kwargs, timeout)
+            return await transport.complete(kwargs, timeout)
 
     async def _complete_once(self, ep: Endpoint, kwargs: dict[str, Any], timeout: float) -> Reply:
         replica = ep.pick()
@@ -287,7 +290,7 @@ class LLMClient:
     def _kwargs(self, spec: ModelSpec, messages: list[dict[str, Any]], seed: int | None) -> dict[str, Any]:
         s: SamplingConfig = spec.sampling
         kwargs: dict[str, Any] = {
-            "model": spec.model,  # the server's name for it (for kind = "litellm": litellm's model id)
+            "model": spec.model,  # the server's name for it (through litellm: litellm's model id)
             "messages": messages,
             "temperature": s.temperature,
             "top_p": s.top_p,
@@ -332,8 +335,9 @@ class LLMClient:
         ``torch.save``d [tokens × hidden] tensor; the server needs ``--enable-prompt-embeds``).
         The chat template is already applied inside the embeddings; retries and accounting as ``chat``."""
         ep = self._endpoint(spec.endpoint)
-        if ep.cfg.kind == "litellm":
-            raise LLMError(f"{ep.name}: prompt embeddings go to a vLLM server, not through litellm")
+        if not ep.backend.prompt_embeds:
+            raise LLMError(f"{ep.name}: prompt embeddings go to a vLLM server (kind = 'vllm'), not to an endpoint "
+                           f"of kind '{ep.cfg.kind}'")
         record = CallRecord(ep.name, spec.model, prompt_name, prompt_hash, tag=dict(tag or {}))
         with self._accounting(record):
             kwargs = self._kwargs(spec, [], seed)

@@ -1,4 +1,4 @@
-"""The model layer's configuration: one OpenAI-compatible endpoint, one model spec and its sampling.
+"""The model layer's configuration: an endpoint (one type per kind of server), one model spec and its sampling.
 
 They live here, not in ``simlab.config``, so that the client depends on nothing above it;
 ``simlab.config`` re-exports them as part of the run's one typed configuration.
@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import os
 import typing
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from simlab.errors import ConfigError
 
-__all__ = ["Dialect", "EndpointConfig", "LaunchConfig", "ModelSpec", "SamplingConfig", "api_key"]
+__all__ = ["Dialect", "EndpointConfig", "LaunchConfig", "LitellmEndpoint", "LocalEndpoint", "ModelSpec", "OpenAIEndpoint",
+           "SamplingConfig", "VllmEndpoint", "api_key"]
 
 Dialect = Literal["json_schema", "json_object_schema"]
 
@@ -112,15 +122,20 @@ class LaunchConfig(_Strict):
 
 
 class EndpointConfig(_Strict):
-    """One OpenAI-compatible server (vLLM, a hosted API, or the embedded local server)."""
+    """What every endpoint has, whatever its kind: where its server is, its API key's variable, its
+    bounds, timeouts and retries. Each kind is a subclass with ``kind: Literal["<name>"]`` and only its
+    own fields more (``LocalEndpoint``, ``VllmEndpoint``, ``OpenAIEndpoint``, ``LitellmEndpoint``, and the
+    kinds users register: ``simlab.llm.backends``)."""
 
-    kind: Literal["local", "vllm", "openai", "litellm"] = "openai"
-    """Backend kind: decides the structured-output dialect and defaults. ``local`` with no
-    ``base_url`` starts the embedded llama.cpp server for the run. ``litellm`` sends the calls
-    through litellm to any provider it supports (the model ids are litellm's, e.g.
-    ``anthropic/claude-…``; ``base_url`` optional); the others speak the OpenAI API directly."""
+    default_dialect: ClassVar[Dialect] = "json_schema"
+    """The structured-output dialect of this kind's servers (``structured_output`` overrides it)."""
+    default_in_flight: ClassVar[int] = 64
+    """Requests in flight per server when ``max_in_flight`` is not set."""
+
+    kind: str
+    """Backend kind: decides the config's fields, the transport, the structured-output dialect and defaults."""
     base_url: str | None = None
-    """Base URL ending in ``/v1``. None only for ``kind = "local"`` (embedded server)."""
+    """Base URL ending in ``/v1``."""
     replica_urls: list[str] = Field(default_factory=list)
     """More base URLs serving the same models (e.g. one vLLM server per GPU node). Each stream of
     work (a conversation's simulator, each arm's thread) stays on one replica, so its prefix stays
@@ -144,33 +159,35 @@ class EndpointConfig(_Strict):
     """Total time budget of one call including retries and backoff."""
     schema_attempts: int = Field(3, ge=1, le=20)
     """Attempts for a structured reply that fails its schema before it is recorded as a failure."""
-    n_threads: int | None = Field(None, ge=1)
-    """Embedded server only: llama.cpp threads per server (default 1: llama.cpp's worker threads
-    spin while they wait, so several threads collapse when another process holds a core)."""
-    requantize: Literal["iq4_nl", "q8_0", "none"] = "iq4_nl"
-    """Embedded server only: serve the shipped GGUF requantized once (cached on disk) to this type.
-    IQ4_NL (every tensor) runs llama.cpp's repacked CPU kernels and never its AMX path, which
-    crashes on some Xeons: faster generation than Q8_0 in the safe mode there; Q8_0 suits
-    a CPU whose fast mode works; "none" serves the shipped Q4_1 as it is."""
-    replicas: int | None = Field(None, ge=1, le=64)
-    """Embedded server only: how many servers to start (default: one per core, at most 4). Each
-    session's calls stay on one replica, whose prompt cache holds its persona and transcript."""
-    n_ctx: int = Field(8192, ge=512)
-    """Embedded server only: context window in tokens."""
-    launch: LaunchConfig | None = None
-    """``kind = "vllm"`` only: start this vLLM server for the run instead of using one at ``base_url``."""
 
     @property
     def dialect(self) -> Dialect:
-        if self.structured_output:
-            return self.structured_output
-        return "json_object_schema" if self.kind == "local" else "json_schema"
+        """The structured-output dialect calls to this endpoint use."""
+        return self.structured_output or self.default_dialect
 
     @property
     def in_flight(self) -> int:
-        if self.max_in_flight:
-            return self.max_in_flight
-        return 1 if self.kind == "local" else 64  # llama.cpp's server runs one request at a time
+        """The bound on requests in flight per server of this endpoint."""
+        return self.max_in_flight or self.default_in_flight
+
+    @property
+    def served_names(self) -> list[str] | None:
+        """The model names this endpoint is known to serve (a server simlab launches), or None: unknown."""
+        return None
+
+    @property
+    def where(self) -> str:
+        """Where this endpoint's server is, in words (the run's plan)."""
+        return self.base_url or "(no base_url)"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_kind_not_the_base(cls, data: Any) -> Any:
+        if cls is EndpointConfig:
+            raise ValueError("EndpointConfig is what every endpoint kind shares: make the kind's own type "
+                             "(OpenAIEndpoint, VllmEndpoint, LocalEndpoint, LitellmEndpoint, …), or call "
+                             "simlab.llm.backends.endpoint_config(table) to pick it by the table's kind")
+        return data
 
     @field_validator("base_url")
     @classmethod
@@ -183,16 +200,7 @@ class EndpointConfig(_Strict):
         return [_check_url(u) for u in v]
 
     @model_validator(mode="after")
-    def _url_or_local(self) -> EndpointConfig:
-        if self.launch is not None:
-            if self.kind != "vllm":
-                raise ValueError("a launch table starts a vLLM server: set kind = 'vllm'")
-            if self.base_url is not None or self.replica_urls:
-                raise ValueError("a launch table starts its own server on a free port: remove base_url/replica_urls")
-            return self
-        if self.base_url is None and self.kind not in ("local", "litellm"):
-            raise ValueError("base_url is required unless kind = 'local' (or 'litellm', for a hosted provider), "
-                             "or a [endpoints.<name>.launch] table starts a vLLM server")
+    def _replicas_beside_base_url(self) -> EndpointConfig:
         if self.replica_urls and self.base_url is None:
             raise ValueError("replica_urls are more servers beside base_url: set base_url too")
         return self
@@ -201,6 +209,115 @@ class EndpointConfig(_Strict):
     def urls(self) -> list[str]:
         """Every configured base URL of this endpoint (``base_url``, then ``replica_urls``)."""
         return ([self.base_url] if self.base_url else []) + list(self.replica_urls)
+
+
+# The fields one EndpointConfig held for every kind before each kind had its own type, at their
+# defaults: a run's stored config (and the hash that names its directory) has them for every
+# endpoint, so the built-in kinds read them back and write them out unchanged.
+_SHARED_SHAPE: dict[str, Any] = {"n_threads": None, "requantize": "iq4_nl", "replicas": None, "n_ctx": 8192,
+                                 "launch": None}
+
+
+class _BuiltinEndpoint(EndpointConfig):
+    """The built-in kinds: their dump keeps the one shape every endpoint had (see ``_SHARED_SHAPE``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_shape(cls, data: Any) -> Any:
+        # another kind's field at the value the old shape stored for it is that shape, not a setting
+        if isinstance(data, dict) and any(k in _SHARED_SHAPE and k not in cls.model_fields for k in data):
+            return {k: v for k, v in data.items()
+                    if k in cls.model_fields or k not in _SHARED_SHAPE or v != _SHARED_SHAPE[k]}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _shared_shape(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        for key, value in _SHARED_SHAPE.items():
+            out.setdefault(key, value)
+        return out
+
+
+class OpenAIEndpoint(_BuiltinEndpoint):
+    """Any server that speaks the OpenAI API (a hosted API, vLLM or llama.cpp started by someone else):
+    requests go straight to it as JSON POSTs."""
+
+    kind: Literal["openai"] = "openai"
+    """``openai``: an OpenAI-compatible server at ``base_url``."""
+
+    @model_validator(mode="after")
+    def _needs_url(self) -> OpenAIEndpoint:
+        if self.base_url is None:
+            raise ValueError("base_url is required unless kind = 'local' (or 'litellm', for a hosted provider), "
+                             "or a [endpoints.<name>.launch] table starts a vLLM server")
+        return self
+
+
+class LitellmEndpoint(_BuiltinEndpoint):
+    """A provider litellm supports (the arms' model ids are litellm's, e.g. ``anthropic/claude-…``)."""
+
+    kind: Literal["litellm"] = "litellm"
+    """``litellm``: calls go through litellm; ``base_url`` is optional (the provider's own by default)."""
+
+
+class LocalEndpoint(_BuiltinEndpoint):
+    """The embedded llama.cpp server (SmolLM2-135M-Instruct), started for the run when ``base_url`` is
+    not set, or a llama.cpp server already running at ``base_url``."""
+
+    default_dialect: ClassVar[Dialect] = "json_object_schema"
+    default_in_flight: ClassVar[int] = 1  # llama.cpp's server runs one request at a time
+
+    kind: Literal["local"] = "local"
+    """``local``: with no ``base_url``, simlab starts the embedded llama.cpp server for the run."""
+    n_threads: int | None = Field(None, ge=1)
+    """llama.cpp threads per server (default 1: llama.cpp's worker threads spin while they wait,
+    so several threads collapse when another process holds a core)."""
+    requantize: Literal["iq4_nl", "q8_0", "none"] = "iq4_nl"
+    """Serve the shipped GGUF requantized once (cached on disk) to this type. IQ4_NL (every tensor)
+    runs llama.cpp's repacked CPU kernels and never its AMX path, which crashes on some Xeons:
+    faster generation than Q8_0 in the safe mode there; Q8_0 suits a CPU whose fast mode works;
+    "none" serves the shipped Q4_1 as it is."""
+    replicas: int | None = Field(None, ge=1, le=64)
+    """How many servers to start (default: one per core, at most 4). Each session's calls stay on
+    one replica, whose prompt cache holds its persona and transcript."""
+    n_ctx: int = Field(8192, ge=512)
+    """Context window in tokens."""
+
+    @property
+    def where(self) -> str:
+        return self.base_url or "embedded llama.cpp"
+
+    @property
+    def embedded(self) -> bool:
+        """simlab starts the embedded server for this endpoint (no ``base_url``)."""
+        return self.base_url is None
+
+
+class VllmEndpoint(_BuiltinEndpoint):
+    """A vLLM server: at ``base_url``, or started by simlab from a ``launch`` table."""
+
+    kind: Literal["vllm"] = "vllm"
+    """``vllm``: OpenAI ``json_schema`` structured output; prompt embeddings (soft tokens) allowed."""
+    launch: LaunchConfig | None = None
+    """Start this vLLM server for the run instead of using one at ``base_url``."""
+
+    @property
+    def served_names(self) -> list[str] | None:
+        return self.launch.names if self.launch is not None else None
+
+    @property
+    def where(self) -> str:
+        return self.base_url or (f"vLLM launched from {self.launch.model}" if self.launch else "(no base_url)")
+
+    @model_validator(mode="after")
+    def _url_or_launch(self) -> VllmEndpoint:
+        if self.launch is not None:
+            if self.base_url is not None or self.replica_urls:
+                raise ValueError("a launch table starts its own server on a free port: remove base_url/replica_urls")
+        elif self.base_url is None:
+            raise ValueError("base_url is required unless kind = 'local' (or 'litellm', for a hosted provider), "
+                             "or a [endpoints.<name>.launch] table starts a vLLM server")
+        return self
 
 
 def _check_url(v: str) -> str:

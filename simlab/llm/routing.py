@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from asyncio_throttle.throttler import Throttler
 
+from simlab.llm.backends import Backend, Transport, backend_of
 from simlab.llm.config import EndpointConfig, api_key
-from simlab.llm.transport import HTTP
 
 __all__ = ["Endpoint", "Replica", "affinity"]
 
@@ -62,15 +62,16 @@ class Replica:
         self.load = 0  # calls waiting for or holding a slot
         self.keys = 0  # open affinity keys placed here
         self.down = False
-        self.http: tuple[asyncio.AbstractEventLoop, HTTP] | None = None  # its session on one event loop
+        self.http: tuple[asyncio.AbstractEventLoop, Transport] | None = None  # its transport on one event loop
 
 
 class Endpoint:
-    """One configured endpoint of a client: its replicas, API key, rate limit and affinity placements."""
+    """One configured endpoint of a client: its backend, replicas, API key, rate limit and affinity placements."""
 
-    def __init__(self, name: str, cfg: EndpointConfig, base_urls: list[str]) -> None:
+    def __init__(self, name: str, cfg: EndpointConfig, base_urls: list[str], backend: Backend | None = None) -> None:
         self.name = name
         self.cfg = cfg
+        self.backend = backend or backend_of(cfg)
         self.replicas = [Replica(url, cfg.in_flight) for url in base_urls]  # in-flight bound per replica
         self.key = api_key(cfg)
         self.secret = self.key if cfg.api_key_env else None  # a real key (from the environment), to redact

@@ -1,7 +1,8 @@
-"""The transport of one completion request: a JSON POST on aiohttp to an OpenAI-compatible server,
-or ``litellm`` for hosted providers, and the reply's body read as a ``Reply``. The direct POST costs
-the least CPU per call of the routes measured (docs/benchmarks.md), and at many sessions in flight
-the client's CPU is what limits a run."""
+"""The built-in transports of one completion request (``simlab.llm.backends`` gives each endpoint
+kind one): a JSON POST on aiohttp to an OpenAI-compatible server, or ``litellm`` for hosted
+providers; and the reply's body read as a ``Reply``. The direct POST costs the least CPU per call of
+the routes measured (docs/benchmarks.md), and at many sessions in flight the client's CPU is what
+limits a run."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from simlab.llm.errors import HTTPStatusError
 from simlab.redaction import Redactor
 
-__all__ = ["HTTP", "Reply", "Sessions", "litellm_completion", "read_reply"]
+__all__ = ["HTTP", "LitellmTransport", "Reply", "Sessions", "litellm_completion", "read_reply"]
+
+C = TypeVar("C", bound="_Closable")
 
 _litellm: Any = None  # the litellm module once imported (a handle on the library, not client state)
 
@@ -50,6 +53,22 @@ async def litellm_completion(url: str, key: str, kwargs: dict[str, Any], timeout
     return resp.model_dump()
 
 
+class LitellmTransport:
+    """The transport of a ``litellm`` endpoint: each request through ``litellm_completion``."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.url = url
+        self.key = key
+
+    async def complete(self, kwargs: dict[str, Any], timeout: float) -> Any:
+        if "prompt_embeds" in kwargs:
+            raise ValueError("prompt embeddings go to a vLLM server, not through litellm")
+        return await litellm_completion(self.url, self.key, kwargs, timeout)
+
+    async def close(self) -> None:
+        """Nothing to close: litellm keeps its own connections."""
+
+
 class HTTP:
     """One replica's HTTP session on one event loop: an OpenAI-compatible POST with a JSON body.
 
@@ -61,7 +80,7 @@ class HTTP:
     for a reply cut off).
     """
 
-    def __init__(self, url: str, key: str, connections: int) -> None:
+    def __init__(self, url: str, key: str, connections: int, *, headers: Mapping[str, str] | None = None) -> None:
         import ssl
 
         import aiohttp
@@ -74,7 +93,7 @@ class HTTP:
                                          ssl=ssl.create_default_context(cafile=certifi.where()))
         self.session = aiohttp.ClientSession(connector=connector, headers={
             "Authorization": f"Bearer {key}", "Content-Type": "application/json",
-            "Accept": "application/json", "User-Agent": "simlab"})
+            "Accept": "application/json", "User-Agent": "simlab", **(headers or {})})
 
     async def complete(self, kwargs: dict[str, Any], timeout: float) -> Any:
         """One completion: a chat, or a completion of a prompt given as embeddings (``prompt_embeds``)."""
@@ -107,7 +126,11 @@ class HTTP:
         await self.session.close()
 
 
-async def _close_at_loop_end(sessions: list[HTTP]) -> AsyncIterator[None]:
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+async def _close_at_loop_end(sessions: list[_Closable]) -> AsyncIterator[None]:
     """Closes ``sessions`` when the event loop shuts down its async generators (``asyncio.run``
     does, before closing the loop), so a client nobody closed leaves no open connection behind."""
     try:
@@ -119,16 +142,16 @@ async def _close_at_loop_end(sessions: list[HTTP]) -> AsyncIterator[None]:
 
 
 class Sessions:
-    """The HTTP sessions one client opened, by event loop (a session belongs to one loop)."""
+    """The transports (HTTP sessions) one client opened, by event loop (a session belongs to one loop)."""
 
     def __init__(self) -> None:
-        self._open: dict[asyncio.AbstractEventLoop, list[HTTP]] = {}
+        self._open: dict[asyncio.AbstractEventLoop, list[_Closable]] = {}
         self._closers: list[AsyncIterator[None]] = []
 
-    async def open(self, url: str, key: str, connections: int) -> HTTP:
-        """A new session on the running loop, closed by ``aclose`` or else when the loop ends."""
+    async def open(self, make: Callable[[], C]) -> C:
+        """A new transport made on the running loop, closed by ``aclose`` or else when the loop ends."""
         loop = asyncio.get_running_loop()
-        http = HTTP(url, key, connections)
+        http = make()
         opened = self._open.get(loop)
         if opened is None:
             opened = self._open[loop] = []

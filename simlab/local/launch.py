@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from simlab.llm.config import LaunchConfig
-from simlab.local.server import LocalBackendError, Probe, _die_with_parent, _free_port, describe_exit
+from simlab.local.process import LocalBackendError, Probe, describe_exit, die_with_parent, free_port
 
 __all__ = ["VllmServer"]
 
@@ -107,7 +107,7 @@ class VllmServer:
     def spawn(self) -> VllmServer:
         """Start the process and return at once (several servers load side by side)."""
         self._t0 = time.monotonic()
-        self.port = self.port or _free_port()
+        self.port = self.port or free_port()
         # without a run directory the log goes to a folder of its own in /tmp, kept for the error messages
         self._log = self.log_path or Path(tempfile.mkdtemp(prefix="simlab-vllm-")) / "vllm.log"
         self._log.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +118,7 @@ class VllmServer:
         try:
             self.process = subprocess.Popen(
                 self.command(), stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self.environment(), start_new_session=True, preexec_fn=_die_with_parent)
+                env=self.environment(), start_new_session=True, preexec_fn=die_with_parent)
         except OSError as exc:
             self.stop()
             raise LocalBackendError(f"cannot start the vLLM server of endpoint '{self.endpoint}' "

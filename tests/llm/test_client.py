@@ -11,9 +11,10 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, Field
 
-from simlab.config import EndpointConfig, ModelSpec, SamplingConfig
+from simlab.config import LitellmEndpoint, ModelSpec, OpenAIEndpoint, SamplingConfig
 from simlab.errors import BackendUnavailable, LLMError, StructuredOutputError
 from simlab.llm import LLMClient, affinity, response_format
+from simlab.llm.backends import endpoint_config
 from simlab.testing import Fault, StubServer
 from tests.virtual_clock import VirtualClockLoop, run_virtual
 
@@ -36,7 +37,7 @@ _opened: list[LLMClient] = []
 
 def client_for(server: StubServer, **ep) -> LLMClient:
     ep.setdefault("timeout_s", 5)
-    client = LLMClient({"stub": EndpointConfig(base_url=server.base_url, **ep)})
+    client = LLMClient({"stub": OpenAIEndpoint(base_url=server.base_url, **ep)})
     _opened.append(client)
     return client
 
@@ -55,7 +56,7 @@ SPEC = ModelSpec(endpoint="stub", model="m1", sampling=SamplingConfig(max_tokens
 
 async def test_chat_returns_text_and_usage(server):
     calls = []
-    client = LLMClient({"stub": EndpointConfig(base_url=server.base_url)}, on_call=calls.append)
+    client = LLMClient({"stub": OpenAIEndpoint(base_url=server.base_url)}, on_call=calls.append)
     res = await client.chat(SPEC, MSGS, prompt_name="p.j2", prompt_hash="abc")
     assert "m1" in res.text
     assert res.call.attempts == 1 and res.call.status == "ok"
@@ -176,7 +177,7 @@ async def test_structured_out_of_range_value_is_a_schema_failure(server):
 
 @pytest.mark.parametrize("kind,expected_type", [("vllm", "json_schema"), ("local", "json_object")])
 async def test_dialect_request_bodies(server, kind, expected_type):
-    client = LLMClient({"stub": EndpointConfig(kind=kind, base_url=server.base_url)})
+    client = LLMClient({"stub": endpoint_config({"kind": kind, "base_url": server.base_url})})
     res = await client.structured(SPEC, MSGS, Verdict)
     assert isinstance(res.value, Verdict)  # generated from the schema the body carried
     fmt = server.requests[0].body["response_format"]
@@ -204,7 +205,7 @@ def test_response_format_inlines_refs():
 
 async def test_in_flight_bound_is_never_exceeded():
     with StubServer(delay=0.1) as server:
-        client = LLMClient({"stub": EndpointConfig(base_url=server.base_url, max_in_flight=3)})
+        client = LLMClient({"stub": OpenAIEndpoint(base_url=server.base_url, max_in_flight=3)})
         await asyncio.gather(*(client.chat(SPEC, MSGS) for _ in range(24)))
     assert len(server.requests) == 24
     assert server.max_in_flight == 3  # saturated, never above the bound
@@ -212,7 +213,7 @@ async def test_in_flight_bound_is_never_exceeded():
 
 async def test_rate_limit_spaces_request_starts():
     with StubServer() as server:
-        client = LLMClient({"stub": EndpointConfig(base_url=server.base_url, rate_limit=10)})
+        client = LLMClient({"stub": OpenAIEndpoint(base_url=server.base_url, rate_limit=10)})
         let_go = time.time()  # the server's clock
         await asyncio.gather(*(client.chat(SPEC, MSGS) for _ in range(25)))
         await client.aclose()
@@ -228,7 +229,7 @@ async def test_rate_limit_spaces_request_starts():
 async def test_api_key_from_environment_reaches_server_only(monkeypatch):
     monkeypatch.setenv("SIMLAB_TEST_KEY", "sk-secret-123")
     with StubServer(api_key="sk-secret-123") as server:
-        client = LLMClient({"stub": EndpointConfig(base_url=server.base_url, api_key_env="SIMLAB_TEST_KEY")})
+        client = LLMClient({"stub": OpenAIEndpoint(base_url=server.base_url, api_key_env="SIMLAB_TEST_KEY")})
         res = await client.chat(SPEC, MSGS)
     assert res.text
     assert "sk-secret-123" not in repr(res.call)
@@ -237,7 +238,7 @@ async def test_api_key_from_environment_reaches_server_only(monkeypatch):
 async def test_wrong_api_key_is_a_final_error(monkeypatch):
     monkeypatch.setenv("SIMLAB_TEST_KEY", "sk-wrong")
     with StubServer(api_key="sk-right") as server:
-        client = LLMClient({"stub": EndpointConfig(base_url=server.base_url, api_key_env="SIMLAB_TEST_KEY")})
+        client = LLMClient({"stub": OpenAIEndpoint(base_url=server.base_url, api_key_env="SIMLAB_TEST_KEY")})
         with pytest.raises(LLMError) as info:
             await client.chat(SPEC, MSGS)
     assert info.value.attempts == 1 and info.value.status == 401
@@ -256,7 +257,7 @@ def _refused_url() -> str:
 
 async def test_a_refused_connection_is_backend_unavailable_not_a_wait_for_timeouts():
     # a refusal is seen at once, not waited on until timeout_s: the cause is the refusal, on every attempt
-    client = LLMClient({"dead": EndpointConfig(base_url=_refused_url(), max_attempts=4, timeout_s=5)})
+    client = LLMClient({"dead": OpenAIEndpoint(base_url=_refused_url(), max_attempts=4, timeout_s=5)})
     with pytest.raises(BackendUnavailable) as info:
         await client.chat(ModelSpec(endpoint="dead", model="m"), MSGS)
     assert info.value.endpoint == "dead" and "refused or dropped, 4 attempts" in str(info.value)
@@ -268,7 +269,7 @@ async def test_a_refused_connection_is_backend_unavailable_not_a_wait_for_timeou
 async def test_replicas_keep_each_affinity_key_on_one_server_and_spread_the_keys():
     with StubServer() as a, StubServer() as b, StubServer() as c:
         replicas = [a, b, c]
-        client = LLMClient({"stub": EndpointConfig(base_url=a.base_url, max_in_flight=2)},
+        client = LLMClient({"stub": OpenAIEndpoint(base_url=a.base_url, max_in_flight=2)},
                            base_urls={"stub": [r.base_url for r in replicas]})
 
         async def session(key: str) -> None:
@@ -291,7 +292,7 @@ async def test_replicas_keep_each_affinity_key_on_one_server_and_spread_the_keys
 async def test_a_dead_replica_is_left_and_its_sessions_continue_on_the_others():
     with StubServer() as a, StubServer() as b:
         dead = _refused_url()
-        client = LLMClient({"stub": EndpointConfig(base_url=a.base_url, max_attempts=3, timeout_s=5)},
+        client = LLMClient({"stub": OpenAIEndpoint(base_url=a.base_url, max_attempts=3, timeout_s=5)},
                            base_urls={"stub": [dead, a.base_url, b.base_url]})
         for k in range(6):
             with affinity(f"s{k}"):
@@ -302,7 +303,7 @@ async def test_a_dead_replica_is_left_and_its_sessions_continue_on_the_others():
 
 async def test_nested_streams_keep_their_replica_until_the_outer_block_ends():
     with StubServer() as a, StubServer() as b:
-        client = LLMClient({"stub": EndpointConfig(base_url=a.base_url)}, base_urls={"stub": [a.base_url, b.base_url]})
+        client = LLMClient({"stub": OpenAIEndpoint(base_url=a.base_url)}, base_urls={"stub": [a.base_url, b.base_url]})
         with affinity("conversation"):
             for turn in range(3):
                 for arm in ("x", "y"):
@@ -329,7 +330,7 @@ async def test_an_api_key_echoed_by_the_server_is_scrubbed_from_errors_and_recor
     secret = "sk-test-7f3a9c1e5b2d4f60"
     monkeypatch.setenv("SIMLAB_TEST_SECRET_KEY", secret)
     with StubServer(api_key="the-right-key") as server:
-        cfg = EndpointConfig(base_url=server.base_url, api_key_env="SIMLAB_TEST_SECRET_KEY", max_attempts=1)
+        cfg = OpenAIEndpoint(base_url=server.base_url, api_key_env="SIMLAB_TEST_SECRET_KEY", max_attempts=1)
         client = LLMClient({"stub": cfg})
         with pytest.raises(LLMError) as info:
             await client.chat(SPEC, MSGS)
@@ -362,7 +363,7 @@ async def test_two_clients_redact_only_their_own_keys_and_share_no_state(monkeyp
     monkeypatch.setenv("SIMLAB_TEST_KEY_B", key_b)
     before = _module_state()
     with StubServer(api_key="the-right-key") as server:  # answers 401 quoting the key it was sent
-        clients = {env: LLMClient({"stub": EndpointConfig(base_url=server.base_url, api_key_env=env, max_attempts=1)})
+        clients = {env: LLMClient({"stub": OpenAIEndpoint(base_url=server.base_url, api_key_env=env, max_attempts=1)})
                    for env in ("SIMLAB_TEST_KEY_A", "SIMLAB_TEST_KEY_B")}
         errors = {}
         for env, client in clients.items():
@@ -638,7 +639,7 @@ async def test_a_call_that_times_out_while_the_server_answers_others_fails_alone
 async def test_a_litellm_endpoint_goes_through_litellm_with_the_same_retries_and_records(server):
     # kind = "litellm": the model id is litellm's ("openai/<name>" reaches any OpenAI-compatible server)
     server.add_fault(Fault(status=503, retry_after=0.1))
-    client = LLMClient({"stub": EndpointConfig(kind="litellm", base_url=server.base_url, timeout_s=5)})
+    client = LLMClient({"stub": LitellmEndpoint(base_url=server.base_url, timeout_s=5)})
     _opened.append(client)
     spec = ModelSpec(endpoint="stub", model="openai/m1", sampling=SamplingConfig(max_tokens=20))
     res = await client.chat(spec, MSGS)

@@ -16,7 +16,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from simlab.config import (
-    EndpointConfig,
+    LocalEndpoint,
     ModelSpec,
     SamplingConfig,
     default_config,
@@ -61,7 +61,7 @@ async def test_server_answers_chat_and_structured_then_leaves_nothing():
         with urllib.request.urlopen(f"{server.base_url}/models", timeout=5) as resp:
             models = json.load(resp)
         assert [m["id"] for m in models["data"]] == ["smollm2-135m"]
-        client = LLMClient({"local": EndpointConfig(kind="local", base_url=server.base_url)})
+        client = LLMClient({"local": LocalEndpoint(base_url=server.base_url)})
         spec = ModelSpec(endpoint="local", model="smollm2-135m", sampling=SamplingConfig(max_tokens=32, seed=1))
         chat = await client.chat(spec, [{"role": "user", "content": "Name a colour."}])
         assert chat.text.strip() and chat.call.completion_tokens > 0

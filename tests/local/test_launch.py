@@ -255,7 +255,8 @@ def test_config_checks_the_launch_table_against_the_arms():
         parse_config(data)
     data["endpoints"]["vllm"]["base_url"] = None
     data["endpoints"]["vllm"]["kind"] = "openai"
-    with pytest.raises(ConfigError, match="set kind = 'vllm'"):
+    with pytest.raises(ConfigError, match=r"endpoints\.vllm\.launch': launch is not a setting of kind 'openai' "
+                                          r"endpoints \(it is one of kind 'vllm'\)"):
         parse_config(data)
 
 
@@ -276,10 +277,12 @@ def test_the_readme_gpu_launch_table_is_a_valid_endpoint():
     import re
     import tomllib
 
-    from simlab.llm.config import EndpointConfig
+    from simlab.llm.backends import endpoint_config
+    from simlab.llm.config import VllmEndpoint
 
     (block,) = re.findall(r"```toml\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
-    ep = EndpointConfig.model_validate(tomllib.loads(block)["endpoints"]["vllm"])
+    ep = endpoint_config(tomllib.loads(block)["endpoints"]["vllm"])
+    assert isinstance(ep, VllmEndpoint)
     assert ep.launch is not None and ep.launch.names == ["base", "dpft", "ppft"]
     cmd = VllmServer("vllm", ep.launch, port=8000).command()
     assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]

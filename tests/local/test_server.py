@@ -10,12 +10,9 @@ from pathlib import Path
 import pytest
 
 from simlab.config import default_config
-from simlab.local.server import (
-    EmbeddedBackends,
-    default_replicas,
-    describe_exit,
-    prepared_model,
-)
+from simlab.local.fleet import EmbeddedBackends, default_replicas
+from simlab.local.process import describe_exit
+from simlab.local.server import prepared_model
 
 
 @pytest.mark.parametrize("code,text", [
