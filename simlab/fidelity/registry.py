@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pandas as pd
 
-from simlab.fidelity.result import SourceStatus
+from simlab.fidelity.status import SourceStatus
 from simlab.registry import Registry
 from simlab.tables import Tables
 
