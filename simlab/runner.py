@@ -78,10 +78,13 @@ def meta_for(config: Config, **extra: Any) -> dict[str, Any]:
 def open_store(run_dir: Path, config: Config, **extra: Any) -> RunStore:
     """The run's store (created, or resumed when its experiment matches), with its arms in config order.
 
-    It records the registered instruments (which loads their entry points: a bad registration is
-    refused here, before any model call)."""
+    It records the registered instruments and reads the registered analyses (which loads both
+    groups' entry points: a bad registration is refused here, before any model call, not when the
+    report is written at the end)."""
+    from simlab.fidelity.registry import ANALYSES
     from simlab.instruments import instrument_meta
 
+    ANALYSES.names()
     store = RunStore.open_or_create(run_dir, meta_for(config, instruments=instrument_meta(), **extra))
     store.write_arms(ArmRecord(arm=a.id, description=a.description, config_order=i) for i, a in enumerate(config.arms))
     return store

@@ -191,6 +191,27 @@ def test_the_clis_exit_2_on_a_bad_analysis_before_any_work(tmp_path: Path, comma
     assert not (tmp_path / "x.json").exists()
 
 
+def test_a_run_refuses_a_bad_analysis_before_any_model_call(tmp_path: Path) -> None:
+    # the report is written at the end of a run: the analyses are read at its start all the same
+    from simlab.testing import StubServer
+    from tests.test_run_cli import stub_toml
+
+    _dist(tmp_path, "bad = simlab_ext_bad_analysis:BAD")
+    (tmp_path / "simlab_ext_bad_analysis.py").write_text(
+        "import dataclasses\n"
+        "from tests.extensions.analyses_ext import TURN_RATING_GAP\n"
+        "BAD = dataclasses.replace(TURN_RATING_GAP, name='hierarchy')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    with StubServer() as server:
+        config = stub_toml(tmp_path, server.base_url)
+        done = subprocess.run([sys.executable, "-m", "simlab.run", "--config", str(config), "--limit", "1"],
+                              cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+        assert server.n_requests == 0, done.stderr
+    assert done.returncode == 2, done.stderr
+    assert "analysis 'hierarchy': registered twice" in done.stderr
+    assert not list((tmp_path / "runs").glob("*/store.sqlite"))
+
+
 def test_its_calibration_cases_are_in_all_cases_and_run(registered: Analysis) -> None:
     from simlab.fidelity.calibration import all_cases, run_case
 
