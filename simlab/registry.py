@@ -20,7 +20,7 @@ from typing import Generic, Protocol, TypeVar
 
 from simlab.errors import ConfigError
 
-__all__ = ["Named", "Registry", "RegistrationError"]
+__all__ = ["Named", "Registry", "RegistrationError", "require_model"]
 
 
 class RegistrationError(ConfigError):
@@ -142,3 +142,15 @@ def _parts_of(loaded: object, where: str) -> Iterable[Named]:
         return list(loaded)
     raise RegistrationError(f"{where} gave {type(loaded).__name__} {loaded!r}: expected a module, a part with a "
                             "'name', parts, or a callable that registers")
+
+
+def require_model(model: object, base: type, what: str, why: str = "") -> None:
+    """A registry check: ``model`` is a pydantic model class derived from ``base`` (``TypeError``
+    naming ``what`` and ``base``, then ``why`` the base is needed, otherwise)."""
+    from pydantic import BaseModel
+
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise TypeError(f"{what} {model!r} is not a pydantic model")
+    if not issubclass(model, base):
+        raise TypeError(f"{what} {model.__name__} does not derive from {base.__module__}.{base.__qualname__}"
+                        + (f" ({why})" if why else ""))

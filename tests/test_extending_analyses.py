@@ -173,17 +173,22 @@ def test_bad_registrations_are_refused_with_the_name_and_cause(change: dict[str,
     assert "bad_one" not in ANALYSES
 
 
+def _bad_analysis_package(where: Path) -> dict[str, str]:
+    """A package whose entry point registers a second 'hierarchy'; the environment that sees it."""
+    _dist(where, "bad = simlab_ext_bad_analysis:BAD")
+    (where / "simlab_ext_bad_analysis.py").write_text(
+        "import dataclasses\n"
+        "from tests.extensions.analyses_ext import TURN_RATING_GAP\n"
+        "BAD = dataclasses.replace(TURN_RATING_GAP, name='hierarchy')\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(where), str(REPO)])}
+
+
 @pytest.mark.parametrize("command", [
     ["simlab.fidelity", "analyze", "--human", "no/such/dir", "--out", "x.json"],
     ["simlab.report", "--run", "no/such/run"],
 ])
 def test_the_clis_exit_2_on_a_bad_analysis_before_any_work(tmp_path: Path, command: list[str]) -> None:
-    _dist(tmp_path, "bad = simlab_ext_bad_analysis:BAD")
-    (tmp_path / "simlab_ext_bad_analysis.py").write_text(
-        "import dataclasses\n"
-        "from tests.extensions.analyses_ext import TURN_RATING_GAP\n"
-        "BAD = dataclasses.replace(TURN_RATING_GAP, name='hierarchy')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    env = _bad_analysis_package(tmp_path)
     done = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, env=env, cwd=tmp_path,
                           timeout=300)
     assert done.returncode == 2, done.stderr
@@ -196,12 +201,7 @@ def test_a_run_refuses_a_bad_analysis_before_any_model_call(tmp_path: Path) -> N
     from simlab.testing import StubServer
     from tests.test_run_cli import stub_toml
 
-    _dist(tmp_path, "bad = simlab_ext_bad_analysis:BAD")
-    (tmp_path / "simlab_ext_bad_analysis.py").write_text(
-        "import dataclasses\n"
-        "from tests.extensions.analyses_ext import TURN_RATING_GAP\n"
-        "BAD = dataclasses.replace(TURN_RATING_GAP, name='hierarchy')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    env = _bad_analysis_package(tmp_path)
     with StubServer() as server:
         config = stub_toml(tmp_path, server.base_url)
         done = subprocess.run([sys.executable, "-m", "simlab.run", "--config", str(config), "--limit", "1"],

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from simlab.fidelity.status import SourceStatus
-from simlab.registry import Registry
+from simlab.registry import Registry, require_model
 from simlab.tables import Tables
 
 if TYPE_CHECKING:
@@ -134,16 +134,11 @@ class Analysis:
 
 def check_analysis(a: Analysis) -> None:
     """Refuse an analysis that ``analyze_all``, the result JSON or the report could not use."""
-    from pydantic import BaseModel
 
     if not isinstance(a, Analysis):
         raise TypeError(f"is a {type(a).__name__}, not a simlab.fidelity.registry.Analysis")
     model = a.result
-    if not (isinstance(model, type) and issubclass(model, BaseModel)):
-        raise TypeError(f"result model {model!r} is not a pydantic model")
-    if not issubclass(model, SourceStatus):
-        raise TypeError(f"result model {model.__name__} does not derive from simlab.fidelity.result.SourceStatus "
-                        "(its status and reason fields)")
+    require_model(model, SourceStatus, "result model", "its status and reason fields")
     _check_serialisable(model)
     for what, fn in (("function (run)", a.run), ("applies", a.applies), ("calibration", a.calibration)):
         if not callable(fn):

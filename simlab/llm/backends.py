@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, get_args
 
-from pydantic import BaseModel, GetCoreSchemaHandler, GetJsonSchemaHandler, ValidationError
+from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler, ValidationError
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
 
@@ -32,7 +32,7 @@ from simlab.llm.config import (
     VllmEndpoint,
 )
 from simlab.llm.transport import HTTP, LitellmTransport
-from simlab.registry import Registry
+from simlab.registry import Registry, require_model
 
 __all__ = ["BACKENDS", "AnyEndpoint", "Backend", "Transport", "TransportFactory", "backend_of", "endpoint_config"]
 
@@ -92,11 +92,7 @@ def _check(backend: Backend) -> None:
     if not isinstance(backend, Backend):
         raise TypeError(f"expected a simlab.llm.backends.Backend, got {type(backend).__name__}")
     model = backend.config
-    if not (isinstance(model, type) and issubclass(model, BaseModel)):
-        raise TypeError(f"its config {model!r} is not a pydantic model")
-    if not issubclass(model, EndpointConfig):
-        raise TypeError(f"its config {model.__name__} does not subclass simlab.llm.config.EndpointConfig "
-                        "(the client reads base_url, timeouts and retries from it)")
+    require_model(model, EndpointConfig, "its config", "the client reads base_url, timeouts and retries from it")
     field = model.model_fields.get("kind")
     values = get_args(field.annotation) if field is not None and typing.get_origin(field.annotation) is typing.Literal else ()
     if values != (backend.name,):

@@ -74,7 +74,7 @@ class BadInFlight(EndpointConfig):
 @pytest.mark.parametrize("backend,cause", [
     (Backend("vllm", VllmEndpoint, _http), "endpoint kind 'vllm': registered twice"),
     (Backend("plain", dict, _http), "endpoint kind 'plain': its config <class 'dict'> is not a pydantic model"),  # type: ignore[arg-type]
-    (Backend("plain", NotAnEndpoint, _http), "endpoint kind 'plain': its config NotAnEndpoint does not subclass "  # type: ignore[arg-type]
+    (Backend("plain", NotAnEndpoint, _http), "endpoint kind 'plain': its config NotAnEndpoint does not derive from "  # type: ignore[arg-type]
      "simlab.llm.config.EndpointConfig"),
     (Backend("loose", Loose, _http), "endpoint kind 'loose': its config Loose must declare kind: Literal['loose']"),
     (Backend("mine", OtherName, _http), "endpoint kind 'mine': its config OtherName must declare kind: "
