@@ -142,6 +142,27 @@ def test_a_reply_that_breaks_an_added_schema_fails_the_session_and_the_run_resum
     assert answers.groupby("instrument").size().to_dict() == {"clarity": 2 * k, "one_word": 2 * k, "use_again": 2 * k}
 
 
+def test_a_run_resumes_only_with_the_instruments_its_sessions_asked(added, tmp_path):
+    from simlab.store import ConfigMismatchError
+
+    with StubServer() as server:
+        cfg = stub_config(server, tmp_path, limit=1, protocol=_protocol(1))
+        first = run(cfg, report=False)
+        assert first.sessions_completed == 1
+        one_word = INSTRUMENTS.get("one_word")
+        INSTRUMENTS.unregister("one_word")  # a later call without it would leave the run half asked
+        try:
+            n_requests = server.n_requests
+            with pytest.raises(ConfigMismatchError, match=r"instruments: the run's sessions asked the built-ins and "
+                               r".*one_word \(end, .*these would ask the built-ins and clarity .*use_again"):
+                run(stub_config(server, tmp_path, limit=2, protocol=_protocol(1)), report=False)
+            assert server.n_requests == n_requests
+        finally:
+            INSTRUMENTS.register(one_word)
+        again = run(stub_config(server, tmp_path, limit=2, protocol=_protocol(1)), report=False)
+        assert again.run_dir == first.run_dir and again.sessions_done_before == 1 and again.sessions_completed == 2
+
+
 def _dist(root: Path, lines: list[str], module: str | None = None, source: str = "") -> Path:
     """A package installed in ``root`` the way pip leaves it: a ``*.dist-info`` with entry points."""
     info = root / "simlab_instruments_ext-1.0.dist-info"

@@ -24,6 +24,7 @@ __all__ = [
     "MATCHED_META",
     "REDACTED",
     "ConfigMismatchError",
+    "added_instruments",
     "command_line",
     "diff_config",
     "jsonable",
@@ -33,9 +34,10 @@ __all__ = [
     "now",
 ]
 
-MATCHED_META = ("experiment", "prompt_hashes", "models", "seed")
+MATCHED_META = ("experiment", "prompt_hashes", "models", "seed", "instruments")
 """meta keys that must agree between a run and its resume, and between the shards of a merge
-(when present in either): ``experiment`` is what defines the study (``simlab.config.Experiment``)."""
+(when present in either): ``experiment`` is what defines the study (``simlab.config.Experiment``);
+``instruments``, the questions its sessions ask (compared by the added ones: see ``added_instruments``)."""
 LATEST_META = ("config",)
 """meta keys that describe the call that last ran the run (``config``: the experiment with that
 call's settings, e.g. concurrency): each resume replaces them and records what changed."""
@@ -137,9 +139,29 @@ def meta_differences(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[
         old_v, new_v = old_meta.get(key), new_meta.get(key)
         if key == "experiment" and isinstance(old_v, dict) and isinstance(new_v, dict):
             differences += diff_config(old_v, new_v)  # named by the field path alone, as in the user's file
+        elif key == "instruments":
+            old_added, new_added = added_instruments(old_v), added_instruments(new_v)
+            if old_added != new_added:
+                differences.append(f"instruments: the run's sessions asked {_listed(old_added)}, these would ask "
+                                   f"{_listed(new_added)} (register the same instruments to resume, or start a new "
+                                   "run: --out elsewhere or another name)")
         else:
             differences += diff_config({key: old_v}, {key: new_v})
     return differences
+
+
+def added_instruments(value: Any) -> list[str]:
+    """The instruments beyond the built-ins in a meta's ``instruments`` (``name (scope, template hash)``),
+    sorted. A run recorded before instruments were registered (no ``instruments``) asked the built-ins
+    only; the built-ins' templates are matched by ``prompt_hashes``."""
+    if not isinstance(value, list):
+        return []
+    return sorted(f"{i.get('name')} ({i.get('scope')}, {i.get('hash')})" for i in value
+                  if isinstance(i, Mapping) and not i.get("builtin"))
+
+
+def _listed(added: list[str]) -> str:
+    return "the built-in instruments only" if not added else "the built-ins and " + ", ".join(added)
 
 
 def latest_changes(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
