@@ -58,6 +58,19 @@ def stub_config(server: StubServer, tmp_path: Path, **overrides) -> Config:
     return parse_config(data)
 
 
+def installed_package(root: Path, name: str, group: str, entries: list[str], modules: dict[str, str] | None = None) -> Path:
+    """A package installed in ``root`` the way pip leaves one: ``<name>-1.0.dist-info`` with its entry
+    points (``entries``, lines ``name = module:attr``) in ``group``, and its modules' sources. Put
+    ``root`` on ``sys.path`` (or ``PYTHONPATH``) and ``importlib.metadata`` finds it."""
+    info = root / f"{name.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[{group}]\n" + "\n".join(entries) + "\n")
+    for module, source in (modules or {}).items():
+        (root / f"{module}.py").write_text(source)
+    return root
+
+
 def write_toml(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

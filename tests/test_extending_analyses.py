@@ -23,7 +23,7 @@ from simlab.fidelity.synthetic import make_synthetic
 from simlab.registry import RegistrationError
 from simlab.report.html import render_html
 from simlab.tables import Tables
-from tests.conftest import REPO
+from tests.conftest import REPO, installed_package
 from tests.extensions.analyses_ext import NAME, TURN_RATING_GAP, TurnRatingGap
 
 ARMS = ("GEN", "<b>PROMPT</b>")  # an arm name with markup: the report must escape it
@@ -95,10 +95,7 @@ def test_old_result_json_loads_and_renders() -> None:
 
 def _dist(where: Path, entry: str) -> None:
     """A package's metadata with one ``simlab.analyses`` entry point (what pip would install)."""
-    info = where / "simlab_ext_analyses-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: simlab-ext-analyses\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[simlab.analyses]\n{entry}\n")
+    installed_package(where, "simlab-ext-analyses", "simlab.analyses", [entry])
 
 
 def test_registered_by_an_entry_point(tables: Tables, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

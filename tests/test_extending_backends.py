@@ -19,7 +19,7 @@ from simlab.llm import LLMClient
 from simlab.llm.backends import BACKENDS
 from simlab.llm.config import ModelSpec
 from simlab.testing import StubServer
-from tests.conftest import REPO
+from tests.conftest import REPO, installed_package
 from tests.extensions.backends_ext import KEYFILE, KeyFileEndpoint
 
 SECRET = "sk-from-a-mounted-file-4242"
@@ -104,13 +104,7 @@ def test_its_config_refuses_another_kinds_field_and_needs_its_own(tmp_path: Path
 
 def _plugin(tmp: Path, entry: str, module: str | None = None, source: str = "") -> Path:
     """A package installed the way pip leaves one: a ``*.dist-info`` folder with its entry points."""
-    info = tmp / "simlab_keyfile-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: simlab-keyfile\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[simlab.backends]\n{entry}\n")
-    if module:
-        (tmp / f"{module}.py").write_text(source)
-    return tmp
+    return installed_package(tmp, "simlab-keyfile", "simlab.backends", [entry], {module: source} if module else None)
 
 
 def _cli(config: Path, plugin_dir: Path | None, *args: str) -> subprocess.CompletedProcess[str]:

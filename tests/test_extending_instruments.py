@@ -24,7 +24,7 @@ from simlab.registry import RegistrationError
 from simlab.run import calls_per_session, run_experiment
 from simlab.store import load_run, read_table, run_meta
 from simlab.testing import StubServer
-from tests.conftest import REPO, stub_config
+from tests.conftest import REPO, installed_package, stub_config
 from tests.extensions.instruments_ext import TEMPLATES, USE_AGAIN, instruments
 from tests.test_run_cli import stub_toml
 
@@ -165,13 +165,8 @@ def test_a_run_resumes_only_with_the_instruments_its_sessions_asked(added, tmp_p
 
 def _dist(root: Path, lines: list[str], module: str | None = None, source: str = "") -> Path:
     """A package installed in ``root`` the way pip leaves it: a ``*.dist-info`` with entry points."""
-    info = root / "simlab_instruments_ext-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: simlab-instruments-ext\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[simlab.instruments]\n" + "\n".join(lines) + "\n")
-    if module:
-        (root / f"{module}.py").write_text(source)
-    return root
+    return installed_package(root, "simlab-instruments-ext", "simlab.instruments", lines,
+                             {module: source} if module else None)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from simlab.registry import RegistrationError, Registry
+from tests.conftest import installed_package
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,7 @@ def test_duplicate_and_bad_parts_are_refused_with_name_and_cause() -> None:
 
 
 def _dist(tmp: Path, group: str, lines: list[str], module: str, source: str) -> None:
-    info = tmp / "simlab_test_plugin-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: simlab-test-plugin\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[{group}]\n" + "\n".join(lines) + "\n")
-    (tmp / f"{module}.py").write_text(source)
+    installed_package(tmp, "simlab-test-plugin", group, lines, {module: source})
 
 
 def test_entry_points_register_and_a_failing_one_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
