@@ -7,6 +7,7 @@ tables themselves, their columns, types and bounds, are the records in ``simlab.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "PRISM_DOMAINS",
     "REFUSED_AT",
     "SOURCES",
+    "SOURCE_NAME",
+    "VARIANT_ID",
     "WTP_CAP",
     "Domain",
     "GradeMode",
@@ -28,6 +31,8 @@ __all__ = [
     "Source",
     "StopReason",
     "binarise_refusal",
+    "source_name_error",
+    "variant_source",
 ]
 
 Source = Literal["human", "sim_dynamic", "sim_judgement", "sim_dynamic_no_persona"]
@@ -35,6 +40,38 @@ HUMAN = "human"
 """The source of real people's data; every other source is simulated."""
 SOURCES: tuple[str, ...] = ("human", "sim_dynamic", "sim_judgement", "sim_dynamic_no_persona")
 NO_PERSONA = "sim_dynamic_no_persona"
+VARIANT_ID = r"[A-Za-z0-9_\-]{1,32}"
+"""A simulator variant's id (``[[simulators]]``): letters, digits, ``_`` and ``-``."""
+SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
+"""Any source's name: the built-in ``SOURCES``, a variant's ``sim_dynamic:<id>`` (and its control
+``sim_dynamic_no_persona:<id>``), or the name given to simulated data (``simlab compare --sim NAME=…``)."""
+
+
+def variant_source(variant: str | None, *, no_persona: bool = False) -> str:
+    """The source of a Sim-Dynamic session by simulator variant: ``sim_dynamic`` (one ``[simulator]``,
+    variant None) or ``sim_dynamic:<id>``; the no-persona control's is ``sim_dynamic_no_persona[:<id>]``.
+
+    >>> variant_source(None), variant_source("profile"), variant_source("profile", no_persona=True)
+    ('sim_dynamic', 'sim_dynamic:profile', 'sim_dynamic_no_persona:profile')
+    """
+    base = NO_PERSONA if no_persona else "sim_dynamic"
+    return base if variant is None else f"{base}:{variant}"
+
+
+def source_name_error(name: object) -> str | None:
+    """Why ``name`` cannot be a source, or None when it can: ``human`` is the one human source, and a
+    simulated source's name is letters, digits and ``_.:-`` (at most 64), never a spelling of
+    "human" (``Human`` would silently become a simulated source).
+
+    >>> source_name_error("sim_dynamic:profile") is None, source_name_error("Human")
+    (True, "'Human' is not a source: the human source is spelled 'human'")
+    """
+    if not isinstance(name, str) or not SOURCE_NAME.match(name):
+        return (f"{name!r} is not a source name (letters, digits and _.:- , at most 64, starting with a letter "
+                f"or digit; e.g. {', '.join(SOURCES)})")
+    if name != HUMAN and name.strip().lower() == HUMAN:
+        return f"{name!r} is not a source: the human source is spelled 'human'"
+    return None
 """The control source: Sim-Dynamic sessions whose simulator got no persona (``--ablate-persona``),
 paired with the persona sessions of the same participant, domain, repeat and seed."""
 

@@ -27,7 +27,7 @@ import pandas as pd
 
 from simlab.errors import InputError
 from simlab.records import REQUIRED, TABLES
-from simlab.schema import LETTERS, SOURCES
+from simlab.schema import LETTERS, source_name_error
 from simlab.tables import JUDGEMENT_COLUMNS, TABLE_NAMES, Tables
 
 __all__ = [
@@ -266,7 +266,7 @@ def _normalise(tables: Tables, wheres: Mapping[str, _Where], *, default_source: 
     for name in ("judgements", "conversations", "participants"):
         frame = out[name]
         if frame is not None and "source" in frame.columns:
-            _check_in(frame, "source", SOURCES, wheres[name])
+            _check_sources(frame, wheres[name])
 
     if conversations is not None:
         _check_unique(conversations, ["conversation_id"], wheres["conversations"])
@@ -471,6 +471,15 @@ def _check_in(frame: pd.DataFrame, col: str, allowed: tuple[str, ...], where: _W
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
         raise where.fail(f"{frame[col].iloc[pos]!r} is not one of {', '.join(allowed)}", pos, col)
+
+
+def _check_sources(frame: pd.DataFrame, where: _Where) -> None:
+    """Every source is ``human`` or a simulated source's name (``simlab.schema.source_name_error``)."""
+    names = frame["source"].dropna().unique()
+    bad = {n: why for n in names if (why := source_name_error(n)) is not None}
+    if bad:
+        pos = int(np.flatnonzero(frame["source"].isin(list(bad)).to_numpy())[0])
+        raise where.fail(bad[frame["source"].iloc[pos]], pos, "source")
 
 
 def _check_unique(frame: pd.DataFrame, cols: list[str], where: _Where) -> None:

@@ -173,8 +173,8 @@ BAD_CASES = {
     "rank_partly_missing": (lambda f: _bad(f, 7, "rank", None), 7, "rank", "missing"),
     "duplicated_arm": (lambda f: _bad(f, 5, "arm", f["arm"].iloc[4]), 5, "arm", "duplicated"),
     "bad_bool": (lambda f: _bad(f, 1, "opening_choice", "maybe"), 1, "opening_choice", "true/false"),
-    "unknown_source": (lambda f: f.assign(source=["human"] * 10 + ["robot"] + ["human"] * (len(f) - 11)), 10, "source",
-                       "not one of"),
+    "unknown_source": (lambda f: f.assign(source=["human"] * 10 + ["Human"] + ["human"] * (len(f) - 11)), 10, "source",
+                       "spelled 'human'"),
     "missing_arm_value": (lambda f: _bad(f, 8, "arm", None), 8, "arm", "missing"),
     "position_zero": (lambda f: _bad(f, 11, "position", 0), 11, "position", "positive integer"),
 }
