@@ -45,13 +45,14 @@ from simlab.llm.config import (
     _Strict,
     api_key,
 )
-from simlab.schema import DOMAINS, WTP_CAP, Domain, LetterMode, Memory, Rendering
+from simlab.schema import DOMAINS, VARIANT_ID, WTP_CAP, Domain, LetterMode, Memory, Rendering
 
 __all__ = [
     "CONFIGS_DIR", "ArmConfig", "Config", "Dialect", "EndpointConfig", "Experiment", "Invocation", "JudgeConfig",
     "LaunchConfig", "LitellmEndpoint", "LocalEndpoint", "ModelSpec", "OpenAIEndpoint", "Personalisation",
     "SoftTokensConfig", "VllmEndpoint",
-    "ProtocolConfig", "Rendering", "SamplingConfig", "SimulatorConfig", "SummaryConfig", "api_key", "default_config",
+    "ProtocolConfig", "Rendering", "SamplingConfig", "SimulatorConfig", "SummaryConfig", "TurnModelConfig",
+    "VariantConfig", "api_key", "default_config",
     "experiment_hash", "load_config", "parse_config",
 ]
 
@@ -116,6 +117,43 @@ class SimulatorConfig(ModelSpec):
     judgement_max_tokens: int = Field(384, ge=16, le=8192)
     """Token bound for structured judgements (ratings of every arm need more room than a message)."""
     sampling: SamplingConfig = SamplingConfig(temperature=0.8, max_tokens=160)
+
+
+class TurnModelConfig(ModelSpec):
+    """A variant's turn model: the model that writes the participant's messages (the opening and
+    every next message) when another model answers the questions (a trained user model such as
+    UserLM-8b writes turns but answers no JSON schema)."""
+
+    sampling: SamplingConfig = SamplingConfig(temperature=0.8, max_tokens=160)
+    end_marker: str | None = Field(None, min_length=1)
+    """The turn model's end-of-conversation marker (e.g. ``"<|endconversation|>"``): a next message
+    that holds it is the participant's stop decision (the conversation ends there, stop reason
+    ``user_ended``; that message is never shown to the arms) and the stop question is not asked.
+    In the opening and before ``protocol.min_turns`` the participant may not stop: the marker is cut
+    from the message (a message left empty is retried, then fails the session as an empty message)."""
+
+
+class VariantConfig(SimulatorConfig):
+    """One simulator variant of ``[[simulators]]``: a whole simulator set-up under an id, whose
+    sessions are stored as source ``sim_dynamic:<id>`` (conversation ids ``…@<id>``)."""
+
+    id: str = Field(pattern=f"^{VARIANT_ID}$")
+    """The variant's name in sources and conversation ids (letters, digits, ``_``, ``-``)."""
+    prompts: str | None = None
+    """A folder of templates searched before simlab's for this variant's simulator prompts
+    (``simulator/system.j2``, ``simulator/opening.j2``, ``simulator/next_message.j2``, and the
+    questions' templates of instruments without a folder of their own). Relative to the working
+    directory."""
+    turns: TurnModelConfig | None = None
+    """The turn model (``[simulators.turns]``), when the messages come from another model than the
+    judgements; None: this variant's model writes both."""
+
+    @field_validator("prompts")
+    @classmethod
+    def _folder(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_dir():
+            raise ValueError(f"prompt folder {v!r} is not a directory")
+        return v
 
 
 class JudgeConfig(ModelSpec):
@@ -202,7 +240,11 @@ class Experiment(_Strict):
     arms: list[ArmConfig]
     """The candidate models (four in PRISM-X)."""
     simulator: SimulatorConfig = SimulatorConfig()
-    """The simulated participant's model."""
+    """The simulated participant's model (one simulator, source ``sim_dynamic``)."""
+    simulators: list[VariantConfig] = Field(default_factory=list)
+    """Simulator variants (``[[simulators]]``, instead of ``[simulator]``): every variant meets the
+    same participants, domains, repeats, seeds, arms and letters, each stored as its own source
+    ``sim_dynamic:<id>``. Adding a variant to a run resumes it and runs only the new sessions."""
     judge: JudgeConfig = JudgeConfig()
     """The autograder's judge model."""
     summary: SummaryConfig = SummaryConfig()
@@ -226,9 +268,48 @@ class Experiment(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _variants(self) -> Experiment:
+        # a dump of a run's config holds the default simulator beside its variants: only a set-up refuses
+        if self.simulators and self.simulator != SimulatorConfig():
+            raise ValueError("simulators: give either one [simulator] table or [[simulators]] variants, not both")
+        seen: dict[str, int] = {}
+        for i, variant in enumerate(self.simulators):
+            if variant.id in seen:
+                raise ValueError(f"simulators[{i}].id: variant id {variant.id!r} is used twice "
+                                 f"(also simulators[{seen[variant.id]}].id)")
+            seen[variant.id] = i
+        return self
+
+    @property
+    def variant_ids(self) -> list[str | None]:
+        """The simulator variants' ids: ``[None]`` for the one ``[simulator]``."""
+        return [v.id for v in self.simulators] or [None]
+
+    def simulator_of(self, variant: str | None) -> SimulatorConfig:
+        """The simulator of a variant (None: ``simulator``; a ``VariantConfig`` for an id)."""
+        if variant is None:
+            return self.simulator
+        for v in self.simulators:
+            if v.id == variant:
+                return v
+        raise KeyError(f"no simulator variant {variant!r} (variants: {', '.join(v.id for v in self.simulators)})")
+
+    def simulator_specs(self) -> list[tuple[str, ModelSpec]]:
+        """Every model spec that plays the participant, by its config path: ``simulator``, or each
+        variant's (``simulators[i]``) and its turn model's (``simulators[i].turns``)."""
+        if not self.simulators:
+            return [("simulator", self.simulator)]
+        out: list[tuple[str, ModelSpec]] = []
+        for i, v in enumerate(self.simulators):
+            out.append((f"simulators[{i}]", v))
+            if v.turns is not None:
+                out.append((f"simulators[{i}].turns", v.turns))
+        return out
+
+    @model_validator(mode="after")
     def _endpoints_exist(self) -> Experiment:
         specs: list[tuple[str, ModelSpec]] = [(f"arms[{i}]", a) for i, a in enumerate(self.arms)]
-        specs += [("simulator", self.simulator), ("judge", self.judge), ("summary", self.summary)]
+        specs += [*self.simulator_specs(), ("judge", self.judge), ("summary", self.summary)]
         for where, spec in specs:
             if spec.endpoint not in self.endpoints:
                 known = ", ".join(sorted(self.endpoints)) or "none"
@@ -255,7 +336,8 @@ class Experiment(_Strict):
 
 
 def experiment_hash(experiment: Experiment) -> str:
-    """The 10 hex digits that name an experiment's run directory: a hash of everything it holds.
+    """The 10 hex digits that name an experiment's run directory: a hash of everything it holds but
+    its simulator variants (``simulators``: a resume checks each stored variant is unchanged).
 
     >>> from simlab.config import default_config
     >>> cfg = default_config()
@@ -263,6 +345,9 @@ def experiment_hash(experiment: Experiment) -> str:
     True
     """
     data = experiment.experiment.public_dict()
+    # the variants are left out: adding one to a run finds the same run (its sessions are added), and
+    # a run with one [simulator] keeps the hash it had before variants existed
+    data.pop("simulators", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -351,6 +436,11 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 def parse_config(data: dict[str, Any], *, file: str | Path | None = None) -> Config:
     """Validate a config dict; errors name the file and the field path."""
+    # an explicit [simulator] beside variants is refused even when it holds defaults (a config's own
+    # dump, which lists the default simulator in full, still loads)
+    if data.get("simulators") and "simulator" in data and data["simulator"] != SimulatorConfig().model_dump(mode="json"):
+        raise ConfigError("give either one [simulator] table or [[simulators]] variants, not both",
+                          file=file, field="simulators")
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

@@ -15,6 +15,13 @@ them one call runs is the invocation's choice (``plan_sessions``).
 >>> control = spec.model_copy(update={"no_persona": True})
 >>> control.conversation_id, control.seed == spec.seed  # the control shares its session's seed
 ('sample01:values:r1:no_persona', True)
+
+A simulator variant (``[[simulators]]``) meets the same sessions under its id: same seed (so the
+same letters, display order, arm sampling seeds and BDM draw), its own conversation id and source.
+
+>>> variant = spec.model_copy(update={"variant": "profile"})
+>>> variant.conversation_id, variant.source, variant.seed == spec.seed
+('sample01:values:r1@profile', 'sim_dynamic:profile', True)
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from simlab.config import Experiment
 from simlab.personas import Persona
-from simlab.schema import Domain, Source
+from simlab.schema import VARIANT_ID, Domain, Source, variant_source
 from simlab.seeds import derive_seed
 
 __all__ = ["JUDGEMENT_SUFFIX", "SessionSpec", "conversation_id", "plan_sessions", "unit_seed"]
@@ -34,9 +41,12 @@ JUDGEMENT_SUFFIX = "#sj"
 """Ends the conversation id of a Sim-Judgement session: ``<the human's conversation id>#sj``."""
 
 
-def conversation_id(participant_id: str, domain: str, repeat: int = 0, *, no_persona: bool = False) -> str:
-    """``participant:domain``, with ``:rN`` for repeat N ≥ 1 and ``:no_persona`` for the control."""
-    return f"{participant_id}:{domain}" + (f":r{repeat}" if repeat else "") + (":no_persona" if no_persona else "")
+def conversation_id(participant_id: str, domain: str, repeat: int = 0, *, no_persona: bool = False,
+                    variant: str | None = None) -> str:
+    """``participant:domain``, with ``:rN`` for repeat N ≥ 1, ``:no_persona`` for the control and
+    ``@<variant>`` for a simulator variant's session (``@`` is in no variant id, so ids stay unique)."""
+    return (f"{participant_id}:{domain}" + (f":r{repeat}" if repeat else "") + (":no_persona" if no_persona else "")
+            + (f"@{variant}" if variant is not None else ""))
 
 
 def unit_seed(run_seed: int, participant_id: str, domain: str, repeat: int = 0) -> int:
@@ -65,6 +75,9 @@ class SessionSpec(BaseModel):
     letters and arms as the session with the persona."""
     run_seed: int = Field(ge=0, le=2**63 - 1)
     """The experiment's seed, from which the session's seed derives."""
+    variant: str | None = Field(None, pattern=f"^{VARIANT_ID}$")
+    """The simulator variant (``[[simulators]]``) that plays the participant; None: the one
+    ``[simulator]``. It changes the conversation id and the source, never the seed."""
     judged: str | None = None
     """Sim-Judgement: the id of the human conversation the simulator reads as this participant
     (then ``repeat`` and ``no_persona`` do not apply)."""
@@ -76,11 +89,12 @@ class SessionSpec(BaseModel):
 
     @property
     def conversation_id(self) -> str:
-        """The session's id in every table: ``participant:domain[:rN][:no_persona]``, or
+        """The session's id in every table: ``participant:domain[:rN][:no_persona][@variant]``, or
         ``<human conversation id>#sj`` for Sim-Judgement."""
         if self.judged is not None:
             return self.judged + JUDGEMENT_SUFFIX
-        return conversation_id(self.persona.persona_id, self.domain, self.repeat, no_persona=self.no_persona)
+        return conversation_id(self.persona.persona_id, self.domain, self.repeat, no_persona=self.no_persona,
+                               variant=self.variant)
 
     @property
     def seed(self) -> int:
@@ -94,13 +108,15 @@ class SessionSpec(BaseModel):
         """The ``source`` its records are stored with."""
         if self.judged is not None:
             return "sim_judgement"
-        return "sim_dynamic_no_persona" if self.no_persona else "sim_dynamic"
+        return variant_source(self.variant, no_persona=self.no_persona)
 
 
 def plan_sessions(experiment: Experiment, personas: Sequence[Persona], *, repeats: int = 1,
                   ablate_persona: bool = False) -> list[SessionSpec]:
     """The Sim-Dynamic sessions of ``experiment`` with these personas, repeats 0 … ``repeats``-1, and
-    the no-persona controls with ``ablate_persona``: persona sessions first, then by repeat."""
+    the no-persona controls with ``ablate_persona``: persona sessions first, then by repeat; each
+    participant's sessions with every simulator variant together."""
     conditions = [False, True] if ablate_persona else [False]
-    return [SessionSpec(persona=p, domain=d, repeat=r, no_persona=c, run_seed=experiment.seed)
-            for c in conditions for r in range(repeats) for p in personas for d in experiment.protocol.domains]
+    return [SessionSpec(persona=p, domain=d, repeat=r, no_persona=c, variant=v, run_seed=experiment.seed)
+            for c in conditions for r in range(repeats) for p in personas for v in experiment.variant_ids
+            for d in experiment.protocol.domains]

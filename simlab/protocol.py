@@ -29,7 +29,7 @@ from typing import Any, overload
 import numpy as np
 from pydantic import BaseModel
 
-from simlab.config import ArmConfig, Experiment, ModelSpec, ProtocolConfig
+from simlab.config import ArmConfig, Experiment, ModelSpec, ProtocolConfig, VariantConfig
 from simlab.errors import LLMError, SimlabError, StructuredOutputError
 from simlab.instruments import (
     INSTRUMENTS,
@@ -180,6 +180,13 @@ class Simulator:
     memory: bool = False
     protocol: ProtocolConfig | None = None
     """The protocol the answer schemas are built from (None: the defaults with ``wtp_max``)."""
+    prompts: str | Path | None = None
+    """A variant's template folder, searched before simlab's for the simulator's prompts and the
+    questions of instruments without a folder of their own."""
+    turns: ModelSpec | None = None
+    """The turn model that writes the messages (None: ``spec`` writes them too)."""
+    end_marker: str | None = None
+    """The turn model's end-of-conversation marker (see ``write``)."""
     calls: list[LLMCallRecord] = field(default_factory=list)
     instruments: list[InstrumentRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -190,8 +197,8 @@ class Simulator:
     def _system(self) -> Prompt:
         # the same for every call of the session: rendered once
         if self._system_prompt is None:
-            self._system_prompt = render("simulator/system.j2", persona=self.persona_text,
-                                         domain_instruction=self.domain_instruction)
+            self._system_prompt = render_in(self.prompts, "simulator/system.j2", persona=self.persona_text,
+                                            domain_instruction=self.domain_instruction)
         return self._system_prompt
 
     def remember(self, note: str) -> None:
@@ -201,8 +208,8 @@ class Simulator:
 
     def task(self, name: str, *, folder: str | Path | None = None, **variables: Any) -> Prompt:
         """A question's prompt, with the participant's earlier answers in it (none without memory);
-        ``folder``: an instrument's own templates, searched before simlab's."""
-        return render_in(folder, name, memory=list(self.notes), **variables)
+        ``folder``: an instrument's own templates, searched before simlab's (else the variant's)."""
+        return render_in(folder if folder is not None else self.prompts, name, memory=list(self.notes), **variables)
 
     def protocol_config(self) -> ProtocolConfig:
         """The protocol the answer schemas are built from."""
@@ -220,21 +227,32 @@ class Simulator:
         self._n += 1
         return sampling_seed(derive_seed(self.seed, "sim", self._n))
 
-    async def write(self, instrument: str, task: Prompt) -> tuple[str, int]:
-        """A free-text message (opening or next); an empty reply counts as a failed attempt."""
-        attempts = self.client.schema_attempts(self.spec.endpoint)
+    async def write(self, instrument: str, task: Prompt, *, may_end: bool = False) -> tuple[str | None, int]:
+        """A free-text message (opening or next) by the turn model; an empty reply counts as a failed
+        attempt. With an ``end_marker``: a message holding it is the participant's decision to stop
+        when ``may_end`` (returned as None: the message it ends is never shown), else the marker is
+        cut out (what is left must not be empty)."""
+        spec = self.turns if self.turns is not None else self.spec
+        attempts = self.client.schema_attempts(spec.endpoint)
         for attempt in range(1, attempts + 1):
             try:
                 name, digest = self._prompt(task)
                 with call_context(role="simulator", instrument=instrument):
-                    res = await self.client.chat(self.spec, self._messages(task), seed=self._next_seed(),
+                    res = await self.client.chat(spec, self._messages(task), seed=self._next_seed(),
                                                  prompt_name=name, prompt_hash=digest)
             except LLMError as exc:
                 self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id, instrument=instrument,
                                                          attempts=attempt, status="error", error=str(exc)))
                 exc.asked = _asked(instrument, task)
                 raise
-            text = _clean_message(res.text)
+            raw = res.text
+            if self.end_marker is not None and self.end_marker in raw:
+                if may_end:
+                    self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id,
+                                                             instrument=instrument, attempts=attempt))
+                    return None, res.call.completion_tokens
+                raw = raw.replace(self.end_marker, " ")
+            text = _clean_message(raw)
             if text:
                 self.instruments.append(InstrumentRecord(conversation_id=self.conversation_id,
                                                          instrument=instrument, attempts=attempt))
@@ -459,8 +477,9 @@ async def simulate_session(session: SessionSpec | Persona, *args: Any, summary: 
 
 
 def needs_summary(config: Experiment) -> bool:
-    """Whether the simulator or any arm renders the persona as its LLM summary (PROTOCOL §3)."""
-    return config.simulator.rendering == "summary" or any(a.personalisation == "summary" for a in config.arms)
+    """Whether a simulator (of any variant) or an arm renders the persona as its LLM summary (PROTOCOL §3)."""
+    return (any(config.simulator_of(v).rendering == "summary" for v in config.variant_ids)
+            or any(a.personalisation == "summary" for a in config.arms))
 
 
 async def persona_summary(persona: Persona, config: Experiment, client: LLMClient) -> str:
@@ -484,11 +503,15 @@ async def _simulate_session(spec: SessionSpec, config: Experiment, client: LLMCl
     arm_ids = [a.id for a in config.arms]
     p = config.protocol
     arm_letters, arm_positions = blind_display(arm_ids, seed, p.letters)
-    persona_text = None if no_persona else render_persona(persona, config.simulator.rendering, summary=summary).text
+    simulator = config.simulator_of(spec.variant)
+    turns = simulator.turns if isinstance(simulator, VariantConfig) else None
+    persona_text = None if no_persona else render_persona(persona, simulator.rendering, summary=summary).text
     sim = Simulator(
-        client=client, spec=config.simulator, persona_text=persona_text,
+        client=client, spec=simulator, persona_text=persona_text,
         domain_instruction=render(f"domains/{domain}.j2").text, conversation_id=conv_id,
-        seed=seed, wtp_max=p.wtp_max, memory=config.simulator.memory == "session", calls=calls, protocol=p,
+        seed=seed, wtp_max=p.wtp_max, memory=simulator.memory == "session", calls=calls, protocol=p,
+        prompts=simulator.prompts if isinstance(simulator, VariantConfig) else None,
+        turns=turns, end_marker=turns.end_marker if turns is not None else None,
     )
     states = []
     for arm in config.arms:
@@ -537,7 +560,8 @@ async def _simulate_session(spec: SessionSpec, config: Experiment, client: LLMCl
         return text, res.call.completion_tokens, False
 
     try:
-        message, n_tok = await sim.write("opening", render("simulator/opening.j2"))
+        opening, n_tok = await sim.write("opening", render_in(sim.prompts, "simulator/opening.j2"))
+        message = opening or ""  # the opening never ends the conversation (may_end is False)
         turn = 0
         while True:
             turn_rows.append(TurnRecord(conversation_id=conv_id, turn=turn, role="user", text=message, n_tokens=n_tok))
@@ -578,8 +602,9 @@ async def _simulate_session(spec: SessionSpec, config: Experiment, client: LLMCl
             if n_done >= p.max_turns:
                 stop_reason = "max_turns"
                 break
-            if n_done >= p.min_turns:
-                # the stop decision is its own question, asked after the rating (as in the study)
+            if n_done >= p.min_turns and sim.end_marker is None:
+                # the stop decision is its own question, asked after the rating (as in the study); a
+                # turn model with an end marker decides in its next message instead
                 decision = await sim.ask(stop.name, sim.task(stop.template, folder=stop.folder, transcript=ttext,
                                                              n_done=n_done, max_turns=p.max_turns),
                                          stop.schema(letters, p))
@@ -592,8 +617,13 @@ async def _simulate_session(spec: SessionSpec, config: Experiment, client: LLMCl
             if biggest + max(s.arm.sampling.max_tokens for s in states) + CONTEXT_MARGIN_TOKENS > p.context_budget_tokens:
                 stop_reason, max_turns_reached = "context_limit", True
                 break
-            message, n_tok = await sim.write("next_message", sim.task(
-                "simulator/next_message.j2", transcript=ttext, n_arms=len(letters), letters=joined))
+            written, n_tok = await sim.write("next_message", sim.task(
+                "simulator/next_message.j2", transcript=ttext, n_arms=len(letters), letters=joined),
+                may_end=n_done >= p.min_turns)
+            if written is None:  # the end marker: the participant stops, the message it ends is not sent
+                stop_reason = "user_ended"
+                break
+            message = written
             turn += 1
         assessment = await assess(sim, transcript, letters)
     except (StructuredOutputError, LLMError) as exc:
@@ -608,8 +638,8 @@ async def _simulate_session(spec: SessionSpec, config: Experiment, client: LLMCl
     bdm = bdm_draw(arm_letters, assessment.bids, derive_seed(seed, "bdm"), p.wtp_max, conv_id)
     return SessionRecord(
         participant=ParticipantRecord(participant_id=pid, source=source, persona_id=pid,
-                                      rendering=None if no_persona else config.simulator.rendering,
-                                      simulator_model=config.simulator.model),
+                                      rendering=None if no_persona else simulator.rendering,
+                                      simulator_model=simulator.model),
         conversation=ConversationRecord(
             conversation_id=conv_id, participant_id=pid, source=source, domain=domain,
             in_domain=domain in IN_DOMAIN, arm_letters=arm_letters, arm_positions=arm_positions, repeat=repeat,

@@ -194,7 +194,8 @@ def validate_plan(config: Experiment, personas: Sequence[Persona], shard: tuple[
             except ConfigError as exc:
                 raise ConfigError(exc.message, file=exc.file, field=f"arms[{i}].soft_tokens") from None
     for persona in personas:
-        for rendering in {config.simulator.rendering, *(a.personalisation for a in config.arms)} - {"none", "summary", "soft_tokens"}:
+        renderings = {config.simulator_of(v).rendering for v in config.variant_ids}
+        for rendering in {*renderings, *(a.personalisation for a in config.arms)} - {"none", "summary", "soft_tokens"}:
             render_persona(persona, rendering)  # type: ignore[arg-type]
 
 
@@ -242,7 +243,9 @@ def plan_text(config: Experiment, personas: Sequence[Persona], run_dir: Path,
         f"participants: {len(personas)} × domains: {len(p.domains)} ({', '.join(p.domains)}) × arms: {k} "
         f"({', '.join(a.id for a in config.arms)})",
         f"sessions: {n_sessions}{extra}; user turns per session: {p.min_turns}–{p.max_turns}; "
-        f"simulator memory: {config.simulator.memory}; letters: {p.letters}",
+        + (f"simulator memory: {config.simulator.memory}" if not config.simulators else
+         "simulator variants: " + ", ".join(f"{v.id} ({v.rendering}, memory {v.memory})" for v in config.simulators))
+        + f"; letters: {p.letters}",
         f"expected model calls: {n_sessions * lo}–{n_sessions * hi} (+{summaries} persona summaries, "
         f"+ schema retries)",
         "endpoints: " + ", ".join(

@@ -41,6 +41,7 @@ def config_hash(config: Experiment, personas_path: str, shard: tuple[int, int]) 
     config without the invocation's keys of then (``LEGACY_INVOCATION_KEYS``: what is left is the
     experiment), the persona file and the shard. ``run_dir_for`` still finds a run named by it."""
     data = config.experiment.public_dict()
+    data.pop("simulators", None)  # as in experiment_hash: the runs of then had no variants
     data["_personas"] = personas_path
     data["_shard"] = list(shard)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
@@ -69,8 +70,14 @@ def meta_for(config: Config, **extra: Any) -> dict[str, Any]:
     """What a run store records about the run that made it: the experiment (checked again on
     resume), the config of this call (replaced by each resume), prompt hashes, models, seed."""
     models = {a.id: f"{a.endpoint}/{a.model}" for a in config.arms}
-    models.update(simulator=f"{config.simulator.endpoint}/{config.simulator.model}",
-                  judge=f"{config.judge.endpoint}/{config.judge.model}")
+    # the simulator's model, or each variant's (``simulator:<id>``; ``simulator:<id>:turns``: its turn model)
+    if not config.simulators:
+        models["simulator"] = f"{config.simulator.endpoint}/{config.simulator.model}"
+    for v in config.simulators:
+        models[f"simulator:{v.id}"] = f"{v.endpoint}/{v.model}"
+        if v.turns is not None:
+            models[f"simulator:{v.id}:turns"] = f"{v.turns.endpoint}/{v.turns.model}"
+    models.update(judge=f"{config.judge.endpoint}/{config.judge.model}")
     return {"experiment": config.experiment.public_dict(), "config": config.public_dict(),
             "prompt_hashes": all_hashes(), "models": models, "seed": config.seed, **extra}
 

@@ -8,7 +8,9 @@ tables themselves, their columns, types and bounds, are the records in ``simlab.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator
 
 __all__ = [
     "DOMAINS",
@@ -35,11 +37,12 @@ __all__ = [
     "variant_source",
 ]
 
-Source = Literal["human", "sim_dynamic", "sim_judgement", "sim_dynamic_no_persona"]
 HUMAN = "human"
 """The source of real people's data; every other source is simulated."""
 SOURCES: tuple[str, ...] = ("human", "sim_dynamic", "sim_judgement", "sim_dynamic_no_persona")
 NO_PERSONA = "sim_dynamic_no_persona"
+"""The control source: Sim-Dynamic sessions whose simulator got no persona (``--ablate-persona``),
+paired with the persona sessions of the same participant, domain, repeat and seed."""
 VARIANT_ID = r"[A-Za-z0-9_\-]{1,32}"
 """A simulator variant's id (``[[simulators]]``): letters, digits, ``_`` and ``-``."""
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
@@ -72,8 +75,18 @@ def source_name_error(name: object) -> str | None:
     if name != HUMAN and name.strip().lower() == HUMAN:
         return f"{name!r} is not a source: the human source is spelled 'human'"
     return None
-"""The control source: Sim-Dynamic sessions whose simulator got no persona (``--ablate-persona``),
-paired with the persona sessions of the same participant, domain, repeat and seed."""
+
+
+def _source_name(name: str) -> str:
+    error = source_name_error(name)
+    if error is not None:
+        raise ValueError(error)
+    return name
+
+
+Source = Annotated[str, AfterValidator(_source_name)]
+"""A record's ``source``: ``human`` or any simulated source's name (``source_name_error`` says why
+not); the store keeps it as text without a closed list, so a run may hold any number of variants."""
 
 Domain = Literal["unguided", "values", "controversy", "emotional_wellbeing"]
 DOMAINS: tuple[str, ...] = ("unguided", "values", "controversy", "emotional_wellbeing")

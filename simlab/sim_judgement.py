@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from simlab.config import Config, load_config, parse_config
-from simlab.errors import BackendUnavailable, InputError, LLMError, StructuredOutputError, exit_status
+from simlab.errors import BackendUnavailable, ConfigError, InputError, LLMError, StructuredOutputError, exit_status
 from simlab.llm import LLMClient, call_context, recording
 from simlab.personas import Persona, render_persona
 from simlab.plan import JUDGEMENT_SUFFIX, SessionSpec
@@ -250,6 +250,10 @@ async def run_sim_judgement(
     """
     from simlab.local import serving
 
+    if config.simulators:
+        # a judged conversation's id and source name no variant: one simulator judges
+        raise ConfigError("Sim-Judgement runs one [simulator]; this config lists [[simulators]] variants "
+                          "(run each variant's set-up as its own [simulator])", field="simulators")
     t0 = time.monotonic()
     conversations = human_conversations(human_tables)
     by_id = {p.persona_id: p for p in personas}

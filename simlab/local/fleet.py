@@ -30,7 +30,7 @@ def local_aliases(config: Any) -> dict[str, str]:
     from simlab.errors import ConfigError
 
     specs = [(f"arms[{i}]", a) for i, a in enumerate(config.arms)]
-    specs += [("simulator", config.simulator), ("judge", config.judge), ("summary", config.summary)]
+    specs += [*config.simulator_specs(), ("judge", config.judge), ("summary", config.summary)]
     out: dict[str, str] = {}
     for name, ep in config.endpoints.items():
         if not isinstance(ep, LocalEndpoint) or not ep.embedded:
@@ -92,7 +92,8 @@ class EmbeddedBackends:
                     mode = server.mode or mode  # the first replica found the mode; the rest need no retry
                 self.base_urls[name] = [s.base_url for s in servers]
             used = self.only if self.only is not None else {
-                spec.endpoint for spec in (*self.config.arms, self.config.simulator, self.config.judge, self.config.summary)}
+                spec.endpoint for spec in (*self.config.arms, *(s for _, s in self.config.simulator_specs()),
+                                           self.config.judge, self.config.summary)}
             for name, ep in self.config.endpoints.items():
                 if not isinstance(ep, VllmEndpoint) or ep.launch is None or name in self.base_urls or name not in used:
                     continue

@@ -25,6 +25,7 @@ __all__ = [
     "REDACTED",
     "ConfigMismatchError",
     "added_instruments",
+    "added_variants",
     "command_line",
     "diff_config",
     "jsonable",
@@ -128,17 +129,60 @@ def meta_as_today(meta: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _variants(experiment: Any) -> dict[str, Any]:
+    """A stored experiment's simulator variants by id (none for one ``[simulator]`` or an older run)."""
+    listed = experiment.get("simulators") if isinstance(experiment, Mapping) else None
+    return {str(v.get("id")): v for v in listed or [] if isinstance(v, Mapping)}
+
+
+def added_variants(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The ids of the simulator variants ``new``'s experiment lists and the stored run's does not:
+    a resume runs their sessions (the others' are matched by ``meta_differences``)."""
+    old_v = _variants(meta_as_today(stored).get("experiment"))
+    new_v = _variants(jsonable(new.get("experiment")))
+    return [v for v in new_v if v not in old_v]
+
+
+def _variant_differences(old_exp: Any, new_exp: Any) -> list[str]:
+    """Each stored variant that the new experiment removes or defines otherwise, named by its id.
+    A run with one ``[simulator]`` stays one: variants cannot be added to it (its sessions have no
+    variant in their ids), nor a variant run turned into one."""
+    old_v, new_v = _variants(old_exp), _variants(new_exp)
+    if bool(old_v) != bool(new_v):
+        had = "[[simulators]] variants " + ", ".join(map(str, old_v)) if old_v else "one [simulator]"
+        has = "[[simulators]] variants " + ", ".join(map(str, new_v)) if new_v else "one [simulator]"
+        return [f"simulators: the run has {had}, this config {has} (start a new run: --out elsewhere or "
+                "another name)"]
+    out = []
+    for vid, old in old_v.items():
+        if vid not in new_v:
+            out.append(f"simulators: variant {vid!r} is in the run but not in this config (a variant cannot be "
+                       "removed from a run: keep it, or start a new run)")
+        else:
+            out += [f"simulators[{vid}].{d}" for d in diff_config(old, new_v[vid])]
+    return out
+
+
 def meta_differences(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """Every difference in ``MATCHED_META`` between a stored run and a new call: any forbids a resume."""
+    """Every difference in ``MATCHED_META`` between a stored run and a new call: any forbids a resume.
+    Simulator variants the new call adds are not differences (``added_variants``): a removed one, or
+    one defined otherwise under the same id, is (named by its id)."""
     old_meta = meta_as_today(stored)
     new_meta = meta_as_today({k: jsonable(v) for k, v in new.items()})
+    added = set(added_variants(stored, new))
+    if isinstance(new_meta.get("models"), dict):  # an added variant's models are new, not changed
+        new_meta["models"] = {k: v for k, v in new_meta["models"].items()
+                              if not (k.startswith("simulator:") and k.split(":")[1] in added)}
     differences: list[str] = []
     for key in MATCHED_META:
         if key not in old_meta and key not in new_meta:
             continue
         old_v, new_v = old_meta.get(key), new_meta.get(key)
         if key == "experiment" and isinstance(old_v, dict) and isinstance(new_v, dict):
-            differences += diff_config(old_v, new_v)  # named by the field path alone, as in the user's file
+            differences += _variant_differences(old_v, new_v)
+            old_rest = {k: v for k, v in old_v.items() if k != "simulators"}
+            new_rest = {k: v for k, v in new_v.items() if k != "simulators"}
+            differences += diff_config(old_rest, new_rest)  # named by the field path alone, as in the user's file
         elif key == "instruments":
             old_added, new_added = added_instruments(old_v), added_instruments(new_v)
             if old_added != new_added:

@@ -18,9 +18,13 @@ __all__ = ["OLDER_VERSIONS", "legacy_views", "migrate"]
 # is now recorded_with), so conversations is rebuilt too (its foreign key names the sessions column).
 # 3 → 4: llm_calls gained served_model (NULL in older stores: which model answered was not kept), and
 # the long ``answers`` table (instruments beyond the built-in ones) is new (``migrate`` creates it with
-# the rest of the DDL). Later instruments add rows there, not columns.
+# the rest of the DDL). Later instruments add rows there, not columns. 4 → 5: a source is any source's
+# name (simulator variants ``sim_dynamic:<id>``), so the tables with a source column lose their closed
+# ``CHECK (source IN (...))``.
 _V3 = ("sessions", "conversations", "failures", "llm_calls")
-_CHANGED: dict[int, tuple[str, ...]] = {1: ("participants", *_V3, "autograde"), 2: _V3, 3: ("llm_calls",)}
+_V5 = ("participants", "conversations", "autograde")
+_CHANGED: dict[int, tuple[str, ...]] = {1: ("participants", *_V3, "autograde"), 2: (*_V3, "participants", "autograde"),
+                                        3: ("llm_calls", *_V5), 4: _V5}
 OLDER_VERSIONS = frozenset(_CHANGED)
 """The store schema versions this simlab can migrate (writers) or read through views (readers)."""
 # (table, new column) → its value where an older store has no such column

@@ -21,6 +21,7 @@ from simlab.store.meta import (
     LATEST_META,
     MATCHED_META,
     ConfigMismatchError,
+    added_variants,
     command_line,
     jsonable,
     latest_changes,
@@ -146,11 +147,15 @@ class RunStore:
             store.close()
             raise ConfigMismatchError(store.path, differences)
         changed = latest_changes(stored, meta)
-        resumes = stored.get("resumes", []) + [{"at": now(), "command": command_line(), "changed": changed}]
+        added = added_variants(stored, meta)
+        # a call that adds simulator variants records their definitions: a later call must match them too
+        kept = [*LATEST_META, *(("experiment", "models") if added else ())]
+        resumes = stored.get("resumes", []) + [{"at": now(), "command": command_line(), "changed": changed,
+                                                **({"added_variants": added} if added else {})}]
         with store.transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('resumes', ?)", (json.dumps(resumes),))
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                           [(k, json.dumps(jsonable(meta[k]))) for k in LATEST_META if k in meta])
+                           [(k, json.dumps(jsonable(meta[k]))) for k in kept if k in meta])
         return store
 
     def close(self) -> None:
