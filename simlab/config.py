@@ -108,8 +108,9 @@ class ArmConfig(ModelSpec):
 class SimulatorConfig(ModelSpec):
     """The model that plays the participant."""
 
-    rendering: Rendering = "profile"
-    """How the persona is rendered into the simulator's prompt."""
+    rendering: Rendering | Literal["none"] = "profile"
+    """How the persona is rendered into the simulator's prompt; ``none``: the simulator gets no
+    persona (a variant that plays everyone alike, e.g. beside persona variants in ``[[simulators]]``)."""
     memory: Memory = "session"
     """``session``: each question the participant answers shows their own earlier answers in this
     conversation (opening choice, turn ratings, stop decisions, rankings; by letter, never an arm's

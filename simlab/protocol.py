@@ -505,7 +505,8 @@ async def _simulate_session(spec: SessionSpec, config: Experiment, client: LLMCl
     arm_letters, arm_positions = blind_display(arm_ids, seed, p.letters)
     simulator = config.simulator_of(spec.variant)
     turns = simulator.turns if isinstance(simulator, VariantConfig) else None
-    persona_text = None if no_persona else render_persona(persona, simulator.rendering, summary=summary).text
+    persona_text = (None if no_persona or simulator.rendering == "none"
+                    else render_persona(persona, simulator.rendering, summary=summary).text)
     sim = Simulator(
         client=client, spec=simulator, persona_text=persona_text,
         domain_instruction=render(f"domains/{domain}.j2").text, conversation_id=conv_id,

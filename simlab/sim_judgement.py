@@ -168,7 +168,8 @@ async def _simulate_judgement(spec: SessionSpec, hc: HumanConversation, config: 
     joined = ", ".join(letters)
     sim = Simulator(
         client=client, spec=config.simulator,
-        persona_text=render_persona(persona, config.simulator.rendering, summary=summary).text,
+        persona_text=None if config.simulator.rendering == "none"
+        else render_persona(persona, config.simulator.rendering, summary=summary).text,
         domain_instruction=render(f"domains/{hc.domain}.j2").text, conversation_id=conv_id, seed=unit_seed,
         wtp_max=config.protocol.wtp_max, memory=config.simulator.memory == "session", calls=calls,
         protocol=config.protocol,
@@ -260,8 +261,9 @@ async def run_sim_judgement(
     check_personas(conversations, by_id)
     for hc in conversations:  # surface template errors before any write
         render(f"domains/{hc.domain}.j2")
-        if config.simulator.rendering != "summary":
-            render_persona(by_id[hc.participant_id], config.simulator.rendering)
+        rendering = config.simulator.rendering
+        if rendering != "summary" and rendering != "none":
+            render_persona(by_id[hc.participant_id], rendering)
     run_dir = Path(run_dir)
     store = open_store(run_dir, config)
     done_before = store.completed_sessions()
