@@ -108,7 +108,7 @@ class ArmConfig(ModelSpec):
 class SimulatorConfig(ModelSpec):
     """The model that plays the participant."""
 
-    rendering: Rendering | Literal["none"] = "profile"
+    rendering: Literal["demographics", "profile", "summary", "none"] = "profile"
     """How the persona is rendered into the simulator's prompt; ``none``: the simulator gets no
     persona (a variant that plays everyone alike, e.g. beside persona variants in ``[[simulators]]``)."""
     memory: Memory = "session"
@@ -439,7 +439,7 @@ def parse_config(data: dict[str, Any], *, file: str | Path | None = None) -> Con
     """Validate a config dict; errors name the file and the field path."""
     # an explicit [simulator] beside variants is refused even when it holds defaults (a config's own
     # dump, which lists the default simulator in full, still loads)
-    if data.get("simulators") and "simulator" in data and data["simulator"] != SimulatorConfig().model_dump(mode="json"):
+    if isinstance(data, dict) and data.get("simulators") and "simulator" in data and data["simulator"] != SimulatorConfig().model_dump(mode="json"):
         raise ConfigError("give either one [simulator] table or [[simulators]] variants, not both",
                           file=file, field="simulators")
     try:

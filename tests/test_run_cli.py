@@ -234,6 +234,10 @@ CONFIG_CASES = [
     ("system prompt that does not exist", lambda t: t.replace('system_prompt = "arms/generic.j2"',
                                                               'system_prompt = "arms/missing.j2"'),
      "arms[0].system_prompt"),
+    # simulator variants: one id twice, or variants beside a [simulator] table
+    ("variant id used twice", lambda t: t.replace("[simulator]\n", '[[simulators]]\nid = "a"\n')
+     + '\n[[simulators]]\nid = "a"\n', "simulators[1].id"),
+    ("[simulator] and [[simulators]]", lambda t: t + '\n[[simulators]]\nid = "a"\n', "field 'simulators'"),
     ("negative seed", lambda t: t.replace("seed = 0", "seed = -7"), "seed"),
     ("seed above 2^63", lambda t: t.replace("seed = 0", f"seed = {2**64}"), "seed"),
     ("base_url that is not a URL", lambda t: t.replace(
