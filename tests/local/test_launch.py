@@ -280,7 +280,8 @@ def test_the_readme_gpu_launch_table_is_a_valid_endpoint():
     from simlab.llm.backends import endpoint_config
     from simlab.llm.config import VllmEndpoint
 
-    (block,) = re.findall(r"```toml\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    (block,) = [b for b in re.findall(r"```toml\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+                if "[endpoints." in b]
     ep = endpoint_config(tomllib.loads(block)["endpoints"]["vllm"])
     assert isinstance(ep, VllmEndpoint)
     assert ep.launch is not None and ep.launch.names == ["base", "dpft", "ppft"]
