@@ -233,3 +233,38 @@ def test_two_variants_on_the_real_tiny_model_complete_and_are_both_stored(tmp_pa
     run = load_run(run_dir)
     assert set(run.conversations["source"]) == {"sim_dynamic:profile", "sim_dynamic:none"}
     assert "sim_dynamic:profile" in (run_dir / "report.html").read_text()
+
+
+def test_a_variants_prompt_folder_overrides_the_simulators_templates_and_only_its_own(stub: StubServer,
+                                                                                     tmp_path: Path) -> None:
+    folder = tmp_path / "terse"
+    (folder / "simulator").mkdir(parents=True)
+    (folder / "simulator" / "system.j2").write_text("TERSE PARTICIPANT. {{ domain_instruction }}\n")
+    (folder / "simulator" / "opening.j2").write_text("Write your TERSE first message.\n")
+    cfg = variant_config(stub, tmp_path, _variants("plain", "terse", terse={"prompts": str(folder)}),
+                         limit=1, protocol=ONE_TURN)
+    done = _run(cfg)
+    assert done.sessions_completed == 2
+    systems = [r.body["messages"][0]["content"] for r in stub.requests if r.body["messages"][0]["role"] == "system"]
+    terse = [s for s in systems if s.startswith("TERSE PARTICIPANT.")]
+    assert terse and all("About you" not in s for s in terse)
+    assert any(s.lstrip().startswith("You are taking part in a study") for s in systems)  # the other variant's
+    calls = load_run(done.run_dir).llm_calls
+    opening = calls[calls["instrument"] == "opening"].set_index("conversation_id")["prompt_hash"]
+    # the overridden template's hash is recorded with the call, so the two openings differ
+    assert opening.filter(like="@terse").iloc[0] != opening.filter(like="@plain").iloc[0]
+    with pytest.raises(ConfigError, match=r"simulators\[0\]\.prompts"):
+        variant_config(stub, tmp_path, _variants("x", x={"prompts": str(tmp_path / "missing")}))
+
+
+def test_a_variant_run_resumes_from_its_stored_config(stub: StubServer, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    done = _run(variant_config(stub, tmp_path, _variants("a", "b"), limit=1, protocol=ONE_TURN))
+    again = subprocess.run([sys.executable, "-m", "simlab.run", "--resume", str(done.run_dir), "--quiet",
+                            "--no-report"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "(2 were already done)" in again.stdout
