@@ -268,3 +268,13 @@ def test_a_variant_run_resumes_from_its_stored_config(stub: StubServer, tmp_path
                             "--no-report"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "(2 were already done)" in again.stdout
+
+
+def test_shards_of_a_variant_run_merge_into_one_run_with_every_variant(stub: StubServer, tmp_path: Path) -> None:
+    from simlab.store import merge
+
+    cfg = variant_config(stub, tmp_path, _variants("a", "b"), limit=4, protocol=ONE_TURN)
+    shards = [_run(cfg, shard=(i, 2)).run_dir for i in range(2)]
+    merge(tmp_path / "merged", shards).close()
+    run = load_run(tmp_path / "merged")
+    assert run.conversations["source"].value_counts().to_dict() == {"sim_dynamic:a": 4, "sim_dynamic:b": 4}
