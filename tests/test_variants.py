@@ -278,3 +278,18 @@ def test_shards_of_a_variant_run_merge_into_one_run_with_every_variant(stub: Stu
     merge(tmp_path / "merged", shards).close()
     run = load_run(tmp_path / "merged")
     assert run.conversations["source"].value_counts().to_dict() == {"sim_dynamic:a": 4, "sim_dynamic:b": 4}
+
+
+async def test_sim_judgement_refuses_several_variants_before_anything_is_written(stub: StubServer,
+                                                                                 tmp_path: Path) -> None:
+    from simlab.fidelity import load_human
+    from simlab.personas import load_personas
+    from simlab.sim_judgement import run_sim_judgement
+    from tests.conftest import REPO
+    from tests.test_sim_judgement import human_tables
+
+    human = load_human(human_tables().write(tmp_path / "human"))
+    cfg = variant_config(stub, tmp_path, _variants("a", "b"))
+    with pytest.raises(ConfigError, match=r"field 'simulators'.*Sim-Judgement runs one \[simulator\]"):
+        await run_sim_judgement(cfg, human, load_personas(REPO / "personas" / "sample.jsonl"), tmp_path / "run")
+    assert not stub.requests and not (tmp_path / "run").exists()
