@@ -68,7 +68,8 @@ def run_dir_for(experiment: Experiment, shard: tuple[int, int] = (0, 1), *, out_
 
 def meta_for(config: Config, **extra: Any) -> dict[str, Any]:
     """What a run store records about the run that made it: the experiment (checked again on
-    resume), the config of this call (replaced by each resume), prompt hashes, models, seed."""
+    resume), the config of this call (replaced by each resume), prompt hashes (and the variants'
+    own templates'), models, seed."""
     models = {a.id: f"{a.endpoint}/{a.model}" for a in config.arms}
     # the simulator's model, or each variant's (``simulator:<id>``; ``simulator:<id>:turns``: its turn model)
     if not config.simulators:
@@ -78,8 +79,22 @@ def meta_for(config: Config, **extra: Any) -> dict[str, Any]:
         if v.turns is not None:
             models[f"simulator:{v.id}:turns"] = f"{v.turns.endpoint}/{v.turns.model}"
     models.update(judge=f"{config.judge.endpoint}/{config.judge.model}")
+    folders = variant_prompt_hashes(config)
     return {"experiment": config.experiment.public_dict(), "config": config.public_dict(),
-            "prompt_hashes": all_hashes(), "models": models, "seed": config.seed, **extra}
+            "prompt_hashes": all_hashes(), "models": models, "seed": config.seed,
+            **({"variant_prompts": folders} if folders else {}), **extra}
+
+
+def variant_prompt_hashes(config: Experiment) -> dict[str, dict[str, str]]:
+    """Each variant's own templates (its ``prompts`` folder) by name, with their hashes: a resume
+    refuses a variant whose templates changed under the same id."""
+    out: dict[str, dict[str, str]] = {}
+    for v in config.simulators:
+        if v.prompts is not None:
+            root = Path(v.prompts)
+            names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.j2"))
+            out[v.id] = {name: template_hash(name, root) for name in names}
+    return out
 
 
 def open_store(run_dir: Path, config: Config, **extra: Any) -> RunStore:
@@ -329,4 +344,4 @@ async def _drive(worker: Callable[[], Awaitable[None]], n_units: int, concurrenc
 
 
 __all__ = ["GC_PACE", "GC_THRESHOLDS", "Outcome", "config_hash", "gc_for_many_sessions", "meta_for",
-           "PersonaSummaries", "open_store", "run_dir_for", "run_sessions"]
+           "PersonaSummaries", "open_store", "run_dir_for", "run_sessions", "variant_prompt_hashes"]

@@ -255,6 +255,10 @@ def test_a_variants_prompt_folder_overrides_the_simulators_templates_and_only_it
     assert opening.filter(like="@terse").iloc[0] != opening.filter(like="@plain").iloc[0]
     with pytest.raises(ConfigError, match=r"simulators\[0\]\.prompts"):
         variant_config(stub, tmp_path, _variants("x", x={"prompts": str(tmp_path / "missing")}))
+    # the variant's templates are part of its definition: changed under the same id, the resume is refused
+    (folder / "simulator" / "opening.j2").write_text("Write your TERSER first message.\n")
+    with pytest.raises(ConfigMismatchError, match=r"simulators\[terse\]\.prompts: .*simulator/opening\.j2"):
+        _run(cfg)
 
 
 def test_a_variant_run_resumes_from_its_stored_config(stub: StubServer, tmp_path: Path) -> None:

@@ -35,9 +35,11 @@ __all__ = [
     "now",
 ]
 
-MATCHED_META = ("experiment", "prompt_hashes", "models", "seed", "instruments")
+MATCHED_META = ("experiment", "prompt_hashes", "models", "seed", "instruments", "variant_prompts")
 """meta keys that must agree between a run and its resume, and between the shards of a merge
 (when present in either): ``experiment`` is what defines the study (``simlab.config.Experiment``);
+``variant_prompts``, the hashes of each simulator variant's own templates (a variant added by the
+call is not compared);
 ``instruments``, the questions its sessions ask (compared by the added ones: see ``added_instruments``)."""
 LATEST_META = ("config",)
 """meta keys that describe the call that last ran the run (``config``: the experiment with that
@@ -178,7 +180,13 @@ def meta_differences(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[
         if key not in old_meta and key not in new_meta:
             continue
         old_v, new_v = old_meta.get(key), new_meta.get(key)
-        if key == "experiment" and isinstance(old_v, dict) and isinstance(new_v, dict):
+        if key == "variant_prompts":
+            old_p = old_v if isinstance(old_v, dict) else {}
+            new_p = {k: v for k, v in (new_v if isinstance(new_v, dict) else {}).items() if k not in added}
+            differences += [f"simulators[{vid}].prompts: the variant's templates differ from the run's "
+                            f"({', '.join(diff_config(old_p.get(vid), new_p.get(vid))) or 'none'})"
+                            for vid in sorted(set(old_p) | set(new_p)) if old_p.get(vid) != new_p.get(vid)]
+        elif key == "experiment" and isinstance(old_v, dict) and isinstance(new_v, dict):
             differences += _variant_differences(old_v, new_v)
             old_rest = {k: v for k, v in old_v.items() if k != "simulators"}
             new_rest = {k: v for k, v in new_v.items() if k != "simulators"}

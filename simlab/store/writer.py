@@ -149,7 +149,7 @@ class RunStore:
         changed = latest_changes(stored, meta)
         added = added_variants(stored, meta)
         # a call that adds simulator variants records their definitions: a later call must match them too
-        kept = [*LATEST_META, *(("experiment", "models") if added else ())]
+        kept = [*LATEST_META, *(("experiment", "models", "variant_prompts") if added else ())]
         resumes = stored.get("resumes", []) + [{"at": now(), "command": command_line(), "changed": changed,
                                                 **({"added_variants": added} if added else {})}]
         with store.transaction() as db:
