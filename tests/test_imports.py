@@ -54,6 +54,7 @@ LAYER_OF = {
     "simlab.report.charts": "render",
     "simlab.report.instruments": "render",
     "simlab.report.leaderboard": "render",
+    "simlab.report.templating": "render",
     "simlab.report": "pipeline",
     "simlab.runner": "pipeline",
     "simlab.run": "pipeline",

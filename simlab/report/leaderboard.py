@@ -29,7 +29,7 @@ from markupsafe import Markup
 from simlab.fidelity.leaderboard_result import HUMANS_ROW, Component, Leaderboard, PairwiseTest
 from simlab.fidelity.status import Estimate
 from simlab.report import charts
-from simlab.report.html import _env
+from simlab.report.templating import environment
 
 __all__ = ["leaderboard_context", "render_leaderboard_html", "source_slugs", "write_leaderboard_html"]
 
@@ -163,7 +163,7 @@ def leaderboard_context(lb: Leaderboard, *, with_charts: bool = True) -> dict[st
 def render_leaderboard_html(lb: Leaderboard) -> str:
     """The comparison report as an HTML string."""
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return _env().get_template("leaderboard.html.j2").render(lb=leaderboard_context(lb), generated_at=generated)
+    return environment().get_template("leaderboard.html.j2").render(lb=leaderboard_context(lb), generated_at=generated)
 
 
 def write_leaderboard_html(lb: Leaderboard, path: str | os.PathLike[str]) -> Path:
