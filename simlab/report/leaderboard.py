@@ -161,7 +161,7 @@ def leaderboard_context(lb: Leaderboard, *, with_charts: bool = True) -> dict[st
 
 
 def render_leaderboard_html(lb: Leaderboard) -> str:
-    """The comparison report as an HTML string."""
+    """The comparison report of a ``Leaderboard`` (``simlab compare --report``) as an HTML string."""
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return environment().get_template("leaderboard.html.j2").render(lb=leaderboard_context(lb), generated_at=generated)
 
