@@ -214,6 +214,8 @@ def load_sources(*, human: PathLike | Tables | None = None, runs: Sequence[PathL
 
 def _excluded_dimensions(runs: Sequence[PathLike]) -> set[str]:
     """Autograde dimensions any run's stored reliability flags: kept out of the trait comparisons."""
+    if not runs:
+        return set()
     from simlab.autograder import unreliable_dimensions
     from simlab.store import run_meta
 

@@ -7,6 +7,7 @@ import asyncio
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,34 +19,49 @@ from simlab.fidelity import write_tables
 from simlab.fidelity.leaderboard_result import HumanSplit, Leaderboard, LeaderboardRow, PairwiseTest
 from simlab.fidelity.status import Estimate
 from simlab.fidelity.synthetic import make_synthetic
+from simlab.tables import Tables
 from simlab.testing import StubServer
+
+N = 12  # the sample personas: a run's participants, at least the leaderboard's minimum per source
+N_DATA = 24  # participants of the synthetic data: enough for two halves of the humans
+DOMAINS = ("unguided", "emotional_wellbeing")  # the quickstart run's
+
+
+def synthetic(sources: tuple[str, ...] = ("human", "simA", "simB"), seed: int = 3) -> Tables:
+    """Synthetic data whose first ``N`` participants are the sample personas (so a run's sessions pair
+    with them)."""
+    tables = make_synthetic(N_DATA, sources=sources, domains=DOMAINS, seed=seed)
+    ids = {f"p{i:04d}": f"sample{i + 1:02d}" for i in range(N)}
+    return replace(tables, **{name: frame.assign(participant_id=frame["participant_id"].replace(ids))
+                              for name, frame in tables.items() if "participant_id" in frame.columns})
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Human data and two simulated sources in the human-data format (synthetic, 8 participants), a
+    """Human data and two simulated sources in the human-data format (synthetic, ``N`` participants), a
     real stub-server run (source ``sim_dynamic``) whose config names the human data, and its export."""
     from simlab.config import default_config, parse_config
     from simlab.run import run_experiment
     from simlab.store import export
 
     tmp = tmp_path_factory.mktemp("compare")
-    synthetic = make_synthetic(8, sources=("human", "simA", "simB"), domains=("values",), seed=3)
-    out = {name: write_tables(synthetic.for_source(name), tmp / name) for name in ("human", "simA", "simB")}
-    out["human_copy"] = write_tables(synthetic.for_source("human"), tmp / "human_copy")
+    synthetic_ = synthetic()
+    out = {name: write_tables(synthetic_.for_source(name), tmp / name) for name in ("human", "simA", "simB")}
+    out["human_copy"] = write_tables(synthetic_.for_source("human"), tmp / "human_copy")
     # the same simulated data without a source column: it takes the --sim NAME
-    no_source = synthetic.for_source("simB")
+    no_source = synthetic_.for_source("simB")
     out["nameless"] = tmp / "nameless"
-    write_tables(no_source.__class__(judgements=no_source.judgements.drop(columns=["source"]),
-                                     conversations=no_source.conversations.drop(columns=["source"])), out["nameless"])
+    write_tables(Tables(judgements=no_source.judgements.drop(columns=["source"]),
+                        conversations=no_source.conversations.drop(columns=["source"])), out["nameless"])
     with StubServer(deterministic=True) as srv:
         d = default_config().public_dict()
         d["endpoints"] = {"local": {"kind": "vllm", "base_url": srv.base_url}}
         d["out_dir"] = str(tmp / "runs")
-        d["limit"] = 2
+        d["limit"] = N
         d["human"] = str(out["human"])
         summary = asyncio.run(run_experiment(parse_config(d), progress=False, report=False))
         d.pop("human")
+        d["limit"] = 2
         d["out_dir"] = str(tmp / "runs-unpaired")
         bare = asyncio.run(run_experiment(parse_config(d), progress=False, report=False))
     out["run"] = Path(summary.run_dir)
@@ -53,9 +69,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out["run_copy"] = tmp / "run-copy"
     shutil.copytree(out["run"], out["run_copy"])
     out["export"] = export(out["run"], tmp / "export")
-    out["mixed"] = write_tables(synthetic.for_source("simA").__class__(
-        judgements=synthetic.judgements[synthetic.judgements["source"] != "human"],
-        conversations=synthetic.conversations[synthetic.conversations["source"] != "human"]), tmp / "mixed")
+    out["mixed"] = write_tables(Tables(
+        judgements=synthetic_.judgements[synthetic_.judgements["source"] != "human"],
+        conversations=synthetic_.conversations[synthetic_.conversations["source"] != "human"]), tmp / "mixed")
     out["empty_dir"] = tmp / "not-a-run"
     out["empty_dir"].mkdir()
     return out
@@ -66,9 +82,8 @@ def test_runs_and_sims_are_sources_beside_the_human_data(data):
     assert tables.sources == ["a", "human", "nameless", "sim_dynamic"]  # --human taken from the run's config
     conv = tables.conversations
     assert set(conv.loc[conv["source"] == "a", "conversation_id"]) == \
-        set(make_synthetic(8, sources=("human", "simA", "simB"), domains=("values",), seed=3)
-            .for_source("simA").conversations["conversation_id"])
-    assert (tables.judgements["source"] == "nameless").sum() == 8 * 4  # participants × arms
+        set(synthetic().for_source("simA").conversations["conversation_id"])
+    assert (tables.judgements["source"] == "nameless").sum() == N_DATA * len(DOMAINS) * 4  # × arms
     with_human = load_sources(human=data["human"], runs=[data["bare_run"]])
     assert with_human.sources == ["human", "sim_dynamic"]
 
@@ -159,24 +174,41 @@ def test_the_printed_table_lists_each_source_its_index_and_the_verdicts():
 # ------------------------------------------------------------------------- end to end (the leaderboard)
 
 
+def _compare_argv(data: dict[str, Path], out: Path, report: Path, *more: str) -> list[str]:
+    return ["compare", str(data["run"]), "--sim", f"a={data['simA']}", "--sim", f"b={data['simB']}",
+            "--n-boot", "20", "--out", str(out), "--report", str(report), *more]
+
+
 def test_compare_writes_the_json_and_the_report(data, tmp_path, capsys):
     pytest.importorskip("simlab.fidelity.leaderboard")
     out, report = tmp_path / "lb.json", tmp_path / "lb.html"
-    argv = ["compare", str(data["run"]), "--sim", f"a={data['simA']}", "--sim", f"b={data['simB']}",
-            "--n-boot", "20", "--out", str(out), "--report", str(report)]
-    assert simlab_main(argv) == 0, capsys.readouterr().err
+    assert simlab_main(_compare_argv(data, out, report, "--no-details")) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     doc = json.loads(out.read_text())
     rows = doc["leaderboard"]
-    assert {r["source"] for r in rows} == {"humans", "sim_dynamic", "a", "b"}
+    assert {r["source"] for r in rows} == {"humans", "sim_dynamic", "a", "b"}  # --human from the run's config
     for r in rows:
         assert set(r["index"]) >= {"value", "ci_low", "ci_high"} and isinstance(r["components"], dict)
         assert r["source"] in printed
     values = [r["index"]["value"] for r in rows if r["index"]["value"] is not None]
     assert values == sorted(values, reverse=True)
+    assert doc["details"] is None and doc["n_boot"] == 20
     html = report.read_text()
     assert all(f'id="source-{s}"' in html for s in ("humans", "sim_dynamic", "a", "b"))
     assert f"wrote {out}" in printed and f"wrote {report}" in printed
+
+
+@pytest.mark.slow  # every fidelity analysis per source (about 20 s)
+def test_compare_with_details_puts_each_sources_comparisons_in_the_json_and_the_report(data, tmp_path, capsys):
+    pytest.importorskip("simlab.fidelity.leaderboard")
+    out, report = tmp_path / "lb.json", tmp_path / "lb.html"
+    assert simlab_main(_compare_argv(data, out, report)) == 0, capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    assert doc["details"] is not None
+    simulated = [r for r in doc["leaderboard"] if r["kind"] == "simulated"]
+    assert simulated and all(r["comparisons"] for r in simulated)
+    key = next(iter(simulated[0]["comparisons"]))
+    assert key in report.read_text()  # each source's comparisons, as a table
 
 
 def test_the_python_api_gives_the_leaderboard(data):

@@ -144,17 +144,17 @@ def test_simlab_report_on_a_run_with_two_variants_shows_their_leaderboard(tmp_pa
 
     from simlab.config import default_config, parse_config
     from simlab.fidelity import write_tables
-    from simlab.fidelity.synthetic import make_synthetic
     from simlab.report import write_run_report
     from simlab.run import run_experiment
     from simlab.testing import StubServer
+    from tests.test_compare import N, synthetic
 
-    human = write_tables(make_synthetic(6, domains=("values",), seed=4).for_source("human"), tmp_path / "human")
+    human = write_tables(synthetic(("human",), seed=4), tmp_path / "human")
     with StubServer(deterministic=True) as srv:
         d = default_config().public_dict()
         d["endpoints"] = {"local": {"kind": "vllm", "base_url": srv.base_url}}
         d["out_dir"] = str(tmp_path / "runs")
-        d["limit"] = 2
+        d["limit"] = N
         simulator = d.pop("simulator")
         d["simulators"] = [{**simulator, "id": "profile"}, {**simulator, "id": "none", "rendering": "none"}]
         summary = asyncio.run(run_experiment(parse_config(d), progress=False, report=False))
