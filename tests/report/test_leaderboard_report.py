@@ -138,9 +138,11 @@ def test_a_run_report_given_a_leaderboard_shows_it_first_with_its_anchors():
     assert 'id="leaderboard"' not in render_html(result, tables=tables)  # one simulator: no leaderboard
 
 
+@pytest.mark.slow  # a run of two variants × 12 participants and every analysis of its report (about 12 s)
 def test_simlab_report_on_a_run_with_two_variants_shows_their_leaderboard(tmp_path):
     pytest.importorskip("simlab.fidelity.leaderboard")
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     from simlab.config import default_config, parse_config
     from simlab.fidelity import write_tables
@@ -157,7 +159,9 @@ def test_simlab_report_on_a_run_with_two_variants_shows_their_leaderboard(tmp_pa
         d["limit"] = N
         simulator = d.pop("simulator")
         d["simulators"] = [{**simulator, "id": "profile"}, {**simulator, "id": "none", "rendering": "none"}]
-        summary = asyncio.run(run_experiment(parse_config(d), progress=False, report=False))
+        # in a thread of its own: the module's Chromium fixture keeps an event loop running in this one
+        with ThreadPoolExecutor(1) as pool:
+            summary = pool.submit(asyncio.run, run_experiment(parse_config(d), progress=False, report=False)).result()
     report = write_run_report(summary.run_dir, human=str(human), n_boot=5)
     html = report.read_text()
     assert 'id="leaderboard"' in html and 'href="#leaderboard"' in html
