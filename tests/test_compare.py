@@ -219,3 +219,36 @@ def test_the_python_api_gives_the_leaderboard(data):
                             details=False)
     assert {r.source for r in lb.leaderboard} == {"humans", "a", "b"}
     assert lb.details is None and lb.n_boot == 10
+
+
+@pytest.mark.slow  # the documented commands and example, each over every analysis (about 40 s)
+def test_the_documented_compare_commands_and_example_run(data, tmp_path, monkeypatch):
+    """docs/fidelity.md's "Comparing simulators" as written, in a workspace laid out as it assumes
+    (tests/test_docs_commands.py's workspace has too few participants for a leaderboard)."""
+    pytest.importorskip("simlab.fidelity.leaderboard")
+    import re
+    import shlex
+
+    from tests.conftest import REPO
+    from tests.test_docs_commands import commands
+
+    text = (REPO / "docs" / "fidelity.md").read_text(encoding="utf-8")
+    section = text.split("## Comparing simulators\n", 1)[1].split("\n## ", 1)[0]
+    (tmp_path / "data").mkdir()
+    shutil.copytree(data["human"], tmp_path / "data" / "prism")
+    shutil.copytree(data["run"], tmp_path / "runs" / "demo")
+    shutil.copytree(data["export"], tmp_path / "exported_run")
+    doc = tmp_path / "section.md"
+    doc.write_text(section)
+    lines = commands(doc)
+    assert len(lines) == 2 and all(line.startswith("simlab compare ") for line in lines)
+    monkeypatch.chdir(tmp_path)
+    for line in lines:
+        assert simlab_main(shlex.split(line)[1:]) == 0, line
+    assert json.loads((tmp_path / "leaderboard.json").read_text())["leaderboard"]
+    (example,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    (tmp_path / "leaderboard.json").unlink()
+    exec(compile(example, "docs/fidelity.md", "exec"), {})
+    doc_json = json.loads((tmp_path / "leaderboard.json").read_text())
+    assert {r["source"] for r in doc_json["leaderboard"]} == {"humans", "sim_dynamic"}
+    assert 'id="source-sim_dynamic"' in (tmp_path / "leaderboard.html").read_text()
