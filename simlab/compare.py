@@ -93,6 +93,9 @@ def _load_sim(name: str, data: PathLike | Tables, human_path: Path | None) -> Ta
         path = Path(data)
         if not path.exists():
             raise InputError(f"{label}: no such file or directory", file=path, field="--sim")
+        if (path / "store.sqlite").is_file():
+            raise InputError(f"{label}: is a run directory; give a run as RUN (its sources keep their names), "
+                             "--sim takes data in the human-data format", file=path, field="--sim")
         if human_path is not None and path.resolve() == human_path.resolve():
             raise InputError(f"{label} is the --human data: simulated data must come from a simulator",
                              file=path, field="--sim")

@@ -102,6 +102,7 @@ BAD = [
     ("sim not loadable", ["--human", "{human}", "--sim", "x={empty_dir}"], ["not-a-run", "judgements"]),
     ("sim says human", ["--human", "{human}", "--sim", "x={human}"], ["--sim x", "is the --human data"]),
     ("sim rows say human", ["--human", "{human}", "--sim", "x={human_copy}"], ["human_copy", "source 'human'"]),
+    ("sim is a run", ["--human", "{human}", "--sim", "x={bare_run}"], ["--sim x", "is a run directory"]),
     ("sim holds several sources", ["--human", "{human}", "--sim", "x={mixed}"], ["several sources", "simA, simB"]),
     ("sim name invalid", ["--human", "{human}", "--sim", "a b={simA}"], ["--sim", "'a b' is not a source name"]),
     ("sim name human", ["--human", "{human}", "--sim", "human={simA}"], ["--sim", "'human' cannot name"]),
