@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the lazy names below, typed for checkers and editors
     from simlab import autograder, fidelity, llm, local, report, testing  # noqa: F401 - lazy submodules
     from simlab.autograde import grade_run
+    from simlab.compare import compare_simulators
     from simlab.config import Config, Experiment, Invocation, load_config
     from simlab.errors import ConfigError, InputError, SimlabError
     from simlab.llm import LLMClient
@@ -40,6 +41,7 @@ _LAZY = {
     "Persona": "simlab.personas",
     "load_personas": "simlab.personas",
     "grade_run": "simlab.autograde",
+    "compare_simulators": "simlab.compare",
     "run_sim_judgement": "simlab.sim_judgement",
     "simulate_judgement": "simlab.sim_judgement",
 }
@@ -55,6 +57,7 @@ __all__ = [
     "SessionSpec",
     "SimlabError",
     "__version__",
+    "compare_simulators",
     "grade_run",
     "load_config",
     "load_personas",

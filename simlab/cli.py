@@ -5,6 +5,7 @@
     simlab autograde --run RUN      the LLM-judge autograder + ICC (``python -m simlab.autograde``)
     simlab sim-judgement …          Sim-Judgement mode (``python -m simlab.sim_judgement``)
     simlab fidelity import|analyze  human data and fidelity analyses (``python -m simlab.fidelity``)
+    simlab compare [--human DATA] RUN …  simulators side by side on one fidelity index (``python -m simlab.compare``)
     simlab report --run RUN         a run's HTML report (``python -m simlab.report``)
     simlab store export|merge       a run's tables (``python -m simlab.store``)
     simlab init DIR                 a starter project: config, personas, prompt templates
@@ -27,6 +28,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "autograde": ("simlab.autograde", (), "grade a run's replies and user messages with the LLM judge"),
     "sim-judgement": ("simlab.sim_judgement", (), "simulated users assess human transcripts"),
     "fidelity": ("simlab.fidelity.__main__", (), "import human data; compare simulated with human"),
+    "compare": ("simlab.compare", (), "which simulator is most human: a leaderboard of simulated sources"),
     "report": ("simlab.report.__main__", (), "write a run's HTML fidelity report"),
     "store": ("simlab.store", (), "export a run's tables or merge shard runs"),
     "init": ("simlab.project", (), "write a starter project (config, personas, prompts) to a directory"),

@@ -53,6 +53,8 @@ LAYER_OF = {
     "simlab.report.sections": "render",
     "simlab.report.charts": "render",
     "simlab.report.instruments": "render",
+    "simlab.report.leaderboard": "render",
+    "simlab.report.templating": "render",
     "simlab.report": "pipeline",
     "simlab.runner": "pipeline",
     "simlab.run": "pipeline",
@@ -62,6 +64,7 @@ LAYER_OF = {
     "simlab.serve": "pipeline",
     "simlab.project": "pipeline",
     "simlab.cli": "cli",
+    "simlab.compare": "cli",
     "simlab.__main__": "cli",
 }
 

@@ -7,9 +7,11 @@ can be embedded as markup.
 
 from __future__ import annotations
 
+import colorsys
 import io
 import math
 import re
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -19,11 +21,15 @@ matplotlib.use("Agg")  # no display; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-__all__ = ["Point", "forest", "grouped_bars", "lines"]
+__all__ = ["Point", "colour", "forest", "grouped_bars", "lines", "text"]
 
-# One colour per source, the same in every chart (colour-blind safe Okabe–Ito).
-SOURCE_COLOURS = {"human": "#000000", "sim_dynamic": "#E69F00", "sim_judgement": "#0072B2"}
-_FALLBACK = ["#009E73", "#CC79A7", "#D55E00", "#56B4E9"]
+# One colour per source, the same in every chart (colour-blind safe Okabe–Ito); the humans'
+# split-half row of a leaderboard is drawn as the humans are.
+SOURCE_COLOURS = {"human": "#000000", "humans": "#000000", "sim_dynamic": "#E69F00", "sim_judgement": "#0072B2"}
+# then the rest of Okabe–Ito and darker tones of Tableau 10 (none of them black or the fixed ones)
+_FALLBACK = ["#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#F0E442", "#7F3C8D", "#11A579", "#3969AC", "#E73F74",
+             "#80BA5A", "#8C564B", "#A5AA99"]
+_GOLDEN = 0.618033988749895
 _XML_HEAD = re.compile(r"^.*?(?=<svg)", re.S)
 
 
@@ -39,11 +45,32 @@ class Point:
 
 
 def colour(source: str, order: Sequence[str] = ()) -> str:
-    """The source's colour (stable across charts)."""
+    """The source's colour (stable across charts): the fixed ones, then, by position among the other
+    sources of ``order``, a palette of distinct colours and beyond it hues spread by the golden
+    ratio, so any number of sources get distinct colours; a source not in ``order`` gets one by a
+    hash of its name.
+
+    >>> colour("human"), colour("sim_dynamic:a", ["human", "sim_dynamic:a"])
+    ('#000000', '#009E73')
+    >>> len({colour(s, [f"v{i}" for i in range(40)]) for s in (f"v{i}" for i in range(40))})
+    40
+    """
     if source in SOURCE_COLOURS:
         return SOURCE_COLOURS[source]
-    i = list(order).index(source) if source in order else len(source)
-    return _FALLBACK[i % len(_FALLBACK)]
+    others = [s for s in dict.fromkeys(order) if s not in SOURCE_COLOURS]
+    i = others.index(source) if source in others else zlib.crc32(source.encode("utf-8")) % len(_FALLBACK)
+    if i < len(_FALLBACK):
+        return _FALLBACK[i]
+    hue = ((i - len(_FALLBACK)) * _GOLDEN) % 1.0
+    lightness = (0.38, 0.5, 0.62)[(i // 7) % 3]  # hues repeat less than a colour does
+    r, g, b = colorsys.hls_to_rgb(hue, lightness, 0.75)
+    return f"#{round(r * 255):02X}{round(g * 255):02X}{round(b * 255):02X}"
+
+
+def text(label: str) -> str:
+    """Data text as matplotlib shows it literally: a ``$`` in a name would start mathematics (and a
+    stray one fail the figure)."""
+    return label.replace("$", r"\$")
 
 
 def _svg(fig: Figure) -> str:
@@ -65,14 +92,19 @@ def forest(
     title: str,
     xlabel: str,
     refs: Mapping[str, float] | None = None,
+    dodge: bool = True,
+    colours: Sequence[str] = (),
 ) -> str:
     """Point estimates with 95% CIs, one row per label, sources dodged vertically.
 
-    ``refs`` draws labelled vertical reference lines (e.g. chance, the human ceiling).
+    ``refs`` draws labelled vertical reference lines (e.g. chance, the human ceiling). ``dodge=False``
+    draws every point on its label's line (one point per label, e.g. one row per source).
+    ``colours``: the source order that picks colours (default: the order of ``points``).
     """
     labels = list(dict.fromkeys(p.label for p in points))
     sources = list(dict.fromkeys(p.source for p in points))
-    k = max(len(sources), 1)
+    order = list(colours) or sources
+    k = max(len(sources), 1) if dodge else 1
     fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.42 * len(labels) * max(1, k * 0.6)))
     step = 0.6 / k
     for si, src in enumerate(sources):
@@ -80,7 +112,7 @@ def forest(
         for p in points:
             if p.source != src or not _finite(p.value):
                 continue
-            y = labels.index(p.label) + (si - (k - 1) / 2) * step
+            y = labels.index(p.label) + ((si - (k - 1) / 2) * step if dodge else 0.0)
             ys.append(y)
             xs.append(p.value)
             low = p.ci_low if _finite(p.ci_low) else p.value
@@ -88,20 +120,20 @@ def forest(
             lo.append(max(p.value - low, 0.0))
             hi.append(max(high - p.value, 0.0))
         if ys:
-            ax.errorbar(xs, ys, xerr=[lo, hi], fmt="o", color=colour(src, sources), ecolor=colour(src, sources),
-                        capsize=3, markersize=5, label=src)
+            ax.errorbar(xs, ys, xerr=[lo, hi], fmt="o", color=colour(src, order), ecolor=colour(src, order),
+                        capsize=3, markersize=5, label=text(src))
     for name, x in (refs or {}).items():
         if _finite(x):
             ax.axvline(x, color="#888888", linestyle="--", linewidth=1)
-            ax.annotate(name, (x, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -10),
+            ax.annotate(text(name), (x, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -10),
                         textcoords="offset points", fontsize=8, color="#555555")
-    ax.set_yticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), [text(label) for label in labels])
     ax.set_ylim(len(labels) - 0.5, -0.5)  # first label on top
-    ax.set_xlabel(xlabel)
-    ax.set_title(title, fontsize=11, loc="left")
+    ax.set_xlabel(text(xlabel))
+    ax.set_title(text(title), fontsize=11, loc="left")
     ax.grid(axis="x", color="#e5e5e5")
     ax.spines[["top", "right"]].set_visible(False)
-    if len(sources) > 1:
+    if len(sources) > 1 and dodge:
         ax.legend(fontsize=8, frameon=False, loc="best")
     return _svg(fig)
 

@@ -16,13 +16,15 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
+from simlab.fidelity.leaderboard_result import Leaderboard
 from simlab.fidelity.result import FidelityResult
 from simlab.redaction import redact_key_shapes
 from simlab.report.instruments import instrument_sections
+from simlab.report.leaderboard import leaderboard_context
 from simlab.report.sections import build_sections
+from simlab.report.templating import environment
 from simlab.tables import Tables
 
 __all__ = ["render_html", "scrub", "write_html"]
@@ -34,29 +36,6 @@ PER_DOMAIN = 2  # conversations per domain in the transcript browser
 def scrub(text: str) -> str:
     """Replace anything shaped like an API key (``sk-…``) by ``simlab.redaction.REDACTED``."""
     return redact_key_shapes(text)
-
-
-def _finalize(value: Any) -> Any:
-    # Runs on every {{ expression }} before escaping: the last line of defence for keys.
-    if value is None:
-        return ""
-    if isinstance(value, Markup):
-        return Markup(scrub(str(value)))
-    if isinstance(value, str):
-        return scrub(value)
-    return value
-
-
-def _env() -> Environment:
-    env = Environment(
-        loader=PackageLoader("simlab.report", "templates"),
-        autoescape=select_autoescape(enabled_extensions=("html", "j2"), default=True),
-        undefined=StrictUndefined,
-        finalize=_finalize,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    return env
 
 
 # ------------------------------------------------------------------------------ header
@@ -264,8 +243,10 @@ def build_transcripts(tables: Tables | None, per_domain: int = PER_DOMAIN) -> li
 # ------------------------------------------------------------------------------ entry points
 
 
-def render_html(result: FidelityResult, *, meta: Mapping[str, Any] | None = None, tables: Tables | None = None) -> str:
-    """The report as an HTML string."""
+def render_html(result: FidelityResult, *, meta: Mapping[str, Any] | None = None, tables: Tables | None = None,
+                leaderboard: Leaderboard | None = None) -> str:
+    """The report as an HTML string; ``leaderboard`` (a run with several simulator variants) adds the
+    leaderboard of its sources as the first section."""
     turns = None
     if tables is not None and tables.turns is not None and tables.conversations is not None:
         turns = tables.turns.merge(tables.conversations[["conversation_id", "source"]], on="conversation_id", how="left") \
@@ -273,14 +254,15 @@ def render_html(result: FidelityResult, *, meta: Mapping[str, Any] | None = None
     sections = build_sections(result, turns)
     for s in sections:
         s.charts = [Markup(c) for c in s.charts]  # made by matplotlib from escaped text: safe to inline
-    template = _env().get_template("report.html.j2")
+    template = environment().get_template("report.html.j2")
     return template.render(header=build_header(meta, tables, result), sections=sections,
-                           transcripts=build_transcripts(tables), instruments=instrument_sections(tables))
+                           transcripts=build_transcripts(tables), instruments=instrument_sections(tables),
+                           lb=leaderboard_context(leaderboard) if leaderboard is not None else None)
 
 
 def write_html(result: FidelityResult, path: str | os.PathLike[str], *, meta: dict[str, Any] | None = None,
-               tables: Tables | None = None) -> Path:
+               tables: Tables | None = None, leaderboard: Leaderboard | None = None) -> Path:
     """Write the report to ``path`` atomically (a reader never sees half a file); returns the path."""
     from simlab._files import write_text_atomic
 
-    return write_text_atomic(path, render_html(result, meta=meta, tables=tables))
+    return write_text_atomic(path, render_html(result, meta=meta, tables=tables, leaderboard=leaderboard))

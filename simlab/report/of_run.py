@@ -1,6 +1,7 @@
 """The report of a run: load its store, run the fidelity analyses (against human data when
 given), and render them with ``simlab.report.html``. This is pipeline work; ``html`` only
-renders the results it is given."""
+renders the results it is given. A run with several simulator variants and human data also gets
+their leaderboard (``simlab.fidelity.leaderboard``)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,22 @@ from pathlib import Path
 from typing import Any
 
 from simlab.errors import InputError
+from simlab.fidelity.leaderboard_result import Leaderboard
 from simlab.fidelity.result import FidelityResult
 from simlab.report.html import write_html
 from simlab.tables import Tables
 
-__all__ = ["write_run_report"]
+__all__ = ["variant_sources", "write_run_report"]
+
+
+def variant_sources(sources: list[str]) -> list[str]:
+    """The Sim-Dynamic simulator variants among ``sources`` (``sim_dynamic`` or ``sim_dynamic:<id>``;
+    not the no-persona controls): a run with two or more gets their leaderboard in its report.
+
+    >>> variant_sources(["human", "sim_dynamic:a", "sim_dynamic_no_persona:a", "sim_dynamic:b"])
+    ['sim_dynamic:a', 'sim_dynamic:b']
+    """
+    return [s for s in sources if s == "sim_dynamic" or s.startswith("sim_dynamic:")]
 
 
 def write_run_report(run_dir: str | os.PathLike[str], *, human: str | None = None, out: str | None = None,
@@ -38,18 +50,23 @@ def write_run_report(run_dir: str | os.PathLike[str], *, human: str | None = Non
     meta["counts"] = read_counts(run_path).model_dump()
     seed = int(meta.get("seed") or 0)
     excluded = unreliable_dimensions(meta)  # below the ICC threshold: kept out of trait analyses
+    board: Leaderboard | None = None
     if human:
         human_tables = load_human(human)
         meta["human"] = str(human)
         result = compare(run, human_tables, n_boot=n_boot, seed=seed, exclude_dimensions=excluded)
         tables = concat(normalise(run, origin=str(run_path), default_source=None),
                         normalise(human_tables, origin=str(human)))
+        if len(variant_sources(tables.sources)) >= 2:
+            from simlab.fidelity.leaderboard import leaderboard
+
+            board = leaderboard(tables, n_boot=n_boot, seed=seed, details=False, exclude_dimensions=excluded)
     else:
         tables = normalise(run, origin=str(run_path), default_source=None) if len(run.judgements) else run
         result = _run_only(tables, n_boot=n_boot, seed=seed, meta=meta, analyze=analyze, error=InputError,
                            excluded=excluded)
     target = Path(out) if out else (run_path if run_path.is_dir() else run_path.parent) / "report.html"
-    return write_html(result, target, meta=meta, tables=tables)
+    return write_html(result, target, meta=meta, tables=tables, leaderboard=board)
 
 
 def _run_only(tables: Tables, *, n_boot: int, seed: int, meta: dict[str, Any], analyze: Any,
