@@ -13,7 +13,7 @@ The true index of a variant is its index on a very large sample of the same gene
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,7 @@ from simlab.fidelity.synthetic import make_synthetic
 from simlab.schema import WTP_CAP
 from simlab.tables import Tables, concat
 
-__all__ = ["CASES", "N_PARTICIPANTS", "plant", "rank_first", "simulate", "truth"]
+__all__ = ["CASES", "N_PARTICIPANTS", "humans", "make_cases", "plant", "rank_first", "simulate", "truth"]
 
 N_PARTICIPANTS = 100
 N_BOOT = 200
@@ -110,11 +110,11 @@ def simulate(seed: int, effect: bool, n: int = N_PARTICIPANTS) -> Tables:
 
 
 @lru_cache(maxsize=None)
-def truth(effect: bool) -> tuple[float, float]:
-    """The true index of (v1, v2): their index on ``N_TRUTH`` participants of the same generator."""
+def truth(effect: bool, n: int = N_TRUTH) -> tuple[float, float]:
+    """The true index of (v1, v2): their index on ``n`` participants of the same generator."""
     from simlab.fidelity.leaderboard import leaderboard
 
-    lb = leaderboard(simulate(12345, effect, N_TRUTH), n_boot=2, seed=0, details=False)
+    lb = leaderboard(simulate(12345, effect, n), n_boot=2, seed=0, details=False)
     idx = {r.source: r.index.value for r in lb.leaderboard}
     return idx["v1"], idx["v2"]
 
@@ -130,15 +130,24 @@ def _difference(t: Tables, seed: int) -> Measured:
     return Measured(d, test.p_adjusted)
 
 
-def _index(t: Tables, seed: int) -> Measured:
+def _index(n_truth: int, t: Tables, seed: int) -> Measured:
     from simlab.fidelity.leaderboard import leaderboard
 
     lb = leaderboard(t, n_boot=N_BOOT, seed=seed, details=False)
     e = next(r for r in lb.leaderboard if r.source == "v1").index
     # against the null variant's true index, from the CI's normal-equivalent SE
     se = (e.ci_high - e.ci_low) / (2 * norm.ppf(0.975))
-    p = float(2 * norm.sf(abs(e.value - truth(False)[0]) / se)) if se > 0 else None
+    p = float(2 * norm.sf(abs(e.value - truth(False, n_truth)[0]) / se)) if se > 0 else None
     return Measured(e, p)
+
+
+def _difference_truth(n_truth: int, effect: bool) -> float:
+    v1, v2 = truth(effect, n_truth)
+    return v1 - v2
+
+
+def _index_truth(n_truth: int, effect: bool) -> float:
+    return truth(effect, n_truth)[0]
 
 
 def rank_first(reps: int, n: int = N_PARTICIPANTS, seed0: int = 0) -> tuple[int, int]:
@@ -154,19 +163,21 @@ def rank_first(reps: int, n: int = N_PARTICIPANTS, seed0: int = 0) -> tuple[int,
     return first, reps
 
 
-def _index_truth(effect: bool) -> float:
-    return truth(effect)[0]
-
-
 _NOTE = (f"{N_PARTICIPANTS} human participants × {len(DOMAINS)} domains × 4 arms (make_synthetic: arm strengths, "
          f"per-participant preferences SD 1, first-shown bias {HUMAN_POSITION_BIAS}, 2 + Binomial(4, 0.3) turns); variants v1, v2 copy their "
          f"matched human's judgements in a share q of conversations and answer at random otherwise; null: q = "
          f"{Q_NULL} for both; effect: q = {Q_CLOSER} for v1. Truth: the index on {N_TRUTH:,} participants. "
          f"{N_BOOT} bootstrap draws.")
 
-CASES = [
-    Case("leaderboard", "index difference of two variants, v1 − v2 (paired, Holm)", simulate, _difference,
-         lambda effect: truth(effect)[0] - truth(effect)[1], note=_NOTE),
-    Case("leaderboard", "index of a variant (v1); significant: differs from the null variant's true index",
-         simulate, _index, _index_truth, note=_NOTE),
-]
+def make_cases(n_truth: int = N_TRUTH) -> list[Case]:
+    """The leaderboard's cases, their truths from ``n_truth`` participants (a fast test takes fewer)."""
+    note = _NOTE.replace(f"{N_TRUTH:,}", f"{n_truth:,}")
+    return [
+        Case("leaderboard", "index difference of two variants, v1 − v2 (paired, Holm)", simulate, _difference,
+             partial(_difference_truth, n_truth), note=note),
+        Case("leaderboard", "index of a variant (v1); significant: differs from the null variant's true index",
+             simulate, partial(_index, n_truth), partial(_index_truth, n_truth), note=note),
+    ]
+
+
+CASES = make_cases()
