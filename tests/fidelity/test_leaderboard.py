@@ -133,3 +133,11 @@ def test_bad_input_names_the_source() -> None:
     with pytest.raises(InputError, match="'first_shown' has 5 participant") as e:
         leaderboard(Tables(judgements=few), n_boot=10, details=False)
     assert e.value.field == "source"
+
+
+def test_a_source_named_like_the_humans_row_is_refused() -> None:
+    t = planted()
+    j = t.judgements.assign(source=t.judgements["source"].replace({"first_shown": HUMANS_ROW}))
+    with pytest.raises(InputError, match="human split-half row") as e:
+        leaderboard(Tables(judgements=j), n_boot=10, details=False)
+    assert e.value.field == "source"
