@@ -5,9 +5,13 @@ built-ins and any a package's entry point adds): ``--reps`` datasets with a
 planted null (same truth in both sources) and ``--reps`` with a planted effect. Reports the
 false-positive rate at nominal 5% (target ≤ 7%), the power, and the 95% CI coverage of the
 truth (target 92–98%), each with its Wilson interval, and writes them to ``docs/calibration.md``.
+The leaderboard (``simlab.fidelity.leaderboard``: its index, the index's CI and the paired test between
+two variants) is not an analysis but has cases too (``--analysis leaderboard``), and one more figure: how
+often a variant planted closer to the humans ranks first.
 
     .venv/bin/python benchmarks/calibration.py                      # every case, 200 reps each
     .venv/bin/python benchmarks/calibration.py --reps 50 --analysis dynamics --out /tmp/c.md
+    .venv/bin/python benchmarks/calibration.py --reps 200 --analysis leaderboard --out /tmp/l.md
 """
 
 from __future__ import annotations
@@ -22,17 +26,40 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from simlab.fidelity.calibration import Calibration, all_cases, binomial_ci, calibrated, run_case
+from simlab.fidelity.calibration import Calibration, Case, all_cases, binomial_ci, calibrated, run_case
+from simlab.fidelity.calibration import leaderboard as board
 from simlab.registry import RegistrationError
 
 FPR_TARGET = 0.07
 COVERAGE_TARGET = (0.92, 0.98)
 
 
+LEADERBOARD = "leaderboard"
+
+
+def _cases(analyses: list[str]) -> list[Case]:
+    """The registered analyses' cases, then the leaderboard's when it is asked for."""
+    cases = all_cases([a for a in analyses if a != LEADERBOARD])
+    return cases + (list(board.CASES) if LEADERBOARD in analyses else [])
+
+
 def _run(args: tuple[str, str, int]) -> Calibration:
     analysis, name, reps = args
-    case = next(c for c in all_cases((analysis,)) if c.name == name)
+    case = next(c for c in _cases([analysis]) if c.name == name)
     return run_case(case, reps)
+
+
+def _rank_first(reps: int) -> tuple[int, int]:
+    return board.rank_first(reps)
+
+
+def rank_first_section(first: int, reps: int) -> list[str]:
+    """The leaderboard's "closer variant ranks first" figure, with its Wilson interval."""
+    return ["", "## Leaderboard: the variant planted closer ranks first", "",
+            f"In {first} of {reps} planted datasets{_interval(first, reps)} the variant copying its humans in "
+            f"{board.Q_CLOSER:.0%} of conversations ranked above the one copying {board.Q_NULL:.0%} "
+            f"({100 * first / reps:.1f}%), at {board.N_PARTICIPANTS} participants × {len(board.DOMAINS)} domains "
+            f"(the generator of the leaderboard rows above, under the effect)."]
 
 
 def _pct(x: float) -> str:
@@ -44,7 +71,7 @@ def _interval(k: int, n: int) -> str:
     return "" if n == 0 else f" ({100 * lo:.0f}–{100 * hi:.0f})"
 
 
-def table(results: list[Calibration], command: str, seconds: float) -> str:
+def table(results: list[Calibration], command: str, seconds: float, extra: list[str] | None = None) -> str:
     lines = [
         "# Calibration of the simulated-vs-human comparisons",
         "",
@@ -82,6 +109,7 @@ def table(results: list[Calibration], command: str, seconds: float) -> str:
         lines += ["", "## What each generator plants", "", *notes]
     if problems:
         lines += ["", "## Datasets the analysis did not report (first few)", "", *problems]
+    lines += extra or []
     return "\n".join(lines) + "\n"
 
 
@@ -94,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "calibration.md")
     args = ap.parse_args(argv)
     try:
-        known = calibrated()  # registration problems (and entry points) surface here, before any work
+        known = [*calibrated(), LEADERBOARD]  # registration problems (and entry points) surface here, before any work
         unknown = [a for a in args.analysis or () if a not in known]
         if unknown:
             raise RegistrationError(f"no calibration cases for {', '.join(unknown)} (analyses with cases: "
@@ -102,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     except RegistrationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    cases = all_cases(args.analysis or known)
+    wanted = args.analysis or known
+    cases = _cases(wanted)
     if not cases:
         print("no calibration cases registered", file=sys.stderr)
         return 2
@@ -114,8 +143,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r.case.analysis:10s} {r.case.name:50s} FPR {_pct(r.false_positive_rate):>6s}  power "
                   f"{_pct(r.power):>6s}  coverage {_pct(r.coverage):>6s}  ({r.seconds:.0f} s)", flush=True)
             results.append(r)
+        ranked = pool.submit(_rank_first, args.reps).result() if LEADERBOARD in wanted else None
+    extra = rank_first_section(*ranked) if ranked else []
+    if ranked:
+        print(f"leaderboard: closer variant first in {ranked[0]}/{ranked[1]}", flush=True)
     command = shlex.join(["python", "benchmarks/calibration.py", *(argv if argv is not None else sys.argv[1:])])
-    args.out.write_text(table(results, command, time.perf_counter() - t0))
+    args.out.write_text(table(results, command, time.perf_counter() - t0, extra))
     print(f"wrote {args.out}")
     return 0
 

@@ -44,6 +44,16 @@ def _ceiling(h: pd.DataFrame, participants: Participants, seed: int) -> tuple[Ce
     with a reason: ranks derived from the ratings (``rank_derived``), or one side's top always inside
     the other's (e.g. PRISM's choice is its highest score). The ceiling is the pair closest to
     ranked_best (``CLOSEST``); the retest of the humans' ratings is part of it."""
+    out, usable = _ceiling_pairs(h, participants)
+    out.retest = _retest(h, participants, seed)
+    if not out.cross_instrument and out.retest.status != "ok":
+        out.status, out.reason = "not_available", "fewer than two usable instruments and no repeated judgements"
+    return out, usable
+
+
+def _ceiling_pairs(h: pd.DataFrame, participants: Participants) -> tuple[CeilingResult, dict[str, pd.Series]]:
+    """``_ceiling`` without the retest: the instrument pairs, the ceiling pair and its value (the
+    leaderboard's ``individual`` component reads these alone)."""
     out = CeilingResult()
     conv_part = h.drop_duplicates("conversation_id").set_index("conversation_id")["participant_id"]
     derived_all = bool(h["rank_derived"].fillna(False).astype(bool).all())
@@ -69,9 +79,6 @@ def _ceiling(h: pd.DataFrame, participants: Participants, seed: int) -> tuple[Ce
     best = _ceiling_pair("ranked_best", set(usable))
     if best is not None:
         out.ceiling_pair, out.ceiling = best, out.cross_instrument[best].value
-    out.retest = _retest(h, participants, seed)
-    if not out.cross_instrument and out.retest.status != "ok":
-        out.status, out.reason = "not_available", "fewer than two usable instruments and no repeated judgements"
     return out, usable
 
 

@@ -1,0 +1,67 @@
+"""The leaderboard at scale: 10 simulated variants × 2,000 participants (PRISM-X shaped: 4 domains × 4
+arms) and the humans, with 200 participant-bootstrap draws.
+
+Humans from ``make_synthetic`` (as the leaderboard's calibration generator makes them); each variant
+copies its matched human's judgements in a share of conversations (0.05 to 0.95) and answers at random
+otherwise (``simlab.fidelity.calibration.leaderboard.plant``). Times ``leaderboard(details=False)`` (the
+index path: components, index, humans row, pairwise tests) and then ``details=True`` (every fidelity
+analysis as well), wall and CPU, and the peak RSS after each (the peak is cumulative: the second figure
+includes the first). Target for the index path: < 60 s and < 1 GiB on 2 cores. Run:
+
+    .venv/bin/python benchmarks/leaderboard_bench.py [--variants 10] [--participants 2000] [--n-boot 200]
+        [--no-details] [--topics none]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+
+import numpy as np
+
+from simlab.fidelity.calibration.leaderboard import humans, plant
+from simlab.fidelity.leaderboard import leaderboard
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is KiB on Linux
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", type=int, default=10, help="simulated sources (default 10)")
+    ap.add_argument("--participants", type=int, default=2000, help="participants per source (default 2000)")
+    ap.add_argument("--n-boot", type=int, default=200, help="bootstrap draws (default 200)")
+    ap.add_argument("--no-details", action="store_true", help="time the index path only")
+    ap.add_argument("--topics", choices=("tfidf", "none"), default="tfidf", help="the details' topic embedding")
+    args = ap.parse_args(argv)
+
+    t, c = time.perf_counter(), time.process_time()
+    qs = np.linspace(0.05, 0.95, args.variants)
+    tables = plant(humans(args.participants, seed=0), {f"sim_dynamic:v{i:02d}": ("copy", float(q)) for i, q in enumerate(qs)},
+                   seed=0)
+    print(f"data: {args.variants} variants × {args.participants} participants + humans, {len(tables.judgements):,} "
+          f"judgement rows, made in {time.perf_counter() - t:.1f} s wall ({_peak_mib():.0f} MiB peak)", flush=True)
+
+    t, c = time.perf_counter(), time.process_time()
+    lb = leaderboard(tables, n_boot=args.n_boot, seed=0, details=False)
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    print(f"leaderboard(details=False): {wall:.1f} s wall, {cpu:.1f} s cpu, peak RSS {_peak_mib():.0f} MiB", flush=True)
+    for row in lb.leaderboard:
+        print(f"  {row.source:20s} {row.index.value:6.1f} [{row.index.ci_low:5.1f}, {row.index.ci_high:5.1f}]")
+    print(f"  {len(lb.pairwise)} paired tests", flush=True)
+
+    if not args.no_details:
+        t, c = time.perf_counter(), time.process_time()
+        lb = leaderboard(tables, n_boot=args.n_boot, seed=0, details=True, topics=None if args.topics == "none" else "tfidf")
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        n_comp = sum(len(r.comparisons) for r in lb.leaderboard)
+        print(f"leaderboard(details=True): {wall:.1f} s wall, {cpu:.1f} s cpu, peak RSS {_peak_mib():.0f} MiB "
+              f"({n_comp} comparisons)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
