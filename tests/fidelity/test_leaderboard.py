@@ -141,3 +141,20 @@ def test_a_source_named_like_the_humans_row_is_refused() -> None:
     with pytest.raises(InputError, match="human split-half row") as e:
         leaderboard(Tables(judgements=j), n_boot=10, details=False)
     assert e.value.field == "source"
+
+
+def test_planted_simulators_on_real_human_data_dialogue_eval(dialogue_eval_tables: Tables) -> None:
+    # real people (Dialogue-Eval: six bots rated per HIT, ranks derived from the ratings, no bids,
+    # opening choices or turn counts): the components the data lack are out with their reasons
+    t = cal.plant(dialogue_eval_tables, {"copy": ("copy", 0.9), "random": ("copy", 0.0),
+                                         "first_shown": ("first_shown", 1.0)}, seed=1)
+    lb = leaderboard(t, n_boot=200, seed=0, details=False)
+    rows = {r.source: r for r in lb.leaderboard}
+    assert [r.source for r in lb.leaderboard if r.kind == "simulated"][0] == "copy"
+    assert rows["copy"].index.ci_low > max(rows["random"].index.ci_high, rows["first_shown"].index.ci_high)
+    humans = rows[HUMANS_ROW]
+    assert humans.index.value >= 90 and humans.index.ci_low > 80
+    info = {i.name: i for i in lb.components}
+    assert info["hierarchy"].in_index and info["ratings"].in_index
+    assert not info["bids"].in_index and "wtp_bid" in (info["bids"].reason or "")
+    assert not info["individual"].in_index and "rank_derived" in (info["individual"].reason or "")

@@ -55,8 +55,8 @@ def plant(human: Tables, variants: Mapping[str, tuple[str, float]], seed: int) -
 
     ``copy``: each conversation copies its human's judgements and turn count with probability q, else
     answers uniformly at random (q = 0: a random participant). ``first_shown``: with probability q it
-    ranks the arms in display order (rating 100 − 25·(position − 1), bid falling likewise, opening choice
-    the first shown), else at random."""
+    ranks the arms in display order (rating 100 for the first shown down to 0 for the last, the bid
+    likewise on its cap, opening choice the first shown), else at random."""
     rng = np.random.default_rng([seed, 7])
     hj = human.judgements.sort_values(["conversation_id", "position"]).reset_index(drop=True)
     assert human.conversations is not None
@@ -64,8 +64,8 @@ def plant(human: Tables, variants: Mapping[str, tuple[str, float]], seed: int) -
     conv_ids = hj["conversation_id"].unique()
     k = int(hj.groupby("conversation_id").size().max())
     n = len(conv_ids)
-    turns = hc.set_index("conversation_id").loc[conv_ids, "n_turns"].to_numpy()
-    lo, hi = int(turns.min()), int(turns.max())
+    has_turns = "n_turns" in hc.columns and bool(hc["n_turns"].notna().all())
+    lo, hi = (int(hc["n_turns"].min()), int(hc["n_turns"].max())) if has_turns else (0, 0)
     parts = [Tables(judgements=hj, conversations=hc)]
     for name, (behaviour, q) in variants.items():
         j = hj.copy()
@@ -83,19 +83,20 @@ def plant(human: Tables, variants: Mapping[str, tuple[str, float]], seed: int) -
         if behaviour == "copy":
             kept = {c: j[c].to_numpy() for c in random_vals}
         elif behaviour == "first_shown":
-            kept = {"rank": pos, "rating_preference": 100.0 - 25.0 * (pos - 1),
-                    "rating_engagingness": 100.0 - 25.0 * (pos - 1), "wtp_bid": WTP_CAP * (1 - (pos - 1) / k),
-                    "opening_choice": pos == 1}
+            by_order = (k - pos) / max(k - 1, 1)  # 1 for the first shown, 0 for the last
+            kept = {"rank": pos, "rating_preference": 100.0 * by_order, "rating_engagingness": 100.0 * by_order,
+                    "wtp_bid": WTP_CAP * by_order, "opening_choice": pos == 1}
         else:
             raise ValueError(f"unknown behaviour {behaviour!r} (copy, first_shown)")
         for col, r in random_vals.items():
             j[col] = np.where(rows, kept[col], r)
-        j["opening_choice"] = j["opening_choice"].astype(bool)
+        j["opening_choice"] = pd.array(j["opening_choice"], dtype="boolean")  # NA where a human has none
         j["conversation_id"] = name + "-" + j["conversation_id"].astype(str)
         j["source"] = name
         c = hc.copy()
         c_use = pd.Series(use, index=conv_ids).loc[c["conversation_id"]].to_numpy()
-        c["n_turns"] = np.where(c_use & (behaviour == "copy"), c["n_turns"], rng.integers(lo, hi + 1, len(c)))
+        if has_turns:  # human data without turn counts (e.g. some imports) leave the variants without them too
+            c["n_turns"] = np.where(c_use & (behaviour == "copy"), c["n_turns"], rng.integers(lo, hi + 1, len(c)))
         c["conversation_id"] = name + "-" + c["conversation_id"].astype(str)
         c["source"] = name
         parts.append(Tables(judgements=j, conversations=c))
