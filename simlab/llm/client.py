@@ -45,6 +45,8 @@ T = TypeVar("T", bound=BaseModel)
 _logger = logging.getLogger("simlab.llm")
 
 _FORMATS_KEPT = 1024  # response formats a client keeps (schemas are built once per shape upstream)
+MIN_ATTEMPT_S = 0.05
+"""A retry is not sent with less of the call's deadline left than this: it could only time out."""
 
 
 @dataclass
@@ -246,9 +248,10 @@ class LLMClient:
                     if first is not None:  # tenacity's attempt 1 is the one made above: its failure again
                         failed, first = first, None
                         raise failed
-                    if time.monotonic() - start >= cfg.deadline_s:
-                        # the deadline ran out while waiting to retry: no request is sent, and the call
-                        # ends on its last failure as when the deadline runs out during a request
+                    if cfg.deadline_s - (time.monotonic() - start) < MIN_ATTEMPT_S:
+                        # the deadline ran out (or all but a sliver of it) while waiting to retry: no
+                        # request is sent, and the call ends on its last failure as when the deadline
+                        # runs out during a request
                         raise last
                     record.attempts += 1
                     last_attempt = time.monotonic()
@@ -256,6 +259,10 @@ class LLMClient:
                     try:
                         return await self._complete_once(ep, kwargs, min(cfg.timeout_s, remaining))
                     except Retryable as exc:
+                        if exc.kind == "timeout" and remaining < cfg.timeout_s:
+                            # the deadline, not the server, cut this attempt short (on a busy machine a
+                            # retry can start with a millisecond left): the call ends on the failure before
+                            raise last from None
                         last = exc
                         raise
         except Retryable as exc:

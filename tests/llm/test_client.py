@@ -138,6 +138,29 @@ async def test_total_deadline_bounds_a_call(server):
     assert "HTTP 500" in str(err.__cause__)  # the last failure is the cause, not a client-side stop
 
 
+async def test_a_retry_the_deadline_cuts_short_ends_on_the_failure_before(server):
+    # the retry starts with 0.2 s of the 1.5 s deadline left and the server takes 1 s: that attempt
+    # times out because of the deadline, not the server, so the call ends on the 500 before it (as on a
+    # loaded machine where a retry starts with a millisecond left), not on a stopped backend
+    server.add_fault(Fault(status=500, retry_after=1.3), Fault(kind="delay", delay=1.0))
+    client = client_for(server, max_attempts=5, deadline_s=1.5)
+    with pytest.raises(LLMError) as info:
+        await client.chat(SPEC, MSGS)
+    err = info.value
+    assert not isinstance(err, BackendUnavailable), err
+    assert err.status == 500 and "its deadline of 1.5 s was spent" in str(err), err
+    assert err.attempts == 2
+
+
+async def test_no_retry_is_sent_into_the_last_sliver_of_the_deadline(server):
+    # the wait asked for leaves 20 ms of the deadline: less than MIN_ATTEMPT_S, so no request is sent
+    server.add_fault(Fault(status=500, retry_after=1.48))
+    client = client_for(server, max_attempts=5, deadline_s=1.5)
+    with pytest.raises(LLMError) as info:
+        await client.chat(SPEC, MSGS)
+    assert info.value.status == 500 and info.value.attempts == 1 and len(server.requests) == 1
+
+
 async def test_structured_valid_reply_parses(server):
     server.replies["m1"] = __import__("collections").deque(['{"label": "yes", "score": 7}'])
     client = client_for(server)
