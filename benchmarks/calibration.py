@@ -5,7 +5,7 @@ built-ins and any a package's entry point adds): ``--reps`` datasets with a
 planted null (same truth in both sources) and ``--reps`` with a planted effect. Reports the
 false-positive rate at nominal 5% (target ≤ 7%), the power, and the 95% CI coverage of the
 truth (target 92–98%), each with its Wilson interval, and writes them to ``docs/calibration.md``.
-The leaderboard (``simlab.fidelity.leaderboard``: its index, the index's CI and the paired test between
+The leaderboard (``simlab.fidelity.fidelity_index``: its index, the index's CI and the paired test between
 two variants) is not an analysis but has cases too (``--analysis leaderboard``), and one more figure: how
 often a variant planted closer to the humans ranks first.
 

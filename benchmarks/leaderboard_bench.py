@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from simlab.fidelity.calibration.leaderboard import humans, plant
-from simlab.fidelity.leaderboard import leaderboard
+from simlab.fidelity.fidelity_index import leaderboard
 
 
 def _peak_mib() -> float:

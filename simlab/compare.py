@@ -246,7 +246,7 @@ def compare_simulators(*, human: PathLike | Tables | None = None, runs: Sequence
     if n_boot < 0:
         raise InputError("must be >= 0", field="n_boot")
     tables = load_sources(human=human, runs=runs, sims=sims)
-    from simlab.fidelity.leaderboard import leaderboard  # the statistics, once the inputs are known good
+    from simlab.fidelity.fidelity_index import leaderboard  # the statistics, once the inputs are known good
     excluded = _excluded_dimensions(runs) if exclude_dimensions is None else set(exclude_dimensions)
     result: Leaderboard = leaderboard(tables, n_boot=n_boot, seed=seed, details=details, topics=topics,
                                       exclude_dimensions=excluded)

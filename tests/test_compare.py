@@ -1,5 +1,5 @@
 """``simlab compare``: loading runs and ``--sim`` data as sources, every bad input (exit 2, nothing
-written), the printed table; the end-to-end tests need ``simlab.fidelity.leaderboard`` (importorskip)."""
+written), the printed table; the end-to-end tests need ``simlab.fidelity.fidelity_index`` (importorskip)."""
 
 from __future__ import annotations
 
@@ -181,7 +181,7 @@ def _compare_argv(data: dict[str, Path], out: Path, report: Path, *more: str) ->
 
 
 def test_compare_writes_the_json_and_the_report(data, tmp_path, capsys):
-    pytest.importorskip("simlab.fidelity.leaderboard")
+    pytest.importorskip("simlab.fidelity.fidelity_index")
     out, report = tmp_path / "lb.json", tmp_path / "lb.html"
     assert simlab_main(_compare_argv(data, out, report, "--no-details")) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
@@ -201,7 +201,7 @@ def test_compare_writes_the_json_and_the_report(data, tmp_path, capsys):
 
 @pytest.mark.slow  # every fidelity analysis per source (about 20 s)
 def test_compare_with_details_puts_each_sources_comparisons_in_the_json_and_the_report(data, tmp_path, capsys):
-    pytest.importorskip("simlab.fidelity.leaderboard")
+    pytest.importorskip("simlab.fidelity.fidelity_index")
     out, report = tmp_path / "lb.json", tmp_path / "lb.html"
     assert simlab_main(_compare_argv(data, out, report)) == 0, capsys.readouterr().err
     doc = json.loads(out.read_text())
@@ -213,7 +213,7 @@ def test_compare_with_details_puts_each_sources_comparisons_in_the_json_and_the_
 
 
 def test_the_python_api_gives_the_leaderboard(data):
-    pytest.importorskip("simlab.fidelity.leaderboard")
+    pytest.importorskip("simlab.fidelity.fidelity_index")
     from simlab.compare import compare_simulators
 
     lb = compare_simulators(human=data["human"], sims={"a": data["simA"], "b": data["simB"]}, n_boot=10,
@@ -226,7 +226,7 @@ def test_the_python_api_gives_the_leaderboard(data):
 def test_the_documented_compare_commands_and_example_run(data, tmp_path, monkeypatch):
     """docs/fidelity.md's "Comparing simulators" as written, in a workspace laid out as it assumes
     (tests/test_docs_commands.py's workspace has too few participants for a leaderboard)."""
-    pytest.importorskip("simlab.fidelity.leaderboard")
+    pytest.importorskip("simlab.fidelity.fidelity_index")
     import re
     import shlex
 

@@ -46,7 +46,7 @@ LAYER_OF = {
     "simlab.fidelity": "fidelity",
     "simlab.fidelity.result": "base",
     "simlab.fidelity.leaderboard_result": "base",
-    "simlab.fidelity.leaderboard": "fidelity",  # the index: reads tables, runs the analyses for its details
+    "simlab.fidelity.fidelity_index": "fidelity",  # the index: reads tables, runs the analyses for its details
     "simlab.fidelity.status": "base",
     "simlab.fidelity.registry": "base",  # what an analysis is: read by the renderer and the result JSON
     "simlab.fidelity.builtin": "pipeline",  # the built-in analyses: wires each to its report section

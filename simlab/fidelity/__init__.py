@@ -23,7 +23,7 @@ from simlab.tables import Tables, concat
 if TYPE_CHECKING:
     from simlab.fidelity.analyses import analysis_context
     from simlab.fidelity.analyses.topics import Embedding
-    from simlab.fidelity.leaderboard import leaderboard
+    from simlab.fidelity.fidelity_index import leaderboard
     from simlab.fidelity.result import FidelityResult
 
 __all__ = [
@@ -43,7 +43,7 @@ __all__ = [
 
 # The analyses are imported on first use (they pull in statsmodels and scikit-learn).
 _LAZY = {"FidelityResult": "simlab.fidelity.result", "analysis_context": "simlab.fidelity.analyses",
-         "analyze_all": "simlab.fidelity.analyses", "leaderboard": "simlab.fidelity.leaderboard"}
+         "analyze_all": "simlab.fidelity.analyses", "leaderboard": "simlab.fidelity.fidelity_index"}
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:

@@ -1,7 +1,7 @@
 """The report of a run: load its store, run the fidelity analyses (against human data when
 given), and render them with ``simlab.report.html``. This is pipeline work; ``html`` only
 renders the results it is given. A run with several simulator variants and human data also gets
-their leaderboard (``simlab.fidelity.leaderboard``)."""
+their leaderboard (``simlab.fidelity.fidelity_index``)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def write_run_report(run_dir: str | os.PathLike[str], *, human: str | None = Non
         tables = concat(normalise(run, origin=str(run_path), default_source=None),
                         normalise(human_tables, origin=str(human)))
         if len(variant_sources(tables.sources)) >= 2:
-            from simlab.fidelity.leaderboard import leaderboard
+            from simlab.fidelity.fidelity_index import leaderboard
 
             board = leaderboard(tables, n_boot=n_boot, seed=seed, details=False, exclude_dimensions=excluded)
     else:

@@ -12,7 +12,7 @@ import pytest
 from simlab.errors import InputError
 from simlab.fidelity import leaderboard as leaderboard_api
 from simlab.fidelity.calibration import leaderboard as cal
-from simlab.fidelity.leaderboard import leaderboard
+from simlab.fidelity.fidelity_index import leaderboard
 from simlab.fidelity.leaderboard_result import HUMANS_ROW, Leaderboard
 from simlab.tables import Tables
 

@@ -140,7 +140,7 @@ def test_a_run_report_given_a_leaderboard_shows_it_first_with_its_anchors():
 
 @pytest.mark.slow  # a run of two variants × 12 participants and every analysis of its report (about 12 s)
 def test_simlab_report_on_a_run_with_two_variants_shows_their_leaderboard(tmp_path):
-    pytest.importorskip("simlab.fidelity.leaderboard")
+    pytest.importorskip("simlab.fidelity.fidelity_index")
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 

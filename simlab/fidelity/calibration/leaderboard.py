@@ -1,4 +1,4 @@
-"""Calibration of the leaderboard (``simlab.fidelity.leaderboard``): its index, the index's CI and the
+"""Calibration of the leaderboard (``simlab.fidelity.fidelity_index``): its index, the index's CI and the
 paired test between two simulated sources.
 
 Generator: humans from ``make_synthetic`` (arm strengths, per-participant preferences, a first-shown
@@ -113,7 +113,7 @@ def simulate(seed: int, effect: bool, n: int = N_PARTICIPANTS) -> Tables:
 @lru_cache(maxsize=None)
 def truth(effect: bool, n: int = N_TRUTH) -> tuple[float, float]:
     """The true index of (v1, v2): their index on ``n`` participants of the same generator."""
-    from simlab.fidelity.leaderboard import leaderboard
+    from simlab.fidelity.fidelity_index import leaderboard
 
     lb = leaderboard(simulate(12345, effect, n), n_boot=2, seed=0, details=False)
     idx = {r.source: r.index.value for r in lb.leaderboard}
@@ -121,7 +121,7 @@ def truth(effect: bool, n: int = N_TRUTH) -> tuple[float, float]:
 
 
 def _difference(t: Tables, seed: int) -> Measured:
-    from simlab.fidelity.leaderboard import leaderboard
+    from simlab.fidelity.fidelity_index import leaderboard
 
     lb = leaderboard(t, n_boot=N_BOOT, seed=seed, details=False)
     test = next(p for p in lb.pairwise if p.measure == "index")
@@ -132,7 +132,7 @@ def _difference(t: Tables, seed: int) -> Measured:
 
 
 def _index(n_truth: int, t: Tables, seed: int) -> Measured:
-    from simlab.fidelity.leaderboard import leaderboard
+    from simlab.fidelity.fidelity_index import leaderboard
 
     lb = leaderboard(t, n_boot=N_BOOT, seed=seed, details=False)
     e = next(r for r in lb.leaderboard if r.source == "v1").index
@@ -153,7 +153,7 @@ def _index_truth(n_truth: int, effect: bool) -> float:
 
 def rank_first(reps: int, n: int = N_PARTICIPANTS, seed0: int = 0) -> tuple[int, int]:
     """(datasets where v1, planted closer, tops the simulated rows; datasets) under the effect."""
-    from simlab.fidelity.leaderboard import leaderboard
+    from simlab.fidelity.fidelity_index import leaderboard
 
     first = 0
     for rep in range(reps):

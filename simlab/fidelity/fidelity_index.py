@@ -16,8 +16,6 @@ defines every piece so a reader can recompute it.
 from __future__ import annotations
 
 import math
-import sys
-import types
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -585,16 +583,3 @@ def leaderboard(tables: Tables, *, n_boot: int = 200, seed: int = 0, details: bo
         correction=("Holm across the pairs of simulated sources, separately for the index and for each component; "
                     "p-values are two-sided from the paired bootstrap SE (normal), on the unclipped index"),
         human_split=split, n_boot=n_boot, seed=seed, details=result)
-
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as ``leaderboard``: importing a submodule binds its name on the package,
-    so once this module is loaded ``simlab.fidelity.leaderboard`` is the module, not the function the
-    package exports under the same name; calling it calls the function."""
-
-    def __call__(self, tables: Tables, **options: Any) -> Leaderboard:
-        return leaderboard(tables, **options)
-
-
-sys.modules[__name__].__class__ = _CallableModule
