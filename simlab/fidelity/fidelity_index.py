@@ -464,8 +464,9 @@ def leaderboard(tables: Tables, *, n_boot: int = 200, seed: int = 0, details: bo
     ``simlab.tables.concat(load_run(run), load_human(path))``. ``details``: also run every fidelity
     analysis (as ``simlab.fidelity.compare``) and flatten each source's comparisons into its row
     (``topics`` and ``exclude_dimensions`` are passed to them). Raises ``InputError`` (field ``source``)
-    without human data, without a simulated source, or when a source has fewer than
-    ``MIN_PARTICIPANTS`` participants.
+    without human data, without a simulated source, or when the humans are fewer than
+    ``MIN_PARTICIPANTS`` participants; a simulated source that small gets a row whose components say
+    why they are not available (index NaN).
     """
     merged = normalise(tables, origin="tables", default_source=None)
     sources = merged.sources
@@ -478,11 +479,12 @@ def leaderboard(tables: Tables, *, n_boot: int = 200, seed: int = 0, details: bo
     if not sims:
         raise InputError("no simulated source to put on the leaderboard (only human data)", field="source")
     j_all = merged.judgements
-    for s in sources:
-        n_s = int(j_all.loc[j_all["source"] == s, "participant_id"].nunique())
-        if n_s < MIN_PARTICIPANTS:
-            raise InputError(f"source {s!r} has {n_s} participant(s) with judgements (at least {MIN_PARTICIPANTS} are "
-                             "needed for a participant-bootstrap interval)", field="source")
+    # a simulated source with too few participants gets a row whose components say so (a small pilot run
+    # still has its report); without enough humans nothing can be scored
+    n_human = int(j_all.loc[j_all["source"] == HUMAN, "participant_id"].nunique())
+    if n_human < MIN_PARTICIPANTS:
+        raise InputError(f"the human data have {n_human} participant(s) with judgements (at least {MIN_PARTICIPANTS} "
+                         "are needed for a participant-bootstrap interval)", field="source")
     ids: list[object] = list(j_all["participant_id"].dropna().unique())
     if merged.conversations is not None:
         ids += list(merged.conversations["participant_id"].dropna().unique())

@@ -161,6 +161,7 @@ def build_header(meta: Mapping[str, Any] | None, tables: Tables | None, result: 
         "max_gen_error_rate": (meta.get("config") or {}).get("max_gen_error_rate"),
         "tokens": _tokens(meta, tables),
         "note": str(meta.get("note") or ""),
+        "leaderboard_note": str(meta.get("leaderboard_note") or ""),
     }
 
 

@@ -60,7 +60,10 @@ def write_run_report(run_dir: str | os.PathLike[str], *, human: str | None = Non
         if len(variant_sources(tables.sources)) >= 2:
             from simlab.fidelity.fidelity_index import leaderboard
 
-            board = leaderboard(tables, n_boot=n_boot, seed=seed, details=False, exclude_dimensions=excluded)
+            try:
+                board = leaderboard(tables, n_boot=n_boot, seed=seed, details=False, exclude_dimensions=excluded)
+            except InputError as exc:  # e.g. too few participants per variant yet: the rest of the report stands
+                meta["leaderboard_note"] = f"Leaderboard not available: {exc.message}"
     else:
         tables = normalise(run, origin=str(run_path), default_source=None) if len(run.judgements) else run
         result = _run_only(tables, n_boot=n_boot, seed=seed, meta=meta, analyze=analyze, error=InputError,

@@ -130,8 +130,13 @@ def test_bad_input_names_the_source() -> None:
     assert e.value.field == "source"
     j = t.judgements
     few = j[(j["source"] != "first_shown") | j["participant_id"].isin(sorted(j["participant_id"].unique())[:5])]
-    with pytest.raises(InputError, match="'first_shown' has 5 participant") as e:
-        leaderboard(Tables(judgements=few), n_boot=10, details=False)
+    small = leaderboard(Tables(judgements=few), n_boot=10, details=False)  # too small a source: a row saying so
+    row = next(r for r in small.leaderboard if r.source == "first_shown")
+    assert row.n_participants == 5 and math.isnan(row.index.value) and small.leaderboard[-1] is row
+    assert all("fewer than 10" in (row.components[c].reason or "") for c in ("hierarchy", "individual"))
+    humans_few = j[(j["source"] != "human") | j["participant_id"].isin(sorted(j["participant_id"].unique())[:5])]
+    with pytest.raises(InputError, match="the human data have 5 participant") as e:
+        leaderboard(Tables(judgements=humans_few), n_boot=10, details=False)
     assert e.value.field == "source"
 
 
