@@ -210,7 +210,7 @@ HUMAN_VALUES: list[tuple[str, object, str]] = [
     *[("opening_choice", v, "opening_choice") for v in ("maybe", 2)],
     *[("provenance_guess", v, "provenance_guess") for v in ("perhaps",)],
     *[("arm", v, "arm") for v in ("",)],
-    *[("source", v, "source") for v in ("robot",)],
+    *[("source", v, "source") for v in ("Human", "not a name!")],
 ]
 
 
