@@ -6,23 +6,29 @@ copies its matched human's judgements in a share of conversations (0.05 to 0.95)
 otherwise (``simlab.fidelity.calibration.leaderboard.plant``). Times ``leaderboard(details=False)`` (the
 index path: components, index, humans row, pairwise tests) and then ``details=True`` (every fidelity
 analysis as well), wall and CPU, and the peak RSS after each (the peak is cumulative: the second figure
-includes the first). Target for the index path: < 60 s and < 1 GiB on 2 cores. Run:
+includes the first). Target for the index path: < 60 s and < 1 GiB on 2 cores. ``--cli DIR`` also
+writes the data to DIR in the on-disk format (the humans, and each variant as a ``--sim`` folder) and
+times the whole command a user runs, ``simlab compare --human … --sim NAME=PATH … --out … --report …``
+(loading, the leaderboard, JSON and HTML), in a process of its own: wall time and its peak RSS. Run:
 
     .venv/bin/python benchmarks/leaderboard_bench.py [--variants 10] [--participants 2000] [--n-boot 200]
-        [--no-details] [--topics none]
+        [--no-details] [--topics none] [--cli DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from simlab.fidelity.calibration.leaderboard import humans, plant
 from simlab.fidelity.fidelity_index import leaderboard
+from simlab.tables import Tables
 
 
 def _peak_mib() -> float:
@@ -36,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-boot", type=int, default=200, help="bootstrap draws (default 200)")
     ap.add_argument("--no-details", action="store_true", help="time the index path only")
     ap.add_argument("--topics", choices=("tfidf", "none"), default="tfidf", help="the details' topic embedding")
+    ap.add_argument("--cli", type=Path, metavar="DIR", help="also time `simlab compare` on the data written to DIR")
     args = ap.parse_args(argv)
 
     t, c = time.perf_counter(), time.process_time()
@@ -60,7 +67,39 @@ def main(argv: list[str] | None = None) -> int:
         n_comp = sum(len(r.comparisons) for r in lb.leaderboard)
         print(f"leaderboard(details=True): {wall:.1f} s wall, {cpu:.1f} s cpu, peak RSS {_peak_mib():.0f} MiB "
               f"({n_comp} comparisons)", flush=True)
+    if args.cli is not None:
+        _time_cli(tables, args)
     return 0
+
+
+def _time_cli(tables: Tables, args: argparse.Namespace) -> None:
+    """``simlab compare`` as a user runs it, on the data written to ``args.cli``, in a child process."""
+    from simlab.fidelity import write_tables
+
+    out: Path = args.cli
+    sims = []
+    for source in tables.sources:
+        part = tables.for_source(source)
+        folder = write_tables(part, out / source.replace(":", "_"))
+        if source != "human":
+            sims += ["--sim", f"{source.replace(':', '_')}={folder}"]
+    for mode in [["--no-details"]] + ([] if args.no_details else [[]]):
+        # the command's own main, in a child that reports its peak RSS (RUSAGE_CHILDREN would keep the
+        # largest of all children)
+        cmd = [sys.executable, "-c", _CHILD, "--human", str(out / "human"), *sims, "--n-boot", str(args.n_boot),
+               "--out", str(out / "leaderboard.json"), "--report", str(out / "leaderboard.html"), *mode]
+        t = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if done.returncode != 0:
+            raise SystemExit(f"simlab compare failed ({done.returncode}): {done.stderr[-2000:]}")
+        peak = float(done.stderr.rsplit("PEAK_KIB", 1)[1].split()[0]) / 1024
+        print(f"simlab compare {' '.join(mode) or '(with details)'}: {wall:.1f} s wall, peak RSS {peak:.0f} MiB",
+              flush=True)
+
+
+_CHILD = ("import resource, sys; from simlab.compare import main; rc = main(sys.argv[1:]); "
+          "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
 
 
 if __name__ == "__main__":

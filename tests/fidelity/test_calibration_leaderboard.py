@@ -49,11 +49,13 @@ def test_the_calibration_script_writes_the_leaderboard_rows(tmp_path):
 
 
 @pytest.mark.slow  # a subprocess that also runs every analysis
-def test_the_leaderboard_benchmark_runs_at_a_toy_size():
+def test_the_leaderboard_benchmark_runs_at_a_toy_size(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "leaderboard_bench.py"), "--variants", "2",
-                           "--participants", "30", "--n-boot", "20", "--topics", "none"],
+                           "--participants", "30", "--n-boot", "20", "--topics", "none", "--cli", str(tmp_path)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "leaderboard(details=False):" in done.stdout and "leaderboard(details=True):" in done.stdout
+    assert "simlab compare --no-details:" in done.stdout and "simlab compare (with details):" in done.stdout
+    assert (tmp_path / "leaderboard.json").is_file() and (tmp_path / "leaderboard.html").is_file()
     assert "humans" in done.stdout
     assert int(re.search(r"(\d+) paired tests", done.stdout).group(1)) >= 1  # the pair on the index at least
