@@ -84,8 +84,8 @@ def _time_cli(tables: Tables, args: argparse.Namespace) -> None:
         if source != "human":
             sims += ["--sim", f"{source.replace(':', '_')}={folder}"]
     for mode in [["--no-details"]] + ([] if args.no_details else [[]]):
-        # the command's own main, in a child that reports its peak RSS (RUSAGE_CHILDREN would keep the
-        # largest of all children)
+        # the command's own main, in a child that reports its peak RSS: VmHWM of its own memory (ru_maxrss keeps
+        # the parent's size at fork across exec on Linux, and RUSAGE_CHILDREN the largest of all children)
         cmd = [sys.executable, "-c", _CHILD, "--human", str(out / "human"), *sims, "--n-boot", str(args.n_boot),
                "--out", str(out / "leaderboard.json"), "--report", str(out / "leaderboard.html"), *mode]
         t = time.perf_counter()
@@ -98,8 +98,16 @@ def _time_cli(tables: Tables, args: argparse.Namespace) -> None:
               flush=True)
 
 
-_CHILD = ("import resource, sys; from simlab.compare import main; rc = main(sys.argv[1:]); "
-          "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+_CHILD = """
+import re, resource, sys
+from pathlib import Path
+from simlab.compare import main
+rc = main(sys.argv[1:])
+status = Path("/proc/self/status")
+hwm = re.search(r"VmHWM:\\s+(\\d+) kB", status.read_text()) if status.exists() else None
+print("PEAK_KIB", hwm.group(1) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+sys.exit(rc)
+"""
 
 
 if __name__ == "__main__":
