@@ -55,6 +55,8 @@ LAYER_OF = {
     "simlab.report.charts": "render",
     "simlab.report.instruments": "render",
     "simlab.report.leaderboard": "render",
+    "simlab.fidelity.ppi_result": "base",
+    "simlab.report.ppi_section": "render",
     "simlab.report.templating": "render",
     "simlab.report": "pipeline",
     "simlab.runner": "pipeline",

@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from simlab.fidelity import result as r
+from simlab.fidelity.ppi_result import PPIResult
 from simlab.fidelity.registry import ANALYSES, Analysis, AnalysisContext, ReportSection
 from simlab.report import sections
+from simlab.report.ppi_section import ppi_section
 from simlab.tables import Tables
 
 __all__ = ["BUILTIN"]
@@ -91,6 +93,12 @@ def _gen_errors(tables: Tables, c: AnalysisContext) -> r.GenErrorsResult:
     return gen_errors(tables)
 
 
+def _ppi(tables: Tables, c: AnalysisContext) -> PPIResult:
+    from simlab.fidelity.analyses.ppi import ppi
+
+    return ppi(tables)
+
+
 def _cases(module: str) -> Any:
     def cases() -> Sequence[Any]:
         from importlib import import_module
@@ -138,6 +146,13 @@ BUILTIN = (
     Analysis("gen_errors", r.GenErrorsResult, _gen_errors,
              ReportSection("Generation errors", "How often did a generation fail, or the context budget end a "
                            "conversation, per source and arm?", sections.gen_errors, optional=True)),
+    # optional: results made before it existed have none
+    Analysis("ppi", PPIResult, _ppi,
+             ReportSection("Human estimates sharpened by simulated participants (PPI)",
+                           "How precisely do the humans plus the simulated participants estimate the humans' arm "
+                           "hierarchy and position effect, and how many humans were the simulated ones worth?",
+                           ppi_section, optional=True),
+             calibration=_cases("ppi")),
 )
 """The built-in analyses, in the report's order."""
 

@@ -1,13 +1,14 @@
 """The fidelity analyses (PROTOCOL.md §5), each callable alone on a ``Tables``: six comparisons
 (``hierarchy``, ``agreement``, ``topics``, ``position``, ``dynamics``, ``traits``), ``user_traits``
 when the autograder scored the users' messages, and the descriptive generation-error table
-(``gen_errors``). ``analyze_all`` runs every analysis registered in
+(``gen_errors``), and ``ppi`` (the humans' hierarchy and position effect sharpened by simulated
+participants). ``analyze_all`` runs every analysis registered in
 ``simlab.fidelity.registry.ANALYSES`` (these, then any a package or module adds).
 
 >>> from simlab.fidelity.synthetic import make_synthetic
 >>> result = analyze_all(make_synthetic(30, seed=1), n_boot=20)
 >>> sorted(result.analyses)
-['agreement', 'dynamics', 'gen_errors', 'hierarchy', 'position', 'topics', 'traits']
+['agreement', 'dynamics', 'gen_errors', 'hierarchy', 'position', 'ppi', 'topics', 'traits']
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from simlab.fidelity.analyses.dynamics import dynamics
 from simlab.fidelity.analyses.gen_errors import gen_errors
 from simlab.fidelity.analyses.hierarchy import hierarchy
 from simlab.fidelity.analyses.position import position
+from simlab.fidelity.analyses.ppi import ppi
 from simlab.fidelity.analyses.topics import Embedding, topics
 from simlab.fidelity.analyses.traits import traits
 from simlab.fidelity.registry import ANALYSES, Analysis, AnalysisContext
 from simlab.fidelity.result import FidelityResult, SourceStatus
 from simlab.tables import Tables
 
-__all__ = ["agreement", "analysis_context", "analyze_all", "dynamics", "gen_errors", "hierarchy", "position", "topics", "traits"]
+__all__ = ["agreement", "analysis_context", "analyze_all", "dynamics", "gen_errors", "hierarchy", "position", "ppi", "topics", "traits"]
 
 
 def analyze_all(
