@@ -102,7 +102,7 @@ def test_planted_truth_is_covered_and_a_good_simulator_narrows_the_interval() ->
     for rho, offset in ((0.9, 0.0), (0.0, 1.0)):
         covered, ratios, lams = 0, [], []
         for seed in range(12):
-            src = ppi(cal.planted(seed, True, rho=rho, offset=offset, n_sim_only=80, n_events=6)).per_source["sim"]
+            src = ppi(cal.planted(seed, True, rho=rho, offset=offset, n=40, n_sim_only=80, n_events=6)).per_source["sim"]
             for key, t in (("first_shown_excess", src.first_shown_excess), ("choice_share:C", src.choice_share["C"])):
                 assert t is not None and t.ppi is not None and t.humans_only is not None and t.lam is not None
                 covered += t.ppi.ci_low <= cal.truth(key, True) <= t.ppi.ci_high
@@ -116,7 +116,7 @@ def test_planted_truth_is_covered_and_a_good_simulator_narrows_the_interval() ->
 
 
 def test_result_fields_order_and_json_as_registered() -> None:
-    t = cal.planted(1, True, rho=0.9, n_sim_only=30, n_events=2)
+    t = cal.planted(1, True, rho=0.9, n=40, n_sim_only=30, n_events=2)
     r = ANALYSES.get("ppi").run(t, analysis_context(t, n_boot=5, topics=None))
     result = FidelityResult(sources=t.sources, n_boot=5, seed=0, analyses={"ppi": r})
     assert isinstance(r, PPIResult) and r.status == "ok" and r.arms == ["A", "B", "C", "D"] and not r.weighted
@@ -148,7 +148,7 @@ def _drop(t: Tables, keep: pd.Series) -> Tables:
 
 
 def test_not_available_paths() -> None:
-    t = cal.planted(3, False, rho=0.9, n_sim_only=20, n_events=3)
+    t = cal.planted(3, False, rho=0.9, n=40, n_sim_only=20, n_events=3)
     j = t.judgements
     only_copies = ppi(_drop(t, ~j["participant_id"].str.startswith("s")))
     assert only_copies.status == "ok"
