@@ -20,7 +20,8 @@ The unit is the participant: every quantity is one number per participant (their
 events), so the interval is participant-clustered. Participant weights (``w``: e.g. raking weights; 1 by
 default) enter every mean, the tuning and the variance. The 95% interval is the CLT one with a
 Welch–Satterthwaite t quantile (the two independent parts: the humans' and the simulated-only
-participants'); λ is treated as known, which ``docs/calibration.md`` checks keeps coverage at 20–40 humans.
+participants'); λ is treated as known, which keeps coverage at 60 humans (``docs/calibration.md``)
+and at 30 (the tests).
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
