@@ -14,7 +14,9 @@ from typing import Any
 
 from simlab.fidelity import result as r
 from simlab.fidelity.registry import ANALYSES, Analysis, AnalysisContext, ReportSection
+from simlab.fidelity.user_text_result import UserTextResult
 from simlab.report import sections
+from simlab.report.user_text import user_text_section
 from simlab.tables import Tables
 
 __all__ = ["BUILTIN"]
@@ -91,6 +93,12 @@ def _gen_errors(tables: Tables, c: AnalysisContext) -> r.GenErrorsResult:
     return gen_errors(tables)
 
 
+def _user_text(tables: Tables, c: AnalysisContext) -> UserTextResult:
+    from simlab.fidelity.analyses.user_text import user_text
+
+    return user_text(tables, participants=_participants(c))
+
+
 def _cases(module: str) -> Any:
     def cases() -> Sequence[Any]:
         from importlib import import_module
@@ -138,6 +146,12 @@ BUILTIN = (
     Analysis("gen_errors", r.GenErrorsResult, _gen_errors,
              ReportSection("Generation errors", "How often did a generation fail, or the context budget end a "
                            "conversation, per source and arm?", sections.gen_errors, optional=True)),
+    # optional: results made before it existed have none
+    Analysis("user_text", UserTextResult, _user_text,
+             ReportSection("The text of user turns", "Do simulated users write their messages like people: as long, as "
+                           "varied, asking as often, ending the same way?", user_text_section, optional=True,
+                           build_not_ok=True),
+             calibration=_cases("user_text")),
 )
 """The built-in analyses, in the report's order."""
 
