@@ -4,6 +4,7 @@ null, the not-available paths, and the real Dialogue-Eval user turns split into 
 from __future__ import annotations
 
 import itertools
+import re
 import math
 
 import numpy as np
@@ -170,3 +171,14 @@ def test_real_dialogue_eval_user_turns_split_at_random(dialogue_eval_tables: Tab
     covered = [k for k, d in tested.items() if d.ci_low <= 0 <= d.ci_high]
     assert len(covered) >= len(tested) - 1, tested
     assert 0 < comp.measures["opening.distinct_2"].human.value <= 1
+
+
+def test_the_docs_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import REPO
+
+    text = (REPO / "docs" / "fidelity.md").read_text(encoding="utf-8")
+    section = text[text.index("### The text of user turns"):text.index("## The fidelity index")]
+    [example] = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    exec(compile(example, "docs/fidelity.md", "exec"), {})
+    printed = re.search(r"^# (openings .*)$", example, flags=re.M)
+    assert printed is not None and capsys.readouterr().out.strip() == printed.group(1)

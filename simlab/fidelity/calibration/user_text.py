@@ -7,14 +7,14 @@ conversations each with an opening and 0–3 later messages. Per participant, sh
 (correlation 0.6) by their copy: a length level (log-normal, SD ``SD_LENGTH``), a question
 propensity (log-odds, SD 1), a leaning to go on (log-odds, SD 1), and a personal word list that a
 share ``OWN_SHARE`` of their words comes from (the copy shares half of it). Every other word comes
-from the source's common Zipf vocabulary. Under ``effect=False`` both sources write alike
-(same distributions, same parameters). Under ``effect=True`` the simulator plants one difference,
-named by ``what``: ``length`` (messages ``LENGTH_EFFECT``× as long on average), ``diversity``
-(its common words drawn from a vocabulary ``DIVERSITY_VOCAB`` times smaller, its personal lists
-half as long), ``question`` (+``QUESTION_EFFECT`` log-odds of a question) or ``ending`` (+``END_EFFECT``
-log-odds of ending the conversation after each message, so more conversations are user-ended).
-The truth of the effect is the estimator's value on one dataset of ``TRUTH_N`` participants (fixed
-seed; computed once per process); of the null, 0.
+from the common Zipf vocabulary. Under ``effect=False`` both sources write alike (same
+distributions, same parameters; one null dataset per seed serves every case). Under
+``effect=True`` the simulator plants, by ``what``: ``length`` — messages ``LENGTH_EFFECT``× as long
+on average, +``QUESTION_EFFECT`` log-odds of a question and +``END_EFFECT`` log-odds of ending the
+conversation after each message (none of which touches the vocabulary); ``diversity`` — its common
+words drawn from a vocabulary ``DIVERSITY_VOCAB`` times smaller and its personal lists half as long
+(lengths untouched). The truth of the effect is the estimator's value on one dataset of
+``TRUTH_N`` participants (fixed seed; computed once per process); of the null, 0.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ QUESTION_EFFECT = 0.6
 END_EFFECT = 0.8
 N_BOOT = 200
 TRUTH_N = 6000
-WHAT = ("length", "diversity", "question", "ending")
+WHAT = ("length", "diversity")
 
 
 def _correlated(rng: np.random.Generator, n: int, sd: float) -> np.ndarray:
@@ -63,13 +63,18 @@ def _zipf_cdf(v: int) -> np.ndarray:
     return np.cumsum(p / p.sum())
 
 
-@lru_cache(maxsize=None)
 def simulate(seed: int, effect: bool, what: str = "length", n: int = N_PARTICIPANTS) -> Tables:
     """Human + simulated user messages with ``what`` planted under the effect (module docstring).
 
-    Kept per process (the cases of one planted effect share their datasets, and so their analyses)."""
+    Kept per process: the cases of one planted effect share their datasets (and the null ones all
+    cases), and so their analyses."""
+    return _simulate(seed, what if effect else None, n)
+
+
+@lru_cache(maxsize=None)
+def _simulate(seed: int, what: str | None, n: int) -> Tables:
     rng = np.random.default_rng(seed)
-    on = (False, effect)  # the simulator carries the effect, human never
+    on = (False, what is not None)  # the simulator carries the effect, human never
     length = _correlated(rng, n, SD_LENGTH)
     asks = _correlated(rng, n, 1.0)
     stays = _correlated(rng, n, 1.0)
@@ -81,8 +86,8 @@ def simulate(seed: int, effect: bool, what: str = "length", n: int = N_PARTICIPA
         common = _zipf_cdf(VOCAB // DIVERSITY_VOCAB if diverse else VOCAB)
         n_own = OWN_WORDS // 2 if diverse else OWN_WORDS
         mean_len = np.log(10.0) + (np.log(LENGTH_EFFECT) if what == "length" and on[s] else 0.0)
-        q_shift = QUESTION_EFFECT if what == "question" and on[s] else 0.0
-        e_shift = END_EFFECT if what == "ending" and on[s] else 0.0
+        q_shift = QUESTION_EFFECT if what == "length" and on[s] else 0.0
+        e_shift = END_EFFECT if what == "length" and on[s] else 0.0
         words_own = own if s == 0 else own_copy
         for p in range(n):
             pid = f"p{p:05d}"
@@ -151,10 +156,9 @@ NOTE = (f"{N_PARTICIPANTS} participants, each a human and their simulated copy, 
         f"{TRUTH_N} participants.")
 
 _EFFECTS = {
-    "length": f"simulated messages {LENGTH_EFFECT}× as long on average",
+    "length": (f"simulated messages {LENGTH_EFFECT}× as long on average, question log-odds +{QUESTION_EFFECT}, "
+               f"log-odds of ending after a message +{END_EFFECT}"),
     "diversity": f"simulated common vocabulary {DIVERSITY_VOCAB}× smaller and personal lists half as long",
-    "question": f"simulated question log-odds +{QUESTION_EFFECT}",
-    "ending": f"simulated log-odds of ending after a message +{END_EFFECT}",
 }
 
 
@@ -171,6 +175,6 @@ CASES = [
     _case("later.mattr", "diversity", "MATTR of later messages, sim − human"),
     _case("opening.distinct_1", "diversity", "distinct-1 of openings (pairs of participants), sim − human"),
     _case("opening.distinct_2", "diversity", "distinct-2 of openings (pairs of participants), sim − human"),
-    _case("opening.question", "question", "share of openings that are questions, sim − human"),
-    _case("ending.user_ended", "ending", "user-ended share, sim − human"),
+    _case("opening.question", "length", "share of openings that are questions, sim − human"),
+    _case("ending.user_ended", "length", "user-ended share, sim − human"),
 ]
