@@ -4,8 +4,8 @@ null, the not-available paths, and the real Dialogue-Eval user turns split into 
 from __future__ import annotations
 
 import itertools
-import re
 import math
+import re
 
 import numpy as np
 import pandas as pd

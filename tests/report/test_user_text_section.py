@@ -68,7 +68,7 @@ def test_untrusted_strings_are_escaped_in_the_html() -> None:
 
 
 @pytest.mark.browser
-def test_report_with_the_section_in_chromium(browser, tmp_path: Path) -> None:
+def test_report_with_the_section_in_chromium(browser, tmp_path: Path) -> None:  # noqa: F811 - the fixture
     t = _hostile(True)
     result = FidelityResult(sources=t.sources, n_boot=50, seed=0, analyses={"user_text": user_text(t, n_boot=50)})
     path = tmp_path / "report.html"
