@@ -98,6 +98,11 @@ def user_text_section(r: UserTextResult, turns: pd.DataFrame | None = None) -> S
         if comp.status != "ok":
             s.verdicts.append(f"{src} vs human: {unavailable(comp.status, comp.reason)}")
         s.verdicts.append(_verdict(src, r, comp.measures))
+        mattr = [m.difference for k, m in comp.measures.items() if k.endswith(".mattr") and m.difference is not None]
+        if any(_sig(d) for d in mattr):
+            s.verdicts.append(f"MATTR scores a participant's text shorter than the {r.window}-word window by its "
+                              "type-token ratio, which falls as texts get longer: read a MATTR difference together "
+                              "with the length rows.")
         for key, m in comp.measures.items():
             s.rows.extend(_rows(src, r.measures.get(key, key), key, m))
             d, h = m.difference, m.human

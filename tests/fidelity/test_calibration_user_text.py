@@ -19,7 +19,7 @@ def test_the_null_is_one_dataset_per_seed_and_the_effects_plant_what_they_say() 
         text = t.turns.loc[t.turns["conversation_id"].isin(cids), "text"]
         return float(np.mean([len(x.split()) for x in text])), len({w for x in text for w in x.split()})
 
-    (h_len, h_types), (s_len, _) = mean_words(null, "human"), mean_words(null, SIM)
+    (h_len, _), (s_len, _) = mean_words(null, "human"), mean_words(null, SIM)
     assert abs(s_len - h_len) < 1.5 and 9 < h_len < 11  # 10 words on average in both sources
     assert mean_words(longer, SIM)[0] > 11.5  # 13 on average
     assert mean_words(narrower, SIM)[1] < 0.8 * mean_words(narrower, "human")[1]  # fewer distinct words

@@ -44,6 +44,7 @@ def test_section_rows_and_verdict_from_a_planted_length_difference() -> None:
     v = " ".join(s.verdicts)
     assert f"The user messages of {SIM} differ from people's in" in v and "opening message length (words) higher by" in v
     assert s.charts and "<svg" in s.charts[0]
+    assert any(v.startswith("MATTR scores a participant's text shorter than the 50-word window") for v in s.verdicts)
 
 
 def test_null_verdict_and_not_available_sentence() -> None:
