@@ -25,6 +25,7 @@ import numpy as np
 
 from simlab.fidelity.analyses import agreement, dynamics, hierarchy, position, topics, traits
 from simlab.fidelity.analyses._prep import participants_of
+from simlab.fidelity.analyses.user_text import user_text
 from simlab.fidelity.synthetic import make_arena, make_synthetic
 from simlab.tables import Tables
 
@@ -113,6 +114,7 @@ def prism(args: argparse.Namespace) -> None:
     }
     if not args.no_topics:
         runs["topics (tfidf)"] = lambda: topics(tables, participants=participants)
+    runs["user_text"] = lambda: user_text(tables, participants=participants)
     total = cpu = 0.0
     for name, run in runs.items():
         _, dt, dc = _timed(name, run)

@@ -59,6 +59,8 @@ LAYER_OF = {
     "simlab.report.ppi_section": "render",
     "simlab.report.templating": "render",
     "simlab.report": "pipeline",
+    "simlab.fidelity.user_text_result": "base",  # the user_text result models: read by the renderer
+    "simlab.report.user_text": "render",
     "simlab.runner": "pipeline",
     "simlab.run": "pipeline",
     "simlab.sim_judgement": "pipeline",

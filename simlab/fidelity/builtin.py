@@ -15,8 +15,10 @@ from typing import Any
 from simlab.fidelity import result as r
 from simlab.fidelity.ppi_result import PPIResult
 from simlab.fidelity.registry import ANALYSES, Analysis, AnalysisContext, ReportSection
+from simlab.fidelity.user_text_result import UserTextResult
 from simlab.report import sections
 from simlab.report.ppi_section import ppi_section
+from simlab.report.user_text import user_text_section
 from simlab.tables import Tables
 
 __all__ = ["BUILTIN"]
@@ -97,6 +99,10 @@ def _ppi(tables: Tables, c: AnalysisContext) -> PPIResult:
     from simlab.fidelity.analyses.ppi import ppi
 
     return ppi(tables)
+def _user_text(tables: Tables, c: AnalysisContext) -> UserTextResult:
+    from simlab.fidelity.analyses.user_text import user_text
+
+    return user_text(tables, participants=_participants(c))
 
 
 def _cases(module: str) -> Any:
@@ -153,6 +159,11 @@ BUILTIN = (
                            "hierarchy and position effect, and how many humans were the simulated ones worth?",
                            ppi_section, optional=True),
              calibration=_cases("ppi")),
+    Analysis("user_text", UserTextResult, _user_text,
+             ReportSection("The text of user turns", "Do simulated users write their messages like people: as long, as "
+                           "varied, asking as often, ending the same way?", user_text_section, optional=True,
+                           build_not_ok=True),
+             calibration=_cases("user_text")),
 )
 """The built-in analyses, in the report's order."""
 
