@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from simlab.fidelity import result as r
+from simlab.fidelity.distributions_result import DistributionsResult
 from simlab.fidelity.registry import ANALYSES, Analysis, AnalysisContext, ReportSection
+from simlab.report import distributions as report_distributions
 from simlab.report import sections
 from simlab.tables import Tables
 
@@ -91,6 +93,12 @@ def _gen_errors(tables: Tables, c: AnalysisContext) -> r.GenErrorsResult:
     return gen_errors(tables)
 
 
+def _distributions(tables: Tables, c: AnalysisContext) -> DistributionsResult:
+    from simlab.fidelity.analyses.distributions import distributions
+
+    return distributions(tables, seed=c.seed, participants=_participants(c))
+
+
 def _cases(module: str) -> Any:
     def cases() -> Sequence[Any]:
         from importlib import import_module
@@ -138,6 +146,12 @@ BUILTIN = (
     Analysis("gen_errors", r.GenErrorsResult, _gen_errors,
              ReportSection("Generation errors", "How often did a generation fail, or the context budget end a "
                            "conversation, per source and arm?", sections.gen_errors, optional=True)),
+    # optional: results made before it existed have none
+    Analysis("distributions", DistributionsResult, _distributions,
+             ReportSection("Distributions of the answers", "Do simulated users spread their ratings, bids, ranks and "
+                           "conversation lengths like people, or collapse onto a few answers?",
+                           report_distributions.section, optional=True),
+             calibration=_cases("distributions")),
 )
 """The built-in analyses, in the report's order."""
 

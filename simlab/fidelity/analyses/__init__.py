@@ -7,7 +7,7 @@ when the autograder scored the users' messages, and the descriptive generation-e
 >>> from simlab.fidelity.synthetic import make_synthetic
 >>> result = analyze_all(make_synthetic(30, seed=1), n_boot=20)
 >>> sorted(result.analyses)
-['agreement', 'dynamics', 'gen_errors', 'hierarchy', 'position', 'topics', 'traits']
+['agreement', 'distributions', 'dynamics', 'gen_errors', 'hierarchy', 'position', 'topics', 'traits']
 """
 
 from __future__ import annotations
