@@ -127,9 +127,9 @@ def answers(tables: Tables) -> dict[str, Answers]:
         out["n_turns"] = Answers("conversations", "n_turns", pd.DataFrame({
             "value": _numeric(conv, "n_turns"), "source": conv["source"], "arm": None,
             "participant_id": conv["participant_id"]}))
-    for a in out.values():
-        a.frame.dropna(subset=["value", "participant_id", "source"], inplace=True)
-    return {k: a for k, a in out.items() if not a.frame.empty}
+    kept = {k: Answers(a.table, a.column, a.frame.dropna(subset=["value", "participant_id", "source"]))
+            for k, a in out.items()}
+    return {k: a for k, a in kept.items() if not a.frame.empty}
 
 
 def _chunks(n: int, m: int) -> Iterator[slice]:
