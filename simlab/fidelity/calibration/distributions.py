@@ -22,7 +22,7 @@ import pandas as pd
 from simlab.fidelity.calibration import Case, Measured
 from simlab.tables import Tables
 
-__all__ = ["CASES", "COLLAPSE", "SIM", "simulate"]
+__all__ = ["CASES", "COLLAPSE", "MILD", "SIM", "simulate"]
 
 SIM = "sim_dynamic"
 ARMS = ("GEN", "PROMPT", "DPFT", "PPFT")
@@ -35,10 +35,13 @@ N_BOOT = 200
 N_PERM = 199
 """Relabellings per test (the case measures its p-value; fewer than the analysis's default keep the run short)."""
 BIG = 20_000
+MILD = 0.85
+"""The SD ratio of the milder collapse (a power figure where it is not 100%)."""
 
 
-def simulate(seed: int, effect: bool, n: int = N_PARTICIPANTS) -> Tables:
-    """Human + simulated final ratings with the truth planted (see the module docstring)."""
+def simulate(seed: int, effect: bool, n: int = N_PARTICIPANTS, collapse: float = COLLAPSE) -> Tables:
+    """Human + simulated final ratings with the truth planted (see the module docstring); ``collapse``:
+    the SD ratio under the effect."""
     rng = np.random.default_rng(seed)
     rho = 0.6
     level = rng.normal(0, 8, (2, n))
@@ -52,7 +55,7 @@ def simulate(seed: int, effect: bool, n: int = N_PARTICIPANTS) -> Tables:
         dev = (ARM_EFFECT[None, :] + level[src, conv][:, None] + c_level[:, None]
                + rng.normal(0, 10, (conv.size, k)))
         if src and effect:
-            dev = COLLAPSE * dev
+            dev = collapse * dev
         name = ("human", SIM)[src]
         cid = np.array([f"{name}-p{i:05d}-{d}" for i, d in zip(conv, dom)])
         rows.append(pd.DataFrame({
@@ -77,9 +80,13 @@ def _big_w1() -> float:
     return float(m.estimate.value)
 
 
-def _truth(field: str, effect: bool) -> float:
+def _mild(seed: int, effect: bool) -> Tables:
+    return simulate(seed, effect, collapse=MILD)
+
+
+def _truth(field: str, effect: bool, collapse: float = COLLAPSE) -> float:
     if field == "sd_ratio":
-        return COLLAPSE if effect else 1.0
+        return collapse if effect else 1.0
     return _big_w1() if effect else 0.0
 
 
@@ -98,6 +105,15 @@ CASES = [
         truth=partial(_truth, "sd_ratio"),
         null_value=1.0,
         note=NOTE + " Truth: the population ratio (1, 0.6).",
+    ),
+    Case(
+        analysis="distributions",
+        name=f"SD ratio sim / human, final ratings (mild spread collapse {MILD})",
+        simulate=_mild,
+        measure=partial(_measure, "sd_ratio"),
+        truth=partial(_truth, "sd_ratio", collapse=MILD),
+        null_value=1.0,
+        note=NOTE.replace(f"× {COLLAPSE}", f"× {MILD}") + f" Truth: the population ratio (1, {MILD}).",
     ),
     Case(
         analysis="distributions",
