@@ -179,3 +179,11 @@ def test_dialogue_eval_workers_split_at_random_show_no_collapse(dialogue_eval_ta
     assert pooled
     assert not any(c.spread_collapse for c in pooled)
     assert all(c.sd_ratio is not None and c.sd_ratio.ci_low <= 1.0 <= c.sd_ratio.ci_high for c in pooled)
+
+
+def test_humans_who_never_vary_get_no_ratio_but_a_distance() -> None:
+    j = simulate(1, False, 20).judgements
+    j = j.assign(rating_preference=j["rating_preference"].where(j["source"] != "human", 50.0))
+    c = distributions(Tables(judgements=j), n_boot=20, n_perm=20).instruments["rating_preference"].pooled[SIM]
+    assert c.sd_ratio is None and "SD 0" in (c.reason or "") and c.spread_collapse is None
+    assert c.w1_excess is not None and c.w1_excess.value > 0

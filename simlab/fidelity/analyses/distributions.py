@@ -226,6 +226,9 @@ def compare(
     ch_m, cs_m = moments(ch, pi_h), moments(cs, pi_s)
     obs = float(np.log(ratio)) if ratio > 0 else float("nan")
     out.sd_ratio = _scale_interval(estimate(ratio, draws, n_all), obs, [w0 * a for a in ch_m], [w0 * b for b in cs_m], swaps)
+    if not sd_h0 > 0:  # every human gave the same answer: a ratio to 0 is not a number
+        out.sd_ratio = None
+        out.reason = "the human answers do not vary (SD 0): no SD ratio"
     out.spread_collapse = collapsed(out.sd_ratio)
 
     # w1: answers on one sorted grid, per-participant counts at each grid value
