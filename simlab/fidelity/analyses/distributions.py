@@ -158,7 +158,7 @@ def _swaps(has_h: np.ndarray, has_s: np.ndarray, n_perm: int, rng: np.random.Gen
     """(n_perm, P) 0/1: which participants move all their answers to the other source (see the module
     docstring: paired participants swap with probability ½, the others are permuted among themselves)."""
     paired = has_h & has_s
-    out = np.zeros((n_perm, has_h.size))
+    out = np.zeros((n_perm, has_h.size), dtype=np.int8)  # 0/1: a byte each, for many participants
     out[:, paired] = rng.integers(0, 2, size=(n_perm, int(paired.sum())))
     single = np.flatnonzero(has_h ^ has_s)
     if single.size > 1:
@@ -256,7 +256,7 @@ def compare(
     tot_h, tot_s = CT_h @ w0, CT_s @ w0
     null_w1 = np.empty(n_perm)
     for sl in _chunks(n_perm, grid.size):
-        moved = np.asarray(D @ swaps[sl].T).T  # (R, grid)
+        moved = np.asarray(D @ swaps[sl].T.astype(float)).T  # (R, grid)
         null_w1[sl] = w1_rows(tot_h[None] + moved, tot_s[None] - moved, gaps)
     null_w1 = null_w1[np.isfinite(null_w1)]
     chance = float(null_w1.mean()) if null_w1.size else float("nan")
@@ -282,8 +282,11 @@ def _scale_interval(boot: Estimate, obs: float, h: list[np.ndarray], s: list[np.
     centred answers of each side; ``boot``: the estimate with its bootstrap draws' spread."""
     if not np.isfinite(obs):
         return boot.model_copy(update={"ci_low": float("nan"), "ci_high": float("nan")})
-    A = [swaps @ a for a in h]  # (R,) what swapped participants take away from the human side
-    B = [swaps @ b for b in s]
+    def by_rows(v: np.ndarray) -> np.ndarray:  # swaps @ v a block of rows at a time (no float copy of swaps)
+        return np.concatenate([swaps[sl].astype(float) @ v for sl in _chunks(swaps.shape[0], swaps.shape[1])])
+
+    A = [by_rows(a) for a in h]  # (R,) what swapped participants take away from the human side
+    B = [by_rows(b) for b in s]
     tot_h = [float(a.sum()) for a in h]
     tot_s = [float(b.sum()) for b in s]
     spread = np.log(boot.ci_high / boot.ci_low) / 3.92 if boot.ci_low > 0 and np.isfinite(boot.ci_high) else 0.5
