@@ -25,6 +25,7 @@ import numpy as np
 
 from simlab.fidelity.analyses import agreement, dynamics, hierarchy, position, topics, traits
 from simlab.fidelity.analyses._prep import participants_of
+from simlab.fidelity.analyses.distributions import distributions
 from simlab.fidelity.analyses.user_text import user_text
 from simlab.fidelity.synthetic import make_arena, make_synthetic
 from simlab.tables import Tables
@@ -111,6 +112,7 @@ def prism(args: argparse.Namespace) -> None:
         "position": lambda: position(tables, participants=participants),
         "dynamics": lambda: dynamics(tables, participants=participants),
         "traits": lambda: traits(tables, participants=participants),
+        "distributions": lambda: distributions(tables, participants=participants),
     }
     if not args.no_topics:
         runs["topics (tfidf)"] = lambda: topics(tables, participants=participants)

@@ -46,6 +46,8 @@ LAYER_OF = {
     "simlab.fidelity": "fidelity",
     "simlab.fidelity.result": "base",
     "simlab.fidelity.leaderboard_result": "base",
+    "simlab.fidelity.distributions_result": "base",
+    "simlab.report.distributions": "render",
     "simlab.fidelity.fidelity_index": "fidelity",  # the index: reads tables, runs the analyses for its details
     "simlab.fidelity.status": "base",
     "simlab.fidelity.registry": "base",  # what an analysis is: read by the renderer and the result JSON

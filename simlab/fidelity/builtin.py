@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from simlab.fidelity import result as r
+from simlab.fidelity.distributions_result import DistributionsResult
 from simlab.fidelity.ppi_result import PPIResult
 from simlab.fidelity.registry import ANALYSES, Analysis, AnalysisContext, ReportSection
 from simlab.fidelity.user_text_result import UserTextResult
+from simlab.report import distributions as report_distributions
 from simlab.report import sections
 from simlab.report.ppi_section import ppi_section
 from simlab.report.user_text import user_text_section
@@ -99,10 +101,18 @@ def _ppi(tables: Tables, c: AnalysisContext) -> PPIResult:
     from simlab.fidelity.analyses.ppi import ppi
 
     return ppi(tables)
+
+
 def _user_text(tables: Tables, c: AnalysisContext) -> UserTextResult:
     from simlab.fidelity.analyses.user_text import user_text
 
     return user_text(tables, participants=_participants(c))
+
+
+def _distributions(tables: Tables, c: AnalysisContext) -> DistributionsResult:
+    from simlab.fidelity.analyses.distributions import distributions
+
+    return distributions(tables, seed=c.seed, participants=_participants(c))
 
 
 def _cases(module: str) -> Any:
@@ -164,6 +174,11 @@ BUILTIN = (
                            "varied, asking as often, ending the same way?", user_text_section, optional=True,
                            build_not_ok=True),
              calibration=_cases("user_text")),
+    Analysis("distributions", DistributionsResult, _distributions,
+             ReportSection("Distributions of the answers", "Do simulated users spread their ratings, bids, ranks and "
+                           "conversation lengths like people, or collapse onto a few answers?",
+                           report_distributions.section, optional=True),
+             calibration=_cases("distributions")),
 )
 """The built-in analyses, in the report's order."""
 

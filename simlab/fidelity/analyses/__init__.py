@@ -8,7 +8,7 @@ participants). ``analyze_all`` runs every analysis registered in
 >>> from simlab.fidelity.synthetic import make_synthetic
 >>> result = analyze_all(make_synthetic(30, seed=1), n_boot=20)
 >>> sorted(result.analyses)
-['agreement', 'dynamics', 'gen_errors', 'hierarchy', 'position', 'ppi', 'topics', 'traits', 'user_text']
+['agreement', 'distributions', 'dynamics', 'gen_errors', 'hierarchy', 'position', 'ppi', 'topics', 'traits', 'user_text']
 """
 
 from __future__ import annotations
