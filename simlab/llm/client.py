@@ -31,6 +31,7 @@ from simlab.llm.config import Dialect, EndpointConfig, ModelSpec, SamplingConfig
 from simlab.llm.dialects import parse_structured, response_format, validation_reason
 from simlab.llm.errors import Retryable, classify
 from simlab.llm.pacing import LoopPacers
+from simlab.llm.pricing import BudgetExhausted, Ledger
 from simlab.llm.recording import CallRecord, emit
 from simlab.llm.routing import Endpoint, Replica
 from simlab.llm.transport import Reply, Sessions, read_reply
@@ -74,6 +75,8 @@ class LLMClient:
         base_urls: base URL overrides by endpoint name (e.g. the embedded servers' URLs); a list
             names replicas of one server, among which calls are spread (see ``affinity``).
         on_call: called with the ``LLMCallRecord`` of every call (``recording`` collects them per block).
+        ledger: prices every reply and holds the calls to a budget (``simlab.llm.pricing``; default:
+            litellm's offline cost map, no budget).
 
     Example:
         >>> client = LLMClient({"stub": OpenAIEndpoint(base_url=url)})   # doctest: +SKIP
@@ -86,7 +89,9 @@ class LLMClient:
         *,
         base_urls: Mapping[str, str | Sequence[str]] | None = None,
         on_call: Callable[[LLMCallRecord], None] | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
+        self.ledger = ledger or Ledger()
         self._configs = dict(endpoints)
         self._base_urls = dict(base_urls or {})
         self._endpoints: dict[str, Endpoint] = {}
@@ -159,6 +164,7 @@ class LLMClient:
         """Latency, status and the ``on_call`` report for one logical call, failed or not;
         a raised ``LLMError`` carries its record as ``.call``."""
         start = time.monotonic()
+        unsent = False
         try:
             yield
         except (LLMError, BackendUnavailable) as exc:
@@ -166,9 +172,15 @@ class LLMClient:
                 record.status, record.error = "error", str(exc)
             exc.call = record
             raise
+        except BudgetExhausted as exc:
+            # not sent: nothing to record, unless earlier replies of this call (schema retries) were paid for
+            unsent = record.attempts == 0
+            record.status, record.error = "error", f"stopped: {exc}"
+            raise
         finally:
             record.latency_s = time.monotonic() - start
-            emit(record, self.on_call)
+            if not unsent:
+                emit(record, self.on_call)
 
     async def _send(self, ep: Endpoint, replica: Replica, kwargs: dict[str, Any], timeout: float) -> Any:
         """One request by the endpoint's transport; the reply's JSON body (a dict, or the text of a body
@@ -177,9 +189,14 @@ class LLMClient:
         async with self._pacers.current():
             return await transport.complete(kwargs, timeout)
 
-    async def _complete_once(self, ep: Endpoint, kwargs: dict[str, Any], timeout: float) -> Reply:
+    async def _complete_once(self, ep: Endpoint, kwargs: dict[str, Any], timeout: float, record: CallRecord) -> Reply:
+        """One attempt: held against the budget, sent, and its reply priced into ``record``."""
+        rate = self.ledger.pricing.rate(ep.name, ep.cfg.kind, kwargs["model"], ep.cfg.in_flight)
+        held = self.ledger.hold(rate, kwargs, timeout)  # BudgetExhausted: not sent, not an attempt
+        record.attempts += 1
         replica = ep.pick()
         replica.load += 1
+        sent = time.monotonic()
         try:
             async with replica.in_flight:
                 if ep.throttle is not None:
@@ -199,12 +216,19 @@ class LLMClient:
                     raise retryable from exc
                 replica.down = False
                 reply = read_reply(resp, self._redact)
+                if not isinstance(reply, str):  # a reply came back: paid for, whether its text is used or not
+                    cost = rate.cost(reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens,
+                                     time.monotonic() - sent)
+                    record.cost_usd += cost
+                    record.price_source = rate.source
+                    self.ledger.charge(rate, ep.name, kwargs["model"], cost)
                 if isinstance(reply, str):  # e.g. an HTTP 200 whose choices list is empty: retried like a 5xx
                     raise Retryable(ValueError(reply), None, None, "status")
                 ep.last_ok = time.monotonic()
                 return reply
         finally:
             replica.load -= 1
+            self.ledger.release(held)
 
     async def _complete(self, ep: Endpoint, kwargs: dict[str, Any], record: CallRecord) -> Reply:
         cfg = ep.cfg
@@ -212,13 +236,12 @@ class LLMClient:
         # The first attempt goes without tenacity: most calls need no retry, and each retry loop
         # left objects in reference cycles for the garbage collector, whose pauses are the event
         # loop's lag at 1,000 sessions in flight.
-        record.attempts += 1
         try:
-            return await self._complete_once(ep, kwargs, min(cfg.timeout_s, cfg.deadline_s))
+            return await self._complete_once(ep, kwargs, min(cfg.timeout_s, cfg.deadline_s), record)
         except Retryable as exc:
             first: Retryable | None = exc
             last = exc  # the latest failure
-        except LLMError:
+        except (LLMError, BudgetExhausted):
             raise
         except Exception as exc:
             raise self._final(ep, kwargs, record, exc) from exc
@@ -253,11 +276,10 @@ class LLMClient:
                         # request is sent, and the call ends on its last failure as when the deadline
                         # runs out during a request
                         raise last
-                    record.attempts += 1
                     last_attempt = time.monotonic()
                     remaining = cfg.deadline_s - (last_attempt - start)
                     try:
-                        return await self._complete_once(ep, kwargs, min(cfg.timeout_s, remaining))
+                        return await self._complete_once(ep, kwargs, min(cfg.timeout_s, remaining), record)
                     except Retryable as exc:
                         if exc.kind == "timeout" and remaining < cfg.timeout_s:
                             # the deadline, not the server, cut this attempt short (on a busy machine a
@@ -283,7 +305,7 @@ class LLMClient:
                 attempts=record.attempts,
                 status=exc.status,
             ) from cause
-        except LLMError:
+        except (LLMError, BudgetExhausted):
             raise
         except Exception as exc:
             raise self._final(ep, kwargs, record, exc) from exc
@@ -408,3 +430,4 @@ def _add_usage(record: CallRecord, reply: Reply) -> None:
     record.served_model = reply.model or record.served_model
     record.prompt_tokens += reply.prompt_tokens
     record.completion_tokens += reply.completion_tokens
+    record.cached_tokens += reply.cached_tokens
