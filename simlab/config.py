@@ -382,6 +382,11 @@ class _Settings(_Strict):
     pricing_file: str | None = None
     """A pricing file (TOML or JSON, the tables of ``pricing``), read before any call; its prices win
     over ``pricing``'s."""
+    cache: str | None = None
+    """A response cache file (SQLite, shared across runs and processes): seeded requests are served
+    from it when it holds them and stored in it when not (``simlab.llm.cache``). None: no cache."""
+    cache_unseeded: bool = False
+    """Also cache requests with no seed (a reply sampled once then stands for every later one)."""
     budget_usd: float | None = Field(None, gt=0, allow_inf_nan=False)
     """Dollars the run may spend over all its calls (resumes included): a call that could take the
     spend past it is not sent, and the run stops as when a backend stops answering (sessions in flight

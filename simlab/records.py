@@ -30,9 +30,10 @@ Dollars = Annotated[float, Field(ge=0, le=WTP_CAP)]
 Count = Annotated[int, Field(ge=0)]
 CallRole = Literal["arm", "simulator", "judge", "summary"]
 CallStatus = Literal["ok", "error", "schema_error"]
-PriceSource = Literal["table", "litellm", "gpu_hour", "unpriced"]
+PriceSource = Literal["table", "litellm", "gpu_hour", "unpriced", "cache"]
 """Where a call's price came from: the run's pricing table, litellm's offline cost map, an endpoint's
-GPU-hour price, or nothing (``unpriced``: counted as $0 and listed as such)."""
+GPU-hour price, nothing (``unpriced``: counted as $0 and listed as such), or the response cache
+(``cache``: the reply was served from it, $0)."""
 
 
 class _Record(BaseModel):

@@ -31,6 +31,7 @@ from simlab.errors import (
     InputError,
     exit_status,
 )
+from simlab.llm.cache import ResponseCache, check_cache_path
 from simlab.llm.pricing import BudgetExhausted, Ledger, Pricing, PricingTable, load_pricing
 from simlab.personas import Persona, load_persona_set, render_persona
 from simlab.plan import SessionSpec, plan_sessions
@@ -86,6 +87,10 @@ class RunSummary:
     budget_usd: float | None = None
     budget_stop: bool = False
     """The run stopped because its next call could have crossed ``budget_usd``."""
+    cache_hits: int = 0
+    cache_lookups: int = 0
+    cache_saved_usd: float = 0.0
+    """What the replies served from the response cache would have cost at today's prices."""
     unpriced: dict[str, int] = field(default_factory=dict)
     """``<endpoint>/<model>`` → stored calls counted as $0 because nothing prices that model."""
     uncosted_calls: int = 0
@@ -154,6 +159,9 @@ class RunSummary:
         if self.unpriced:
             lines.append("unpriced models, counted as $0 (give their prices in [pricing] or --pricing): " + ", ".join(
                 f"{m} ({n} calls)" for m, n in sorted(self.unpriced.items())))
+        if self.cache_lookups:
+            lines.append(f"response cache: {self.cache_hits} of {self.cache_lookups} requests served from it "
+                         f"({self.cache_hits / self.cache_lookups:.0%}), ${self.cache_saved_usd:.4f} saved")
         if self.uncosted_calls:
             lines.append(f"{self.uncosted_calls} stored calls have no cost (recorded before costs were kept)")
         return lines
@@ -241,7 +249,10 @@ def validate_plan(config: Experiment, personas: Sequence[Persona], shard: tuple[
 
 def pricing_of(settings: Config | Invocation) -> PricingTable:
     """The run's pricing table: the config's ``[pricing]`` with the ``pricing_file``'s prices over it
-    (a bad file is a ``ConfigError`` naming it and the field, raised before anything is written)."""
+    (a bad file is a ``ConfigError`` naming it and the field, raised before anything is written; a
+    ``cache`` path that cannot hold a response cache is refused here too)."""
+    if settings.cache is not None:
+        check_cache_path(settings.cache)
     table = settings.pricing
     if settings.pricing_file is not None:
         table = table.merged(load_pricing(settings.pricing_file))
@@ -353,6 +364,7 @@ async def run_experiment(
     # or the stored calls' costs for a run whose last call ended before writing it
     spent_before = max(float(store.meta().get("spend_usd") or 0.0), store.counts().cost_usd)
     ledger = Ledger(pricing, budget_usd=invocation.budget_usd, spent_before=spent_before)
+    cache = None if invocation.cache is None else ResponseCache(invocation.cache, unseeded=invocation.cache_unseeded)
     budget_stop = False
     done_before = store.completed_sessions()
     skip = done_before if invocation.retry_failed else done_before | store.failed_sessions()
@@ -368,7 +380,7 @@ async def run_experiment(
             backend_info = backends.info()
             if backend_info:
                 store.set_meta("backends", backend_info)
-            client = LLMClient(experiment.endpoints, base_urls=backends.base_urls, ledger=ledger)
+            client = LLMClient(experiment.endpoints, base_urls=backends.base_urls, ledger=ledger, cache=cache)
             summaries = PersonaSummaries(experiment, client, store) if _needs_summary(experiment) else None
 
             async def session(spec: SessionSpec) -> SessionRecord:
@@ -391,6 +403,8 @@ async def run_experiment(
     finally:
         if ledger.spent:
             store.set_meta("spend_usd", spent_before + ledger.spent)
+        if cache is not None:
+            cache.close()
         counts = store.counts()
         store.close()
     summary = RunSummary(
@@ -414,6 +428,9 @@ async def run_experiment(
         spent_total_usd=spent_before + ledger.spent,
         budget_usd=invocation.budget_usd,
         budget_stop=budget_stop,
+        cache_hits=cache.hits if cache is not None else 0,
+        cache_lookups=cache.hits + cache.misses if cache is not None else 0,
+        cache_saved_usd=cache.saved_usd if cache is not None else 0.0,
         unpriced=counts.unpriced,
         uncosted_calls=counts.uncosted_calls,
     )
@@ -486,6 +503,8 @@ def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
         data["pricing_file"] = args.pricing
     if args.budget is not None:
         data["budget_usd"] = args.budget
+    if args.cache is not None:
+        data["cache"] = args.cache
     from simlab.config import parse_config
 
     try:
@@ -495,7 +514,7 @@ def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
         given = {"personas": args.personas, "limit": args.limit, "holdout": args.holdout,
                  "protocol.domains": args.domains, "concurrency": args.concurrency, "seed": args.seed,
                  "out_dir": args.out, "human": args.human, "repeats": args.repeats, "pricing_file": args.pricing,
-                 "budget_usd": args.budget}
+                 "budget_usd": args.budget, "cache": args.cache}
         for field, value in given.items():
             if value is not None and exc.field and (exc.field == field or exc.field.startswith((f"{field}.", f"{field}["))):
                 exc.file, exc.field = None, _OPTION_OF.get(field, f"--{field}")
@@ -503,7 +522,7 @@ def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
         raise
 
 
-_OPTION_OF = {"protocol.domains": "--domains", "out_dir": "--out", "pricing_file": "--pricing", "budget_usd": "--budget"}
+_OPTION_OF = {"protocol.domains": "--domains", "out_dir": "--out", "pricing_file": "--pricing", "budget_usd": "--budget", "cache": "--cache"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -549,13 +568,56 @@ backend stopped answering (nothing lost: run the same command again once it is b
                              "tokens, [endpoints.<name>] gpu_hour_usd)")
     parser.add_argument("--budget", type=_usd, metavar="USD",
                         help="stop before the run's spend (resumes included) could cross this many dollars")
+    parser.add_argument("--cache", metavar="PATH",
+                        help="response cache file shared across runs and processes: seeded requests it holds are "
+                             "served from it, the rest stored in it")
     parser.add_argument("--shard", default="0/1", help="run shard i of n (disjoint participants), e.g. 0/4")
     parser.add_argument("--resume", metavar="RUN_DIR", help="resume this run directory with its stored config")
     parser.add_argument("--retry-failed", action="store_true", help="also redo sessions that failed before")
-    parser.add_argument("--dry-run", action="store_true", help="validate config and personas, print the plan, exit 0")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate config and personas, print the plan and the expected calls, tokens and dollars "
+                             "per component (a range), exit 0")
+    parser.add_argument("--pilot", type=_positive, metavar="K",
+                        help="with --dry-run: run about K sessions for real in a temporary directory and scale their "
+                             "calls, tokens and dollars to the study")
     parser.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+def _estimate(config: Config, invocation: Invocation, personas: Sequence[Persona], pilot: int | None) -> Any:
+    """The dry run's estimate: from the config, or from a pilot of ``pilot`` sessions run in a
+    temporary directory (removed afterwards)."""
+    import tempfile
+
+    from simlab.estimate import estimate_from_config, estimate_from_pilot, pilot_personas
+    from simlab.store import read_table
+
+    n_sessions = len(sessions_of(config.experiment, invocation, personas))
+    if pilot is None:
+        k, p = len(config.arms), config.protocol
+        return estimate_from_config(config.experiment, personas, n_sessions, Pricing(pricing_of(config)),
+                                    (calls_per_session(k, p.min_turns, p), calls_per_session(k, p.max_turns, p)))
+    per_persona = len(sessions_of(config.experiment, invocation, personas[:1])) if personas else 1
+    chosen = pilot_personas(personas, pilot, per_persona)
+    with tempfile.TemporaryDirectory(prefix="simlab-pilot-") as tmp:
+        quiet = invocation.model_copy(update={"progress": False, "report": False, "budget_usd": None})
+        done = asyncio.run(run_experiment(config.experiment, quiet, personas=chosen, run_dir=Path(tmp) / "pilot"))
+        if done.stopped:
+            raise InputError(f"the pilot stopped: {done.stopped}", field="--pilot")
+        sessions = read_table(done.run_dir, "sessions")["conversation_id"].tolist()
+        return estimate_from_pilot(read_table(done.run_dir, "llm_calls"), sessions, n_sessions, len(personas),
+                                   len(chosen))
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
 
 
 def _usd(text: str) -> float:
@@ -605,15 +667,21 @@ def _main(args: argparse.Namespace) -> int:
         raise
     try:
         validate_plan(config, personas, shard, human=config.human)
-        pricing_of(config)  # a bad pricing file stops the run here, before any call
+        pricing_of(config)  # a bad pricing file or cache path stops the run here, before any call
     except InputError as exc:
         if exc.file is None:  # a config field: name the file it came from
             exc.file = config_file
+        if exc.field == "cache" and args.cache is not None:  # given by the option, not the config
+            exc.field = "--cache"
         raise
     target = run_dir or run_dir_for(config, shard)
     _check_writable(Path(config.out_dir) if run_dir is None else target, "--out" if args.out else "out_dir")
+    if args.pilot is not None and not args.dry_run:
+        raise ConfigError("--pilot K measures the estimate of a --dry-run: give --dry-run too", field="--pilot")
     if args.dry_run:
-        print(plan_text(config, personas, target, config.invocation(shard=shard)))
+        plan_invocation = config.invocation(shard=shard)
+        print(plan_text(config, personas, target, plan_invocation))
+        print(_estimate(config, plan_invocation, personas, args.pilot).text())
         return 0
     invocation = config.invocation(shard=shard, retry_failed=args.retry_failed, progress=not args.quiet,
                                    report=not args.no_report)

@@ -297,3 +297,61 @@ def test_store_records_keep_their_cost_fields() -> None:
     assert rec.cost_usd == 0.5
     with pytest.raises(ValueError):
         LLMCallRecord(role="arm", model="m", endpoint="e", cost_usd=-1.0)
+
+
+# ---------------------------------------------------------------- estimates before spending
+
+
+def test_a_dry_run_estimates_calls_tokens_and_dollars_per_component_and_makes_no_call(tmp_path: Path, capsys) -> None:
+    with StubServer() as server:
+        assert _cli(tmp_path, server, "--dry-run") == 0
+        assert server.n_requests == 0
+    out = capsys.readouterr().out
+    lines = {line.split(":")[0].strip(): line for line in out.splitlines() if line.startswith("  ")}
+    assert {"arm GEN", "arm PROMPT", "arm SUMMARY", "arm STYLE", "simulator", "study"} <= set(lines)
+    # one persona × one domain × 1–2 turns: each arm answers 1 to 2 times
+    assert "calls 2 (1–2)" in lines["arm GEN"] and "USD $" in lines["study"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_pilot_measures_the_estimate_and_leaves_no_run(tmp_path: Path, capsys) -> None:
+    import re
+
+    with StubServer(deterministic=True) as server:
+        assert _cli(tmp_path, server, "--dry-run", "--pilot", "1") == 0
+        assert server.n_requests > 0
+        assert not (tmp_path / "runs").exists()  # the pilot ran in a temporary directory
+        estimate = capsys.readouterr().out
+        assert "from a pilot of 1 sessions, scaled to 1" in estimate
+        assert _cli(tmp_path, server) == 0  # the study itself: one session, the pilot's own
+    calls = read_table(next((tmp_path / "runs").iterdir()), "llm_calls")
+    for component, rows in (("simulator", calls["role"] == "simulator"),
+                            ("arm GEN", (calls["role"] == "arm") & (calls["arm"] == "GEN"))):
+        line = next(x for x in estimate.splitlines() if x.strip().startswith(component + ":"))
+        expected = float(re.search(r"USD \$([\d.,]+) ", line).group(1).replace(",", ""))  # type: ignore[union-attr]
+        assert expected == pytest.approx(calls.loc[rows, "cost_usd"].sum(), abs=1e-4)
+        assert f"calls {int(rows.sum())} " in line
+
+
+def test_the_pilot_estimate_scales_its_sessions_to_the_study() -> None:
+    import pandas as pd
+
+    from simlab.estimate import estimate_from_pilot
+
+    calls = pd.DataFrame({
+        "recorded_with": ["s1", "s1", "s2", None], "role": ["arm", "simulator", "arm", "summary"],
+        "arm": ["A", None, "A", None], "prompt_tokens": [10, 20, 30, 5], "completion_tokens": [1, 2, 3, 4],
+        "cost_usd": [0.1, 0.2, 0.3, 0.05], "price_source": ["table", "table", "table", "unpriced"]})
+    est = estimate_from_pilot(calls, ["s1", "s2"], n_sessions=10, n_personas=4, n_pilot_personas=2)
+    by = {line.component: line for line in est.lines}
+    assert by["arm A"].usd == pytest.approx((1.0, 2.0, 3.0))  # 10 × (cheapest, mean, dearest) session
+    assert by["simulator"].calls == pytest.approx((0.0, 5.0, 10.0))  # s2 had no simulator call
+    assert by["summary"].usd == pytest.approx((0.1, 0.1, 0.1)) and by["summary"].unpriced
+    assert est.study.usd == pytest.approx((0.1 + 1.0, 0.1 + 2.0 + 1.0, 0.1 + 3.0 + 2.0))
+
+
+def test_a_pilot_without_a_dry_run_exits_2(tmp_path: Path, capsys) -> None:
+    with StubServer() as server:
+        assert _cli(tmp_path, server, "--pilot", "2") == 2
+        assert server.n_requests == 0
+    assert "--pilot" in capsys.readouterr().err

@@ -59,6 +59,7 @@ LAYER_OF = {
     "simlab.report": "pipeline",
     "simlab.runner": "pipeline",
     "simlab.run": "pipeline",
+    "simlab.estimate": "pipeline",
     "simlab.sim_judgement": "pipeline",
     "simlab.autograde": "pipeline",
     "simlab.judge": "pipeline",

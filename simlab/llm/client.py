@@ -27,6 +27,7 @@ from tenacity import (
 
 from simlab.errors import BackendUnavailable, LLMError, StructuredOutputError
 from simlab.llm.backends import Transport, backend_of
+from simlab.llm.cache import ResponseCache
 from simlab.llm.config import Dialect, EndpointConfig, ModelSpec, SamplingConfig
 from simlab.llm.dialects import parse_structured, response_format, validation_reason
 from simlab.llm.errors import Retryable, classify
@@ -77,6 +78,7 @@ class LLMClient:
         on_call: called with the ``LLMCallRecord`` of every call (``recording`` collects them per block).
         ledger: prices every reply and holds the calls to a budget (``simlab.llm.pricing``; default:
             litellm's offline cost map, no budget).
+        cache: serve replies from (and store them in) this response cache (``simlab.llm.cache``).
 
     Example:
         >>> client = LLMClient({"stub": OpenAIEndpoint(base_url=url)})   # doctest: +SKIP
@@ -90,8 +92,11 @@ class LLMClient:
         base_urls: Mapping[str, str | Sequence[str]] | None = None,
         on_call: Callable[[LLMCallRecord], None] | None = None,
         ledger: Ledger | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.ledger = ledger or Ledger()
+        self.cache = cache
+        self._identities: dict[str, dict[str, Any]] = {}
         self._configs = dict(endpoints)
         self._base_urls = dict(base_urls or {})
         self._endpoints: dict[str, Endpoint] = {}
@@ -230,7 +235,37 @@ class LLMClient:
             replica.load -= 1
             self.ledger.release(held)
 
+    def _identity(self, ep: Endpoint) -> dict[str, Any]:
+        """What of an endpoint's config decides its replies (a response cache key's part): its kind,
+        its configured server and what a launch table or the embedded server loads; not its bounds,
+        timeouts or retries, nor a URL given at run time (an embedded server's port)."""
+        found = self._identities.get(ep.name)
+        if found is None:
+            skip = {"replica_urls", "api_key_env", "max_in_flight", "rate_limit", "timeout_s", "max_attempts",
+                    "deadline_s", "schema_attempts", "replicas", "n_threads", "structured_output"}
+            found = {k: v for k, v in ep.cfg.model_dump(mode="json").items() if k not in skip}
+            if isinstance(found.get("launch"), dict):
+                found["launch"] = {k: v for k, v in found["launch"].items() if k not in ("startup_timeout_s", "python")}
+            self._identities[ep.name] = found
+        return found
+
     async def _complete(self, ep: Endpoint, kwargs: dict[str, Any], record: CallRecord) -> Reply:
+        """One request's reply: from the response cache when it holds the request, else sent (and stored)."""
+        cache = self.cache
+        if cache is None or not cache.cacheable(kwargs):
+            return await self._complete_sent(ep, kwargs, record)
+        key = cache.key(kwargs, endpoint_identity=self._identity(ep), prompt_hash=record.prompt_hash)
+        hit = cache.get(key)
+        if hit is not None:
+            rate = self.ledger.pricing.rate(ep.name, ep.cfg.kind, kwargs["model"], ep.cfg.in_flight)
+            cache.saved_usd += rate.cost(hit.prompt_tokens, hit.completion_tokens, hit.cached_tokens)
+            record.price_source = "cache"
+            return hit
+        reply = await self._complete_sent(ep, kwargs, record)
+        cache.put(key, reply)
+        return reply
+
+    async def _complete_sent(self, ep: Endpoint, kwargs: dict[str, Any], record: CallRecord) -> Reply:
         cfg = ep.cfg
         start = time.monotonic()
         # The first attempt goes without tenacity: most calls need no retry, and each retry loop
