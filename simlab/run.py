@@ -362,7 +362,7 @@ async def run_experiment(
     store = open_store(run_dir, config, personas=[p.persona_id for p in personas], shard=list(invocation.shard))
     # what the run spent before: the meta's running total (it also counts sessions a stop cut short),
     # or the stored calls' costs for a run whose last call ended before writing it
-    spent_before = max(float(store.meta().get("spend_usd") or 0.0), store.counts().cost_usd)
+    spent_before = max(float(store.meta().get("spend_usd") or 0.0), store.cost_usd())
     ledger = Ledger(pricing, budget_usd=invocation.budget_usd, spent_before=spent_before)
     cache = None if invocation.cache is None else ResponseCache(invocation.cache, unseeded=invocation.cache_unseeded)
     budget_stop = False
