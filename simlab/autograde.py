@@ -118,7 +118,16 @@ async def grade_run(
         has_turns = run_tables.turns is not None and not run_tables.turns.empty
         with serving(config, base_urls=base_urls, log_dir=run_dir, only={config.judge.endpoint}) as backends:
             # closed at the end: an open aiohttp session prints "Unclosed client session" at exit
-            async with LLMClient(config.endpoints, base_urls=backends.base_urls) as client:
+            # the run's prices and response cache: grades are priced like the run's calls, and a re-grade
+            # of the same transcripts by the same judge is served from the cache
+            from simlab.llm.cache import ResponseCache
+            from simlab.llm.pricing import Ledger, Pricing, load_pricing
+
+            table = config.pricing if config.pricing_file is None else config.pricing.merged(
+                load_pricing(config.pricing_file))
+            cache = None if config.cache is None else ResponseCache(config.cache, unseeded=config.cache_unseeded)
+            async with LLMClient(config.endpoints, base_urls=backends.base_urls, ledger=Ledger(Pricing(table)),
+                                 cache=cache) as client:
                 if has_turns:
                     run_summary = await autograde(run_tables, config, client, store, personas=profiles,
                                                   options=options, progress=progress)

@@ -45,6 +45,7 @@ from simlab.llm.config import (
     _Strict,
     api_key,
 )
+from simlab.llm.pricing import PricingTable
 from simlab.schema import DOMAINS, VARIANT_ID, WTP_CAP, Domain, LetterMode, Memory, Rendering
 
 __all__ = [
@@ -374,6 +375,22 @@ class _Settings(_Strict):
     max_gen_error_rate: float = Field(0.1, ge=0, le=1)
     """Share of an arm's replies that may be error notices (its generation failed and the user
     saw a notice instead) before the run exits 1 and says so; the PRISM study saw about 6.7%."""
+    pricing: PricingTable = PricingTable()
+    """Model prices (``[pricing.models."<model>"]``: ``input``, ``output``, ``cached_input`` in USD per
+    million tokens; ``[pricing.endpoints.<name>]``: ``gpu_hour_usd``); models it does not name are priced
+    by litellm's offline cost map (hosted kinds), else at $0 and listed as unpriced."""
+    pricing_file: str | None = None
+    """A pricing file (TOML or JSON, the tables of ``pricing``), read before any call; its prices win
+    over ``pricing``'s."""
+    cache: str | None = None
+    """A response cache file (SQLite, shared across runs and processes): seeded requests are served
+    from it when it holds them and stored in it when not (``simlab.llm.cache``). None: no cache."""
+    cache_unseeded: bool = False
+    """Also cache requests with no seed (a reply sampled once then stands for every later one)."""
+    budget_usd: float | None = Field(None, gt=0, allow_inf_nan=False)
+    """Dollars the run may spend over all its calls (resumes included): a call that could take the
+    spend past it is not sent, and the run stops as when a backend stops answering (sessions in flight
+    stay to do; resume with a higher budget). None: no limit."""
 
 
 class Invocation(_Settings):

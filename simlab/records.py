@@ -30,6 +30,10 @@ Dollars = Annotated[float, Field(ge=0, le=WTP_CAP)]
 Count = Annotated[int, Field(ge=0)]
 CallRole = Literal["arm", "simulator", "judge", "summary"]
 CallStatus = Literal["ok", "error", "schema_error"]
+PriceSource = Literal["table", "litellm", "gpu_hour", "unpriced", "cache"]
+"""Where a call's price came from: the run's pricing table, litellm's offline cost map, an endpoint's
+GPU-hour price, nothing (``unpriced``: counted as $0 and listed as such), or the response cache
+(``cache``: the reply was served from it, $0)."""
 
 
 class _Record(BaseModel):
@@ -182,6 +186,14 @@ class LLMCallRecord(_Record):
     attempts: Annotated[int, Field(ge=1)] = 1
     status: CallStatus = "ok"
     error: str | None = None
+    cached_tokens: Count | None = None
+    """Of ``prompt_tokens``, those the server said it read from its prompt cache (summed over attempts);
+    None in stores written before costs were kept."""
+    cost_usd: Annotated[float, Field(ge=0)] | None = None
+    """USD of every reply this call received, retries and rejected replies included (``price_source``
+    says how it was priced); None in stores written before costs were kept."""
+    price_source: PriceSource | None = None
+    """Where the price came from (``unpriced``: no price known, counted as $0)."""
 
 
 class InstrumentRecord(_Record):
@@ -487,6 +499,7 @@ __all__ = [
     "JudgementRecord",
     "LLMCallRecord",
     "ParticipantRecord",
+    "PriceSource",
     "SessionFailure",
     "SessionRecord",
     "Table",

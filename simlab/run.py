@@ -31,6 +31,8 @@ from simlab.errors import (
     InputError,
     exit_status,
 )
+from simlab.llm.cache import ResponseCache, check_cache_path
+from simlab.llm.pricing import BudgetExhausted, Ledger, Pricing, PricingTable, load_pricing
 from simlab.personas import Persona, load_persona_set, render_persona
 from simlab.plan import SessionSpec, plan_sessions
 from simlab.prompts import render
@@ -71,6 +73,28 @@ class RunSummary:
     """Seconds each session of this call took (from taking its place under ``concurrency``)."""
     commit_s: list[float] = field(default_factory=list)
     """Seconds each session's store transaction took."""
+    cost_usd: float = 0.0
+    """USD of every call the store holds (the study so far)."""
+    cost_by_role: dict[str, float] = field(default_factory=dict)
+    """USD of the stored calls per role (arm, simulator, summary, judge)."""
+    cost_by_arm: dict[str, float] = field(default_factory=dict)
+    session_cost_usd: tuple[float, float] | None = None
+    """(mean, max) USD of a completed session's own calls."""
+    spent_usd: float = 0.0
+    """USD of every reply this call received, sessions cut short by a stop included."""
+    spent_total_usd: float = 0.0
+    """USD the run has spent over all its calls (what ``budget_usd`` limits)."""
+    budget_usd: float | None = None
+    budget_stop: bool = False
+    """The run stopped because its next call could have crossed ``budget_usd``."""
+    cache_hits: int = 0
+    cache_lookups: int = 0
+    cache_saved_usd: float = 0.0
+    """What the replies served from the response cache would have cost at today's prices."""
+    unpriced: dict[str, int] = field(default_factory=dict)
+    """``<endpoint>/<model>`` → stored calls counted as $0 because nothing prices that model."""
+    uncosted_calls: int = 0
+    """Stored calls written before costs were kept (no cost)."""
 
     @property
     def gen_error_alert(self) -> str | None:
@@ -99,6 +123,7 @@ class RunSummary:
                 continue
             lines.append(f"embedded server '{name}': {info['replicas']} × llama.cpp, {info['mode']} mode, "
                          f"{info['n_threads']} thread(s) each" + (f" ({info['fallback']})" if info.get("fallback") else ""))
+        lines += self.cost_lines()
         if any(e for e, _ in self.gen_errors_by_arm.values()):
             lines.append("replies that are error notices per arm: " + ", ".join(
                 f"{a}={e}/{n}" for a, (e, n) in sorted(self.gen_errors_by_arm.items())))
@@ -116,7 +141,30 @@ class RunSummary:
             lines.append("interrupted: completed sessions are kept; run the same command to resume")
         if self.stopped:
             lines.append(f"stopped early: {self.stopped}")
+        if self.budget_stop:
+            lines.append(f"  budget: ${self.spent_total_usd:.4f} of ${self.budget_usd:.4f} spent; the sessions in flight "
+                         f"were not recorded and stay to do. To continue: python -m simlab.run --resume {self.run_dir} "
+                         "--budget <a higher amount in USD>")
         return "\n".join(lines)
+
+    def cost_lines(self) -> list[str]:
+        """The summary's dollars: this call, the study, per session, per role and arm, unpriced models."""
+        per_session = "" if self.session_cost_usd is None else (
+            f"; per completed session ${self.session_cost_usd[0]:.4f} mean, ${self.session_cost_usd[1]:.4f} max")
+        budget = "" if self.budget_usd is None else f" (budget ${self.budget_usd:.4f}, ${self.spent_total_usd:.4f} spent)"
+        lines = [f"cost: ${self.spent_usd:.4f} this call; ${self.cost_usd:.4f} for the stored calls of the study"
+                 f"{per_session}{budget}",
+                 "cost per role: " + (", ".join(f"{r}=${c:.4f}" for r, c in sorted(self.cost_by_role.items())) or "none"),
+                 "cost per arm: " + (", ".join(f"{a}=${c:.4f}" for a, c in sorted(self.cost_by_arm.items())) or "none")]
+        if self.unpriced:
+            lines.append("unpriced models, counted as $0 (give their prices in [pricing] or --pricing): " + ", ".join(
+                f"{m} ({n} calls)" for m, n in sorted(self.unpriced.items())))
+        if self.cache_lookups:
+            lines.append(f"response cache: {self.cache_hits} of {self.cache_lookups} requests served from it "
+                         f"({self.cache_hits / self.cache_lookups:.0%}), ${self.cache_saved_usd:.4f} saved")
+        if self.uncosted_calls:
+            lines.append(f"{self.uncosted_calls} stored calls have no cost (recorded before costs were kept)")
+        return lines
 
 
 def _clip(text: str, limit: int) -> str:
@@ -197,6 +245,18 @@ def validate_plan(config: Experiment, personas: Sequence[Persona], shard: tuple[
         renderings = {config.simulator_of(v).rendering for v in config.variant_ids}
         for rendering in {*renderings, *(a.personalisation for a in config.arms)} - {"none", "summary", "soft_tokens"}:
             render_persona(persona, rendering)  # type: ignore[arg-type]
+
+
+def pricing_of(settings: Config | Invocation) -> PricingTable:
+    """The run's pricing table: the config's ``[pricing]`` with the ``pricing_file``'s prices over it
+    (a bad file is a ``ConfigError`` naming it and the field, raised before anything is written; a
+    ``cache`` path that cannot hold a response cache is refused here too)."""
+    if settings.cache is not None:
+        check_cache_path(settings.cache)
+    table = settings.pricing
+    if settings.pricing_file is not None:
+        table = table.merged(load_pricing(settings.pricing_file))
+    return table
 
 
 def _check_writable(directory: Path, field: str) -> None:
@@ -297,8 +357,15 @@ async def run_experiment(
                           shard=invocation.shard)
     personas = list(personas)
     validate_plan(experiment, personas, invocation.shard, human=invocation.human)
+    pricing = Pricing(pricing_of(invocation))
     run_dir = Path(run_dir) if run_dir else run_dir_for(experiment, invocation.shard, out_dir=invocation.out_dir)
     store = open_store(run_dir, config, personas=[p.persona_id for p in personas], shard=list(invocation.shard))
+    # what the run spent before: the meta's running total (it also counts sessions a stop cut short),
+    # or the stored calls' costs for a run whose last call ended before writing it
+    spent_before = max(float(store.meta().get("spend_usd") or 0.0), store.cost_usd())
+    ledger = Ledger(pricing, budget_usd=invocation.budget_usd, spent_before=spent_before)
+    cache = None if invocation.cache is None else ResponseCache(invocation.cache, unseeded=invocation.cache_unseeded)
+    budget_stop = False
     done_before = store.completed_sessions()
     skip = done_before if invocation.retry_failed else done_before | store.failed_sessions()
     planned = sessions_of(experiment, invocation, personas)
@@ -313,7 +380,7 @@ async def run_experiment(
             backend_info = backends.info()
             if backend_info:
                 store.set_meta("backends", backend_info)
-            client = LLMClient(experiment.endpoints, base_urls=backends.base_urls)
+            client = LLMClient(experiment.endpoints, base_urls=backends.base_urls, ledger=ledger, cache=cache)
             summaries = PersonaSummaries(experiment, client, store) if _needs_summary(experiment) else None
 
             async def session(spec: SessionSpec) -> SessionRecord:
@@ -331,7 +398,13 @@ async def run_experiment(
             interrupted = outcome.interrupted
     except BackendUnavailable as exc:
         stopped = str(exc)  # the sessions in flight stay to do: nothing about them was recorded
+    except BudgetExhausted as exc:
+        stopped, budget_stop = str(exc), True  # as a backend gone: the sessions in flight stay to do
     finally:
+        if ledger.spent:
+            store.set_meta("spend_usd", spent_before + ledger.spent)
+        if cache is not None:
+            cache.close()
         counts = store.counts()
         store.close()
     summary = RunSummary(
@@ -349,12 +422,25 @@ async def run_experiment(
         max_gen_error_rate=invocation.max_gen_error_rate,
         session_s=outcome.session_s,
         commit_s=outcome.commit_s,
+        cost_usd=counts.cost_usd,
+        session_cost_usd=counts.session_cost_usd,
+        spent_usd=ledger.spent,
+        spent_total_usd=spent_before + ledger.spent,
+        budget_usd=invocation.budget_usd,
+        budget_stop=budget_stop,
+        cache_hits=cache.hits if cache is not None else 0,
+        cache_lookups=cache.hits + cache.misses if cache is not None else 0,
+        cache_saved_usd=cache.saved_usd if cache is not None else 0.0,
+        unpriced=counts.unpriced,
+        uncosted_calls=counts.uncosted_calls,
     )
     for c in counts.by_role_arm:
         tokens = c.prompt_tokens + c.completion_tokens
         summary.tokens_by_role[c.role] = summary.tokens_by_role.get(c.role, 0) + tokens
+        summary.cost_by_role[c.role] = summary.cost_by_role.get(c.role, 0.0) + c.cost_usd
         if c.role == "arm" and c.arm:
             summary.tokens_by_arm[c.arm] = summary.tokens_by_arm.get(c.arm, 0) + tokens
+            summary.cost_by_arm[c.arm] = summary.cost_by_arm.get(c.arm, 0.0) + c.cost_usd
     if invocation.report and not interrupted and not stopped:
         stamp = json.dumps({"completed": counts.sessions_completed, "failed": counts.sessions_failed,
                             "human": _file_stamp(invocation.human), "simlab": __version__})
@@ -413,6 +499,12 @@ def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
         data["repeats"] = args.repeats
     if args.ablate_persona:
         data["ablate_persona"] = True
+    if args.pricing is not None:
+        data["pricing_file"] = args.pricing
+    if args.budget is not None:
+        data["budget_usd"] = args.budget
+    if args.cache is not None:
+        data["cache"] = args.cache
     from simlab.config import parse_config
 
     try:
@@ -421,7 +513,8 @@ def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
         # the config itself was valid: a bad value came from an option, so name the option
         given = {"personas": args.personas, "limit": args.limit, "holdout": args.holdout,
                  "protocol.domains": args.domains, "concurrency": args.concurrency, "seed": args.seed,
-                 "out_dir": args.out, "human": args.human, "repeats": args.repeats}
+                 "out_dir": args.out, "human": args.human, "repeats": args.repeats, "pricing_file": args.pricing,
+                 "budget_usd": args.budget, "cache": args.cache}
         for field, value in given.items():
             if value is not None and exc.field and (exc.field == field or exc.field.startswith((f"{field}.", f"{field}["))):
                 exc.file, exc.field = None, _OPTION_OF.get(field, f"--{field}")
@@ -429,7 +522,7 @@ def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
         raise
 
 
-_OPTION_OF = {"protocol.domains": "--domains", "out_dir": "--out"}
+_OPTION_OF = {"protocol.domains": "--domains", "out_dir": "--out", "pricing_file": "--pricing", "budget_usd": "--budget", "cache": "--cache"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -470,13 +563,71 @@ backend stopped answering (nothing lost: run the same command again once it is b
                         help="run each participant × domain K times with different seeds (simulator test–retest)")
     parser.add_argument("--ablate-persona", action="store_true",
                         help="also run every session with a simulator that gets no persona (the control)")
+    parser.add_argument("--pricing", metavar="FILE",
+                        help="model prices (TOML/JSON: [models.\"<model>\"] input/output/cached_input USD per million "
+                             "tokens, [endpoints.<name>] gpu_hour_usd)")
+    parser.add_argument("--budget", type=_usd, metavar="USD",
+                        help="stop before the run's spend (resumes included) could cross this many dollars")
+    parser.add_argument("--cache", metavar="PATH",
+                        help="response cache file shared across runs and processes: seeded requests it holds are "
+                             "served from it, the rest stored in it")
     parser.add_argument("--shard", default="0/1", help="run shard i of n (disjoint participants), e.g. 0/4")
     parser.add_argument("--resume", metavar="RUN_DIR", help="resume this run directory with its stored config")
     parser.add_argument("--retry-failed", action="store_true", help="also redo sessions that failed before")
-    parser.add_argument("--dry-run", action="store_true", help="validate config and personas, print the plan, exit 0")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate config and personas, print the plan and the expected calls, tokens and dollars "
+                             "per component (a range), exit 0")
+    parser.add_argument("--pilot", type=_positive, metavar="K",
+                        help="with --dry-run: run about K sessions for real in a temporary directory and scale their "
+                             "calls, tokens and dollars to the study")
     parser.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+def _estimate(config: Config, invocation: Invocation, personas: Sequence[Persona], pilot: int | None) -> Any:
+    """The dry run's estimate: from the config, or from a pilot of ``pilot`` sessions run in a
+    temporary directory (removed afterwards)."""
+    import tempfile
+
+    from simlab.estimate import estimate_from_config, estimate_from_pilot, pilot_personas
+    from simlab.store import read_table
+
+    n_sessions = len(sessions_of(config.experiment, invocation, personas))
+    if pilot is None:
+        k, p = len(config.arms), config.protocol
+        return estimate_from_config(config.experiment, personas, n_sessions, Pricing(pricing_of(config)),
+                                    (calls_per_session(k, p.min_turns, p), calls_per_session(k, p.max_turns, p)))
+    per_persona = len(sessions_of(config.experiment, invocation, personas[:1])) if personas else 1
+    chosen = pilot_personas(personas, pilot, per_persona)
+    with tempfile.TemporaryDirectory(prefix="simlab-pilot-") as tmp:
+        quiet = invocation.model_copy(update={"progress": False, "report": False, "budget_usd": None})
+        done = asyncio.run(run_experiment(config.experiment, quiet, personas=chosen, run_dir=Path(tmp) / "pilot"))
+        if done.stopped:
+            raise InputError(f"the pilot stopped: {done.stopped}", field="--pilot")
+        sessions = read_table(done.run_dir, "sessions")["conversation_id"].tolist()
+        return estimate_from_pilot(read_table(done.run_dir, "llm_calls"), sessions, n_sessions, len(personas),
+                                   len(chosen))
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+def _usd(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of dollars: {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be more than 0 dollars, got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -516,14 +667,21 @@ def _main(args: argparse.Namespace) -> int:
         raise
     try:
         validate_plan(config, personas, shard, human=config.human)
+        pricing_of(config)  # a bad pricing file or cache path stops the run here, before any call
     except InputError as exc:
         if exc.file is None:  # a config field: name the file it came from
             exc.file = config_file
+        if exc.field == "cache" and args.cache is not None:  # given by the option, not the config
+            exc.field = "--cache"
         raise
     target = run_dir or run_dir_for(config, shard)
     _check_writable(Path(config.out_dir) if run_dir is None else target, "--out" if args.out else "out_dir")
+    if args.pilot is not None and not args.dry_run:
+        raise ConfigError("--pilot K measures the estimate of a --dry-run: give --dry-run too", field="--pilot")
     if args.dry_run:
-        print(plan_text(config, personas, target, config.invocation(shard=shard)))
+        plan_invocation = config.invocation(shard=shard)
+        print(plan_text(config, personas, target, plan_invocation))
+        print(_estimate(config, plan_invocation, personas, args.pilot).text())
         return 0
     invocation = config.invocation(shard=shard, retry_failed=args.retry_failed, progress=not args.quiet,
                                    report=not args.no_report)

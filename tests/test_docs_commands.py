@@ -85,6 +85,7 @@ def _workspace(tmp_path: Path, url: str) -> Path:
     text = text.replace("max_turns = 6", "max_turns = 2").replace("concurrency = 256", "concurrency = 32\nlimit = 2")
     text = text.replace("[summary]", f'[summary]\ncache_dir = "{tmp_path / "summaries"}"')
     (ws / "configs" / "vllm.toml").write_text(text)
+    shutil.copy(CONFIGS_DIR / "prices.toml", ws / "configs" / "prices.toml")
     (ws / "my.toml").write_text(text.replace('name = "prismx-vllm"', 'name = "my"'))
     (ws / "targets.txt").write_text("# evaluation targets kept out of the personas\nc-held-out\n")
     # human data in the on-disk form, for participants the sample personas describe

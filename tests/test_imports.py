@@ -65,6 +65,7 @@ LAYER_OF = {
     "simlab.report.user_text": "render",
     "simlab.runner": "pipeline",
     "simlab.run": "pipeline",
+    "simlab.estimate": "pipeline",
     "simlab.sim_judgement": "pipeline",
     "simlab.autograde": "pipeline",
     "simlab.judge": "pipeline",

@@ -719,7 +719,7 @@ def test_a_version_2_store_is_migrated_on_open_and_keeps_every_row_and_id(tmp_pa
     before = _rows(path)
 
     store = RunStore.open(tmp_path / "old")
-    assert store.meta()["store_schema"] == STORE_SCHEMA_VERSION == 5
+    assert store.meta()["store_schema"] == STORE_SCHEMA_VERSION == 6
     db = store._conn
     assert {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in COLUMNS} == before
     assert db.execute(calls).fetchall() == before_calls

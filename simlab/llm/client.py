@@ -27,10 +27,12 @@ from tenacity import (
 
 from simlab.errors import BackendUnavailable, LLMError, StructuredOutputError
 from simlab.llm.backends import Transport, backend_of
+from simlab.llm.cache import ResponseCache
 from simlab.llm.config import Dialect, EndpointConfig, ModelSpec, SamplingConfig
 from simlab.llm.dialects import parse_structured, response_format, validation_reason
 from simlab.llm.errors import Retryable, classify
 from simlab.llm.pacing import LoopPacers
+from simlab.llm.pricing import BudgetExhausted, Ledger
 from simlab.llm.recording import CallRecord, emit
 from simlab.llm.routing import Endpoint, Replica
 from simlab.llm.transport import Reply, Sessions, read_reply
@@ -74,6 +76,9 @@ class LLMClient:
         base_urls: base URL overrides by endpoint name (e.g. the embedded servers' URLs); a list
             names replicas of one server, among which calls are spread (see ``affinity``).
         on_call: called with the ``LLMCallRecord`` of every call (``recording`` collects them per block).
+        ledger: prices every reply and holds the calls to a budget (``simlab.llm.pricing``; default:
+            litellm's offline cost map, no budget).
+        cache: serve replies from (and store them in) this response cache (``simlab.llm.cache``).
 
     Example:
         >>> client = LLMClient({"stub": OpenAIEndpoint(base_url=url)})   # doctest: +SKIP
@@ -86,7 +91,12 @@ class LLMClient:
         *,
         base_urls: Mapping[str, str | Sequence[str]] | None = None,
         on_call: Callable[[LLMCallRecord], None] | None = None,
+        ledger: Ledger | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
+        self.ledger = ledger or Ledger()
+        self.cache = cache
+        self._identities: dict[str, dict[str, Any]] = {}
         self._configs = dict(endpoints)
         self._base_urls = dict(base_urls or {})
         self._endpoints: dict[str, Endpoint] = {}
@@ -159,6 +169,7 @@ class LLMClient:
         """Latency, status and the ``on_call`` report for one logical call, failed or not;
         a raised ``LLMError`` carries its record as ``.call``."""
         start = time.monotonic()
+        unsent = False
         try:
             yield
         except (LLMError, BackendUnavailable) as exc:
@@ -166,9 +177,15 @@ class LLMClient:
                 record.status, record.error = "error", str(exc)
             exc.call = record
             raise
+        except BudgetExhausted as exc:
+            # not sent: nothing to record, unless earlier replies of this call (schema retries) were paid for
+            unsent = record.attempts == 0
+            record.status, record.error = "error", f"stopped: {exc}"
+            raise
         finally:
             record.latency_s = time.monotonic() - start
-            emit(record, self.on_call)
+            if not unsent:
+                emit(record, self.on_call)
 
     async def _send(self, ep: Endpoint, replica: Replica, kwargs: dict[str, Any], timeout: float) -> Any:
         """One request by the endpoint's transport; the reply's JSON body (a dict, or the text of a body
@@ -177,9 +194,14 @@ class LLMClient:
         async with self._pacers.current():
             return await transport.complete(kwargs, timeout)
 
-    async def _complete_once(self, ep: Endpoint, kwargs: dict[str, Any], timeout: float) -> Reply:
+    async def _complete_once(self, ep: Endpoint, kwargs: dict[str, Any], timeout: float, record: CallRecord) -> Reply:
+        """One attempt: held against the budget, sent, and its reply priced into ``record``."""
+        rate = self.ledger.pricing.rate(ep.name, ep.cfg.kind, kwargs["model"], ep.cfg.in_flight)
+        held = self.ledger.hold(rate, kwargs, timeout)  # BudgetExhausted: not sent, not an attempt
+        record.attempts += 1
         replica = ep.pick()
         replica.load += 1
+        sent = time.monotonic()
         try:
             async with replica.in_flight:
                 if ep.throttle is not None:
@@ -199,26 +221,62 @@ class LLMClient:
                     raise retryable from exc
                 replica.down = False
                 reply = read_reply(resp, self._redact)
+                if not isinstance(reply, str):  # a reply came back: paid for, whether its text is used or not
+                    cost = rate.cost(reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens,
+                                     time.monotonic() - sent)
+                    record.cost_usd += cost
+                    record.price_source = rate.source
+                    self.ledger.charge(rate, ep.name, kwargs["model"], cost)
                 if isinstance(reply, str):  # e.g. an HTTP 200 whose choices list is empty: retried like a 5xx
                     raise Retryable(ValueError(reply), None, None, "status")
                 ep.last_ok = time.monotonic()
                 return reply
         finally:
             replica.load -= 1
+            self.ledger.release(held)
+
+    def _identity(self, ep: Endpoint) -> dict[str, Any]:
+        """What of an endpoint's config decides its replies (a response cache key's part): its kind,
+        its configured server and what a launch table or the embedded server loads; not its bounds,
+        timeouts or retries, nor a URL given at run time (an embedded server's port)."""
+        found = self._identities.get(ep.name)
+        if found is None:
+            skip = {"replica_urls", "api_key_env", "max_in_flight", "rate_limit", "timeout_s", "max_attempts",
+                    "deadline_s", "schema_attempts", "replicas", "n_threads", "structured_output"}
+            found = {k: v for k, v in ep.cfg.model_dump(mode="json").items() if k not in skip}
+            if isinstance(found.get("launch"), dict):
+                found["launch"] = {k: v for k, v in found["launch"].items() if k not in ("startup_timeout_s", "python")}
+            self._identities[ep.name] = found
+        return found
 
     async def _complete(self, ep: Endpoint, kwargs: dict[str, Any], record: CallRecord) -> Reply:
+        """One request's reply: from the response cache when it holds the request, else sent (and stored)."""
+        cache = self.cache
+        if cache is None or not cache.cacheable(kwargs):
+            return await self._complete_sent(ep, kwargs, record)
+        key = cache.key(kwargs, endpoint_identity=self._identity(ep), prompt_hash=record.prompt_hash)
+        hit = cache.get(key)
+        if hit is not None:
+            rate = self.ledger.pricing.rate(ep.name, ep.cfg.kind, kwargs["model"], ep.cfg.in_flight)
+            cache.saved_usd += rate.cost(hit.prompt_tokens, hit.completion_tokens, hit.cached_tokens)
+            record.price_source = "cache"
+            return hit
+        reply = await self._complete_sent(ep, kwargs, record)
+        cache.put(key, reply)
+        return reply
+
+    async def _complete_sent(self, ep: Endpoint, kwargs: dict[str, Any], record: CallRecord) -> Reply:
         cfg = ep.cfg
         start = time.monotonic()
         # The first attempt goes without tenacity: most calls need no retry, and each retry loop
         # left objects in reference cycles for the garbage collector, whose pauses are the event
         # loop's lag at 1,000 sessions in flight.
-        record.attempts += 1
         try:
-            return await self._complete_once(ep, kwargs, min(cfg.timeout_s, cfg.deadline_s))
+            return await self._complete_once(ep, kwargs, min(cfg.timeout_s, cfg.deadline_s), record)
         except Retryable as exc:
             first: Retryable | None = exc
             last = exc  # the latest failure
-        except LLMError:
+        except (LLMError, BudgetExhausted):
             raise
         except Exception as exc:
             raise self._final(ep, kwargs, record, exc) from exc
@@ -253,11 +311,10 @@ class LLMClient:
                         # request is sent, and the call ends on its last failure as when the deadline
                         # runs out during a request
                         raise last
-                    record.attempts += 1
                     last_attempt = time.monotonic()
                     remaining = cfg.deadline_s - (last_attempt - start)
                     try:
-                        return await self._complete_once(ep, kwargs, min(cfg.timeout_s, remaining))
+                        return await self._complete_once(ep, kwargs, min(cfg.timeout_s, remaining), record)
                     except Retryable as exc:
                         if exc.kind == "timeout" and remaining < cfg.timeout_s:
                             # the deadline, not the server, cut this attempt short (on a busy machine a
@@ -283,7 +340,7 @@ class LLMClient:
                 attempts=record.attempts,
                 status=exc.status,
             ) from cause
-        except LLMError:
+        except (LLMError, BudgetExhausted):
             raise
         except Exception as exc:
             raise self._final(ep, kwargs, record, exc) from exc
@@ -408,3 +465,4 @@ def _add_usage(record: CallRecord, reply: Reply) -> None:
     record.served_model = reply.model or record.served_model
     record.prompt_tokens += reply.prompt_tokens
     record.completion_tokens += reply.completion_tokens
+    record.cached_tokens += reply.cached_tokens

@@ -10,7 +10,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from simlab.records import LLMCallRecord
+from simlab.records import LLMCallRecord, PriceSource
 
 __all__ = ["CallRecord", "Status", "call_context", "emit", "recording"]
 
@@ -36,6 +36,12 @@ class CallRecord:
     """Why each structured attempt before the last was rejected (diagnostics for retries)."""
     served_model: str | None = None
     """The model name the server's reply gives (vLLM: the base model's or the LoRA adapter's)."""
+    cached_tokens: int = 0
+    """Of the prompt tokens, those the server read from its prompt cache."""
+    cost_usd: float = 0.0
+    """USD of every reply of this call (``simlab.llm.pricing``)."""
+    price_source: PriceSource | None = None
+    """How the replies were priced; None when no reply came."""
 
     def to_record(self, fields: Mapping[str, Any]) -> LLMCallRecord:
         """The call as the run store keeps it: this accounting plus who made it (``call_context``)."""
@@ -46,6 +52,7 @@ class CallRecord:
             prompt_name=self.prompt_name, prompt_hash=self.prompt_hash, prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens, latency_s=round(self.latency_s, 4),
             attempts=max(1, self.attempts), status=self.status, error=self.error,
+            cached_tokens=self.cached_tokens, cost_usd=round(self.cost_usd, 10), price_source=self.price_source,
         )
 
 

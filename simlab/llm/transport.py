@@ -177,6 +177,8 @@ class Reply:
     model: str | None
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
+    """Of ``prompt_tokens``, those read from the server's prompt cache (``usage.prompt_tokens_details``)."""
 
 
 def read_reply(data: Any, redact: Redactor) -> Reply | str:
@@ -208,8 +210,11 @@ def read_reply(data: Any, redact: Redactor) -> Reply | str:
     usage = data.get("usage")
     usage = usage if isinstance(usage, dict) else {}
     model = data.get("model")
+    details = usage.get("prompt_tokens_details")
+    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
     return Reply(text=text, finish_reason=first.get("finish_reason"), model=model if isinstance(model, str) else None,
-                 prompt_tokens=_count(usage.get("prompt_tokens")), completion_tokens=_count(usage.get("completion_tokens")))
+                 prompt_tokens=_count(usage.get("prompt_tokens")), completion_tokens=_count(usage.get("completion_tokens")),
+                 cached_tokens=cached)
 
 
 def _count(value: Any) -> int:

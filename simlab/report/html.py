@@ -78,10 +78,34 @@ def _tokens(meta: Mapping[str, Any], tables: Tables | None) -> list[dict[str, An
                                         err=tables.llm_calls["status"] != "ok")
         rows = [
             {"role": role, "arm": arm, "calls": len(g), "errors": int(g["err"].sum()),
-             "prompt_tokens": int(g["prompt_tokens"].sum()), "completion_tokens": int(g["completion_tokens"].sum())}
+             "prompt_tokens": int(g["prompt_tokens"].sum()), "completion_tokens": int(g["completion_tokens"].sum()),
+             **({"cost_usd": float(g["cost_usd"].sum()), "uncosted": int(g["cost_usd"].isna().sum())}
+                if "cost_usd" in g else {})}
             for (role, arm), g in calls.groupby(["role", "arm"], dropna=False)
         ]
-    return [dict(r, arm=r.get("arm") or "–") for r in rows or []]
+    return [dict(r, arm=r.get("arm") or "–", cost=_usd(r)) for r in rows or []]
+
+
+def _usd(row: Mapping[str, Any]) -> str:
+    """A row's dollars; "–" when none of its calls has a cost (stored before costs were kept)."""
+    if row.get("cost_usd") is None or row.get("uncosted", 0) >= row.get("calls", 0):
+        return "–"
+    return f"{float(row['cost_usd']):.4f}"
+
+
+def _costs(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The study's dollars: stored calls, spent (with sessions a stop cut short), per session, unpriced models."""
+    counts = meta.get("counts") or {}
+    if "cost_usd" not in counts:
+        return {}
+    per_session = counts.get("session_cost_usd")
+    budget = (meta.get("config") or {}).get("budget_usd")
+    return {"study": f"{float(counts['cost_usd']):.4f}",
+            "spent": f"{float(meta.get('spend_usd') or counts['cost_usd']):.4f}",
+            "per_session": None if not per_session else (f"{float(per_session[0]):.4f}", f"{float(per_session[1]):.4f}"),
+            "budget": None if budget is None else f"{float(budget):.4f}",
+            "unpriced": sorted((counts.get("unpriced") or {}).items()),
+            "uncosted": int(counts.get("uncosted_calls") or 0)}
 
 
 def _counts(tables: Tables | None, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -160,6 +184,7 @@ def build_header(meta: Mapping[str, Any] | None, tables: Tables | None, result: 
         "gen_errors": _gen_errors_by_arm(tables, meta),
         "max_gen_error_rate": (meta.get("config") or {}).get("max_gen_error_rate"),
         "tokens": _tokens(meta, tables),
+        "costs": _costs(meta),
         "note": str(meta.get("note") or ""),
         "leaderboard_note": str(meta.get("leaderboard_note") or ""),
     }

@@ -44,9 +44,11 @@ call is not compared);
 LATEST_META = ("config",)
 """meta keys that describe the call that last ran the run (``config``: the experiment with that
 call's settings, e.g. concurrency): each resume replaces them and records what changed."""
-LEGACY_INVOCATION_KEYS = ("concurrency", "limit", "out_dir", "human", "max_gen_error_rate", "repeats", "ablate_persona")
-"""The keys of a stored ``config`` that were the invocation's, in stores made before the meta held
-the experiment on its own: such a store's experiment is its ``config`` without them."""
+LEGACY_INVOCATION_KEYS = ("concurrency", "limit", "out_dir", "human", "max_gen_error_rate", "repeats", "ablate_persona",
+                          "pricing", "pricing_file", "budget_usd", "cache", "cache_unseeded")
+"""The keys of a stored ``config`` that are the invocation's, in stores made before the meta held
+the experiment on its own: such a store's experiment is its ``config`` without them (the prices and
+the budget came later; a config rewritten in the old shape may hold them)."""
 
 
 class ConfigMismatchError(InputError):

@@ -20,11 +20,12 @@ __all__ = ["OLDER_VERSIONS", "legacy_views", "migrate"]
 # the long ``answers`` table (instruments beyond the built-in ones) is new (``migrate`` creates it with
 # the rest of the DDL). Later instruments add rows there, not columns. 4 → 5: a source is any source's
 # name (simulator variants ``sim_dynamic:<id>``), so the tables with a source column lose their closed
-# ``CHECK (source IN (...))``.
+# ``CHECK (source IN (...))``. 5 → 6: llm_calls gained cached_tokens, cost_usd and price_source (NULL in
+# older stores: what their calls cost was not kept, and nothing guesses it).
 _V3 = ("sessions", "conversations", "failures", "llm_calls")
 _V5 = ("participants", "conversations", "autograde")
 _CHANGED: dict[int, tuple[str, ...]] = {1: ("participants", *_V3, "autograde"), 2: (*_V3, "participants", "autograde"),
-                                        3: ("llm_calls", *_V5), 4: _V5}
+                                        3: ("llm_calls", *_V5), 4: (*_V5, "llm_calls"), 5: ("llm_calls",)}
 OLDER_VERSIONS = frozenset(_CHANGED)
 """The store schema versions this simlab can migrate (writers) or read through views (readers)."""
 # (table, new column) → its value where an older store has no such column

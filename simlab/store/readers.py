@@ -22,6 +22,7 @@ from simlab.tables import JUDGEMENT_COLUMNS, Tables, spreadsheet_safe_frame
 __all__ = [
     "CallCount",
     "StoreCounts",
+    "cost_frame",
     "export",
     "load_run",
     "open_readonly",
@@ -42,6 +43,10 @@ class CallCount(BaseModel):
     errors: int
     prompt_tokens: int
     completion_tokens: int
+    cost_usd: float = 0.0
+    """USD of these calls (those with a cost: see ``uncosted``)."""
+    uncosted: int = 0
+    """Calls with no cost kept (stored before costs were)."""
 
 
 class StoreCounts(BaseModel):
@@ -59,6 +64,14 @@ class StoreCounts(BaseModel):
     rows: dict[str, int]
     gen_errors_by_arm: dict[str, tuple[int, int]] = {}
     """arm → (replies that are error notices, replies) over the stored sessions."""
+    cost_usd: float = 0.0
+    """USD of every stored call (completed and failed sessions, summaries, grades)."""
+    session_cost_usd: tuple[float, float] | None = None
+    """(mean, max) USD of a completed session's own calls; None with no completed session."""
+    unpriced: dict[str, int] = {}
+    """``<endpoint>/<model>`` → stored calls priced at $0 because no price was known."""
+    uncosted_calls: int = 0
+    """Stored calls with no cost (written before costs were kept)."""
 
 
 def open_readonly(path: str | Path) -> sqlite3.Connection:
@@ -138,10 +151,11 @@ def store_counts(conn: sqlite3.Connection) -> StoreCounts:
     """Sessions completed/failed, model calls and tokens per (role, arm), rows per table, of the
     store open on ``conn``."""
     by = [
-        CallCount(role=r[0], arm=r[1], calls=r[2], errors=r[3], prompt_tokens=r[4], completion_tokens=r[5])
+        CallCount(role=r[0], arm=r[1], calls=r[2], errors=r[3], prompt_tokens=r[4], completion_tokens=r[5],
+                  cost_usd=r[6], uncosted=r[7])
         for r in conn.execute(
-            "SELECT role, arm, count(*), sum(status != 'ok'), sum(prompt_tokens), sum(completion_tokens)"
-            " FROM llm_calls GROUP BY role, arm ORDER BY role, arm"
+            "SELECT role, arm, count(*), sum(status != 'ok'), sum(prompt_tokens), sum(completion_tokens),"
+            " total(cost_usd), sum(cost_usd IS NULL) FROM llm_calls GROUP BY role, arm ORDER BY role, arm"
         )
     ]
     present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -153,7 +167,17 @@ def store_counts(conn: sqlite3.Connection) -> StoreCounts:
     ).fetchall()
     gen = {str(r[0]): (int(r[1] or 0), int(r[2])) for r in conn.execute(
         "SELECT arm, sum(gen_error), count(*) FROM turns WHERE role = 'assistant' AND arm IS NOT NULL GROUP BY arm")}
+    per_session = [float(r[0]) for r in conn.execute(
+        "SELECT total(cost_usd) FROM llm_calls WHERE recorded_with IN (SELECT conversation_id FROM sessions)"
+        " GROUP BY recorded_with")]
+    unpriced = {f"{r[0]}/{r[1]}": int(r[2]) for r in conn.execute(
+        "SELECT endpoint, model, count(*) FROM llm_calls WHERE price_source = 'unpriced'"
+        " GROUP BY endpoint, model ORDER BY endpoint, model")}
     return StoreCounts(
+        cost_usd=sum(c.cost_usd for c in by),
+        session_cost_usd=(sum(per_session) / len(per_session), max(per_session)) if per_session else None,
+        unpriced=unpriced,
+        uncosted_calls=sum(c.uncosted for c in by),
         gen_errors_by_arm=gen,
         sessions_completed=rows["sessions"],
         sessions_failed=len(latest),
@@ -210,5 +234,21 @@ def export(path: str | Path, out_dir: str | Path, fmt: Literal["csv", "parquet",
             frame.to_json(target, orient="records", lines=True)
         else:
             frame.to_parquet(target, index=False)
+    frame, target = cost_frame(path), out / f"costs.{fmt}"
+    if fmt == "csv":
+        frame.to_csv(target, index=False)
+    elif fmt == "jsonl":
+        frame.to_json(target, orient="records", lines=True)
+    else:
+        frame.to_parquet(target, index=False)
     (out / "meta.json").write_text(json.dumps(run_meta(path), indent=2, sort_keys=True))
     return out
+
+
+def cost_frame(path: str | Path) -> pd.DataFrame:
+    """Calls, tokens and USD per (role, arm) of a run's stored calls (``cost_usd`` empty where no call
+    of the row has a cost: stored before costs were kept)."""
+    rows = [{"role": c.role, "arm": c.arm, "calls": c.calls, "prompt_tokens": c.prompt_tokens,
+             "completion_tokens": c.completion_tokens, "cost_usd": None if c.uncosted >= c.calls else c.cost_usd}
+            for c in read_counts(path).by_role_arm]
+    return pd.DataFrame(rows, columns=["role", "arm", "calls", "prompt_tokens", "completion_tokens", "cost_usd"])

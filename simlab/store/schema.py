@@ -12,7 +12,7 @@ from simlab.records import TABLES, columns_of_kind
 
 __all__ = ["COLUMNS", "DDL", "STORED_TABLES", "STORE_SCHEMA_VERSION", "typed"]
 
-STORE_SCHEMA_VERSION = 5
+STORE_SCHEMA_VERSION = 6
 """Stored in the ``meta`` table (``store_schema``); ``simlab.store.migration`` knows the older ones."""
 
 DDL: tuple[str, ...] = (

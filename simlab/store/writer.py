@@ -293,6 +293,10 @@ class RunStore:
         """(unit_id, mode, dimension, rater_run) of every stored autograde score."""
         return {tuple(r) for r in self._conn.execute("SELECT unit_id, mode, dimension, rater_run FROM autograde")}
 
+    def cost_usd(self) -> float:
+        """USD of every stored call (calls stored before costs were kept count $0)."""
+        return float(self._conn.execute("SELECT total(cost_usd) FROM llm_calls").fetchone()[0])
+
     def counts(self) -> StoreCounts:
         """Sessions completed/failed, model calls and tokens per (role, arm), rows per table."""
         return store_counts(self._conn)

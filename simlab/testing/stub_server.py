@@ -179,8 +179,12 @@ class StubServer:
         keep_log: bool = True,
         deterministic: bool = False,
         record: str | None = None,
+        cached_tokens: int = 0,
     ) -> None:
         self.script = script
+        self.cached_tokens = cached_tokens
+        """Prompt tokens each reply says it read from a prompt cache (``usage.prompt_tokens_details``,
+        at most the prompt's), as hosted APIs report cache hits."""
         self.breakdown = breakdown
         """(n, how): after n chat requests the server breaks down for good: ``exit`` ends the
         process (run the stub as its own process), ``hang`` never answers, ``503`` answers 503."""
@@ -346,6 +350,8 @@ class StubServer:
                     "prompt_tokens": prompt_tokens,
                     "completion_tokens": completion_tokens,
                     "total_tokens": prompt_tokens + completion_tokens,
+                    **({"prompt_tokens_details": {"cached_tokens": min(self.cached_tokens, prompt_tokens)}}
+                       if self.cached_tokens else {}),
                 },
             }
         )
