@@ -165,17 +165,29 @@ def rake(levels: pd.DataFrame, margins: Margins, *, cap: float = MAX_WEIGHT) -> 
         targets.append(t)
     w = np.ones(len(levels))
     total_iter, trimmed = 0, 0
-    err = 0.0
     for _ in range(MAX_TRIM_ROUNDS):
-        w, it, err = _ipf(codes, targets, w)
+        w, it, _err = _ipf(codes, targets, w)
         total_iter += it
         w = w / w.mean()
         over = w > cap * (1 + 1e-9)
         if not over.any():
             break
         trimmed = max(trimmed, int(over.sum()))
-        w = np.minimum(w, cap)
+        w = _capped(w, cap)
+    else:  # the margins and the cap disagree: the cap wins, and max_error says how far the margins are missed
+        w = _capped(w, cap)
+    err = max(float(np.abs(np.bincount(c, weights=w, minlength=t.size) / w.sum() - t).max())
+              for c, t in zip(codes, targets)) if codes else 0.0
     return Raked(w / w.mean(), total_iter, trimmed, err)
+
+
+def _capped(w: np.ndarray, cap: float) -> np.ndarray:
+    """``w`` scaled to mean 1 with no weight above ``cap`` (cut, rescaled, until it holds)."""
+    for _ in range(100):
+        w = np.minimum(w / w.mean(), cap)
+        if w.max() / w.mean() <= cap * (1 + 1e-9):
+            break
+    return w / w.mean()
 
 
 def participant_weights(tables: Tables, margins: Margins, *, margins_file: str | Path | None = None,

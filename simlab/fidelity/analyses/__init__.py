@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Collection, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from simlab.fidelity.analyses._prep import participants_of
@@ -64,10 +65,10 @@ def analyze_all(
     analyses = [a for a in ANALYSES if only is None or a.name in only]  # registration problems surface here
     context = analysis_context(tables, n_boot=n_boot, seed=seed, topics=topics, clusters_path=clusters_path,
                                exclude_dimensions=exclude_dimensions, by=by, weights=weights)
+    if only is not None:  # the subgroups re-run the same analyses
+        context = replace(context, subgroup_analyses=tuple(only))
     plain = context
     if weights is not None:  # the analyses the weights cannot reach run unweighted (raking.NOT_WEIGHTED says so)
-        from dataclasses import replace
-
         plain = replace(context, participants=participants_of(tables, n_boot, seed), weights=None)
     results: dict[str, SourceStatus] = {}
     show = progress_shown() if progress is None else progress
