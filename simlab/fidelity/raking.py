@@ -187,7 +187,7 @@ def _capped(w: np.ndarray, cap: float) -> np.ndarray:
         w = np.minimum(w / w.mean(), cap)
         if w.max() / w.mean() <= cap * (1 + 1e-9):
             break
-    return w / w.mean()
+    return np.asarray(w / w.mean(), dtype=float)
 
 
 def participant_weights(tables: Tables, margins: Margins, *, margins_file: str | Path | None = None,
