@@ -734,10 +734,12 @@ class FidelityResult(_Model):
     """Keyed by analysis name, one entry per registered analysis that ran: hierarchy / agreement /
     topics / position / dynamics / traits, user_traits (when autograded), gen_errors (the descriptive
     generation-error table), then any analysis a package or module registered."""
-    weights: WeightsSummary | None = None
+    # left out of the JSON when unweighted, so a result reads and writes as before weights existed
+    weights: WeightsSummary | None = Field(default=None, exclude_if=lambda v: v is None)
     """With ``--weights``: the raking weights used; ``analyses`` are then weighted and
     ``analyses_unweighted`` holds the same analyses without the weights."""
-    analyses_unweighted: dict[str, SerializeAsAny[SourceStatus]] | None = None
+    analyses_unweighted: dict[str, SerializeAsAny[SourceStatus]] | None = Field(default=None,
+                                                                               exclude_if=lambda v: v is None)
     """With ``--weights``: every analysis again without the weights (same seed, same draws)."""
 
     @field_validator("analyses", "analyses_unweighted", mode="before")
