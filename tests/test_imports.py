@@ -52,6 +52,11 @@ LAYER_OF = {
     "simlab.fidelity.status": "base",
     "simlab.fidelity.registry": "base",  # what an analysis is: read by the renderer and the result JSON
     "simlab.fidelity.builtin": "pipeline",  # the built-in analyses: wires each to its report section
+    "simlab.fidelity.subgroups_result": "base",  # subgroup and weights results: read by the renderer and the JSON
+    "simlab.fidelity.attributes": "fidelity",
+    "simlab.fidelity.raking": "fidelity",
+    "simlab.fidelity.analyses.subgroups": "fidelity",
+    "simlab.report.subgroups": "render",
     "simlab.report.html": "render",
     "simlab.report.sections": "render",
     "simlab.report.charts": "render",

@@ -30,6 +30,9 @@ examples:
   # the analyses of the human data alone (no simulated source)
   python -m simlab.fidelity analyze --human data/dialogue_eval --out human.json
 
+  # every comparison per age and gender group, and weighted to census margins (attribute,level,share)
+  python -m simlab.fidelity analyze --human data/prism --run runs/demo --by age,gender --weights margins.csv --out f.json
+
 The on-disk human-data format and the result JSON are described in docs/fidelity.md.
 Analyses that packages register (entry-point group simlab.analyses) run too: see docs/extending.md.
 """
@@ -66,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="text representation of the topic analysis (default: tfidf; minilm sentence "
                          "embeddings need the [topics] extra)")
     analyze.add_argument("--out", required=True, type=Path, metavar="FILE", help="where to write the result JSON")
+    add_group_options(analyze)
     shown = analyze.add_mutually_exclusive_group()
     shown.add_argument("--progress", action="store_true", default=None,
                        help="progress bars on stderr (which analysis runs, bootstrap draws); the default when "
@@ -93,6 +97,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="file format (default: csv)")
     prism.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
     return parser
+
+
+def add_group_options(parser: argparse.ArgumentParser) -> None:
+    """``--by`` and ``--weights``, shared with ``simlab report``."""
+    parser.add_argument("--by", type=_attribute_list, default=(), metavar="ATTR[,ATTR…]",
+                        help="participant attributes (columns of the participants table, e.g. PRISM's survey fields "
+                        "age,gender,location_special_region) to break every sim-vs-human comparison down by: "
+                        "analyses.subgroups in the result")
+    parser.add_argument("--weights", type=Path, metavar="MARGINS_CSV",
+                        help="target-population margins (CSV: attribute,level,share; shares sum to 1 per attribute): "
+                        "the participants are raked to them and every analysis runs weighted; the result keeps "
+                        "the unweighted analyses in analyses_unweighted")
+
+
+def _attribute_list(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma-separated list of attribute names, none empty")
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,13 +177,14 @@ def _analyze(args: argparse.Namespace) -> int:
     from simlab.fidelity.stats import show_progress
 
     shown = sys.stderr.isatty() if args.progress is None else args.progress
+    options = {"by": args.by, "margins": args.weights}
     with show_progress(shown):
         if len(parts) > 1:
-            result = compare(*parts, n_boot=args.n_boot, seed=args.seed, topics=args.topics)
+            result = compare(*parts, n_boot=args.n_boot, seed=args.seed, topics=args.topics, **options)
         else:
             from simlab.fidelity import analyze
 
-            result = analyze(human, n_boot=args.n_boot, seed=args.seed, topics=args.topics)
+            result = analyze(human, n_boot=args.n_boot, seed=args.seed, topics=args.topics, **options)
     write_text_atomic(args.out, result.model_dump_json(indent=2))
     print(f"wrote {args.out} (sources: {', '.join(result.sources)}; {args.n_boot} bootstrap replicates)")
     return 0

@@ -184,3 +184,30 @@ BUILTIN = (
 
 for _analysis in BUILTIN:
     ANALYSES.register(_analysis)
+
+
+# --- participant subgroups (--by): runs only when attributes are given, after the analyses it re-runs
+def _subgroups(tables: Tables, c: AnalysisContext) -> Any:
+    from simlab.fidelity.analyses.subgroups import subgroups
+
+    return subgroups(tables, c)
+
+
+def _subgroup_cases() -> Sequence[Any]:
+    from simlab.fidelity.calibration.subgroups import CASES
+
+    found: Sequence[Any] = CASES
+    return found
+
+
+def _subgroups_registration() -> Analysis:
+    from simlab.fidelity.subgroups_result import SubgroupsResult
+    from simlab.report.subgroups import subgroups_section
+
+    return Analysis("subgroups", SubgroupsResult, _subgroups,
+                    ReportSection("Subgroups", "Is the simulator as close to people in every group of participants "
+                                  "(age, gender, region, …)?", subgroups_section, optional=True),
+                    applies=lambda tables, c: bool(c.by), calibration=_subgroup_cases)
+
+
+ANALYSES.register(_subgroups_registration())

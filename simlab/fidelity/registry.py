@@ -23,7 +23,7 @@ raises ``RegistrationError`` naming the analysis and the cause.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
@@ -79,6 +79,13 @@ class AnalysisContext:
     """PRISM's topic clusters file, when given."""
     exclude_dimensions: frozenset[str] = frozenset()
     """Autograde dimensions below the reliability threshold (left out of trait analyses)."""
+    by: tuple[str, ...] = ()
+    """Participant attributes to break the comparisons down by (``--by``; the subgroup analysis)."""
+    weights: Mapping[str, float] | None = None
+    """Raking weight per participant_id (``--weights``; ``simlab.fidelity.raking``), already carried by
+    ``participants``; None: unweighted."""
+    subgroup_analyses: tuple[str, ...] | None = None
+    """The analyses the subgroup analysis re-runs per subgroup (None: every one it can)."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, SerializeAsAny, field_validator
 
 from simlab.fidelity.status import Estimate, SourceStatus, _Model
+from simlab.fidelity.subgroups_result import WeightsSummary
 
 __all__ = [
     "AgreementComparison",
@@ -733,8 +734,15 @@ class FidelityResult(_Model):
     """Keyed by analysis name, one entry per registered analysis that ran: hierarchy / agreement /
     topics / position / dynamics / traits, user_traits (when autograded), gen_errors (the descriptive
     generation-error table), then any analysis a package or module registered."""
+    # left out of the JSON when unweighted, so a result reads and writes as before weights existed
+    weights: WeightsSummary | None = Field(default=None, exclude_if=lambda v: v is None)
+    """With ``--weights``: the raking weights used; ``analyses`` are then weighted and
+    ``analyses_unweighted`` holds the same analyses without the weights."""
+    analyses_unweighted: dict[str, SerializeAsAny[SourceStatus]] | None = Field(default=None,
+                                                                               exclude_if=lambda v: v is None)
+    """With ``--weights``: every analysis again without the weights (same seed, same draws)."""
 
-    @field_validator("analyses", mode="before")
+    @field_validator("analyses", "analyses_unweighted", mode="before")
     @classmethod
     def _by_registered_model(cls, value: Any) -> Any:
         """Each entry as its analysis's result model (looked up by name in the registry)."""

@@ -22,6 +22,7 @@ EPILOG = """\
 examples:
   python -m simlab.report --run runs/quickstart-84c77b490d
   python -m simlab.report --run runs/prismx-1 --human data/human --out prismx.html --n-boot 500
+  python -m simlab.report --run runs/prismx-1 --human data/human --by age,gender --weights margins.csv
 
 exit status: 0 written, 2 bad input (the message names the file, row and field) or an analysis that
 cannot be registered (the message names it and the cause).
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", metavar="FILE", help="where to write the report (default: RUN_DIR/report.html)")
     parser.add_argument("--n-boot", type=int, default=200, metavar="N",
                         help="bootstrap replicates per 95%% CI (default: 200)")
+    from simlab.fidelity.__main__ import add_group_options
+
+    add_group_options(parser)
     args = parser.parse_args(argv)
     from simlab.report import write_run_report
 
@@ -44,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         from simlab.fidelity.registry import ANALYSES
 
         ANALYSES.names()  # a bad registration or entry point: exit 2 before the run is read
-        print(write_run_report(args.run, human=args.human, out=args.out, n_boot=args.n_boot))
+        print(write_run_report(args.run, human=args.human, out=args.out, n_boot=args.n_boot, by=args.by,
+                               margins=args.weights))
         return 0
 
     return exit_status(body)

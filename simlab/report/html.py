@@ -24,6 +24,7 @@ from simlab.redaction import redact_key_shapes
 from simlab.report.instruments import instrument_sections
 from simlab.report.leaderboard import leaderboard_context
 from simlab.report.sections import build_sections
+from simlab.report.subgroups import weights_section
 from simlab.report.templating import environment
 from simlab.tables import Tables
 
@@ -278,6 +279,8 @@ def render_html(result: FidelityResult, *, meta: Mapping[str, Any] | None = None
         turns = tables.turns.merge(tables.conversations[["conversation_id", "source"]], on="conversation_id", how="left") \
             if "source" not in tables.turns.columns else tables.turns
     sections = build_sections(result, turns)
+    if result.weights is not None:
+        sections.insert(0, weights_section(result))
     for s in sections:
         s.charts = [Markup(c) for c in s.charts]  # made by matplotlib from escaped text: safe to inline
     template = environment().get_template("report.html.j2")

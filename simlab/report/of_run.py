@@ -6,6 +6,7 @@ their leaderboard (``simlab.fidelity.fidelity_index``)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,12 @@ def variant_sources(sources: list[str]) -> list[str]:
 
 
 def write_run_report(run_dir: str | os.PathLike[str], *, human: str | None = None, out: str | None = None,
-                     n_boot: int = 200) -> Path:
+                     n_boot: int = 200, by: Sequence[str] = (), margins: str | os.PathLike[str] | None = None) -> Path:
     """Analyse a run (against ``human`` data when given) and write ``run_dir/report.html``.
 
-    Without human data the report covers the run alone (``simlab.fidelity.analyze``).
+    Without human data the report covers the run alone (``simlab.fidelity.analyze``). ``by``: participant
+    attributes for the subgroup section; ``margins``: a margins CSV to weight every analysis by
+    (``simlab.fidelity.raking``); both as ``simlab.fidelity.compare`` takes them.
     """
     from simlab.autograder import unreliable_dimensions
     from simlab.fidelity import analyze, compare, load_human, normalise
@@ -54,7 +57,8 @@ def write_run_report(run_dir: str | os.PathLike[str], *, human: str | None = Non
     if human:
         human_tables = load_human(human)
         meta["human"] = str(human)
-        result = compare(run, human_tables, n_boot=n_boot, seed=seed, exclude_dimensions=excluded)
+        result = compare(run, human_tables, n_boot=n_boot, seed=seed, exclude_dimensions=excluded, by=by,
+                         margins=None if margins is None else Path(margins))
         tables = concat(normalise(run, origin=str(run_path), default_source=None),
                         normalise(human_tables, origin=str(human)))
         if len(variant_sources(tables.sources)) >= 2:
@@ -65,6 +69,8 @@ def write_run_report(run_dir: str | os.PathLike[str], *, human: str | None = Non
             except InputError as exc:  # e.g. too few participants per variant yet: the rest of the report stands
                 meta["leaderboard_note"] = f"Leaderboard not available: {exc.message}"
     else:
+        if by or margins is not None:
+            raise InputError("subgroups and weights compare with human data: give --human too", field="--by/--weights")
         tables = normalise(run, origin=str(run_path), default_source=None) if len(run.judgements) else run
         result = _run_only(tables, n_boot=n_boot, seed=seed, meta=meta, analyze=analyze, error=InputError,
                            excluded=excluded)

@@ -14,7 +14,8 @@ participants). ``analyze_all`` runs every analysis registered in
 from __future__ import annotations
 
 import sys
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from simlab.fidelity.analyses._prep import participants_of
@@ -26,6 +27,7 @@ from simlab.fidelity.analyses.position import position
 from simlab.fidelity.analyses.ppi import ppi
 from simlab.fidelity.analyses.topics import Embedding, topics
 from simlab.fidelity.analyses.traits import traits
+from simlab.fidelity.raking import UNWEIGHTED_ANALYSES
 from simlab.fidelity.registry import ANALYSES, Analysis, AnalysisContext
 from simlab.fidelity.result import FidelityResult, SourceStatus
 from simlab.tables import Tables
@@ -42,6 +44,9 @@ def analyze_all(
     clusters_path: str | Path | None = None,
     exclude_dimensions: Collection[str] = (),
     progress: bool | None = None,
+    by: Collection[str] = (),
+    weights: Mapping[str, float] | None = None,
+    only: Collection[str] | None = None,
 ) -> FidelityResult:
     """Every registered analysis (``simlab.fidelity.registry.ANALYSES``) per source, each simulated
     source compared with ``human``.
@@ -52,13 +57,21 @@ def analyze_all(
     ``exclude_dimensions``: autograde dimensions below the reliability threshold (left out of
     the trait and user-trait analyses). ``progress``: say on stderr which analysis runs and how far
     its bootstrap draws are (tqdm bars); None: as the enclosing ``stats.show_progress`` says (off
-    by default).
+    by default). ``by``: participant attributes for the subgroup analysis (``analyses.subgroups``).
+    ``weights``: raking weight per participant_id (``simlab.fidelity.raking``): every analysis runs
+    weighted (its point estimate and the shared participant bootstrap). ``only``: run just these
+    registered analyses.
     """
     from simlab.fidelity.stats import progress_shown, reason_for, show_progress
 
-    analyses = list(ANALYSES)  # registration problems surface here, before any work
+    analyses = [a for a in ANALYSES if only is None or a.name in only]  # registration problems surface here
     context = analysis_context(tables, n_boot=n_boot, seed=seed, topics=topics, clusters_path=clusters_path,
-                               exclude_dimensions=exclude_dimensions)
+                               exclude_dimensions=exclude_dimensions, by=by, weights=weights)
+    if only is not None:  # the subgroups re-run the same analyses
+        context = replace(context, subgroup_analyses=tuple(only))
+    plain = context
+    if weights is not None:  # the analyses the weights cannot reach run unweighted (raking.NOT_WEIGHTED says so)
+        plain = replace(context, participants=participants_of(tables, n_boot, seed), weights=None)
     results: dict[str, SourceStatus] = {}
     show = progress_shown() if progress is None else progress
     with show_progress(show):
@@ -71,7 +84,7 @@ def analyze_all(
                 results[a.name] = a.failed(f"deciding whether it applies: {reason_for(exc)}")
         for a in _steps(runs, show):
             try:
-                out = a.run(tables, context)
+                out = a.run(tables, plain if a.name in UNWEIGHTED_ANALYSES else context)
                 if not isinstance(out, a.result):
                     raise TypeError(f"returned {type(out).__name__}, not its result model {a.result.__name__}")
                 results[a.name] = out
@@ -88,14 +101,16 @@ def analysis_context(
     topics: Embedding | None = "tfidf",  # noqa: F811 - as in analyze_all
     clusters_path: str | Path | None = None,
     exclude_dimensions: Collection[str] = (),
+    by: Collection[str] = (),
+    weights: Mapping[str, float] | None = None,
 ) -> AnalysisContext:
     """What ``analyze_all`` gives every analysis of ``tables``: the participant bootstrap drawn from
     ``seed`` and the options. For running one registered analysis alone (``analysis.run(tables,
     analysis_context(tables))``, e.g. in its calibration) with the numbers ``analyze_all`` gets."""
     return AnalysisContext(
-        participants=participants_of(tables, n_boot, seed), n_boot=n_boot, seed=seed, topics=topics,
+        participants=participants_of(tables, n_boot, seed, weights), n_boot=n_boot, seed=seed, topics=topics,
         clusters_path=None if clusters_path is None else Path(clusters_path),
-        exclude_dimensions=frozenset(exclude_dimensions),
+        exclude_dimensions=frozenset(exclude_dimensions), by=tuple(by), weights=weights,
     )
 
 

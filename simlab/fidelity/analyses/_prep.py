@@ -3,7 +3,7 @@ participant minimum and the one reading of the ``gen_error`` flag every analysis
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal, TypeGuard
 
 import numpy as np
@@ -30,12 +30,13 @@ __all__ = [
 ]
 
 
-def participants_of(tables: Tables, n_boot: int, seed: int) -> Participants:
-    """The participant index (union over judgements and conversations) with its bootstrap draws."""
+def participants_of(tables: Tables, n_boot: int, seed: int, weights: Mapping[str, float] | None = None) -> Participants:
+    """The participant index (union over judgements and conversations) with its bootstrap draws
+    (weighted by ``weights``, raking weight per participant id, when given)."""
     ids: list[object] = list(tables.judgements["participant_id"].dropna().unique())
     if tables.conversations is not None and "participant_id" in tables.conversations.columns:
         ids += list(tables.conversations["participant_id"].dropna().unique())
-    return Participants.from_ids(ids, n_boot, seed)
+    return Participants.from_ids(ids, n_boot, seed, weights)
 
 
 def has_values(frame: pd.DataFrame | None, column: str) -> TypeGuard[pd.DataFrame]:

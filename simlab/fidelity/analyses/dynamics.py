@@ -61,7 +61,8 @@ def _ratio(num: np.ndarray, den: np.ndarray, part: np.ndarray, participants: Par
     if den.sum() <= 0:
         return None
     draws = bootstrap(lambda w: (w * num).sum() / (w * den).sum(), part, participants.counts)[:, 0]
-    return estimate(num.sum() / den.sum(), draws, int(np.unique(part).size))
+    w = participants.point(part)  # raking weights, or ones
+    return estimate((w * num).sum() / (w * den).sum(), draws, int(np.unique(part).size))
 
 
 def _turn_ratings(tables: Tables, conv: pd.DataFrame) -> tuple[pd.DataFrame | None, dict[str, int] | None]:

@@ -69,7 +69,7 @@ def _fit_source(
     if cs.n_strata == 0:
         return HierarchySource(status="not_available", reason="no rankings with two or more arms"), None, None, None
     try:
-        fit = fit_clogit(cs)
+        fit = fit_clogit(cs, participants.point(cs.participant))
     except FitError as exc:
         return HierarchySource(status="failed", reason=str(exc)), None, None, None
     draws = clogit_draws(cs, fit.params, participants.counts, penalised=fit.penalised)
@@ -134,7 +134,7 @@ def _rating_strengths(
         m = np.where(tot > 0, (onehot * (w * z)[:, None]).sum(axis=0) / np.where(tot > 0, tot, 1), np.nan)
         return np.asarray(m - m[arms.index(ref)])
 
-    full = stat(np.ones(len(z)))
+    full = stat(participants.point(pidx))
     draws = bootstrap(stat, pidx, participants.counts)
     n_part = int(np.unique(pidx).size)
     out = {a: estimate(full[i], draws[:, i], n_part) for i, a in enumerate(arms) if np.isfinite(full[i])}

@@ -126,7 +126,7 @@ def _fit(d: pd.DataFrame, feats: list[str], how: str, participants: Participants
     for cs0, fit0, draws0 in done or []:
         if _same(cs, cs0):
             return _Model(cs, fit0, draws0, feats)
-    fit = fit_clogit(cs)
+    fit = fit_clogit(cs, participants.point(cs.participant))
     model = _Model(cs, fit, clogit_draws(cs, fit.params, participants.counts, penalised=fit.penalised), feats)
     if done is not None:
         done.append((cs, fit, model.draws))
@@ -182,7 +182,7 @@ def _excess(d: pd.DataFrame, how: str, arm_cols: list[str], model: _Model, parti
     grad = p_first[:, None] * (a[first] - np.add.reduceat(prob[:, None] * a, starts))  # d p_first / d beta_arm
     resid = observed - p_first
     n_ev = resid.size
-    value = float(resid.mean())
+    value = float(np.average(resid, weights=participants.point(part)))  # raking weights, or ones
     n_part = len(participants.ids)
     influence = np.bincount(part, weights=(resid - value) / n_ev, minlength=n_part).astype(float)
     if arm_k:

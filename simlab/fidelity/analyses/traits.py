@@ -114,7 +114,7 @@ def _fit_source(
     cs = choice_sets(sub, [*used, *arm_cols], "ranked_best", participants)
     if cs.n_strata == 0:
         raise FitError("no choice events with two or more alternatives")
-    fit = fit_clogit(cs)
+    fit = fit_clogit(cs, participants.point(cs.participant))
     draws = clogit_draws(cs, fit.params, participants.counts, slice(0, len(used)), penalised=fit.penalised)
     n_part = int(np.unique(cs.participant).size)
     res = TraitsSource(

@@ -3,7 +3,7 @@ so a statistic is recomputed with participant weights instead of rebuilding data
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,15 +28,34 @@ def bootstrap_counts(n_participants: int, n_boot: int, seed: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Participants:
-    """A fixed participant index shared by every analysis, so paired sources resample together."""
+    """A fixed participant index shared by every analysis, so paired sources resample together.
+
+    With raking ``weights`` (one per participant) the replicates' ``counts`` are draw counts × weights
+    (a weighted participant bootstrap: the same draws as unweighted, so the two pair) and ``point``
+    gives the point estimate's weights; without, ``point`` is all ones."""
 
     ids: tuple[str, ...]
     counts: np.ndarray  # (n_boot, n_participants)
+    weights: np.ndarray | None = None  # (n_participants,) raking weights, already in ``counts``
 
     @classmethod
-    def from_ids(cls, ids: Sequence[object], n_boot: int, seed: int) -> Participants:
+    def from_ids(cls, ids: Sequence[object], n_boot: int, seed: int,
+                 weights: Mapping[str, float] | None = None) -> Participants:
+        """``weights``: raking weight per participant id (every id needs one)."""
         uniq = tuple(sorted({str(i) for i in ids if not pd.isna(i)}))
-        return cls(uniq, bootstrap_counts(len(uniq), n_boot, seed))
+        counts = bootstrap_counts(len(uniq), n_boot, seed)
+        if weights is None:
+            return cls(uniq, counts)
+        missing = [p for p in uniq if p not in weights]
+        if missing:
+            raise ValueError(f"{len(missing)} participant(s) have no weight (e.g. {missing[0]!r})")
+        w = np.array([float(weights[p]) for p in uniq])
+        return cls(uniq, counts * w[None, :], w)
+
+    def point(self, part: np.ndarray) -> np.ndarray:
+        """The point estimate's weight of each row whose participant positions are ``part``: its
+        participant's raking weight, or 1 when unweighted."""
+        return np.ones(len(part)) if self.weights is None else self.weights[np.asarray(part, dtype=np.int64)]
 
     @property
     def n_boot(self) -> int:

@@ -41,12 +41,13 @@ def _boot_p(draws: np.ndarray, null: float) -> float | None:
 def _mean_est(values: np.ndarray, part: np.ndarray, participants: Participants, null: float | None = None) -> Estimate:
     draws = _mean_draws(values, part, participants.counts)
     p = _boot_p(draws, null) if null is not None else None
-    return estimate(float(values.mean()), draws, int(np.unique(part).size), p)
+    w = participants.point(part)  # raking weights, or ones
+    return estimate(float((w * values).sum() / w.sum()), draws, int(np.unique(part).size), p)
 
 
 def _corr_est(stat: Callable[[np.ndarray], float], n_rows: int, part: np.ndarray, participants: Participants) -> Estimate:
     draws = bootstrap(stat, part, participants.counts)[:, 0]
-    return estimate(stat(np.ones(n_rows)), draws, int(np.unique(part).size), _boot_p(draws, 0.0))
+    return estimate(stat(participants.point(part)), draws, int(np.unique(part).size), _boot_p(draws, 0.0))
 
 
 def _argmax_set(d: pd.DataFrame, key: str, col: str) -> pd.Series:
