@@ -100,7 +100,7 @@ def _gen_errors(tables: Tables, c: AnalysisContext) -> r.GenErrorsResult:
 def _ppi(tables: Tables, c: AnalysisContext) -> PPIResult:
     from simlab.fidelity.analyses.ppi import ppi
 
-    return ppi(tables)
+    return ppi(tables, weights=c.weights)
 
 
 def _user_text(tables: Tables, c: AnalysisContext) -> UserTextResult:

@@ -178,3 +178,30 @@ def test_compare_with_margins_keeps_the_unweighted_analyses() -> None:
     back = type(result).model_validate_json(result.model_dump_json())
     assert back.analyses_unweighted is not None and set(back.analyses_unweighted) == set(result.analyses_unweighted)
     assert json.loads(result.model_dump_json())["weights"]["attributes"] == ["age"]
+
+
+def test_distributions_user_text_and_ppi_take_the_raking_weights() -> None:
+    """Weights of 1 leave each analysis as it is unweighted; uneven weights move its point estimates (PPI's
+    weighted means are tested in test_analyses_ppi.py: here its data have no simulated-only participant, so
+    it only says it was given the weights)."""
+    import numpy as np
+
+    from simlab.fidelity.analyses import analyze_all
+    from simlab.fidelity.synthetic import make_synthetic
+
+    t = make_synthetic(40, seed=1)
+    assert t.conversations is not None
+    ids = sorted(set(t.conversations["participant_id"]))
+    rng = np.random.default_rng(0)
+    uneven = {p: float(rng.choice([0.5, 2.0])) for p in ids}
+    names = ["distributions", "user_text", "ppi"]
+    plain = analyze_all(t, n_boot=20, topics=None, only=names)
+    ones = analyze_all(t, n_boot=20, topics=None, only=names, weights=dict.fromkeys(ids, 1.0))
+    moved = analyze_all(t, n_boot=20, topics=None, only=names, weights=uneven)
+    for name in names:
+        assert plain.analyses[name].status == "ok", (name, plain.analyses[name].reason)
+        same = ones.analyses[name].model_dump(exclude={"weighted"})
+        assert same == plain.analyses[name].model_dump(exclude={"weighted"}), name
+        if name != "ppi":
+            assert moved.analyses[name].model_dump(exclude={"weighted"}) != same, name
+    assert moved.analyses["ppi"].weighted

@@ -356,10 +356,11 @@ def _instrument(a: Answers, sims: list[str], arms: list[str], participants: Part
     x = f["value"].to_numpy(float)
     src = f["source"].to_numpy()
     arm = f["arm"].to_numpy() if f["arm"].notna().any() else None
+    point = participants.point(np.arange(len(participants.ids)))  # raking weights under --weights, else ones
 
     def one(rows: np.ndarray, s: str) -> DistributionComparison:
         h, m = rows & (src == HUMAN), rows & (src == s)
-        return compare(x[h], part[h], x[m], part[m], participants, rng, n_perm=n_perm)
+        return compare(x[h], part[h], x[m], part[m], participants, rng, point=point, n_perm=n_perm)
 
     everything = np.ones(x.size, dtype=bool)
     for s in sims:

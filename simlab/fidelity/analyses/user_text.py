@@ -332,7 +332,8 @@ class _Draws:
     """Point and bootstrap draws of each level, computed once per source and measure."""
 
     def __init__(self, participants: Participants) -> None:
-        self.ones = np.ones((1, len(participants.ids)))
+        # the point estimate's participant weights: raking weights under --weights, else ones
+        self.ones = participants.point(np.arange(len(participants.ids)))[None, :]
         self.counts = participants.counts
         self._cache: dict[tuple[str, str], tuple[float, np.ndarray]] = {}
 
