@@ -164,11 +164,11 @@ def _excess(d: pd.DataFrame, how: str, arm_cols: list[str], model: _Model, parti
     first = e["first_shown"].to_numpy() == 1
     credit = chosen.to_numpy(float) / np.add.reduceat(chosen.to_numpy(float), starts)[code]
     observed = credit[first]  # one per event, in event order
-    a = e[arm_cols].to_numpy(dtype=float) if arm_cols else np.zeros((len(e), 0))
+    # arm dummies: mostly zeros when there are many arms, so kept sparse (a dense copy per step is
+    # events × arms floats, hundreds of MB at Chatbot-Arena scale)
+    a_sparse = sparse.csr_matrix(e[arm_cols].to_numpy(dtype=float) if arm_cols else np.zeros((len(e), 0)))
     arm_k = [model.names.index(c) for c in arm_cols]
     part = participants.index(e["participant_id"].to_numpy()[first])
-
-    a_sparse = sparse.csr_matrix(a)  # arm dummies: mostly zeros when there are many arms
 
     def predicted(beta_arm: np.ndarray) -> np.ndarray:
         eta = a_sparse @ beta_arm
@@ -179,7 +179,8 @@ def _excess(d: pd.DataFrame, how: str, arm_cols: list[str], model: _Model, parti
     beta = model.fit.params[arm_k]
     prob = predicted(beta)
     p_first = prob[first]
-    grad = p_first[:, None] * (a[first] - np.add.reduceat(prob[:, None] * a, starts))  # d p_first / d beta_arm
+    # mean over events of d p_first / d beta_arm = p_first · (a_first − Σ_event prob · a), as sparse products
+    grad_mean = (np.asarray(a_sparse[first].T @ p_first) - np.asarray(a_sparse.T @ (prob * p_first[code]))) / p_first.size
     resid = observed - p_first
     n_ev = resid.size
     value = float(resid.mean())
@@ -187,7 +188,7 @@ def _excess(d: pd.DataFrame, how: str, arm_cols: list[str], model: _Model, parti
     influence = np.bincount(part, weights=(resid - value) / n_ev, minlength=n_part).astype(float)
     if arm_k:
         d_beta = np.zeros(model.fit.params.size)
-        d_beta[arm_k] = grad.mean(axis=0)
+        d_beta[arm_k] = grad_mean
         u = participant_scores(model.cs, model.fit.params)
         u = np.vstack([u, np.zeros((n_part - u.shape[0], u.shape[1]))])
         influence -= u @ (model.fit.cov @ d_beta)  # excess falls as the predicted share rises
