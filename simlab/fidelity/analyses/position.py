@@ -33,6 +33,7 @@ are perfectly predicted by position (separation) gets a penalised fit (``penalis
 
 from __future__ import annotations
 
+import hashlib
 import string
 from dataclasses import dataclass
 from typing import Literal
@@ -106,13 +107,21 @@ class _Model:
         return estimate(self.fit.params[k], self.draws[:, k], n, float(self.fit.pvalues[k]))
 
 
-Fitted = list[tuple[ChoiceSets, ClogitFit, np.ndarray]]
-"""Models already fitted in this analysis: a model on the same choice sets is not refitted."""
+Fitted = list[tuple[bytes, ClogitFit, np.ndarray]]
+"""Models already fitted in this analysis, by their choice sets' digest (``_digest``): a model on the
+same choice sets is not refitted."""
 
 
-def _same(a: ChoiceSets, b: ChoiceSets) -> bool:
-    return all(x.shape == y.shape and np.array_equal(x, y) for x, y in
-               ((a.X, b.X), (a.chosen, b.chosen), (a.stratum, b.stratum), (a.participant, b.participant)))
+def _digest(cs: ChoiceSets) -> bytes:
+    """A digest of the choice sets' arrays (shapes, dtypes and bytes): equal choice sets, equal digests.
+    Kept instead of the choice sets themselves, whose design is events × alternatives × features
+    floats (≈ 80 MB a model at Chatbot-Arena scale, several models per analysis)."""
+    h = hashlib.blake2b(digest_size=32)
+    for x in (cs.X, cs.chosen, cs.stratum, cs.participant):
+        a = np.ascontiguousarray(x)
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(a.data)
+    return h.digest()
 
 
 def _fit(d: pd.DataFrame, feats: list[str], how: str, participants: Participants, done: Fitted | None = None) -> _Model:
@@ -123,13 +132,14 @@ def _fit(d: pd.DataFrame, feats: list[str], how: str, participants: Participants
     cs = choice_sets(d, feats, how, participants)
     if cs.n_strata == 0:
         raise FitError("no choice events with two or more alternatives")
-    for cs0, fit0, draws0 in done or []:
-        if _same(cs, cs0):
+    key = _digest(cs) if done is not None else b""
+    for key0, fit0, draws0 in done or []:
+        if key == key0:
             return _Model(cs, fit0, draws0, feats)
     fit = fit_clogit(cs)
     model = _Model(cs, fit, clogit_draws(cs, fit.params, participants.counts, penalised=fit.penalised), feats)
     if done is not None:
-        done.append((cs, fit, model.draws))
+        done.append((key, fit, model.draws))
     return model
 
 
