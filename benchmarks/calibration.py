@@ -12,6 +12,7 @@ often a variant planted closer to the humans ranks first.
     .venv/bin/python benchmarks/calibration.py                      # every case, 200 reps each
     .venv/bin/python benchmarks/calibration.py --reps 50 --analysis dynamics --out /tmp/c.md
     .venv/bin/python benchmarks/calibration.py --reps 200 --analysis leaderboard --out /tmp/l.md
+    .venv/bin/python benchmarks/calibration.py --reps 20 --analysis dynamics --case held-out --out /tmp/h.md
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=200, help="datasets per null and per effect (default 200)")
     ap.add_argument("--analysis", action="append", metavar="NAME",
                     help="only these analyses (repeatable; default: every registered analysis with cases)")
+    ap.add_argument("--case", action="append", metavar="TEXT",
+                    help="only the cases whose comparison contains TEXT (repeatable), e.g. 'held-out'")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "calibration.md")
     args = ap.parse_args(argv)
@@ -131,9 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     wanted = args.analysis or known
-    cases = _cases(wanted)
+    cases = [c for c in _cases(wanted) if not args.case or any(t in c.name for t in args.case)]
     if not cases:
-        print("no calibration cases registered", file=sys.stderr)
+        print("no calibration cases registered" + (f" whose comparison contains {args.case}" if args.case else ""),
+              file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     jobs = [(c.analysis, c.name, args.reps) for c in cases]

@@ -11,7 +11,7 @@
 
 Prints wall and CPU time per analysis (CPU time is the fair measure on a shared machine), the
 total and peak RSS. Run:
-    .venv/bin/python benchmarks/fidelity_bench.py [--shape arena] [--n-boot 200] [--participants 530] [--no-topics]
+    .venv/bin/python benchmarks/fidelity_bench.py [--shape arena [--analyze-only]] [--n-boot 200] [--participants 530] [--no-topics]
 """
 
 from __future__ import annotations
@@ -132,6 +132,9 @@ def arena(args: argparse.Namespace) -> None:
     tables, truth = make_arena(args.events, args.arms, position_bias=0.2, seed=0)
     print(f"data: {args.events} pairwise events over {args.arms} arms, each its own participant "
           f"({time.perf_counter() - t0:.1f} s to generate)")
+    if args.analyze_only:  # the peak of analyze as a user runs it: nothing else of this script alive beside it
+        _timed("analyze (everything)", lambda: analyze(tables, n_boot=args.n_boot, topics="tfidf"))
+        return
     (fc, fc_draws, arms), _, fc_cpu = _timed("FastChat-style BT", lambda: fastchat_bt(tables, args.n_boot))
     participants = participants_of(tables, args.n_boot, 0)
     res, _, h_cpu = _timed("hierarchy", lambda: hierarchy(tables, participants=participants))
@@ -156,6 +159,8 @@ def main() -> None:
     ap.add_argument("--participants", type=int, default=530, help="prism shape: participants")
     ap.add_argument("--events", type=int, default=100_000, help="arena shape: pairwise events")
     ap.add_argument("--arms", type=int, default=50, help="arena shape: arms")
+    ap.add_argument("--analyze-only", action="store_true",
+                    help="arena shape: only the whole analyze, so the peak RSS is its own (data + analyze)")
     ap.add_argument("--no-topics", action="store_true", help="prism shape: leave out the TF-IDF topic analysis")
     args = ap.parse_args()
     prism(args) if args.shape == "prism" else arena(args)

@@ -94,8 +94,9 @@ def choice_sets(
     and each true row is chosen from all rows of its conversation. Rows with a missing feature or
     outcome are dropped; one-alternative sets carry no information and are dropped.
     """
-    d = frame.reset_index(drop=True)
     key = "rank_used" if how == "ranking" else how
+    # only the columns used: the frame may carry many more (every arm's dummy), each copy of it costs
+    d = frame[list(dict.fromkeys([*features, key, "conversation_id", "participant_id"]))].reset_index(drop=True)
     ok = d[key].notna()
     for f in features:
         ok &= d[f].notna()
@@ -111,7 +112,10 @@ def choice_sets(
     m = m[m.groupby("_row_c")["_row_a"].transform("size") >= 2]
     m = m.sort_values(["_row_c", "_row_a"], kind="stable")
     stratum, firsts = pd.factorize(m["_row_c"], sort=True)
-    X = d[list(features)].to_numpy(dtype=float)[m["_row_a"].to_numpy()]
+    rows = m["_row_a"].to_numpy()
+    X = np.empty((rows.size, len(features)))
+    for i, f in enumerate(features):  # column by column: no whole-frame float copy before the row selection
+        X[:, i] = d[f].to_numpy(dtype=float)[rows]
     chosen_rows = (m["_row_c"].to_numpy() == m["_row_a"].to_numpy())
     part = participants.index(d["participant_id"].to_numpy()[np.asarray(firsts)])
     return ChoiceSets(X=X, chosen=chosen_rows, stratum=stratum.astype(np.int64), participant=part, names=tuple(features))

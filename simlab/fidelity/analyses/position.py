@@ -33,6 +33,7 @@ are perfectly predicted by position (separation) gets a penalised fit (``penalis
 
 from __future__ import annotations
 
+import hashlib
 import string
 from dataclasses import dataclass
 from typing import Literal
@@ -106,13 +107,21 @@ class _Model:
         return estimate(self.fit.params[k], self.draws[:, k], n, float(self.fit.pvalues[k]))
 
 
-Fitted = list[tuple[ChoiceSets, ClogitFit, np.ndarray]]
-"""Models already fitted in this analysis: a model on the same choice sets is not refitted."""
+Fitted = list[tuple[bytes, ClogitFit, np.ndarray]]
+"""Models already fitted in this analysis, by their choice sets' digest (``_digest``): a model on the
+same choice sets is not refitted."""
 
 
-def _same(a: ChoiceSets, b: ChoiceSets) -> bool:
-    return all(x.shape == y.shape and np.array_equal(x, y) for x, y in
-               ((a.X, b.X), (a.chosen, b.chosen), (a.stratum, b.stratum), (a.participant, b.participant)))
+def _digest(cs: ChoiceSets) -> bytes:
+    """A digest of the choice sets' arrays (shapes, dtypes and bytes): equal choice sets, equal digests.
+    Kept instead of the choice sets themselves, whose design is events × alternatives × features
+    floats (≈ 80 MB a model at Chatbot-Arena scale, several models per analysis)."""
+    h = hashlib.blake2b(digest_size=32)
+    for x in (cs.X, cs.chosen, cs.stratum, cs.participant):
+        a = np.ascontiguousarray(x)
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(a.data)
+    return h.digest()
 
 
 def _fit(d: pd.DataFrame, feats: list[str], how: str, participants: Participants, done: Fitted | None = None) -> _Model:
@@ -123,13 +132,14 @@ def _fit(d: pd.DataFrame, feats: list[str], how: str, participants: Participants
     cs = choice_sets(d, feats, how, participants)
     if cs.n_strata == 0:
         raise FitError("no choice events with two or more alternatives")
-    for cs0, fit0, draws0 in done or []:
-        if _same(cs, cs0):
+    key = _digest(cs) if done is not None else b""
+    for key0, fit0, draws0 in done or []:
+        if key == key0:
             return _Model(cs, fit0, draws0, feats)
     fit = fit_clogit(cs, participants.point(cs.participant))
     model = _Model(cs, fit, clogit_draws(cs, fit.params, participants.counts, penalised=fit.penalised), feats)
     if done is not None:
-        done.append((cs, fit, model.draws))
+        done.append((key, fit, model.draws))
     return model
 
 
@@ -164,11 +174,11 @@ def _excess(d: pd.DataFrame, how: str, arm_cols: list[str], model: _Model, parti
     first = e["first_shown"].to_numpy() == 1
     credit = chosen.to_numpy(float) / np.add.reduceat(chosen.to_numpy(float), starts)[code]
     observed = credit[first]  # one per event, in event order
-    a = e[arm_cols].to_numpy(dtype=float) if arm_cols else np.zeros((len(e), 0))
+    # arm dummies: mostly zeros when there are many arms, so kept sparse (a dense copy per step is
+    # events × arms floats, hundreds of MB at Chatbot-Arena scale)
+    a_sparse = sparse.csr_matrix(e[arm_cols].to_numpy(dtype=float) if arm_cols else np.zeros((len(e), 0)))
     arm_k = [model.names.index(c) for c in arm_cols]
     part = participants.index(e["participant_id"].to_numpy()[first])
-
-    a_sparse = sparse.csr_matrix(a)  # arm dummies: mostly zeros when there are many arms
 
     def predicted(beta_arm: np.ndarray) -> np.ndarray:
         eta = a_sparse @ beta_arm
@@ -179,7 +189,8 @@ def _excess(d: pd.DataFrame, how: str, arm_cols: list[str], model: _Model, parti
     beta = model.fit.params[arm_k]
     prob = predicted(beta)
     p_first = prob[first]
-    grad = p_first[:, None] * (a[first] - np.add.reduceat(prob[:, None] * a, starts))  # d p_first / d beta_arm
+    # mean over events of d p_first / d beta_arm = p_first · (a_first − Σ_event prob · a), as sparse products
+    grad_mean = (np.asarray(a_sparse[first].T @ p_first) - np.asarray(a_sparse.T @ (prob * p_first[code]))) / p_first.size
     resid = observed - p_first
     n_ev = resid.size
     value = float(np.average(resid, weights=participants.point(part)))  # raking weights, or ones
@@ -187,7 +198,7 @@ def _excess(d: pd.DataFrame, how: str, arm_cols: list[str], model: _Model, parti
     influence = np.bincount(part, weights=(resid - value) / n_ev, minlength=n_part).astype(float)
     if arm_k:
         d_beta = np.zeros(model.fit.params.size)
-        d_beta[arm_k] = grad.mean(axis=0)
+        d_beta[arm_k] = grad_mean
         u = participant_scores(model.cs, model.fit.params)
         u = np.vstack([u, np.zeros((n_part - u.shape[0], u.shape[1]))])
         influence -= u @ (model.fit.cov @ d_beta)  # excess falls as the predicted share rises

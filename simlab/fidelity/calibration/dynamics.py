@@ -33,6 +33,11 @@ share of the conversations.
 
 from __future__ import annotations
 
+import functools
+import os
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from scipy.special import expit
@@ -44,14 +49,23 @@ from simlab.tables import Tables
 
 __all__ = [
     "CASES",
+    "DIALOGUE_EVAL_SHARE",
+    "DIALOGUE_EVAL_SLIDERS",
     "DOMAIN_EFFECT",
+    "HELDOUT_EFFECT",
     "LENGTH_BASE",
     "LENGTH_EFFECT",
     "SD_CONVERSATION",
     "SD_PARTICIPANT",
     "SIM",
+    "dialogue_eval_dir",
+    "measure_heldout",
+    "simulate_dialogue_eval_split",
     "simulate_length",
+    "simulate_prism_shape",
+    "simulate_prism_thumbs",
     "truth_early",
+    "truth_heldout",
     "truth_turns",
 ]
 
@@ -394,3 +408,205 @@ CASES = [
     Case("dynamics", "user-ended (early stop) share, sim − human", simulate_length, measure_early, truth_early, 0.0,
          LENGTH_NOTE.format(truth_turns(True), 100 * truth_early(True))),
 ]
+
+# ---------------------------------------------------------------------------------------------
+# held-out nulls: shapes the cases above were not tuned on (a PRISM-shaped generator written apart
+# from them, and random participant splits of real human ratings in sequence)
+
+HELDOUT_MAX_TURNS = 22
+HELDOUT_EFFECT = 5.0
+"""The simulator's extra change per turn under the effect (points), added to its rated replies after
+they are drawn (not clipped), so the planted truth is exact whatever the stopping and heaping."""
+HELDOUT_ARM = (0.0, 4.0, -3.0, 6.0)
+"""Arm effects (points) of the PRISM-shaped generator, in ``ARMS`` order."""
+N_CONV_SHARES = {1: 0.5, 2: 0.32, 3: 0.1, 4: 0.05, 6: 0.03}
+"""Conversations per participant in the PRISM-shaped generator: most have one or two."""
+
+
+def _heaped_slider(rng: np.random.Generator, y: np.ndarray) -> np.ndarray:
+    """A 1–100 slider as people move it: 15% leave it at 50, 10% round to tens, half of those above
+    85 push it to 100."""
+    y = np.clip(np.round(y), 1, 100)
+    u = rng.random(y.shape)
+    y = np.where(u < 0.15, 50.0, np.where(u < 0.25, np.round(y / 10) * 10, y))
+    y = np.where((y > 85) & (rng.random(y.shape) < 0.5), 100.0, y)
+    return np.asarray(np.clip(y, 1, 100))
+
+
+def _shifted(turns: pd.DataFrame, conversations: pd.DataFrame, effect: bool) -> pd.DataFrame:
+    """The simulated source's ratings + ``HELDOUT_EFFECT`` × turn under the effect (exact truth)."""
+    if not effect:
+        return turns
+    sim = turns["conversation_id"].isin(conversations.loc[conversations["source"] == SIM, "conversation_id"])
+    return turns.assign(turn_rating=turns["turn_rating"] + np.where(sim, HELDOUT_EFFECT * turns["turn"], 0.0))
+
+
+def _split(rng: np.random.Generator, n: int, share_human: float) -> np.ndarray:
+    """A random relabelling of one population: True = human, else simulated (both non-empty)."""
+    human = rng.random(n) < share_human
+    human[:2] = [True, False]
+    return np.asarray(rng.permutation(human))
+
+
+def simulate_prism_shape(seed: int, effect: bool, scale: str = "slider", n: int | None = None) -> Tables:
+    """PRISM-shaped turn ratings, one population split at random into human and simulated.
+
+    120–300 participants, each with 1–6 conversations (half one, a third two); heavy-tailed
+    (t with 3 df) participant levels and slopes, conversation deviations; 4 arms rated at the first
+    turn, then two replies of the arm rated best there at every later turn; rated turns 2–22: after
+    the second turn the user goes on less often after poor ratings (mean ≈ 3.4). Ratings on a heaped
+    1–100 slider (``_heaped_slider``) or thumbs (0/100, logistic in the latent rating)."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(120, 301)) if n is None else n
+    human = _split(rng, n, float(rng.uniform(0.3, 0.7)))
+    n_conv = rng.choice(list(N_CONV_SHARES), size=n, p=list(N_CONV_SHARES.values()))
+    level = 50 + 15 * rng.standard_t(3, n) / np.sqrt(3)
+    slope = -1.0 + 3.0 * rng.standard_t(3, n) / np.sqrt(3)
+    who = np.repeat(np.arange(n), n_conv)
+    m = who.size
+    c_level = level[who] + rng.normal(0, 8, m)
+    c_slope = slope[who] + rng.normal(0, 2, m)
+    arm_effect = np.array(HELDOUT_ARM)
+    rows_c, rows_t, rows_a, rows_y = [], [], [], []
+    alive = np.arange(m)
+    chosen = np.zeros(m, int)
+    for t in range(HELDOUT_MAX_TURNS):
+        arms = np.tile(np.arange(len(ARMS)), (alive.size, 1)) if t == 0 else np.repeat(chosen[alive][:, None], 2, 1)
+        latent = (c_level[alive] + c_slope[alive] * t)[:, None] + arm_effect[arms] + 12 * rng.standard_t(4, arms.shape)
+        y = (_heaped_slider(rng, latent) if scale == "slider"
+             else (rng.random(arms.shape) < expit((latent - 50) / 12)) * 100.0)
+        if t == 0:
+            chosen[alive] = np.argmax(y + 1e-3 * rng.random(arms.shape), axis=1)
+        rows_c.append(np.repeat(alive, arms.shape[1]))
+        rows_t.append(np.full(arms.size, t))
+        rows_a.append(arms.ravel())
+        rows_y.append(y.ravel())
+        if t >= 1:  # two rated turns at least; then poor ratings end conversations
+            alive = alive[rng.random(alive.size) < expit(0.2 + 3.2 * (y.mean(axis=1) / 100 - 0.5))]
+    c = np.concatenate(rows_c)
+    turn = np.concatenate(rows_t)
+    n_turns = np.zeros(m, int)
+    np.maximum.at(n_turns, c, turn + 1)
+    pid = np.array([f"p{i:04d}" for i in who])
+    cid = np.array([f"c{k:05d}" for k in range(m)])
+    conversations = pd.DataFrame({
+        "conversation_id": cid, "participant_id": pid, "source": np.where(human[who], "human", SIM),
+        "domain": "unguided", "n_turns": n_turns,
+        "stop_reason": np.where(n_turns == HELDOUT_MAX_TURNS, "max_turns", "user_ended")})
+    turns = pd.DataFrame({"conversation_id": cid[c], "turn": turn, "role": "assistant",
+                          "arm": np.array(ARMS)[np.concatenate(rows_a)], "text": "",
+                          "turn_rating": np.concatenate(rows_y), "gen_error": False})
+    k = len(ARMS)
+    judgements = pd.DataFrame({"conversation_id": np.repeat(cid, k), "participant_id": np.repeat(pid, k),
+                               "arm": np.tile(ARMS, m)})
+    return Tables(judgements=judgements, conversations=conversations, turns=_shifted(turns, conversations, effect))
+
+
+def simulate_prism_thumbs(seed: int, effect: bool) -> Tables:
+    """``simulate_prism_shape`` with thumbs up/down (0/100) instead of the slider."""
+    return simulate_prism_shape(seed, effect, "thumbs")
+
+
+DIALOGUE_EVAL_SLIDERS = ("interesting", "fun", "consistent", "fluent", "topic", "robotic", "repetitive")
+"""Dialogue-Eval's seven sliders; robotic and repetitive are negative (used as 100 − x)."""
+DIALOGUE_EVAL_SHARE = 0.6
+"""Share of the Dialogue-Eval workers in each held-out dataset."""
+
+
+def dialogue_eval_dir() -> Path | None:
+    """``$SIMLAB_SHARED_DATA/dialogue_eval`` or ``<repo>/../shared/data/dialogue_eval``, None when absent."""
+    root = os.environ.get("SIMLAB_SHARED_DATA") or str(Path(__file__).resolve().parents[3].parent / "shared" / "data")
+    path = Path(root) / "dialogue_eval"
+    return path if (path / "FreeTopicRound1.csv").is_file() else None
+
+
+@functools.cache
+def _dialogue_eval_ratings() -> pd.DataFrame:
+    """Per Dialogue-Eval HIT, its six bots in the order shown with the seven slider scores."""
+    from simlab.fidelity.importers.dialogue_eval import import_dialogue_eval
+
+    path = dialogue_eval_dir()
+    if path is None:
+        raise FileNotFoundError("the Dialogue-Eval data are not at ../shared/data/dialogue_eval "
+                                "(set SIMLAB_SHARED_DATA)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the importer reports the rows it skips
+        j = import_dialogue_eval(path).judgements
+    cols = [f"score_{s}" for s in DIALOGUE_EVAL_SLIDERS]
+    return j[["conversation_id", "participant_id", "arm", "position", *cols]].sort_values(
+        ["conversation_id", "position"]).reset_index(drop=True)
+
+
+def simulate_dialogue_eval_split(seed: int, effect: bool) -> Tables:
+    """Real human ratings in sequence, split at random by worker into "human" and "simulated".
+
+    Dialogue-Eval has no turn ratings (one set of sliders per chat), but each HIT is one worker
+    rating six chats one after another: the HIT is the conversation, the chat's place in it the turn
+    and its bot the arm, the rating one of the seven sliders (the seed picks it). Informative length:
+    after the second rated chat the worker goes on with probability expit(3·(rating/100 − 0.5)), so
+    a poor rating cuts the sequence. The workers (663, most with one HIT, a few with up to 14) are split at random, half and
+    half: two sources of different people with no pairing and the same truth. Each dataset takes a
+    random ``DIALOGUE_EVAL_SHARE`` of the workers, so the datasets differ by more than the split."""
+    rng = np.random.default_rng(seed)
+    r = _dialogue_eval_ratings()
+    workers = np.asarray(pd.unique(r["participant_id"]))
+    r = r[r["participant_id"].isin(rng.choice(workers, int(DIALOGUE_EVAL_SHARE * workers.size), replace=False))]
+    slider = DIALOGUE_EVAL_SLIDERS[seed % len(DIALOGUE_EVAL_SLIDERS)]
+    y = r[f"score_{slider}"].to_numpy(float)
+    y = 100.0 - y if slider in ("robotic", "repetitive") else y
+    turn = r["position"].to_numpy(int) - 1
+    go_on = rng.random(y.size) < expit(3.0 * (y / 100 - 0.5))
+    # a HIT stops at the first chat (from the second on) after which the worker does not go on
+    stop = pd.Series((turn >= 1) & ~go_on).groupby(r["conversation_id"].to_numpy()).cumsum().to_numpy()
+    keep = (stop == 0) | ((stop == 1) & ((turn >= 1) & ~go_on))
+    workers = np.asarray(pd.unique(r["participant_id"]))
+    human = dict(zip(workers, _split(rng, workers.size, 0.5)))
+    rk = r[keep]
+    conv = rk.groupby("conversation_id", sort=True).agg(participant_id=("participant_id", "first"),
+                                                          n_turns=("position", "size")).reset_index()
+    conv["source"] = np.where(conv["participant_id"].map(human).astype(bool), "human", SIM)
+    conv["domain"] = "unguided"
+    conv["stop_reason"] = np.where(conv["n_turns"] == 6, "max_turns", "user_ended")
+    turns = pd.DataFrame({"conversation_id": rk["conversation_id"].to_numpy(), "turn": turn[keep],
+                          "role": "assistant", "arm": rk["arm"].to_numpy(), "text": "",
+                          "turn_rating": y[keep], "gen_error": False})
+    judgements = rk[["conversation_id", "participant_id", "arm"]].reset_index(drop=True)
+    return Tables(judgements=judgements, conversations=conv, turns=_shifted(turns, conv, effect))
+
+
+def truth_heldout(effect: bool) -> float:
+    return HELDOUT_EFFECT if effect else 0.0
+
+
+def measure_heldout(tables: Tables, seed: int) -> Measured:
+    """slope_diff_vs_human of the simulated source on a held-out shape (all turns)."""
+    return _measured(tables, seed, False)
+
+
+_HELDOUT_WHAT = ("One population split at random into \"human\" and \"simulated\" (30–70% human): different people, "
+                 "no pairing, the same truth. Effect: the simulator's rated replies + {effect:g} points × turn, added "
+                 "after they are drawn (exact truth).")
+_PRISM_NOTE = ("Held out (written apart from the cases above, PRISM's shape): 120–300 participants, half with one "
+               "conversation, a third two, a few 3–6; 4 arms rated at the first turn, then two replies of the arm "
+               "rated best there; 2–22 rated turns (mean ≈ 3.3), going on less often after poor ratings; heavy-tailed "
+               "(t, 3 df) participant levels and slopes, t-distributed noise. {scale} ") + _HELDOUT_WHAT
+_DIALOGUE_EVAL_NOTE = ("Held out, real human ratings: Dialogue-Eval (../shared/data, no turn ratings: each HIT is one "
+                       "worker rating six chats in turn, so the HIT is the conversation, the chat's place the turn, "
+                       "its bot the arm, one of the seven sliders the rating); a random 60% of the 663 workers, the "
+                       "sequence cut after the second chat with probability 1 − expit(3·(rating/100 − 0.5)) per chat; "
+                       "workers split at random half and half into \"human\" and \"simulated\". Effect: the "
+                       "\"simulated\" ratings + {effect:g} points × turn (exact truth).")
+
+CASES += [
+    Case("dynamics", "turn slope, sim − human (held-out: PRISM-shaped slider, one population split)",
+         simulate_prism_shape, measure_heldout, truth_heldout, 0.0,
+         _PRISM_NOTE.format(scale="1–100 slider with heaping (15% left at 50, 10% rounded to tens, half of those "
+                                  "above 85 pushed to 100).", effect=HELDOUT_EFFECT)),
+    Case("dynamics", "turn slope, sim − human (held-out: PRISM-shaped thumbs, one population split)",
+         simulate_prism_thumbs, measure_heldout, truth_heldout, 0.0,
+         _PRISM_NOTE.format(scale="Thumbs up/down (0/100), logistic in the latent rating.", effect=HELDOUT_EFFECT)),
+]
+if dialogue_eval_dir() is not None:  # the real data are not part of the repository: the case runs where they are
+    CASES.append(Case("dynamics", "turn slope, sim − human (held-out: Dialogue-Eval workers split at random)",
+                      simulate_dialogue_eval_split, measure_heldout, truth_heldout, 0.0,
+                      _DIALOGUE_EVAL_NOTE.format(effect=HELDOUT_EFFECT)))
