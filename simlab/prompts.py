@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -55,7 +56,7 @@ def _env(root: str, extra: str | None = None) -> jinja2.Environment:
 # (root, name) → (the template and what it includes, their stat stamps, the hash): rendering is
 # on every model call's path, and parsing the templates again for each hash was a visible share
 # of a 1,000-session run's CPU. An edited file changes its stamp and the hash is computed again.
-_hashes: dict[tuple[str, str | None, str], tuple[list[str], tuple[tuple[int, int], ...], str]] = {}
+_hashes: dict[tuple[str, str | None, str], tuple[tuple[str, ...], tuple[tuple[int, int], ...], str]] = {}
 
 
 def _path(root: Path, extra: str | None, name: str) -> Path:
@@ -65,12 +66,17 @@ def _path(root: Path, extra: str | None, name: str) -> Path:
     return root / name
 
 
-def _stamps(root: Path, extra: str | None, files: list[str]) -> tuple[tuple[int, int], ...]:
+def _stamps(root: Path, extra: str | None, files: Sequence[str]) -> tuple[tuple[int, int], ...]:
     out = []
     for f in files:
         st = os.stat(_path(root, extra, f))
         out.append((st.st_mtime_ns, st.st_size))
     return tuple(out)
+
+
+@lru_cache(maxsize=4096)
+def _paths(root: str, files: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(os.path.join(root, f) for f in files)
 
 
 def template_hash(name: str, folder: str | Path | None = None) -> str:
@@ -84,12 +90,18 @@ def template_hash(name: str, folder: str | Path | None = None) -> str:
     cached = _hashes.get(key)
     if cached is not None:
         try:
-            if _stamps(root, extra, cached[0]) == cached[1]:
+            if extra is None:
+                # each file's place is fixed without an extra folder: its stamp by its path string
+                # (pathlib's parsing cost more than the stat on every call of a warm, cached rerun)
+                current = tuple((st.st_mtime_ns, st.st_size) for st in map(os.stat, _paths(key[0], cached[0])))
+            else:
+                current = _stamps(root, extra, cached[0])
+            if current == cached[1]:
                 return cached[2]
         except OSError:
             pass  # a file went away: compute again (and raise there if the template did)
     deps = _included(str(root), extra, name)
-    files = [name, *deps]
+    files = (name, *deps)
     stamps = _stamps(root, extra, files)
     h = hashlib.sha256(_path(root, extra, name).read_bytes())
     for dep in deps:
