@@ -45,6 +45,7 @@ from simlab.fidelity.leaderboard_result import (
     LeaderboardRow,
     PairwiseTest,
 )
+from simlab.fidelity.registry import BootstrapWeights
 from simlab.fidelity.result import FidelityResult
 from simlab.fidelity.stats import Participants, estimate
 from simlab.fidelity.status import Estimate
@@ -117,7 +118,7 @@ class _Distance:
     draws: np.ndarray  # (n_boot,)
 
 
-def _distance(x: _Sums, y: _Sums, counts: np.ndarray) -> _Distance | None:
+def _distance(x: _Sums, y: _Sums, counts: np.ndarray | BootstrapWeights) -> _Distance | None:
     """Bias-corrected squared distance between the ratio means of x and y, and its bootstrap draws.
 
     d² = Σ_j (θx_j − θy_j)² − V, with V = Σ_j Var̂(θx_j − θy_j), the participant-clustered delta-method
@@ -261,7 +262,7 @@ class _Score:
         return Component(score=estimate(self.value, self.draws, n), distance=dist)
 
 
-def _score(sim: _Sums, hum: _Sums, counts: np.ndarray, scale: _Sums | None = None) -> _Score:
+def _score(sim: _Sums, hum: _Sums, counts: np.ndarray | BootstrapWeights, scale: _Sums | None = None) -> _Score:
     """100 · (1 − d²(sim, hum) / d²(random, humans)) on the labels both have. The reference distance is
     the humans' (``scale``, default ``hum``): the humans row scores half A against half B and scales by
     all the humans, the steadier estimate of the same quantity."""
@@ -340,7 +341,7 @@ def _ceiling_sums(data: _Data) -> tuple[np.ndarray, np.ndarray] | str:
             np.bincount(pidx, minlength=n).astype(float))
 
 
-def _individual_score(ind: _Individual, ceiling: tuple[np.ndarray, np.ndarray], counts: np.ndarray) -> _Score:
+def _individual_score(ind: _Individual, ceiling: tuple[np.ndarray, np.ndarray], counts: np.ndarray | BootstrapWeights) -> _Score:
     """100 · (agreement − chance) / (ceiling − chance), each a ratio of participant sums."""
     cs, cn = ceiling
     a, c, top = ind.agree.sum() / ind.matches.sum(), ind.chance.sum() / ind.matches.sum(), cs.sum() / cn.sum()

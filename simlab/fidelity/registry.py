@@ -39,10 +39,24 @@ from simlab.tables import Tables
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-__all__ = ["ANALYSES", "Analysis", "AnalysisContext", "ParticipantDraws", "ReportSection", "check_analysis"]
+__all__ = [
+    "BootstrapWeights","ANALYSES", "Analysis", "AnalysisContext", "ParticipantDraws", "ReportSection", "check_analysis"]
 
 BUILTIN_MODULE = "simlab.fidelity.builtin"
 """Registers the built-in analyses on import."""
+
+
+class BootstrapWeights(Protocol):
+    """The (n_boot, n_participants) bootstrap weights as analyses read them: ``w[b]`` (one
+    replicate's float64 weights), ``w[b, cols]``, ``w[i:j]``, and ``w @ x``. A float64 array is one;
+    ``simlab.fidelity.stats.CountMatrix`` stores the draw counts compactly and reads them the same."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __getitem__(self, key: Any) -> np.ndarray: ...
+
+    def __matmul__(self, x: np.ndarray) -> np.ndarray: ...
 
 
 class ParticipantDraws(Protocol):
@@ -55,7 +69,7 @@ class ParticipantDraws(Protocol):
     def ids(self) -> tuple[str, ...]: ...
 
     @property
-    def counts(self) -> np.ndarray: ...
+    def counts(self) -> BootstrapWeights: ...
 
     @property
     def n_boot(self) -> int: ...

@@ -143,7 +143,7 @@ def test_simulated_participants_without_a_human_are_raked_on_their_own() -> None
 def test_weighted_bootstrap_carries_the_weights() -> None:
     p = Participants.from_ids(["a", "b", "c"], 5, 0, {"a": 2.0, "b": 1.0, "c": 0.5})
     plain = Participants.from_ids(["a", "b", "c"], 5, 0)
-    assert np.allclose(p.counts, plain.counts * np.array([2.0, 1.0, 0.5]))  # the same draws, weighted
+    assert np.allclose(np.asarray(p.counts), np.asarray(plain.counts) * np.array([2.0, 1.0, 0.5]))  # the same draws, weighted
     assert p.point(np.array([0, 2, 2])).tolist() == [2.0, 0.5, 0.5]
     assert plain.point(np.array([0, 2])).tolist() == [1.0, 1.0]
     with pytest.raises(ValueError, match="no weight"):

@@ -304,3 +304,35 @@ def test_hierarchy_and_position_fast_equal_general_path(monkeypatch: pytest.Monk
     h = fast_h.per_source["human"]
     inside = [h.strengths[a].ci_low <= truth[a] <= h.strengths[a].ci_high for a in truth if a != "arm00"]
     assert sum(inside) >= len(inside) - 3
+
+
+def test_compact_counts_read_as_the_float_matrix() -> None:
+    """The uint8 draw counts (× raking weights) read, multiply and refit exactly as the float64
+    matrix they replace: the same values, the same bootstrap and clogit replicates."""
+    from simlab.fidelity.stats import CountMatrix, Participants, bootstrap, bootstrap_counts, clogit_draws
+
+    ids = [f"p{i}" for i in range(40)]
+    w = {p: 0.5 + (i % 7) / 3 for i, p in enumerate(ids)}
+    plain, weighted = Participants.from_ids(ids, 25, 3), Participants.from_ids(ids, 25, 3, w)
+    full = bootstrap_counts(40, 25, 3)  # the float64 matrix of the same draws
+    assert plain.counts.draws.dtype == np.uint8 and plain.counts.draws.nbytes * 8 == full.nbytes
+    wv = np.array([w[p] for p in sorted(ids)])
+    part, y = np.arange(120) % 40, np.cos(np.arange(120))
+
+    def stat(v: np.ndarray) -> float:
+        return float((v * y).sum() / v.sum())
+
+    for m, ref in ((plain.counts, full), (weighted.counts, full * wv[None, :])):
+        assert isinstance(m, CountMatrix) and m.shape == ref.shape
+        np.testing.assert_array_equal(np.asarray(m), ref)
+        np.testing.assert_array_equal(m[3], ref[3])
+        np.testing.assert_array_equal(m[4, [0, 5, 5, 39]], ref[4, [0, 5, 5, 39]])
+        np.testing.assert_array_equal(m[2:19, :7], ref[2:19, :7])
+        x = np.linspace(-1, 2, 40)
+        np.testing.assert_allclose(m @ x, ref @ x, rtol=1e-12)
+        np.testing.assert_allclose(m @ np.c_[x, x**2], ref @ np.c_[x, x**2], rtol=1e-12)
+        np.testing.assert_array_equal(bootstrap(stat, part, m), bootstrap(stat, part, ref))
+    cs, counts = _arena_cs()
+    start = fit_clogit(cs).params
+    np.testing.assert_allclose(clogit_draws(cs, start, counts), clogit_draws(cs, start, np.asarray(counts)),
+                               rtol=1e-9, atol=1e-12)

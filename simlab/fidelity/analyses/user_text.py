@@ -56,6 +56,7 @@ import pandas as pd
 from scipy import sparse
 
 from simlab.fidelity.analyses._prep import MIN_PARTICIPANTS, participants_of
+from simlab.fidelity.registry import BootstrapWeights
 from simlab.fidelity.result import Estimate
 from simlab.fidelity.stats import Participants, estimate
 from simlab.fidelity.user_text_result import UserTextComparison, UserTextMeasure, UserTextResult, UserTextSource
@@ -95,7 +96,7 @@ METHOD = ("words: runs of letters/digits with inner apostrophes, lower-cased; to
           "participant bootstrap ({n_boot} draws; a human and their simulated copy drawn together); differences: the "
           "bootstrap standard error × √(G/(G − 1)), t with G − 1 df (G = participants in either source)")
 
-Level = Callable[[np.ndarray], np.ndarray]
+Level = Callable[[np.ndarray | BootstrapWeights], np.ndarray]
 """Participant weights (replicates × participants) → the level per replicate."""
 
 
@@ -202,7 +203,7 @@ def distinct_pairs(p: _Pairs, W: np.ndarray) -> np.ndarray:
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> Level:
-    def level(W: np.ndarray) -> np.ndarray:
+    def level(W: np.ndarray | BootstrapWeights) -> np.ndarray:
         d = W @ den
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.asarray(np.where(d > 0, (W @ num) / np.where(d > 0, d, 1.0), np.nan))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from simlab.fidelity.stats.bootstrap import (
     MAX_FAILED_SHARE,
+    CountMatrix,
     Participants,
     bootstrap,
     bootstrap_counts,
@@ -42,6 +43,7 @@ __all__ = [
     "SPARSE_MIN_CELLS",
     "ChoiceSets",
     "ClogitFit",
+    "CountMatrix",
     "FitError",
     "Participants",
     "SeparationError",

@@ -5,25 +5,78 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from simlab.fidelity.registry import BootstrapWeights
 from simlab.fidelity.result import Estimate
 from simlab.fidelity.stats.errors import FitError
 from simlab.fidelity.stats.progress import progress
 
-__all__ = ["MAX_FAILED_SHARE", "Participants", "bootstrap", "bootstrap_counts", "estimate", "percentile_ci"]
+__all__ = ["MAX_FAILED_SHARE", "CountMatrix", "Participants", "bootstrap", "bootstrap_counts", "estimate", "percentile_ci"]
 
 
-def bootstrap_counts(n_participants: int, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, n_participants) how often each participant is drawn in each bootstrap replicate."""
+def bootstrap_counts(n_participants: int, n_boot: int, seed: int, dtype: type[np.generic] = np.float64) -> np.ndarray:
+    """(n_boot, n_participants) how often each participant is drawn in each bootstrap replicate.
+
+    ``dtype=np.uint8`` stores the same counts in an eighth of the memory; a count above 255 (in
+    practice never: it needs 256 of n draws to hit one participant) widens the matrix instead."""
     rng = np.random.default_rng(seed)
-    out = np.zeros((n_boot, n_participants), dtype=np.float64)
+    out = np.zeros((n_boot, n_participants), dtype=dtype)
     for b in range(n_boot):
         draw = rng.integers(0, n_participants, size=n_participants)
-        out[b] = np.bincount(draw, minlength=n_participants)
+        row = np.bincount(draw, minlength=n_participants)
+        if np.issubdtype(out.dtype, np.integer) and row.size and row.max() > np.iinfo(out.dtype).max:
+            out = out.astype(np.int64)
+        out[b] = row
     return out
+
+
+_ROW_BLOCK = 16
+"""Replicates turned into float64 at once by ``CountMatrix @ x``."""
+
+
+class CountMatrix:
+    """The (n_boot, n_participants) bootstrap weights, stored as small integer draw counts (and the
+    raking weights apart) and read as float64: at Chatbot-Arena scale the float64 matrix alone was
+    160 MB. Indexing (``m[b]``, ``m[b, cols]``, ``m[i:j]``) returns the float64 values the full
+    matrix would hold (count × weight, the same product); ``m @ x`` multiplies a block of
+    replicates at a time.
+
+    >>> m = CountMatrix(np.array([[2, 0], [1, 1]], dtype=np.uint8), np.array([0.5, 2.0]))
+    >>> m[0].tolist(), (m @ np.array([1.0, 1.0])).tolist(), m.shape
+    ([1.0, 0.0], [1.0, 2.5], (2, 2))
+    """
+
+    def __init__(self, draws: np.ndarray, weights: np.ndarray | None = None) -> None:
+        self.draws = draws
+        self.weights = weights
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.draws.shape[0]), int(self.draws.shape[1]))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        out = np.asarray(self.draws[key], dtype=np.float64)
+        if self.weights is not None:
+            # the weights broadcast to the matrix's shape (a view), indexed the same way
+            out = out * np.broadcast_to(self.weights, self.draws.shape)[key]
+        return out
+
+    def __matmul__(self, x: np.ndarray) -> np.ndarray:
+        n = self.shape[0]
+        if n == 0:
+            return np.asarray(np.zeros(self.shape) @ x)
+        return np.concatenate([np.asarray(self[i:i + _ROW_BLOCK] @ x) for i in range(0, n, _ROW_BLOCK)])
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """The whole float64 matrix (for checks; the analyses read it a block at a time)."""
+        return self[:] if dtype is None else self[:].astype(dtype)
 
 
 @dataclass(frozen=True)
@@ -35,7 +88,7 @@ class Participants:
     gives the point estimate's weights; without, ``point`` is all ones."""
 
     ids: tuple[str, ...]
-    counts: np.ndarray  # (n_boot, n_participants)
+    counts: CountMatrix  # (n_boot, n_participants)
     weights: np.ndarray | None = None  # (n_participants,) raking weights, already in ``counts``
 
     @classmethod
@@ -43,14 +96,14 @@ class Participants:
                  weights: Mapping[str, float] | None = None) -> Participants:
         """``weights``: raking weight per participant id (every id needs one)."""
         uniq = tuple(sorted({str(i) for i in ids if not pd.isna(i)}))
-        counts = bootstrap_counts(len(uniq), n_boot, seed)
+        counts = bootstrap_counts(len(uniq), n_boot, seed, np.uint8)
         if weights is None:
-            return cls(uniq, counts)
+            return cls(uniq, CountMatrix(counts))
         missing = [p for p in uniq if p not in weights]
         if missing:
             raise ValueError(f"{len(missing)} participant(s) have no weight (e.g. {missing[0]!r})")
         w = np.array([float(weights[p]) for p in uniq])
-        return cls(uniq, counts * w[None, :], w)
+        return cls(uniq, CountMatrix(counts, w), w)
 
     def point(self, part: np.ndarray) -> np.ndarray:
         """The point estimate's weight of each row whose participant positions are ``part``: its
@@ -105,7 +158,7 @@ def estimate(
 
 
 def bootstrap(
-    stat: Callable[[np.ndarray], float | np.ndarray], row_participant: np.ndarray, counts: np.ndarray
+    stat: Callable[[np.ndarray], float | np.ndarray], row_participant: np.ndarray, counts: np.ndarray | BootstrapWeights
 ) -> np.ndarray:
     """Draws of ``stat(weights)`` where weights are each row's participant draw counts.
 

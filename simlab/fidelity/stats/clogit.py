@@ -16,6 +16,7 @@ from simlab.fidelity.identify import (
     describe_dependence,
     separating_direction,
 )
+from simlab.fidelity.registry import BootstrapWeights
 from simlab.fidelity.stats.choice_sets import ChoiceSets, _scale_rows, compress
 from simlab.fidelity.stats.errors import FitError
 from simlab.fidelity.stats.progress import progress
@@ -254,7 +255,7 @@ _DRAW_BLOCK = 16
 def clogit_draws(
     cs: ChoiceSets,
     start: np.ndarray,
-    counts: np.ndarray,
+    counts: np.ndarray | BootstrapWeights,
     select: slice | list[int] = slice(None),
     *,
     penalised: bool = False,
@@ -269,25 +270,25 @@ def clogit_draws(
     """
     small, m = compress(cs)
     use_small = small.n_strata < 0.5 * cs.n_strata
-    counts = counts[:, : m.shape[1]] if use_small else counts
+    n_boot = counts.shape[0]
+    weights: np.ndarray | None = None
     if use_small:
         # M @ counts' in blocks of draws: the sparse product copies its dense operand into C order, a
         # whole (n_participants × n_boot) copy at once (160 MB at Chatbot-Arena scale); the same sums
-        weights = np.vstack([np.asarray((m @ counts[i:i + _DRAW_BLOCK].T).T)
-                             for i in range(0, counts.shape[0], _DRAW_BLOCK)])
-    else:
-        weights = counts[:, cs.participant]
+        weights = np.vstack([np.asarray((m @ counts[i:i + _DRAW_BLOCK, : m.shape[1]].T).T)
+                             for i in range(0, n_boot, _DRAW_BLOCK)])
     target = small if use_small else cs
     k = len(np.arange(cs.X.shape[1])[select])
-    out = np.full((counts.shape[0], k), np.nan)
+    out = np.full((n_boot, k), np.nan)
     penalty: Literal["auto", "always"] = "always" if penalised else "auto"
-    for b in progress(range(counts.shape[0]), counts.shape[0], f"bootstrap draws ({k} coefficients)"):
+    for b in progress(range(n_boot), n_boot, f"bootstrap draws ({k} coefficients)"):
         try:
             with np.errstate(all="ignore"):
-                if use_small:
+                if weights is not None:
                     fit = fit_clogit(target, weights[b], start, penalty=penalty, robust=False, check_separation=False)
                 else:
-                    fit = fit_clogit(target, weights[b], start, max_iter=2, strict=False, penalty=penalty, robust=False,
+                    # the stratum weights of one replicate at a time (not an n_boot × n_rows matrix)
+                    fit = fit_clogit(target, counts[b][cs.participant], start, max_iter=2, strict=False, penalty=penalty, robust=False,
                                      check_separation=False)
                 out[b] = fit.params[select]
         except (FitError, np.linalg.LinAlgError, FloatingPointError):

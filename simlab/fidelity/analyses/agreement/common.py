@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from simlab.fidelity.registry import BootstrapWeights
 from simlab.fidelity.result import Estimate
 from simlab.fidelity.stats import Participants, bootstrap, estimate
 from simlab.tables import Tables
@@ -19,7 +20,7 @@ INSTRUMENTS = ("ranked_best", "rating_preference", "wtp_bid", "opening_choice")
 N_PERM = 200  # p-values down to 1/201: enough for "far better than chance"
 
 
-def _mean_draws(values: np.ndarray, part: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def _mean_draws(values: np.ndarray, part: np.ndarray, counts: np.ndarray | BootstrapWeights) -> np.ndarray:
     """Participant-bootstrap draws of the mean of values with participants ``part`` (vectorised over draws)."""
     n = counts.shape[1]
     s = np.bincount(part, weights=values, minlength=n)
