@@ -2,7 +2,7 @@
 
 With the same distribution in both sources (a human and their copy correlated), sd_ratio and the W1
 excess must rarely be significant, and their CIs must cover the truth; a planted spread collapse (0.6)
-must be found."""
+must be found, a mild one (0.85) often."""
 
 from __future__ import annotations
 
@@ -20,4 +20,5 @@ def test_distributions_are_calibrated_on_a_fast_subset(name: str) -> None:
     assert r.null_reported == r.effect_reported == 30, r.problems
     assert r.null_significant <= 4  # P(≥ 5 of 30 | 5%) ≈ 2%
     assert r.coverage >= 0.85
-    assert r.power >= 0.9
+    # the mild collapse (0.85) has 71.5% power in the 200-rep table: P(< 12 of 30) is tiny there
+    assert r.power >= (0.4 if "mild" in name else 0.9)

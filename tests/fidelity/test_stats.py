@@ -104,6 +104,20 @@ def test_two_step_bootstrap_matches_full_refits() -> None:
     np.testing.assert_allclose(fast, exact, atol=1e-4)
 
 
+def test_clogit_draws_with_no_draws_is_empty() -> None:
+    """n_boot = 0 (the calibration's cluster-robust cases ask for no bootstrap) gives no draws, on the
+    compressed path too, rather than failing to stack zero blocks."""
+    from simlab.fidelity.stats import CountMatrix, clogit_draws
+    from simlab.fidelity.stats.clogit import compress
+
+    cs = _hierarchy_sets(100, seed=8)
+    small, _ = compress(cs)
+    assert small.n_strata < 0.5 * cs.n_strata  # the compressed path is the one taken
+    full = fit_clogit(cs)
+    for counts in (bootstrap_counts(100, 0, seed=1), CountMatrix(bootstrap_counts(100, 0, seed=1, dtype=np.uint8))):
+        assert clogit_draws(cs, full.params, counts).shape == (0, cs.X.shape[1])
+
+
 def test_reason_for_puts_words_before_the_exception() -> None:
     import numpy as np
 

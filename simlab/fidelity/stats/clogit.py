@@ -272,7 +272,7 @@ def clogit_draws(
     use_small = small.n_strata < 0.5 * cs.n_strata
     n_boot = counts.shape[0]
     weights: np.ndarray | None = None
-    if use_small:
+    if use_small and n_boot:
         # M @ counts' in blocks of draws: the sparse product copies its dense operand into C order, a
         # whole (n_participants × n_boot) copy at once (160 MB at Chatbot-Arena scale); the same sums
         weights = np.vstack([np.asarray((m @ counts[i:i + _DRAW_BLOCK, : m.shape[1]].T).T)
