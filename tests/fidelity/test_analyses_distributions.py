@@ -11,7 +11,8 @@ import pytest
 from scipy.stats import wasserstein_distance
 
 from simlab.fidelity.analyses import analysis_context
-from simlab.fidelity.analyses.distributions import _swaps, answers, compare, distributions, w1_rows
+from simlab.fidelity.analyses._prep import relabel_swaps
+from simlab.fidelity.analyses.distributions import answers, compare, distributions, w1_rows
 from simlab.fidelity.calibration.distributions import COLLAPSE, SIM, simulate
 from simlab.fidelity.distributions_result import DistributionsResult
 from simlab.fidelity.registry import ANALYSES
@@ -83,7 +84,7 @@ def test_point_weights_give_the_weighted_statistics() -> None:
 def test_relabelling_swaps_pairs_and_permutes_the_unpaired() -> None:
     has_h = np.array([1, 1, 1, 1, 0, 0], bool)
     has_s = np.array([1, 1, 0, 0, 1, 1], bool)
-    s = _swaps(has_h, has_s, 400, np.random.default_rng(0))
+    s = relabel_swaps(has_h, has_s, 400, np.random.default_rng(0), dtype=np.int8)
     assert 0.4 < s[:, :2].mean() < 0.6  # a pair swaps with probability ½
     unpaired = s[:, 2:].astype(bool)
     label = has_s[2:]

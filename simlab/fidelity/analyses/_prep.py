@@ -1,5 +1,6 @@
 """Shared preparation: judgements with their used ranks, conditional-logit choice sets, the
-participant minimum and the one reading of the ``gen_error`` flag every analysis excludes by."""
+participant minimum, the one reading of the ``gen_error`` flag every analysis excludes by, and the
+relabelling of sources that keeps participants whole."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ __all__ = [
     "has_values",
     "judgements_frame",
     "participants_of",
+    "relabel_swaps",
     "sim_sources",
     "too_few_participants",
 ]
@@ -196,3 +198,22 @@ def arm_order(tables: Tables, present: Iterable[object]) -> list[str]:
         order = tables.arms.sort_values("config_order") if "config_order" in tables.arms else tables.arms
         known = [a for a in order["arm"].astype(str) if a in arms]
     return known + sorted(arms - set(known))
+
+
+def relabel_swaps(has_h: np.ndarray, has_s: np.ndarray, n_perm: int, rng: np.random.Generator,
+                  dtype: type[np.generic] = np.float64) -> np.ndarray:
+    """(n_perm, P) 0/1: which participants move all their rows to the other source in each of
+    ``n_perm`` relabellings (the permutation null of a sim − human comparison).
+
+    A participant in both sources (a human and their simulated copy) swaps sides with probability
+    1/2; participants in one source only have their labels permuted among themselves (so the number
+    of participants per side is kept). ``dtype=np.int8`` keeps a byte per entry for many participants."""
+    paired = has_h & has_s
+    out = np.zeros((n_perm, has_h.size), dtype=dtype)
+    out[:, paired] = rng.integers(0, 2, size=(n_perm, int(paired.sum())))
+    single = np.flatnonzero(has_h ^ has_s)
+    if single.size > 1:
+        label = has_s[single]
+        order = rng.random((n_perm, single.size)).argsort(axis=1)
+        out[:, single] = label[order] != label
+    return out

@@ -57,6 +57,7 @@ from simlab.fidelity.analyses._prep import (
     has_values,
     judgements_frame,
     participants_of,
+    relabel_swaps,
     sim_sources,
 )
 from simlab.fidelity.distributions_result import (
@@ -154,19 +155,6 @@ def w1_rows(mass_a: np.ndarray, mass_b: np.ndarray, gaps: np.ndarray) -> np.ndar
         return np.asarray(np.abs(fa - fb) @ gaps, dtype=float)
 
 
-def _swaps(has_h: np.ndarray, has_s: np.ndarray, n_perm: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_perm, P) 0/1: which participants move all their answers to the other source (see the module
-    docstring: paired participants swap with probability ½, the others are permuted among themselves)."""
-    paired = has_h & has_s
-    out = np.zeros((n_perm, has_h.size), dtype=np.int8)  # 0/1: a byte each, for many participants
-    out[:, paired] = rng.integers(0, 2, size=(n_perm, int(paired.sum())))
-    single = np.flatnonzero(has_h ^ has_s)
-    if single.size > 1:
-        label = has_s[single]
-        order = rng.random((n_perm, single.size)).argsort(axis=1)
-        out[:, single] = label[order] != label
-    return out
-
 
 def _counts(pi: np.ndarray, gi: np.ndarray, n_part: int, m: int) -> sparse.csr_matrix:
     """(participants × grid) how many answers each participant gave at each grid value."""
@@ -219,7 +207,7 @@ def compare(
     ratio = float(sd_s0 / sd_h0) if sd_h0 > 0 else float("nan")
     draws = np.exp(_log_sd_ratio(_moments(W, *ms), _moments(W, *mh)))
     has_h, has_s = mh[0] > 0, ms[0] > 0
-    swaps = _swaps(has_h, has_s, n_perm, rng)
+    swaps = relabel_swaps(has_h, has_s, n_perm, rng, dtype=np.int8)
     # relabelling test of the log ratio on answers centred at their source's (point-weighted) mean
     ch = (x_h - float(w0[pi_h] @ x_h / w0[pi_h].sum()))
     cs = (x_s - float(w0[pi_s] @ x_s / w0[pi_s].sum()))

@@ -63,6 +63,7 @@ from simlab.fidelity.analyses._prep import (
     gen_error_rows,
     has_values,
     participants_of,
+    relabel_swaps,
     sim_sources,
 )
 from simlab.fidelity.result import Estimate, PrismClusters, TopicsResult, TopicUnit
@@ -131,22 +132,6 @@ def _jsd_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         out = (rel_entr(p, m).sum(-1) + rel_entr(q, m).sum(-1)) / (2 * np.log(2))
     return np.where((sa[..., 0] > 0) & (sb[..., 0] > 0), np.clip(out, 0, 1), np.nan)
 
-
-def _swaps(has_h: np.ndarray, has_s: np.ndarray, n_perm: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_perm, P) 0/1: which participants move all their texts to the other source.
-
-    A participant in both sources (a human and their simulated copy) swaps sides with
-    probability 1/2; participants in one source only have their labels permuted among
-    themselves (so the number of participants per side is kept)."""
-    paired = has_h & has_s
-    out = np.zeros((n_perm, has_h.size))
-    out[:, paired] = rng.integers(0, 2, size=(n_perm, int(paired.sum())))
-    single = np.flatnonzero(has_h ^ has_s)
-    if single.size > 1:
-        label = has_s[single]
-        order = rng.random((n_perm, single.size)).argsort(axis=1)
-        out[:, single] = label[order] != label
-    return out
 
 
 def _towards_midpoint(h: np.ndarray, s: np.ndarray, by_domain: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -266,7 +251,7 @@ def divergence(
 
     everyone = np.arange(P)
     # the data are the world λ = 1; the p-value's permutations are exact (labels fixed, pooled fit)
-    perm = _swaps(has_h, has_s, N_PERM, rng)
+    perm = relabel_swaps(has_h, has_s, N_PERM, rng)
     H, S = h.sum(0), s.sum(0)
     moved = (perm @ (s - h).reshape(P, -1)).reshape(-1, D, k)
     null_d = _jsd_rows(H[None] + moved, S[None] - moved)  # (R, D)
@@ -286,7 +271,7 @@ def divergence(
         # a participant drawn twice is two participants of the bootstrap world: each copy swaps
         # on its own (swapping them together would double the chance level)
         rows = np.repeat(everyone, np.rint(w).astype(np.int64))
-        j, c, j_d, c_d = stats(rows, _swaps(has_h[rows], has_s[rows], N_PERM_BOOT, rng))
+        j, c, j_d, c_d = stats(rows, relabel_swaps(has_h[rows], has_s[rows], N_PERM_BOOT, rng))
         star_d = j_d - c_d
         star_w = star_d[:, ok] @ omega[ok] if ok.any() else np.full(L, np.nan)
         return np.concatenate([j - c - truth_pool, (star_d - truth_d).ravel(), star_w - truth_w])
