@@ -9,6 +9,7 @@
     simlab report --run RUN         a run's HTML report (``python -m simlab.report``)
     simlab store export|merge       a run's tables (``python -m simlab.store``)
     simlab init DIR                 a starter project: config, personas, prompt templates
+    simlab view RUN …               read every session in the browser (``python -m simlab.view``)
 
 Exit status everywhere: 0 done, 1 a failure recorded with its reason (or a backend stopped
 answering), 2 bad input (the message names the file, row and field), 130 interrupted.
@@ -32,6 +33,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "report": ("simlab.report.__main__", (), "write a run's HTML fidelity report"),
     "store": ("simlab.store", (), "export a run's tables or merge shard runs"),
     "init": ("simlab.project", (), "write a starter project (config, personas, prompts) to a directory"),
+    "view": ("simlab.view.__main__", (), "read every session, human beside simulated, in the browser"),
 }
 
 

@@ -77,6 +77,7 @@ LAYER_OF = {
     "simlab.serve": "pipeline",
     "simlab.project": "pipeline",
     "simlab.cli": "cli",
+    "simlab.view": "view",
     "simlab.compare": "cli",
     "simlab.__main__": "cli",
 }
@@ -94,6 +95,7 @@ BELOW = {
     "render": {"base", "render"},
     "pipeline": {"base", "llm", "personas", "store", "local", "config", "protocol", "grading", "fidelity", "render",
                  "pipeline"},
+    "view": {"base", "store", "fidelity", "render", "view"},  # reads stores and results, renders pages
     "cli": set(),  # anything
     "api": set(),  # anything: it re-exports the public names; nothing in the package imports it
 }

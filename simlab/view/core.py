@@ -1,0 +1,110 @@
+"""What every page of the viewer shares: the runs it was given (read-only), the human data, the
+Jinja2 environment (autoescaped, keys redacted), and the security headers of every response."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
+
+from simlab.redaction import redact_key_shapes
+from simlab.store.readers import open_readonly
+
+__all__ = ["CSP", "STATE", "RunHandle", "ViewState", "environment", "render", "security_headers"]
+
+# Strict: only the app's own script and stylesheet, no inline script, nothing from another origin.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    """One run directory given on the command line; ``run_id`` is its folder name (unique per view)."""
+
+    run_id: str
+    path: Path
+
+    def connect(self) -> sqlite3.Connection:
+        """A new read-only connection to the run's store (the run may still be writing it)."""
+        return open_readonly(self.path)
+
+
+@dataclass
+class ViewState:
+    """The runs and human data one viewer serves; nothing outside them is ever opened."""
+
+    runs: dict[str, RunHandle]
+    human: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Caches the pages keep between requests (keyed by page module)."""
+
+    def run(self, run_id: str) -> RunHandle:
+        """The run named in a URL, or 404: a URL cannot name a path, only a run given at start."""
+        handle = self.runs.get(run_id)
+        if handle is None:
+            raise web.HTTPNotFound(text=f"no run {run_id!r} in this view")
+        return handle
+
+
+STATE: web.AppKey[ViewState] = web.AppKey("simlab_view_state", ViewState)
+
+
+def _finalize(value: Any) -> Any:
+    # Every {{ expression }} before escaping: anything shaped like an API key is redacted.
+    if value is None:
+        return ""
+    if isinstance(value, Markup):
+        return Markup(redact_key_shapes(str(value)))
+    if isinstance(value, str):
+        return redact_key_shapes(value)
+    return value
+
+
+_ENV: Environment | None = None
+
+
+def environment() -> Environment:
+    """The viewer's templates (``simlab/view/templates``), autoescaped, undefined names an error."""
+    global _ENV
+    if _ENV is None:
+        _ENV = Environment(loader=PackageLoader("simlab.view", "templates"),
+                           autoescape=select_autoescape(enabled_extensions=("html", "j2"), default=True),
+                           undefined=StrictUndefined, finalize=_finalize, trim_blocks=True, lstrip_blocks=True)
+    return _ENV
+
+
+def render(request: web.Request, template: str, **context: Any) -> web.Response:
+    """A page from ``template`` (which extends ``_base.html.j2``), as an HTML response."""
+    state = request.app[STATE]
+    html = environment().get_template(template).render(runs=list(state.runs.values()), request=request, **context)
+    return web.Response(text=html, content_type="text/html", charset="utf-8")
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Read-only (GET and HEAD only) and every response with a strict CSP and no sniffing."""
+    if request.method not in ("GET", "HEAD"):
+        raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # errors (404, 405) carry the same headers
+        _secure(exc.headers)
+        raise
+    _secure(response.headers)
+    return response
+
+
+def _secure(headers: Any) -> None:
+    headers["Content-Security-Policy"] = CSP
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["Referrer-Policy"] = "no-referrer"
+    headers["X-Frame-Options"] = "DENY"

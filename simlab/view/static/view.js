@@ -1,0 +1,2 @@
+// simlab view: progressive enhancement only; every page works without this script.
+"use strict";
