@@ -4,19 +4,26 @@ Jinja2 environment (autoescaped, keys redacted), and the security headers of eve
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
 from simlab.redaction import redact_key_shapes
+from simlab.store.connection import STORE_FILE
 from simlab.store.readers import open_readonly
 
-__all__ = ["CSP", "STATE", "RunHandle", "ViewState", "environment", "render", "security_headers"]
+__all__ = ["CSP", "IN_PROGRESS_S", "STATE", "RunHandle", "ViewState", "conversation_url", "environment", "render",
+           "security_headers"]
+
+IN_PROGRESS_S = 60.0
+"""A run whose write-ahead log changed this recently counts as in progress (its pages refresh)."""
 
 # Strict: only the app's own script and stylesheet, no inline script, nothing from another origin.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -33,6 +40,34 @@ class RunHandle:
     def connect(self) -> sqlite3.Connection:
         """A new read-only connection to the run's store (the run may still be writing it)."""
         return open_readonly(self.path)
+
+    def version(self) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+        """(mtime, size) of the store file and of its write-ahead log: a cache built from the store
+        is current while this is unchanged (a writer appends to the log, a checkpoint rewrites the file)."""
+        return _stat(self.path / STORE_FILE), _stat(self.path / f"{STORE_FILE}-wal")
+
+    def in_progress(self) -> bool:
+        """Whether a run seems to be writing the store now (its write-ahead log changed within
+        ``IN_PROGRESS_S``; a finished run's writer removes the log when it closes)."""
+        wal = _stat(self.path / f"{STORE_FILE}-wal")
+        return wal is not None and time.time() - wal[0] / 1e9 < IN_PROGRESS_S
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def conversation_url(run_id: str, conversation_id: str) -> str:
+    """The viewer's URL of one conversation (each part quoted whole: an id may hold ``/``, ``?`` or ``#``).
+
+    >>> conversation_url("quickstart-1a2b", "p01:values")
+    '/runs/quickstart-1a2b/sessions/p01:values'
+    """
+    return f"/runs/{quote(run_id, safe=':')}/sessions/{quote(conversation_id, safe=':')}"
 
 
 @dataclass
@@ -76,6 +111,8 @@ def environment() -> Environment:
         _ENV = Environment(loader=PackageLoader("simlab.view", "templates"),
                            autoescape=select_autoescape(enabled_extensions=("html", "j2"), default=True),
                            undefined=StrictUndefined, finalize=_finalize, trim_blocks=True, lstrip_blocks=True)
+        _ENV.globals["conversation_url"] = conversation_url
+        _ENV.filters["segment"] = lambda text: quote(str(text), safe=":")
     return _ENV
 
 
