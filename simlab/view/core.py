@@ -47,10 +47,11 @@ class RunHandle:
         return _stat(self.path / STORE_FILE), _stat(self.path / f"{STORE_FILE}-wal")
 
     def in_progress(self) -> bool:
-        """Whether a run seems to be writing the store now (its write-ahead log changed within
-        ``IN_PROGRESS_S``; a finished run's writer removes the log when it closes)."""
+        """Whether a run seems to be writing the store now: its write-ahead log holds pages written
+        within ``IN_PROGRESS_S`` (a reader's log is empty; a finished run's writer removes or stops
+        touching it)."""
         wal = _stat(self.path / f"{STORE_FILE}-wal")
-        return wal is not None and time.time() - wal[0] / 1e9 < IN_PROGRESS_S
+        return wal is not None and wal[1] > 0 and time.time() - wal[0] / 1e9 < IN_PROGRESS_S
 
 
 def _stat(path: Path) -> tuple[int, int] | None:

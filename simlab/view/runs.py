@@ -4,6 +4,7 @@ role and arm, the endpoints and the models they served, and the stored config wi
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ from simlab.redaction import redact_fields
 from simlab.store.connection import closing
 from simlab.store.readers import StoreCounts, store_counts
 from simlab.view.core import STATE, RunHandle, ViewState, render
-from simlab.view.session_index import index_of
+from simlab.view.session_index import calls_by_endpoint, index_of, read_meta
 
 __all__ = ["RunOverview", "overview", "setup"]
 
@@ -37,7 +38,13 @@ class RunOverview:
     """The stored metadata (config and the rest), secrets redacted."""
 
 
-def overview(state: ViewState, handle: RunHandle) -> RunOverview:
+def _store_facts(handle: RunHandle) -> tuple[StoreCounts, list[tuple[str, str, str, int, int]], dict[str, Any]]:
+    # the scans of every model call: on a connection of their own, so they can run off the server's thread
+    with closing(handle.connect()) as conn:
+        return store_counts(conn), calls_by_endpoint(conn), read_meta(conn)
+
+
+async def overview(state: ViewState, handle: RunHandle) -> RunOverview:
     """The overview of ``handle``'s run, rebuilt when the store changed (kept in ``state.extra``)."""
     cache: dict[str, tuple[object, RunOverview]] = state.extra.setdefault("run_overview", {})
     version = handle.version()
@@ -49,12 +56,11 @@ def overview(state: ViewState, handle: RunHandle) -> RunOverview:
     for status, source, domain, n in index.counts():
         cell = cells.setdefault((source, domain), {"source": source, "domain": domain, "completed": 0, "failed": 0})
         cell[status] = cell.get(status, 0) + n
-    with closing(handle.connect()) as conn:
-        counts = store_counts(conn)
-    meta = redact_fields(index.meta())
+    counts, calls, stored = await asyncio.get_running_loop().run_in_executor(None, _store_facts, handle)
+    meta = redact_fields(stored)
     served: dict[str, list[dict[str, Any]]] = {}
-    for endpoint, model, served_model, calls, errors in index.calls_by_endpoint():
-        served.setdefault(endpoint, []).append({"model": model, "served_model": served_model, "calls": calls,
+    for endpoint, model, served_model, n_calls, errors in calls:
+        served.setdefault(endpoint, []).append({"model": model, "served_model": served_model, "calls": n_calls,
                                                 "errors": errors})
     config = meta.get("config")
     configured = (config.get("endpoints") if isinstance(config, dict) else None) or {}
@@ -80,7 +86,7 @@ async def index(request: web.Request) -> web.Response:
     state = request.app[STATE]
     rows = []
     for handle in state.runs.values():
-        o = overview(state, handle)
+        o = await overview(state, handle)
         rows.append({"run": handle, "completed": o.completed, "failed": o.failed, "in_progress": handle.in_progress(),
                      "created_at": o.meta.get("created_at", "")})
     refresh = REFRESH_S if any(r["in_progress"] for r in rows) else None
@@ -91,7 +97,7 @@ async def run_page(request: web.Request) -> web.Response:
     """One run's overview."""
     state = request.app[STATE]
     handle = state.run(request.match_info["run_id"])
-    o = overview(state, handle)
+    o = await overview(state, handle)
     in_progress = handle.in_progress()
     config = o.meta.get("config")
     other = {k: _pretty(v) for k, v in o.meta.items() if k not in ("config", "experiment")}

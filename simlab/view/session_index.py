@@ -24,8 +24,10 @@ __all__ = [
     "SessionFilter",
     "SessionIndex",
     "SessionRow",
+    "calls_by_endpoint",
     "index_of",
     "parse_filter",
+    "read_meta",
 ]
 
 PAGE_SIZE = 50
@@ -330,27 +332,29 @@ class SessionIndex:
                                                  "chosen": bool(chosen), "rank": rank})
         return out
 
-    def calls_by_endpoint(self) -> list[tuple[str, str, str, int, int]]:
-        """(endpoint, model, served model, calls, errors) of the run's stored model calls."""
-        if not _has(self._conn, "llm_calls"):
-            return []
-        return [(str(r[0]), str(r[1]), "" if r[2] is None else str(r[2]), int(r[3]), int(r[4] or 0))
-                for r in self._conn.execute(
-                    "SELECT endpoint, model, served_model, count(*), sum(status != 'ok') FROM llm_calls"
-                    " GROUP BY endpoint, model, served_model ORDER BY endpoint, model, served_model")]
 
-    def meta(self) -> dict[str, Any]:
-        """The run's ``meta`` table, each value decoded from JSON (kept as text where it is not JSON)."""
-        out: dict[str, Any] = {}
-        if not _has(self._conn, "meta"):
-            return out
-        for key, value in self._conn.execute("SELECT key, value FROM meta ORDER BY key"):
-            try:
-                out[str(key)] = json.loads(value)
-            except (TypeError, ValueError):
-                out[str(key)] = value
+def calls_by_endpoint(conn: sqlite3.Connection) -> list[tuple[str, str, str, int, int]]:
+    """(endpoint, model, served model, calls, errors) of the stored model calls of the store on ``conn``."""
+    if not _has(conn, "llm_calls"):
+        return []
+    return [(str(r[0]), str(r[1]), "" if r[2] is None else str(r[2]), int(r[3]), int(r[4] or 0))
+            for r in conn.execute(
+                "SELECT endpoint, model, served_model, count(*), sum(status != 'ok') FROM llm_calls"
+                " GROUP BY endpoint, model, served_model ORDER BY endpoint, model, served_model")]
+
+
+def read_meta(conn: sqlite3.Connection) -> dict[str, Any]:
+    """The ``meta`` table of the store on ``conn``, each value decoded from JSON (kept as text where
+    it is not JSON: the page shows a damaged value rather than failing)."""
+    out: dict[str, Any] = {}
+    if not _has(conn, "meta"):
         return out
-
+    for key, value in conn.execute("SELECT key, value FROM meta ORDER BY key"):
+        try:
+            out[str(key)] = json.loads(value)
+        except (TypeError, ValueError):
+            out[str(key)] = value
+    return out
 
 
 def index_of(state: ViewState, handle: RunHandle) -> SessionIndex:

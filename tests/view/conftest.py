@@ -75,13 +75,14 @@ class ViewServer:
         self._app = make_app(runs, human=human)
         self._loop = asyncio.new_event_loop()
         self._runner = web.AppRunner(self._app, access_log=None)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        # the loop runs in its thread from the start: Playwright's sync API keeps a loop running in this one
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._runner.setup(), self._loop).result(30)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        asyncio.run_coroutine_threadsafe(site.start(), self._loop).result(30)
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
 
     def get(self, path: str) -> tuple[int, dict[str, str], str]:
         """``GET path``: status, headers, body (plain urllib, no browser)."""
