@@ -10,8 +10,10 @@ document.addEventListener("DOMContentLoaded", () => {
       if (field.name && !field.value) field.disabled = true;
     }
   });
-  // restored from the back-forward cache: fields disabled by the submit must come back
+  // back or forward to this page: the form shows this URL's filters (the browser would restore
+  // what was typed before), and fields disabled by a submit come back
   window.addEventListener("pageshow", () => {
     for (const field of form.querySelectorAll("input, select")) field.disabled = false;
+    form.reset();
   });
 });
