@@ -270,6 +270,7 @@ class SessionIndex:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self._choices: dict[str, list[str]] | None = None
         conn.execute("ATTACH DATABASE ':memory:' AS v")
         if _has(conn, "conversations") and _has(conn, "judgements"):
             conn.execute(_SUMMARY)
@@ -285,7 +286,13 @@ class SessionIndex:
         self._conn.close()
 
     def choices(self) -> dict[str, list[str]]:
-        """The values each select of the filter form offers: those present in the run."""
+        """The values each select of the filter form offers: those present in the run (a copy: the
+        summary does not change, so they are read once)."""
+        if self._choices is None:
+            self._choices = self._read_choices()
+        return {k: list(v) for k, v in self._choices.items()}
+
+    def _read_choices(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for key, column in (("source", "source"), ("domain", "domain"), ("arm", "chosen_arm"),
                             ("stop_reason", "stop_reason"), ("n_turns", "n_turns")):
