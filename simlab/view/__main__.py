@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
               "(the viewer has no login); leave --host out to serve this machine only", file=sys.stderr)
     try:
         return asyncio.run(_serve(app, host, 0 if args.check else args.port, args.check))
+    except InputError as exc:  # a store that cannot be read, found when the viewer starts
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except OSError as exc:  # the port is taken, the address is not this machine's

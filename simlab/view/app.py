@@ -3,14 +3,18 @@ and each page module's routes."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
 from aiohttp import web
 
 from simlab.errors import InputError
+from simlab.store.connection import STORE_FILE
 from simlab.view import conversation, fidelity_page, runs, sessions
 from simlab.view.core import STATE, RunHandle, ViewState, security_headers
+from simlab.view.session_index import index_of
 
 __all__ = ["STATIC_DIR", "make_app"]
 
@@ -33,4 +37,30 @@ def make_app(run_dirs: Sequence[str | Path], human: str | Path | None = None) ->
     app.router.add_static("/static/", STATIC_DIR, show_index=False, follow_symlinks=False)
     for page in (runs, sessions, conversation, fidelity_page):
         page.setup(app)
+    app.on_startup.append(_warm)
+    app.on_cleanup.append(_cool)
     return app
+
+
+async def _warm(app: web.Application) -> None:
+    # Before the first request: each run's sessions summary (so the first table answers at once) and,
+    # in the background, its overview (the scans of every model call, seconds on a big run).
+    state = app[STATE]
+    tasks = []
+    for handle in state.runs.values():
+        try:
+            index_of(state, handle)
+        except sqlite3.DatabaseError as exc:
+            raise InputError(f"not a readable simlab run store ({exc}); nothing was changed",
+                             file=handle.path / STORE_FILE) from None
+        task = asyncio.create_task(runs.overview(state, handle))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a failure shows on the run's page
+        tasks.append(task)
+    state.extra["warming"] = tasks
+
+
+async def _cool(app: web.Application) -> None:
+    for task in app[STATE].extra.pop("warming", []):
+        task.cancel()
+    for _, index in app[STATE].extra.pop("session_index", {}).values():
+        index.close()

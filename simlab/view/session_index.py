@@ -305,6 +305,17 @@ class SessionIndex:
         return [(str(r[0]), "" if r[1] is None else str(r[1]), str(r[2]), int(r[3])) for r in self._conn.execute(
             "SELECT status, source, domain, count(*) FROM v.summary GROUP BY status, source, domain ORDER BY 1, 2, 3")]
 
+    def created_at(self) -> str:
+        """When the run was made (its ``meta``), or "" when it does not say."""
+        if not _has(self._conn, "meta"):
+            return ""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'created_at'").fetchone()
+        try:
+            value = json.loads(row[0]) if row else ""
+        except (TypeError, ValueError):
+            return ""
+        return value if isinstance(value, str) else ""
+
     def page(self, f: SessionFilter, size: int = PAGE_SIZE) -> Page:
         """The page ``f.page`` of the sessions that pass ``f``, sorted by ``f.sort`` (ties: conversation id)."""
         where, params = f.where()

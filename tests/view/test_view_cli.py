@@ -112,3 +112,14 @@ def test_the_readme_view_commands_run_as_shown(view_run: Path) -> None:
     out = subprocess.run(check.replace("runs/<run_id>", str(view_run)).replace(" [--human PATH]", ""), shell=True,
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.splitlines()[-1] == "OK", out.stderr
+
+
+def test_a_store_that_cannot_be_read_exits_2_naming_it(tmp_path: Path) -> None:
+    run = tmp_path / "damaged"
+    run.mkdir()
+    (run / "store.sqlite").write_text("not a database\n")
+    out = subprocess.run([sys.executable, "-m", "simlab.view", str(run), "--port", "0"],
+                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 2 and out.stdout == ""
+    assert f"{run.resolve() / 'store.sqlite'}: not a readable simlab run store" in out.stderr
+    assert (run / "store.sqlite").read_text() == "not a database\n"
