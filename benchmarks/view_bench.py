@@ -9,8 +9,10 @@ rating filter and sort have a spread, and 1% of extra participants failed (failu
 causes). Then ``python -m simlab.view RUN --port 0`` starts as its own process and this script
 times, with plain HTTP GETs:
 
-- the first page of the sessions table (cold: the server's first request of it, which builds the
-  run's summary; then one warm-up and the median of ``--reps``),
+- the time from the command to its printed URL (the viewer builds each run's sessions summary
+  before it listens),
+- the first page of the sessions table (cold: the server's first request of it; then one warm-up
+  and the median of ``--reps``),
 - a filter (``?domain=values&status=completed&rating_min=50``), a sorted page
   (``?sort=rating&order=desc&page=3``), the run page and a conversation page (each: cold, then the
   median of ``--reps`` after a warm-up),
@@ -138,6 +140,7 @@ class Viewer:
     """``python -m simlab.view RUN --port 0`` as its own process; its printed URL."""
 
     def __init__(self, run: Path) -> None:
+        t0 = time.perf_counter()
         self.proc = subprocess.Popen([sys.executable, "-m", "simlab.view", str(run), "--port", "0"],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline() if self.proc.stdout else ""
@@ -146,6 +149,8 @@ class Viewer:
             raise SystemExit(f"simlab view did not print its URL: {line!r} {err[-2000:]}")
         self.url = line.split("http://", 1)[1].split()[0].rstrip("/")
         self.url = "http://" + self.url
+        self.startup_s = round(time.perf_counter() - t0, 2)
+        """From the command to its printed URL (Python's imports and each run's sessions summary)."""
 
     def get(self, path: str) -> tuple[int, float, int]:
         """(status, milliseconds, bytes) of one GET."""
@@ -214,13 +219,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
             timings = {name: measure(viewer, path, args.reps) for name, path in pages.items()}
             memory = viewer.memory_mb()
+            startup_s = viewer.startup_s
         finally:
             viewer.close()
     result = {"sessions": args.sessions, "rows": rows, "template_s": round(t1 - t0, 1), "generate_s": round(t2 - t1, 1),
+              "startup_s": startup_s,
               "pages": timings, "memory_mb": memory, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     for name, t in timings.items():
         print(f"{name:13s} {t['status']}  cold {t['cold_ms']:7.1f} ms  median {t['median_ms']:7.1f} ms  {t['path']}")
-    print(f"server memory: {memory}  generated in {result['generate_s']} s  rows {rows}")
+    print(f"server memory: {memory}  started in {startup_s} s  generated in {result['generate_s']} s  rows {rows}")
     print(json.dumps(result))
     return result
 

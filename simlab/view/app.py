@@ -13,7 +13,7 @@ from aiohttp import web
 from simlab.errors import InputError
 from simlab.store.connection import STORE_FILE
 from simlab.view import conversation, fidelity_page, runs, sessions
-from simlab.view.core import STATE, RunHandle, ViewState, security_headers
+from simlab.view.core import STATE, RunHandle, ViewState, environment, security_headers
 from simlab.view.session_index import index_of
 
 __all__ = ["STATIC_DIR", "make_app"]
@@ -46,6 +46,9 @@ async def _warm(app: web.Application) -> None:
     # Before the first request: each run's sessions summary (so the first table answers at once) and,
     # in the background, its overview (the scans of every model call, seconds on a big run).
     state = app[STATE]
+    env = environment()
+    for name in env.list_templates(extensions=["j2"]):  # compiled once, not on a user's first visit
+        env.get_template(name)
     tasks = []
     for handle in state.runs.values():
         try:

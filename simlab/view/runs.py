@@ -56,7 +56,17 @@ async def overview(state: ViewState, handle: RunHandle) -> RunOverview:
     for status, source, domain, n in index.counts():
         cell = cells.setdefault((source, domain), {"source": source, "domain": domain, "completed": 0, "failed": 0})
         cell[status] = cell.get(status, 0) + n
-    counts, calls, stored = await asyncio.get_running_loop().run_in_executor(None, _store_facts, handle)
+    # one scan per store version: a request arriving while it runs (or the start-up warm-up) waits for it
+    pending: dict[str, tuple[object, asyncio.Future[Any]]] = state.extra.setdefault("run_overview_pending", {})
+    scan = pending.get(handle.run_id)
+    if scan is None or scan[0] != version:
+        scan = (version, asyncio.get_running_loop().run_in_executor(None, _store_facts, handle))
+        pending[handle.run_id] = scan
+    try:
+        counts, calls, stored = await asyncio.shield(scan[1])
+    finally:
+        if scan[1].done() and pending.get(handle.run_id) is scan:
+            del pending[handle.run_id]
     meta = redact_fields(stored)
     served: dict[str, list[dict[str, Any]]] = {}
     for endpoint, model, served_model, n_calls, errors in calls:
