@@ -144,3 +144,23 @@ def test_the_run_page_in_a_browser(failing_server, browser, watched) -> None:
     page.wait_for_url("**/runs/failing-run/sessions?status=failed")
     assert page.locator("table.sessions tbody tr").count() == 3
     watched.assert_clean()
+
+
+@pytest.mark.parametrize("version", [1, 3])
+def test_a_store_of_an_older_simlab_is_shown_and_never_changed(tmp_path: Path, version: int) -> None:
+    from simlab.store.connection import STORE_FILE
+    from tests.test_store import _a_session_a_failure_and_a_summary_call, _downgrade_to_v1, _downgrade_to_v3, _fingerprint
+
+    run = tmp_path / "old"
+    _a_session_a_failure_and_a_summary_call(run)
+    {1: _downgrade_to_v1, 3: _downgrade_to_v3}[version](run / STORE_FILE)
+    before = _fingerprint(run / STORE_FILE)
+    server = ViewServer([run])
+    try:
+        pages = {path: server.get(path) for path in ("/", "/runs/old", "/runs/old/sessions", "/runs/old/sessions?status=failed")}
+    finally:
+        server.close()
+    assert all(status == 200 for status, _, _ in pages.values()), {p: s for p, (s, _, _) in pages.items()}
+    assert "1 completed</a>" in pages["/runs/old"][2] and "1 failed</a>" in pages["/runs/old"][2]
+    assert "1 session." in pages["/runs/old/sessions?status=failed"][2]
+    assert _fingerprint(run / STORE_FILE) == before
