@@ -149,7 +149,12 @@ def test_the_run_page_in_a_browser(failing_server, browser, watched) -> None:
 @pytest.mark.parametrize("version", [1, 3])
 def test_a_store_of_an_older_simlab_is_shown_and_never_changed(tmp_path: Path, version: int) -> None:
     from simlab.store.connection import STORE_FILE
-    from tests.test_store import _a_session_a_failure_and_a_summary_call, _downgrade_to_v1, _downgrade_to_v3, _fingerprint
+    from tests.test_store import (
+        _a_session_a_failure_and_a_summary_call,
+        _downgrade_to_v1,
+        _downgrade_to_v3,
+        _fingerprint,
+    )
 
     run = tmp_path / "old"
     _a_session_a_failure_and_a_summary_call(run)
