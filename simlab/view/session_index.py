@@ -70,10 +70,13 @@ FROM conversations c LEFT JOIN j USING (conversation_id)
 """
 
 # A session that failed and was not completed since: its latest failure (as ``store_counts`` counts them).
+# Its source is its participant's, or the run's when the run has one (a participant none of whose
+# sessions completed has no participants row).
 _FAILED = """
 INSERT INTO v.summary
 SELECT f.conversation_id, f.participant_id,
-       (SELECT min(p.source) FROM participants p WHERE p.participant_id = f.participant_id),
+       coalesce((SELECT min(p.source) FROM participants p WHERE p.participant_id = f.participant_id),
+                (SELECT CASE WHEN count(DISTINCT source) = 1 THEN min(source) END FROM participants)),
        f.domain, 'failed', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, f.error_type, f.reason
 FROM failures f
 WHERE f.failure_id IN (SELECT max(failure_id) FROM failures
