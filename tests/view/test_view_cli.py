@@ -13,6 +13,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
 
 SCRIPT = REPO / "benchmarks" / "view_bench.py"
@@ -92,6 +94,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow  # two more processes (the shell's viewer and --check); the default tests start the same command
 def test_the_readme_view_commands_run_as_shown(view_run: Path) -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     command, shown = re.search(r"```text\n\$ (simlab view .*?)\n(simlab view: .*?)\n```", readme).groups()
