@@ -27,8 +27,6 @@ from tests.conftest import REPO
 from tests.test_examples import EXAMPLES, _env
 from tests.test_run_cli import stub_toml
 
-pytestmark = pytest.mark.slurm
-
 SHARDS = 4        # the recipe's array is 16 tasks; 4 on the command line keep the test short
 PARTICIPANTS = 6  # the study's limit: 6 participants × 2 domains = 12 sessions
 WAIT_S = 300      # the whole scheduler run; it takes ~40 s on 2 cores
@@ -51,14 +49,19 @@ def _cluster_problem() -> str | None:
     return None
 
 
-@pytest.fixture
-def cluster() -> None:
+def _require_cluster() -> None:
+    """Skip saying why no cluster can take the jobs, or fail where one is required (CI)."""
     problem = _cluster_problem()
     if problem is None:
         return
     if os.environ.get("SIMLAB_REQUIRE_SLURM") == "1":  # CI started the cluster: a missing one is a failure
         pytest.fail(f"SIMLAB_REQUIRE_SLURM=1 but {problem}")
     pytest.skip(problem)
+
+
+@pytest.fixture
+def cluster() -> None:
+    _require_cluster()
 
 
 def _content(run_dir: Path) -> dict[str, list[tuple[str, ...]]]:
@@ -108,6 +111,7 @@ def _sessions_stored(store: Path) -> int:
         return 0
 
 
+@pytest.mark.slurm
 def test_examples_slurm_array_with_a_requeued_task_then_merge_equals_one_process(cluster, tmp_path):
     from simlab.personas import load_persona_set
     from simlab.run import select
@@ -201,3 +205,25 @@ def test_examples_slurm_array_with_a_requeued_task_then_merge_equals_one_process
     for name, rows in expected.items():
         assert merged[name] == rows, name
     print(f"SLURM array of {SHARDS} + requeue + merge: {wall:.1f} s")
+
+
+def test_without_slurm_the_test_skips_saying_how_to_start_one_and_ci_fails(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch on it
+    monkeypatch.delenv("SIMLAB_REQUIRE_SLURM", raising=False)
+    how = "as root, `.ci/slurm-up` installs and starts a single-node cluster on 127.0.0.1"
+    with pytest.raises(pytest.skip.Exception, match="^SLURM is not installed") as skipped:
+        _require_cluster()
+    assert f"SLURM is not installed (no sbatch/sinfo on PATH): {how}" == str(skipped.value)
+    monkeypatch.setenv("SIMLAB_REQUIRE_SLURM", "1")
+    with pytest.raises(pytest.fail.Exception) as failed:
+        _require_cluster()
+    assert f"SIMLAB_REQUIRE_SLURM=1 but SLURM is not installed (no sbatch/sinfo on PATH): {how}" == str(failed.value)
+
+
+def test_the_cluster_script_refuses_an_unknown_mode():
+    out = subprocess.run(["bash", str(REPO / ".ci" / "slurm-up"), "restart"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    if os.geteuid() == 0:
+        assert "unknown mode 'restart': use 'start' (the default) or 'stop'" in out.stderr
+    else:
+        assert "must run as root" in out.stderr and "sudo" in out.stderr
