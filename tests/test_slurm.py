@@ -128,12 +128,6 @@ def test_examples_slurm_array_with_a_requeued_task_then_merge_equals_one_process
     with StubServer(deterministic=True) as server:
         # two sessions at a time, so the requeued task has some stored and some not when it is stopped
         study = stub_toml(tmp_path, server.base_url, limit=str(PARTICIPANTS), concurrency="2")
-        one = subprocess.run([sys.executable, "-m", "simlab.run", "--config", str(study), "--out",
-                              str(tmp_path / "single"), "--no-report", "--quiet"], cwd=work, env=_env(),
-                             capture_output=True, text=True, timeout=300)
-        assert one.returncode == 0, one.stdout + one.stderr
-        (single,) = (tmp_path / "single").glob("quickstart-*")
-
         # As the recipe's header says, from the repository's folder (the scripts find shard.sh by
         # SLURM_SUBMIT_DIR); the jobs themselves run and log in tmp_path (--chdir).
         env = _env(CONFIG=str(study), SHARED=str(shared), RESULT=str(result), TMPDIR=str(node))
@@ -178,6 +172,13 @@ def test_examples_slurm_array_with_a_requeued_task_then_merge_equals_one_process
                                      text=True, timeout=20)
             assert release.returncode == 0, release.stderr
             server.delay = 0.0
+            # the one-process run of the same study, on the core the scheduler leaves free (each task
+            # asks for 2 CPUs of a 2-CPU node and its Python uses one)
+            one = subprocess.Popen([sys.executable, "-m", "simlab.run", "--config", str(study), "--out",
+                                    str(tmp_path / "single"), "--no-report", "--quiet"], cwd=work, env=_env(),
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            one_out, _ = one.communicate(timeout=WAIT_S)
+            assert one.returncode == 0, one_out
             while _squeue(job, merge_job) and time.monotonic() - started < WAIT_S:
                 time.sleep(0.5)
             assert not _squeue(job, merge_job), f"jobs still queued after {WAIT_S} s\n{_logs(tmp_path)}"
@@ -199,6 +200,7 @@ def test_examples_slurm_array_with_a_requeued_task_then_merge_equals_one_process
     assert f"merged run: {result}" in (tmp_path / f"prismx-merge-{merge_job}.log").read_text(), logs
     assert (result / "report.html").exists()
 
+    (single,) = (tmp_path / "single").glob("quickstart-*")
     expected = _content(single)
     assert len(expected["conversations"]) == PARTICIPANTS * 2 and len(expected["judgements"]) == PARTICIPANTS * 2 * 4
     merged = _content(result)
