@@ -42,7 +42,8 @@ def _cluster_problem() -> str | None:
     except subprocess.TimeoutExpired:
         return f"sinfo did not answer within 20 s (is slurmctld up?): {start}"
     if out.returncode != 0:
-        return f"no SLURM controller answers (sinfo: {out.stderr.strip()}): {start}"
+        last = (out.stderr.strip().splitlines() or ["no message"])[-1]
+        return f"no SLURM controller answers (sinfo: {last}): {start}"
     states = out.stdout.split()
     if not {"idle", "mixed"} & set(states):
         return f"no SLURM node can take jobs (sinfo's node states: {', '.join(states) or 'none'}): {start}"
