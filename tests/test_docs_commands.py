@@ -66,6 +66,19 @@ def test_the_readme_vllm_cpu_commands_are_the_ones_ci_runs():
     assert '"simlab.run", "--config", str(config_file)' in test and 'configs" / "vllm-cpu.toml"' in test
 
 
+# The README's SLURM block starts a cluster as root: .ci/run runs these lines (sudo when not root),
+# and tests/test_slurm.py is the test they run.
+SLURM = {"sudo .ci/slurm-up", "python -m pytest -m slurm", "sudo .ci/slurm-up stop"}
+
+
+def test_the_readme_slurm_commands_are_the_ones_ci_runs():
+    assert SLURM <= set(commands(REPO / "README.md"))
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "$SUDO .ci/slurm-up\n" in ci and "$SUDO .ci/slurm-up stop\n" in ci
+    assert "SIMLAB_REQUIRE_SLURM=1 python -m pytest -m slurm" in ci
+    assert ci.index("SIMLAB_REQUIRE_SLURM=1") < ci.index("$SUDO .ci/slurm-up stop")
+
+
 @pytest.fixture
 def stub_url():
     proc = subprocess.Popen([sys.executable, "-m", "simlab.testing", "--delay", "0"], stdout=subprocess.PIPE, text=True)
@@ -117,7 +130,7 @@ def _env(ws: Path) -> dict[str, str]:
 def test_every_readme_command_runs_as_written(tmp_path, stub_url):
     ws = _workspace(tmp_path, stub_url)
     env = _env(ws)
-    lines = [c for c in commands(REPO / "README.md") if c not in INSTALLS | VLLM_CPU]
+    lines = [c for c in commands(REPO / "README.md") if c not in INSTALLS | VLLM_CPU | SLURM]
     assert len(lines) >= 15, lines
     ran = []
     for line in lines:
