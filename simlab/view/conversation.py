@@ -179,7 +179,8 @@ def _memory_lines(side: Side, judgements: Sequence[Mapping[str, Any]]) -> list[s
 def _persona(meta: Mapping[str, Any], participant: Mapping[str, Any] | None) -> dict[str, Any]:
     """The persona as the run knew it: its id, rendering and simulator model (stored) and its record
     from the persona file the run's config names (the store keeps no persona text)."""
-    out: dict[str, Any] = {"record": None, "file": "", "note": ""}
+    out: dict[str, Any] = {"record": None, "file": "", "note": "", "persona_id": "", "rendering": "",
+                           "simulator_model": ""}
     if participant is None:
         out["note"] = "The store has no participant row for this session."
         return out
