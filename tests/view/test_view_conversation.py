@@ -135,7 +135,7 @@ def test_a_failed_session_shows_why(view_run: Path, tmp_path: Path) -> None:
         conn.execute("INSERT INTO failures (conversation_id, participant_id, domain, error_type, reason, raw_text, "
                      "failed_at) VALUES ('sample09:unguided', 'sample09', 'unguided', 'SchemaError', "
                      "'the ranking reply broke its schema after 3 attempts', '<b>not json</b>', '2026-12-08T00:00:00')")
-    server = ViewServer([run])
+    server = serve([run])
     try:
         status, _, page = server.get(_url(run, "sample09:unguided"))
     finally:
@@ -162,7 +162,7 @@ def test_bad_human_data_is_named_on_the_page(view_run: Path, tmp_path: Path) -> 
     bad = tmp_path / "human"
     bad.mkdir()
     (bad / "judgements.csv").write_text("conversation_id,arm,rank\nc1,GEN,seven\n")
-    server = ViewServer([view_run], bad)
+    server = serve([view_run], bad)
     try:
         cid, _, _, _ = _first(view_run)
         status, _, page = server.get(_url(view_run, cid))
@@ -191,3 +191,46 @@ def test_in_the_browser_the_toggle_swaps_letters_and_names(watched, human_server
     assert set(page.locator("#simulated .arm-label").all_inner_texts()) == set(letters.values())
     assert page.locator("details.call").first.get_attribute("open") is None  # calls collapsed by default
     watched.assert_clean()
+
+
+@pytest.mark.parametrize("version", [1, 3])
+def test_a_store_of_an_older_simlab_still_shows_its_sessions(view_run: Path, tmp_path: Path, version: int) -> None:
+    from tests.test_store import _downgrade_to_v1, _downgrade_to_v3
+
+    run = tmp_path / view_run.name
+    shutil.copytree(view_run, run)
+    {1: _downgrade_to_v1, 3: _downgrade_to_v3}[version](run / "store.sqlite")
+    before = (run / "store.sqlite").read_bytes()
+    cid, _, _, letters = _first(run)
+    server = serve([run])
+    try:
+        status, _, page = server.get(_url(run, cid))
+        named = server.get(_url(run, cid) + "?arms=1")[2]
+    finally:
+        server.close()
+    assert status == 200 and "Final answers" in page and "Model calls (" in page
+    assert all(f'data-arm="{arm}"' in named for arm in letters)
+    assert (run / "store.sqlite").read_bytes() == before  # read, never migrated
+
+
+def test_a_human_session_in_the_run_itself_is_matched(view_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / view_run.name
+    shutil.copytree(view_run, run)
+    cid, pid, domain, letters = _first(run)
+    with sqlite3.connect(run / "store.sqlite") as conn:
+        conn.execute("INSERT INTO participants (participant_id, source) VALUES (?, 'human')", (pid,))
+        conn.execute("INSERT INTO sessions (conversation_id, participant_id, source, domain, record_sha256, completed_at) "
+                     "VALUES ('own-h', ?, 'human', ?, 'x', '2026-12-08T00:00:00')", (pid, domain))
+        conn.execute("INSERT INTO conversations (conversation_id, participant_id, source, domain, in_domain, arm_letters, "
+                     "repeat, n_turns, gen_error, max_turns_reached) SELECT 'own-h', participant_id, 'human', domain, "
+                     "in_domain, arm_letters, 0, 1, 0, 0 "
+                     "FROM conversations WHERE conversation_id = ?", (cid,))
+        conn.execute("INSERT INTO turns (conversation_id, turn, role, text, gen_error) VALUES ('own-h', 0, 'user', "
+                     "'a person of the run <i>itself</i>', 0)")
+    server = serve([run])
+    try:
+        page = server.get(_url(run, cid))[2]
+    finally:
+        server.close()
+    assert "<code>own-h</code>" in page and f"from run {run.name}" in page
+    assert "a person of the run &lt;i&gt;itself&lt;/i&gt;" in page
