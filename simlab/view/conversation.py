@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 from aiohttp import web
@@ -370,7 +371,9 @@ async def conversation_page(request: web.Request) -> web.Response:
     cid = request.match_info["conversation_id"]
     show_arms = request.query.get("arms") == "1"
     data = _load(state, handle, cid)
-    return render(request, "conversation.html.j2", run=handle, cid=cid, show_arms=show_arms, **data)
+    # each part quoted whole: an id may hold "/", "?" or "#"
+    here = f"/runs/{quote(handle.run_id, safe=':')}/sessions/{quote(cid, safe=':')}"
+    return render(request, "conversation.html.j2", run=handle, cid=cid, here=here, show_arms=show_arms, **data)
 
 
 def setup(app: web.Application) -> None:

@@ -33,7 +33,7 @@ def _first(run: Path, source: str = "sim_dynamic") -> tuple[str, str, str, dict[
 
 
 def _url(run: Path, cid: str) -> str:
-    return f"/runs/{quote(run.name, safe='')}/sessions/{quote(cid, safe='')}"
+    return f"/runs/{quote(run.name, safe=':')}/sessions/{quote(cid, safe=':')}"
 
 
 def human_copy(run: Path, out: Path) -> Path:
@@ -133,15 +133,15 @@ def test_a_failed_session_shows_why(view_run: Path, tmp_path: Path) -> None:
     shutil.copytree(view_run, run)
     with sqlite3.connect(run / "store.sqlite") as conn:
         conn.execute("INSERT INTO failures (conversation_id, participant_id, domain, error_type, reason, raw_text, "
-                     "failed_at) VALUES ('sample09:unguided', 'sample09', 'unguided', 'SchemaError', "
+                     "failed_at) VALUES ('sample09:un/guided?#1', 'sample09', 'unguided', 'SchemaError', "
                      "'the ranking reply broke its schema after 3 attempts', '<b>not json</b>', '2026-12-08T00:00:00')")
     server = serve([run])
     try:
-        status, _, page = server.get(_url(run, "sample09:unguided"))
+        status, _, page = server.get(_url(run, "sample09:un/guided?#1"))
     finally:
         server.close()
     assert status == 200
-    assert "This session failed" in page and "SchemaError" in page
+    assert "This session failed" in page and "SchemaError" in page and "sample09:un/guided?#1" in page
     assert "the ranking reply broke its schema after 3 attempts" in page and "&lt;b&gt;not json&lt;/b&gt;" in page
 
 
