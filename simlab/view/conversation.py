@@ -334,8 +334,8 @@ def _load(state: ViewState, handle: RunHandle, conversation_id: str) -> dict[str
             raise web.HTTPNotFound(text=f"no session {conversation_id!r} in run {handle.run_id!r} (neither completed "
                                         "nor failed): check the id in the run's sessions table")
         meta = _meta(conn)
-        calls = _calls(_table(conn, "llm_calls", "conversation_id = ? OR recorded_with = ?",
-                              (conversation_id, conversation_id), "call_id"))
+        # the calls committed with this session or its failures (recorded_with is indexed)
+        calls = _calls(_table(conn, "llm_calls", "recorded_with = ?", (conversation_id,), "call_id"))
         instruments = _table(conn, "instruments", "conversation_id = ?", (conversation_id,), "rowid")
         arms = {r["arm"]: r.get("description") or "" for r in _table(conn, "arms", "1", (), "config_order")}
         if conv_rows:

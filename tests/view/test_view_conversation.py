@@ -106,8 +106,7 @@ def test_the_page_shows_answers_persona_memory_and_calls(view_server, view_run: 
     cid, pid, _, _ = _first(view_run)
     _, _, page = view_server.get(_url(view_run, cid))
     with sqlite3.connect(view_run / "store.sqlite") as conn:
-        n_calls = conn.execute("SELECT count(*) FROM llm_calls WHERE conversation_id = ? OR recorded_with = ?",
-                               (cid, cid)).fetchone()[0]
+        n_calls = conn.execute("SELECT count(*) FROM llm_calls WHERE conversation_id = ?", (cid,)).fetchone()[0]
         rank1 = conn.execute("SELECT letter FROM judgements WHERE conversation_id = ? AND rank = 1", (cid,)).fetchone()[0]
         stop = conn.execute("SELECT stop_reason FROM conversations WHERE conversation_id = ?", (cid,)).fetchone()[0]
     assert f"Model calls ({n_calls})" in page and page.count('<details class="call') == n_calls
