@@ -98,6 +98,9 @@ class Computed:
     arms: list[str] = field(default_factory=list)
     domains: list[str] = field(default_factory=list)
     simulated: list[str] = field(default_factory=list)
+    leaderboard_html: str = ""
+    """The report's leaderboard of the run's simulator variants (two or more, with human data)."""
+    leaderboard_note: str = ""
 
 
 def _stamp(path: Path | None) -> tuple[Any, ...]:
@@ -133,10 +136,12 @@ def compute(handle: RunHandle, human: Path | None, n_boot: int = VIEW_N_BOOT) ->
                         normalise(human_tables, origin=str(human)))
         result: FidelityResult = compare(run, human_tables, n_boot=n_boot, seed=seed, exclude_dimensions=excluded)
         note = f"Compared with the human data {human}."
+        board_html, board_note = _leaderboard(tables, n_boot=n_boot, seed=seed, excluded=excluded)
     elif not len(run.judgements):
         return Computed(sections=[], sources=[], n_boot=n_boot,
                         note="The run has no completed sessions yet: nothing to analyse.")
     else:
+        board_html = board_note = ""
         tables = normalise(run, origin=str(handle.path), default_source=None)
         note = ("No human data given (simlab view … --human DATA): the simulated run alone"
                 + (f", {', '.join(tables.sources)} side by side." if len(tables.sources) > 1 else "."))
@@ -159,7 +164,25 @@ def compute(handle: RunHandle, human: Path | None, n_boot: int = VIEW_N_BOOT) ->
         domains=sorted({str(d) for d in conv["domain"].dropna()}) if conv is not None else [],
         simulated=[s for s in (sorted({str(x) for x in conv["source"].dropna()}) if conv is not None else [])
                    if s != "human"],
+        leaderboard_html=board_html, leaderboard_note=board_note,
     )
+
+
+def _leaderboard(tables: Tables, *, n_boot: int, seed: int, excluded: set[str]) -> tuple[str, str]:
+    """The report's leaderboard section of the simulator variants in ``tables`` (HTML without inline
+    styles), or why there is none; empty for fewer than two variants, as in the report."""
+    variants = [s for s in tables.sources if s == "sim_dynamic" or s.startswith("sim_dynamic:")]
+    if len(variants) < 2:
+        return "", ""
+    from simlab.fidelity.fidelity_index import leaderboard
+    from simlab.report.leaderboard import leaderboard_context
+
+    try:
+        board = leaderboard(tables, n_boot=n_boot, seed=seed, details=False, exclude_dimensions=excluded)
+    except InputError as exc:  # e.g. too few participants per variant yet: the sections still stand
+        return "", f"Leaderboard not available: {exc.message}"
+    html = report_environment().get_template("_leaderboard.html.j2").render(lb=leaderboard_context(board))
+    return svg_without_inline_style(html), ""
 
 
 async def _computed(state: ViewState, handle: RunHandle) -> Computed:
@@ -227,6 +250,7 @@ async def fidelity_page(request: web.Request) -> web.Response:
                      "links": links_for(handle.run_id, s.key, computed)} for s in computed.sections]
     return render(request, "fidelity.html.j2", run=handle, computed=computed, sections=sections, error=error,
                   human=state.human,
+                  leaderboard=Markup(computed.leaderboard_html) if computed is not None else "",  # report-escaped
                   failed_link=_sessions_link(handle.run_id, status="failed"),
                   domain_links=[] if computed is None else
                   [(d, _sessions_link(handle.run_id, domain=d)) for d in computed.domains])

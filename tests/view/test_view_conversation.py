@@ -36,13 +36,18 @@ def _url(run: Path, cid: str) -> str:
     return f"/runs/{quote(run.name, safe=':')}/sessions/{quote(cid, safe=':')}"
 
 
-def human_copy(run: Path, out: Path) -> Path:
-    """The run's sessions as human data (``source`` human, ``h-`` conversation ids, same participants and
-    domains), written in the on-disk form ``--human`` reads."""
+def human_copy(run: Path, out: Path, source: str | None = None) -> Path:
+    """The run's sessions (of ``source``, else all) as human data (``source`` human, ``h-`` conversation
+    ids, same participants and domains), written in the on-disk form ``--human`` reads."""
     t = load_run(run)
+    keep = set(t.conversations["conversation_id"][t.conversations["source"] == source]) if source else None
     frames = {}
     for name in ("judgements", "conversations", "turns", "participants", "bdm"):
         frame = getattr(t, name).copy()
+        if keep is not None and "conversation_id" in frame:
+            frame = frame[frame["conversation_id"].isin(keep)]
+        elif keep is not None:
+            frame = frame[frame["source"] == source]
         if "conversation_id" in frame:
             frame["conversation_id"] = "h-" + frame["conversation_id"].astype(str)
         if "source" in frame:

@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,7 @@ def twelve_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         d["summary"]["cache_dir"] = str(tmp / "summaries")
         d["protocol"]["domains"] = ["unguided"]
         d["protocol"]["max_turns"] = 1
+        d["limit"] = 12
         summary = asyncio.run(run_experiment(parse_config(d), progress=False, report=False))
     return Path(summary.run_dir)
 
@@ -48,6 +50,14 @@ def twelve_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def twelve_human(twelve_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return human_copy(twelve_run, tmp_path_factory.mktemp("twelve_human") / "human")
+
+
+def _get(server: ViewServer, path: str) -> tuple[int, str]:
+    """``GET path`` waiting as long as the analyses take (the fixture's client gives up after 30 s)."""
+    import urllib.request
+
+    with urllib.request.urlopen(server.url + path, timeout=600) as r:
+        return r.status, r.read().decode()
 
 
 def _fast(server: ViewServer) -> ViewServer:
@@ -96,7 +106,7 @@ def test_a_write_to_the_store_makes_a_new_cache_key(view_run: Path, tmp_path: Pa
 @pytest.mark.slow  # the analyses of a second run: several seconds on 2 cores
 def test_the_page_of_a_run_alone(view_server, view_run: Path) -> None:
     _fast(view_server)
-    status, _, page = view_server.get(f"/runs/{view_run.name}/fidelity")
+    status, page = _get(view_server, f"/runs/{view_run.name}/fidelity")
     assert status == 200
     text = html.unescape(page)
     assert "No human data given (simlab view … --human DATA)" in text
@@ -114,7 +124,7 @@ def test_results_are_computed_once_and_cached(fidelity_server, twelve_run: Path)
     url = f"/runs/{twelve_run.name}/fidelity"
     fidelity_server._app[STATE].extra.pop("fidelity_page.results", None)
     started = time.perf_counter()
-    first = fidelity_server.get(url)[2]
+    first = _get(fidelity_server, url)[1]
     cold = time.perf_counter() - started
     started = time.perf_counter()
     again = fidelity_server.get(url)[2]
@@ -127,6 +137,7 @@ def test_results_are_computed_once_and_cached(fidelity_server, twelve_run: Path)
 
 @pytest.mark.slow  # the same analyses (computed once per module)
 def test_the_page_against_human_data_in_the_browser(browser, fidelity_server, twelve_run: Path, watched) -> None:
+    _get(fidelity_server, f"/runs/{twelve_run.name}/fidelity")  # the analyses, before the browser's timeout
     page = no_favicon(watched.page)
     page.goto(f"{fidelity_server.url}/runs/{twelve_run.name}/fidelity")
     assert "Compared with the human data" in page.locator(".fidelity-page .note").first.inner_text()
@@ -143,3 +154,41 @@ def test_the_page_against_human_data_in_the_browser(browser, fidelity_server, tw
     assert link.get_attribute("href") == f"/runs/{twelve_run.name}/sessions?source=sim_dynamic&first_shown_chosen=1"
     assert json.dumps(page.evaluate("() => document.styleSheets.length")) in ("2", "3")
     watched.assert_clean()
+
+
+@pytest.mark.slow  # a run of two simulator variants and their leaderboard: tens of seconds on 2 cores
+def test_two_variants_get_the_reports_leaderboard(tmp_path: Path) -> None:
+    from simlab.config import default_config, parse_config
+    from simlab.run import run_experiment
+    from simlab.testing import StubServer
+
+    with StubServer() as srv:
+        d = default_config().public_dict()
+        d["endpoints"] = {"local": {"kind": "vllm", "base_url": srv.base_url}}
+        d["out_dir"] = str(tmp_path / "runs")
+        d["personas"] = str(REPO / "personas" / "sample.jsonl")
+        d["summary"]["cache_dir"] = str(tmp_path / "summaries")
+        d["protocol"]["domains"] = ["unguided"]
+        d["protocol"]["max_turns"] = 1
+        d["limit"] = 12
+        del d["simulator"]
+        d["simulators"] = [{"id": v, "rendering": "profile", "sampling": {"max_tokens": 60}} for v in ("a", "b")]
+        # in a thread: Playwright's sync API may hold an event loop in this one
+        done: list[Path] = []
+        thread = threading.Thread(target=lambda: done.append(Path(asyncio.run(
+            run_experiment(parse_config(d), progress=False, report=False)).run_dir)))
+        thread.start()
+        thread.join(300)
+        run = done[0]
+    human = human_copy(run, tmp_path / "human", source="sim_dynamic:a")
+    server = _fast(serve([run], human))
+    try:
+        status, page = _get(server, f"/runs/{run.name}/fidelity")
+    finally:
+        server.close()
+    assert status == 200
+    assert 'id="leaderboard"' in page and "which simulator is most human?" in page
+    assert "sim_dynamic:a" in page and "sim_dynamic:b" in page
+    board = page[page.index('id="leaderboard"'):page.index('<nav class="sections">')]
+    assert 'style="' not in board and "<style" not in board
+    assert "Leaderboard not available" in board or "<svg" in board
