@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,8 +124,16 @@ def _excluded(meta: Mapping[str, Any]) -> set[str]:
     return {str(r["dimension"]) for r in stored if isinstance(r, Mapping) and r.get("reliable") is False}
 
 
+_ONE_AT_A_TIME = threading.Lock()  # matplotlib's pyplot (the charts) is not thread-safe
+
+
 def compute(handle: RunHandle, human: Path | None, n_boot: int = VIEW_N_BOOT) -> Computed:
     """The run's analyses (compared with ``human`` when given) and the report's sections of them."""
+    with _ONE_AT_A_TIME:
+        return _compute(handle, human, n_boot)
+
+
+def _compute(handle: RunHandle, human: Path | None, n_boot: int) -> Computed:
     run = load_run(handle.path)
     meta = run_meta(handle.path)
     seed = int(meta.get("seed") or 0)
@@ -244,6 +253,9 @@ async def fidelity_page(request: web.Request) -> web.Response:
         computed: Computed | None = await _computed(state, handle)
     except InputError as exc:
         computed, error = None, f"The analyses could not run: {exc}. Fix the data named and reload this page."
+    except Exception as exc:  # noqa: BLE001 - the page says what failed; the other pages keep working
+        computed, error = None, (f"The analyses failed: {type(exc).__name__}: {exc}. simlab report --run "
+                                 f"{handle.path} shows the same analyses with the full traceback.")
     sections = []
     if computed is not None:
         sections = [{"s": s, "charts": [Markup(c) for c in s.charts],  # matplotlib's SVG, style attributes rewritten

@@ -192,3 +192,18 @@ def test_two_variants_get_the_reports_leaderboard(tmp_path: Path) -> None:
     board = page[page.index('id="leaderboard"'):page.index('<nav class="sections">')]
     assert 'style="' not in board and "<style" not in board
     assert "Leaderboard not available" in board or "<svg" in board
+
+
+def test_bad_human_data_is_named_on_the_page(view_run: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "human"
+    bad.mkdir()
+    (bad / "judgements.csv").write_text("conversation_id,arm,rank\nc1,GEN,seven\n")
+    server = serve([view_run], bad)
+    try:
+        status, page = _get(server, f"/runs/{view_run.name}/fidelity")
+    finally:
+        server.close()
+    assert status == 200
+    text = html.unescape(page)
+    assert "The analyses could not run:" in text and "judgements.csv" in text and "rank" in text
+    assert "Fix the data named and reload this page." in text
