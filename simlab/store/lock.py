@@ -48,7 +48,7 @@ class RunLocked(InputError):
     def __init__(self, path: Path, holder: dict[str, Any] | None, waited_s: float) -> None:
         self.holder = holder or {}
         who = describe_holder(self.holder)
-        waited = f" (waited {waited_s:.0f} s)" if waited_s > 0 else ""
+        waited = f" (waited {waited_s:.1f} s)" if waited_s > 0 else ""
         pid = self.holder.get("pid")
         stop = f"stop it (kill {pid} on {self.holder.get('host', 'its host')}) and resume" if pid else "stop it"
         super().__init__(
