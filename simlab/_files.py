@@ -46,9 +46,10 @@ def folder_atomic(path: str | os.PathLike[str], *, last: str | None = None) -> I
     error they are moved to ``path``, otherwise removed. A process killed half-way leaves the old
     ``path`` (or none), never a folder of some new files that looks complete.
 
-    A missing or empty ``path`` is replaced by the new folder in one rename. Into a folder that
-    holds other files each file is renamed in on its own: ``last`` (e.g. ``meta.json``) is removed
-    first and moved in after the rest, so its presence says the folder is whole.
+    A missing or empty ``path``, or one that holds only files of the names being written (an older
+    output), is replaced by the new folder by renames of whole folders. Into a folder that holds
+    other files each file is renamed in on its own: ``last`` (e.g. ``meta.json``) is removed first
+    and moved in after the rest, so its presence says the folder is whole.
 
     >>> import tempfile
     >>> out = Path(tempfile.mkdtemp()) / "export"
@@ -68,10 +69,16 @@ def folder_atomic(path: str | os.PathLike[str], *, last: str | None = None) -> I
     try:
         yield tmp
         try:
+            names = sorted(p.name for p in tmp.iterdir())
             if not target.exists() or not any(target.iterdir()):
                 os.replace(tmp, target)
                 return
-            names = sorted(p.name for p in tmp.iterdir())
+            if {p.name for p in target.iterdir()} <= set(names):  # an older output of the same kind: swap it
+                old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+                os.replace(target, old / target.name)
+                os.replace(tmp, target)  # killed just before this: the old output is kept in ``old``
+                shutil.rmtree(old, ignore_errors=True)
+                return
             if last is not None:
                 (target / last).unlink(missing_ok=True)
                 names = [n for n in names if n != last] + ([last] if last in names else [])

@@ -99,7 +99,7 @@ def formula_like(text: str) -> bool:
     or with a character that Unicode compatibility normalisation (NFKC) turns into one of them,
     such as the fullwidth ``＝ ＋ － ＠`` and the small ``﹦ ﹢ ﹣ ﹫`` (spreadsheets normalise some input).
 
-    >>> formula_like("＝HYPERLINK(\"http://x\")"), formula_like("=1+1"), formula_like("fine = ok")
+    >>> formula_like("＝HYPERLINK('http://x')"), formula_like("=1+1"), formula_like("fine = ok")
     (True, True, False)
     """
     if not text:

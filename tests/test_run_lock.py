@@ -4,8 +4,10 @@ killed half-way) and places that cannot hold an output."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import sqlite3
@@ -14,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from simlab.errors import InputError
@@ -310,3 +313,103 @@ def test_an_empty_store_left_by_an_older_simlab_counts_as_not_made(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["store.sqlite"]  # no temporary file, no lock file
     with pytest.raises(InputError, match="a run store already exists here"):
         RunStore.create(run, {"seed": 1})
+
+
+# -- killed half-way: the old output or none, never a part that looks whole
+
+
+def _shards(tmp_path: Path, n_shards: int = 4, per_shard: int = 60) -> list[Path]:
+    from tests.test_store import META as STORE_META
+    from tests.test_store import make_session
+
+    shards = []
+    for i in range(n_shards):
+        with RunStore.create(tmp_path / f"shard{i}", STORE_META) as s:
+            for j in range(per_shard):
+                s.write_session(make_session(f"p{i}-{j}", n_user_turns=3))
+        shards.append(tmp_path / f"shard{i}")
+    return shards
+
+
+def _kill_at(argv: list[str], after: float) -> int:
+    """Run ``argv``; SIGKILL it ``after`` seconds in (if still running). Its exit status."""
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    try:
+        proc.wait(after)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+    return proc.wait(30)
+
+
+def _kill_points(argv: list[str], tries: int) -> list[float]:
+    """Kill times spread over the last part of one whole run of ``argv`` (its start is the interpreter's)."""
+    t0 = time.monotonic()
+    subprocess.run(argv, cwd=REPO, check=True, capture_output=True, env=_env(), timeout=300)
+    whole = time.monotonic() - t0
+    return [whole * (0.45 + 0.55 * k / tries) for k in range(tries)]
+
+
+@pytest.mark.slow
+def test_merge_export_and_report_killed_half_way_leave_the_old_output_or_none(tmp_path):
+    shards = _shards(tmp_path)
+    expected = {f"p{i}-{j}:unguided" for i in range(4) for j in range(60)}
+    merged = tmp_path / "merged"
+    merge_argv = [sys.executable, "-m", "simlab.store", "merge", str(merged), *map(str, shards)]
+    outcomes = []
+    for at in _kill_points(merge_argv, 4):
+        shutil.rmtree(merged, ignore_errors=True)
+        status = _kill_at(merge_argv, at)
+        outcomes.append(status)
+        store = merged / "store.sqlite"
+        assert not store.exists() or set(_completed(store)) == expected, f"a partial merged store (killed at {at:.2f} s)"
+        # beside the store at most the killed holder's run.lock and hidden work folders (the next merge clears them)
+        seen = {p.name for p in merged.iterdir() if not p.name.startswith(".")} if merged.exists() else set()
+        assert seen - {"run.lock"} <= {"store.sqlite", "store.sqlite-wal", "store.sqlite-shm"}, seen
+        if store.exists():
+            with sqlite3.connect(store) as db:
+                assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert -signal.SIGKILL in outcomes, f"no try was killed before it ended: {outcomes}"
+    # the next merge clears what a killed one left and completes
+    assert _kill_at(merge_argv, 300) == 0
+    assert set(_completed(merged / "store.sqlite")) == expected
+    # (this process's readers keep the store's -wal and -shm files open)
+    assert {p.name for p in merged.iterdir()} - {"store.sqlite-wal", "store.sqlite-shm"} == {"store.sqlite"}
+
+    # export: over an older export of the same kind (one shard's), killed at points through its writing
+    out = tmp_path / "export"
+    subprocess.run([sys.executable, "-m", "simlab.store", "export", str(shards[0]), str(out)], check=True, env=_env(),
+                   capture_output=True, timeout=300)
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
+    export_argv = [sys.executable, "-m", "simlab.store", "export", str(merged), str(out)]
+    outcomes = []
+    for at in _kill_points(export_argv, 4):
+        outcomes.append(_kill_at(export_argv, at))
+        if out.exists():
+            files = {p.name: p.read_bytes() for p in out.iterdir()}
+            if files != old:
+                assert set(files) == set(old), "a partial export"
+                sessions = len(pd.read_csv(out / "conversations.csv"))
+                assert sessions == 240 and json.loads(files["meta.json"])["store_id"] == _meta(merged)["store_id"]
+            # back to the old export for the next try
+            shutil.rmtree(out)
+        subprocess.run([sys.executable, "-m", "simlab.store", "export", str(shards[0]), str(out)], check=True,
+                       env=_env(), capture_output=True, timeout=300)
+    assert -signal.SIGKILL in outcomes, f"no try was killed before it ended: {outcomes}"
+
+    # the report: the old report.html or a whole new one
+    report = merged / "report.html"
+    report.write_text("<html>the old report</html>")
+    report_argv = [sys.executable, "-m", "simlab.report", "--run", str(merged), "--n-boot", "0"]
+    outcomes = []
+    for at in _kill_points(report_argv, 3):
+        report.write_text("<html>the old report</html>")
+        outcomes.append(_kill_at(report_argv, at))
+        text = report.read_text()
+        assert text == "<html>the old report</html>" or text.rstrip().endswith("</html>") and len(text) > 1000
+    assert -signal.SIGKILL in outcomes, f"no try was killed before it ended: {outcomes}"
+
+
+def _meta(run: Path) -> dict[str, object]:
+    from simlab.store import run_meta
+
+    return run_meta(run)
