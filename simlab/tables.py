@@ -7,13 +7,14 @@ consume one. Several sources can live in one ``Tables`` (column ``source``).
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 
-__all__ = ["JUDGEMENT_COLUMNS", "TABLE_NAMES", "Tables", "concat", "spreadsheet_safe_frame"]
+__all__ = ["JUDGEMENT_COLUMNS", "TABLE_NAMES", "Tables", "concat", "formula_like", "spreadsheet_safe_frame"]
 
 TABLE_NAMES = ("participants", "conversations", "turns", "judgements", "bdm", "autograde", "llm_calls", "arms",
                "answers")
@@ -93,8 +94,24 @@ class Tables:
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
+def formula_like(text: str) -> bool:
+    """Whether a spreadsheet could run ``text`` as a formula: it starts with ``= + - @``, tab or CR,
+    or with a character that Unicode compatibility normalisation (NFKC) turns into one of them,
+    such as the fullwidth ``＝ ＋ － ＠`` and the small ``﹦ ﹢ ﹣ ﹫`` (spreadsheets normalise some input).
+
+    >>> formula_like("＝HYPERLINK('http://x')"), formula_like("=1+1"), formula_like("fine = ok")
+    (True, True, False)
+    """
+    if not text:
+        return False
+    first = text[0]
+    if first in FORMULA_START:
+        return True
+    return first > "\x7f" and unicodedata.normalize("NFKC", first).startswith(FORMULA_START)
+
+
 def spreadsheet_safe_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy whose text cells beginning with ``= + - @``, tab or CR start with an apostrophe.
+    """A copy whose text cells that could run as a formula (``formula_like``) start with an apostrophe.
 
     Spreadsheets run such cells as formulas (CSV injection); model output and persona text can
     begin with anything. Numbers are untouched; only CSV exports use this (Parquet keeps text as is).
@@ -102,7 +119,7 @@ def spreadsheet_safe_frame(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     for col in out.columns:
         if out[col].dtype == object:
-            out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v)
+            out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str) and formula_like(v) else v)
     return out
 
 

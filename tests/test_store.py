@@ -612,6 +612,29 @@ def test_csv_export_neutralises_formula_cells_and_parquet_keeps_them(store: RunS
     assert set(payloads[:len(turns)]) <= set(pq["text"])  # parquet keeps the text as stored
 
 
+
+def test_csv_export_neutralises_fullwidth_and_other_lookalike_formula_starts(store: RunStore, tmp_path: Path) -> None:
+    # spreadsheets may take the fullwidth or small forms (NFKC) of = + - @ for the formula sign
+    lookalikes = ["＝HYPERLINK(\"http://x\")", "＋1+2", "－2+3", "＠SUM(A1)", "﹦1", "﹢1", "﹣1", "﹫x", "⁼1", "⁺1"]
+    harmless = ["（fine）", "ｆｕｌｌｗｉｄｔｈ text", "−1 (a minus sign, not a hyphen)"]
+    session = make_session("p1", n_user_turns=3)
+    texts = [*lookalikes, *harmless]
+    assert len(session.turns) >= len(texts)
+    turns = [t.model_copy(update={"text": texts[i % len(texts)]}) for i, t in enumerate(session.turns)]
+    store.write_session(session.model_copy(update={"turns": turns}))
+    written = {t.text for t in turns}
+    out = export(store.path.parent, tmp_path / "csv", "csv")
+    exported = pd.read_csv(out / "turns.csv", keep_default_na=False)["text"].tolist()
+    for text in exported:
+        original = text[1:] if text.startswith("'") else text
+        assert original in written
+        assert text.startswith("'") == (original in lookalikes), text
+    # exported again into the same folder: the files are replaced, no temporary folder is left
+    again = export(store.path.parent, tmp_path / "csv", "csv")
+    assert again == out and sorted(p.name for p in tmp_path.iterdir()) == ["csv", "run"]
+    assert pd.read_csv(out / "turns.csv", keep_default_na=False)["text"].tolist() == exported
+
+
 # ---------------------------------------------------------------- network file systems
 
 

@@ -13,19 +13,22 @@ differs (two different results for one session is a bug, never silently kept).
 
 Concurrency: one process, writes from the event-loop thread (each write is a short
 synchronous transaction, so coroutines cannot interleave inside one). Other
-processes may read while a run writes (WAL). Shards write separate stores.
+processes may read while a run writes (WAL). Shards write separate stores. A second
+process that opens a run for writing is refused, naming the one that holds it
+(``lock``: ``RunLocked``); the kernel drops a holder's lock when it dies.
 
 The modules: ``schema`` (DDL, columns, dtypes), ``migration`` (older stores), ``connection``
 (opening the file), ``writer`` (``RunStore``), ``readers`` (``load_run`` and the other readers,
 ``export``), ``merge`` (shards), ``meta`` (config comparison and redaction), ``failures``
-(failures grouped by cause), ``filesystem`` (network file system detection), ``cli``
-(``python -m simlab.store``).
+(failures grouped by cause), ``filesystem`` (network file system detection), ``lock`` (one
+writer per run), ``creation`` (a new store whole or not at all), ``cli`` (``python -m simlab.store``).
 """
 
 from simlab.store.cli import main
 from simlab.store.connection import STORE_FILE
 from simlab.store.failures import FailureGroup, group_failures
 from simlab.store.filesystem import NETWORK_FILESYSTEMS, NetworkFilesystemWarning, filesystem_type
+from simlab.store.lock import RunLocked
 from simlab.store.merge import merge, merge_from
 from simlab.store.meta import (
     LATEST_META,
@@ -55,6 +58,7 @@ __all__ = [
     "DuplicateSessionError",
     "FailureGroup",
     "NetworkFilesystemWarning",
+    "RunLocked",
     "RunStore",
     "StoreCounts",
     "StoreError",

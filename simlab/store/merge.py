@@ -4,11 +4,15 @@ attached read-only and taken in whole, in one transaction, or not at all."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from simlab.errors import InputError
-from simlab.store.connection import store_path
+from simlab.store.connection import STORE_FILE, store_path
+from simlab.store.creation import MERGING_PREFIX, clear_leftovers, make_run_dir, remove_made, take_lock, unborn_store
 from simlab.store.meta import LATEST_META, MATCHED_META, ConfigMismatchError, meta_as_today, meta_differences, now
 from simlab.store.migration import OLDER_VERSIONS, legacy_views
 from simlab.store.readers import run_meta
@@ -101,7 +105,8 @@ def merge(out_dir: str | Path, shards: Iterable[str | Path]) -> RunStore:
 
     Every shard must have the same experiment, prompts, models and seed (``MATCHED_META``) as the
     merged store; how each shard was run (its out_dir, concurrency, …) may differ. Otherwise
-    ``ConfigMismatchError``.
+    ``ConfigMismatchError``. A new ``out_dir`` gets its store only when every shard is in; a merge
+    into an existing run takes the run's lock (``RunLocked`` while another process writes it).
     """
     paths = [store_path(p) for p in shards]
     if not paths:
@@ -113,7 +118,34 @@ def merge(out_dir: str | Path, shards: Iterable[str | Path]) -> RunStore:
         differences = meta_differences(base, {k: v for k, v in meta.items() if k in MATCHED_META or k == "config"})
         if differences:
             raise ConfigMismatchError(path, differences)
-    target = RunStore.open_or_create(out_dir, base)
-    for path in paths:
-        merge_from(target, path)
-    return target
+    out = Path(out_dir)
+    made = make_run_dir(out)
+    lock = take_lock(out / STORE_FILE, None, made)  # held throughout: no other process writes the output meanwhile
+    try:
+        clear_leftovers(out)
+        if (out / STORE_FILE).exists() and not unborn_store(out / STORE_FILE):
+            target = RunStore.open_or_create(out, base)
+            try:  # into an existing run: each shard whole or not at all (its meta lists the shards taken)
+                for path in paths:
+                    merge_from(target, path)
+            except BaseException:
+                target.close()
+                raise
+            return target
+        # a new output is built beside it and renamed into place once every shard is in: a merge
+        # killed half-way leaves no store that looks complete
+        building = Path(tempfile.mkdtemp(dir=out, prefix=MERGING_PREFIX))
+        try:
+            with RunStore.create(building, base) as staged:
+                for path in paths:
+                    merge_from(staged, path)
+            os.replace(building / STORE_FILE, out / STORE_FILE)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+        return RunStore.open(out)
+    except BaseException:
+        lock.release()
+        remove_made(made)
+        raise
+    finally:
+        lock.release()  # the returned store holds the lock on its own

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
+from simlab._files import folder_atomic
 from simlab.errors import InputError
 from simlab.store.connection import closing, connect, store_path
 from simlab.store.failures import FailureGroup, group_failures
@@ -222,27 +223,31 @@ def export(path: str | Path, out_dir: str | Path, fmt: Literal["csv", "parquet",
     """Write a run's tables to ``out_dir`` (one file per table, plus instruments, failures and meta.json).
 
     CSV is for spreadsheets: text cells that would run as formulas (``=``, ``+``, ``-``, ``@``…)
-    get a leading apostrophe. Parquet and JSONL keep every value as stored."""
+    get a leading apostrophe. Parquet and JSONL keep every value as stored. The files are written
+    to a temporary folder and moved in when all are there, ``meta.json`` last: an export killed
+    half-way leaves the old one (or none)."""
     if fmt not in ("csv", "parquet", "jsonl"):
         raise InputError(f"unknown export format {fmt!r}; use csv, parquet or jsonl", field="fmt")
-    out = load_run(path).write(out_dir, fmt, spreadsheet_safe=True)
-    for name in ("instruments", "failures"):
-        frame, target = read_table(path, name), out / f"{name}.{fmt}"
+    run = load_run(path)  # a store that cannot be read stops the export before anything is made
+    with folder_atomic(out_dir, last="meta.json") as out:
+        run.write(out, fmt, spreadsheet_safe=True)
+        for name in ("instruments", "failures"):
+            frame, target = read_table(path, name), out / f"{name}.{fmt}"
+            if fmt == "csv":
+                spreadsheet_safe_frame(frame).to_csv(target, index=False)
+            elif fmt == "jsonl":
+                frame.to_json(target, orient="records", lines=True)
+            else:
+                frame.to_parquet(target, index=False)
+        frame, target = cost_frame(path), out / f"costs.{fmt}"
         if fmt == "csv":
-            spreadsheet_safe_frame(frame).to_csv(target, index=False)
+            frame.to_csv(target, index=False)
         elif fmt == "jsonl":
             frame.to_json(target, orient="records", lines=True)
         else:
             frame.to_parquet(target, index=False)
-    frame, target = cost_frame(path), out / f"costs.{fmt}"
-    if fmt == "csv":
-        frame.to_csv(target, index=False)
-    elif fmt == "jsonl":
-        frame.to_json(target, orient="records", lines=True)
-    else:
-        frame.to_parquet(target, index=False)
-    (out / "meta.json").write_text(json.dumps(run_meta(path), indent=2, sort_keys=True))
-    return out
+        (out / "meta.json").write_text(json.dumps(run_meta(path), indent=2, sort_keys=True))
+    return Path(out_dir)
 
 
 def cost_frame(path: str | Path) -> pd.DataFrame:

@@ -17,6 +17,8 @@ from pydantic import BaseModel
 from simlab.errors import InputError, SimlabError
 from simlab.records import ArmRecord, AutogradeRecord, LLMCallRecord, SessionFailure, SessionRecord
 from simlab.store.connection import STORE_FILE, connect, store_path
+from simlab.store.creation import build_store, clear_leftovers, make_run_dir, remove_made, take_lock, unborn_store
+from simlab.store.lock import RunLock
 from simlab.store.meta import (
     LATEST_META,
     MATCHED_META,
@@ -66,48 +68,64 @@ class RunStore:
     ``open`` (which migrates a store of an older simlab); the readers in ``simlab.store.readers``
     read without writing."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection, lock: RunLock | None = None) -> None:
         self.path = path
         self._conn = conn
+        self._lock = lock
 
     # -- lifecycle
 
     @classmethod
-    def create(cls, run_dir: str | Path, meta: Mapping[str, Any]) -> RunStore:
-        """Make ``run_dir`` and a new store in it holding ``meta`` (secrets redacted)."""
+    def create(cls, run_dir: str | Path, meta: Mapping[str, Any], *, wait_lock: float | None = None) -> RunStore:
+        """Make ``run_dir`` and a new store in it holding ``meta`` (secrets redacted).
+
+        The store is built in a temporary file and renamed into place, so it either exists whole
+        or not at all; if it cannot be made, the directories made for it are removed again.
+        ``wait_lock``: seconds to wait for another process writing this run (``RunLock``)."""
         path = Path(run_dir) / STORE_FILE
-        if path.exists():
+        if path.exists() and not unborn_store(path):
             raise InputError("a run store already exists here; resume it or choose a new run id", file=path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = connect(path)
-        full = {
-            "simlab_version": _version(),
-            "created_at": now(),
-            "command": command_line(),
-            **{k: jsonable(v) for k, v in meta.items()},
-            "store_schema": STORE_SCHEMA_VERSION,
-            "store_id": uuid.uuid4().hex,  # lets a merge recognise a shard it already took in
-        }
-        conn.execute("BEGIN IMMEDIATE")
-        try:  # schema and meta together: a store either has both or does not exist
-            for statement in DDL:
-                conn.execute(statement)
-            conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in full.items()])
+        made = make_run_dir(Path(run_dir))
+        lock = take_lock(path, wait_lock, made)
+        try:
+            if path.exists() and not unborn_store(path):  # made by another process while we waited for the lock
+                raise InputError("a run store already exists here; resume it or choose a new run id", file=path)
+            clear_leftovers(path.parent)
+            full = {
+                "simlab_version": _version(),
+                "created_at": now(),
+                "command": command_line(),
+                **{k: jsonable(v) for k, v in meta.items()},
+                "store_schema": STORE_SCHEMA_VERSION,
+                "store_id": uuid.uuid4().hex,  # lets a merge recognise a shard it already took in
+            }
+            build_store(path, DDL, [(k, json.dumps(v)) for k, v in full.items()])
+            conn = connect(path)
         except BaseException:
-            conn.execute("ROLLBACK")
-            conn.close()
+            lock.release()
+            remove_made(made)
             raise
-        conn.execute("COMMIT")
-        return cls(path, conn)
+        return cls(path, conn, lock)
 
     @classmethod
-    def open(cls, run_dir: str | Path) -> RunStore:
+    def open(cls, run_dir: str | Path, *, wait_lock: float | None = None) -> RunStore:
         """Open an existing store (``run_dir`` or the .sqlite file) for reading and writing.
 
-        A store made by an older simlab is migrated to this schema first (in one transaction)."""
+        A store made by an older simlab is migrated to this schema first (in one transaction).
+        The run's lock is taken first: another process writing it is named and refused
+        (``RunLocked``) unless it lets go within ``wait_lock`` seconds."""
         path = store_path(run_dir)
         if not path.exists():
             raise InputError("no run store here", file=path)
+        lock = take_lock(path, wait_lock, [])
+        try:
+            return cls._open_locked(path, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _open_locked(cls, path: Path, lock: RunLock) -> RunStore:
         conn: sqlite3.Connection | None = None
         try:
             conn = connect(path)
@@ -128,19 +146,32 @@ class RunStore:
             conn.close()
             raise InputError(f"store schema {found} is not {STORE_SCHEMA_VERSION} (made by another simlab "
                              "version; its results are untouched)", file=path)
-        return cls(path, conn)
+        return cls(path, conn, lock)
 
     @classmethod
-    def open_or_create(cls, run_dir: str | Path, meta: Mapping[str, Any]) -> RunStore:
+    def open_or_create(cls, run_dir: str | Path, meta: Mapping[str, Any], *,
+                       wait_lock: float | None = None) -> RunStore:
         """Resume the run in ``run_dir`` if its ``MATCHED_META`` (the experiment, prompts, models,
         seed) matches ``meta``, else create it.
 
-        Raises ``ConfigMismatchError`` naming every differing field. A resume replaces the
-        ``LATEST_META`` (the config of this call) and records what it changed.
+        Raises ``ConfigMismatchError`` naming every differing field, ``RunLocked`` naming the
+        process writing the run. A resume replaces the ``LATEST_META`` (the config of this call)
+        and records what it changed.
         """
-        if not (Path(run_dir) / STORE_FILE).exists():
-            return cls.create(run_dir, meta)
-        store = cls.open(run_dir)
+        # the lock first, then the look: two processes starting one run cannot both create it
+        path = Path(run_dir) / STORE_FILE
+        made = make_run_dir(Path(run_dir))
+        lock = take_lock(path, wait_lock, made)
+        try:
+            created = not path.exists() or unborn_store(path)
+            store = cls.create(run_dir, meta) if created else cls.open(run_dir)
+        except BaseException:
+            lock.release()
+            remove_made(made)
+            raise
+        lock.release()  # the store holds the lock on its own from here
+        if created:
+            return store
         stored = store.meta()
         differences = meta_differences(stored, meta)
         if differences:
@@ -160,6 +191,8 @@ class RunStore:
 
     def close(self) -> None:
         self._conn.close()
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> RunStore:
         return self
