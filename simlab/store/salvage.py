@@ -90,12 +90,10 @@ def salvage(run: str | Path, out: str | Path) -> SalvageResult:
             if Path(f"{src}{suffix}").exists():
                 shutil.copyfile(f"{src}{suffix}", f"{copy}{suffix}")
         rebuilt = _rebuild_header(copy)
+        _fit_to_length(copy)
         new_dir = work / "run"
         new_dir.mkdir()
         with closing(connect(copy, readonly=True)) as source:
-            # first (before the schema is read): a truncated file is read up to its end, which SQLite
-            # otherwise refuses as shorter than its header says
-            source.execute("PRAGMA writable_schema=ON")
             source.execute("PRAGMA cell_size_check=ON")  # a corrupted cell raises instead of reading garbage
             result = _copy(source, src, new_dir / STORE_FILE, target, rebuilt)
         new_dir.rename(target)
@@ -134,6 +132,28 @@ def _rebuild_header(file: Path) -> bool:
         except sqlite3.DatabaseError:
             continue
     return False
+
+
+def _fit_to_length(file: Path) -> None:
+    """Make a truncated copy readable up to where it ends: drop a partial last page and give the
+    header the pages that are there (SQLite refuses a file shorter than its header says; told
+    otherwise, it would read the missing pages as zeros, which look like rows)."""
+    with file.open("r+b") as f:
+        head = f.read(100)
+        if len(head) < 100 or not head.startswith(b"SQLite format 3\x00"):
+            return
+        page_size = struct.unpack(">H", head[16:18])[0]
+        page_size = 65536 if page_size == 1 else page_size
+        if page_size < 512 or page_size & (page_size - 1):
+            return
+        pages = file.stat().st_size // page_size
+        if struct.unpack(">I", head[28:32])[0] <= pages:
+            return
+        f.truncate(pages * page_size)
+        f.seek(28)
+        f.write(struct.pack(">I", pages))
+        f.seek(92)
+        f.write(head[24:28])  # the page count is valid for this change counter
 
 
 class _Table:
@@ -308,7 +328,10 @@ def _copy_rest(db: sqlite3.Connection, tables: dict[str, _Table], calls_of: dict
 
 
 def _put(db: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]], *, ignore: bool = False) -> None:
-    """Insert rows as read (rowid first, dropped: the new store numbers its own rows)."""
+    """Insert rows as read (rowid first, dropped: the new store numbers its own rows). A text with a
+    NUL character is what a zeroed page reads as, never what simlab stores: it raises."""
+    if any(isinstance(v, str) and "\x00" in v for row in rows for v in row):
+        raise sqlite3.DataError(f"a row of {table} holds NUL characters (a zeroed page)")
     if rows:
         cols = COLUMNS[table]
         verb = "INSERT OR IGNORE" if ignore else "INSERT"
