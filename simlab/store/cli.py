@@ -4,6 +4,7 @@ stores of ``--shard i/n`` runs into one run directory, or salvage a damaged stor
 from __future__ import annotations
 
 from simlab.errors import exit_status
+from simlab.store.damage import disk_full, is_disk_full
 from simlab.store.merge import merge
 from simlab.store.readers import export
 from simlab.store.salvage import salvage
@@ -32,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         if args.command == "export":
-            print(export(args.run_dir, args.out_dir, args.format))
+            try:
+                print(export(args.run_dir, args.out_dir, args.format))
+            except OSError as exc:  # pandas' writers do not say which file: name the export's folder
+                if is_disk_full(exc):
+                    raise disk_full(args.out_dir, exc) from None
+                raise
         elif args.command == "salvage":
             print(salvage(args.run_dir, args.out_dir).text())
         else:

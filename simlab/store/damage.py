@@ -126,6 +126,10 @@ def _over_size_limit() -> bool:
 def disk_full(path: str | Path, exc: BaseException) -> DiskFullError:
     """The ``DiskFullError`` of a write to ``path`` that raised ``exc``."""
     cause = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc)
+    if _code(exc) == _SQLITE_IOERR:  # how SQLite reports EFBIG: say which limit it met
+        import resource
+
+        cause += f": the file-size limit (ulimit -f) of {resource.getrlimit(resource.RLIMIT_FSIZE)[0]} bytes was reached"
     return DiskFullError(path, cause)
 
 
@@ -149,6 +153,10 @@ def check_header(path: str | Path) -> str | None:
     if page_size < 512 or page_size & (page_size - 1):
         return f"its header gives an impossible page size ({page_size})"
     change_counter, pages, valid_for = (struct.unpack(">I", head[i:i + 4])[0] for i in (24, 28, 92))
+    if wal.exists() and wal.stat().st_size > 0:
+        # pages may be in the write-ahead log only (a checkpoint cut short by a full disk leaves the
+        # file shorter than its header says, and whole with its log): SQLite's own check decides
+        return None
     if size % page_size:
         return f"the file is truncated ({size} bytes, not a whole number of {page_size}-byte pages)"
     if pages and valid_for == change_counter and pages * page_size > size:
@@ -177,15 +185,19 @@ def quick_check(path: str | Path) -> None:
 @contextmanager
 def naming(path: str | Path) -> Iterator[None]:
     """Turn damage met inside the block (an SQLite error saying the file is malformed, or pandas'
-    error wrapping one) into a ``DamagedStoreError`` naming the store of ``path``."""
+    error wrapping one) into a ``DamagedStoreError`` naming the store of ``path``, and a full disk
+    (a reader of a store in WAL mode writes its shared-memory file) into a ``DiskFullError``."""
     try:
         yield
     except DamagedStoreError:
         raise
     except Exception as exc:
-        if isinstance(exc, (sqlite3.DatabaseError, _pandas_database_error())) and is_damage(exc):
+        if isinstance(exc, (sqlite3.DatabaseError, _pandas_database_error())):
             cause = exc.__cause__ if isinstance(exc.__cause__, sqlite3.Error) else exc  # pandas wraps SQLite's
-            raise DamagedStoreError(path, str(cause).split("\n")[0]) from None
+            if is_damage(exc):
+                raise DamagedStoreError(path, str(cause).split("\n")[0]) from None
+            if is_disk_full(cause):
+                raise disk_full(store_path(path), cause) from None
         raise
 
 

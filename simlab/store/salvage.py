@@ -140,8 +140,8 @@ def _fit_to_length(file: Path) -> None:
     otherwise, it would read the missing pages as zeros, which look like rows)."""
     with file.open("r+b") as f:
         head = f.read(100)
-        if len(head) < 100 or not head.startswith(b"SQLite format 3\x00"):
-            return
+        if len(head) < 100 or not head.startswith(b"SQLite format 3\x00") or Path(f"{file}-wal").exists():
+            return  # (with a write-ahead log, the log's last commit gives the size, not the header)
         page_size = struct.unpack(">H", head[16:18])[0]
         page_size = 65536 if page_size == 1 else page_size
         if page_size < 512 or page_size & (page_size - 1):
