@@ -21,6 +21,8 @@ import struct
 import tempfile
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +108,7 @@ def _rebuild_header(file: Path) -> bool:
     """Give ``file`` a working SQLite header when its own is zeroed or overwritten (the first 100
     bytes; the schema's root page follows them); True if it did."""
     problem = check_header(file)
-    if problem is None or "header" not in problem or file.stat().st_size < 512:
+    if problem is None or "not an SQLite header" not in problem or file.stat().st_size < 512:
         return False
     size = file.stat().st_size
     wal = Path(f"{file}-wal").exists()
@@ -263,32 +265,32 @@ def _copy(source: sqlite3.Connection, src: Path, path: Path, target: Path, rebui
         out_meta = meta_as_today(meta) | {
             "store_schema": STORE_SCHEMA_VERSION, "store_id": uuid.uuid4().hex,
             "salvaged": {"from": str(src), "at": now(), "lost": sorted(known - set(sessions) | lost)}}
+        # one transaction (the new store is renamed into place only when whole); a savepoint per
+        # session, so a session that breaks the schema's checks is left out alone
         db.execute("BEGIN IMMEDIATE")
         for statement in DDL:
             db.execute(statement)
         db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in out_meta.items()])
-        db.execute("COMMIT")
         copied: list[str] = []
         for key, srow in sessions.items():
             if key in lost or (srow[2], srow[3]) not in participants:
                 lost.add(key)
                 continue
             try:
-                db.execute("BEGIN IMMEDIATE")
-                _put(db, "participants", [participants[(srow[2], srow[3])]], ignore=True)
-                _put(db, "sessions", [srow])
-                for name in _SESSION_TABLES:
-                    _put(db, name, by_key[key][name])
-                _put(db, "llm_calls", calls_of[key])
-                db.execute("COMMIT")
+                with _savepoint(db):
+                    _put(db, "participants", [participants[(srow[2], srow[3])]], ignore=True)
+                    _put(db, "sessions", [srow])
+                    for name in _SESSION_TABLES:
+                        _put(db, name, by_key[key][name])
+                    _put(db, "llm_calls", calls_of[key])
                 copied.append(key)
             except sqlite3.Error:  # garbage that reads but breaks the schema's checks: not intact
-                db.execute("ROLLBACK")
                 lost.add(key)
         failures = _copy_rest(db, tables, calls_of, set(copied))
         lost |= known - set(copied)
         out_meta["salvaged"]["lost"] = sorted(lost)
         db.execute("INSERT OR REPLACE INTO meta VALUES ('salvaged', ?)", (json.dumps(out_meta["salvaged"]),))
+        db.execute("COMMIT")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         db.close()
@@ -309,13 +311,12 @@ def _copy_rest(db: sqlite3.Connection, tables: dict[str, _Table], calls_of: dict
         if key in copied or key in suspect:
             continue
         try:
-            db.execute("BEGIN IMMEDIATE")
-            _put(db, "failures", [row])
-            _put(db, "llm_calls", calls_of.pop(key, []))
-            db.execute("COMMIT")
+            with _savepoint(db):
+                _put(db, "failures", [row])
+                _put(db, "llm_calls", calls_of.pop(key, []))
             n += 1
         except sqlite3.Error:
-            db.execute("ROLLBACK")
+            pass
     unit_key = COLUMNS["autograde"].index("conversation_id") + 1
     for name, rows in (("llm_calls", calls_of.get(None, [])), ("arms", tables["arms"].rows),
                        ("autograde", [r for r in tables["autograde"].rows if r[unit_key] is None or r[unit_key] in copied])):
@@ -325,6 +326,19 @@ def _copy_rest(db: sqlite3.Connection, tables: dict[str, _Table], calls_of: dict
             except sqlite3.Error:
                 pass
     return n
+
+
+@contextmanager
+def _savepoint(db: sqlite3.Connection) -> Iterator[None]:
+    """Inside the salvage's transaction: the block's writes kept whole, or undone on an error."""
+    db.execute("SAVEPOINT one")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK TO one")
+        db.execute("RELEASE one")
+        raise
+    db.execute("RELEASE one")
 
 
 def _put(db: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]], *, ignore: bool = False) -> None:
