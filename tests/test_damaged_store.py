@@ -153,6 +153,9 @@ def test_what_the_checks_say(made, tmp_path) -> None:
     empty.mkdir()
     (empty / "store.sqlite").write_bytes(b"")
     assert check_header(empty) == "the file is empty (0 bytes)"
+    with pytest.raises(DamagedStoreError, match=r"damaged: the file is empty \(0 bytes\); nothing was changed\. It holds "
+                                                r"nothing: delete .*store\.sqlite and run the command that made it again"):
+        quick_check(empty)
 
 
 # a store cut in half keeps no whole session nor its meta at this size (each table's pages are spread
@@ -217,5 +220,6 @@ def test_salvage_of_a_store_whose_meta_is_lost_says_so_and_writes_nothing(made, 
     assert store_main(["salvage", str(run), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert f"{run / 'store.sqlite'}: the run's stored config (the meta table) cannot be read" in err
-    assert "nothing was written" in err and not (tmp_path / "out").exists()
+    assert "nothing was written. Run the experiment again from its config file" in err
+    assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["truncated"]

@@ -46,10 +46,12 @@ class DamagedStoreError(InputError):
         file = store_path(path)
         run = file.parent if file.name == "store.sqlite" else file
         self.what = what
-        super().__init__(
-            f"not a readable simlab run store: damaged: {what}; nothing was changed. Copy its intact sessions "
-            f"into a new run directory with 'simlab store salvage {run} {run}-salvaged', then resume, export "
-            "or report that one (a resume redoes the sessions that were lost)", file=file)
+        todo = (f"Copy its intact sessions into a new run directory with 'simlab store salvage {run} "
+                f"{run}-salvaged', then resume, export or report that one (a resume redoes the sessions that "
+                "were lost)")
+        if what.startswith("the file is empty"):  # a store whose creation was cut short holds nothing to copy
+            todo = f"It holds nothing: delete {file} and run the command that made it again"
+        super().__init__(f"not a readable simlab run store: damaged: {what}; nothing was changed. {todo}", file=file)
 
 
 class DiskFullError(SimlabError):

@@ -397,5 +397,6 @@ def _read_meta(conn: sqlite3.Connection, src: Path) -> dict[str, Any]:
             continue
     if not isinstance(meta.get("config"), dict) or "store_schema" not in meta:
         raise InputError("the run's stored config (the meta table) cannot be read, so no run could resume from "
-                         "what is left; nothing was written", file=src)
+                         "what is left; nothing was written. Run the experiment again from its config file into a "
+                         "new run directory (simlab run --config FILE --out DIR)", file=src)
     return meta
