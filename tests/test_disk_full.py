@@ -143,3 +143,28 @@ def test_a_run_past_the_file_size_limit_stops_and_the_same_command_completes_it(
                     "--n-boot", "0", limit=4096)
     assert report.returncode == 1 and "error: disk full: writing " in report.stderr, report.stderr
     assert "Traceback" not in report.stderr
+
+
+def test_any_command_meeting_a_full_disk_says_so_and_what_to_do(capsys) -> None:
+    import errno
+
+    from simlab.errors import exit_status
+
+    def no_space() -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/out/report.html")
+
+    def sqlite_full() -> int:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    assert exit_status(no_space) == 1
+    assert capsys.readouterr().err == ("error: disk full: writing /data/out/report.html failed (No space left on "
+                                       "device). Free some space, then run the same command again (what was "
+                                       "completed before is kept)\n")
+    assert exit_status(sqlite_full) == 1
+    assert "error: disk full: an SQLite write failed (database or disk is full). Free some space" in capsys.readouterr().err
+
+    def other() -> int:
+        raise OSError(errno.EACCES, "Permission denied")
+
+    with pytest.raises(PermissionError):  # not a full disk: stays what it was
+        exit_status(other)

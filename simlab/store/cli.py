@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     mg.add_argument("out_dir")
     mg.add_argument("shards", nargs="+")
     sv = sub.add_parser("salvage", help="copy every intact session of a damaged store into a new run directory")
-    sv.add_argument("run_dir")
+    sv.add_argument("run_dir", help="the damaged run directory (or its store.sqlite)")
     sv.add_argument("out_dir", help="the new run directory (must not exist)")
     args = parser.parse_args(argv)
 

@@ -100,7 +100,7 @@ def is_damage(exc: BaseException) -> bool:
         if _code(e) in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
             return True
         text = str(e)
-        if "malformed" in text or "file is not a database" in text:
+        if "disk image is malformed" in text or "malformed database schema" in text or "file is not a database" in text:
             return True
     return False
 
