@@ -6,6 +6,7 @@ the field, and the CLIs turn it into a one-line message and exit status 2.
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -126,3 +127,18 @@ def exit_status(body: Callable[[], int]) -> int:
     except SimlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        print(f"error: disk full: writing {exc.filename or 'a file'} failed ({exc.strerror}). Free some space, then "
+              "run the same command again (what was completed before is kept)", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if "database or disk is full" not in str(exc):
+            raise
+        print(f"error: disk full: an SQLite write failed ({exc}). Free some space, then run the same command "
+              "again (what was completed before is kept)", file=sys.stderr)
+        return 1
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no space, quota or file-size limit reached

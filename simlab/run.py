@@ -40,6 +40,7 @@ from simlab.records import SessionRecord
 from simlab.runner import Outcome, PersonaSummaries, open_store, run_dir_for, run_sessions
 from simlab.schema import DOMAINS
 from simlab.store import FailureGroup
+from simlab.store.damage import DiskFullError
 
 # load_persona_set, run_dir_for: kept importable from here for scripts that used them
 __all__ = ["RunSummary", "load_persona_set", "main", "run_dir_for", "run_experiment", "select"]
@@ -400,9 +401,14 @@ async def run_experiment(
         stopped = str(exc)  # the sessions in flight stay to do: nothing about them was recorded
     except BudgetExhausted as exc:
         stopped, budget_stop = str(exc), True  # as a backend gone: the sessions in flight stay to do
+    except DiskFullError as exc:
+        stopped = str(exc)  # the session being written was rolled back: it and those in flight stay to do
     finally:
         if ledger.spent:
-            store.set_meta("spend_usd", spent_before + ledger.spent)
+            try:
+                store.set_meta("spend_usd", spent_before + ledger.spent)
+            except DiskFullError:  # the stored calls still give the spend
+                pass
         if cache is not None:
             cache.close()
         counts = store.counts()

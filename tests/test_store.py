@@ -436,7 +436,7 @@ def test_create_and_open_errors(tmp_path: Path, store: RunStore) -> None:
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "store.sqlite").write_text("not a database " * 100)
-    with pytest.raises(InputError, match="not a simlab run store"):
+    with pytest.raises(InputError, match="not a readable simlab run store: damaged: its header is not an SQLite header"):
         RunStore.open(junk)
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 from simlab.errors import InputError
 from simlab.store.connection import STORE_FILE, store_path
 from simlab.store.creation import MERGING_PREFIX, clear_leftovers, make_run_dir, remove_made, take_lock, unborn_store
+from simlab.store.connection import store_path
+from simlab.store.damage import quick_check
 from simlab.store.meta import LATEST_META, MATCHED_META, ConfigMismatchError, meta_as_today, meta_differences, now
 from simlab.store.migration import OLDER_VERSIONS, legacy_views
 from simlab.store.readers import run_meta
@@ -30,6 +32,8 @@ def merge_from(store: RunStore, shard: str | Path) -> int:
     read-only; a shard of an older store version is read through views under this schema's names.
     """
     path = store_path(shard)
+    if path.exists():
+        quick_check(path)  # a damaged shard is named, not half read
     shard_meta = run_meta(path)
     version = shard_meta.get("store_schema")
     if version != STORE_SCHEMA_VERSION and not (isinstance(version, int) and version in OLDER_VERSIONS):

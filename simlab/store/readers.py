@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from simlab._files import folder_atomic
 from simlab.errors import InputError
 from simlab.store.connection import closing, connect, store_path
+from simlab.store.damage import DamagedStoreError, check_header, is_damage, naming
 from simlab.store.failures import FailureGroup, group_failures
 from simlab.store.migration import OLDER_VERSIONS, legacy_views
 from simlab.store.schema import COLUMNS, STORE_SCHEMA_VERSION, typed
@@ -85,11 +86,17 @@ def open_readonly(path: str | Path) -> sqlite3.Connection:
     p = store_path(path)
     if not p.exists():
         raise InputError("no run store here", file=p)
+    problem = check_header(p)  # a truncated or overwritten file: said before SQLite reads it
+    if problem is not None:
+        raise DamagedStoreError(p, problem)
     conn = connect(p, readonly=True)
     try:
         row = conn.execute("SELECT value FROM meta WHERE key = 'store_schema'").fetchone()
         found = None if row is None else json.loads(row[0])
-    except (sqlite3.DatabaseError, ValueError):
+    except (sqlite3.DatabaseError, ValueError) as exc:
+        if is_damage(exc):
+            conn.close()
+            raise DamagedStoreError(p, str(exc)) from None
         return conn  # not a store: the caller says so in its own words
     if isinstance(found, int) and found in OLDER_VERSIONS:
         try:
@@ -121,7 +128,7 @@ def read_table(path: str | Path, table: str) -> pd.DataFrame:
     """One stored table as a typed DataFrame (also ``sessions``, ``instruments``, ``failures``)."""
     if table not in COLUMNS:
         raise InputError(f"unknown table {table!r}; stored tables: {', '.join(COLUMNS)}", field="table")
-    with closing(open_readonly(path)) as conn:
+    with naming(path), closing(open_readonly(path)) as conn:
         cols = ", ".join(COLUMNS[table])
         if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone():
             return typed(pd.DataFrame(columns=list(COLUMNS[table])))  # a store made before the table existed
@@ -134,7 +141,7 @@ def load_run(path: str | Path) -> Tables:
     Judgements carry participant_id, source and domain from their conversation;
     ``arm_letters`` is a JSON string; booleans are pandas ``boolean``, counts ``Int64``.
     """
-    with closing(open_readonly(path)) as conn:
+    with naming(path), closing(open_readonly(path)) as conn:
         cols = ", ".join(f"c.{c}" if c in ("participant_id", "source", "domain") else f"j.{c}" for c in JUDGEMENT_COLUMNS)
         judgements = typed(
             pd.read_sql_query(
@@ -193,16 +200,18 @@ def store_counts(conn: sqlite3.Connection) -> StoreCounts:
 
 def read_counts(path: str | Path) -> StoreCounts:
     """``RunStore.counts`` of a run, read through a read-only connection (a report changes nothing)."""
-    with closing(open_readonly(path)) as conn:
+    with naming(path), closing(open_readonly(path)) as conn:
         return store_counts(conn)
 
 
 def run_meta(path: str | Path) -> dict[str, Any]:
     """The run's metadata: resolved config, prompt hashes, models, seed, version, created_at, command."""
-    with closing(open_readonly(path)) as conn:
+    with naming(path), closing(open_readonly(path)) as conn:
         try:
             rows = list(conn.execute("SELECT key, value FROM meta"))
         except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                raise DamagedStoreError(path, str(exc)) from None
             # a zero-byte, truncated, overwritten or foreign file where a store should be
             raise InputError(f"not a readable simlab run store ({exc}); nothing was changed",
                              file=store_path(path)) from None

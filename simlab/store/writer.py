@@ -19,6 +19,7 @@ from simlab.records import ArmRecord, AutogradeRecord, LLMCallRecord, SessionFai
 from simlab.store.connection import STORE_FILE, connect, store_path
 from simlab.store.creation import build_store, clear_leftovers, make_run_dir, remove_made, take_lock, unborn_store
 from simlab.store.lock import RunLock
+from simlab.store.damage import disk_full, is_disk_full, quick_check
 from simlab.store.meta import (
     LATEST_META,
     MATCHED_META,
@@ -119,6 +120,7 @@ class RunStore:
             raise InputError("no run store here", file=path)
         lock = take_lock(path, wait_lock, [])
         try:
+            quick_check(path)  # a damaged store is refused before anything is written to it
             return cls._open_locked(path, lock)
         except BaseException:
             lock.release()
@@ -207,14 +209,23 @@ class RunStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE … COMMIT; rolled back on any exception)."""
+        """One write transaction (BEGIN IMMEDIATE … COMMIT; rolled back on any exception).
+
+        A write or commit that finds the disk full raises ``DiskFullError`` (after the rollback,
+        so the store keeps only whole transactions)."""
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
+            self._conn.execute("COMMIT")
+        except BaseException as exc:
+            if self._conn.in_transaction:
+                try:
+                    self._conn.execute("ROLLBACK")
+                except sqlite3.Error:  # SQLite rolled back itself (e.g. on a full disk)
+                    pass
+            if isinstance(exc, (sqlite3.Error, OSError)) and is_disk_full(exc):
+                raise disk_full(self.path, exc) from exc
             raise
-        self._conn.execute("COMMIT")
 
     # -- writes
 
