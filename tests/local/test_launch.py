@@ -216,7 +216,10 @@ def test_a_server_that_dies_mid_run_stops_the_run_with_its_log_and_loses_nothing
 
     control = tmp_path / "control"
     path = tmp_path / "c.toml"
-    path.write_text(_launch_toml(fake_vllm, f'FAKE_VLLM_CONTROL = "{control}"'))
+    # restarts = 0: a server that dies is not started again, and the run stops as for any dead backend
+    path.write_text(_launch_toml(fake_vllm, f'FAKE_VLLM_CONTROL = "{control}"').replace(
+        "timeout_s = 300\n", "timeout_s = 300\ndead_after_s = 2\n", 1).replace(
+        "startup_timeout_s = 300\n", "startup_timeout_s = 300\nrestarts = 0\n", 1))
     # the stand-in's process exits after its 3 probes and 8 more requests: every later call is refused
     control.write_text("die-after 11")
     run_dir = tmp_path / "run"
