@@ -52,7 +52,7 @@ if mode == "missing-adapter":
 time.sleep(float(os.environ.get("FAKE_VLLM_LOAD_S", "0.3")))  # loading the model
 breakdown = {"crash": (0, "exit"), "die-after": (int(os.environ.get("FAKE_VLLM_N", "0")), "exit")}.get(mode)
 server = StubServer(port=args.port, replies={n: [] for n in names}, api_key=os.environ.get("VLLM_API_KEY"),
-                    breakdown=breakdown).start()
+                    breakdown=breakdown, delay=float(os.environ.get("FAKE_VLLM_DELAY", "0"))).start()
 print("serving", names, flush=True)
 while True:
     time.sleep(1)
@@ -321,3 +321,40 @@ def test_the_cpu_config_starts_its_server_without_lora_eager():
     for name, launch in launched.items():
         cmd = VllmServer(name, launch).command()
         assert ("--enforce-eager" in cmd) == ("--enable-lora" not in cmd), (name, cmd)
+
+
+@pytest.mark.slow  # ~20 s: two launched servers, a restart and the run's report
+def test_a_launched_server_killed_mid_run_is_restarted_and_the_run_completes(fake_vllm, tmp_path):
+    import threading
+
+    from simlab.config import load_config
+    from simlab.run import run_experiment
+    from simlab.store import run_meta
+
+    path = tmp_path / "c.toml"
+    path.write_text(_launch_toml(fake_vllm, 'FAKE_VLLM_DELAY = "0.05"'))  # replies slow enough to be killed mid-run
+    run_dir = tmp_path / "run"
+    result: list[object] = []
+    runner = threading.Thread(target=lambda: result.append(asyncio.run(run_experiment(
+        load_config(path), run_dir=run_dir, progress=False, report=True))))
+    runner.start()
+    log = run_dir / "vllm-vllm.log"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (log.exists() and "serving" in log.read_text()):
+        time.sleep(0.1)
+    time.sleep(1.0)  # its probes answered and the run under way
+    pids = subprocess.run(["pgrep", "-P", str(os.getpid()), "-f", "vllm.entrypoints.openai.api_server"],
+                          capture_output=True, text=True).stdout.split()
+    pids = [p for p in pids if b"--served-model-name\0base\0" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert len(pids) == 1, pids  # endpoint vllm's server (the run launched vllm-ppft's too)
+    os.kill(int(pids[0]), signal.SIGKILL)
+    runner.join(120)
+    summary = result[0]
+    assert not summary.stopped, summary.text()
+    assert summary.sessions_completed == 2 and summary.sessions_failed == 0
+    restarts = run_meta(run_dir)["restarts"]
+    assert len(restarts) == 1 and restarts[0]["endpoint"] == "vllm" and restarts[0]["exit"] == "killed by SIGKILL"
+    assert restarts[0]["ok"] and restarts[0]["attempt"] == 1 and restarts[0]["server"] == "the launched vLLM server"
+    html = (run_dir / "report.html").read_text()
+    assert "Servers that died during the run and were restarted" in html and "killed by SIGKILL" in html
+    assert log.read_text().count("== simlab: vLLM server for endpoint 'vllm'") == 2  # started, then once again
