@@ -59,6 +59,7 @@ def default_replicas() -> int:
 
 RESTART_BACKOFF_S = 1.0
 """The wait before a dead server's first restart; each further restart of it waits twice as long (at most 30 s)."""
+_RESTARTED_GRACE_S = 10.0  # calls wait this long past a restart for its first reply before the window applies again
 
 
 class Restartable(Protocol):
@@ -88,7 +89,7 @@ class Watchdog:
         """One entry per restart: ``at`` (UTC), ``endpoint``, ``server``, ``exit`` (how it had ended),
         ``attempt`` (its how-manieth restart), ``ok`` and ``took_s`` (or ``error``)."""
         self._used: dict[int, int] = {}
-        self._recovering: set[str] = set()
+        self._recovering: dict[str, float] = {}  # endpoint → until when (monotonic) its calls wait
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -109,7 +110,7 @@ class Watchdog:
     def recovering(self, endpoint: str) -> bool:
         """Whether one of ``endpoint``'s servers is dead and being restarted (its calls should wait)."""
         with self._lock:
-            return endpoint in self._recovering
+            return self._recovering.get(endpoint, 0.0) > time.monotonic()
 
     def used(self, server: Restartable) -> int:
         """How many times ``server`` was restarted."""
@@ -131,7 +132,8 @@ class Watchdog:
                                  "attempt": attempt}
         _log.warning("endpoint '%s': %s %s; restarting it (%d of its restarts)", endpoint, which, entry["exit"], attempt)
         with self._lock:
-            self._recovering.add(endpoint)
+            self._recovering[endpoint] = float("inf")
+        grace = 0.0
         try:
             if self._stop.wait(min(30.0, RESTART_BACKOFF_S * 2 ** (attempt - 1))):
                 return
@@ -144,11 +146,12 @@ class Watchdog:
                 _log.warning("endpoint '%s': the restart of %s failed: %s", endpoint, which, entry["error"])
             else:
                 entry.update(ok=True, took_s=round(time.monotonic() - t0, 1))
+                grace = _RESTARTED_GRACE_S  # up again: its calls' next probes get their replies
             with self._lock:
                 self.restarts.append(entry)
         finally:
             with self._lock:
-                self._recovering.discard(endpoint)
+                self._recovering[endpoint] = time.monotonic() + grace
 
 
 class EmbeddedBackends:

@@ -358,3 +358,59 @@ def test_a_launched_server_killed_mid_run_is_restarted_and_the_run_completes(fak
     html = (run_dir / "report.html").read_text()
     assert "Servers that died during the run and were restarted" in html and "killed by SIGKILL" in html
     assert log.read_text().count("== simlab: vLLM server for endpoint 'vllm'") == 2  # started, then once again
+
+
+class _StubProcess:
+    """``python -m simlab.testing`` as a server simlab would manage: started (again) on one port."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.process: subprocess.Popen[str] | None = None
+        self.returncode: int | None = None
+        self.starts = 0
+
+    def start(self) -> _StubProcess:
+        self.process = subprocess.Popen([sys.executable, "-m", "simlab.testing", "--port", str(self.port)],
+                                        stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None and self.process.stdout.readline().startswith("http://127.0.0.1:")
+        self.starts += 1
+        return self
+
+    def exit_code(self) -> int | None:
+        return self.process.poll() if self.process is not None else self.returncode
+
+    def stop(self) -> None:
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.returncode = self.process.wait(10)
+            self.process = None
+
+
+def test_the_watchdog_restarts_a_killed_server_on_its_port_up_to_its_limit(monkeypatch):
+    import urllib.request
+
+    from simlab.local import fleet
+    from simlab.local.process import free_port
+
+    monkeypatch.setattr(fleet, "RESTART_BACKOFF_S", 0.1)
+    server = _StubProcess(free_port()).start()
+    watchdog = fleet.Watchdog([("stub", "the stub", server, 1)], poll_s=0.05).start()
+    try:
+        os.kill(server.process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not watchdog.restarts:
+            time.sleep(0.05)
+        assert server.starts == 2 and not watchdog.recovering("other")
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health", timeout=5) as reply:
+            assert reply.status == 200  # serving again on the same port
+        [entry] = watchdog.restarts
+        assert (entry["endpoint"], entry["server"], entry["exit"], entry["attempt"], entry["ok"]) == (
+            "stub", "the stub", "killed by SIGKILL", 1, True)
+        assert watchdog.recovering("stub")  # its calls still wait a moment for the first reply
+        os.kill(server.process.pid, signal.SIGKILL)  # beyond its limit of 1: left dead
+        time.sleep(0.5)
+        assert server.starts == 2 and len(watchdog.restarts) == 1 and server.exit_code() == -signal.SIGKILL
+    finally:
+        watchdog.stop()
+        server.stop()
