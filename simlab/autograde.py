@@ -127,7 +127,7 @@ async def grade_run(
                 load_pricing(config.pricing_file))
             cache = None if config.cache is None else ResponseCache(config.cache, unseeded=config.cache_unseeded)
             async with LLMClient(config.endpoints, base_urls=backends.base_urls, ledger=Ledger(Pricing(table)),
-                                 cache=cache) as client:
+                                 cache=cache, recovering=backends.recovering) as client:
                 if has_turns:
                     run_summary = await autograde(run_tables, config, client, store, personas=profiles,
                                                   options=options, progress=progress)

@@ -14,6 +14,7 @@ from typing import Any
 
 __all__ = [
     "BackendUnavailable",
+    "BackendUnusable",
     "ConfigError",
     "InputError",
     "LLMError",
@@ -105,6 +106,20 @@ class BackendUnavailable(SimlabError):
 
     def __str__(self) -> str:
         text = f"endpoint '{self.endpoint}' ({', '.join(self.urls)}) stopped answering: {self.cause}"
+        return f"{text}\n{self.diagnosis}" if self.diagnosis else text
+
+
+class BackendUnusable(BackendUnavailable):
+    """An endpoint that answers, but for a whole window (its ``dead_after_s``) never in a usable shape
+    (bodies that are not JSON, no choices, error objects in a 200): stopped like a dead one, since
+    no session could be done with it; ``cause`` says how long and quotes a reply (redacted, brief)."""
+
+    def __str__(self) -> str:
+        text = (f"endpoint '{self.endpoint}' ({', '.join(self.urls)}) answers, but never in a usable shape: "
+                f"{self.cause}. Check that the URL is the server's OpenAI-compatible /v1 address, that it "
+                "serves the configured model and that its replies are chat completions (e.g. curl a request "
+                "to <base_url>/chat/completions), then run the same command again: the sessions that were "
+                "not finished were not recorded and will be done then.")
         return f"{text}\n{self.diagnosis}" if self.diagnosis else text
 
 

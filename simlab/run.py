@@ -381,7 +381,8 @@ async def run_experiment(
             backend_info = backends.info()
             if backend_info:
                 store.set_meta("backends", backend_info)
-            client = LLMClient(experiment.endpoints, base_urls=backends.base_urls, ledger=ledger, cache=cache)
+            client = LLMClient(experiment.endpoints, base_urls=backends.base_urls, ledger=ledger, cache=cache,
+                               recovering=backends.recovering)
             summaries = PersonaSummaries(experiment, client, store) if _needs_summary(experiment) else None
 
             async def session(spec: SessionSpec) -> SessionRecord:
@@ -396,6 +397,9 @@ async def run_experiment(
                 if summaries is not None:
                     summaries.close()
                 await client.aclose()
+                # the servers that died and were restarted, added to those of earlier calls on this run
+                if backends.restarts:
+                    store.set_meta("restarts", list(store.meta().get("restarts") or []) + backends.restarts)
             interrupted = outcome.interrupted
     except BackendUnavailable as exc:
         stopped = str(exc)  # the sessions in flight stay to do: nothing about them was recorded

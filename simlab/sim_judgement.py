@@ -274,7 +274,7 @@ async def run_sim_judgement(
     try:
         with serving(config, base_urls=base_urls, log_dir=run_dir, start=bool(todo),
                      only={config.simulator.endpoint, config.summary.endpoint}) as backends:
-            client = LLMClient(config.endpoints, base_urls=backends.base_urls)
+            client = LLMClient(config.endpoints, base_urls=backends.base_urls, recovering=backends.recovering)
             summaries = PersonaSummaries(config, client, store) if config.simulator.rendering == "summary" else None
 
             async def session(unit: tuple[SessionSpec, HumanConversation]) -> SessionRecord:

@@ -212,7 +212,8 @@ async def test_a_dead_endpoint_is_backend_unavailable_not_a_session_failure(tmp_
     class Dead:
         base_url = f"http://127.0.0.1:{port}/v1"
 
-    cfg = stub_config(Dead, tmp_path)
+    cfg = stub_config(Dead, tmp_path, endpoints={"local": {"kind": "vllm", "base_url": Dead.base_url,
+                                                           "max_attempts": 2, "dead_after_s": 1}})
     persona = load_personas(REPO / "personas" / "sample.jsonl")[0]
     with pytest.raises(BackendUnavailable) as info:
         await simulate_session(persona, "values", cfg, LLMClient(cfg.endpoints))
@@ -250,7 +251,8 @@ def test_a_dead_arm_endpoint_stops_the_run_instead_of_rating_error_notices(stub,
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
     cfg = stub_config(stub, tmp_path, limit=2)
     data = cfg.public_dict()
-    data["endpoints"]["arms"] = {"kind": "vllm", "base_url": dead, "max_attempts": 2, "timeout_s": 5}
+    data["endpoints"]["arms"] = {"kind": "vllm", "base_url": dead, "max_attempts": 2, "timeout_s": 5,
+                                 "dead_after_s": 1}
     for arm in data["arms"]:
         arm["endpoint"] = "arms"
     from simlab.config import parse_config

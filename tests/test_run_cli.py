@@ -329,13 +329,15 @@ def _failures(store: Path) -> int:
         return db.execute("SELECT count(*) FROM failures").fetchone()[0]
 
 
-@pytest.mark.parametrize("how", ["exit", "503", "hang"])
+@pytest.mark.parametrize("how", ["exit", "503", "hang", "malformed"])
 def test_a_backend_that_breaks_down_stops_the_run_and_loses_nothing(tmp_path, how):
-    # 3 personas x 2 domains; the backend breaks after ~1.5 sessions' worth of calls
+    # 3 personas x 2 domains; the backend breaks after ~1.5 sessions' worth of calls (malformed: every
+    # later reply is a 200 that is not a completion)
     stub, url = _start_stub("--break-after", "40", "--break-how", how)
     port = url.split(":")[2].split("/")[0]
     cfg = stub_toml(tmp_path, url)
-    cfg.write_text(cfg.read_text().replace('base_url = "', 'timeout_s = 2\nmax_attempts = 3\nbase_url = "', 1))
+    cfg.write_text(cfg.read_text().replace(
+        'base_url = "', 'timeout_s = 2\nmax_attempts = 3\ndead_after_s = 2\nbase_url = "', 1))
     args = ("--config", str(cfg), "--concurrency", "2", "--quiet", "--no-report")
     try:
         out = cli(*args, timeout=120)
@@ -344,8 +346,13 @@ def test_a_backend_that_breaks_down_stops_the_run_and_loses_nothing(tmp_path, ho
         stub.wait(10)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "stopped early" in out.stdout and "endpoint 'local'" in out.stdout
-    cause = {"exit": "the connection was refused or dropped", "503": "HTTP 503", "hang": "no reply within 2 s"}[how]
-    assert f"stopped answering: {cause}, " in out.stdout, out.stdout  # the breakdown, named as it happened
+    if how == "malformed":
+        assert "answers, but never in a usable shape: nothing usable came back from it for " in out.stdout, out.stdout
+        assert 'the last reply: a body that is not JSON (Expecting \',\' delimiter at character 54): {"detail": "Not Found"' \
+            in out.stdout, out.stdout
+    else:
+        cause = {"exit": "the connection was refused or dropped", "503": "HTTP 503", "hang": "no reply within 2 s"}[how]
+        assert f"stopped answering: {cause}, " in out.stdout, out.stdout  # the breakdown, named as it happened
     assert "run the same command again" in out.stdout and "Traceback" not in out.stderr
     store = next((tmp_path / "runs").glob("*/store.sqlite"))
     done = _completed(store)
@@ -369,6 +376,7 @@ def test_an_endpoint_that_refuses_connections_stops_the_run_at_once(tmp_path):
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
     cfg = stub_toml(tmp_path, url)
+    cfg.write_text(cfg.read_text().replace('base_url = "', 'dead_after_s = 1\nbase_url = "', 1))
     out = cli("--config", str(cfg), "--quiet", "--no-report", timeout=120)
     assert out.returncode == 1, out.stdout + out.stderr
     assert f"endpoint 'local' ({url}) stopped answering: the connection was refused or dropped" in out.stdout

@@ -185,7 +185,8 @@ async def test_a_dead_endpoint_stops_sim_judgement_and_a_resume_does_the_rest(tm
         base_url = f"http://127.0.0.1:{port}/v1"
 
     human, personas, run_dir = load_human(human_dir), load_personas(PERSONAS), tmp_path / "run"
-    cfg = stub_config(Dead, tmp_path)
+    cfg = stub_config(Dead, tmp_path, endpoints={"local": {"kind": "vllm", "base_url": Dead.base_url,
+                                                           "max_attempts": 2, "dead_after_s": 1}})
     stopped = await run_sim_judgement(cfg, human, personas, run_dir)
     assert (stopped.completed, stopped.failed) == (0, 0) and "stopped answering" in (stopped.stopped or "")
     assert "stopped early: endpoint 'local'" in stopped.text()

@@ -10,6 +10,7 @@ protocol or statistics.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -25,7 +26,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from simlab.errors import BackendUnavailable, LLMError, StructuredOutputError
+from simlab.errors import BackendUnavailable, BackendUnusable, LLMError, StructuredOutputError
 from simlab.llm.backends import Transport, backend_of
 from simlab.llm.cache import ResponseCache
 from simlab.llm.config import Dialect, EndpointConfig, ModelSpec, SamplingConfig
@@ -37,7 +38,7 @@ from simlab.llm.recording import CallRecord, emit
 from simlab.llm.routing import Endpoint, Replica
 from simlab.llm.transport import Reply, Sessions, read_reply
 from simlab.records import LLMCallRecord
-from simlab.redaction import Redactor
+from simlab.redaction import Redactor, redact_key_shapes
 from simlab.seeds import sampling_seed
 
 __all__ = ["ChatResult", "LLMClient", "StructuredResult"]
@@ -79,6 +80,8 @@ class LLMClient:
         ledger: prices every reply and holds the calls to a budget (``simlab.llm.pricing``; default:
             litellm's offline cost map, no budget).
         cache: serve replies from (and store them in) this response cache (``simlab.llm.cache``).
+        recovering: says whether an endpoint's server is being restarted by whoever launched it (the
+            fleet of a run); meanwhile its calls wait for it past their ``dead_after_s`` window.
 
     Example:
         >>> client = LLMClient({"stub": OpenAIEndpoint(base_url=url)})   # doctest: +SKIP
@@ -93,8 +96,10 @@ class LLMClient:
         on_call: Callable[[LLMCallRecord], None] | None = None,
         ledger: Ledger | None = None,
         cache: ResponseCache | None = None,
+        recovering: Callable[[str], bool] | None = None,
     ) -> None:
         self.ledger = ledger or Ledger()
+        self.recovering = recovering
         self.cache = cache
         self._identities: dict[str, dict[str, Any]] = {}
         self._configs = dict(endpoints)
@@ -202,6 +207,8 @@ class LLMClient:
         replica = ep.pick()
         replica.load += 1
         sent = time.monotonic()
+        if ep.first_sent is None:
+            ep.first_sent = sent  # the dead window of an endpoint that never answered starts here
         try:
             async with replica.in_flight:
                 if ep.throttle is not None:
@@ -218,6 +225,9 @@ class LLMClient:
                         if len(ep.replicas) > 1:
                             _logger.warning("endpoint %r: replica %s is not answering (%s); using the others",
                                             ep.name, replica.url, self._redact.brief(exc, 120))
+                    if retryable.wrong_shape:
+                        ep.unusable = self._unusable(exc)
+                    ep.failed_in_row += 1
                     raise retryable from exc
                 replica.down = False
                 reply = read_reply(resp, self._redact)
@@ -228,8 +238,11 @@ class LLMClient:
                     record.price_source = rate.source
                     self.ledger.charge(rate, ep.name, kwargs["model"], cost)
                 if isinstance(reply, str):  # e.g. an HTTP 200 whose choices list is empty: retried like a 5xx
-                    raise Retryable(ValueError(reply), None, None, "status")
-                ep.last_ok = time.monotonic()
+                    ep.unusable = redact_key_shapes(reply)
+                    ep.failed_in_row += 1
+                    raise Retryable(ValueError(reply), None, None, "shape")
+                if "response_format" not in kwargs:  # a structured reply is usable once it meets its schema
+                    ep.last_ok, ep.failed_in_row = time.monotonic(), 0
                 return reply
         finally:
             replica.load -= 1
@@ -242,10 +255,11 @@ class LLMClient:
         found = self._identities.get(ep.name)
         if found is None:
             skip = {"replica_urls", "api_key_env", "max_in_flight", "rate_limit", "timeout_s", "max_attempts",
-                    "deadline_s", "schema_attempts", "replicas", "n_threads", "structured_output"}
+                    "deadline_s", "schema_attempts", "replicas", "n_threads", "structured_output",
+                    "dead_after_s", "restarts"}
             found = {k: v for k, v in ep.cfg.model_dump(mode="json").items() if k not in skip}
             if isinstance(found.get("launch"), dict):
-                found["launch"] = {k: v for k, v in found["launch"].items() if k not in ("startup_timeout_s", "python")}
+                found["launch"] = {k: v for k, v in found["launch"].items() if k not in ("startup_timeout_s", "python", "restarts")}
             self._identities[ep.name] = found
         return found
 
@@ -290,12 +304,20 @@ class LLMClient:
                 delay = exc.retry_after
             else:
                 delay = backoff(state)
+            if isinstance(exc, Retryable) and (exc.unavailable or exc.wrong_shape):
+                # a server that may be gone is looked at again when its window ends, not after it
+                delay = min(delay, max(MIN_ATTEMPT_S, cfg.dead_after_s - ep.silent_for(time.monotonic())))
             return max(0.0, min(delay, remaining))
 
         def stop(state: RetryCallState) -> bool:
             # this request's attempts (tenacity's count: its attempt 1 is the first one above), not
             # the record's, which also counts a structured call's earlier schema attempts
-            return state.attempt_number >= cfg.max_attempts or time.monotonic() - start >= cfg.deadline_s
+            if state.attempt_number >= cfg.max_attempts or time.monotonic() - start >= cfg.deadline_s:
+                return True
+            exc = state.outcome.exception() if state.outcome else None
+            # nothing usable from the endpoint for its whole window: no more retries, its verdict is due
+            return (isinstance(exc, Retryable) and (exc.unavailable or exc.wrong_shape)
+                    and ep.silent_for(time.monotonic()) >= cfg.dead_after_s)
 
         retrying = AsyncRetrying(stop=stop, wait=wait, retry=retry_if_exception(lambda e: isinstance(e, Retryable)),
                                  reraise=True)
@@ -323,28 +345,84 @@ class LLMClient:
                         last = exc
                         raise
         except Retryable as exc:
-            cause = exc.cause
-            took = time.monotonic() - start
-            spent = f"; its deadline of {cfg.deadline_s:g} s was spent" if took >= cfg.deadline_s else ""
-            # the server is gone only if nothing came back whole while the last attempt waited:
-            # under random faults (a lost request, a 503 among successes) it is this call that failed
-            if exc.unavailable and ep.last_ok < last_attempt:
-                what = {"connection": "the connection was refused or dropped",
-                        "timeout": f"no reply within {cfg.timeout_s:g} s"}.get(exc.kind, f"HTTP {exc.status}")
-                raise BackendUnavailable(
-                    ep.name, ep.urls, f"{what}, {record.attempts} attempts in {took:.1f} s{spent} "
-                    f"({type(cause).__name__}: {self._redact.brief(cause, 160)})") from cause
-            raise LLMError(
-                f"{ep.name}/{kwargs['model']}: gave up after {record.attempts} attempts "
-                f"({took:.1f} s{spent}): {type(cause).__name__}: {self._redact.brief(cause)}",
-                attempts=record.attempts,
-                status=exc.status,
-            ) from cause
+            failed, sent = exc, last_attempt
         except (LLMError, BudgetExhausted):
             raise
         except Exception as exc:
             raise self._final(ep, kwargs, record, exc) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await self._spent(ep, kwargs, record, failed, start, sent)
+
+    async def _spent(self, ep: Endpoint, kwargs: dict[str, Any], record: CallRecord, failed: Retryable,
+                     start: float, sent: float) -> Reply:
+        """A call whose retries are spent (its last attempt sent at ``sent``): a failed call if the server
+        answered others meanwhile; else, if it is not answering, or answers in no usable shape to other
+        calls too (more failures in a row than one call makes), probed until a usable reply comes
+        (returned) or its endpoint's ``dead_after_s`` window passes with none (``BackendUnavailable``:
+        the run stops and the session stays to do)."""
+        cfg = ep.cfg
+        pause = 0.25
+        while failed.unavailable or failed.wrong_shape:
+            now = time.monotonic()
+            silent = ep.silent_for(now)
+            if silent >= cfg.dead_after_s and not self._recovering(ep.name):
+                raise self._dead(ep, record, failed, now - start, silent)
+            if ep.last_ok >= sent:
+                break  # a usable reply came back while this call's last attempt was out: the server works
+            if failed.wrong_shape and ep.failed_in_row <= cfg.max_attempts:
+                break  # no more failures in a row than this call's own: a bad reply to it, not a broken server
+            left = cfg.dead_after_s - silent
+            await asyncio.sleep(max(MIN_ATTEMPT_S, min(pause, left) if left > 0 else pause))
+            pause = min(pause * 2, 5.0)
+            sent = time.monotonic()
+            try:
+                return await self._complete_once(ep, kwargs, cfg.timeout_s, record)
+            except Retryable as exc:
+                failed = exc
+        cause = failed.cause
+        took = time.monotonic() - start
+        spent = f"; its deadline of {cfg.deadline_s:g} s was spent" if took >= cfg.deadline_s else ""
+        raise LLMError(
+            f"{ep.name}/{kwargs['model']}: gave up after {record.attempts} attempts "
+            f"({took:.1f} s{spent}): {type(cause).__name__}: {self._redact.brief(cause)}",
+            attempts=record.attempts,
+            status=failed.status,
+        ) from cause
+
+    def _dead(self, ep: Endpoint, record: CallRecord, failed: Retryable, took: float,
+              silent: float) -> BackendUnavailable:
+        """The error that stops the run: ``ep`` gave nothing usable for its whole window."""
+        cfg = ep.cfg
+        window = f"nothing usable came back from it for {silent:.1f} s (dead_after_s = {cfg.dead_after_s:g})"
+        cause = failed.cause
+        if failed.wrong_shape:
+            example = ep.unusable or self._redact.brief(cause, 160)
+            err: BackendUnavailable = BackendUnusable(
+                ep.name, ep.urls, f"{window}, {record.attempts} attempts of this call in {took:.1f} s; "
+                f"the last reply: {example}")
+        else:
+            what = {"connection": "the connection was refused or dropped",
+                    "timeout": f"no reply within {cfg.timeout_s:g} s"}.get(failed.kind, f"HTTP {failed.status}")
+            err = BackendUnavailable(
+                ep.name, ep.urls, f"{what}, {record.attempts} attempts in {took:.1f} s; {window} "
+                f"({type(cause).__name__}: {self._redact.brief(cause, 160)})")
+        err.__cause__ = cause
+        return err
+
+    def _unusable(self, exc: BaseException) -> str:
+        """A reply in no usable shape, in brief for a message: the start of a body that is not JSON
+        as it came, else the error; the client's keys and anything shaped like a key redacted."""
+        node: BaseException | None = exc
+        seen: set[int] = set()
+        while node is not None and id(node) not in seen:
+            seen.add(id(node))
+            if isinstance(node, json.JSONDecodeError):
+                return redact_key_shapes(f"a body that is not JSON ({node.msg} at character {node.pos}): "
+                                         f"{self._redact.brief(node.doc, 160)}")
+            node = node.__cause__ or node.__context__
+        return redact_key_shapes(self._redact.brief(exc, 160))
+
+    def _recovering(self, endpoint: str) -> bool:
+        return self.recovering is not None and self.recovering(endpoint)
 
     def _final(self, ep: Endpoint, kwargs: dict[str, Any], record: CallRecord, exc: Exception) -> LLMError:
         """A failure that no retry can mend (e.g. HTTP 400), as the ``LLMError`` the caller sees."""
@@ -442,6 +520,8 @@ class LLMClient:
                 raw = reply.text
                 try:
                     value = parse_structured(raw, schema)
+                    if record.price_source != "cache":  # a reply the server sent now: it answers usably
+                        ep.last_ok, ep.failed_in_row = time.monotonic(), 0
                 except ValidationError as exc:
                     reason = validation_reason(exc)
                     if reply.finish_reason == "length":
@@ -449,6 +529,14 @@ class LLMClient:
                     record.schema_failures.append(f"{self._redact(reason)} in {self._redact(raw)[:200]!r}")
                     continue
                 return StructuredResult(value=value, raw_text=raw, call=record)
+            if ep.silent_for(time.monotonic()) >= ep.cfg.dead_after_s and not self._recovering(ep.name):
+                # no reply of this endpoint was usable for its whole window: the server, not this call
+                dead = BackendUnusable(ep.name, ep.urls, f"nothing usable came back from it for "
+                                       f"{ep.silent_for(time.monotonic()):.1f} s (dead_after_s = "
+                                       f"{ep.cfg.dead_after_s:g}); the last reply broke the {schema.__name__} "
+                                       f"schema ({self._redact(reason)}): {self._redact.brief(raw, 160)}")
+                record.status, record.error = "error", str(dead)
+                raise dead
             err = StructuredOutputError(
                 f"{ep.name}/{spec.model}: reply broke the {schema.__name__} schema "
                 f"{ep.cfg.schema_attempts} times",

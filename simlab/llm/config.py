@@ -86,6 +86,16 @@ class LaunchConfig(_Strict):
     """The Python interpreter that has vLLM installed; None: simlab's own."""
     startup_timeout_s: float = Field(600.0, gt=0)
     """How long the server may take to load and answer its first real request."""
+    restarts: int = Field(2, ge=0, le=100)
+    """How many times a run restarts this server when it dies mid-run, with backoff, before the run
+    stops as for any dead backend; the restarts go in the run's metadata and report."""
+
+    @model_serializer(mode="wrap")
+    def _added_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if out.get("restarts") == _ADDED_FIELDS["restarts"]:
+            del out["restarts"]  # at its default: the dump (and the run's hash) as before the field existed
+        return out
 
     @field_validator("args")
     @classmethod
@@ -159,6 +169,14 @@ class EndpointConfig(_Strict):
     """Total time budget of one call including retries and backoff."""
     schema_attempts: int = Field(3, ge=1, le=20)
     """Attempts for a structured reply that fails its schema before it is recorded as a failure."""
+    dead_after_s: float = Field(30.0, gt=0)
+    """How long nothing usable may come back from this endpoint before it counts as dead and the run
+    stops (its sessions in flight stay to do). The window starts at the endpoint's first request, so
+    a server that never answers stops the run after it too. A call whose retries all met a server
+    that is not answering (refused, timeouts, 502/503/504) or answers in no usable shape, with no
+    other call answered meanwhile, keeps probing until a reply comes or the window ends: a flaky
+    server that still answers most requests never stops a run, and a call that fails while others
+    are answered is a failed call, recorded with its reason."""
 
     @property
     def dialect(self) -> Dialect:
@@ -216,6 +234,9 @@ class EndpointConfig(_Strict):
 # endpoint, so the built-in kinds read them back and write them out unchanged.
 _SHARED_SHAPE: dict[str, Any] = {"n_threads": None, "requantize": "iq4_nl", "replicas": None, "n_ctx": 8192,
                                  "launch": None}
+# Fields added after runs were stored: left out of the dump at their default, so a config that does
+# not set them keeps the hash (and so the run directory) it had before they existed.
+_ADDED_FIELDS: dict[str, Any] = {"dead_after_s": 30.0, "restarts": 2}
 
 
 class _BuiltinEndpoint(EndpointConfig):
@@ -235,6 +256,9 @@ class _BuiltinEndpoint(EndpointConfig):
         out: dict[str, Any] = handler(self)
         for key, value in _SHARED_SHAPE.items():
             out.setdefault(key, value)
+        for key, value in _ADDED_FIELDS.items():
+            if key in out and out[key] == value:
+                del out[key]
         return out
 
 
@@ -282,6 +306,10 @@ class LocalEndpoint(_BuiltinEndpoint):
     one replica, whose prompt cache holds its persona and transcript."""
     n_ctx: int = Field(8192, ge=512)
     """Context window in tokens."""
+    restarts: int = Field(2, ge=0, le=100)
+    """How many times a run restarts an embedded server (a replica) that dies mid-run, with backoff,
+    before the run stops as for any dead backend; the restarts go in the run's metadata and report.
+    A server at ``base_url`` (not started by simlab) is never restarted."""
 
     @property
     def where(self) -> str:

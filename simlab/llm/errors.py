@@ -26,7 +26,7 @@ class Retryable(Exception):
     decides whether the endpoint is unavailable once the retries run out."""
 
     def __init__(self, cause: BaseException, retry_after: float | None, status: int | None,
-                 kind: Literal["connection", "timeout", "status"]) -> None:
+                 kind: Literal["connection", "timeout", "status", "shape"]) -> None:
         self.cause = cause
         self.retry_after = retry_after
         self.status = status
@@ -37,6 +37,12 @@ class Retryable(Exception):
     def unavailable(self) -> bool:
         """The server is not answering at all (as opposed to failing this one request)."""
         return self.kind in ("connection", "timeout") or self.status in (502, 503, 504)
+
+    @property
+    def wrong_shape(self) -> bool:
+        """The server answered, but with something that is not a completion (a 200 whose body is not
+        JSON, holds an error object or no choices)."""
+        return self.kind == "shape"
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -76,10 +82,10 @@ def classify(exc: BaseException) -> Retryable | None:
         return Retryable(exc, None, status, "connection")
     if isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError)):
         # an HTTP 200 whose body is not a JSON completion: a malfunctioning server, like a 5xx
-        return Retryable(exc, None, status, "status")
+        return Retryable(exc, None, status, "shape")
     if _error_object_in_200(exc):
         # a server that answers 200 with {"error": …} is malfunctioning, not refusing the request
-        return Retryable(exc, None, status, "status")
+        return Retryable(exc, None, status, "shape")
     return None
 
 

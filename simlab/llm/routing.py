@@ -76,7 +76,10 @@ class Endpoint:
         self.key = api_key(cfg)
         self.secret = self.key if cfg.api_key_env else None  # a real key (from the environment), to redact
         self.sticky: dict[str, Replica] = {}
-        self.last_ok = float("-inf")  # when a reply last came back whole (time.monotonic)
+        self.last_ok = float("-inf")  # when a usable reply last came back (time.monotonic)
+        self.first_sent: float | None = None  # when its first request was sent: the dead window starts there
+        self.unusable: str | None = None  # the latest reply that came back in no usable shape, in brief
+        self.failed_in_row = 0  # attempts failed one after the other, over all its calls, since a usable reply
         self.throttle: Throttler | None = None
         if cfg.rate_limit:
             # asyncio-throttle counts whole requests per period: 200/s is 200 per second, while a
@@ -88,6 +91,11 @@ class Endpoint:
     @property
     def urls(self) -> list[str]:
         return [r.url for r in self.replicas]
+
+    def silent_for(self, now: float) -> float:
+        """Seconds since a usable reply last came back (or since the first request, if none has)."""
+        since = max(self.last_ok, self.first_sent if self.first_sent is not None else now)
+        return now - since
 
     def pick(self) -> Replica:
         """The affinity key's replica while it answers; else the one that answers with the fewest

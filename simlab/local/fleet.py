@@ -6,18 +6,23 @@ servers (``server``, ``launch``), which stand on ``process``; nothing below impo
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from simlab.llm.config import LocalEndpoint, VllmEndpoint, api_key
 from simlab.local.launch import VllmServer
+from simlab.local.process import describe_exit
 from simlab.local.server import DEFAULT_ALIAS, REBUILD_HINT, LocalServer, Mode
 
-__all__ = ["EmbeddedBackends", "default_replicas", "local_aliases", "serving"]
+__all__ = ["RESTART_BACKOFF_S", "EmbeddedBackends", "Restartable", "Watchdog", "default_replicas", "local_aliases",
+           "serving"]
 
 _log = logging.getLogger("simlab.local")
 
@@ -52,6 +57,103 @@ def default_replicas() -> int:
     return max(1, min(os.cpu_count() or 1, 4))
 
 
+RESTART_BACKOFF_S = 1.0
+"""The wait before a dead server's first restart; each further restart of it waits twice as long (at most 30 s)."""
+_RESTARTED_GRACE_S = 10.0  # calls wait this long past a restart for its first reply before the window applies again
+
+
+class Restartable(Protocol):
+    """A server simlab started and can start again on the same port (``LocalServer``, ``VllmServer``)."""
+
+    def exit_code(self) -> int | None: ...
+
+    def start(self) -> Any: ...
+
+    def stop(self) -> None: ...
+
+
+class Watchdog:
+    """Restarts the servers a run launched when they die, each up to its endpoint's ``restarts`` times
+    with backoff, on the same port, so the run's calls (which wait for an endpoint being restarted,
+    see ``LLMClient``'s ``recovering``) go on. Every restart is kept (``restarts``) for the run's
+    metadata and report; beyond the limit a server stays dead and the run stops as for any dead
+    backend. Servers at a base_url are not simlab's: nothing watches them.
+
+    ``servers`` is a list of (endpoint, which server in words, the server, its restart limit).
+    """
+
+    def __init__(self, servers: list[tuple[str, str, Restartable, int]], *, poll_s: float = 0.2) -> None:
+        self.servers = servers
+        self.poll_s = poll_s
+        self.restarts: list[dict[str, Any]] = []
+        """One entry per restart: ``at`` (UTC), ``endpoint``, ``server``, ``exit`` (how it had ended),
+        ``attempt`` (its how-manieth restart), ``ok`` and ``took_s`` (or ``error``)."""
+        self._used: dict[int, int] = {}
+        self._recovering: dict[str, float] = {}  # endpoint → until when (monotonic) its calls wait
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Watchdog:
+        if self.servers and self._thread is None:
+            self._thread = threading.Thread(target=self._watch, name="simlab-watchdog", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Watch no more (before the servers are stopped at the run's end: that is no death)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(60)
+            self._thread = None
+
+    def recovering(self, endpoint: str) -> bool:
+        """Whether one of ``endpoint``'s servers is dead and being restarted (its calls should wait)."""
+        with self._lock:
+            return self._recovering.get(endpoint, 0.0) > time.monotonic()
+
+    def used(self, server: Restartable) -> int:
+        """How many times ``server`` was restarted."""
+        return self._used.get(id(server), 0)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            for endpoint, which, server, limit in self.servers:
+                code = server.exit_code()
+                if code is None or self._stop.is_set() or self.used(server) >= limit:
+                    continue
+                self._restart(endpoint, which, server, code)
+
+    def _restart(self, endpoint: str, which: str, server: Restartable, code: int) -> None:
+        attempt = self.used(server) + 1
+        self._used[id(server)] = attempt
+        entry: dict[str, Any] = {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                                 "endpoint": endpoint, "server": which, "exit": describe_exit(code),
+                                 "attempt": attempt}
+        _log.warning("endpoint '%s': %s %s; restarting it (%d of its restarts)", endpoint, which, entry["exit"], attempt)
+        with self._lock:
+            self._recovering[endpoint] = float("inf")
+        grace = 0.0
+        try:
+            if self._stop.wait(min(30.0, RESTART_BACKOFF_S * 2 ** (attempt - 1))):
+                return
+            t0 = time.monotonic()
+            server.stop()
+            try:
+                server.start()
+            except Exception as exc:  # noqa: BLE001 - a restart that fails is recorded; the server stays dead
+                entry.update(ok=False, error=str(exc).splitlines()[0][:300])
+                _log.warning("endpoint '%s': the restart of %s failed: %s", endpoint, which, entry["error"])
+            else:
+                entry.update(ok=True, took_s=round(time.monotonic() - t0, 1))
+                grace = _RESTARTED_GRACE_S  # up again: its calls' next probes get their replies
+            with self._lock:
+                self.restarts.append(entry)
+        finally:
+            with self._lock:
+                self._recovering[endpoint] = time.monotonic() + grace
+
+
 class EmbeddedBackends:
     """The run's backends: an embedded server (one or more replicas) for every ``kind = "local"``
     endpoint without a base_url, a vLLM server for every ``kind = "vllm"`` endpoint with a ``launch``
@@ -72,6 +174,8 @@ class EmbeddedBackends:
         self.launched: dict[str, VllmServer] = {}
         """Endpoint name → the vLLM server started from its ``launch`` table."""
         self.base_urls: dict[str, str | list[str]] = dict(base_urls or {})
+        self.watchdog = Watchdog([])
+        """Restarts the started servers that die (``restarts`` of each endpoint); see ``Watchdog``."""
 
     def start(self) -> EmbeddedBackends:
         try:
@@ -109,9 +213,25 @@ class EmbeddedBackends:
         except BaseException:
             self.stop()
             raise
+        watched: list[tuple[str, str, Restartable, int]] = []
+        for name, servers in self.servers.items():
+            limit = self.config.endpoints[name].restarts
+            watched += [(name, f"embedded llama.cpp replica {i}", s, limit) for i, s in enumerate(servers)]
+        watched += [(name, "the launched vLLM server", v, v.launch.restarts) for name, v in self.launched.items()]
+        self.watchdog = Watchdog(watched).start()
         return self
 
+    def recovering(self, endpoint: str) -> bool:
+        """Whether a server of ``endpoint`` that died is being restarted (``LLMClient``'s ``recovering``)."""
+        return self.watchdog.recovering(endpoint)
+
+    @property
+    def restarts(self) -> list[dict[str, Any]]:
+        """The restarts of servers that died during the run, as the run's metadata keeps them."""
+        return list(self.watchdog.restarts)
+
     def stop(self) -> None:
+        self.watchdog.stop()
         started: list[LocalServer | VllmServer] = [s for servers in self.servers.values() for s in servers]
         started += self.launched.values()
         for server in started:  # every server gets SIGTERM first, so their shutdowns overlap
@@ -146,7 +266,10 @@ class EmbeddedBackends:
         """What happened to ``endpoint``'s servers, for a run that stopped because it stopped answering."""
         vllm = self.launched.get(endpoint)
         if vllm is not None:
-            return (f"endpoint '{endpoint}' is the vLLM server simlab launched at {vllm.base_url}: {vllm.status()}\n"
+            restarted = (f" (restarted {self.watchdog.used(vllm)} time(s), its limit: launch.restarts = "
+                         f"{vllm.launch.restarts})" if self.watchdog.used(vllm) else "")
+            return (f"endpoint '{endpoint}' is the vLLM server simlab launched at {vllm.base_url}{restarted}: "
+                    f"{vllm.status()}\n"
                     f"hint: {vllm.hint()}; then run the same command again: the sessions that were not finished "
                     "were not recorded and will be done then.")
         servers = self.servers.get(endpoint)

@@ -181,6 +181,7 @@ def build_header(meta: Mapping[str, Any] | None, tables: Tables | None, result: 
         "sessions": {k: counts[k] for k in ("sessions_completed", "sessions_failed") if k in counts},
         "failure_groups": [g for g in counts.get("failure_groups") or [] if isinstance(g, Mapping)],
         "backends": [(name, info) for name, info in (meta.get("backends") or {}).items() if isinstance(info, Mapping)],
+        "restarts": [r for r in meta.get("restarts") or [] if isinstance(r, Mapping)],
         "counts": _counts(tables, meta),
         "gen_errors": _gen_errors_by_arm(tables, meta),
         "max_gen_error_rate": (meta.get("config") or {}).get("max_gen_error_rate"),

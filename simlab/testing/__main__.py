@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed for generated structured replies")
     parser.add_argument("--break-after", type=int, metavar="N",
                         help="after N chat requests, break down for good (see --break-how)")
-    parser.add_argument("--break-how", choices=("exit", "hang", "503"), default="exit",
-                        help="exit: the process ends; hang: requests never answer; 503: every request gets 503")
+    parser.add_argument("--break-how", choices=("exit", "hang", "503", "malformed"), default="exit",
+                        help="exit: the process ends; hang: requests never answer; 503: every request gets 503; "
+                        "malformed: every reply is a 200 that is not a completion")
     parser.add_argument("--latency", type=float, metavar="S",
                         help="model a loaded GPU fleet: S seconds per reply, plus --per-token, with --jitter")
     parser.add_argument("--per-token", type=float, default=0.015, metavar="S",

@@ -34,7 +34,7 @@ from aiohttp import web
 __all__ = ["FAULT_KINDS", "Fault", "Latency", "RequestLog", "StubServer", "generate_from_schema"]
 
 Script = Callable[[dict[str, Any]], str | None]
-Breakdown = Literal["exit", "hang", "503"]
+Breakdown = Literal["exit", "hang", "503", "malformed"]
 FaultKind = Literal["5xx", "429", "timeout", "malformed"]
 FAULT_KINDS: tuple[FaultKind, ...] = ("5xx", "429", "timeout", "malformed")
 
@@ -187,7 +187,8 @@ class StubServer:
         at most the prompt's), as hosted APIs report cache hits."""
         self.breakdown = breakdown
         """(n, how): after n chat requests the server breaks down for good: ``exit`` ends the
-        process (run the stub as its own process), ``hang`` never answers, ``503`` answers 503."""
+        process (run the stub as its own process), ``hang`` never answers, ``503`` answers 503,
+        ``malformed`` answers 200 with a body that is not a completion (a server in no usable shape)."""
         self.latency = latency
         """Reply time as a function of the reply's length (added to ``delay``); None: no wait."""
         self.fault_rates: dict[FaultKind, float] = dict(fault_rates or {})
@@ -218,6 +219,8 @@ class StubServer:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._ready = threading.Event()
+        self.dead = False
+        """Set by ``die``: the server answers nothing more."""
 
     # -- knobs -------------------------------------------------------------------------
     def add_fault(self, *faults: Fault) -> None:
@@ -271,6 +274,8 @@ class StubServer:
             # like a careless server, the message echoes the credential it was sent
             got = request.headers.get("Authorization", "(none)")
             return web.json_response({"error": {"message": f"bad api key: {got}"}}, status=401)
+        if self.dead and request.transport is not None:
+            request.transport.close()  # a connection opened before the server died
         body = await request.json()
         model = str(body.get("model", ""))
         if self.breakdown is not None and self.n_requests >= self.breakdown[0]:
@@ -279,6 +284,9 @@ class StubServer:
                 os._exit(3)  # a backend process that dies: connections are refused from now on
             if how == "hang":
                 await asyncio.Event().wait()
+            if how == "malformed":
+                return web.Response(text='{"detail": "Not Found", "path": "/v1/chat/completions"', status=200,
+                                    content_type="application/json")
             return web.json_response({"error": {"message": "injected breakdown: 503"}}, status=503)
         with self._lock:
             self._in_flight += 1
@@ -292,6 +300,8 @@ class StubServer:
                 self.record.write(json.dumps(body) + "\n")
         try:
             response = await self._answer(body, model, log, request)
+            if self.dead and request.transport is not None:
+                request.transport.close()  # died while this request was in flight: its connection is lost
         finally:
             with self._lock:
                 self._in_flight -= 1
@@ -398,6 +408,21 @@ class StubServer:
         loop.run_forever()
         loop.run_until_complete(self._runner.cleanup())
         loop.close()
+
+    def die(self) -> None:
+        """Stop answering at once, as a server process that died: the port refuses connections,
+        requests in flight and on open connections lose them. ``stop`` still ends the thread."""
+        self.dead = True
+        if self._loop is not None and self._runner is not None:
+            runner = self._runner
+
+            def close() -> None:
+                for site in runner.sites:
+                    server = getattr(site, "_server", None)
+                    if server is not None:
+                        server.close()
+
+            self._loop.call_soon_threadsafe(close)
 
     def stop(self) -> None:
         if self._loop is not None and self._thread is not None:

@@ -8,11 +8,12 @@ import json
 import time
 from typing import Literal
 
+import openai  # noqa: F401 - loaded up front: the client imports it on a first failure, which took seconds
 import pytest
 from pydantic import BaseModel, Field
 
 from simlab.config import LitellmEndpoint, ModelSpec, OpenAIEndpoint, SamplingConfig
-from simlab.errors import BackendUnavailable, LLMError, StructuredOutputError
+from simlab.errors import BackendUnavailable, BackendUnusable, LLMError, StructuredOutputError
 from simlab.llm import LLMClient, affinity, response_format
 from simlab.llm.backends import endpoint_config
 from simlab.testing import Fault, StubServer
@@ -114,13 +115,18 @@ async def test_gives_up_after_max_attempts_with_typed_error(server):
 
 
 async def test_a_server_that_keeps_answering_503_is_unavailable_not_a_failed_call(server):
-    server.add_fault(*[Fault(status=503)] * 10)
-    client = client_for(server, max_attempts=3)
+    # nothing answered: the call retries (then probes) until the endpoint's window ends
+    server.add_fault(*[Fault(status=503)] * 100)
+    client = client_for(server, max_attempts=3, dead_after_s=0.5)
+    t0 = time.monotonic()
     with pytest.raises(BackendUnavailable) as info:
         await client.chat(SPEC, MSGS)
+    assert time.monotonic() - t0 >= 0.5
     assert not isinstance(info.value, LLMError)  # nothing a session could be blamed for
     assert info.value.endpoint == "stub" and info.value.urls == [server.base_url]
-    assert "HTTP 503, 3 attempts" in str(info.value) and len(server.requests) == 3
+    attempts = info.value.call.attempts
+    assert f"HTTP 503, {attempts} attempts" in str(info.value) and attempts >= 2 and len(server.requests) == attempts
+    assert "nothing usable came back from it for" in str(info.value) and "(dead_after_s = 0.5)" in str(info.value)
     assert info.value.call.status == "error"  # still accounted for
 
 
@@ -281,11 +287,17 @@ def _refused_url() -> str:
 
 async def test_a_refused_connection_is_backend_unavailable_not_a_wait_for_timeouts():
     # a refusal is seen at once, not waited on until timeout_s: the cause is the refusal, on every attempt
-    client = LLMClient({"dead": OpenAIEndpoint(base_url=_refused_url(), max_attempts=4, timeout_s=5)})
+    # a server that never answered: the window starts at the endpoint's first request
+    client = LLMClient({"dead": OpenAIEndpoint(base_url=_refused_url(), max_attempts=4, timeout_s=5,
+                                               dead_after_s=1.0)})
+    t0 = time.monotonic()
     with pytest.raises(BackendUnavailable) as info:
         await client.chat(ModelSpec(endpoint="dead", model="m"), MSGS)
-    assert info.value.endpoint == "dead" and "refused or dropped, 4 attempts" in str(info.value)
-    assert "no reply within" not in str(info.value) and info.value.call.attempts == 4
+    took = time.monotonic() - t0
+    attempts = info.value.call.attempts
+    assert info.value.endpoint == "dead" and f"refused or dropped, {attempts} attempts" in str(info.value)
+    assert "no reply within" not in str(info.value) and attempts >= 2
+    assert 1.0 <= took < 4, took  # the window, not timeouts
     cause = info.value.__cause__
     assert isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED, repr(cause)
 
@@ -471,9 +483,10 @@ async def test_a_reply_cut_off_mid_body_is_retried_then_failed_with_why(server):
     server.add_fault(cut)
     res = await client.chat(SPEC, MSGS)
     assert res.text and res.call.attempts == 2
-    # every attempt cut and nothing whole in between: the server is failing, not this call
-    server.add_fault(cut, cut)
-    with pytest.raises(BackendUnavailable, match="refused or dropped, 2 attempts.*the reply was cut off"):
+    # every attempt cut and nothing whole in between for the endpoint's window: the server is failing
+    server.add_fault(*[cut] * 200)
+    client = client_for(server, max_attempts=2, dead_after_s=0.5)
+    with pytest.raises(BackendUnavailable, match=r"refused or dropped, \d+ attempts.*the reply was cut off"):
         await client.chat(SPEC, MSGS)
 
 
@@ -675,3 +688,59 @@ async def test_a_litellm_endpoint_goes_through_litellm_with_the_same_retries_and
 
     got = await client.structured(spec, MSGS, Mood)
     assert 0 <= got.value.score <= 10
+
+
+# -- dead means dead: the endpoint's window, not one call's retries ---------------------------------
+
+
+async def test_calls_in_flight_when_the_server_dies_wait_for_the_window_then_stop_the_run_not_fail():
+    # the server answers, then is gone (connections refused): every call in flight ends with
+    # BackendUnavailable about one window after the last reply, none as a failed call
+    server = StubServer(delay=0.3).start()
+    client = LLMClient({"stub": OpenAIEndpoint(base_url=server.base_url, max_attempts=2, timeout_s=2,
+                                               dead_after_s=1.5, max_in_flight=8)})
+    _opened.append(client)
+    await asyncio.gather(*(client.chat(SPEC, MSGS) for _ in range(8)))
+    calls = [asyncio.ensure_future(client.chat(SPEC, MSGS)) for _ in range(8)]
+    await asyncio.sleep(0.1)
+    server.die()
+    t0 = time.monotonic()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    took = time.monotonic() - t0
+    server.stop()
+    dead = [o for o in outcomes if isinstance(o, BackendUnavailable)]
+    assert not [o for o in outcomes if isinstance(o, LLMError)], outcomes  # no call blamed on its session
+    assert dead and all("refused or dropped" in str(o) and "dead_after_s = 1.5" in str(o) for o in dead)
+    assert 1.0 <= took < 3.5, took  # about the window after the last usable reply
+
+
+async def test_a_server_that_comes_back_within_the_window_answers_the_calls_that_waited():
+    with StubServer() as first:
+        port = first.port
+        client = LLMClient({"stub": OpenAIEndpoint(base_url=first.base_url, max_attempts=1, dead_after_s=5)})
+        _opened.append(client)
+        assert (await client.chat(SPEC, MSGS)).text
+    waiting = asyncio.ensure_future(client.chat(SPEC, MSGS))  # its one attempt is refused at once
+    await asyncio.sleep(1.0)
+    assert not waiting.done()  # probing, not failed
+    with StubServer(port=port) as again:
+        result = await asyncio.wait_for(waiting, 10)
+        assert result.text and again.requests and result.call.attempts > 1
+
+
+async def test_a_server_that_never_answers_in_a_usable_shape_stops_with_what_it_returned():
+    garbage = Fault(kind="raw", body='{"detail": "Not Found: sk-secret-4242 route /v1/chat"}')
+    with StubServer() as server:
+        server.add_fault(*[garbage] * 10_000)
+        client = client_for(server, max_attempts=2, dead_after_s=1.0, max_in_flight=4)
+        t0 = time.monotonic()
+        outcomes = await asyncio.gather(*(client.chat(SPEC, MSGS) for _ in range(4)), return_exceptions=True)
+    took = time.monotonic() - t0
+    assert all(isinstance(o, BackendUnusable) for o in outcomes), outcomes  # no call failed on its own
+    text = str(outcomes[0])
+    assert f"endpoint 'stub' ({server.base_url}) answers, but never in a usable shape" in text
+    assert "nothing usable came back from it for" in text and "the reply has no choices" in text
+    assert "sk-secret-4242" not in text  # a key-shaped string in the reply is not repeated
+    assert "run the same command again" in text and "OpenAI-compatible /v1 address" in text
+    assert 1.0 <= took < 4.0, took
+

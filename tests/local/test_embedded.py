@@ -191,7 +191,11 @@ def test_the_run_records_the_mode_it_used(monkeypatch, tmp_path):
 
 def test_embedded_servers_killed_mid_run_stop_the_run_with_their_signal(tmp_path):
     out_dir = tmp_path / "runs"
-    proc = subprocess.Popen([sys.executable, "-m", "simlab.run", "--out", str(out_dir), "--quiet", "--no-report"],
+    # restarts = 0: the killed servers are not started again (test_a_killed_replica_is_restarted… does that)
+    config = tmp_path / "local.toml"
+    config.write_text((REPO / "configs" / "local.toml").read_text().replace("n_ctx = 4096\n", "n_ctx = 4096\nrestarts = 0\n", 1))
+    proc = subprocess.Popen([sys.executable, "-m", "simlab.run", "--config", str(config), "--out", str(out_dir),
+                             "--quiet", "--no-report"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -220,6 +224,40 @@ def test_embedded_servers_killed_mid_run_stop_the_run_with_their_signal(tmp_path
 
     with sqlite3.connect(store) as db:
         assert db.execute("SELECT count(*) FROM failures").fetchone()[0] == 0
+
+
+def test_a_killed_replica_is_restarted_and_the_run_completes(tmp_path):
+    # the real embedded server, one replica, SIGKILLed mid-run (as the kernel's OOM killer does)
+    out_dir = tmp_path / "runs"
+    config = tmp_path / "local.toml"
+    config.write_text((REPO / "configs" / "local.toml").read_text().replace("n_ctx = 4096\n", "n_ctx = 4096\nreplicas = 1\n", 1))
+    proc = subprocess.Popen([sys.executable, "-m", "simlab.run", "--config", str(config), "--out", str(out_dir),
+                             "--limit", "2", "--quiet", "--no-report"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        server = None
+        while time.monotonic() < deadline and server is None:
+            found = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "simlab.local.llama_server"],
+                                   capture_output=True, text=True).stdout.split()
+            logs = list(out_dir.glob("*/llama-local-0.log"))
+            # probed (a few requests), then the run's own calls under way
+            if len(found) == 1 and logs and logs[0].read_text().count("POST") >= 8:
+                server = found[0]
+            time.sleep(0.1)
+        assert server, "the run did not start its embedded server"
+        os.kill(int(server), signal.SIGKILL)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out + err
+    assert "sessions: 4 completed, 0 failed" in out, out
+    from simlab.store import run_meta
+
+    restarts = run_meta(next(out_dir.glob("*/store.sqlite")).parent)["restarts"]
+    assert [(r["endpoint"], r["server"], r["exit"], r["ok"]) for r in restarts] == [
+        ("local", "embedded llama.cpp replica 0", "killed by SIGKILL", True)]
 
 
 def test_the_model_is_requantized_once_and_then_reused(monkeypatch, tmp_path):

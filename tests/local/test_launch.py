@@ -52,7 +52,7 @@ if mode == "missing-adapter":
 time.sleep(float(os.environ.get("FAKE_VLLM_LOAD_S", "0.3")))  # loading the model
 breakdown = {"crash": (0, "exit"), "die-after": (int(os.environ.get("FAKE_VLLM_N", "0")), "exit")}.get(mode)
 server = StubServer(port=args.port, replies={n: [] for n in names}, api_key=os.environ.get("VLLM_API_KEY"),
-                    breakdown=breakdown).start()
+                    breakdown=breakdown, delay=float(os.environ.get("FAKE_VLLM_DELAY", "0"))).start()
 print("serving", names, flush=True)
 while True:
     time.sleep(1)
@@ -216,7 +216,10 @@ def test_a_server_that_dies_mid_run_stops_the_run_with_its_log_and_loses_nothing
 
     control = tmp_path / "control"
     path = tmp_path / "c.toml"
-    path.write_text(_launch_toml(fake_vllm, f'FAKE_VLLM_CONTROL = "{control}"'))
+    # restarts = 0: a server that dies is not started again, and the run stops as for any dead backend
+    path.write_text(_launch_toml(fake_vllm, f'FAKE_VLLM_CONTROL = "{control}"').replace(
+        "timeout_s = 300\n", "timeout_s = 300\ndead_after_s = 2\n", 1).replace(
+        "startup_timeout_s = 300\n", "startup_timeout_s = 300\nrestarts = 0\n", 1))
     # the stand-in's process exits after its 3 probes and 8 more requests: every later call is refused
     control.write_text("die-after 11")
     run_dir = tmp_path / "run"
@@ -318,3 +321,96 @@ def test_the_cpu_config_starts_its_server_without_lora_eager():
     for name, launch in launched.items():
         cmd = VllmServer(name, launch).command()
         assert ("--enforce-eager" in cmd) == ("--enable-lora" not in cmd), (name, cmd)
+
+
+@pytest.mark.slow  # ~20 s: two launched servers, a restart and the run's report
+def test_a_launched_server_killed_mid_run_is_restarted_and_the_run_completes(fake_vllm, tmp_path):
+    import threading
+
+    from simlab.config import load_config
+    from simlab.run import run_experiment
+    from simlab.store import run_meta
+
+    path = tmp_path / "c.toml"
+    path.write_text(_launch_toml(fake_vllm, 'FAKE_VLLM_DELAY = "0.05"'))  # replies slow enough to be killed mid-run
+    run_dir = tmp_path / "run"
+    result: list[object] = []
+    runner = threading.Thread(target=lambda: result.append(asyncio.run(run_experiment(
+        load_config(path), run_dir=run_dir, progress=False, report=True))))
+    runner.start()
+    log = run_dir / "vllm-vllm.log"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (log.exists() and "serving" in log.read_text()):
+        time.sleep(0.1)
+    time.sleep(1.0)  # its probes answered and the run under way
+    pids = subprocess.run(["pgrep", "-P", str(os.getpid()), "-f", "vllm.entrypoints.openai.api_server"],
+                          capture_output=True, text=True).stdout.split()
+    pids = [p for p in pids if b"--served-model-name\0base\0" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert len(pids) == 1, pids  # endpoint vllm's server (the run launched vllm-ppft's too)
+    os.kill(int(pids[0]), signal.SIGKILL)
+    runner.join(120)
+    summary = result[0]
+    assert not summary.stopped, summary.text()
+    assert summary.sessions_completed == 2 and summary.sessions_failed == 0
+    restarts = run_meta(run_dir)["restarts"]
+    assert len(restarts) == 1 and restarts[0]["endpoint"] == "vllm" and restarts[0]["exit"] == "killed by SIGKILL"
+    assert restarts[0]["ok"] and restarts[0]["attempt"] == 1 and restarts[0]["server"] == "the launched vLLM server"
+    html = (run_dir / "report.html").read_text()
+    assert "Servers that died during the run and were restarted" in html and "killed by SIGKILL" in html
+    assert log.read_text().count("== simlab: vLLM server for endpoint 'vllm'") == 2  # started, then once again
+
+
+class _StubProcess:
+    """``python -m simlab.testing`` as a server simlab would manage: started (again) on one port."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.process: subprocess.Popen[str] | None = None
+        self.returncode: int | None = None
+        self.starts = 0
+
+    def start(self) -> _StubProcess:
+        self.process = subprocess.Popen([sys.executable, "-m", "simlab.testing", "--port", str(self.port)],
+                                        stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None and self.process.stdout.readline().startswith("http://127.0.0.1:")
+        self.starts += 1
+        return self
+
+    def exit_code(self) -> int | None:
+        return self.process.poll() if self.process is not None else self.returncode
+
+    def stop(self) -> None:
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.returncode = self.process.wait(10)
+            self.process = None
+
+
+def test_the_watchdog_restarts_a_killed_server_on_its_port_up_to_its_limit(monkeypatch):
+    import urllib.request
+
+    from simlab.local import fleet
+    from simlab.local.process import free_port
+
+    monkeypatch.setattr(fleet, "RESTART_BACKOFF_S", 0.1)
+    server = _StubProcess(free_port()).start()
+    watchdog = fleet.Watchdog([("stub", "the stub", server, 1)], poll_s=0.05).start()
+    try:
+        os.kill(server.process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not watchdog.restarts:
+            time.sleep(0.05)
+        assert server.starts == 2 and not watchdog.recovering("other")
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health", timeout=5) as reply:
+            assert reply.status == 200  # serving again on the same port
+        [entry] = watchdog.restarts
+        assert (entry["endpoint"], entry["server"], entry["exit"], entry["attempt"], entry["ok"]) == (
+            "stub", "the stub", "killed by SIGKILL", 1, True)
+        assert watchdog.recovering("stub")  # its calls still wait a moment for the first reply
+        os.kill(server.process.pid, signal.SIGKILL)  # beyond its limit of 1: left dead
+        time.sleep(0.5)
+        assert server.starts == 2 and len(watchdog.restarts) == 1 and server.exit_code() == -signal.SIGKILL
+    finally:
+        watchdog.stop()
+        server.stop()
