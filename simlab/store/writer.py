@@ -1,5 +1,7 @@
 """``RunStore``: the one writer of a run's store. A completed session is committed in one transaction
-(all its rows or none), so a killed run leaves only whole sessions and its resume redoes the rest."""
+(all its rows or none), so a killed run leaves only whole sessions and its resume redoes the rest.
+Every row it writes has the run's API keys scrubbed from its text (``RunStore.redact``), so no
+reply, call, failure, export or report of the run can hold one."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pydantic import BaseModel
 
 from simlab.errors import InputError, SimlabError
 from simlab.records import ArmRecord, AutogradeRecord, LLMCallRecord, SessionFailure, SessionRecord
+from simlab.redaction import Redactor
 from simlab.store.connection import STORE_FILE, connect, store_path
 from simlab.store.meta import (
     LATEST_META,
@@ -55,6 +58,16 @@ def _insert(db: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> 
         db.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", rows)
 
 
+def _stored_config(conn: sqlite3.Connection) -> Any:
+    """The config stored in a store's meta as plain data; None when missing or unreadable (the
+    callers that need it say what is wrong with it)."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()
+        return json.loads(row[0]) if row else None
+    except (sqlite3.Error, ValueError, TypeError):
+        return None
+
+
 def _version() -> str:
     from simlab import __version__
 
@@ -69,6 +82,10 @@ class RunStore:
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
         self._conn = conn
+        self.redact = Redactor.of_config(_stored_config(conn))
+        """The key values the run's config names (its endpoints' ``api_key_env``), read once when the
+        store is opened: scrubbed from every record written. A caller using other endpoints (e.g.
+        a judge pass with its own config) adds theirs with ``Redactor.adding``."""
 
     # -- lifecycle
 
@@ -141,6 +158,8 @@ class RunStore:
         if not (Path(run_dir) / STORE_FILE).exists():
             return cls.create(run_dir, meta)
         store = cls.open(run_dir)
+        # the keys of this call's config too (a resume may name other variables than the stored config)
+        store.redact = Redactor(store.redact.secrets | Redactor.of_config(jsonable(meta.get("config"))).secrets)
         stored = store.meta()
         differences = meta_differences(stored, meta)
         if differences:
@@ -190,6 +209,7 @@ class RunStore:
 
         Raises ``DuplicateSessionError`` if the session is stored with different content.
         """
+        record = self.redact.scrub_model(record)  # before the digest: a resume compares scrubbed content
         key = record.conversation.conversation_id
         # without answers of added instruments the digest is the one an older simlab stored
         digest = hashlib.sha256(record.model_dump_json(exclude=None if record.answers else {"answers"}).encode()).hexdigest()
@@ -227,6 +247,7 @@ class RunStore:
 
     def write_failure(self, failure: SessionFailure) -> None:
         """Record a session that failed as a whole (kept across resumes; a later success supersedes it)."""
+        failure = self.redact.scrub_model(failure)
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM sessions WHERE conversation_id = ?", (failure.conversation_id,)).fetchone():
                 raise StoreError(f"session {failure.conversation_id!r} is already complete; not recording a failure")
@@ -237,12 +258,14 @@ class RunStore:
 
     def write_arms(self, arms: Iterable[ArmRecord]) -> None:
         """Record the run's arms in config order (once: a resume has the same arms by its config)."""
+        arms = [self.redact.scrub_model(a) for a in arms]
         with self.transaction() as db:
             db.executemany(f"INSERT OR IGNORE INTO arms ({', '.join(COLUMNS['arms'])}) VALUES (?, ?, ?)",
                            [_row(a, COLUMNS["arms"]) for a in arms])
 
     def write_calls(self, calls: Iterable[LLMCallRecord]) -> None:
         """Record model calls that belong to no session (e.g. persona summaries)."""
+        calls = [self.redact.scrub_model(c) for c in calls]
         with self.transaction() as db:
             _insert(db, "llm_calls", [_row(c, COLUMNS["llm_calls"], recorded_with=None) for c in calls])
 
@@ -252,6 +275,7 @@ class RunStore:
         A (unit_id, mode, dimension, rater_run) already stored is kept as is, so a
         resumed autograde pass never duplicates; repeat scoring uses a new rater_run.
         """
+        rows = [self.redact.scrub_model(r) for r in rows]
         with self.transaction() as db:
             before = db.total_changes
             db.executemany(
@@ -268,7 +292,7 @@ class RunStore:
         if key in MATCHED_META or key in LATEST_META or key in ("store_schema", "store_id"):
             raise StoreError(f"meta key {key!r} is written by the run's calls, not set afterwards")
         with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(jsonable(value))))
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(self.redact.scrub(jsonable(value)))))
 
     # -- reads
 
