@@ -1,18 +1,23 @@
 """``RunStore``: the one writer of a run's store. A completed session is committed in one transaction
 (all its rows or none), so a killed run leaves only whole sessions and its resume redoes the rest.
 Every row it writes has the run's API keys scrubbed from its text (``RunStore.redact``), so no
-reply, call, failure, export or report of the run can hold one."""
+reply, call, failure, export or report of the run can hold one. A run's event loop hands its writes
+to the store's writer thread (``RunStore.in_background``): a commit waits for the disk (fsync, a
+WAL checkpoint) on that thread, not on the loop that drives the sessions."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import sqlite3
+import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -36,6 +41,8 @@ from simlab.store.readers import StoreCounts, store_counts
 from simlab.store.schema import COLUMNS, DDL, STORE_SCHEMA_VERSION
 
 __all__ = ["DuplicateSessionError", "RunStore", "StoreError"]
+
+T = TypeVar("T")
 
 
 class StoreError(SimlabError):
@@ -81,7 +88,10 @@ class RunStore:
 
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
-        self._conn = conn
+        self._main_conn = conn
+        self._writer: ThreadPoolExecutor | None = None  # started by the first in_background call
+        self._writer_conn: sqlite3.Connection | None = None  # the writer thread's own connection
+        self._writer_thread = 0
         self.redact = Redactor.of_config(_stored_config(conn))
         """The key values the run's config names (its endpoints' ``api_key_env``), read once when the
         store is opened: scrubbed from every record written. A caller using other endpoints (e.g.
@@ -177,8 +187,39 @@ class RunStore:
                            [(k, json.dumps(jsonable(meta[k]))) for k in kept if k in meta])
         return store
 
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        """The connection of the calling thread: the writer thread has its own (SQLite serialises
+        the two connections' transactions; each sees only what the other committed)."""
+        if self._writer_conn is not None and threading.get_ident() == self._writer_thread:
+            return self._writer_conn
+        return self._main_conn
+
+    def _open_writer(self) -> None:
+        self._writer_conn = connect(self.path)
+        self._writer_thread = threading.get_ident()
+
+    async def in_background(self, write: Callable[..., T], *args: Any) -> T:
+        """``write(*args)`` (one of this store's writes, e.g. ``write_session``) on the store's writer
+        thread, awaited without blocking the event loop; writes run one at a time, in the order
+        given. A write already started when its caller is cancelled still commits or rolls back
+        whole (``close`` waits for it)."""
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="simlab-store", initializer=self._open_writer)
+        return await asyncio.get_running_loop().run_in_executor(self._writer, lambda: write(*args))
+
     def close(self) -> None:
-        self._conn.close()
+        """Wait for the writes handed to the writer thread, then close both connections."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.submit(self._close_writer).result()
+            writer.shutdown(wait=True)
+        self._main_conn.close()
+
+    def _close_writer(self) -> None:
+        if self._writer_conn is not None:
+            self._writer_conn.close()
+            self._writer_conn = None
 
     def __enter__(self) -> RunStore:
         return self
