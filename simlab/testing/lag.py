@@ -14,7 +14,7 @@ import math
 import sys
 import threading
 import time
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -50,7 +50,8 @@ class LagSampler:
     its thread was whenever it was more than ``stall`` s late, sampled every ``every`` s.
 
     ``start()`` inside the loop, ``stop()`` when done; ``lags`` holds the lag samples (s),
-    ``stalls`` counts the stacks seen in stalls (each sample ≈ ``every`` s of blocked loop),
+    ``stalls`` the seconds of stall seen in each stack (the time since the thread's previous look,
+    so a thread woken late by a busy machine still counts the whole stall),
     ``gc_pauses`` the collector's pauses by generation. A collection holds the interpreter's lock
     throughout, so the thread cannot look while it runs: a pause longer than ``stall`` is counted
     under its generation when it ends, and the thread's next look is skipped. ``on_tick`` (if given) is called from the
@@ -62,7 +63,7 @@ class LagSampler:
         self.period, self.stall, self.every, self.depth = period, stall, every, depth
         self.on_tick = on_tick
         self.lags: list[float] = []
-        self.stalls: Counter[str] = Counter()
+        self.stalls: defaultdict[str, float] = defaultdict(float)  # where → seconds
         self.gc_pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
         self._gc_at: tuple[int, float] | None = None  # the collection running now: generation, start
         self._gc_ends = 0  # collections ended so far
@@ -80,7 +81,7 @@ class LagSampler:
             pause = time.perf_counter() - t0
             self.gc_pauses[generation].append(pause)
             if pause > self.stall:
-                self.stalls[f"garbage collection, generation {generation}"] += round(pause / self.every)
+                self.stalls[f"garbage collection, generation {generation}"] += pause
             self._gc_at = None
             self._gc_ends += 1
 
@@ -92,11 +93,15 @@ class LagSampler:
     def _watch(self) -> None:
         next_tick = time.monotonic()
         seen_gc = self._gc_ends
+        last = time.monotonic()
         while not self._stop.wait(self.every):
             now = time.monotonic()
             collected, seen_gc = seen_gc != self._gc_ends, self._gc_ends
-            if now - self._due > self.stall and not collected and self._gc_at is None:
-                self.stalls[_where(sys._current_frames().get(self._tid), self.depth)] += 1
+            stalled_since = max(last, self._due + self.stall)
+            if now > stalled_since and not collected and self._gc_at is None:
+                where = _where(sys._current_frames().get(self._tid), self.depth)
+                self.stalls[where] += now - stalled_since
+            last = now
             if self.on_tick is not None and now >= next_tick:
                 next_tick = now + 1.0
                 self.on_tick()
@@ -127,7 +132,8 @@ class LagSampler:
 
     def top(self, n: int = 5) -> list[tuple[str, float]]:
         """The ``n`` places the loop was stalled in most, with the seconds of stall sampled there."""
-        return [(where, round(count * self.every, 2)) for where, count in self.stalls.most_common(n)]
+        ranked = sorted(self.stalls.items(), key=lambda item: -item[1])[:n]
+        return [(where, round(seconds, 2)) for where, seconds in ranked]
 
     def summary(self) -> dict[str, Any]:
         """Lag p50/p95/p99/max (ms), and where the loop stalled most."""
