@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import math
 import os
@@ -54,6 +53,7 @@ from typing import Any
 from simlab.config import Config, parse_config
 from simlab.run import RunSummary, run_experiment
 from simlab.runner import gc_for_many_sessions
+from simlab.testing.lag import LagSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = ["unguided", "values", "controversy", "emotional_wellbeing"]
@@ -114,51 +114,60 @@ class Stub:
 
 
 class Monitor:
-    """Event-loop lag and peak RSS, sampled every ``period`` s while the run goes, and the
-    garbage collector's pauses (by generation) in that time."""
+    """Event-loop lag (``LagSampler``: every ``period`` s, and where the loop stalled), the peak RSS,
+    the garbage collector's pauses (by generation), and the RSS when the run's store first held
+    ``checkpoint`` finished sessions and at the end (a leak shows as end / checkpoint > 1). RSS
+    and the store's count are read by the sampler's thread, away from the loop."""
 
-    def __init__(self, period: float = 0.1) -> None:
-        self.period = period
-        self.lags: list[float] = []
-        self.lags_without_gc: list[float] = []  # each lag less the collector's pauses in its window
+    def __init__(self, period: float = 0.1, store_under: Path | None = None, checkpoint: int = 0) -> None:
+        self.sampler = LagSampler(period=period, on_tick=self._tick)
+        self.store_under, self.checkpoint = store_under, checkpoint
         self.peak_rss = 0
-        self._gc_total = 0.0
-        self.gc_pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
-        self._gc_start = 0.0
-        self._task: asyncio.Task | None = None
+        self.rss_at_checkpoint: int | None = None
+        self.rss_end = 0
+        self._db: sqlite3.Connection | None = None
 
-    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._gc_start = time.perf_counter()
-        else:
-            pause = time.perf_counter() - self._gc_start
-            self.gc_pauses[info["generation"]].append(pause)
-            self._gc_total += pause
+    @property
+    def lags(self) -> list[float]:
+        return self.sampler.lags
+
+    @property
+    def gc_pauses(self) -> dict[int, list[float]]:
+        return self.sampler.gc_pauses
 
     @staticmethod
     def rss() -> int:
         text = Path("/proc/self/status").read_text()
         return int(re.search(r"VmRSS:\s+(\d+) kB", text).group(1)) * 1024  # type: ignore[union-attr]
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            t, gc0 = loop.time(), self._gc_total
-            await asyncio.sleep(self.period)
-            lag = loop.time() - t - self.period
-            self.lags.append(lag)
-            self.lags_without_gc.append(max(0.0, lag - (self._gc_total - gc0)))
-            self.peak_rss = max(self.peak_rss, self.rss())
+    def _finished(self) -> int:
+        if self._db is None:
+            found = sorted(self.store_under.rglob("store.sqlite")) if self.store_under else []
+            if not found:
+                return 0
+            self._db = sqlite3.connect(f"{found[0].resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        q = "SELECT (SELECT count(*) FROM sessions) + (SELECT count(*) FROM failures)"
+        try:
+            return int(self._db.execute(q).fetchone()[0])
+        except sqlite3.Error:  # busy, or the store's tables not made yet
+            return 0
+
+    def _tick(self) -> None:
+        rss = self.rss()
+        self.peak_rss = max(self.peak_rss, rss)
+        if self.checkpoint and self.rss_at_checkpoint is None and self._finished() >= self.checkpoint:
+            self.rss_at_checkpoint = rss
 
     def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
-        gc.callbacks.append(self._on_gc)
+        self.sampler.start()
 
     def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-        if self._on_gc in gc.callbacks:
-            gc.callbacks.remove(self._on_gc)
+        self.sampler.stop()
+        self.rss_end = self.rss()
+        self.peak_rss = max(self.peak_rss, self.rss_end)
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
 
 def pct(values: list[float], q: float) -> float:
@@ -300,7 +309,8 @@ def main() -> None:
 
         # 3. the run
         config = make_config(tmp / "personas.jsonl", tmp / "run", args.concurrency, in_flight, timeout_s=120)
-        monitor = Monitor()
+        # the RSS after a fifth of the sessions (2,000 of 10,000) against the end's: flat, or a leak
+        monitor = Monitor(store_under=tmp / "run", checkpoint=args.sessions // 5)
         before = stub.stats()["requests"]
         c0, w0 = time.process_time(), time.perf_counter()
         summary = asyncio.run(run(config, stub.url, progress=args.progress, monitor=monitor))
@@ -329,8 +339,17 @@ def main() -> None:
             "cpu_ms_per_call": round(cpu / max(1, requests) * 1e3, 2),
             "peak_rss_mib": round(monitor.peak_rss / 2**20, 1),
             "loop_lag_p99_ms": round(pct(monitor.lags, 0.99) * 1e3, 1),
-            # what the lag would be without the collector's pauses (how much of it they are)
-            "loop_lag_p99_without_gc_ms": round(pct(monitor.lags_without_gc, 0.99) * 1e3, 1),
+            "loop_lag_p50_ms": round(pct(monitor.lags, 0.5) * 1e3, 1),
+            "loop_lag_p95_ms": round(pct(monitor.lags, 0.95) * 1e3, 1),
+            "loop_lag_max_ms": round(max(monitor.lags, default=float("nan")) * 1e3, 1),
+            # where the loop was when it was more than 50 ms late: stack (or collection) → seconds
+            "loop_stalled_in": monitor.sampler.top(8),
+            "rss_checkpoint_sessions": args.sessions // 5,
+            "rss_at_checkpoint_mib": (round(monitor.rss_at_checkpoint / 2**20, 1)
+                                      if monitor.rss_at_checkpoint else None),
+            "rss_end_mib": round(monitor.rss_end / 2**20, 1),
+            "rss_end_vs_checkpoint": (round(monitor.rss_end / monitor.rss_at_checkpoint, 3)
+                                      if monitor.rss_at_checkpoint else None),
             "commit_ms_p99": round(pct(summary.commit_s, 0.99) * 1e3, 1),
             "resume_s": round(resume_s, 2),
             # the bounds and what they rest on

@@ -32,6 +32,7 @@ from simlab.errors import (
     exit_status,
 )
 from simlab.llm.cache import ResponseCache, check_cache_path
+from simlab.llm.config import check_key_length
 from simlab.llm.pricing import BudgetExhausted, Ledger, Pricing, PricingTable, load_pricing
 from simlab.personas import Persona, load_persona_set, render_persona
 from simlab.plan import SessionSpec, plan_sessions
@@ -219,6 +220,8 @@ def validate_plan(config: Experiment, personas: Sequence[Persona], shard: tuple[
         if ep.api_key_env and not os.environ.get(ep.api_key_env):
             raise ConfigError(f"environment variable {ep.api_key_env} is not set (it holds the API key)",
                               field=f"endpoints.{name}.api_key_env")
+        if ep.api_key_env:
+            check_key_length(ep.api_key_env, os.environ[ep.api_key_env], field=f"endpoints.{name}.api_key_env")
     for domain in config.protocol.domains:
         render(f"domains/{domain}.j2")
     import jinja2

@@ -158,7 +158,7 @@ class PersonaSummaries:
                 artefact = await summarize(persona, generate, model=config.summary.model,
                                            cache_dir=config.summary.cache_dir)
             finally:  # a failed summary call is recorded too
-                self.store.write_calls(calls)
+                await self.store.in_background(self.store.write_calls, calls)
         # the summary is an artefact: record what made it (PROTOCOL §3)
         self._artefacts[persona.persona_id] = artefact.model_dump(mode="json", include={
             "model", "prompt_hash", "input_hash", "created_at"})
@@ -288,12 +288,13 @@ async def run_sessions(
                 record = await session(unit)
             except SessionFailed as exc:
                 t1 = time.perf_counter()
-                store.write_failure(exc.failure)
+                await store.in_background(store.write_failure, exc.failure)  # the disk waited for off the loop
                 outcome.failed += 1
                 bar.set_postfix(failed=outcome.failed, refresh=False)  # drawn with the next update
             else:
                 t1 = time.perf_counter()
-                store.write_session(record)  # one transaction: the session is whole or absent
+                # one transaction (the session is whole or absent), on the store's writer thread
+                await store.in_background(store.write_session, record)
             outcome.session_s.append(t1 - t0)
             outcome.commit_s.append(time.perf_counter() - t1)
             bar.update(1)

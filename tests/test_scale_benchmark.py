@@ -12,7 +12,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = {"sessions", "concurrency", "wall_s", "sessions_per_s", "ideal_sessions_per_s", "ideal_basis",
-        "ratio_vs_ideal", "cpu_ms_per_call", "peak_rss_mib", "loop_lag_p99_ms", "commit_ms_p99", "resume_s"}
+        "ratio_vs_ideal", "cpu_ms_per_call", "peak_rss_mib", "loop_lag_p99_ms", "commit_ms_p99", "resume_s",
+        "loop_lag_p50_ms", "loop_lag_p95_ms", "loop_stalled_in", "rss_at_checkpoint_mib", "rss_end_mib",
+        "rss_end_vs_checkpoint"}
 
 
 @pytest.mark.slow
@@ -29,5 +31,7 @@ def test_the_scale_benchmark_ends_with_the_json_line_and_accounts_for_every_sess
     assert result["ideal_basis"] in ("little", "client") and result["ratio_vs_ideal"] > 0
     assert result["bare_transport"] in ("aiohttp", "aiohttp+post")
     assert all(len(result[f"gc{g}"]) == 3 for g in range(3))
+    assert result["loop_lag_p50_ms"] <= result["loop_lag_p95_ms"] <= result["loop_lag_p99_ms"]
+    assert result["rss_end_mib"] > 0 and all(isinstance(s, float) for _, s in result["loop_stalled_in"])
     assert result["fault_accounted"] == 1.0 and result["fault_duplicated"] == 0, result
     assert result["fault_completed"] + result["fault_failed"] == 12

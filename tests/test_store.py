@@ -915,3 +915,31 @@ def test_a_store_of_an_unknown_version_is_refused_untouched(tmp_path: Path) -> N
     with pytest.raises(InputError, match=f"store schema 99 is not {STORE_SCHEMA_VERSION}.*untouched"):
         RunStore.open(tmp_path / "new")
     assert sqlite3.connect(path).execute("SELECT count(*) FROM judgements").fetchone()[0] == 4
+
+
+async def test_writes_in_background_commit_off_the_loop_in_order_and_close_waits_for_them(tmp_path) -> None:
+    import asyncio
+    import threading
+
+    from simlab.records import LLMCallRecord
+
+    store = RunStore.create(tmp_path / "run", {"config": {}})
+    threads: list[str] = []
+
+    def write(i: int) -> int:
+        threads.append(threading.current_thread().name)
+        store.write_calls([LLMCallRecord(role="summary", model=f"m{i}", endpoint="e")])
+        return i
+
+    assert await asyncio.gather(*(store.in_background(write, i) for i in range(5))) == list(range(5))
+    assert set(threads) == {threads[0]} and threads[0].startswith("simlab-store")
+    # the loop's own connection sees each committed write, in the order they were handed over
+    assert [r[0] for r in store.connection.execute("SELECT model FROM llm_calls ORDER BY rowid")] == [
+        f"m{i}" for i in range(5)]
+    late = asyncio.ensure_future(store.in_background(write, 9))
+    await asyncio.sleep(0)
+    store.close()  # waits for the write already handed over
+    with sqlite3.connect(tmp_path / "run" / "store.sqlite") as db:
+        assert db.execute("SELECT count(*) FROM llm_calls").fetchone()[0] == 6
+    await late
+    assert not [t for t in threading.enumerate() if t.name.startswith("simlab-store")]

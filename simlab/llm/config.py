@@ -22,9 +22,10 @@ from pydantic import (
 )
 
 from simlab.errors import ConfigError
+from simlab.redaction import MIN_SECRET_LENGTH
 
 __all__ = ["Dialect", "EndpointConfig", "LaunchConfig", "LitellmEndpoint", "LocalEndpoint", "ModelSpec", "OpenAIEndpoint",
-           "SamplingConfig", "VllmEndpoint", "api_key"]
+           "SamplingConfig", "VllmEndpoint", "api_key", "check_key_length"]
 
 Dialect = Literal["json_schema", "json_object_schema"]
 
@@ -368,11 +369,21 @@ class ModelSpec(_Strict):
     """Decoding parameters."""
 
 
+def check_key_length(variable: str, key: str, *, field: str) -> None:
+    """Refuse an API key too short to be scrubbed from stored text (``simlab.redaction.MIN_SECRET_LENGTH``)."""
+    if len(key) < MIN_SECRET_LENGTH:
+        raise ConfigError(f"environment variable {variable} holds an API key of {len(key)} characters: simlab "
+                          f"needs at least {MIN_SECRET_LENGTH}, because it removes the key from everything it stores "
+                          "and a shorter one would match ordinary words too; give the server a longer key "
+                          "(e.g. `openssl rand -hex 16`)", field=field)
+
+
 def api_key(endpoint: EndpointConfig) -> str:
     """The endpoint's API key from the environment (never stored)."""
     if endpoint.api_key_env:
         key = os.environ.get(endpoint.api_key_env)
         if not key:
             raise ConfigError(f"environment variable {endpoint.api_key_env} is not set", field="api_key_env")
+        check_key_length(endpoint.api_key_env, key, field="api_key_env")
         return key
     return "sk-no-key-required"  # local servers ignore it; the openai client wants a value

@@ -183,7 +183,8 @@ class Reply:
 
 def read_reply(data: Any, redact: Redactor) -> Reply | str:
     """The reply in a completion's JSON body, or why the body cannot be read as one (quoting the
-    body through ``redact``)."""
+    body through ``redact``). The reply's text goes through ``redact`` too: a server that echoes
+    the API key in its answer gets it into no transcript, cache or summary."""
     if not isinstance(data, dict):
         return f"the reply is not a JSON object: {redact.brief(data, 200)}"
     if data.get("error") is not None:  # a malfunctioning server: 200 with {"error": …}
@@ -212,7 +213,7 @@ def read_reply(data: Any, redact: Redactor) -> Reply | str:
     model = data.get("model")
     details = usage.get("prompt_tokens_details")
     cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    return Reply(text=text, finish_reason=first.get("finish_reason"), model=model if isinstance(model, str) else None,
+    return Reply(text=redact(text), finish_reason=first.get("finish_reason"), model=model if isinstance(model, str) else None,
                  prompt_tokens=_count(usage.get("prompt_tokens")), completion_tokens=_count(usage.get("completion_tokens")),
                  cached_tokens=cached)
 

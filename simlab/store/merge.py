@@ -13,7 +13,6 @@ from pathlib import Path
 from simlab.errors import InputError
 from simlab.store.connection import STORE_FILE, store_path
 from simlab.store.creation import MERGING_PREFIX, clear_leftovers, make_run_dir, remove_made, take_lock, unborn_store
-from simlab.store.connection import store_path
 from simlab.store.damage import quick_check
 from simlab.store.meta import LATEST_META, MATCHED_META, ConfigMismatchError, meta_as_today, meta_differences, now
 from simlab.store.migration import OLDER_VERSIONS, legacy_views

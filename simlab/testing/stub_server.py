@@ -75,7 +75,8 @@ class Fault:
     model: str | None = None
     match: str | None = None
     body: str = ""
-    """The reply body for ``kind="raw"`` (sent verbatim, as ``content_type``)."""
+    """The reply body for ``kind="raw"``, and for ``kind="status"`` instead of its error object
+    (sent verbatim, as ``content_type``)."""
     content_type: str = "application/json"
 
 
@@ -321,6 +322,9 @@ class StubServer:
             await asyncio.sleep(3600)  # the client's timeout ends it
         if fault and fault.kind == "status":
             headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+            if fault.body:  # a server's own error text (e.g. one quoting the request)
+                return web.Response(text=fault.body, status=fault.status, headers=headers,
+                                    content_type=fault.content_type)
             err = {"error": {"message": f"injected {fault.status}", "type": "stub_fault", "code": fault.status}}
             return web.json_response(err, status=fault.status, headers=headers)
         if fault and fault.kind == "raw":
