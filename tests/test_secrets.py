@@ -39,6 +39,10 @@ def _faults(key: str) -> list[Fault]:
         Fault(kind="raw", body=error_200),  # an HTTP 200 carrying an error object
         Fault(kind="raw", body=f"<html>proxy error for {key}</html>", content_type="text/html"),  # not JSON
         Fault(kind="raw", body=completion),  # a reply whose content is broken JSON quoting the key
+        # a refusal no retry mends, to one arm's call (the generic assistant's): a call recorded as
+        # failed with the server's error body, while the server answers every other call
+        Fault(status=400, match="You are a helpful, honest and harmless AI assistant",
+              body=json.dumps({"error": {"message": f"bad request for Bearer {key}"}})),
     ]
 
 
