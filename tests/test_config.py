@@ -36,7 +36,7 @@ BAD = [
     ("unknown endpoint", GOOD.replace('[simulator]\nendpoint = "local"', '[simulator]\nendpoint = "gpu"'),
      None, "unknown endpoint 'gpu'"),
     ("min above max turns", GOOD.replace("min_turns = 1", "min_turns = 5"), "protocol", "exceeds max_turns"),
-    ("unknown domain", GOOD.replace('domains = ["unguided", "emotional_wellbeing"]', 'domains = ["sports"]'),
+    ("unknown domain", GOOD.replace('domains = ["unguided"]', 'domains = ["sports"]'),
      "protocol.domains[0]", "unguided"),
     ("duplicate arm id", GOOD.replace('id = "STYLE"', 'id = "GEN"'), "arms", "unique"),
     ("wrong type", GOOD.replace("seed = 0", 'seed = "zero"'), "seed", "integer"),
@@ -52,7 +52,7 @@ BAD = [
     ("unknown sampling key", GOOD.replace("sampling = { temperature = 0.3,", "sampling = { temp = 0.3,"),
      "arms[3].sampling.temp", "unknown field"),
     ("bad rendering", GOOD.replace('rendering = "profile"', 'rendering = "poem"'), "simulator.rendering", "demographics"),
-    ("negative concurrency", GOOD.replace("concurrency = 6", "concurrency = 0"), "concurrency", "greater than or equal to 1"),
+    ("negative concurrency", GOOD.replace("concurrency = 12", "concurrency = 0"), "concurrency", "greater than or equal to 1"),
 ]
 
 

@@ -68,11 +68,11 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path, stub_process):
     cfg = stub_toml(tmp_path, stub_process)
     out = cli("--config", str(cfg), "--dry-run", "--limit", "2")
     assert out.returncode == 0, out.stderr
-    assert "participants: 2 × domains: 2" in out.stdout and "expected model calls" in out.stdout
+    assert "participants: 2 × domains: 1" in out.stdout and "expected model calls" in out.stdout
     assert not (tmp_path / "runs").exists()
     more = cli("--config", str(cfg), "--dry-run", "--limit", "2", "--repeats", "3", "--ablate-persona")
     assert more.returncode == 0, more.stderr
-    assert "sessions: 24 (3 repeat(s) × with and without persona)" in more.stdout, more.stdout
+    assert "sessions: 12 (3 repeat(s) × with and without persona)" in more.stdout, more.stdout
     assert "simulator memory: session; letters: by_position" in more.stdout
     bad = cli("--config", str(cfg), "--dry-run", "--repeats", "0")
     assert bad.returncode == 2 and "--repeats" in bad.stderr and "greater than or equal to 1" in bad.stderr, bad.stderr
@@ -217,7 +217,7 @@ def test_bad_personas_exit_2_naming_file_line_field(tmp_path, case, mutate, line
 CONFIG_CASES = [
     ("unknown key", lambda t: "colour = 1\n" + t, "colour"),
     ("bad value", lambda t: t.replace("concurrency = 6", "concurrency = -1"), "concurrency"),
-    ("bad domain", lambda t: t.replace('domains = ["unguided", "emotional_wellbeing"]', 'domains = ["sport"]'),
+    ("bad domain", lambda t: t.replace('domains = ["unguided"]', 'domains = ["sport"]'),
      "protocol.domains[0]"),
     ("unknown endpoint", lambda t: t.replace('[judge]\nendpoint = "local"', '[judge]\nendpoint = "gpu"'), "gpu"),
     # the records hold bids up to $10: a larger scale is refused before anything runs
