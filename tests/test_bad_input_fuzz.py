@@ -59,7 +59,7 @@ def _line_of(text: str, needle: str) -> int:
 CONFIG_VALUES: list[tuple[str, str, str]] = [
     *[("seed = 0", f"seed = {v}", "seed") for v in ("-7", "18446744073709551616", '"x"', "1.5", "true")],
     *[("limit = 12", f"limit = {v}", "limit") for v in ("-1", '"three"', "2.5")],
-    *[("concurrency = 12", f"concurrency = {v}", "concurrency") for v in ("0", "-3", '"many"')],
+    *[("concurrency = 6", f"concurrency = {v}", "concurrency") for v in ("0", "-3", '"many"')],
     *[('name = "quickstart"', f"name = {v}", "name") for v in ('"../../escaped"', '""', '"a/b"', "3", '"x\\u0000y"')],
     *[("min_turns = 1", f"min_turns = {v}", "turns") for v in ("0", "-1", "99", '"two"')],
     *[("max_turns = 2", f"max_turns = {v}", "max_turns") for v in ("0", "-4", '"two"')],

@@ -52,7 +52,7 @@ BAD = [
     ("unknown sampling key", GOOD.replace("sampling = { temperature = 0.3,", "sampling = { temp = 0.3,"),
      "arms[3].sampling.temp", "unknown field"),
     ("bad rendering", GOOD.replace('rendering = "profile"', 'rendering = "poem"'), "simulator.rendering", "demographics"),
-    ("negative concurrency", GOOD.replace("concurrency = 12", "concurrency = 0"), "concurrency", "greater than or equal to 1"),
+    ("negative concurrency", GOOD.replace("concurrency = 6", "concurrency = 0"), "concurrency", "greater than or equal to 1"),
 ]
 
 

@@ -41,7 +41,7 @@ def test_a_config_is_an_experiment_and_an_invocations_settings_and_every_field_i
     assert not set(Experiment.model_fields) & set(Invocation.model_fields)
     # stores of before split their config by these keys: each is an invocation setting today
     assert set(LEGACY_INVOCATION_KEYS) <= set(Invocation.model_fields) - set(Experiment.model_fields)
-    assert (inv.concurrency, inv.limit, inv.shard, inv.progress) == (12, 12, (1, 2), False)
+    assert (inv.concurrency, inv.limit, inv.shard, inv.progress) == (6, 12, (1, 2), False)
     assert Config.of(exp, inv) == cfg
     for model in (Experiment, Invocation, Config):
         undocumented = [name for name, f in model.model_fields.items() if not f.description]
@@ -61,10 +61,13 @@ def test_the_experiment_hash_is_the_study_alone() -> None:
 def test_the_old_hash_is_the_one_older_simlab_named_run_directories_by() -> None:
     # computed by simlab before the experiment was split from the config (runner.config_hash then):
     # a changed value means runs made then are no longer found by the command that made them; the
-    # quickstart config as it was then (3 personas × 2 domains, 6 in flight)
+    # quickstart config as it was then (3 personas × 2 domains, 6 in flight, longer replies)
     data = default_config().public_dict()
     data.update(limit=3, concurrency=6)
     data["protocol"]["domains"] = ["unguided", "emotional_wellbeing"]
+    data["simulator"]["sampling"]["max_tokens"] = 60
+    for arm in data["arms"]:
+        arm["sampling"]["max_tokens"] = 48 if arm["id"] == "STYLE" else 64
     cfg = parse_config(data)
     assert config_hash(cfg, cfg.personas, (0, 1)) == "976337302f"
     assert config_hash(cfg, cfg.personas, (1, 4)) == "d073a07697"
@@ -131,7 +134,7 @@ def test_a_later_invocation_adds_repeats_and_controls_to_the_same_run(stub, tmp_
     meta = run_meta(second.run_dir)
     assert meta["experiment"] == cfg.experiment.public_dict()
     assert meta["config"]["repeats"] == 2  # the latest call's config, for --resume and the report
-    assert meta["resumes"][-1]["changed"] == ["ablate_persona: False != True", "concurrency: 12 != 2",
+    assert meta["resumes"][-1]["changed"] == ["ablate_persona: False != True", "concurrency: 6 != 2",
                                               "repeats: 1 != 2"]
     calls = read_table(second.run_dir, "llm_calls")
     assert calls["served_model"].notna().all()

@@ -49,6 +49,9 @@ def stub_toml(tmp_path: Path, url: str, **extra: str) -> Path:
     text = text.replace("max_in_flight = 1       # llama.cpp's server runs one request at a time", "max_in_flight = 8")
     text = text.replace('personas = "personas/sample.jsonl"', f'personas = "{REPO / "personas" / "sample.jsonl"}"')
     text = f'out_dir = "{tmp_path / "runs"}"\n' + text
+    # the CLI tests' study: the quickstart as it was, 3 personas × 2 domains (today's runs 12 × 1)
+    text = text.replace('domains = ["unguided"]', 'domains = ["unguided", "emotional_wellbeing"]')
+    extra = {"limit": "3", **extra}
     for key, value in extra.items():
         text = text.replace(f"{key} = ", f"{key} = {value}  # was ", 1)
     path = tmp_path / "stub.toml"
@@ -68,11 +71,11 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path, stub_process):
     cfg = stub_toml(tmp_path, stub_process)
     out = cli("--config", str(cfg), "--dry-run", "--limit", "2")
     assert out.returncode == 0, out.stderr
-    assert "participants: 2 × domains: 1" in out.stdout and "expected model calls" in out.stdout
+    assert "participants: 2 × domains: 2" in out.stdout and "expected model calls" in out.stdout
     assert not (tmp_path / "runs").exists()
     more = cli("--config", str(cfg), "--dry-run", "--limit", "2", "--repeats", "3", "--ablate-persona")
     assert more.returncode == 0, more.stderr
-    assert "sessions: 12 (3 repeat(s) × with and without persona)" in more.stdout, more.stdout
+    assert "sessions: 24 (3 repeat(s) × with and without persona)" in more.stdout, more.stdout
     assert "simulator memory: session; letters: by_position" in more.stdout
     bad = cli("--config", str(cfg), "--dry-run", "--repeats", "0")
     assert bad.returncode == 2 and "--repeats" in bad.stderr and "greater than or equal to 1" in bad.stderr, bad.stderr

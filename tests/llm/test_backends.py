@@ -121,7 +121,7 @@ def test_the_committed_configs_keep_their_run_directories() -> None:
     participants × 1 domain, a different study)."""
     from simlab.runner import config_hash
 
-    expected = {"local.toml": "66a271ed5f", "vllm-cpu.toml": "f085674497", "vllm.toml": "b4ccc36aa1"}
+    expected = {"local.toml": "421d144128", "vllm-cpu.toml": "f085674497", "vllm.toml": "b4ccc36aa1"}
     for name, digest in expected.items():
         config = load_config(CONFIGS_DIR / name)
         assert config_hash(config, config.personas, (0, 1)) == digest, name
