@@ -67,8 +67,8 @@ CONFIG_VALUES: list[tuple[str, str, str]] = [
     *[('domains = ["unguided"]', f"domains = {v}", "domains")
       for v in ('["nope"]', "[]", '"values"', "[1]", '["values", "values"]')],
     *[('rendering = "profile"', f"rendering = {v}", "rendering") for v in ('"bogus"', "7")],
-    *[("sampling = { temperature = 0.8, max_tokens = 60 }", f"sampling = {v}", "sampling")
-      for v in ("{ temperature = -1, max_tokens = 60 }", "{ temperature = 0.8, max_tokens = 0 }",
+    *[("sampling = { temperature = 0.8, max_tokens = 48 }", f"sampling = {v}", "sampling")
+      for v in ("{ temperature = -1, max_tokens = 48 }", "{ temperature = 0.8, max_tokens = 0 }",
                 "{ temperature = 0.8, max_tokens = -1 }", "{ temperature = 0.8, colour = 1 }", '"hot"')],
     *[('endpoint = "local"\nmodel = "smollm2-135m"\nrendering', f'endpoint = {v}\nmodel = "smollm2-135m"\nrendering', "endpoint")
       for v in ('"nowhere"', '""')],
