@@ -58,17 +58,17 @@ def _line_of(text: str, needle: str) -> int:
 # (line to change, replacement, field the message must name)
 CONFIG_VALUES: list[tuple[str, str, str]] = [
     *[("seed = 0", f"seed = {v}", "seed") for v in ("-7", "18446744073709551616", '"x"', "1.5", "true")],
-    *[("limit = 3", f"limit = {v}", "limit") for v in ("-1", '"three"', "2.5")],
+    *[("limit = 12", f"limit = {v}", "limit") for v in ("-1", '"three"', "2.5")],
     *[("concurrency = 6", f"concurrency = {v}", "concurrency") for v in ("0", "-3", '"many"')],
     *[('name = "quickstart"', f"name = {v}", "name") for v in ('"../../escaped"', '""', '"a/b"', "3", '"x\\u0000y"')],
     *[("min_turns = 1", f"min_turns = {v}", "turns") for v in ("0", "-1", "99", '"two"')],
     *[("max_turns = 2", f"max_turns = {v}", "max_turns") for v in ("0", "-4", '"two"')],
     *[("context_budget_tokens = 3000", f"context_budget_tokens = {v}", "context_budget_tokens") for v in ("0", "-5", '"big"')],
-    *[('domains = ["unguided", "emotional_wellbeing"]', f"domains = {v}", "domains")
+    *[('domains = ["unguided"]', f"domains = {v}", "domains")
       for v in ('["nope"]', "[]", '"values"', "[1]", '["values", "values"]')],
     *[('rendering = "profile"', f"rendering = {v}", "rendering") for v in ('"bogus"', "7")],
-    *[("sampling = { temperature = 0.8, max_tokens = 60 }", f"sampling = {v}", "sampling")
-      for v in ("{ temperature = -1, max_tokens = 60 }", "{ temperature = 0.8, max_tokens = 0 }",
+    *[("sampling = { temperature = 0.8, max_tokens = 48 }", f"sampling = {v}", "sampling")
+      for v in ("{ temperature = -1, max_tokens = 48 }", "{ temperature = 0.8, max_tokens = 0 }",
                 "{ temperature = 0.8, max_tokens = -1 }", "{ temperature = 0.8, colour = 1 }", '"hot"')],
     *[('endpoint = "local"\nmodel = "smollm2-135m"\nrendering', f'endpoint = {v}\nmodel = "smollm2-135m"\nrendering', "endpoint")
       for v in ('"nowhere"', '""')],
@@ -98,10 +98,10 @@ CONFIG_SYNTAX: list[tuple[str, Callable[[str], tuple[bytes, int | None]]]] = [
     ("unclosed string", lambda t: (t.replace('name = "quickstart"', 'name = "quickstart'), _line_of(t, 'name = "'))),
     ("duplicate key", lambda t: (t.replace("seed = 0", "seed = 0\nseed = 1"), _line_of(t, "seed = 0") + 1)),
     ("unclosed table header", lambda t: (t.replace("[protocol]", "[protocol"), _line_of(t, "[protocol]"))),
-    ("bare word value", lambda t: (t.replace("limit = 3", "limit = three"), _line_of(t, "limit = 3"))),
+    ("bare word value", lambda t: (t.replace("limit = 12", "limit = three"), _line_of(t, "limit = 12"))),
     ("non-UTF-8 byte", lambda t: (t.replace("quickstart", "quick\udce9start").encode("utf-8", "surrogateescape"),
                                   _line_of(t, 'name = "'))),
-    ("NUL byte", lambda t: (t.replace("limit = 3", "limit = 3\x00").encode(), _line_of(t, "limit = 3"))),
+    ("NUL byte", lambda t: (t.replace("limit = 12", "limit = 12\x00").encode(), _line_of(t, "limit = 12"))),
     ("cut mid-table", lambda t: (t[: t.index("[endpoints.local]") + 12], None)),
     ("no arms", lambda t: (t[: t.index("# GEN: the generic")], None)),
     ("one arm", lambda t: (t[: t.index("# PROMPT: the same")], None)),

@@ -58,6 +58,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         d["endpoints"] = {"local": {"kind": "vllm", "base_url": srv.base_url}}
         d["out_dir"] = str(tmp / "runs")
         d["limit"] = N
+        d["protocol"]["domains"] = list(DOMAINS)
         d["human"] = str(out["human"])
         summary = asyncio.run(run_experiment(parse_config(d), progress=False, report=False))
         d.pop("human")

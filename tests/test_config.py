@@ -36,7 +36,7 @@ BAD = [
     ("unknown endpoint", GOOD.replace('[simulator]\nendpoint = "local"', '[simulator]\nendpoint = "gpu"'),
      None, "unknown endpoint 'gpu'"),
     ("min above max turns", GOOD.replace("min_turns = 1", "min_turns = 5"), "protocol", "exceeds max_turns"),
-    ("unknown domain", GOOD.replace('domains = ["unguided", "emotional_wellbeing"]', 'domains = ["sports"]'),
+    ("unknown domain", GOOD.replace('domains = ["unguided"]', 'domains = ["sports"]'),
      "protocol.domains[0]", "unguided"),
     ("duplicate arm id", GOOD.replace('id = "STYLE"', 'id = "GEN"'), "arms", "unique"),
     ("wrong type", GOOD.replace("seed = 0", 'seed = "zero"'), "seed", "integer"),

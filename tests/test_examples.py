@@ -22,7 +22,7 @@ EXAMPLES = REPO / "examples"
 @pytest.fixture
 def study(tmp_path):
     with StubServer(deterministic=True) as server:
-        yield stub_toml(tmp_path, server.base_url, limit="6")
+        yield stub_toml(tmp_path, server.base_url, limit="6", domains='["unguided", "emotional_wellbeing"]')
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from simlab.config import Config, Experiment, Invocation, default_config, experiment_hash
+from simlab.config import Config, Experiment, Invocation, default_config, experiment_hash, parse_config
 from simlab.errors import ConfigError
 from simlab.llm import LLMClient
 from simlab.personas import load_personas
@@ -41,7 +41,7 @@ def test_a_config_is_an_experiment_and_an_invocations_settings_and_every_field_i
     assert not set(Experiment.model_fields) & set(Invocation.model_fields)
     # stores of before split their config by these keys: each is an invocation setting today
     assert set(LEGACY_INVOCATION_KEYS) <= set(Invocation.model_fields) - set(Experiment.model_fields)
-    assert (inv.concurrency, inv.limit, inv.shard, inv.progress) == (6, 3, (1, 2), False)
+    assert (inv.concurrency, inv.limit, inv.shard, inv.progress) == (6, 12, (1, 2), False)
     assert Config.of(exp, inv) == cfg
     for model in (Experiment, Invocation, Config):
         undocumented = [name for name, f in model.model_fields.items() if not f.description]
@@ -60,8 +60,15 @@ def test_the_experiment_hash_is_the_study_alone() -> None:
 
 def test_the_old_hash_is_the_one_older_simlab_named_run_directories_by() -> None:
     # computed by simlab before the experiment was split from the config (runner.config_hash then):
-    # a changed value means runs made then are no longer found by the command that made them
-    cfg = default_config()
+    # a changed value means runs made then are no longer found by the command that made them; the
+    # quickstart config as it was then (3 personas × 2 domains, 6 in flight, longer replies)
+    data = default_config().public_dict()
+    data.update(limit=3, concurrency=6)
+    data["protocol"]["domains"] = ["unguided", "emotional_wellbeing"]
+    data["simulator"]["sampling"]["max_tokens"] = 60
+    for arm in data["arms"]:
+        arm["sampling"]["max_tokens"] = 48 if arm["id"] == "STYLE" else 64
+    cfg = parse_config(data)
     assert config_hash(cfg, cfg.personas, (0, 1)) == "976337302f"
     assert config_hash(cfg, cfg.personas, (1, 4)) == "d073a07697"
 
@@ -87,8 +94,9 @@ def test_a_session_spec_owns_its_id_and_seed() -> None:
     assert (judged.conversation_id, judged.seed, judged.source) == ("h7#sj", derive_seed(5, "sim_judgement", "h7"),
                                                                     "sim_judgement")
     plan = plan_sessions(default_config(), PERSONAS[:2], repeats=2, ablate_persona=True)
-    assert len(plan) == 2 * 2 * 2 * 2 and len({s.conversation_id for s in plan}) == len(plan)
-    assert [s.no_persona for s in plan[:8]] == [False] * 8  # persona sessions first
+    per_persona = 2 * len(default_config().protocol.domains) * 2
+    assert len(plan) == 2 * per_persona and len({s.conversation_id for s in plan}) == len(plan)
+    assert [s.no_persona for s in plan[:per_persona]] == [False] * per_persona  # persona sessions first
 
 
 def test_simulate_session_takes_a_spec_and_its_persona_domain_form_makes_the_same_session(stub, tmp_path) -> None:

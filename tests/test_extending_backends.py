@@ -50,7 +50,7 @@ def keyfile_toml(tmp_path: Path, url: str) -> Path:
                         'tenant = "lab-7"\nmax_attempts = 2\n')
     assert 'kind = "keyfile"' in text
     text = text.replace('personas = "personas/sample.jsonl"', f'personas = "{REPO / "personas" / "sample.jsonl"}"')
-    text = text.replace("limit = 3", "limit = 1")
+    text = text.replace("limit = 12", "limit = 1")
     text = f'out_dir = "{tmp_path / "runs"}"\n' + text
     text = text.replace("[summary]", f'[summary]\ncache_dir = "{tmp_path / "summaries"}"')
     path = tmp_path / "keyfile.toml"

@@ -16,6 +16,7 @@ from simlab.testing import Fault, StubServer
 from tests.conftest import REPO, stub_config
 
 ARMS = ["GEN", "PROMPT", "SUMMARY", "STYLE"]
+TWO_DOMAINS = ("unguided", "emotional_wellbeing")  # sessions per participant: one per domain
 
 
 def run(cfg, **kw):
@@ -29,12 +30,13 @@ def test_run_experiment_with_tune_gc_off_never_enters_the_gc_tuning(stub, tmp_pa
         raise AssertionError("the collector was tuned although tune_gc=False")
 
     monkeypatch.setattr(simlab.runner, "gc_for_many_sessions", refuse)
-    summary = run(stub_config(stub, tmp_path, limit=1, protocol={"min_turns": 1, "max_turns": 1}), tune_gc=False)
+    summary = run(stub_config(stub, tmp_path, limit=1, protocol={"domains": list(TWO_DOMAINS), "min_turns": 1,
+                                                             "max_turns": 1}), tune_gc=False)
     assert summary.sessions_completed == 2 and summary.sessions_failed == 0
 
 
 def test_three_personas_two_domains_exact_rows(stub, tmp_path):
-    cfg = stub_config(stub, tmp_path, limit=3, protocol={"min_turns": 2, "max_turns": 2})
+    cfg = stub_config(stub, tmp_path, limit=3, protocol={"domains": list(TWO_DOMAINS), "min_turns": 2, "max_turns": 2})
     summary = run(cfg)
     assert (summary.sessions_completed, summary.sessions_failed) == (6, 0)
     t = load_run(summary.run_dir)
@@ -42,7 +44,7 @@ def test_three_personas_two_domains_exact_rows(stub, tmp_path):
     assert len(t.conversations) == 6
     assert list(t.arms["arm"]) == [a.id for a in cfg.arms]  # config order, not alphabetical
     assert list(t.arms["description"]) == [a.description for a in cfg.arms]
-    assert set(t.conversations["domain"]) == {"unguided", "emotional_wellbeing"}
+    assert set(t.conversations["domain"]) == set(TWO_DOMAINS)
     # max_turns = min_turns = 2: two user turns, each answered by four arms
     assert (t.conversations["n_turns"] == 2).all()
     assert len(t.turns) == 6 * (2 + 2 * 4)
@@ -324,7 +326,8 @@ def test_a_failed_summary_fails_only_its_personas_sessions_with_the_reason(tmp_p
     with StubServer() as server:
         # both attempts at sample02's summary (only its conversations mention Dijkstra) get a 500
         server.add_fault(*[Fault(status=500, match="Dijkstra") for _ in range(2)])
-        cfg = stub_config(server, tmp_path, limit=3, simulator={"rendering": "summary"})
+        cfg = stub_config(server, tmp_path, limit=3, simulator={"rendering": "summary"},
+                          protocol={"domains": list(TWO_DOMAINS)})
         summary = run(cfg)
     assert (summary.sessions_completed, summary.sessions_failed) == (4, 2)
     failures = read_table(summary.run_dir, "failures")
@@ -418,7 +421,7 @@ def test_a_replica_killed_mid_run_loses_no_session_and_streams_stay_on_one_repli
     watcher = threading.Thread(target=kill_after, args=(40,), daemon=True)
     watcher.start()
     try:
-        cfg = stub_config(servers[0], tmp_path, limit=6, concurrency=12)
+        cfg = stub_config(servers[0], tmp_path, limit=6, concurrency=12, protocol={"domains": list(TWO_DOMAINS)})
         data = cfg.public_dict()
         data["endpoints"]["local"].update(replica_urls=[s.base_url for s in servers[1:]], max_in_flight=4,
                                           max_attempts=5)

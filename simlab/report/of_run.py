@@ -73,21 +73,26 @@ def write_run_report(run_dir: str | os.PathLike[str], *, human: str | None = Non
             raise InputError("subgroups and weights compare with human data: give --human too", field="--by/--weights")
         tables = normalise(run, origin=str(run_path), default_source=None) if len(run.judgements) else run
         result = _run_only(tables, n_boot=n_boot, seed=seed, meta=meta, analyze=analyze, error=InputError,
-                           excluded=excluded)
+                           excluded=excluded, run_dir=run_path if run_path.is_dir() else run_path.parent)
     target = Path(out) if out else (run_path if run_path.is_dir() else run_path.parent) / "report.html"
     return write_html(result, target, meta=meta, tables=tables, leaderboard=board)
 
 
 def _run_only(tables: Tables, *, n_boot: int, seed: int, meta: dict[str, Any], analyze: Any,
-              error: type[Exception], excluded: frozenset[str] | set[str] = frozenset()) -> FidelityResult:
+              error: type[Exception], excluded: frozenset[str] | set[str] = frozenset(),
+              run_dir: Path = Path("RUN_DIR")) -> FidelityResult:
     """Analyses of a run without human data: every source side by side (e.g. the simulator and its
-    no-persona control), no comparison with people."""
+    no-persona control), no comparison with people; the note says how to add people (``run_dir`` in
+    the command it shows)."""
     sources = tables.sources
     if not sources:
         meta["note"] = "The run has no completed sessions yet: nothing to analyse."
         return FidelityResult(sources=[], n_boot=n_boot, seed=seed, analyses={})
     meta["note"] = ("No human data configured: this report describes the simulated run alone"
-                    + (f" ({', '.join(sources)} side by side)." if len(sources) > 1 else "."))
+                    + (f" ({', '.join(sources)} side by side)." if len(sources) > 1 else ".")
+                    + " The sections that compare with people (agreement, the text of user turns, distributions, "
+                      f"PPI) need human answers: python -m simlab.report --run {run_dir} --human DATA "
+                      "(docs/fidelity.md describes DATA's format).")
     try:
         result: FidelityResult = analyze(tables, n_boot=n_boot, seed=seed, exclude_dimensions=excluded)
         return result

@@ -113,10 +113,25 @@ def _points_pct(e: Estimate) -> Estimate:
     return e.model_copy(update={"value": 100 * e.value, "ci_low": 100 * e.ci_low, "ci_high": 100 * e.ci_high})
 
 
+_NO_HUMAN_REASONS = ("no human source", "no human participants", "no human answers")
+"""How an analysis's reason begins when the data hold no human source at all (not when the humans
+lack one measure): the report then says what the analysis needs and how to give it."""
+
+_NEEDS_HUMAN = ("This analysis compares the simulated participants with real people, so it needs human "
+                "data: write the report with --human DATA (docs/fidelity.md describes the format).")
+
+
 def unavailable(status: str, reason: str | None) -> str:
-    """The sentence for an analysis that did not run."""
+    """The sentence for an analysis that did not run; one that needs people says how to add them.
+
+    >>> unavailable("not_available", "no human source")  # doctest: +ELLIPSIS
+    'Not available: no human source. This analysis compares ... needs human data: write the report with --human DATA ...'
+    """
     lead = "Not available" if status == "not_available" else "Failed"
-    return f"{lead}: {reason or 'no reason given'}."
+    text = f"{lead}: {reason or 'no reason given'}."
+    if status == "not_available" and reason and reason.startswith(_NO_HUMAN_REASONS):
+        text += " " + _NEEDS_HUMAN
+    return text
 
 
 def _points(items: dict[str, Estimate], source: str) -> list[Point]:

@@ -117,10 +117,11 @@ def test_a_stored_endpoint_reads_back_and_dumps_as_it_was(kind: str, more: dict)
 
 def test_the_committed_configs_keep_their_run_directories() -> None:
     """The hashes main computed for these files before endpoint kinds had types: an existing run is
-    found (and resumed) under the same directory name."""
+    found (and resumed) under the same directory name (local.toml's since its quickstart became 12
+    participants × 1 domain, a different study)."""
     from simlab.runner import config_hash
 
-    expected = {"local.toml": "976337302f", "vllm-cpu.toml": "f085674497", "vllm.toml": "b4ccc36aa1"}
+    expected = {"local.toml": "421d144128", "vllm-cpu.toml": "f085674497", "vllm.toml": "b4ccc36aa1"}
     for name, digest in expected.items():
         config = load_config(CONFIGS_DIR / name)
         assert config_hash(config, config.personas, (0, 1)) == digest, name

@@ -54,6 +54,7 @@ def payload_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         d["out_dir"] = str(tmp / "runs")
         d["personas"] = str(_personas(tmp / "personas.jsonl"))
         d["limit"] = 2
+        d["protocol"]["domains"] = ["unguided", "emotional_wellbeing"]  # the report shows both domains
         summary = asyncio.run(run_experiment(parse_config(d), progress=False, report=False))
     return Path(summary.run_dir)
 
