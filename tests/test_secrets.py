@@ -54,9 +54,10 @@ def _run_echoing(key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, r
 
     monkeypatch.setenv(ENV, key)
     with StubServer(api_key=key, script=_echo(key)) as server:
+        # two sessions (two domains): the first calls meet the faults, the other session runs on
         for _ in range(rounds):  # some calls fail for good (2 attempts each), the rest are retried
             server.add_fault(*_faults(key))
-        data = stub_config(server, tmp_path, limit=1).public_dict()
+        data = stub_config(server, tmp_path, limit=1, protocol={"domains": ["unguided", "emotional_wellbeing"]}).public_dict()
         data["endpoints"]["local"]["api_key_env"] = ENV
         summary = asyncio.run(run_experiment(parse_config(data), progress=False, report=report))
         assert server.status_counts.get(500, 0) >= 1 and server.status_counts.get(200, 0) > 10

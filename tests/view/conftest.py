@@ -60,6 +60,7 @@ def view_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         d["out_dir"] = str(tmp / "runs")
         d["personas"] = str(tmp / "personas.jsonl")
         d["summary"]["cache_dir"] = str(tmp / "summaries")
+        d["protocol"]["domains"] = ["unguided", "emotional_wellbeing"]  # 6 sessions: the filters have two domains
         summary = asyncio.run(run_experiment(parse_config(d), progress=False, report=False))
     return Path(summary.run_dir)
 

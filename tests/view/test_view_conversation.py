@@ -14,11 +14,11 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from conftest import ViewServer
 
 from simlab.fidelity import write_tables
 from simlab.store import load_run
 from simlab.tables import Tables
+from tests.view.conftest import ViewServer
 
 
 def _first(run: Path, source: str = "sim_dynamic") -> tuple[str, str, str, dict[str, str]]:

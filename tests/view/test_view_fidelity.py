@@ -16,12 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, ViewServer
 from test_view_conversation import human_copy, no_favicon, serve
 
 from simlab.report.charts import Point, forest
 from simlab.view.core import STATE, RunHandle
 from simlab.view.fidelity_page import N_BOOT_KEY, _store_stamp, svg_without_inline_style
+from tests.view.conftest import REPO, ViewServer
 
 FAST_BOOT = 20  # the page's CIs from a few draws: the tests check the page, not the statistics
 
