@@ -10,11 +10,12 @@ from markupsafe import Markup
 
 from simlab.redaction import redact_key_shapes
 
-__all__ = ["environment"]
+__all__ = ["environment", "finalize"]
 
 
-def _finalize(value: Any) -> Any:
-    # Runs on every {{ expression }} before escaping: the last line of defence for keys.
+def finalize(value: Any) -> Any:
+    """Every ``{{ expression }}`` before escaping: None as nothing, and anything shaped like an API key
+    redacted (the last line of defence for keys; the viewer's templates use it too)."""
     if value is None:
         return ""
     if isinstance(value, Markup):
@@ -30,7 +31,7 @@ def environment() -> Environment:
         loader=PackageLoader("simlab.report", "templates"),
         autoescape=select_autoescape(enabled_extensions=("html", "j2"), default=True),
         undefined=StrictUndefined,
-        finalize=_finalize,
+        finalize=finalize,
         trim_blocks=True,
         lstrip_blocks=True,
     )

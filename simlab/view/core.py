@@ -13,9 +13,8 @@ from urllib.parse import quote
 
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-from markupsafe import Markup
 
-from simlab.redaction import redact_key_shapes
+from simlab.report.templating import finalize
 from simlab.store.connection import STORE_FILE
 from simlab.store.readers import open_readonly
 
@@ -91,17 +90,6 @@ class ViewState:
 STATE: web.AppKey[ViewState] = web.AppKey("simlab_view_state", ViewState)
 
 
-def _finalize(value: Any) -> Any:
-    # Every {{ expression }} before escaping: anything shaped like an API key is redacted.
-    if value is None:
-        return ""
-    if isinstance(value, Markup):
-        return Markup(redact_key_shapes(str(value)))
-    if isinstance(value, str):
-        return redact_key_shapes(value)
-    return value
-
-
 _ENV: Environment | None = None
 
 
@@ -111,7 +99,7 @@ def environment() -> Environment:
     if _ENV is None:
         _ENV = Environment(loader=PackageLoader("simlab.view", "templates"),
                            autoescape=select_autoescape(enabled_extensions=("html", "j2"), default=True),
-                           undefined=StrictUndefined, finalize=_finalize, trim_blocks=True, lstrip_blocks=True)
+                           undefined=StrictUndefined, finalize=finalize, trim_blocks=True, lstrip_blocks=True)
         _ENV.globals["conversation_url"] = conversation_url
         _ENV.filters["segment"] = lambda text: quote(str(text), safe=":")
     return _ENV
