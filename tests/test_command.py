@@ -43,7 +43,7 @@ def test_unknown_command_and_bad_input_exit_2_with_the_reason(tmp_path, capsys):
 def test_no_command_is_run_and_the_default_config_works_from_any_directory(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # configs/ and personas/ are not here: simlab's own copies are used
     assert main(["--dry-run"]) == 0
-    assert "participants: 3" in capsys.readouterr().out
+    assert "participants: 12 × domains: 1 (unguided)" in capsys.readouterr().out
     assert main(["run", "--dry-run", "--limit", "1"]) == 0
     assert not (tmp_path / "runs").exists()
 
@@ -107,7 +107,7 @@ def test_the_wheel_carries_its_data_and_runs_from_another_directory(tmp_path):
     dry = subprocess.run([py, "-m", "simlab.run", "--dry-run"], cwd=work, env=env, capture_output=True, text=True,
                          timeout=300)
     assert dry.returncode == 0, dry.stderr
-    assert "participants: 3" in dry.stdout
+    assert "participants: 12 × domains: 1 (unguided)" in dry.stdout
     init = subprocess.run([bin_ / "simlab", "init", "proj"], cwd=work, env=env, capture_output=True, text=True,
                           timeout=120)
     assert init.returncode == 0, init.stderr

@@ -72,7 +72,9 @@ DAMAGES: dict[str, Callable[[Path], None]] = {"truncated": truncate_to_half, "fl
 
 def _made(tmp: Path, sessions: int, **overrides: object) -> Iterator[tuple[StubServer, object, Path]]:
     with StubServer() as server:
-        config = stub_config(server, tmp, concurrency=8, **overrides)
+        # 3 participants × 2 domains × the repeats: the study these tests were sized on
+        config = stub_config(server, tmp, concurrency=8, limit=3,
+                             protocol={"domains": ["unguided", "emotional_wellbeing"]}, **overrides)
         summary = asyncio.run(run_experiment(config.experiment, config.invocation(progress=False, report=False),
                                              run_dir=tmp / "run"))
         assert summary.sessions_completed == sessions and not summary.stopped
