@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import sys
 import threading
 from collections.abc import Iterator
@@ -19,9 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "report"))
 from _payloads import PERSONA_MARK, PERSONA_PAYLOAD, REPLY_PAYLOAD  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
+# Playwright on Debian's Chromium, the report tests' fixture (skips without it unless SIMLAB_REQUIRE_BROWSER=1)
+from test_report_browser import browser  # noqa: E402, F401
 
 
 def shared_data() -> Path:
@@ -111,31 +109,10 @@ def view_server(view_run: Path) -> Iterator[ViewServer]:
     server.close()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """Playwright driving the system Chromium (skips without it unless SIMLAB_REQUIRE_BROWSER=1)."""
-    required = os.environ.get("SIMLAB_REQUIRE_BROWSER") == "1"
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if required:
-            pytest.fail("SIMLAB_REQUIRE_BROWSER=1 but playwright is not installed")
-        pytest.skip("playwright not installed")
-    if not (Path(CHROMIUM).is_file() or shutil.which("chromium")):
-        if required:
-            pytest.fail(f"SIMLAB_REQUIRE_BROWSER=1 but {CHROMIUM} is missing (source .ci/browser-deps)")
-        pytest.skip("Chromium not installed")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium"),
-                              args=FLAGS)
-        yield b
-        b.close()
-
-
 class PageWatch:
     """A Playwright page that records console errors, page errors and every request's URL."""
 
-    def __init__(self, browser: Any) -> None:
+    def __init__(self, browser: Any) -> None:  # noqa: F811 (the fixture's value)
         self.page = browser.new_page(viewport={"width": 1280, "height": 900})
         self.console: list[tuple[str, str]] = []
         self.errors: list[str] = []
@@ -154,7 +131,7 @@ class PageWatch:
 
 
 @pytest.fixture
-def watched(browser: Any) -> Iterator[PageWatch]:
+def watched(browser: Any) -> Iterator[PageWatch]:  # noqa: F811 (the fixture)
     watch = PageWatch(browser)
     yield watch
     watch.page.close()
