@@ -100,12 +100,10 @@ def test_a_sigkilled_holder_leaves_no_lock_and_a_waiter_gets_the_run_when_it_is_
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     assert (run / "run.lock").exists()  # the file stays, its lock went with the process
-    t0 = time.perf_counter()
+    # no wait asked: a lock still held would refuse at once (RunLocked), so opening proves it was dropped
     with RunStore.open(run) as store:
-        took = time.perf_counter() - t0
         assert read_holder(run / "run.lock")["pid"] == os.getpid()
         assert store.completed_sessions() == set()
-    assert took < 1.0
     assert not (run / "run.lock").exists()  # a clean release removes the file
     # waiting: a writer that waits up to 20 s gets the run when the holder lets go (after 1 s); one that
     # waits 0.3 s for a holder that keeps it is refused, saying how long it waited
