@@ -297,7 +297,7 @@ async def test_a_refused_connection_is_backend_unavailable_not_a_wait_for_timeou
     attempts = info.value.call.attempts
     assert info.value.endpoint == "dead" and f"refused or dropped, {attempts} attempts" in str(info.value)
     assert "no reply within" not in str(info.value) and attempts >= 2
-    assert 1.0 <= took < 4, took  # the window, not timeouts
+    assert 1.0 <= took < 10, took  # the window, not timeouts (4 attempts × timeout_s 5 would be 20 s)
     cause = info.value.__cause__
     assert isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED, repr(cause)
 

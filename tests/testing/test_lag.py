@@ -25,7 +25,7 @@ async def test_a_blocked_loop_is_measured_and_its_blocker_named() -> None:
     sampler.stop()
     assert max(sampler.lags) >= 0.25 and percentile(sampler.lags, 0.5) < 0.05
     where, seconds = sampler.top(1)[0]
-    assert "_blocking_sleep" in where and "test_lag.py" in where and 0.15 <= seconds <= 0.35, sampler.top()
+    assert "_blocking_sleep" in where and "test_lag.py" in where and 0.15 <= seconds <= 1.0, sampler.top()  # a 0.3 s block, with room for a loaded machine
     summary = sampler.summary()
     assert summary["lag_ms"]["max"] >= 250 and summary["stalled_in"][0][0] == where
     assert ticks  # the thread's once-a-second hook ran (its first tick is at once)
